@@ -1,0 +1,206 @@
+"""The error tree.
+
+Every error asyncexec raises derives from :class:`AsyncExecError`::
+
+    AsyncExecError
+    ├── ExecutorClosed          submit() after aclose()
+    ├── SerializationError      the task or its result cannot be pickled/decoded
+    ├── LaunchError             the backend refused the task
+    │   └── BackendUnavailable  the backend cannot be reached at all
+    └── TaskFailed              the task produced no value
+        ├── RemoteError         user code raised (also an instance of the original class)
+        ├── WorkerLost          the worker died without an outcome (.exit_code, .state)
+        ├── TaskTimeout         time_limit passed and the work was killed (also a TimeoutError)
+        └── TaskCancelled       the task was cancelled
+
+Library errors are translated where a backend meets the executor
+(``raise LaunchError(...) from exc``). The host's own cancellation exception
+is never swallowed or wrapped.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+__all__ = [
+    "AsyncExecError",
+    "BackendUnavailable",
+    "ExecutorClosed",
+    "LaunchError",
+    "RemoteError",
+    "SerializationError",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskTimeout",
+    "WorkerLost",
+]
+
+
+class AsyncExecError(Exception):
+    """Base class of every error raised by asyncexec."""
+
+
+class ExecutorClosed(AsyncExecError):
+    """The executor was closed; it accepts no more tasks."""
+
+
+class SerializationError(AsyncExecError):
+    """A task, an argument or a result could not be pickled or unpickled."""
+
+
+class LaunchError(AsyncExecError):
+    """The backend refused the task (or the worker refused the driver)."""
+
+
+class BackendUnavailable(LaunchError):
+    """The backend could not be reached (no daemon, authentication refused...)."""
+
+
+class TaskFailed(AsyncExecError):
+    """The task produced no value."""
+
+
+class TaskCancelled(TaskFailed):
+    """The task was cancelled before it produced a value."""
+
+
+class TaskTimeout(TaskFailed, TimeoutError):
+    """The task ran past its ``time_limit`` and its work was killed."""
+
+
+class WorkerLost(TaskFailed):
+    """The worker running the task died without reporting an outcome.
+
+    Attributes:
+        exit_code: the worker's exit status when known (negative: killed by signal).
+        state: a backend-specific state name (``"SIGKILL"``, ``"OUT_OF_MEMORY"``...).
+    """
+
+    def __init__(self, message: str, *, exit_code: int | None = None, state: str | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_worker_lost, (str(self), self.exit_code, self.state))
+
+
+def _rebuild_worker_lost(message: str, exit_code: int | None, state: str | None) -> WorkerLost:
+    return WorkerLost(message, exit_code=exit_code, state=state)
+
+
+def describe_exit(exit_code: int | None) -> tuple[str, str | None]:
+    """Return a human description and a state name for a worker's exit status."""
+    if exit_code is None:
+        return "the worker vanished", None
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        text = f"the worker was killed by {name}"
+        if -exit_code == signal.SIGKILL:
+            text += " (possibly by the out-of-memory killer, or a memory limit)"
+        return text, name
+    return f"the worker exited with status {exit_code}", None
+
+
+class RemoteError(TaskFailed):
+    """User code raised an exception where the task ran.
+
+    Wherever the original class allows it, the instance raised is also an
+    instance of that class (made on the fly), so ``except ValueError:`` around
+    ``await fut`` works as for a local call; ``except TaskFailed:`` still
+    catches it.
+
+    Attributes:
+        remote_type: qualified name of the original exception's class.
+        remote_message: ``str()`` of the original exception.
+        remote_traceback: the formatted traceback, as text, from where it ran.
+        original: the original exception object when it could be unpickled, else None.
+    """
+
+    remote_type: str
+    remote_message: str
+    remote_traceback: str
+    original: BaseException | None
+
+    def __init__(
+        self,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str,
+        original: BaseException | None = None,
+    ):
+        super().__init__(remote_message)
+        self._fill(remote_type, remote_message, remote_traceback, original)
+
+    def _fill(
+        self,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str,
+        original: BaseException | None,
+    ) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.original = original
+
+    def __str__(self) -> str:
+        return f"{self.remote_type}: {self.remote_message}" if self.remote_message else self.remote_type
+
+    def __repr__(self) -> str:
+        return f"RemoteError({self.remote_type!r}, {self.remote_message!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            RemoteError.build,
+            (self.remote_type, self.remote_message, self.remote_traceback, self.original),
+        )
+
+    @staticmethod
+    def build(
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str,
+        original: BaseException | None = None,
+    ) -> RemoteError:
+        """Make the error for a remote exception, combined with its class when possible."""
+        if original is not None and isinstance(original, Exception):
+            combined = _combined_class(type(original))
+            if combined is not None:
+                try:
+                    err = combined.__new__(combined, *original.args)
+                    err.__dict__.update(getattr(original, "__dict__", {}))
+                    err._fill(remote_type, remote_message, remote_traceback, original)
+                    return err
+                except Exception:  # an exotic __new__: fall back to the plain error
+                    pass
+        return RemoteError(remote_type, remote_message, remote_traceback, original)
+
+
+_combined_classes: dict[type[BaseException], type[RemoteError] | None] = {}
+
+
+def _combined_class(cls: type[BaseException]) -> type[RemoteError] | None:
+    """A subclass of both RemoteError and ``cls``, or None when they cannot combine.
+
+    Only ``Exception`` subclasses are combined: a remote ``SystemExit`` or
+    ``KeyboardInterrupt`` must not stop the driver's event loop.
+    """
+    if cls in _combined_classes:
+        return _combined_classes[cls]
+    combined: type[RemoteError] | None = None
+    if issubclass(cls, Exception) and not issubclass(cls, AsyncExecError):
+        try:
+            combined = type(
+                f"RemoteError[{cls.__name__}]",
+                (RemoteError, cls),
+                {"__module__": __name__, "__str__": RemoteError.__str__},
+            )
+        except TypeError:
+            combined = None
+    _combined_classes[cls] = combined
+    return combined

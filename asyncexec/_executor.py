@@ -1,0 +1,649 @@
+"""BaseExecutor: futures, concurrency, backpressure, retries, time limits, shutdown.
+
+The executor knows no backend: it drives a :class:`~asyncexec.abc.Launcher`
+through ``start`` / ``wait`` / ``cancel`` and keeps every other concern here.
+``n_workers`` runner tasks take tasks from one queue, so at most ``n_workers``
+tasks are in the launcher's hands at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._codec import dumps_call, loads, type_name
+from ._exceptions import (
+    ExecutorClosed,
+    LaunchError,
+    RemoteError,
+    SerializationError,
+    TaskCancelled,
+    TaskTimeout,
+    WorkerLost,
+)
+from ._future import AsyncException, AsyncResult, Future, FutureState, TaskInfo
+from ._messages import JobRef, Outcome, TaskSpec
+from ._options import TaskOptions
+from .abc import Launcher
+
+__all__ = ["BaseExecutor", "ConfiguredExecutor"]
+
+log = logging.getLogger("asyncexec")
+
+T = TypeVar("T")
+_E = TypeVar("_E", bound="BaseExecutor")
+
+
+class _Task:
+    """The executor's record of one live task."""
+
+    __slots__ = (
+        "attempt",
+        "future",
+        "holds_slot",
+        "options",
+        "queued",
+        "retry_scheduled",
+        "scope",
+        "spec",
+    )
+
+    def __init__(self, future: Future[Any], spec: TaskSpec, options: TaskOptions) -> None:
+        self.future = future
+        self.spec = spec
+        self.options = options
+        self.attempt = 0
+        self.queued = False
+        self.holds_slot = False
+        self.retry_scheduled = False
+        self.scope: anyio.CancelScope | None = None
+
+
+class BaseExecutor:
+    """Runs functions elsewhere and hands back futures. Use it with ``async with``.
+
+    Args:
+        n_workers: how many tasks run at once.
+        options: default :class:`TaskOptions` for every task.
+        max_pending: how many tasks may wait for a worker; ``submit`` waits
+            (backpressure) while that many are queued. None: no limit.
+        launcher: the backend; subclasses make their own when it is None.
+    """
+
+    def __init__(
+        self,
+        n_workers: int,
+        *,
+        options: TaskOptions | None = None,
+        max_pending: int | None = None,
+        launcher: Launcher | None = None,
+    ) -> None:
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+            raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+        if max_pending is not None and (not isinstance(max_pending, int) or max_pending < 1):
+            raise ValueError(f"max_pending must be a positive integer or None, got {max_pending!r}")
+        self.n_workers = n_workers
+        self.options = options if options is not None else TaskOptions()
+        self.max_pending = max_pending
+        self._given_launcher = launcher
+        self._launcher: Launcher | None = None
+        self._state = "new"  # new -> open -> closing -> closed
+        self._tasks: dict[str, _Task] = {}
+        self._ids = itertools.count(1)
+        self._prefix = uuid.uuid4().hex[:8]
+        self._pending_slots: anyio.Semaphore | None = None
+        self._send: MemoryObjectSendStream[_Task] | None = None
+        self._receive: MemoryObjectReceiveStream[_Task] | None = None
+        self._tg: TaskGroup | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} n_workers={self.n_workers} {self._state}>"
+
+    def _create_launcher(self) -> Launcher:
+        """Make this executor's launcher. Subclasses override it."""
+        raise TypeError(
+            f"{type(self).__name__} has no backend: pass launcher=..., or use "
+            "ThreadExecutor, ProcessExecutor or another executor class"
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self: _E) -> _E:
+        if self._state != "new":
+            raise RuntimeError(f"{type(self).__name__} can be entered only once")
+        async with contextlib.AsyncExitStack() as stack:
+            launcher = self._given_launcher or self._create_launcher()
+            self._launcher = await stack.enter_async_context(launcher)
+            send, receive = anyio.create_memory_object_stream[_Task](math.inf)
+            self._send, self._receive = send, receive
+            stack.callback(receive.close)
+            stack.callback(send.close)
+            if self.max_pending is not None:
+                self._pending_slots = anyio.Semaphore(self.max_pending)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            for _ in range(self.n_workers):
+                self._tg.start_soon(self._runner, receive)
+            self._stack = stack.pop_all()
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    await self.aclose()
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await self.aclose(cancel_pending=True)
+                    raise
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self.aclose(cancel_pending=True)
+        finally:
+            stack, self._stack = self._stack, None
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self, cancel_pending: bool = False) -> None:
+        """Stop accepting tasks, finish (or cancel) the live ones, release the backend.
+
+        Args:
+            cancel_pending: cancel queued and running tasks instead of letting
+                them finish.
+
+        Cancellation: the tasks are left as they are; leaving the ``async with``
+        block then cancels them. Calling it again is harmless.
+        """
+        if self._state == "new":
+            self._state = "closed"
+            return
+        if self._state == "open":
+            self._state = "closing"
+        if cancel_pending:
+            await self.cancel([task.future for task in list(self._tasks.values())])
+        while self._tasks:
+            await next(iter(self._tasks.values())).future.wait()
+        if self._send is not None:
+            self._send.close()
+        if self._launcher is not None:
+            await self._launcher.aclose()
+        self._state = "closed"
+
+    def _check_open(self) -> None:
+        if self._state == "open":
+            return
+        if self._state == "new":
+            raise RuntimeError(
+                f"{type(self).__name__} is not started: use `async with {type(self).__name__}(...) as ex:`"
+            )
+        raise ExecutorClosed(f"{type(self).__name__} is closed and accepts no more tasks")
+
+    # -- submitting -----------------------------------------------------------------
+
+    def with_options(self, **changes: Any) -> ConfiguredExecutor:
+        """A view of this executor whose tasks use other options.
+
+        ``await ex.with_options(time_limit=5, retries=2).submit(f, x)``
+        """
+        return ConfiguredExecutor(self, self.options.replace(**changes))
+
+    async def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Submit ``fn(*args, **kwargs)``; return its future once the task is accepted.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            SerializationError: ``fn`` or an argument cannot be pickled (the
+                message names its type).
+            ExecutorClosed: the executor is closed.
+
+        Cancellation: while waiting for room (``max_pending``), nothing is submitted.
+        """
+        return await self._submit(fn, args, kwargs, self.options)
+
+    async def _submit(
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
+    ) -> Future[T]:
+        self._check_open()
+        if not callable(fn):
+            raise TypeError(f"cannot submit a {type_name(fn)}: it is not callable")
+        fn_bytes, args_bytes = dumps_call(fn, args, kwargs)
+        holds_slot = False
+        if self._pending_slots is not None:
+            await self._pending_slots.acquire()
+            holds_slot = True
+            if self._state != "open":
+                self._pending_slots.release()
+                self._check_open()
+        task_id = f"{self._prefix}-{next(self._ids)}"
+        spec = TaskSpec(
+            task_id=task_id,
+            fn=fn_bytes,
+            args=args_bytes,
+            time_limit=options.time_limit,
+            capture_output=options.wants_capture,
+            stdout_path=str(options.log_stdout) if options.log_stdout else None,
+            stderr_path=str(options.log_stderr) if options.log_stderr else None,
+            env=dict(options.env),
+            memory_mb=options.resources.memory_mb,
+            name=options.name,
+        )
+        info = TaskInfo(name=options.name, tags=dict(options.tags), submitted=time.time())
+        future: Future[T] = Future(self, task_id, info)
+        task = _Task(future, spec, options)
+        task.holds_slot = holds_slot
+        self._tasks[task_id] = task
+        self._enqueue(task)
+        return future
+
+    def _enqueue(self, task: _Task) -> None:
+        assert self._send is not None
+        task.queued = True
+        task.future._set_pending()
+        self._send.send_nowait(task)
+
+    def _release_slot(self, task: _Task) -> None:
+        if task.holds_slot:
+            task.holds_slot = False
+            assert self._pending_slots is not None
+            self._pending_slots.release()
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Submit ``fn(*args, **kwargs)`` and return its value.
+
+        Cancellation: cancelling the caller cancels the task and kills its work
+        before the cancellation propagates. This is what a web handler wants.
+        """
+        return await self._run_call(fn, args, kwargs, self.options)
+
+    async def _run_call(
+        self, fn: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any], options: TaskOptions
+    ) -> T:
+        future = await self._submit(fn, args, kwargs, options)
+        try:
+            return await future
+        except BaseException:
+            if not future.ready():
+                with anyio.CancelScope(shield=True):
+                    await self.cancel(future)
+            raise
+
+    def map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], ordered: bool = True
+    ) -> AsyncIterator[T]:
+        """Apply ``fn`` to the items of ``iterables`` (zipped), yielding values.
+
+        Submits lazily, keeping about ``2 * n_workers`` tasks in flight. With
+        ``ordered=False`` values come as tasks finish. The first failure is
+        raised (the tasks still in flight are cancelled); so is leaving the loop
+        early or cancelling it.
+        """
+        return self._map(fn, iterables, ordered, self.options)
+
+    async def _map(
+        self,
+        fn: Callable[..., T],
+        iterables: Sequence[Iterable[Any]],
+        ordered: bool,
+        options: TaskOptions,
+    ) -> AsyncIterator[T]:
+        window = max(2 * self.n_workers, 2)
+        items = zip(*iterables)
+        in_flight: deque[Future[T]] = deque()
+        completion = _Completion()
+        try:
+            for args in itertools.islice(items, window):
+                future = await self._submit(fn, args, {}, options)
+                in_flight.append(future)
+                completion.add(future)
+            while in_flight:
+                if ordered:
+                    future = in_flight.popleft()
+                    await future.wait()
+                else:
+                    future = await completion.next()
+                    in_flight.remove(future)
+                value = await future
+                for args in itertools.islice(items, 1):
+                    following = await self._submit(fn, args, {}, options)
+                    in_flight.append(following)
+                    completion.add(following)
+                yield value
+        finally:
+            completion.close()
+            unfinished = [future for future in in_flight if not future.ready()]
+            if unfinished:
+                with anyio.CancelScope(shield=True):
+                    await self.cancel(unfinished)
+
+    # -- collecting -----------------------------------------------------------------
+
+    async def async_get(
+        self, futures: list[Future[Any]], timeout: float | None = None
+    ) -> list[AsyncResult[Any] | AsyncException[Any]]:
+        """Collect the finished futures, removing them from ``futures`` in place.
+
+        If none is finished, waits up to ``timeout`` seconds (None: until one
+        is). Returns ``[]`` when nothing finished in time, and at once for ``[]``.
+
+        Cancellation: stops the waiting; ``futures`` is left untouched.
+        """
+        if not futures:
+            return []
+        if not any(future.ready() for future in futures):
+            completion = _Completion(futures)
+            try:
+                with anyio.move_on_after(timeout):
+                    await completion.next()
+            finally:
+                completion.close()
+        finished: list[Future[Any]] = []
+        remaining: list[Future[Any]] = []
+        for future in futures:
+            (finished if future.ready() else remaining).append(future)
+        futures[:] = remaining
+        return [future._result_pair() for future in finished]
+
+    async def wait(self, futures: Iterable[Future[T]]) -> list[T]:
+        """Wait for all ``futures``; return their values in order.
+
+        Raises:
+            TaskFailed: the error of the first failed future (in list order),
+                once all of them have finished.
+
+        Cancellation: stops the waiting; the tasks go on.
+        """
+        pending = list(futures)
+        for future in pending:
+            await future.wait()
+        for future in pending:
+            if future.state is not FutureState.DONE:
+                error = future.exception()
+                assert error is not None
+                raise error
+        return [future._value for future in pending]
+
+    async def as_completed(self, futures: Iterable[Future[T]]) -> AsyncIterator[Future[T]]:
+        """Yield each of ``futures`` as it finishes (an async iterator)."""
+        watched = list(futures)
+        completion = _Completion(watched)
+        try:
+            for _ in range(len(watched)):
+                yield await completion.next()
+        finally:
+            completion.close()
+
+    # -- cancelling -----------------------------------------------------------------
+
+    async def cancel(self, futures: Future[Any] | Iterable[Future[Any]]) -> None:
+        """Cancel tasks: queued ones never start, running ones are killed where they run.
+
+        Returns once every one of them is finished; each ends ``CANCELLED``
+        unless it had finished before. Cancellation: stops the waiting only;
+        the cancellations already asked for go on.
+        """
+        targets = [futures] if isinstance(futures, Future) else list(futures)
+        for future in targets:
+            if future._executor is not self:
+                raise ValueError(f"{future!r} belongs to another executor")
+            task = self._tasks.get(future.task_id)
+            if task is None or future.ready():
+                continue
+            future._cancel_requested = True
+            if task.queued:
+                task.queued = False
+                self._release_slot(task)
+                self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
+            elif task.scope is not None:
+                task.scope.cancel()
+        for future in targets:
+            await future.wait()
+
+    # -- running --------------------------------------------------------------------
+
+    async def _runner(self, receive: MemoryObjectReceiveStream[_Task]) -> None:
+        async for task in receive:
+            if not task.queued:
+                continue  # cancelled while queued
+            task.queued = False
+            self._release_slot(task)
+            await self._run_task(task)
+
+    async def _run_task(self, task: _Task) -> None:
+        assert self._launcher is not None
+        launcher = self._launcher
+        future = task.future
+        info = future.info
+        task.attempt += 1
+        task.spec.attempt = task.attempt
+        info.attempts = task.attempt
+        outcome: Outcome | None = None
+        error: BaseException | None = None
+        timed_out = False
+        try:
+            with anyio.CancelScope() as scope:
+                task.scope = scope
+                if future._cancel_requested:
+                    scope.cancel()
+                try:
+                    ref = await launcher.start(task.spec)
+                except (LaunchError, SerializationError) as exc:
+                    error = exc
+                except Exception as exc:
+                    error = _launch_error(launcher, "start", exc)
+                else:
+                    info.job_ref = ref
+                    info.started = time.time()
+                    future._set_running()
+                    try:
+                        with anyio.move_on_after(task.spec.time_limit) as deadline:
+                            outcome = await launcher.wait(ref)
+                        timed_out = deadline.cancelled_caught
+                    except LaunchError as exc:
+                        error = exc
+                    except Exception as exc:
+                        error = _launch_error(launcher, "wait", exc)
+                    finally:
+                        if outcome is None:
+                            with anyio.CancelScope(shield=True):
+                                await self._kill(launcher, ref)
+            task.scope = None
+            if scope.cancelled_caught or future._cancel_requested:
+                self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
+                return
+            if timed_out:
+                error = TaskTimeout(
+                    f"task {future.task_id} ran past its time limit of "
+                    f"{task.spec.time_limit:g} s and was killed"
+                )
+            elif outcome is not None:
+                value, error = self._interpret(outcome, info)
+                if error is None:
+                    self._finish(task, FutureState.DONE, value=value)
+                    return
+            assert error is not None
+            if self._should_retry(task, error):
+                delay = task.options.backoff(task.attempt)
+                log.info("task %s failed (%s); retry %d in %.2g s", future.task_id, error, task.attempt, delay)
+                future._set_pending()
+                task.retry_scheduled = True
+                assert self._tg is not None
+                self._tg.start_soon(self._retry_later, task, delay)
+                return
+            self._finish(task, FutureState.FAILED, error=error)
+        finally:
+            task.scope = None
+            if not future.ready() and not task.retry_scheduled:
+                self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
+
+    async def _retry_later(self, task: _Task, delay: float) -> None:
+        future = task.future
+        try:
+            with anyio.CancelScope() as scope:
+                task.scope = scope
+                if future._cancel_requested:
+                    scope.cancel()
+                await anyio.sleep(delay)
+            task.scope = None
+            if not future.ready() and not future._cancel_requested:
+                self._enqueue(task)
+        finally:
+            task.scope = None
+            task.retry_scheduled = False
+            if not future.ready() and not task.queued:
+                self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
+
+    def _should_retry(self, task: _Task, error: BaseException) -> bool:
+        return (
+            task.attempt <= task.options.retries
+            and isinstance(error, task.options.retry_on)
+            and not isinstance(error, TaskCancelled)
+        )
+
+    async def _kill(self, launcher: Launcher, ref: JobRef) -> None:
+        try:
+            await launcher.cancel(ref)
+        except Exception:
+            log.warning("could not cancel %s", ref, exc_info=True)
+
+    def _finish(
+        self,
+        task: _Task,
+        state: FutureState,
+        value: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        self._tasks.pop(task.future.task_id, None)
+        task.future.info.finished = task.future.info.finished or time.time()
+        task.future._settle(state, value, error)
+
+    def _interpret(self, outcome: Outcome, info: TaskInfo) -> tuple[Any, BaseException | None]:
+        """Turn an Outcome into a value or the error ``await future`` raises."""
+        info.pid = outcome.pid if outcome.pid is not None else info.pid
+        info.host = outcome.host or info.host
+        if outcome.pid is not None:
+            info.worker = f"{info.host or 'localhost'}:{outcome.pid}"
+        if outcome.started is not None:
+            info.started = outcome.started
+        if outcome.finished is not None:
+            info.finished = outcome.finished
+        info.exit_code = outcome.exit_code
+        info.stdout = outcome.stdout
+        info.stderr = outcome.stderr
+        detail = outcome.error
+        status = outcome.status
+        if status == "ok":
+            try:
+                return loads(outcome.value or b""), None
+            except SerializationError as exc:
+                return None, SerializationError(f"cannot unpickle the task's result: {exc}")
+        if status == "raised" and detail is not None:
+            original: BaseException | None = None
+            if detail.pickled is not None:
+                with contextlib.suppress(Exception):
+                    candidate = loads(detail.pickled)
+                    if isinstance(candidate, BaseException):
+                        original = candidate
+            return None, RemoteError.build(detail.type_name, detail.message, detail.traceback, original)
+        if status == "unpicklable":
+            return None, SerializationError(detail.message if detail else "serialization failed")
+        if status == "timeout":
+            return None, TaskTimeout(f"task {outcome.task_id} was stopped at its time limit")
+        if status == "cancelled":
+            return None, TaskCancelled(f"task {outcome.task_id} was cancelled where it ran")
+        if status == "refused":
+            return None, LaunchError(detail.message if detail else "the worker refused the task")
+        message = detail.message if detail else "the worker died without reporting an outcome"
+        return None, WorkerLost(
+            f"task {outcome.task_id}: {message}", exit_code=outcome.exit_code, state=outcome.state
+        )
+
+
+def _cancelled(task: _Task) -> TaskCancelled:
+    return TaskCancelled(f"task {task.future.task_id} was cancelled")
+
+
+def _launch_error(launcher: Launcher, method: str, exc: Exception) -> LaunchError:
+    error = LaunchError(f"{type(launcher).__name__}.{method} failed: {type_name(exc)}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+class _Completion:
+    """Collects futures as they finish, for async_get, as_completed and map."""
+
+    def __init__(self, futures: Iterable[Future[Any]] = ()) -> None:
+        self._done: deque[Future[Any]] = deque()
+        self._watched: list[Future[Any]] = []
+        self._event = anyio.Event()
+        for future in futures:
+            self.add(future)
+
+    def add(self, future: Future[Any]) -> None:
+        self._watched.append(future)
+        future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: Future[Any]) -> None:
+        self._done.append(future)
+        self._event.set()
+
+    async def next(self) -> Future[Any]:
+        while not self._done:
+            if self._event.is_set():
+                self._event = anyio.Event()
+            await self._event.wait()
+        return self._done.popleft()
+
+    def close(self) -> None:
+        for future in self._watched:
+            future.remove_done_callback(self._on_done)
+        self._watched.clear()
+
+
+class ConfiguredExecutor:
+    """An executor seen through other task options; made by ``with_options``."""
+
+    def __init__(self, executor: BaseExecutor, options: TaskOptions) -> None:
+        self.executor = executor
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"<ConfiguredExecutor of {self.executor!r}>"
+
+    def with_options(self, **changes: Any) -> ConfiguredExecutor:
+        return ConfiguredExecutor(self.executor, self.options.replace(**changes))
+
+    async def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """As :meth:`BaseExecutor.submit`, with these options."""
+        return await self.executor._submit(fn, args, kwargs, self.options)
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """As :meth:`BaseExecutor.run`, with these options."""
+        return await self.executor._run_call(fn, args, kwargs, self.options)
+
+    def map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], ordered: bool = True
+    ) -> AsyncIterator[T]:
+        """As :meth:`BaseExecutor.map`, with these options."""
+        return self.executor._map(fn, iterables, ordered, self.options)

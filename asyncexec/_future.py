@@ -1,0 +1,264 @@
+"""Future, its state, and the AsyncResult / AsyncException pair."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import traceback
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+import anyio
+
+from ._exceptions import RemoteError, TaskCancelled
+from ._messages import JobRef
+
+if TYPE_CHECKING:
+    from ._executor import BaseExecutor
+
+__all__ = ["AsyncException", "AsyncResult", "Future", "FutureState", "TaskInfo"]
+
+T = TypeVar("T")
+
+
+class FutureState(enum.Enum):
+    """Where a task is in its life. The last three are final."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclasses.dataclass
+class TaskInfo:
+    """What is known about where and how a task ran. Filled in as it runs.
+
+    Times are ``time.time()`` seconds. ``stdout``/``stderr`` hold the captured
+    tails (when output capture was asked for).
+    """
+
+    name: str | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    worker: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    submitted: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    attempts: int = 0
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    job_ref: JobRef | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+@final
+class Future(Generic[T]):
+    """The handle of one submitted task. Made only by executors.
+
+    Await it for the value (``value = await fut``); a failure raises a
+    :class:`TaskFailed` (for user exceptions, a :class:`RemoteError` that is also
+    an instance of the original class).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_cancel_requested",
+        "_error",
+        "_event",
+        "_executor",
+        "_info",
+        "_state",
+        "_task_id",
+        "_traceback",
+        "_value",
+    )
+
+    def __init__(self, executor: BaseExecutor, task_id: str, info: TaskInfo) -> None:
+        self._executor = executor
+        self._task_id = task_id
+        self._state = FutureState.PENDING
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._traceback: str | None = None
+        self._callbacks: list[Callable[[Future[T]], object]] | None = None
+        self._event: anyio.Event | None = None
+        self._info = info
+        self._cancel_requested = False
+
+    def __repr__(self) -> str:
+        return f"<Future {self._task_id} {self._state.name}>"
+
+    @property
+    def task_id(self) -> str:
+        return self._task_id
+
+    @property
+    def state(self) -> FutureState:
+        return self._state
+
+    @property
+    def info(self) -> TaskInfo:
+        return self._info
+
+    def ready(self) -> bool:
+        """True once the task is finished, whatever the result."""
+        return self._state in _FINAL
+
+    def successful(self) -> bool:
+        """True if the task produced a value. Raises ValueError if not ready."""
+        if not self.ready():
+            raise ValueError(f"task {self._task_id} is not finished")
+        return self._state is FutureState.DONE
+
+    def exception(self) -> BaseException | None:
+        """The error the task ended with, or None. Raises ValueError if not ready."""
+        if not self.ready():
+            raise ValueError(f"task {self._task_id} is not finished")
+        return self._error
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the task is finished or ``timeout`` seconds pass.
+
+        Returns:
+            Whether the task is finished. Cancelling the caller stops the waiting
+            only; the task goes on.
+        """
+        if self.ready():
+            return True
+        if self._event is None:
+            self._event = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        return self.ready()
+
+    async def get(self, timeout: float | None = None) -> T:
+        """The task's value, waiting up to ``timeout`` seconds (None: no limit).
+
+        Raises:
+            TimeoutError: (the builtin) the task was not finished in time; it goes on.
+            TaskFailed: the task failed, was cancelled or timed out.
+
+        Cancelling the caller stops the waiting only; use ``executor.run`` or
+        ``await fut.cancel()`` to stop the work too.
+        """
+        if not self.ready() and not await self.wait(timeout):
+            raise TimeoutError(f"task {self._task_id} did not finish within {timeout} s")
+        if self._state is FutureState.DONE:
+            return self._value  # type: ignore[no-any-return]
+        assert self._error is not None
+        raise self._error
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.get().__await__()
+
+    async def cancel(self) -> bool:
+        """Cancel the task: a pending one never starts, a running one is killed.
+
+        Returns once the work is stopped. Returns False if the task had already
+        finished.
+        """
+        if self.ready():
+            return False
+        await self._executor.cancel(self)
+        return self._state is FutureState.CANCELLED
+
+    def add_done_callback(self, callback: Callable[[Future[T]], object]) -> None:
+        """Call ``callback(future)`` once finished (at once if it already is)."""
+        if self.ready():
+            callback(self)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+
+    def remove_done_callback(self, callback: Callable[[Future[T]], object]) -> None:
+        if self._callbacks is not None:
+            try:
+                self._callbacks.remove(callback)
+            except ValueError:
+                pass
+
+    # -- called by the executor --------------------------------------------------
+
+    def _set_running(self) -> None:
+        if self._state is FutureState.PENDING:
+            self._state = FutureState.RUNNING
+
+    def _set_pending(self) -> None:
+        if not self.ready():
+            self._state = FutureState.PENDING
+
+    def _settle(self, state: FutureState, value: Any = None, error: BaseException | None = None) -> None:
+        if self.ready():
+            return
+        self._state = state
+        self._value = value
+        self._error = error
+        if self._event is not None:
+            self._event.set()
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            callback(self)
+
+    def _result_pair(self) -> AsyncResult[T] | AsyncException[T]:
+        if self._state is FutureState.DONE:
+            return AsyncResult(self, self._value)
+        assert self._error is not None
+        return AsyncException(self, self._error, _traceback_text(self._error))
+
+
+_FINAL = frozenset({FutureState.DONE, FutureState.FAILED, FutureState.CANCELLED})
+
+
+def _traceback_text(error: BaseException) -> str:
+    if isinstance(error, RemoteError):
+        return error.remote_traceback
+    if isinstance(error, TaskCancelled):
+        return ""
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+@final
+class AsyncResult(Generic[T]):
+    """A finished task's value, as returned by ``async_get``."""
+
+    __slots__ = ("future", "value")
+
+    def __init__(self, future: Future[T], value: T) -> None:
+        self.future = future
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"AsyncResult({self.future.task_id}, {self.value!r})"
+
+
+@final
+class AsyncException(Generic[T]):
+    """A failed task's error and traceback text, as returned by ``async_get``.
+
+    Reading ``.value`` raises the error.
+    """
+
+    __slots__ = ("exception", "future", "traceback")
+
+    def __init__(self, future: Future[T], exception: BaseException, traceback: str) -> None:
+        self.future = future
+        self.exception = exception
+        self.traceback = traceback
+
+    @property
+    def value(self) -> T:
+        raise self.exception
+
+    def __repr__(self) -> str:
+        return f"AsyncException({self.future.task_id}, {self.exception!r})"

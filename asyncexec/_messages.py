@@ -1,0 +1,157 @@
+"""The messages that cross process and machine boundaries.
+
+Every message is a msgspec Struct encoded as a msgpack array (``array_like``),
+so envelopes stay small and fast to encode; user callables, arguments and
+values travel inside them as cloudpickle bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+__all__ = [
+    "Batch",
+    "ErrorInfo",
+    "Hello",
+    "JobRef",
+    "Message",
+    "Outcome",
+    "OutcomeStatus",
+    "Ready",
+    "Resources",
+    "Results",
+    "Setup",
+    "TaskSpec",
+    "Versions",
+]
+
+
+class Resources(msgspec.Struct, frozen=True, kw_only=True):
+    """What one task may use. ``None`` means no limit is asked for."""
+
+    cpus: float | None = None
+    memory_mb: int | None = None
+    gpus: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cpus", "memory_mb", "gpus"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"Resources.{name} must be positive, got {value!r}")
+
+
+class Versions(msgspec.Struct, frozen=True, array_like=True):
+    """What must match between a driver and a worker for pickles to be read."""
+
+    python: str
+    cloudpickle: str
+    asyncexec: str
+
+
+class TaskSpec(msgspec.Struct, tag="task", array_like=True):
+    """One task, as a worker receives it.
+
+    ``fn`` and ``args`` are cloudpickle bytes: the callable, and the tuple
+    ``(args, kwargs)``.
+    """
+
+    task_id: str
+    fn: bytes
+    args: bytes
+    time_limit: float | None = None
+    capture_output: bool = False
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+    env: dict[str, str] = {}
+    memory_mb: int | None = None
+    attempt: int = 1
+    name: str | None = None
+
+
+class ErrorInfo(msgspec.Struct, array_like=True):
+    """An exception, described so it survives a missing class on the reader's side."""
+
+    type_name: str
+    message: str
+    traceback: str
+    pickled: bytes | None = None
+
+
+OutcomeStatus = Literal[
+    "ok",  # value holds the pickled result
+    "raised",  # user code raised; error describes it
+    "unpicklable",  # the task or its result could not be (un)pickled
+    "timeout",  # the worker stopped the task at its time limit
+    "lost",  # the worker died without an outcome (made by the driver side)
+    "cancelled",  # the work was cancelled where it ran
+    "refused",  # the worker refused the task (version mismatch...)
+]
+
+
+class Outcome(msgspec.Struct, tag="outcome", array_like=True):
+    """What became of one task: a value or an error, and where and when it ran."""
+
+    task_id: str
+    status: OutcomeStatus
+    value: bytes | None = None
+    error: ErrorInfo | None = None
+    started: float | None = None
+    finished: float | None = None
+    pid: int | None = None
+    host: str | None = None
+    exit_code: int | None = None
+    state: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+class Hello(msgspec.Struct, tag="hello", array_like=True):
+    """The first message of a long-lived worker: who it is and what it runs."""
+
+    versions: Versions
+    pid: int
+    host: str
+
+
+class Setup(msgspec.Struct, tag="setup", array_like=True):
+    """The driver's answer to Hello: import path and initializer for a local pool."""
+
+    sys_path: list[str] = []
+    initializer: bytes | None = None
+
+
+class Ready(msgspec.Struct, tag="ready", array_like=True):
+    """The worker is set up (or says why it is not)."""
+
+    error: ErrorInfo | None = None
+
+
+class Batch(msgspec.Struct, array_like=True):
+    """The input of a one-shot worker: the driver's versions and its tasks."""
+
+    versions: Versions
+    tasks: list[TaskSpec]
+
+
+class Results(msgspec.Struct, array_like=True):
+    """The output of a one-shot worker, written atomically."""
+
+    outcomes: list[Outcome]
+
+
+Message = Union[Hello, Setup, Ready, TaskSpec, Outcome]
+
+
+class JobRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a launcher put a task: enough to find, wait for or kill it later.
+
+    JobRefs are plain data that can be persisted, so that a restarted driver can
+    re-attach to work still running on a backend that outlives it.
+    """
+
+    kind: str
+    native_id: str
+    host: str | None = None
+    workdir: str | None = None

@@ -1,0 +1,387 @@
+"""The one worker, run as ``python -m asyncexec.worker``.
+
+Two modes share one :func:`execute`:
+
+``serve --fd N``
+    Long-lived, for pools. Speaks length-framed msgpack over the socket ``N``:
+    it sends :class:`Hello`, receives :class:`Setup`, answers :class:`Ready`,
+    then answers each :class:`TaskSpec` with an :class:`Outcome` until the
+    driver closes the socket. The task's own stdout and stderr stay those the
+    worker inherited (or are captured per task).
+
+``run --input FILE --output FILE``
+    One-shot, for remote backends. Reads a :class:`Batch` (``-`` for stdin),
+    refuses it if the driver's versions differ, runs its tasks and writes a
+    :class:`Results` atomically (temporary file, then rename; ``-`` for stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from ._codec import (
+    HEADER,
+    decode_message,
+    describe_exception,
+    dumps,
+    encode_frame,
+    hostname,
+    loads,
+    versions,
+)
+from ._exceptions import SerializationError
+from ._messages import (
+    Batch,
+    ErrorInfo,
+    Hello,
+    Outcome,
+    Ready,
+    Results,
+    Setup,
+    TaskSpec,
+    Versions,
+)
+
+__all__ = ["TAIL_BYTES", "execute", "main", "run_batch", "run_once", "serve", "version_mismatch"]
+
+#: How much of a task's captured stdout and stderr comes back with its outcome.
+TAIL_BYTES = 64 * 1024
+
+OutputCapture = Callable[[TaskSpec], contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]]
+
+
+class _SoftTimeout(BaseException):
+    """Raised inside a one-shot task when its time limit passes."""
+
+
+def version_mismatch(driver: Versions, worker: Versions) -> str | None:
+    """Say what differs between a driver's and a worker's versions, if anything."""
+    problems = [
+        f"{field} {getattr(driver, field)} on the driver but {getattr(worker, field)} on the worker"
+        for field in ("python", "cloudpickle", "asyncexec")
+        if getattr(driver, field) != getattr(worker, field)
+    ]
+    if not problems:
+        return None
+    return "version mismatch: " + "; ".join(problems)
+
+
+def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
+    """Run one task and describe what became of it. Never raises for user errors.
+
+    Args:
+        spec: the task.
+        capture: how to capture output when ``spec.capture_output`` is set;
+            by default the process's file descriptors 1 and 2 are redirected.
+    """
+    started = time.time()
+    outcome = Outcome(task_id=spec.task_id, status="ok", started=started, pid=os.getpid())
+    try:
+        fn = loads(spec.fn)
+        args, kwargs = loads(spec.args)
+    except SerializationError as exc:
+        outcome.status = "unpicklable"
+        outcome.error = _error(exc, f"cannot unpickle the task: {exc}")
+        outcome.finished = time.time()
+        return outcome
+    wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path
+    capturing = (capture or _fd_capture)(spec) if wants_capture else contextlib.nullcontext(None)
+    with _environment(spec.env), _memory_limit(spec.memory_mb), capturing as tails:
+        try:
+            value = fn(*args, **kwargs)
+        except _SoftTimeout:
+            outcome.status = "timeout"
+            value = None
+        except BaseException as exc:  # the task's own errors, SystemExit included
+            outcome.status = "raised"
+            outcome.error = describe_exception(exc, skip_frames=1)
+            value = None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+    if tails is not None:
+        outcome.stdout, outcome.stderr = tails()
+    if outcome.status == "ok":
+        try:
+            outcome.value = dumps(value)
+        except SerializationError as exc:
+            outcome.status = "unpicklable"
+            outcome.error = _error(exc, f"the task's result cannot be pickled: {exc}")
+    outcome.finished = time.time()
+    return outcome
+
+
+def _error(exc: BaseException, message: str) -> ErrorInfo:
+    info = describe_exception(exc)
+    info.message = message
+    return info
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    if not env:
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+@contextlib.contextmanager
+def _memory_limit(memory_mb: int | None) -> Iterator[None]:
+    """Cap the address space at its current size plus ``memory_mb`` (RLIMIT_AS)."""
+    if memory_mb is None:
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _address_space_bytes() + memory_mb * 2**20
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _address_space_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _read_tail(stream: IO[bytes]) -> str:
+    stream.flush()
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(max(0, size - TAIL_BYTES))
+    return stream.read().decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def _fd_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
+    """Redirect file descriptors 1 and 2 into files for the duration of a task.
+
+    File-level redirection also catches what C extensions and child processes
+    write. Without a ``stdout_path``/``stderr_path`` the files are temporary.
+    """
+    files: list[IO[bytes]] = []
+    saved: list[int] = []
+    for fd, path in ((1, spec.stdout_path), (2, spec.stderr_path)):
+        target: IO[bytes] = open(path, "ab+") if path else tempfile.TemporaryFile()  # noqa: SIM115
+        files.append(target)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved.append(os.dup(fd))
+        os.dup2(target.fileno(), fd)
+    tails: list[str] = ["", ""]
+    try:
+        yield lambda: (tails[0], tails[1])
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for index, (fd, old) in enumerate(zip((1, 2), saved)):
+            os.dup2(old, fd)
+            os.close(old)
+            tails[index] = _read_tail(files[index])
+            files[index].close()
+
+
+# -- long-lived mode -------------------------------------------------------------
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytearray | None:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = sock.recv_into(view[received:])
+        if count == 0:
+            return None
+        received += count
+    return buffer
+
+
+def _send(sock: socket.socket, frame: bytes) -> None:
+    sock.sendall(frame)
+
+
+def serve(fd: int) -> int:
+    """Answer TaskSpecs on socket ``fd`` until the driver closes it."""
+    sock = socket.socket(fileno=fd)
+    _die_with_parent()
+    _send(sock, encode_frame(Hello(versions=versions(), pid=os.getpid(), host=hostname())))
+    while True:
+        header = _recv_exact(sock, HEADER.size)
+        if header is None:
+            return 0
+        (size,) = HEADER.unpack(header)
+        body = _recv_exact(sock, size)
+        if body is None:
+            return 0
+        message = decode_message(body)
+        del body
+        if isinstance(message, Setup):
+            _send(sock, encode_frame(_setup(message)))
+        elif isinstance(message, TaskSpec):
+            outcome = execute(message)
+            _send(sock, encode_frame(outcome))
+            del outcome
+
+
+def _setup(message: Setup) -> Ready:
+    for entry in reversed(message.sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    if message.initializer is None:
+        return Ready()
+    try:
+        initializer = loads(message.initializer)
+        initializer()
+    except BaseException as exc:
+        return Ready(error=describe_exception(exc))
+    return Ready()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when its driver dies, so none is left behind."""
+    parent = os.environ.get("ASYNCEXEC_PARENT_PID")
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != int(parent):
+        os._exit(1)  # the driver died before prctl took effect
+
+
+# -- one-shot mode ----------------------------------------------------------------
+
+
+def run_batch(batch: Batch) -> Results:
+    """Run every task of a batch, refusing it whole on a version mismatch."""
+    mismatch = version_mismatch(batch.versions, versions())
+    if mismatch is not None:
+        error = ErrorInfo(type_name="LaunchError", message=mismatch, traceback="")
+        return Results(
+            outcomes=[
+                Outcome(task_id=task.task_id, status="refused", error=error) for task in batch.tasks
+            ]
+        )
+    outcomes = []
+    for task in batch.tasks:
+        with _soft_time_limit(task.time_limit):
+            outcome = execute(task)
+        outcome.host = hostname()
+        outcomes.append(outcome)
+    return Results(outcomes=outcomes)
+
+
+@contextlib.contextmanager
+def _soft_time_limit(seconds: float | None) -> Iterator[None]:
+    """Interrupt the task at its limit; kill the whole worker if it does not stop."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _SoftTimeout
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # Code stuck in C never sees the signal: a watchdog ends the process.
+    watchdog = threading.Timer(seconds + 10.0, os._exit, args=(124,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        watchdog.cancel()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".outcome-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def run_once(input_path: str, output_path: str) -> int:
+    """One-shot mode: a Batch in, Results out (atomically)."""
+    import msgspec
+
+    raw = sys.stdin.buffer.read() if input_path == "-" else open(input_path, "rb").read()  # noqa: SIM115
+    batch = msgspec.msgpack.decode(raw, type=Batch)
+    del raw
+    if output_path == "-":
+        # The results own stdout: what the tasks print goes to stderr.
+        sys.stdout.flush()
+        results_fd = os.dup(1)
+        os.dup2(2, 1)
+        data = msgspec.msgpack.encode(run_batch(batch))
+        sys.stdout.flush()
+        with os.fdopen(results_fd, "wb") as out:
+            out.write(data)
+    else:
+        data = msgspec.msgpack.encode(run_batch(batch))
+        _write_atomically(output_path, data)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asyncexec.worker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="long-lived worker on a socket")
+    serve_parser.add_argument("--fd", type=int, required=True, help="socket file descriptor")
+    run_parser = commands.add_parser("run", help="run one batch of tasks and exit")
+    run_parser.add_argument("--input", default="-", help="Batch file, or - for stdin")
+    run_parser.add_argument("--output", default="-", help="Results file, or - for stdout")
+    commands.add_parser("version", help="print the versions a driver must match")
+    options = parser.parse_args(argv)
+    if options.command == "serve":
+        return serve(options.fd)
+    if options.command == "run":
+        return run_once(options.input, options.output)
+    current = versions()
+    print(f"python {current.python} cloudpickle {current.cloudpickle} asyncexec {current.asyncexec}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The two seams a backend implements: :class:`Launcher` and :class:`Shell`.
+
+The executor keeps all the bookkeeping (futures, concurrency, retries, time
+limits, shutdown); a launcher only moves a serialized task to a place, waits
+for its outcome, and kills it. How to reach a machine is a :class:`Shell`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import msgspec
+from anyio.abc import ByteReceiveStream, ByteSendStream
+
+from ._messages import JobRef, Outcome, TaskSpec
+
+__all__ = ["Completed", "Launcher", "Shell", "SpawnedProcess"]
+
+_L = TypeVar("_L", bound="Launcher")
+
+
+class Launcher(abc.ABC):
+    """Moves tasks to where they run. Used as an async context manager by executors.
+
+    Class attributes say what a backend can do (the conformance suite of
+    :mod:`asyncexec.testing` checks exactly these):
+
+    * ``can_kill``: running work can be stopped (time limits, cancellation).
+    * ``isolates_crashes``: a task that kills its process fails alone.
+    * ``capacity_hint``: how many tasks it runs at once, if it knows.
+    """
+
+    can_kill: bool = True
+    isolates_crashes: bool = True
+
+    async def __aenter__(self: _L) -> _L:
+        """Acquire what the launcher needs (background tasks, connections)."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def start(self, task: TaskSpec) -> JobRef:
+        """Hand ``task`` to the place it runs; return once it is accepted there.
+
+        Raises:
+            LaunchError: the backend refused the task.
+            BackendUnavailable: the backend could not be reached.
+
+        Cancellation: if cancelled, the task may or may not have been accepted;
+        the launcher must not leave it running unseen (kill it or never start it).
+        """
+
+    @abc.abstractmethod
+    async def wait(self, ref: JobRef) -> Outcome:
+        """Wait until the task ends and return its outcome.
+
+        A worker that dies without an outcome yields ``status="lost"`` with its
+        exit code. Cancellation: cancelling this only stops waiting; the work
+        goes on and ``wait`` may be called again.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, ref: JobRef) -> None:
+        """Kill the task's work wherever it runs; return once it is stopped.
+
+        Idempotent: cancelling a finished or unknown task does nothing.
+        """
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release everything; no process, container or job of ours is left.
+
+        Idempotent. Called after the executor has settled every task.
+        """
+
+
+class Completed(msgspec.Struct, frozen=True):
+    """The result of :meth:`Shell.run`."""
+
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    def check(self) -> Completed:
+        """Return self, or raise CalledProcessError-like ``OSError`` on failure."""
+        if self.returncode != 0:
+            detail = self.stderr.decode("utf-8", "replace").strip()
+            raise OSError(f"{self.argv[0]} exited with status {self.returncode}: {detail}")
+        return self
+
+
+class SpawnedProcess(abc.ABC):
+    """A process started by :meth:`Shell.spawn`, with byte streams."""
+
+    stdin: ByteSendStream
+    stdout: ByteReceiveStream
+    stderr: ByteReceiveStream
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """Wait for the process to exit; return its exit status."""
+
+    @abc.abstractmethod
+    async def kill(self) -> None:
+        """Kill the process (and what it started, where the shell can)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the streams, kill the process if it still runs, and reap it."""
+
+
+class Shell(abc.ABC):
+    """How to reach a machine: run commands, spawn processes, move bytes.
+
+    Kept deliberately small: the same launcher runs on a login node with
+    :class:`~asyncexec.shells.LocalShell` or from a laptop over SSH.
+    """
+
+    @abc.abstractmethod
+    async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> Completed:
+        """Run ``argv`` to completion and collect its output.
+
+        Cancellation: the command is killed.
+        """
+
+    @abc.abstractmethod
+    async def spawn(self, argv: Sequence[str]) -> SpawnedProcess:
+        """Start ``argv`` with piped stdin, stdout and stderr."""
+
+    @abc.abstractmethod
+    async def read_bytes(self, path: str) -> bytes:
+        """The contents of ``path`` (FileNotFoundError if missing)."""
+
+    @abc.abstractmethod
+    async def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        """Write ``data`` to ``path`` atomically, private to the user by default."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Idempotent."""

@@ -1,0 +1,456 @@
+"""A pool of worker processes: :class:`ProcessLauncher` and :class:`ProcessExecutor`.
+
+Each worker is a fresh interpreter running ``python -m asyncexec.worker serve``
+(never a fork of the event loop's process), in a session of its own, talking
+length-framed msgpack over a private socket pair, so the task's stdout and
+stderr stay the driver's own. A worker that dies fails only the task it
+held; killing a task kills its worker's whole process group, and a new worker
+takes its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import Process, TaskGroup, UNIXSocketStream
+
+import asyncexec
+
+from .._codec import HEADER, decode_message, dumps, encode_frame, hostname, versions
+from .._exceptions import LaunchError, describe_exit
+from .._executor import BaseExecutor
+from .._messages import ErrorInfo, Hello, JobRef, Message, Outcome, Ready, Setup, TaskSpec
+from .._options import TaskOptions
+from ..abc import Launcher
+from .._worker import version_mismatch
+
+__all__ = ["ProcessExecutor", "ProcessLauncher"]
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+log = logging.getLogger("asyncexec")
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(asyncexec.__file__)))
+_READ_SIZE = 1 << 20
+
+
+class _FrameReader:
+    """Reads whole frames from a byte stream; safe to cancel between frames."""
+
+    def __init__(self, stream: UNIXSocketStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def read(self) -> Message:
+        """The next message. Raises anyio.EndOfStream when the peer is gone."""
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= HEADER.size:
+                (size,) = HEADER.unpack_from(buffer)
+                end = HEADER.size + size
+                if len(buffer) >= end:
+                    with memoryview(buffer) as view:
+                        message = decode_message(view[HEADER.size : end])
+                    del buffer[:end]
+                    return message
+                wanted = end - len(buffer)
+            else:
+                wanted = HEADER.size
+            buffer += await self._stream.receive(max(65536, min(wanted, _READ_SIZE)))
+
+
+class _Job:
+    __slots__ = ("done", "outcome", "task_id", "worker")
+
+    def __init__(self, task_id: str, worker: _Worker) -> None:
+        self.task_id = task_id
+        self.worker = worker
+        self.outcome: Outcome | None = None
+        self.done = anyio.Event()
+
+
+class _Worker:
+    __slots__ = ("exited", "job", "pid", "process", "reader", "retiring", "stream", "tasks_run")
+
+    def __init__(self, process: Process, stream: UNIXSocketStream) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.stream = stream
+        self.reader = _FrameReader(stream)
+        self.job: _Job | None = None
+        self.tasks_run = 0
+        self.retiring = False
+        self.exited = anyio.Event()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+class ProcessLauncher(Launcher):
+    """Runs tasks in a pool of ``n_workers`` worker processes.
+
+    Args:
+        n_workers: worker processes at most.
+        python: the interpreter the workers run.
+        env: environment variables added to the driver's for the workers.
+        initializer: a callable each worker runs once at start.
+        max_tasks_per_worker: replace a worker after this many tasks.
+        eager: start every worker when the pool opens (else on first need).
+        startup_timeout: seconds a worker may take to say hello.
+    """
+
+    def __init__(
+        self,
+        n_workers: int,
+        *,
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+        initializer: Callable[[], object] | None = None,
+        max_tasks_per_worker: int | None = None,
+        eager: bool = True,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks_per_worker!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        self._n_workers = n_workers
+        self._python = python
+        self._env = dict(env or {})
+        self._initializer = dumps(initializer) if initializer is not None else None
+        self._max_tasks = max_tasks_per_worker
+        self._eager = eager
+        self._startup_timeout = startup_timeout
+        self._workers: set[_Worker] = set()
+        self._idle: deque[_Worker] = deque()
+        self._spawning = 0
+        self._capacity: anyio.Event | None = None  # made on entry: Events need a running loop
+        self._jobs: dict[str, _Job] = {}
+        self._tg: TaskGroup | None = None
+        self._closed = False
+        self._host = hostname()
+
+    def __repr__(self) -> str:
+        return f"<ProcessLauncher {len(self._workers)}/{self._n_workers} workers>"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> ProcessLauncher:
+        self._capacity = anyio.Event()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        if self._eager:
+            try:
+                async with anyio.create_task_group() as spawners:
+                    for _ in range(self._n_workers):
+                        spawners.start_soon(self._spawn_idle)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+                    await tg.__aexit__(type(exc), exc, exc.__traceback__)
+                raise _single(exc) from None
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+        if self._tg is not None:
+            await self._tg.__aexit__(exc_type, exc, tb)
+            self._tg = None
+
+    async def aclose(self) -> None:
+        """Ask idle workers to exit, kill the rest after a grace period, reap all."""
+        self._closed = True
+        self._wake()
+        workers = list(self._workers)
+        for worker in workers:
+            if worker.job is not None:
+                worker.kill()
+            else:
+                with contextlib.suppress(Exception):
+                    await worker.stream.send_eof()
+        with anyio.move_on_after(5):
+            for worker in workers:
+                await worker.exited.wait()
+        for worker in workers:
+            if not worker.exited.is_set():
+                worker.kill()
+        for worker in workers:
+            await worker.exited.wait()
+
+    # -- the seam -------------------------------------------------------------------
+
+    async def start(self, task: TaskSpec) -> JobRef:
+        worker = await self._checkout()
+        job = _Job(task.task_id, worker)
+        worker.job = job
+        self._jobs[task.task_id] = job
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            # A worker that died meanwhile is reported by its reader as "lost".
+            await worker.stream.send(encode_frame(task))
+        return JobRef(kind="process", native_id=task.task_id, host=self._host)
+
+    async def wait(self, ref: JobRef) -> Outcome:
+        job = self._jobs.get(ref.native_id)
+        if job is None:
+            raise LaunchError(f"unknown task {ref.native_id}")
+        await job.done.wait()
+        self._jobs.pop(ref.native_id, None)
+        assert job.outcome is not None
+        return job.outcome
+
+    async def cancel(self, ref: JobRef) -> None:
+        job = self._jobs.pop(ref.native_id, None)
+        if job is None or job.done.is_set():
+            return
+        job.worker.kill()
+        await job.worker.exited.wait()
+
+    # -- workers --------------------------------------------------------------------
+
+    async def _checkout(self) -> _Worker:
+        while True:
+            if self._closed:
+                raise LaunchError("the process pool is closed")
+            while self._idle:
+                worker = self._idle.popleft()
+                if not worker.exited.is_set() and not worker.retiring:
+                    return worker
+            if len(self._workers) + self._spawning < self._n_workers:
+                return await self._spawn()
+            if self._capacity is None or self._capacity.is_set():
+                self._capacity = anyio.Event()
+            await self._capacity.wait()
+
+    async def _spawn_idle(self) -> None:
+        worker = await self._spawn()
+        self._make_idle(worker)
+
+    def _make_idle(self, worker: _Worker) -> None:
+        self._idle.append(worker)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._capacity is not None:
+            self._capacity.set()
+
+    async def _spawn(self) -> _Worker:
+        assert self._tg is not None
+        self._spawning += 1
+        try:
+            worker = await self._start_worker()
+        finally:
+            self._spawning -= 1
+        if self._closed or self._tg is None:
+            with anyio.CancelScope(shield=True):
+                worker.kill()
+                await worker.process.wait()
+                await worker.stream.aclose()
+                await worker.process.aclose()
+            raise LaunchError("the process pool is closed")
+        self._workers.add(worker)
+        self._tg.start_soon(self._read_loop, worker)
+        return worker
+
+    async def _start_worker(self) -> _Worker:
+        parent, child = socket.socketpair()
+        try:
+            process = await anyio.open_process(
+                [self._python, "-m", "asyncexec.worker", "serve", "--fd", str(child.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=None,
+                stderr=None,
+                pass_fds=(child.fileno(),),
+                start_new_session=True,
+                env=self._worker_env(),
+            )
+        except OSError as exc:
+            parent.close()
+            raise LaunchError(f"cannot start a worker with {self._python}: {exc}") from exc
+        finally:
+            child.close()
+        stream = await UNIXSocketStream.from_socket(parent)
+        worker = _Worker(process, stream)
+        try:
+            with anyio.fail_after(self._startup_timeout):
+                await self._handshake(worker)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                worker.kill()
+                returncode = await process.wait()
+                await stream.aclose()
+                await process.aclose()
+            if isinstance(exc, (anyio.EndOfStream, anyio.BrokenResourceError)):
+                text, _ = describe_exit(returncode)
+                raise LaunchError(f"a worker died while starting: {text}") from None
+            if isinstance(exc, TimeoutError):
+                raise LaunchError(
+                    f"a worker did not start within {self._startup_timeout:g} s"
+                ) from None
+            raise
+        return worker
+
+    async def _handshake(self, worker: _Worker) -> None:
+        hello = await worker.reader.read()
+        if not isinstance(hello, Hello):
+            raise LaunchError(f"the worker spoke first with {type(hello).__name__}, not Hello")
+        mismatch = version_mismatch(versions(), hello.versions)
+        if mismatch is not None:
+            raise LaunchError(f"{self._python} cannot run our tasks: {mismatch}")
+        setup = Setup(sys_path=[entry for entry in sys.path if entry], initializer=self._initializer)
+        await worker.stream.send(encode_frame(setup))
+        ready = await worker.reader.read()
+        if not isinstance(ready, Ready):
+            raise LaunchError(f"the worker answered Setup with {type(ready).__name__}")
+        if ready.error is not None:
+            raise LaunchError(
+                f"the worker initializer raised {ready.error.type_name}: {ready.error.message}\n"
+                f"{ready.error.traceback}"
+            )
+
+    def _worker_env(self) -> dict[str, str]:
+        env = {**os.environ, **self._env}
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
+        env["ASYNCEXEC_PARENT_PID"] = str(os.getpid())
+        return env
+
+    async def _read_loop(self, worker: _Worker) -> None:
+        try:
+            while True:
+                message = await worker.reader.read()
+                if isinstance(message, Outcome):
+                    self._complete(worker, message)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        except Exception:
+            # A garbled frame: this worker can no longer be trusted. (Never let the
+            # error escape: this task group wraps the caller's code.)
+            log.exception("worker %d sent an unreadable message; killing it", worker.pid)
+            worker.kill()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._bury(worker)
+
+    def _complete(self, worker: _Worker, outcome: Outcome) -> None:
+        job, worker.job = worker.job, None
+        outcome.host = self._host
+        if job is not None and job.task_id == outcome.task_id:
+            job.outcome = outcome
+            job.done.set()
+        worker.tasks_run += 1
+        if self._max_tasks is not None and worker.tasks_run >= self._max_tasks:
+            worker.retiring = True
+            assert self._tg is not None
+            self._tg.start_soon(self._retire, worker)
+        else:
+            self._make_idle(worker)
+
+    async def _retire(self, worker: _Worker) -> None:
+        with contextlib.suppress(Exception):
+            await worker.stream.send_eof()
+
+    async def _bury(self, worker: _Worker) -> None:
+        """A worker's socket closed: reap it and fail the task it held."""
+        with anyio.move_on_after(5):
+            await worker.process.wait()
+        if worker.process.returncode is None:
+            worker.kill()
+        returncode = await worker.process.wait()
+        await worker.stream.aclose()
+        await worker.process.aclose()
+        self._workers.discard(worker)
+        job, worker.job = worker.job, None
+        if job is not None and not job.done.is_set():
+            text, state = describe_exit(returncode)
+            job.outcome = Outcome(
+                task_id=job.task_id,
+                status="lost",
+                error=ErrorInfo(type_name="WorkerLost", message=text, traceback=""),
+                exit_code=returncode,
+                state=state,
+                pid=worker.pid,
+                host=self._host,
+            )
+            job.done.set()
+        worker.exited.set()
+        self._wake()
+        if self._eager and not self._closed and self._tg is not None:
+            self._tg.start_soon(self._replace)
+
+    async def _replace(self) -> None:
+        if len(self._workers) + self._spawning >= self._n_workers or self._closed:
+            return
+        try:
+            await self._spawn_idle()
+        except LaunchError:
+            pass  # the next start() tries again and reports the error
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one error inside an exception group made by a task group, if it is alone."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class ProcessExecutor(BaseExecutor):
+    """Run tasks in a pool of worker processes on this machine.
+
+    Args:
+        n_workers: worker processes (default: ``os.cpu_count()``).
+        max_tasks_per_worker: replace each worker after this many tasks.
+        initializer: a callable each worker runs once when it starts; if it
+            raises, starting the pool fails with :class:`LaunchError`.
+        python: the interpreter the workers run (same minor version and
+            cloudpickle as the driver, or the handshake refuses it).
+        env: environment variables added to the driver's for the workers.
+        eager: start all workers on entering ``async with`` (default) or on need.
+        options: default :class:`TaskOptions`.
+        max_pending: queued tasks at most before ``submit`` waits.
+    """
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        *,
+        max_tasks_per_worker: int | None = None,
+        initializer: Callable[[], object] | None = None,
+        python: str = sys.executable,
+        env: Mapping[str, str] | None = None,
+        eager: bool = True,
+        options: TaskOptions | None = None,
+        max_pending: int | None = None,
+    ) -> None:
+        super().__init__(n_workers or os.cpu_count() or 1, options=options, max_pending=max_pending)
+        self._launcher_args: dict[str, Any] = {
+            "python": python,
+            "env": env,
+            "initializer": initializer,
+            "max_tasks_per_worker": max_tasks_per_worker,
+            "eager": eager,
+        }
+        # Validate now rather than on entering the pool.
+        ProcessLauncher(self.n_workers, **self._launcher_args)
+
+    def _create_launcher(self) -> Launcher:
+        return ProcessLauncher(self.n_workers, **self._launcher_args)

@@ -1,0 +1,257 @@
+"""Threads in this process: :class:`ThreadLauncher` and :class:`ThreadExecutor`.
+
+Threads share the process, so a crash takes the driver with it, ``env`` and
+memory limits cannot be per task (they are refused), and stopping a running
+task is best effort: an exception is raised inside its thread (with stopit's
+``async_raise``), which interrupts Python code at its next bytecode but not a
+call blocked in C (``time.sleep(60)`` ends first). The future is settled at
+once either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import IO, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._exceptions import LaunchError
+from .._executor import BaseExecutor
+from .._messages import JobRef, Outcome, TaskSpec
+from .._options import TaskOptions
+from .._stopit import async_raise
+from ..abc import Launcher
+from .._worker import TAIL_BYTES, execute
+
+__all__ = ["ThreadExecutor", "ThreadLauncher"]
+
+
+class _ThreadStopped(BaseException):
+    """Raised inside a thread whose task was cancelled or timed out."""
+
+
+class _Job:
+    __slots__ = ("done", "lock", "outcome", "running", "scope", "spec", "thread_id")
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.outcome: Outcome | None = None
+        self.done = anyio.Event()
+        self.lock = threading.Lock()
+        self.running = False
+        self.thread_id: int | None = None
+        self.scope: anyio.CancelScope | None = None
+
+
+class ThreadLauncher(Launcher):
+    """Runs tasks in up to ``n_workers`` threads of this process."""
+
+    can_kill = True  # Python code only; see the module docstring
+    isolates_crashes = False
+
+    def __init__(self, n_workers: int) -> None:
+        self._n_workers = n_workers
+        self._limiter: anyio.CapacityLimiter | None = None  # made on entry, in the event loop
+        self._jobs: dict[str, _Job] = {}
+        self._tg: TaskGroup | None = None
+
+    async def __aenter__(self) -> ThreadLauncher:
+        self._limiter = anyio.CapacityLimiter(self._n_workers)
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            await tg.__aexit__(exc_type, exc, tb)
+
+    async def start(self, task: TaskSpec) -> JobRef:
+        if task.env:
+            raise LaunchError("threads share one environment: use ProcessExecutor for per-task env")
+        if task.memory_mb is not None:
+            raise LaunchError("threads share one address space: use ProcessExecutor for memory limits")
+        if self._tg is None:
+            raise LaunchError("ThreadLauncher is not open")
+        job = _Job(task)
+        self._jobs[task.task_id] = job
+        self._tg.start_soon(self._drive, job)
+        return JobRef(kind="thread", native_id=task.task_id)
+
+    async def _drive(self, job: _Job) -> None:
+        with anyio.CancelScope() as scope:
+            job.scope = scope
+            job.outcome = await anyio.to_thread.run_sync(
+                _call, job, abandon_on_cancel=True, limiter=self._limiter
+            )
+        if job.outcome is None:
+            job.outcome = Outcome(task_id=job.spec.task_id, status="cancelled")
+        job.done.set()
+
+    async def wait(self, ref: JobRef) -> Outcome:
+        job = self._jobs.get(ref.native_id)
+        if job is None:
+            raise LaunchError(f"unknown task {ref.native_id}")
+        await job.done.wait()
+        self._jobs.pop(ref.native_id, None)
+        assert job.outcome is not None
+        return job.outcome
+
+    async def cancel(self, ref: JobRef) -> None:
+        job = self._jobs.pop(ref.native_id, None)
+        if job is None:
+            return
+        with job.lock:
+            if job.running and job.thread_id is not None:
+                async_raise(job.thread_id, _ThreadStopped)
+                job.running = False
+        if job.scope is not None:
+            job.scope.cancel()
+
+    async def aclose(self) -> None:
+        # The task group wraps the caller's code until __aexit__: cancel the jobs, not it.
+        for native_id in list(self._jobs):
+            await self.cancel(JobRef(kind="thread", native_id=native_id))
+
+
+def _call(job: _Job) -> Outcome:
+    with job.lock:
+        job.thread_id = threading.get_ident()
+        job.running = True
+    try:
+        return execute(job.spec, capture=_thread_capture)
+    finally:
+        with job.lock:
+            job.running = False
+
+
+class ThreadExecutor(BaseExecutor):
+    """Run tasks in threads of this process (no isolation; see the module docs).
+
+    Useful for I/O-bound functions and for code that releases the GIL. Tasks
+    are still pickled, so what works here works on every other backend.
+
+    Args:
+        n_workers: threads at once (default: ``min(32, cpu_count + 4)``).
+    """
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        *,
+        options: TaskOptions | None = None,
+        max_pending: int | None = None,
+    ) -> None:
+        if n_workers is None:
+            n_workers = min(32, (os.cpu_count() or 1) + 4)
+        super().__init__(n_workers, options=options, max_pending=max_pending)
+
+    def _create_launcher(self) -> Launcher:
+        return ThreadLauncher(self.n_workers)
+
+
+# -- output capture per thread -----------------------------------------------------
+
+
+class _Sink:
+    """Keeps the last TAIL_BYTES characters written, and appends to a log file."""
+
+    def __init__(self, path: str | None) -> None:
+        self._parts: deque[str] = deque()
+        self._size = 0
+        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+
+    def write(self, text: str) -> None:
+        if self._file is not None:
+            self._file.write(text)
+        self._parts.append(text)
+        self._size += len(text)
+        while self._size - len(self._parts[0]) >= TAIL_BYTES:
+            self._size -= len(self._parts.popleft())
+
+    def tail(self) -> str:
+        return "".join(self._parts)[-TAIL_BYTES:]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class _Router(io.TextIOBase):
+    """Stands in for sys.stdout/sys.stderr, sending each thread's writes to its sink."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self.sinks: dict[int, _Sink] = {}
+
+    def write(self, text: str) -> int:
+        sink = self.sinks.get(threading.get_ident())
+        if sink is None:
+            return int(self.original.write(text))
+        sink.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def isatty(self) -> bool:
+        return bool(self.original.isatty())
+
+    def fileno(self) -> int:
+        return int(self.original.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.original, "encoding", "utf-8"))
+
+
+_router_lock = threading.Lock()
+
+
+def _router(name: str) -> _Router:
+    current = getattr(sys, name)
+    if isinstance(current, _Router):
+        return current
+    router = _Router(current)
+    setattr(sys, name, router)
+    return router
+
+
+def _restore(name: str, router: _Router) -> None:
+    if getattr(sys, name) is router and not router.sinks:
+        setattr(sys, name, router.original)
+
+
+@contextlib.contextmanager
+def _thread_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
+    out, err = _Sink(spec.stdout_path), _Sink(spec.stderr_path)
+    ident = threading.get_ident()
+    with _router_lock:
+        routers = (_router("stdout"), _router("stderr"))
+        routers[0].sinks[ident] = out
+        routers[1].sinks[ident] = err
+    try:
+        yield lambda: (out.tail(), err.tail())
+    finally:
+        with _router_lock:
+            for name, router in zip(("stdout", "stderr"), routers):
+                router.sinks.pop(ident, None)
+                _restore(name, router)
+        out.close()
+        err.close()

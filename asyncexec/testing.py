@@ -1,0 +1,317 @@
+"""Tools for testing with asyncexec and for writing launchers.
+
+* :class:`InlineLauncher` runs each task in the event loop's own thread, with
+  the full pickling round trip: deterministic, fast, for testing code that
+  uses an executor (it cannot stop running work or survive a crash).
+* :func:`check_launcher` is the conformance suite every launcher passes:
+  value, exception with traceback, unpicklable result, crash, timeout,
+  cancellation of queued and running tasks, 10 MB payloads both ways, 1,000
+  concurrent tasks, captured output. Which cases apply follows the launcher's
+  ``can_kill`` and ``isolates_crashes``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+
+from ._exceptions import (
+    LaunchError,
+    RemoteError,
+    SerializationError,
+    TaskCancelled,
+    TaskFailed,
+    TaskTimeout,
+    WorkerLost,
+)
+from ._executor import BaseExecutor
+from ._future import AsyncException, FutureState
+from ._messages import JobRef, Outcome, TaskSpec
+from ._worker import execute
+from .abc import Launcher
+
+__all__ = ["CONFORMANCE_CASES", "InlineLauncher", "check_launcher", "conformance_cases"]
+
+
+class InlineLauncher(Launcher):
+    """Runs each task when it is waited for, in the event loop's thread.
+
+    Tasks go through the same pickling and :func:`asyncexec.worker.execute` as
+    everywhere else, so serialization problems show up in tests. A running
+    task blocks the event loop and cannot be stopped.
+    """
+
+    can_kill = False
+    isolates_crashes = False
+
+    def __init__(self) -> None:
+        self._specs: dict[str, TaskSpec] = {}
+
+    async def start(self, task: TaskSpec) -> JobRef:
+        self._specs[task.task_id] = task
+        return JobRef(kind="inline", native_id=task.task_id)
+
+    async def wait(self, ref: JobRef) -> Outcome:
+        spec = self._specs.pop(ref.native_id, None)
+        if spec is None:
+            raise LaunchError(f"unknown or cancelled task {ref.native_id}")
+        await anyio.lowlevel.checkpoint()
+        from .launchers.thread import _thread_capture
+
+        return execute(spec, capture=_thread_capture)
+
+    async def cancel(self, ref: JobRef) -> None:
+        self._specs.pop(ref.native_id, None)
+
+    async def aclose(self) -> None:
+        self._specs.clear()
+
+
+# -- task functions the suite sends (importable by workers) ----------------------------
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def raise_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def return_lock() -> object:
+    return threading.Lock()
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)
+
+
+def heartbeat(path: str, period: float = 0.05) -> None:
+    """Write the time to ``path`` every ``period`` seconds, forever."""
+    while True:
+        with open(path, "w") as out:
+            out.write(repr(time.time()))
+        time.sleep(period)
+
+
+def reverse_bytes(data: bytes) -> bytes:
+    return data[::-1]
+
+
+def print_both(text: str) -> int:
+    print(f"out:{text}")
+    print(f"err:{text}", file=sys.stderr)
+    return len(text)
+
+
+def touch(path: str) -> str:
+    Path(path).touch()
+    return path
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+# -- the suite -----------------------------------------------------------------
+
+
+class _Context:
+    def __init__(self, executor: BaseExecutor, launcher: Launcher, workdir: str) -> None:
+        self.executor = executor
+        self.launcher = launcher
+        self.workdir = workdir
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+
+async def _beats_stopped(path: str) -> None:
+    """Assert the heartbeat at ``path`` no longer changes: the work really stopped."""
+    await anyio.sleep(0.3)
+    before = Path(path).read_text() if os.path.exists(path) else ""
+    await anyio.sleep(0.5)
+    after = Path(path).read_text() if os.path.exists(path) else ""
+    assert before == after, "the task's work kept running after it was stopped"
+
+
+async def _until_exists(path: str, timeout: float = 60.0) -> None:
+    with anyio.fail_after(timeout):
+        while not os.path.exists(path):
+            await anyio.sleep(0.02)
+
+
+async def _case_value(ctx: _Context) -> None:
+    future = await ctx.executor.submit(add, 2, 3)
+    assert await future == 5
+    assert future.state is FutureState.DONE and future.successful()
+    assert future.info.started is not None and future.info.finished is not None
+    assert future.info.attempts == 1
+
+
+async def _case_exception(ctx: _Context) -> None:
+    future = await ctx.executor.submit(raise_value_error, "boom-conformance")
+    try:
+        await future
+    except ValueError as exc:
+        assert isinstance(exc, RemoteError) and isinstance(exc, TaskFailed)
+        assert exc.remote_type == "ValueError"
+        assert "boom-conformance" in str(exc)
+        assert "raise_value_error" in exc.remote_traceback
+        assert isinstance(exc.original, ValueError)
+    else:
+        raise AssertionError("a raising task did not raise")
+    assert future.state is FutureState.FAILED
+    [result] = await ctx.executor.async_get([future])
+    assert isinstance(result, AsyncException)
+    assert "boom-conformance" in result.traceback
+
+
+async def _case_unpicklable_result(ctx: _Context) -> None:
+    future = await ctx.executor.submit(return_lock)
+    try:
+        await future
+    except SerializationError as exc:
+        assert "lock" in str(exc)
+    else:
+        raise AssertionError("an unpicklable result did not fail")
+    assert await (await ctx.executor.submit(add, 1, 1)) == 2
+
+
+async def _case_crash(ctx: _Context) -> None:
+    future = await ctx.executor.submit(exit_hard, 7)
+    try:
+        await future
+    except WorkerLost as exc:
+        assert exc.exit_code in (7, None), exc.exit_code
+    else:
+        raise AssertionError("a crashing task did not fail with WorkerLost")
+    assert await (await ctx.executor.submit(add, 2, 2)) == 4
+
+
+async def _case_timeout(ctx: _Context) -> None:
+    beat = ctx.path("timeout.beat")
+    future = await ctx.executor.with_options(time_limit=1.0).submit(heartbeat, beat)
+    try:
+        await future
+    except TaskTimeout as exc:
+        assert isinstance(exc, TimeoutError)
+    else:
+        raise AssertionError("a task past its time limit did not time out")
+    await _beats_stopped(beat)
+    assert await (await ctx.executor.submit(add, 3, 3)) == 6
+
+
+async def _case_cancel_pending(ctx: _Context) -> None:
+    ex = ctx.executor
+    blockers = [await ex.submit(sleep_for, 0.5) for _ in range(ex.n_workers)]
+    marker = ctx.path("pending.touched")
+    target = await ex.submit(touch, marker)
+    await ex.cancel(target)
+    assert target.state is FutureState.CANCELLED
+    try:
+        await target
+    except TaskCancelled:
+        pass
+    else:
+        raise AssertionError("a cancelled future gave a value")
+    await ex.wait(blockers)
+    await anyio.sleep(0.2)
+    assert not os.path.exists(marker), "a task cancelled while queued ran anyway"
+
+
+async def _case_cancel_running(ctx: _Context) -> None:
+    beat = ctx.path("running.beat")
+    future = await ctx.executor.submit(heartbeat, beat)
+    await _until_exists(beat)
+    assert future.state is FutureState.RUNNING
+    assert await future.cancel() is True
+    assert future.state is FutureState.CANCELLED
+    await _beats_stopped(beat)
+    assert await (await ctx.executor.submit(add, 4, 4)) == 8
+
+
+async def _case_large_payload(ctx: _Context) -> None:
+    data = os.urandom(10 * 2**20)
+    future = await ctx.executor.submit(reverse_bytes, data)
+    assert await future == data[::-1]
+
+
+async def _case_many_concurrent(ctx: _Context) -> None:
+    futures = [await ctx.executor.submit(add, i, 1) for i in range(1000)]
+    assert await ctx.executor.wait(futures) == [i + 1 for i in range(1000)]
+
+
+async def _case_captured_output(ctx: _Context) -> None:
+    future = await ctx.executor.with_options(capture_output=True).submit(print_both, "conformance")
+    assert await future == len("conformance")
+    assert "out:conformance" in future.info.stdout, future.info.stdout
+    assert "err:conformance" in future.info.stderr, future.info.stderr
+
+
+Case = Callable[[_Context], Awaitable[None]]
+
+#: name -> (case, needs can_kill, needs isolates_crashes)
+CONFORMANCE_CASES: dict[str, tuple[Case, bool, bool]] = {
+    "value": (_case_value, False, False),
+    "exception": (_case_exception, False, False),
+    "unpicklable_result": (_case_unpicklable_result, False, False),
+    "crash": (_case_crash, False, True),
+    "timeout": (_case_timeout, True, False),
+    "cancel_pending": (_case_cancel_pending, False, False),
+    "cancel_running": (_case_cancel_running, True, False),
+    "large_payload": (_case_large_payload, False, False),
+    "many_concurrent": (_case_many_concurrent, False, False),
+    "captured_output": (_case_captured_output, False, False),
+}
+
+
+def conformance_cases(launcher_class: type[Launcher]) -> list[str]:
+    """The names of the cases that apply to launchers of this class."""
+    return [
+        name
+        for name, (_, needs_kill, needs_isolation) in CONFORMANCE_CASES.items()
+        if (launcher_class.can_kill or not needs_kill)
+        and (launcher_class.isolates_crashes or not needs_isolation)
+    ]
+
+
+async def check_launcher(
+    make_launcher: Callable[[], Launcher],
+    *,
+    only: Iterable[str] | None = None,
+    n_workers: int = 2,
+) -> None:
+    """Run the conformance suite against launchers made by ``make_launcher``.
+
+    Each case gets a fresh launcher inside a fresh executor. Raises
+    AssertionError (naming the case) on the first failure.
+
+    Args:
+        make_launcher: makes a new, unopened launcher.
+        only: case names to run (default: all that apply).
+        n_workers: the executor's concurrency.
+    """
+    probe = make_launcher()
+    applicable = conformance_cases(type(probe))
+    names = applicable if only is None else list(only)
+    for name in names:
+        if name not in applicable:
+            raise ValueError(f"case {name!r} does not apply to {type(probe).__name__}")
+        case = CONFORMANCE_CASES[name][0]
+        launcher = probe if name == names[0] else make_launcher()
+        with tempfile.TemporaryDirectory(prefix="asyncexec-conformance-") as workdir:
+            async with BaseExecutor(n_workers, launcher=launcher) as executor:
+                try:
+                    await case(_Context(executor, launcher, workdir))
+                except AssertionError as exc:
+                    raise AssertionError(f"{type(launcher).__name__} fails {name!r}: {exc}") from exc

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+ASYNCIO = pytest.param("asyncio", id="asyncio")
+TRIO = pytest.param("trio", id="trio")
+UVLOOP = pytest.param(
+    ("asyncio", {"use_uvloop": True}),
+    id="uvloop",
+    marks=pytest.mark.skipif(sys.platform == "win32", reason="uvloop has no Windows build"),
+)
+
+
+@pytest.fixture(params=[ASYNCIO, TRIO])
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """Every async test runs on asyncio and on trio."""
+    return request.param
+
+
+def children() -> list[psutil.Process]:
+    return [child for child in psutil.Process().children(recursive=True) if _alive(child)]
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def no_leftover_processes() -> Iterator[None]:
+    """Fail a test that leaves a child process behind."""
+    before = {child.pid for child in children()}
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        left = [child for child in children() if child.pid not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"processes left behind: {[(p.pid, p.cmdline()) for p in left]}"
