@@ -37,7 +37,7 @@ HEADER = struct.Struct("<I")
 MAX_FRAME = 2**32 - 1
 
 _encoder = msgspec.msgpack.Encoder()
-_message_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)  # type: ignore[arg-type]
+_message_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
 
 
 def versions() -> Versions:
@@ -92,9 +92,7 @@ def _check_picklable(value: object, what: str) -> None:
     try:
         cloudpickle.dumps(value, protocol=5)
     except Exception as exc:
-        raise SerializationError(
-            f"cannot pickle {what} of type {type_name(value)}: {exc}"
-        ) from exc
+        raise SerializationError(f"cannot pickle {what} of type {type_name(value)}: {exc}") from exc
 
 
 def loads(data: bytes | bytearray | memoryview) -> Any:

@@ -149,7 +149,11 @@ class RemoteError(TaskFailed):
         self.original = original
 
     def __str__(self) -> str:
-        return f"{self.remote_type}: {self.remote_message}" if self.remote_message else self.remote_type
+        return (
+            f"{self.remote_type}: {self.remote_message}"
+            if self.remote_message
+            else self.remote_type
+        )
 
     def __repr__(self) -> str:
         return f"RemoteError({self.remote_type!r}, {self.remote_message!r})"
@@ -171,13 +175,19 @@ class RemoteError(TaskFailed):
         if original is not None and isinstance(original, Exception):
             combined = _combined_class(type(original))
             if combined is not None:
-                try:
-                    err = combined.__new__(combined, *original.args)
-                    err.__dict__.update(getattr(original, "__dict__", {}))
-                    err._fill(remote_type, remote_message, remote_traceback, original)
-                    return err
-                except Exception:  # an exotic __new__: fall back to the plain error
-                    pass
+                # The class's own __new__ is refused for a subclass whose layout base
+                # differs (MemoryError's freelist); Exception's then does the job.
+                for new in (type(original).__new__, Exception.__new__):
+                    try:
+                        err = new(combined, *original.args)
+                        err.__dict__.update(getattr(original, "__dict__", {}))
+                        if isinstance(original, OSError):
+                            for name in ("errno", "strerror", "filename", "filename2"):
+                                setattr(err, name, getattr(original, name))
+                        err._fill(remote_type, remote_message, remote_traceback, original)
+                        return err
+                    except Exception:
+                        continue
         return RemoteError(remote_type, remote_message, remote_traceback, original)
 
 

@@ -160,7 +160,9 @@ class BaseExecutor:
         finally:
             stack, self._stack = self._stack, None
             if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
+                # The runners end once the queue is closed. The caller's own error is
+                # not theirs: it must propagate as it is, not inside an ExceptionGroup.
+                await stack.__aexit__(None, None, None)
 
     async def aclose(self, cancel_pending: bool = False) -> None:
         """Stop accepting tasks, finish (or cancel) the live ones, release the backend.
@@ -191,9 +193,8 @@ class BaseExecutor:
         if self._state == "open":
             return
         if self._state == "new":
-            raise RuntimeError(
-                f"{type(self).__name__} is not started: use `async with {type(self).__name__}(...) as ex:`"
-            )
+            name = type(self).__name__
+            raise RuntimeError(f"{name} is not started: use `async with {name}(...) as ex:`")
         raise ExecutorClosed(f"{type(self).__name__} is closed and accepts no more tasks")
 
     # -- submitting -----------------------------------------------------------------
@@ -278,7 +279,11 @@ class BaseExecutor:
         return await self._run_call(fn, args, kwargs, self.options)
 
     async def _run_call(
-        self, fn: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any], options: TaskOptions
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
     ) -> T:
         future = await self._submit(fn, args, kwargs, options)
         try:
@@ -309,7 +314,7 @@ class BaseExecutor:
         options: TaskOptions,
     ) -> AsyncIterator[T]:
         window = max(2 * self.n_workers, 2)
-        items = zip(*iterables)
+        items = zip(*iterables, strict=False)  # like the builtin map: stop at the shortest
         in_flight: deque[Future[T]] = deque()
         completion = _Completion()
         try:
@@ -485,7 +490,13 @@ class BaseExecutor:
             assert error is not None
             if self._should_retry(task, error):
                 delay = task.options.backoff(task.attempt)
-                log.info("task %s failed (%s); retry %d in %.2g s", future.task_id, error, task.attempt, delay)
+                log.info(
+                    "task %s failed (%s); retry %d in %.2g s",
+                    future.task_id,
+                    error,
+                    task.attempt,
+                    delay,
+                )
                 future._set_pending()
                 task.retry_scheduled = True
                 assert self._tg is not None
@@ -565,7 +576,9 @@ class BaseExecutor:
                     candidate = loads(detail.pickled)
                     if isinstance(candidate, BaseException):
                         original = candidate
-            return None, RemoteError.build(detail.type_name, detail.message, detail.traceback, original)
+            return None, RemoteError.build(
+                detail.type_name, detail.message, detail.traceback, original
+            )
         if status == "unpicklable":
             return None, SerializationError(detail.message if detail else "serialization failed")
         if status == "timeout":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import traceback
@@ -183,10 +184,8 @@ class Future(Generic[T]):
 
     def remove_done_callback(self, callback: Callable[[Future[T]], object]) -> None:
         if self._callbacks is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 self._callbacks.remove(callback)
-            except ValueError:
-                pass
 
     # -- called by the executor --------------------------------------------------
 
@@ -198,7 +197,9 @@ class Future(Generic[T]):
         if not self.ready():
             self._state = FutureState.PENDING
 
-    def _settle(self, state: FutureState, value: Any = None, error: BaseException | None = None) -> None:
+    def _settle(
+        self, state: FutureState, value: Any = None, error: BaseException | None = None
+    ) -> None:
         if self.ready():
             return
         self._state = state

@@ -7,7 +7,7 @@ values travel inside them as cloudpickle bytes.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
@@ -141,7 +141,7 @@ class Results(msgspec.Struct, array_like=True):
     outcomes: list[Outcome]
 
 
-Message = Union[Hello, Setup, Ready, TaskSpec, Outcome]
+Message = Hello | Setup | Ready | TaskSpec | Outcome
 
 
 class JobRef(msgspec.Struct, frozen=True, kw_only=True):

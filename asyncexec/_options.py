@@ -54,7 +54,9 @@ class TaskOptions:
         if self.time_limit is not None and not (
             self.time_limit > 0 and math.isfinite(self.time_limit)
         ):
-            raise ValueError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
+            raise ValueError(
+                f"time_limit must be a positive number of seconds, got {self.time_limit!r}"
+            )
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries!r}")
         if self.retry_backoff < 0 or self.retry_backoff_max < 0:

@@ -12,7 +12,8 @@ def load_stopit() -> ModuleType:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import stopit
-    return stopit
+    module: ModuleType = stopit
+    return module
 
 
 def async_raise(thread_id: int, exception: type[BaseException]) -> None:

@@ -16,9 +16,7 @@ __all__ = ["handle_err", "timed_run"]
 T = TypeVar("T")
 
 
-def timed_run(
-    f: Callable[[], T], timeout_seconds: float = 3600
-) -> tuple[T | None, float, bool]:
+def timed_run(f: Callable[[], T], timeout_seconds: float = 3600) -> tuple[T | None, float, bool]:
     """Call ``f()`` in this thread, stopping it after ``timeout_seconds``.
 
     The stop is stopit's ``ThreadingTimeout``: an exception raised in this

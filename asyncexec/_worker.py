@@ -57,7 +57,9 @@ __all__ = ["TAIL_BYTES", "execute", "main", "run_batch", "run_once", "serve", "v
 #: How much of a task's captured stdout and stderr comes back with its outcome.
 TAIL_BYTES = 64 * 1024
 
-OutputCapture = Callable[[TaskSpec], contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]]
+OutputCapture = Callable[
+    [TaskSpec], contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]
+]
 
 
 class _SoftTimeout(BaseException):
@@ -201,7 +203,7 @@ def _fd_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        for index, (fd, old) in enumerate(zip((1, 2), saved)):
+        for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
             os.dup2(old, fd)
             os.close(old)
             tails[index] = _read_tail(files[index])
@@ -264,21 +266,23 @@ def _setup(message: Setup) -> Ready:
     return Ready()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this worker when its driver dies, so none is left behind."""
-    parent = os.environ.get("ASYNCEXEC_PARENT_PID")
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+def _die_with_parent(period: float = 0.5) -> None:
+    """Exit when the driver dies, even in the middle of a task, so none is left behind.
 
-    pr_set_pdeathsig = 1
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
+    (Linux's PR_SET_PDEATHSIG would be cheaper but follows the *thread* that
+    spawned us, and trio spawns from worker threads that come and go.)
+    """
+    parent = os.environ.get("ASYNCEXEC_PARENT_PID")
+    if parent is None:
         return
-    if parent is not None and os.getppid() != int(parent):
-        os._exit(1)  # the driver died before prctl took effect
+    expected = int(parent)
+
+    def watch() -> None:
+        while os.getppid() == expected:
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="asyncexec-parent-watch", daemon=True).start()
 
 
 # -- one-shot mode ----------------------------------------------------------------
@@ -379,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     if options.command == "run":
         return run_once(options.input, options.output)
     current = versions()
-    print(f"python {current.python} cloudpickle {current.cloudpickle} asyncexec {current.asyncexec}")
+    print(
+        f"python {current.python} cloudpickle {current.cloudpickle} asyncexec {current.asyncexec}"
+    )
     return 0
 
 

@@ -80,7 +80,9 @@ class LocalShell(Shell):
                     async with process.stdin:
                         await process.stdin.send(input)
             returncode = await process.wait()
-        return Completed(argv=list(argv), returncode=returncode, stdout=bytes(stdout), stderr=bytes(stderr))
+        return Completed(
+            argv=list(argv), returncode=returncode, stdout=bytes(stdout), stderr=bytes(stderr)
+        )
 
     async def spawn(self, argv: Sequence[str]) -> SpawnedProcess:
         process = await anyio.open_process(

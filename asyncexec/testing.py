@@ -135,18 +135,22 @@ class _Context:
         return os.path.join(self.workdir, name)
 
 
+async def _read_beat(path: str) -> str:
+    beat = anyio.Path(path)
+    return await beat.read_text() if await beat.exists() else ""
+
+
 async def _beats_stopped(path: str) -> None:
     """Assert the heartbeat at ``path`` no longer changes: the work really stopped."""
     await anyio.sleep(0.3)
-    before = Path(path).read_text() if os.path.exists(path) else ""
+    before = await _read_beat(path)
     await anyio.sleep(0.5)
-    after = Path(path).read_text() if os.path.exists(path) else ""
-    assert before == after, "the task's work kept running after it was stopped"
+    assert await _read_beat(path) == before, "the task's work kept running after it was stopped"
 
 
 async def _until_exists(path: str, timeout: float = 60.0) -> None:
     with anyio.fail_after(timeout):
-        while not os.path.exists(path):
+        while not await anyio.Path(path).exists():
             await anyio.sleep(0.02)
 
 
@@ -226,14 +230,14 @@ async def _case_cancel_pending(ctx: _Context) -> None:
         raise AssertionError("a cancelled future gave a value")
     await ex.wait(blockers)
     await anyio.sleep(0.2)
-    assert not os.path.exists(marker), "a task cancelled while queued ran anyway"
+    assert not await anyio.Path(marker).exists(), "a task cancelled while queued ran anyway"
 
 
 async def _case_cancel_running(ctx: _Context) -> None:
     beat = ctx.path("running.beat")
     future = await ctx.executor.submit(heartbeat, beat)
     await _until_exists(beat)
-    assert future.state is FutureState.RUNNING
+    assert not future.ready(), future.state
     assert await future.cancel() is True
     assert future.state is FutureState.CANCELLED
     await _beats_stopped(beat)
@@ -314,4 +318,6 @@ async def check_launcher(
                 try:
                     await case(_Context(executor, launcher, workdir))
                 except AssertionError as exc:
-                    raise AssertionError(f"{type(launcher).__name__} fails {name!r}: {exc}") from exc
+                    raise AssertionError(
+                        f"{type(launcher).__name__} fails {name!r}: {exc}"
+                    ) from exc

@@ -32,8 +32,8 @@ from .._exceptions import LaunchError, describe_exit
 from .._executor import BaseExecutor
 from .._messages import ErrorInfo, Hello, JobRef, Message, Outcome, Ready, Setup, TaskSpec
 from .._options import TaskOptions
-from ..abc import Launcher
 from .._worker import version_mismatch
+from ..abc import Launcher
 
 __all__ = ["ProcessExecutor", "ProcessLauncher"]
 
@@ -161,7 +161,8 @@ class ProcessLauncher(Launcher):
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await self.aclose()
-                    await tg.__aexit__(type(exc), exc, exc.__traceback__)
+                await tg.__aexit__(None, None, None)  # outside the shield: scopes nest
+                self._tg = None
                 raise _single(exc) from None
         return self
 
@@ -174,7 +175,7 @@ class ProcessLauncher(Launcher):
         with anyio.CancelScope(shield=True):
             await self.aclose()
         if self._tg is not None:
-            await self._tg.__aexit__(exc_type, exc, tb)
+            await self._tg.__aexit__(None, None, None)
             self._tg = None
 
     async def aclose(self) -> None:
@@ -316,7 +317,9 @@ class ProcessLauncher(Launcher):
         mismatch = version_mismatch(versions(), hello.versions)
         if mismatch is not None:
             raise LaunchError(f"{self._python} cannot run our tasks: {mismatch}")
-        setup = Setup(sys_path=[entry for entry in sys.path if entry], initializer=self._initializer)
+        setup = Setup(
+            sys_path=[entry for entry in sys.path if entry], initializer=self._initializer
+        )
         await worker.stream.send(encode_frame(setup))
         ready = await worker.reader.read()
         if not isinstance(ready, Ready):
@@ -400,10 +403,8 @@ class ProcessLauncher(Launcher):
     async def _replace(self) -> None:
         if len(self._workers) + self._spawning >= self._n_workers or self._closed:
             return
-        try:
+        with contextlib.suppress(LaunchError):  # the next start() tries again and reports it
             await self._spawn_idle()
-        except LaunchError:
-            pass  # the next start() tries again and reports the error
 
 
 def _single(exc: BaseException) -> BaseException:

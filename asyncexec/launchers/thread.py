@@ -28,8 +28,8 @@ from .._executor import BaseExecutor
 from .._messages import JobRef, Outcome, TaskSpec
 from .._options import TaskOptions
 from .._stopit import async_raise
-from ..abc import Launcher
 from .._worker import TAIL_BYTES, execute
+from ..abc import Launcher
 
 __all__ = ["ThreadExecutor", "ThreadLauncher"]
 
@@ -79,13 +79,15 @@ class ThreadLauncher(Launcher):
         await self.aclose()
         tg, self._tg = self._tg, None
         if tg is not None:
-            await tg.__aexit__(exc_type, exc, tb)
+            await tg.__aexit__(None, None, None)
 
     async def start(self, task: TaskSpec) -> JobRef:
         if task.env:
             raise LaunchError("threads share one environment: use ProcessExecutor for per-task env")
         if task.memory_mb is not None:
-            raise LaunchError("threads share one address space: use ProcessExecutor for memory limits")
+            raise LaunchError(
+                "threads share one address space: use ProcessExecutor for memory limits"
+            )
         if self._tg is None:
             raise LaunchError("ThreadLauncher is not open")
         job = _Job(task)
@@ -250,7 +252,7 @@ def _thread_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
         yield lambda: (out.tail(), err.tail())
     finally:
         with _router_lock:
-            for name, router in zip(("stdout", "stderr"), routers):
+            for name, router in zip(("stdout", "stderr"), routers, strict=True):
                 router.sinks.pop(ident, None)
                 _restore(name, router)
         out.close()

@@ -1,0 +1,107 @@
+"""The error tree, RemoteError's double identity, timed_run and handle_err."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import pytest
+
+from asyncexec import (
+    AsyncExecError,
+    BackendUnavailable,
+    ExecutorClosed,
+    LaunchError,
+    RemoteError,
+    SerializationError,
+    TaskCancelled,
+    TaskFailed,
+    TaskTimeout,
+    WorkerLost,
+    handle_err,
+    timed_run,
+)
+
+
+class NeedsTwo(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(a, b)
+        self.total = a + b
+
+
+def test_the_tree() -> None:
+    branches: tuple[type[Exception], ...] = (
+        ExecutorClosed,
+        SerializationError,
+        LaunchError,
+        TaskFailed,
+    )
+    for branch in branches:
+        assert issubclass(branch, AsyncExecError)
+    assert issubclass(BackendUnavailable, LaunchError)
+    leaves: tuple[type[Exception], ...] = (RemoteError, WorkerLost, TaskTimeout, TaskCancelled)
+    for leaf in leaves:
+        assert issubclass(leaf, TaskFailed)
+    assert issubclass(TaskTimeout, TimeoutError)
+
+
+def test_remote_error_combines_with_the_original_class() -> None:
+    original = NeedsTwo(1, 2)
+    error = RemoteError.build("tests.NeedsTwo", str(original), "Traceback...", original)
+    assert isinstance(error, NeedsTwo) and isinstance(error, RemoteError)
+    assert error.total == 3 and error.original is original
+    assert error.remote_traceback == "Traceback..."
+    again = pickle.loads(pickle.dumps(error))
+    assert isinstance(again, NeedsTwo)
+    assert isinstance(again, RemoteError)
+    assert again.remote_type == "tests.NeedsTwo"
+
+
+def test_oserror_keeps_its_fields() -> None:
+    error = RemoteError.build("FileNotFoundError", "gone", "tb", FileNotFoundError(2, "gone", "/x"))
+    assert isinstance(error, FileNotFoundError)
+    assert (error.errno, error.filename) == (2, "/x")
+
+
+@pytest.mark.parametrize("base", [SystemExit(3), KeyboardInterrupt()])
+def test_base_exceptions_are_never_combined(base: BaseException) -> None:
+    error = RemoteError.build(type(base).__name__, "", "tb", base)
+    assert type(error) is RemoteError
+    assert isinstance(error, Exception)
+
+
+def test_without_original_a_plain_remote_error() -> None:
+    error = RemoteError.build("somewhere.Gone", "message", "tb", None)
+    assert type(error) is RemoteError
+    assert str(error) == "somewhere.Gone: message"
+    assert "somewhere.Gone" in repr(error)
+
+
+def test_worker_lost_pickles_with_its_fields() -> None:
+    error = pickle.loads(pickle.dumps(WorkerLost("died", exit_code=-9, state="SIGKILL")))
+    assert (str(error), error.exit_code, error.state) == ("died", -9, "SIGKILL")
+
+
+def spin_for(seconds: float) -> str:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "done"
+
+
+def test_timed_run() -> None:
+    result, duration, timed_out = timed_run(lambda: spin_for(0.01), timeout_seconds=30)
+    assert (result, timed_out) == ("done", False) and duration > 0
+    result, duration, timed_out = timed_run(lambda: spin_for(30), timeout_seconds=0.2)
+    assert (result, duration, timed_out) == (None, 0.2, True)
+
+
+def test_handle_err() -> None:
+    try:
+        raise ValueError("local")
+    except ValueError as exc:
+        record = handle_err(exc)
+    assert record["type"] == "ValueError" and record["message"] == "local"
+    assert "test_handle_err" in record["traceback"]
+    remote = RemoteError.build("KeyError", "'k'", "remote tb", KeyError("k"))
+    assert handle_err(remote) == {"type": "KeyError", "message": "'k'", "traceback": "remote tb"}

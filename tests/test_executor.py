@@ -1,0 +1,408 @@
+"""The executor's public API: futures, collecting, cancelling, options, lifecycle."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import asyncexec
+from asyncexec import (
+    AsyncException,
+    AsyncResult,
+    BaseExecutor,
+    ExecutorClosed,
+    FutureState,
+    RemoteError,
+    SerializationError,
+    TaskCancelled,
+    TaskFailed,
+    TaskOptions,
+    ThreadExecutor,
+)
+from asyncexec.testing import InlineLauncher
+
+pytestmark = pytest.mark.anyio
+
+
+class CustomError(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def slow_square(x: int, delay: float = 0.05) -> int:
+    time.sleep(delay)
+    return x * x
+
+
+def fail_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise KeyError(f"bad {x}")
+    return x
+
+
+def raise_custom(code: int) -> None:
+    raise CustomError(code, "custom detail")
+
+
+def flaky(counter: str, failures: int) -> int:
+    """Fail ``failures`` times (counted in a file), then return the attempt number."""
+    path = Path(counter)
+    count = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(count))
+    if count <= failures:
+        raise ConnectionError(f"attempt {count} failed")
+    return count
+
+
+def wait_for_file(path: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+    return path
+
+
+def inline() -> BaseExecutor:
+    return BaseExecutor(2, launcher=InlineLauncher())
+
+
+# -- lifecycle -------------------------------------------------------------------
+
+
+async def test_submit_needs_async_with() -> None:
+    ex = ThreadExecutor(2)
+    with pytest.raises(RuntimeError, match="async with"):
+        await ex.submit(square, 2)
+
+
+async def test_submit_after_close_raises_executor_closed() -> None:
+    async with ThreadExecutor(2) as ex:
+        assert await ex.run(square, 3) == 9
+    with pytest.raises(ExecutorClosed):
+        await ex.submit(square, 2)
+    with pytest.raises(ExecutorClosed):
+        await ex.run(square, 2)
+
+
+async def test_aclose_inside_block_then_exit() -> None:
+    async with ThreadExecutor(2) as ex:
+        future = await ex.submit(slow_square, 4)
+        await ex.aclose()
+        assert future.state is FutureState.DONE  # graceful close waits for the work
+        with pytest.raises(ExecutorClosed):
+            await ex.submit(square, 1)
+        await ex.aclose()  # twice is harmless
+
+
+async def test_aclose_cancel_pending(tmp_path: Path) -> None:
+    async with ThreadExecutor(1) as ex:
+        running = await ex.submit(wait_for_file, str(tmp_path / "never"), 2.0)
+        queued = await ex.submit(square, 2)
+        await ex.aclose(cancel_pending=True)
+        assert running.state is FutureState.CANCELLED
+        assert queued.state is FutureState.CANCELLED
+
+
+async def test_error_in_block_cancels_tasks(tmp_path: Path) -> None:
+    futures: list[asyncexec.Future[Any]] = []
+
+    async def body() -> None:
+        async with ThreadExecutor(1) as ex:
+            futures.append(await ex.submit(wait_for_file, str(tmp_path / "never"), 2.0))
+            futures.append(await ex.submit(square, 5))
+            _ = 1 / 0
+
+    with pytest.raises(ZeroDivisionError):
+        await body()
+    assert [future.state for future in futures] == [FutureState.CANCELLED] * 2
+
+
+async def test_enter_twice_is_refused() -> None:
+    ex = inline()
+    async with ex:
+        pass
+    with pytest.raises(RuntimeError, match="once"):
+        async with ex:
+            pass
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="n_workers"):
+        BaseExecutor(0, launcher=InlineLauncher())
+    with pytest.raises(ValueError, match="max_pending"):
+        BaseExecutor(1, max_pending=0, launcher=InlineLauncher())
+    with pytest.raises(ValueError, match="time_limit"):
+        TaskOptions(time_limit=-1)
+    with pytest.raises(ValueError, match="retries"):
+        TaskOptions(retries=-1)
+    with pytest.raises(TypeError, match="retry_on"):
+        TaskOptions(retry_on=("nope",))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="env"):
+        TaskOptions(env={"A": 1})  # type: ignore[dict-item]
+
+
+async def test_base_executor_without_launcher_says_what_to_do() -> None:
+    with pytest.raises(TypeError, match="launcher"):
+        async with BaseExecutor(1):
+            pass
+
+
+# -- bad input at submit ----------------------------------------------------------
+
+
+async def test_non_callable_is_a_type_error_and_executor_survives() -> None:
+    async with inline() as ex:
+        with pytest.raises(TypeError, match="not callable"):
+            await ex.submit(42)  # type: ignore[arg-type]
+        assert await ex.run(square, 3) == 9
+
+
+@pytest.mark.parametrize(
+    ("make_arg", "type_fragment"),
+    [(threading.Lock, "lock"), (lambda: (i for i in range(3)), "generator")],
+    ids=["lock", "generator"],
+)
+async def test_unpicklable_argument_fails_at_submit(make_arg: Any, type_fragment: str) -> None:
+    async with inline() as ex:
+        with pytest.raises(SerializationError, match=type_fragment) as info:
+            await ex.submit(square, make_arg())
+        assert "argument 0" in str(info.value)
+        with pytest.raises(SerializationError, match="keyword argument 'x'"):
+            await ex.submit(square, x=make_arg())
+        assert await ex.run(square, 4) == 16
+
+
+async def test_unpicklable_function_fails_at_submit() -> None:
+    lock = threading.Lock()
+
+    def uses_lock() -> bool:
+        return lock.locked()
+
+    async with inline() as ex:
+        with pytest.raises(SerializationError, match="function"):
+            await ex.submit(uses_lock)
+
+
+# -- futures ----------------------------------------------------------------------
+
+
+async def test_future_api(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with ThreadExecutor(2) as ex:
+        future = await ex.submit(wait_for_file, str(gate))
+        assert not future.ready()
+        with pytest.raises(ValueError, match="not finished"):
+            future.successful()
+        with pytest.raises(ValueError, match="not finished"):
+            future.exception()
+        with pytest.raises(TimeoutError) as timeout:
+            await future.get(timeout=0.05)
+        assert not isinstance(timeout.value, TaskFailed)  # the builtin: the task goes on
+        assert await future.wait(0.05) is False
+        seen: list[asyncexec.Future[str]] = []
+        future.add_done_callback(seen.append)
+        gate.touch()
+        assert await future.get(timeout=30) == str(gate)
+        assert await future.wait(0) is True
+        assert future.ready() and future.successful() and future.exception() is None
+        assert seen == [future]
+        late: list[asyncexec.Future[str]] = []
+        future.add_done_callback(late.append)
+        assert late == [future]
+        assert future.task_id in repr(future)
+        assert future.info.duration is not None and future.info.duration >= 0
+        assert await future.cancel() is False  # already finished
+
+
+async def test_remote_error_is_the_original_class_too() -> None:
+    async with inline() as ex:
+        future = await ex.submit(raise_custom, 42)
+        with pytest.raises(CustomError) as info:
+            await future
+        error = info.value
+        assert isinstance(error, RemoteError) and isinstance(error, TaskFailed)
+        assert error.code == 42 and error.detail == "custom detail"
+        assert error.remote_type.endswith("CustomError")
+        assert "raise_custom" in error.remote_traceback
+        assert future.exception() is error
+        assert future.state is FutureState.FAILED
+
+
+# -- collecting -------------------------------------------------------------------
+
+
+async def test_async_get_semantics(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with ThreadExecutor(2) as ex:
+        assert await ex.async_get([]) == []
+        slow = await ex.submit(wait_for_file, str(gate))
+        futures: list[asyncexec.Future[Any]] = [slow]
+        assert await ex.async_get(futures, timeout=0.05) == []  # nothing finished: [] not raise
+        assert futures == [slow]
+        good = await ex.submit(square, 3)
+        bad = await ex.submit(fail_on, 1, 1)
+        futures += [good, bad]
+        await good.wait()
+        await bad.wait()
+        results = await ex.async_get(futures)
+        assert futures == [slow]  # the finished ones were removed in place
+        by_future = {result.future: result for result in results}
+        assert isinstance(by_future[good], AsyncResult) and by_future[good].value == 9
+        failed = by_future[bad]
+        assert isinstance(failed, AsyncException)
+        assert isinstance(failed.exception, KeyError)
+        assert "fail_on" in failed.traceback
+        with pytest.raises(KeyError):
+            _ = failed.value
+        gate.touch()
+        [last] = await ex.async_get(futures, timeout=None)  # waits until one finishes
+        assert last.future is slow and futures == []
+
+
+async def test_wait_returns_values_in_order_or_the_first_failure() -> None:
+    async with ThreadExecutor(3) as ex:
+        assert await ex.wait([]) == []
+        futures = [await ex.submit(slow_square, i, 0.01 * (5 - i)) for i in range(5)]
+        assert await ex.wait(futures) == [0, 1, 4, 9, 16]
+        futures = [await ex.submit(fail_on, i, 2) for i in range(4)]
+        with pytest.raises(KeyError, match="bad 2"):
+            await ex.wait(futures)
+        assert all(future.ready() for future in futures)
+
+
+async def test_as_completed_yields_every_future() -> None:
+    async with ThreadExecutor(3) as ex:
+        futures = [await ex.submit(slow_square, i, 0.01 * (4 - i)) for i in range(4)]
+        seen = [future async for future in ex.as_completed(futures)]
+        assert sorted(f.task_id for f in seen) == sorted(f.task_id for f in futures)
+        assert all(future.ready() for future in seen)
+
+
+async def test_map_ordered_and_unordered() -> None:
+    async with ThreadExecutor(3) as ex:
+        values = [value async for value in ex.map(square, range(20))]
+        assert values == [i * i for i in range(20)]
+        unordered = [
+            value async for value in ex.map(slow_square, range(10), [0.01] * 10, ordered=False)
+        ]
+        assert sorted(unordered) == [i * i for i in range(10)]
+        with pytest.raises(KeyError):
+            async for _ in ex.map(fail_on, range(10), [3] * 10):
+                pass
+
+
+async def test_map_stopped_early_cancels_what_is_in_flight() -> None:
+    async with ThreadExecutor(2) as ex:
+        iterator = ex.map(slow_square, range(100), [0.02] * 100)
+        async for value in iterator:
+            assert value == 0
+            break
+        await iterator.aclose()  # type: ignore[attr-defined]
+        # Everything still in flight was cancelled: the executor closes promptly.
+
+
+# -- cancelling and backpressure --------------------------------------------------
+
+
+async def test_cancel_queued_and_running(tmp_path: Path) -> None:
+    async with ThreadExecutor(1) as ex:
+        running = await ex.submit(wait_for_file, str(tmp_path / "never"), 3.0)
+        queued = await ex.submit(square, 2)
+        await ex.cancel([queued, running])
+        assert queued.state is FutureState.CANCELLED
+        assert running.state is FutureState.CANCELLED
+        with pytest.raises(TaskCancelled):
+            await running
+        assert await ex.run(square, 6) == 36
+
+
+async def test_cancel_foreign_future_is_refused() -> None:
+    async with inline() as first, inline() as second:
+        future = await first.submit(square, 2)
+        with pytest.raises(ValueError, match="another executor"):
+            await second.cancel(future)
+        await future
+
+
+async def test_max_pending_applies_backpressure(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with ThreadExecutor(1, max_pending=2) as ex:
+        running = await ex.submit(wait_for_file, str(gate))
+        while running.state is not FutureState.RUNNING:
+            await anyio.sleep(0.01)
+        queued: list[asyncexec.Future[Any]] = [await ex.submit(square, i) for i in range(2)]
+        blocked = True
+        with anyio.move_on_after(0.2):
+            await ex.submit(square, 99)
+            blocked = False
+        assert blocked, "submit did not wait with max_pending tasks queued"
+        gate.touch()
+        assert await ex.wait([running, *queued]) == [str(gate), 0, 1]
+        assert await ex.run(square, 5) == 25
+
+
+async def test_run_cancelled_by_the_caller_cancels_the_task(tmp_path: Path) -> None:
+    async with ThreadExecutor(1) as ex:
+        with anyio.move_on_after(0.2):
+            await ex.run(wait_for_file, str(tmp_path / "never"), 5.0)
+        # The slot was freed at once: the next task runs without waiting 5 s.
+        with anyio.fail_after(3):
+            assert await ex.run(square, 7) == 49
+
+
+# -- options ----------------------------------------------------------------------
+
+
+async def test_retries_with_backoff(tmp_path: Path) -> None:
+    async with ThreadExecutor(1) as ex:
+        retrying = ex.with_options(retries=2, retry_backoff=0.01, retry_on=ConnectionError)
+        future = await retrying.submit(flaky, str(tmp_path / "a"), 2)
+        assert await future == 3
+        assert future.info.attempts == 3
+        exhausted = await retrying.submit(flaky, str(tmp_path / "b"), 5)
+        with pytest.raises(ConnectionError):
+            await exhausted
+        assert exhausted.info.attempts == 3
+        other = ex.with_options(retries=3, retry_on=(KeyError,))
+        no_retry = await other.submit(flaky, str(tmp_path / "c"), 1)
+        with pytest.raises(ConnectionError):
+            await no_retry
+        assert no_retry.info.attempts == 1
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    options = TaskOptions(retry_backoff=1.0, retry_backoff_max=3.0)
+    assert [options.backoff(attempt) for attempt in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, 3.0]
+
+
+async def test_with_options_layers_and_names() -> None:
+    async with inline() as ex:
+        named = ex.with_options(name="sq", tags={"grid": "a"}).with_options(retries=1)
+        assert named.options.name == "sq" and named.options.retries == 1
+        future = await named.submit(square, 3)
+        assert await future == 9
+        assert future.info.name == "sq" and future.info.tags == {"grid": "a"}
+        assert await named.run(square, 2) == 4
+        assert [value async for value in named.map(square, [1, 2])] == [1, 4]
+        assert ex.options.name is None
+
+
+async def test_thread_refuses_env_and_memory_limits() -> None:
+    async with ThreadExecutor(1) as ex:
+        with pytest.raises(asyncexec.LaunchError, match="environment"):
+            await ex.with_options(env={"A": "1"}).run(square, 1)
+        with pytest.raises(asyncexec.LaunchError, match="memory"):
+            await ex.with_options(resources=asyncexec.Resources(memory_mb=10)).run(square, 1)

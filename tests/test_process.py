@@ -1,0 +1,434 @@
+"""ProcessExecutor against bad tasks: each fails alone, with a typed error."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncexec import (
+    FutureState,
+    LaunchError,
+    ProcessExecutor,
+    RemoteError,
+    Resources,
+    SerializationError,
+    TaskCancelled,
+    TaskFailed,
+    TaskTimeout,
+    WorkerLost,
+)
+from asyncexec.testing import heartbeat
+
+from .conftest import ASYNCIO, TRIO, UVLOOP, children
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
+
+
+@pytest.fixture(params=[ASYNCIO, TRIO, UVLOOP])
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """The process pool also runs under uvloop."""
+    return request.param
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def call_exit(code: int) -> None:
+    sys.exit(code)
+
+
+def hard_exit(code: int) -> None:
+    os._exit(code)
+
+
+def interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+def report_pid_then_sleep(path: str) -> None:
+    Path(path + ".tmp").write_text(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(60)
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def print_lots(megabytes: int) -> str:
+    line = "x" * 1023 + "\n"
+    for _ in range(megabytes * 1024):
+        sys.stdout.write(line)
+    print("THE-END")
+    return "printed"
+
+
+def recurse(n: int) -> int:
+    return recurse(n + 1) + 1
+
+
+def big_value(megabytes: int) -> bytes:
+    return b"v" * (megabytes * 2**20)
+
+
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(10)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def allocate(megabytes: int) -> int:
+    block = bytearray(megabytes * 2**20)
+    return len(block)
+
+
+def unpicklable_result() -> object:
+    return threading.Lock()
+
+
+def read_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+INITIALIZED: list[str] = []
+
+
+def init_marker() -> None:
+    INITIALIZED.append("ready")
+
+
+def initialized() -> list[str]:
+    return INITIALIZED
+
+
+def broken_initializer() -> None:
+    raise RuntimeError("initializer exploded")
+
+
+async def test_lambda_and_closure_work() -> None:
+    offset = 10
+
+    def closure(x: int) -> int:
+        return x + offset
+
+    async with ProcessExecutor(2) as ex:
+        assert await ex.run(lambda x: x * 2, 21) == 42
+        assert await ex.run(closure, 5) == 15
+        assert await ex.run(identity, {"nested": [1, (2, 3)]}) == {"nested": [1, (2, 3)]}
+
+
+async def test_sys_exit_is_a_remote_error_not_a_driver_exit() -> None:
+    async with ProcessExecutor(1) as ex:
+        first = await ex.run(pid)
+        with pytest.raises(RemoteError) as info:
+            await ex.run(call_exit, 3)
+        assert info.value.remote_type == "SystemExit"
+        assert not isinstance(info.value, SystemExit)
+        assert await ex.run(pid) == first  # the worker survived
+
+
+async def test_keyboard_interrupt_in_a_task_stays_in_the_task() -> None:
+    async with ProcessExecutor(1) as ex:
+        with pytest.raises(RemoteError) as info:
+            await ex.run(interrupt)
+        assert info.value.remote_type == "KeyboardInterrupt"
+        assert not isinstance(info.value, KeyboardInterrupt)
+        assert await ex.run(identity, 1) == 1
+
+
+async def test_os_exit_loses_only_its_worker() -> None:
+    async with ProcessExecutor(2) as ex:
+        others = [await ex.submit(identity, i) for i in range(20)]
+        with pytest.raises(WorkerLost) as info:
+            await ex.run(hard_exit, 3)
+        assert info.value.exit_code == 3
+        assert "status 3" in str(info.value)
+        assert await ex.wait(others) == list(range(20))
+        assert await ex.run(identity, "after") == "after"
+
+
+@pytest.mark.parametrize(
+    ("signum", "state"),
+    [(signal.SIGKILL, "SIGKILL"), (signal.SIGTERM, "SIGTERM")],
+    ids=["sigkill", "sigterm"],
+)
+async def test_worker_killed_by_a_signal(signum: int, state: str) -> None:
+    async with ProcessExecutor(1) as ex:
+        with pytest.raises(WorkerLost) as info:
+            await ex.run(kill_self, signum)
+        assert info.value.state == state
+        assert info.value.exit_code == -signum
+        if signum == signal.SIGKILL:
+            assert "out-of-memory" in str(info.value)
+        assert await ex.run(identity, 2) == 2
+
+
+async def test_segfault_is_worker_lost() -> None:
+    async with ProcessExecutor(1) as ex:
+        with pytest.raises(WorkerLost) as info:
+            await ex.run(segfault)
+        assert info.value.state == "SIGSEGV"
+        assert await ex.run(identity, 3) == 3
+
+
+async def test_worker_killed_from_outside_fails_only_its_task(tmp_path: Path) -> None:
+    pid_file = tmp_path / "victim.pid"
+    async with ProcessExecutor(2) as ex:
+        victim = await ex.submit(report_pid_then_sleep, str(pid_file))
+        while not pid_file.exists():
+            await anyio.sleep(0.01)
+        bystanders = [await ex.submit(identity, i) for i in range(10)]
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        with pytest.raises(WorkerLost) as info:
+            await victim
+        assert info.value.state == "SIGKILL"
+        assert await ex.wait(bystanders) == list(range(10))
+
+
+async def test_infinite_loop_with_time_limit_is_killed() -> None:
+    async with ProcessExecutor(1) as ex:
+        before = await ex.run(pid)
+        with pytest.raises(TaskTimeout) as info:
+            await ex.with_options(time_limit=0.5).run(spin)
+        assert isinstance(info.value, TimeoutError) and isinstance(info.value, TaskFailed)
+        after = await ex.run(pid)
+        assert after != before  # the spinning worker was killed and replaced
+        assert not _exists(before)
+
+
+def _exists(process_id: int) -> bool:
+    try:
+        os.kill(process_id, 0)
+    except ProcessLookupError:
+        return False
+    import psutil
+
+    try:
+        return bool(psutil.Process(process_id).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_sleeping_task_cancelled_is_killed_at_once() -> None:
+    async with ProcessExecutor(1) as ex:
+        worker = await ex.run(pid)
+        future = await ex.submit(sleep, 60)
+        while future.state in (FutureState.PENDING,):
+            await anyio.sleep(0.01)
+        with anyio.fail_after(30):  # a hang guard, not a timing assertion
+            await ex.cancel(future)
+        assert future.state is FutureState.CANCELLED
+        with pytest.raises(TaskCancelled):
+            await future
+        assert not _exists(worker)
+        assert await ex.run(identity, "next") == "next"
+
+
+async def test_run_cancelled_from_a_cancel_scope_kills_the_work(tmp_path: Path) -> None:
+    beat = tmp_path / "beat"
+    async with ProcessExecutor(1) as ex:
+        with anyio.move_on_after(1.0):
+            await ex.run(heartbeat, str(beat))
+        assert beat.exists()
+        await anyio.sleep(0.3)
+        frozen = beat.read_text()
+        await anyio.sleep(0.5)
+        assert beat.read_text() == frozen
+
+
+@pytest.mark.parametrize("anyio_backend", [ASYNCIO], indirect=True)
+async def test_run_cancelled_as_an_asyncio_task_kills_the_work(tmp_path: Path) -> None:
+    import asyncio
+
+    beat = tmp_path / "beat"
+    async with ProcessExecutor(1) as ex:
+        task = asyncio.ensure_future(ex.run(heartbeat, str(beat)))
+        while not beat.exists():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)
+        frozen = beat.read_text()
+        await asyncio.sleep(0.5)
+        assert beat.read_text() == frozen
+
+
+async def test_hundred_megabytes_of_output_keeps_a_tail(tmp_path: Path) -> None:
+    async with ProcessExecutor(1) as ex:
+        future = await ex.with_options(capture_output=True).submit(print_lots, 100)
+        assert await future == "printed"
+        assert future.info.stdout.endswith("THE-END\n")
+        assert len(future.info.stdout) <= 64 * 1024
+
+
+async def test_log_files_receive_the_whole_output(tmp_path: Path) -> None:
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    async with ProcessExecutor(1) as ex:
+        logged = ex.with_options(log_stdout=out, log_stderr=err)
+        assert await logged.run(print_lots, 1) == "printed"
+    assert out.stat().st_size > 2**20
+    assert out.read_text().endswith("THE-END\n")
+    assert err.exists()
+
+
+async def test_recursion_error_is_a_remote_error() -> None:
+    async with ProcessExecutor(1) as ex:
+        with pytest.raises(RecursionError) as info:
+            await ex.run(recurse, 0)
+        assert isinstance(info.value, RemoteError)
+        assert "recurse" in info.value.remote_traceback
+        assert await ex.run(identity, 4) == 4
+
+
+async def test_two_hundred_megabyte_result() -> None:
+    async with ProcessExecutor(1) as ex:
+        value = await ex.run(big_value, 200)
+        assert len(value) == 200 * 2**20 and value[:1] == b"v"
+
+
+async def test_unpicklable_result_fails_the_task_not_the_worker() -> None:
+    async with ProcessExecutor(1) as ex:
+        worker = await ex.run(pid)
+        with pytest.raises(SerializationError, match="lock"):
+            await ex.run(unpicklable_result)
+        assert await ex.run(pid) == worker
+
+
+async def test_memory_limit_stops_a_hungry_task() -> None:
+    async with ProcessExecutor(1) as ex:
+        limited = ex.with_options(resources=Resources(memory_mb=64))
+        with pytest.raises((MemoryError, WorkerLost)):
+            await limited.run(allocate, 1024)
+        assert await limited.run(allocate, 8) == 8 * 2**20
+        assert await ex.run(allocate, 256) == 256 * 2**20  # the limit was per task
+
+
+async def test_max_tasks_per_worker_recycles_without_losing_tasks() -> None:
+    async with ProcessExecutor(2, max_tasks_per_worker=2) as ex:
+        pids = await ex.wait([await ex.submit(pid) for _ in range(12)])
+        assert len(pids) == 12
+        assert len(set(pids)) >= 6
+
+
+async def test_initializer_runs_in_every_worker() -> None:
+    async with ProcessExecutor(2, initializer=init_marker) as ex:
+        assert await ex.run(initialized) == ["ready"]
+
+
+async def test_failing_initializer_is_a_launch_error() -> None:
+    with pytest.raises(LaunchError, match="initializer exploded"):
+        async with ProcessExecutor(1, initializer=broken_initializer):
+            pass
+
+
+async def test_environment_for_workers_and_per_task() -> None:
+    async with ProcessExecutor(1, env={"AE_POOL": "pool"}) as ex:
+        assert await ex.run(read_env, "AE_POOL") == "pool"
+        assert await ex.with_options(env={"AE_TASK": "task"}).run(read_env, "AE_TASK") == "task"
+        assert await ex.run(read_env, "AE_TASK") is None  # restored after the task
+
+
+async def test_lazy_pool_starts_workers_on_demand() -> None:
+    before = len(children())
+    async with ProcessExecutor(2, eager=False) as ex:
+        assert len(children()) == before
+        assert await ex.run(identity, 1) == 1
+        assert len(children()) == before + 1
+
+
+async def test_bad_python_is_a_launch_error() -> None:
+    with pytest.raises(LaunchError, match="cannot start a worker"):
+        async with ProcessExecutor(1, python="/nonexistent/python3"):
+            pass
+
+
+async def test_version_mismatch_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "python-with-other-cloudpickle"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'exec {sys.executable} -c "import cloudpickle, runpy, sys; '
+        "cloudpickle.__version__ = '0.0.1'; sys.argv = ['worker'] + sys.argv[3:]; "
+        "runpy.run_module('asyncexec.worker', run_name='__main__')\" \"$@\"\n"
+    )
+    fake.chmod(0o755)
+    with pytest.raises(LaunchError, match="cloudpickle"):
+        async with ProcessExecutor(1, python=str(fake)):
+            pass
+
+
+async def test_close_leaves_no_worker_behind() -> None:
+    before = {child.pid for child in children()}
+    async with ProcessExecutor(2) as ex:
+        await ex.run(identity, 0)
+        assert len({child.pid for child in children()} - before) == 2
+    assert {child.pid for child in children()} - before == set()
+
+
+DRIVER = """
+import sys, anyio, time
+from asyncexec import ProcessExecutor
+
+def report(path):
+    import os
+    open(path, "a").write(f"{os.getpid()}\\n")
+    time.sleep(60)
+
+async def main():
+    async with ProcessExecutor(2) as ex:
+        futures = [await ex.submit(report, sys.argv[1]) for _ in range(2)]
+        await ex.wait(futures)
+
+anyio.run(main, backend=sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_killed_driver_leaves_no_worker(tmp_path: Path, backend: str) -> None:
+    import subprocess
+
+    import psutil
+
+    pids = tmp_path / "pids"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(pids), backend])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() < deadline and driver.poll() is None, "the driver never started"
+            time.sleep(0.05)
+        workers = [int(line) for line in pids.read_text().split()]
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 15  # a hang guard: the watch thread polls every 0.5 s
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [
+            pid
+            for pid in workers
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ]
+        time.sleep(0.1)
+    assert not alive, f"workers outlived their driver: {alive}"

@@ -1,0 +1,63 @@
+"""LocalShell: the Shell seam on this machine."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncexec import LocalShell
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
+
+
+async def test_run_collects_output_and_status() -> None:
+    shell = LocalShell(env={"AE_SHELL": "yes"})
+    done = await shell.run(
+        [sys.executable, "-c", "import os,sys; print(os.environ['AE_SHELL']); sys.exit(4)"]
+    )
+    assert done.returncode == 4 and done.stdout == b"yes\n"
+    with pytest.raises(OSError, match="status 4"):
+        done.check()
+    echoed = await shell.run(["cat"], input=b"through stdin")
+    assert echoed.check().stdout == b"through stdin"
+
+
+async def test_cancelled_run_kills_the_command(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    script = f"import os,time; open({str(pid_file)!r},'w').write(str(os.getpid())); time.sleep(60)"
+    with anyio.move_on_after(1.0):
+        await LocalShell().run([sys.executable, "-c", script])
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_files_are_written_atomically_and_privately(tmp_path: Path) -> None:
+    shell = LocalShell()
+    target = str(tmp_path / "payload.bin")
+    await shell.write_bytes(target, b"secret")
+    assert await shell.read_bytes(target) == b"secret"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    with pytest.raises(FileNotFoundError):
+        await shell.read_bytes(str(tmp_path / "missing"))
+
+
+async def test_spawn_streams() -> None:
+    process = await LocalShell().spawn(
+        [sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())"]
+    )
+    try:
+        await process.stdin.send(b"shout")
+        await process.stdin.aclose()
+        received = b""
+        async for chunk in process.stdout:
+            received += chunk
+        assert received == b"SHOUT"
+        assert await process.wait() == 0
+    finally:
+        await process.aclose()
