@@ -9,6 +9,7 @@ tasks are in the launcher's hands at once.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import logging
 import math
@@ -229,6 +230,11 @@ class BaseExecutor:
         self._check_open()
         if not callable(fn):
             raise TypeError(f"cannot submit a {type_name(fn)}: it is not callable")
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"cannot submit {fn!r}: it is a coroutine function; workers run plain functions "
+                "(wrap it: lambda: asyncio.run(fn()))"
+            )
         fn_bytes, args_bytes = dumps_call(fn, args, kwargs)
         holds_slot = False
         if self._pending_slots is not None:

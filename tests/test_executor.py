@@ -167,6 +167,8 @@ async def test_non_callable_is_a_type_error_and_executor_survives() -> None:
     async with inline() as ex:
         with pytest.raises(TypeError, match="not callable"):
             await ex.submit(42)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="coroutine function"):
+            await ex.submit(anyio.sleep, 1)
         assert await ex.run(square, 3) == 9
 
 

@@ -1,0 +1,38 @@
+"""Sessions: tests, lint, typecheck, docs. Run `python3 -m nox -s tests` (see README)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, every async test on asyncio and trio (and uvloop)."""
+    session.install(".[test]")
+    # pytest exits 5 when it collected no test: nox fails on any non-zero status.
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "asyncexec", "tests", "docs", "noxfile.py")
+    session.run("ruff", "format", "--check", "asyncexec", "tests", "docs", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package and the tests."""
+    session.install(".[lint]")
+    session.run("mypy", "--strict")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Run every example in the README and docs/, as users would."""
+    session.install(".")
+    session.run("python", "docs/check_examples.py")
