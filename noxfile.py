@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "compat"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -13,6 +13,13 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, every async test on asyncio and trio (and uvloop)."""
     session.install(".[test]")
     # pytest exits 5 when it collected no test: nox fails on any non-zero status.
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=["3.10", "3.13"])
+def compat(session: nox.Session) -> None:
+    """The test suite on the oldest and the newest Python we support."""
+    session.install(".[test]")
     session.run("pytest", *(session.posargs or ["-q"]))
 
 

@@ -2,12 +2,14 @@
 
 Two modes share one :func:`execute`:
 
-``serve --fd N``
-    Long-lived, for pools. Speaks length-framed msgpack over the socket ``N``:
-    it sends :class:`Hello`, receives :class:`Setup`, answers :class:`Ready`,
-    then answers each :class:`TaskSpec` with an :class:`Outcome` until the
-    driver closes the socket. The task's own stdout and stderr stay those the
-    worker inherited (or are captured per task).
+``serve --fd N`` or ``serve --stdio``
+    Long-lived, for pools. Speaks length-framed msgpack over the socket ``N``
+    (the task's stdout and stderr stay the worker's own) or over stdin and
+    stdout (for SSH channels and attached containers; the task's stdout then
+    goes to stderr). It sends :class:`Hello`, receives :class:`Setup`, answers
+    :class:`Ready`, then answers each :class:`TaskSpec` with an
+    :class:`Outcome` until the driver closes the channel. Output can also be
+    captured per task.
 
 ``run --input FILE --output FILE``
     One-shot, for remote backends. Reads a :class:`Batch` (``-`` for stdin),
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -213,42 +216,66 @@ def _fd_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
 # -- long-lived mode -------------------------------------------------------------
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytearray | None:
+def _recv_exact(channel: io.RawIOBase, size: int) -> bytearray | None:
     buffer = bytearray(size)
     view = memoryview(buffer)
     received = 0
     while received < size:
-        count = sock.recv_into(view[received:])
-        if count == 0:
+        count = channel.readinto(view[received:])
+        if not count:
             return None
         received += count
     return buffer
 
 
-def _send(sock: socket.socket, frame: bytes) -> None:
-    sock.sendall(frame)
+def _send(channel: io.RawIOBase, frame: bytes) -> None:
+    view = memoryview(frame)
+    while view:
+        written = channel.write(view)
+        view = view[written or 0 :]
 
 
-def serve(fd: int) -> int:
-    """Answer TaskSpecs on socket ``fd`` until the driver closes it."""
-    sock = socket.socket(fileno=fd)
+def _stdio_channels() -> tuple[io.RawIOBase, io.RawIOBase]:
+    """Take stdin/stdout for the protocol; the task's prints then go to stderr."""
+    sys.stdout.flush()
+    reader = io.FileIO(os.dup(0), "rb")
+    writer = io.FileIO(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return reader, writer
+
+
+def serve(fd: int | None = None) -> int:
+    """Answer TaskSpecs until the driver closes the channel.
+
+    Args:
+        fd: a connected socket to speak on; None: stdin and stdout (for SSH
+            channels and attached containers), with the task's stdout sent to stderr.
+    """
+    if fd is None:
+        reader, writer = _stdio_channels()
+    else:
+        sock = socket.socket(fileno=fd)
+        reader = writer = sock.makefile("rwb", buffering=0)
     _die_with_parent()
-    _send(sock, encode_frame(Hello(versions=versions(), pid=os.getpid(), host=hostname())))
+    _send(writer, encode_frame(Hello(versions=versions(), pid=os.getpid(), host=hostname())))
     while True:
-        header = _recv_exact(sock, HEADER.size)
+        header = _recv_exact(reader, HEADER.size)
         if header is None:
             return 0
         (size,) = HEADER.unpack(header)
-        body = _recv_exact(sock, size)
+        body = _recv_exact(reader, size)
         if body is None:
             return 0
         message = decode_message(body)
         del body
         if isinstance(message, Setup):
-            _send(sock, encode_frame(_setup(message)))
+            _send(writer, encode_frame(_setup(message)))
         elif isinstance(message, TaskSpec):
             outcome = execute(message)
-            _send(sock, encode_frame(outcome))
+            _send(writer, encode_frame(outcome))
             del outcome
 
 
@@ -371,15 +398,17 @@ def run_once(input_path: str, output_path: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asyncexec.worker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="long-lived worker on a socket")
-    serve_parser.add_argument("--fd", type=int, required=True, help="socket file descriptor")
+    serve_parser = commands.add_parser("serve", help="long-lived worker (pools)")
+    channel = serve_parser.add_mutually_exclusive_group(required=True)
+    channel.add_argument("--fd", type=int, help="speak on this connected socket")
+    channel.add_argument("--stdio", action="store_true", help="speak on stdin and stdout")
     run_parser = commands.add_parser("run", help="run one batch of tasks and exit")
     run_parser.add_argument("--input", default="-", help="Batch file, or - for stdin")
     run_parser.add_argument("--output", default="-", help="Results file, or - for stdout")
     commands.add_parser("version", help="print the versions a driver must match")
     options = parser.parse_args(argv)
     if options.command == "serve":
-        return serve(options.fd)
+        return serve(None if options.stdio else options.fd)
     if options.command == "run":
         return run_once(options.input, options.output)
     current = versions()

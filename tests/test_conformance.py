@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from asyncexec.abc import Launcher
@@ -10,27 +12,21 @@ from asyncexec.testing import InlineLauncher, check_launcher, conformance_cases
 
 pytestmark = pytest.mark.anyio
 
-LAUNCHERS: dict[str, type[Launcher]] = {
-    "process": ProcessLauncher,
-    "thread": ThreadLauncher,
+LAUNCHERS: dict[str, Callable[[], Launcher]] = {
+    "process": lambda: ProcessLauncher(2),
+    "process-stdio": lambda: ProcessLauncher(2, transport="stdio"),
+    "process-lazy": lambda: ProcessLauncher(2, eager=False),
+    "thread": lambda: ThreadLauncher(2),
     "inline": InlineLauncher,
 }
 
 
-def make(kind: str) -> Launcher:
-    if kind == "process":
-        return ProcessLauncher(2)
-    if kind == "thread":
-        return ThreadLauncher(2)
-    return InlineLauncher()
-
-
 @pytest.mark.parametrize(
     ("kind", "case"),
-    [(kind, case) for kind, cls in LAUNCHERS.items() for case in conformance_cases(cls)],
+    [(kind, case) for kind, make in LAUNCHERS.items() for case in conformance_cases(type(make()))],
 )
 async def test_conformance(kind: str, case: str, no_leftover_processes: None) -> None:
-    await check_launcher(lambda: make(kind), only=[case])
+    await check_launcher(LAUNCHERS[kind], only=[case])
 
 
 def test_cases_follow_capabilities() -> None:

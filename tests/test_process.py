@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from asyncexec import (
+    BaseExecutor,
     FutureState,
     LaunchError,
     ProcessExecutor,
@@ -26,6 +27,7 @@ from asyncexec import (
     TaskTimeout,
     WorkerLost,
 )
+from asyncexec.launchers import ProcessLauncher
 from asyncexec.testing import heartbeat
 
 from .conftest import ASYNCIO, TRIO, UVLOOP, children
@@ -258,6 +260,21 @@ async def test_run_cancelled_from_a_cancel_scope_kills_the_work(tmp_path: Path) 
         assert beat.read_text() == frozen
 
 
+@pytest.mark.parametrize("anyio_backend", [TRIO], indirect=True)
+async def test_run_cancelled_by_a_trio_cancel_scope_kills_the_work(tmp_path: Path) -> None:
+    import trio
+
+    beat = tmp_path / "beat"
+    async with ProcessExecutor(1) as ex:
+        with trio.move_on_after(1.0):
+            await ex.run(heartbeat, str(beat))
+        assert beat.exists()
+        await trio.sleep(0.3)
+        frozen = beat.read_text()
+        await trio.sleep(0.5)
+        assert beat.read_text() == frozen
+
+
 @pytest.mark.parametrize("anyio_backend", [ASYNCIO], indirect=True)
 async def test_run_cancelled_as_an_asyncio_task_kills_the_work(tmp_path: Path) -> None:
     import asyncio
@@ -292,6 +309,36 @@ async def test_log_files_receive_the_whole_output(tmp_path: Path) -> None:
     assert out.stat().st_size > 2**20
     assert out.read_text().endswith("THE-END\n")
     assert err.exists()
+
+
+async def test_prints_over_stdio_do_not_garble_the_protocol() -> None:
+    async with BaseExecutor(1, launcher=ProcessLauncher(1, transport="stdio")) as ex:
+        assert await ex.run(print_lots, 1) == "printed"
+        assert await ex.run(identity, "intact") == "intact"
+
+
+def exceed_cpu_rlimit() -> None:
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    seconds = int(used.ru_utime + used.ru_stime) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (seconds, resource.RLIM_INFINITY))
+    spin()
+
+
+async def test_rlimit_death_is_worker_lost() -> None:
+    async with ProcessExecutor(1) as ex:
+        with pytest.raises(WorkerLost) as info:
+            await ex.run(exceed_cpu_rlimit)
+        assert info.value.state == "SIGXCPU"
+        assert await ex.run(identity, 5) == 5
+
+
+async def test_unpicklable_argument_fails_at_submit() -> None:
+    async with ProcessExecutor(1) as ex:
+        with pytest.raises(SerializationError, match=r"argument 1 of type _thread\.lock"):
+            await ex.submit(identity, 1, threading.Lock())
+        assert await ex.run(identity, 6) == 6
 
 
 async def test_recursion_error_is_a_remote_error() -> None:

@@ -20,10 +20,16 @@ import sys
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
-from anyio.abc import Process, TaskGroup, UNIXSocketStream
+from anyio.abc import (
+    ByteReceiveStream,
+    ByteSendStream,
+    Process,
+    TaskGroup,
+    UNIXSocketStream,
+)
 
 import asyncexec
 
@@ -49,7 +55,7 @@ _READ_SIZE = 1 << 20
 class _FrameReader:
     """Reads whole frames from a byte stream; safe to cancel between frames."""
 
-    def __init__(self, stream: UNIXSocketStream) -> None:
+    def __init__(self, stream: ByteReceiveStream) -> None:
         self._stream = stream
         self._buffer = bytearray()
 
@@ -82,13 +88,31 @@ class _Job:
 
 
 class _Worker:
-    __slots__ = ("exited", "job", "pid", "process", "reader", "retiring", "stream", "tasks_run")
+    """One worker process and its channel: a socket, or its stdin and stdout."""
 
-    def __init__(self, process: Process, stream: UNIXSocketStream) -> None:
+    __slots__ = (
+        "exited",
+        "job",
+        "pid",
+        "process",
+        "reader",
+        "retiring",
+        "sender",
+        "socket",
+        "tasks_run",
+    )
+
+    def __init__(self, process: Process, socket_stream: UNIXSocketStream | None) -> None:
         self.process = process
         self.pid = process.pid
-        self.stream = stream
-        self.reader = _FrameReader(stream)
+        self.socket = socket_stream
+        if socket_stream is not None:
+            self.sender: ByteSendStream = socket_stream
+            self.reader = _FrameReader(socket_stream)
+        else:
+            assert process.stdin is not None and process.stdout is not None
+            self.sender = process.stdin
+            self.reader = _FrameReader(process.stdout)
         self.job: _Job | None = None
         self.tasks_run = 0
         self.retiring = False
@@ -97,6 +121,23 @@ class _Worker:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+
+    async def send(self, frame: bytes) -> None:
+        await self.sender.send(frame)
+
+    async def close_input(self) -> None:
+        """Tell the worker no more tasks come: it exits when idle."""
+        with contextlib.suppress(Exception):
+            if self.socket is not None:
+                await self.socket.send_eof()
+            else:
+                await self.sender.aclose()
+
+    async def aclose(self) -> None:
+        """Close the channel and reap the process (which must be exiting)."""
+        if self.socket is not None:
+            await self.socket.aclose()
+        await self.process.aclose()
 
 
 class ProcessLauncher(Launcher):
@@ -110,6 +151,9 @@ class ProcessLauncher(Launcher):
         max_tasks_per_worker: replace a worker after this many tasks.
         eager: start every worker when the pool opens (else on first need).
         startup_timeout: seconds a worker may take to say hello.
+        transport: ``"socket"`` (a private socket pair; the task's stdout and
+            stderr are the driver's) or ``"stdio"`` (the worker's stdin and
+            stdout, as over SSH; the task's stdout goes to stderr).
     """
 
     def __init__(
@@ -122,7 +166,10 @@ class ProcessLauncher(Launcher):
         max_tasks_per_worker: int | None = None,
         eager: bool = True,
         startup_timeout: float = 60.0,
+        transport: Literal["socket", "stdio"] = "socket",
     ) -> None:
+        if transport not in ("socket", "stdio"):
+            raise ValueError(f"transport must be 'socket' or 'stdio', got {transport!r}")
         if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
             raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks_per_worker!r}")
         if initializer is not None and not callable(initializer):
@@ -134,6 +181,7 @@ class ProcessLauncher(Launcher):
         self._max_tasks = max_tasks_per_worker
         self._eager = eager
         self._startup_timeout = startup_timeout
+        self._transport = transport
         self._workers: set[_Worker] = set()
         self._idle: deque[_Worker] = deque()
         self._spawning = 0
@@ -187,8 +235,7 @@ class ProcessLauncher(Launcher):
             if worker.job is not None:
                 worker.kill()
             else:
-                with contextlib.suppress(Exception):
-                    await worker.stream.send_eof()
+                await worker.close_input()
         with anyio.move_on_after(5):
             for worker in workers:
                 await worker.exited.wait()
@@ -205,9 +252,14 @@ class ProcessLauncher(Launcher):
         job = _Job(task.task_id, worker)
         worker.job = job
         self._jobs[task.task_id] = job
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        # Shielded: a frame cut in half by a cancellation would garble the channel.
+        # A cancellation is seen at the caller's next await, which then kills the job.
+        with (
+            anyio.CancelScope(shield=True),
+            contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError),
+        ):
             # A worker that died meanwhile is reported by its reader as "lost".
-            await worker.stream.send(encode_frame(task))
+            await worker.send(encode_frame(task))
         return JobRef(kind="process", native_id=task.task_id, host=self._host)
 
     async def wait(self, ref: JobRef) -> Outcome:
@@ -264,42 +316,51 @@ class ProcessLauncher(Launcher):
         if self._closed or self._tg is None:
             with anyio.CancelScope(shield=True):
                 worker.kill()
-                await worker.process.wait()
-                await worker.stream.aclose()
-                await worker.process.aclose()
+                await worker.aclose()
             raise LaunchError("the process pool is closed")
         self._workers.add(worker)
         self._tg.start_soon(self._read_loop, worker)
         return worker
 
     async def _start_worker(self) -> _Worker:
-        parent, child = socket.socketpair()
+        command = [self._python, "-m", "asyncexec.worker", "serve"]
         try:
-            process = await anyio.open_process(
-                [self._python, "-m", "asyncexec.worker", "serve", "--fd", str(child.fileno())],
-                stdin=subprocess.DEVNULL,
-                stdout=None,
-                stderr=None,
-                pass_fds=(child.fileno(),),
-                start_new_session=True,
-                env=self._worker_env(),
-            )
+            if self._transport == "stdio":
+                process = await anyio.open_process(
+                    [*command, "--stdio"],
+                    stderr=None,
+                    start_new_session=True,
+                    env=self._worker_env(),
+                )
+                worker = _Worker(process, None)
+            else:
+                parent, child = socket.socketpair()
+                try:
+                    process = await anyio.open_process(
+                        [*command, "--fd", str(child.fileno())],
+                        stdin=subprocess.DEVNULL,
+                        stdout=None,
+                        stderr=None,
+                        pass_fds=(child.fileno(),),
+                        start_new_session=True,
+                        env=self._worker_env(),
+                    )
+                except BaseException:
+                    parent.close()
+                    raise
+                finally:
+                    child.close()
+                worker = _Worker(process, await UNIXSocketStream.from_socket(parent))
         except OSError as exc:
-            parent.close()
             raise LaunchError(f"cannot start a worker with {self._python}: {exc}") from exc
-        finally:
-            child.close()
-        stream = await UNIXSocketStream.from_socket(parent)
-        worker = _Worker(process, stream)
         try:
             with anyio.fail_after(self._startup_timeout):
                 await self._handshake(worker)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 worker.kill()
-                returncode = await process.wait()
-                await stream.aclose()
-                await process.aclose()
+                returncode = await worker.process.wait()
+                await worker.aclose()
             if isinstance(exc, (anyio.EndOfStream, anyio.BrokenResourceError)):
                 text, _ = describe_exit(returncode)
                 raise LaunchError(f"a worker died while starting: {text}") from None
@@ -320,7 +381,7 @@ class ProcessLauncher(Launcher):
         setup = Setup(
             sys_path=[entry for entry in sys.path if entry], initializer=self._initializer
         )
-        await worker.stream.send(encode_frame(setup))
+        await worker.send(encode_frame(setup))
         ready = await worker.reader.read()
         if not isinstance(ready, Ready):
             raise LaunchError(f"the worker answered Setup with {type(ready).__name__}")
@@ -369,8 +430,7 @@ class ProcessLauncher(Launcher):
             self._make_idle(worker)
 
     async def _retire(self, worker: _Worker) -> None:
-        with contextlib.suppress(Exception):
-            await worker.stream.send_eof()
+        await worker.close_input()
 
     async def _bury(self, worker: _Worker) -> None:
         """A worker's socket closed: reap it and fail the task it held."""
@@ -379,8 +439,7 @@ class ProcessLauncher(Launcher):
         if worker.process.returncode is None:
             worker.kill()
         returncode = await worker.process.wait()
-        await worker.stream.aclose()
-        await worker.process.aclose()
+        await worker.aclose()
         self._workers.discard(worker)
         job, worker.job = worker.job, None
         if job is not None and not job.done.is_set():
