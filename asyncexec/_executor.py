@@ -614,16 +614,18 @@ class _Completion:
 
     def __init__(self, futures: Iterable[Future[Any]] = ()) -> None:
         self._done: deque[Future[Any]] = deque()
-        self._watched: list[Future[Any]] = []
+        self._watched: set[Future[Any]] = set()  # only the unfinished: map() may run long
         self._event = anyio.Event()
         for future in futures:
             self.add(future)
 
     def add(self, future: Future[Any]) -> None:
-        self._watched.append(future)
+        if not future.ready():
+            self._watched.add(future)
         future.add_done_callback(self._on_done)
 
     def _on_done(self, future: Future[Any]) -> None:
+        self._watched.discard(future)
         self._done.append(future)
         self._event.set()
 

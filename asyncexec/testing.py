@@ -38,7 +38,14 @@ from ._messages import JobRef, Outcome, TaskSpec
 from ._worker import execute
 from .abc import Launcher
 
-__all__ = ["CONFORMANCE_CASES", "InlineLauncher", "check_launcher", "conformance_cases"]
+__all__ = [
+    "CONFORMANCE_CASES",
+    "InlineLauncher",
+    "assert_heartbeat_stopped",
+    "check_launcher",
+    "conformance_cases",
+    "heartbeat",
+]
 
 
 class InlineLauncher(Launcher):
@@ -140,8 +147,8 @@ async def _read_beat(path: str) -> str:
     return await beat.read_text() if await beat.exists() else ""
 
 
-async def _beats_stopped(path: str) -> None:
-    """Assert the heartbeat at ``path`` no longer changes: the work really stopped."""
+async def assert_heartbeat_stopped(path: str) -> None:
+    """Assert the :func:`heartbeat` at ``path`` no longer changes: the work really stopped."""
     await anyio.sleep(0.3)
     before = await _read_beat(path)
     await anyio.sleep(0.5)
@@ -211,7 +218,7 @@ async def _case_timeout(ctx: _Context) -> None:
         assert isinstance(exc, TimeoutError)
     else:
         raise AssertionError("a task past its time limit did not time out")
-    await _beats_stopped(beat)
+    await assert_heartbeat_stopped(beat)
     assert await (await ctx.executor.submit(add, 3, 3)) == 6
 
 
@@ -240,7 +247,7 @@ async def _case_cancel_running(ctx: _Context) -> None:
     assert not future.ready(), future.state
     assert await future.cancel() is True
     assert future.state is FutureState.CANCELLED
-    await _beats_stopped(beat)
+    await assert_heartbeat_stopped(beat)
     assert await (await ctx.executor.submit(add, 4, 4)) == 8
 
 

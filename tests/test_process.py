@@ -28,7 +28,7 @@ from asyncexec import (
     WorkerLost,
 )
 from asyncexec.launchers import ProcessLauncher
-from asyncexec.testing import heartbeat
+from asyncexec.testing import assert_heartbeat_stopped, heartbeat
 
 from .conftest import ASYNCIO, TRIO, UVLOOP, children
 
@@ -254,10 +254,7 @@ async def test_run_cancelled_from_a_cancel_scope_kills_the_work(tmp_path: Path) 
         with anyio.move_on_after(1.0):
             await ex.run(heartbeat, str(beat))
         assert beat.exists()
-        await anyio.sleep(0.3)
-        frozen = beat.read_text()
-        await anyio.sleep(0.5)
-        assert beat.read_text() == frozen
+        await assert_heartbeat_stopped(str(beat))
 
 
 @pytest.mark.parametrize("anyio_backend", [TRIO], indirect=True)
@@ -269,10 +266,7 @@ async def test_run_cancelled_by_a_trio_cancel_scope_kills_the_work(tmp_path: Pat
         with trio.move_on_after(1.0):
             await ex.run(heartbeat, str(beat))
         assert beat.exists()
-        await trio.sleep(0.3)
-        frozen = beat.read_text()
-        await trio.sleep(0.5)
-        assert beat.read_text() == frozen
+        await assert_heartbeat_stopped(str(beat))
 
 
 @pytest.mark.parametrize("anyio_backend", [ASYNCIO], indirect=True)
@@ -287,10 +281,7 @@ async def test_run_cancelled_as_an_asyncio_task_kills_the_work(tmp_path: Path) -
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.3)
-        frozen = beat.read_text()
-        await asyncio.sleep(0.5)
-        assert beat.read_text() == frozen
+        await assert_heartbeat_stopped(str(beat))
 
 
 async def test_hundred_megabytes_of_output_keeps_a_tail(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any, Literal
 
 import anyio
@@ -27,7 +26,6 @@ from anyio.abc import (
     ByteReceiveStream,
     ByteSendStream,
     Process,
-    TaskGroup,
     UNIXSocketStream,
 )
 
@@ -40,11 +38,9 @@ from .._messages import ErrorInfo, Hello, JobRef, Message, Outcome, Ready, Setup
 from .._options import TaskOptions
 from .._worker import version_mismatch
 from ..abc import Launcher
+from ._local import LocalJob, LocalLauncher
 
 __all__ = ["ProcessExecutor", "ProcessLauncher"]
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger("asyncexec")
 
@@ -77,14 +73,12 @@ class _FrameReader:
             buffer += await self._stream.receive(max(65536, min(wanted, _READ_SIZE)))
 
 
-class _Job:
-    __slots__ = ("done", "outcome", "task_id", "worker")
+class _Job(LocalJob):
+    __slots__ = ("worker",)
 
     def __init__(self, task_id: str, worker: _Worker) -> None:
-        self.task_id = task_id
+        super().__init__(task_id)
         self.worker = worker
-        self.outcome: Outcome | None = None
-        self.done = anyio.Event()
 
 
 class _Worker:
@@ -140,7 +134,7 @@ class _Worker:
         await self.process.aclose()
 
 
-class ProcessLauncher(Launcher):
+class ProcessLauncher(LocalLauncher[_Job]):
     """Runs tasks in a pool of ``n_workers`` worker processes.
 
     Args:
@@ -174,6 +168,7 @@ class ProcessLauncher(Launcher):
             raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks_per_worker!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
+        super().__init__()
         self._n_workers = n_workers
         self._python = python
         self._env = dict(env or {})
@@ -186,8 +181,6 @@ class ProcessLauncher(Launcher):
         self._idle: deque[_Worker] = deque()
         self._spawning = 0
         self._capacity: anyio.Event | None = None  # made on entry: Events need a running loop
-        self._jobs: dict[str, _Job] = {}
-        self._tg: TaskGroup | None = None
         self._closed = False
         self._host = hostname()
 
@@ -196,35 +189,12 @@ class ProcessLauncher(Launcher):
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def __aenter__(self) -> ProcessLauncher:
+    async def _open(self) -> None:
         self._capacity = anyio.Event()
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
         if self._eager:
-            try:
-                async with anyio.create_task_group() as spawners:
-                    for _ in range(self._n_workers):
-                        spawners.start_soon(self._spawn_idle)
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    await self.aclose()
-                await tg.__aexit__(None, None, None)  # outside the shield: scopes nest
-                self._tg = None
-                raise _single(exc) from None
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
-        if self._tg is not None:
-            await self._tg.__aexit__(None, None, None)
-            self._tg = None
+            async with anyio.create_task_group() as spawners:
+                for _ in range(self._n_workers):
+                    spawners.start_soon(self._spawn_idle)
 
     async def aclose(self) -> None:
         """Ask idle workers to exit, kill the rest after a grace period, reap all."""
@@ -261,15 +231,6 @@ class ProcessLauncher(Launcher):
             # A worker that died meanwhile is reported by its reader as "lost".
             await worker.send(encode_frame(task))
         return JobRef(kind="process", native_id=task.task_id, host=self._host)
-
-    async def wait(self, ref: JobRef) -> Outcome:
-        job = self._jobs.get(ref.native_id)
-        if job is None:
-            raise LaunchError(f"unknown task {ref.native_id}")
-        await job.done.wait()
-        self._jobs.pop(ref.native_id, None)
-        assert job.outcome is not None
-        return job.outcome
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.pop(ref.native_id, None)
@@ -419,8 +380,7 @@ class ProcessLauncher(Launcher):
         job, worker.job = worker.job, None
         outcome.host = self._host
         if job is not None and job.task_id == outcome.task_id:
-            job.outcome = outcome
-            job.done.set()
+            job.settle(outcome)
         worker.tasks_run += 1
         if self._max_tasks is not None and worker.tasks_run >= self._max_tasks:
             worker.retiring = True
@@ -444,16 +404,18 @@ class ProcessLauncher(Launcher):
         job, worker.job = worker.job, None
         if job is not None and not job.done.is_set():
             text, state = describe_exit(returncode)
-            job.outcome = Outcome(
-                task_id=job.task_id,
-                status="lost",
-                error=ErrorInfo(type_name="WorkerLost", message=text, traceback=""),
-                exit_code=returncode,
-                state=state,
-                pid=worker.pid,
-                host=self._host,
+            lost = ErrorInfo(type_name="WorkerLost", message=text, traceback="")
+            job.settle(
+                Outcome(
+                    task_id=job.task_id,
+                    status="lost",
+                    error=lost,
+                    exit_code=returncode,
+                    state=state,
+                    pid=worker.pid,
+                    host=self._host,
+                )
             )
-            job.done.set()
         worker.exited.set()
         self._wake()
         if self._eager and not self._closed and self._tg is not None:
@@ -464,13 +426,6 @@ class ProcessLauncher(Launcher):
             return
         with contextlib.suppress(LaunchError):  # the next start() tries again and reports it
             await self._spawn_idle()
-
-
-def _single(exc: BaseException) -> BaseException:
-    """The one error inside an exception group made by a task group, if it is alone."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 class ProcessExecutor(BaseExecutor):

@@ -17,11 +17,9 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import IO, Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from .._exceptions import LaunchError
 from .._executor import BaseExecutor
@@ -30,6 +28,7 @@ from .._options import TaskOptions
 from .._stopit import async_raise
 from .._worker import TAIL_BYTES, execute
 from ..abc import Launcher
+from ._local import LocalJob, LocalLauncher
 
 __all__ = ["ThreadExecutor", "ThreadLauncher"]
 
@@ -38,48 +37,31 @@ class _ThreadStopped(BaseException):
     """Raised inside a thread whose task was cancelled or timed out."""
 
 
-class _Job:
-    __slots__ = ("done", "lock", "outcome", "running", "scope", "spec", "thread_id")
+class _Job(LocalJob):
+    __slots__ = ("lock", "running", "scope", "spec", "thread_id")
 
     def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec.task_id)
         self.spec = spec
-        self.outcome: Outcome | None = None
-        self.done = anyio.Event()
         self.lock = threading.Lock()
         self.running = False
         self.thread_id: int | None = None
         self.scope: anyio.CancelScope | None = None
 
 
-class ThreadLauncher(Launcher):
+class ThreadLauncher(LocalLauncher[_Job]):
     """Runs tasks in up to ``n_workers`` threads of this process."""
 
     can_kill = True  # Python code only; see the module docstring
     isolates_crashes = False
 
     def __init__(self, n_workers: int) -> None:
+        super().__init__()
         self._n_workers = n_workers
         self._limiter: anyio.CapacityLimiter | None = None  # made on entry, in the event loop
-        self._jobs: dict[str, _Job] = {}
-        self._tg: TaskGroup | None = None
 
-    async def __aenter__(self) -> ThreadLauncher:
+    async def _open(self) -> None:
         self._limiter = anyio.CapacityLimiter(self._n_workers)
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-        tg, self._tg = self._tg, None
-        if tg is not None:
-            await tg.__aexit__(None, None, None)
 
     async def start(self, task: TaskSpec) -> JobRef:
         if task.env:
@@ -98,21 +80,12 @@ class ThreadLauncher(Launcher):
     async def _drive(self, job: _Job) -> None:
         with anyio.CancelScope() as scope:
             job.scope = scope
-            job.outcome = await anyio.to_thread.run_sync(
-                _call, job, abandon_on_cancel=True, limiter=self._limiter
+            job.settle(
+                await anyio.to_thread.run_sync(
+                    _call, job, abandon_on_cancel=True, limiter=self._limiter
+                )
             )
-        if job.outcome is None:
-            job.outcome = Outcome(task_id=job.spec.task_id, status="cancelled")
-        job.done.set()
-
-    async def wait(self, ref: JobRef) -> Outcome:
-        job = self._jobs.get(ref.native_id)
-        if job is None:
-            raise LaunchError(f"unknown task {ref.native_id}")
-        await job.done.wait()
-        self._jobs.pop(ref.native_id, None)
-        assert job.outcome is not None
-        return job.outcome
+        job.settle(Outcome(task_id=job.task_id, status="cancelled"))
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.pop(ref.native_id, None)

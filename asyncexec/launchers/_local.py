@@ -1,0 +1,98 @@
+"""What the launchers of this process share: a job table and a task group."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import Generic, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._exceptions import LaunchError
+from .._messages import JobRef, Outcome
+from ..abc import Launcher
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["LocalJob", "LocalLauncher"]
+
+
+class LocalJob:
+    """A task handed to a launcher of this process, until its outcome is read."""
+
+    __slots__ = ("done", "outcome", "task_id")
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.outcome: Outcome | None = None
+        self.done = anyio.Event()
+
+    def settle(self, outcome: Outcome) -> None:
+        if not self.done.is_set():
+            self.outcome = outcome
+            self.done.set()
+
+
+J = TypeVar("J", bound=LocalJob)
+_L = TypeVar("_L", bound="LocalLauncher[LocalJob]")
+
+
+class LocalLauncher(Launcher, Generic[J]):
+    """A launcher whose jobs live in this process and which runs background tasks.
+
+    Its task group is entered in ``__aenter__`` and left in ``__aexit__``, so it
+    wraps the caller's code in between: background tasks must never raise,
+    and ``aclose`` must not cancel the group.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, J] = {}
+        self._tg: TaskGroup | None = None
+
+    async def _open(self) -> None:
+        """Acquire what the launcher needs once its task group runs."""
+
+    async def __aenter__(self: _L) -> _L:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            await self._open()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            await tg.__aexit__(None, None, None)  # outside the shield: scopes nest
+            self._tg = None
+            raise _single(exc) from None
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+        if self._tg is not None:
+            # The caller's own error is not the background tasks': don't wrap it.
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+
+    async def wait(self, ref: JobRef) -> Outcome:
+        job = self._jobs.get(ref.native_id)
+        if job is None:
+            raise LaunchError(f"unknown task {ref.native_id}")
+        await job.done.wait()
+        self._jobs.pop(ref.native_id, None)
+        assert job.outcome is not None
+        return job.outcome
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one error inside an exception group made by a task group, if it is alone."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
