@@ -327,7 +327,8 @@ class BaseExecutor:
             for args in itertools.islice(items, window):
                 future = await self._submit(fn, args, {}, options)
                 in_flight.append(future)
-                completion.add(future)
+                if not ordered:
+                    completion.add(future)
             while in_flight:
                 if ordered:
                     future = in_flight.popleft()
@@ -339,7 +340,8 @@ class BaseExecutor:
                 for args in itertools.islice(items, 1):
                     following = await self._submit(fn, args, {}, options)
                     in_flight.append(following)
-                    completion.add(following)
+                    if not ordered:
+                        completion.add(following)
                 yield value
         finally:
             completion.close()
@@ -449,6 +451,10 @@ class BaseExecutor:
         task.attempt += 1
         task.spec.attempt = task.attempt
         info.attempts = task.attempt
+        # What an earlier attempt left must not mix with this one.
+        info.started = info.finished = info.pid = info.exit_code = info.job_ref = None
+        info.worker = info.host = None
+        info.stdout = info.stderr = ""
         outcome: Outcome | None = None
         error: BaseException | None = None
         timed_out = False

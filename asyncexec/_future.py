@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import logging
 import traceback
 from collections.abc import Callable, Generator
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 import anyio
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["AsyncException", "AsyncResult", "Future", "FutureState", "TaskInfo"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("asyncexec")
 
 
 class FutureState(enum.Enum):
@@ -75,12 +79,12 @@ class Future(Generic[T]):
         "_callbacks",
         "_cancel_requested",
         "_error",
+        "_error_tb",
         "_event",
         "_executor",
         "_info",
         "_state",
         "_task_id",
-        "_traceback",
         "_value",
     )
 
@@ -90,7 +94,7 @@ class Future(Generic[T]):
         self._state = FutureState.PENDING
         self._value: Any = None
         self._error: BaseException | None = None
-        self._traceback: str | None = None
+        self._error_tb: TracebackType | None = None
         self._callbacks: list[Callable[[Future[T]], object]] | None = None
         self._event: anyio.Event | None = None
         self._info = info
@@ -157,7 +161,8 @@ class Future(Generic[T]):
         if self._state is FutureState.DONE:
             return self._value  # type: ignore[no-any-return]
         assert self._error is not None
-        raise self._error
+        # Re-raise with the traceback it settled with: awaiting again must not grow it.
+        raise self._error.with_traceback(self._error_tb)
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.get().__await__()
@@ -205,11 +210,17 @@ class Future(Generic[T]):
         self._state = state
         self._value = value
         self._error = error
+        if error is not None:
+            self._error_tb = error.__traceback__
         if self._event is not None:
             self._event.set()
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
-            callback(self)
+            try:
+                callback(self)
+            except Exception:
+                # A broken callback must not take the executor down, nor skip the others.
+                log.exception("done callback %r of %r raised", callback, self)
 
     def _result_pair(self) -> AsyncResult[T] | AsyncException[T]:
         if self._state is FutureState.DONE:

@@ -81,13 +81,17 @@ def version_mismatch(driver: Versions, worker: Versions) -> str | None:
     return "version mismatch: " + "; ".join(problems)
 
 
-def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
-    """Run one task and describe what became of it. Never raises for user errors.
+def execute(
+    spec: TaskSpec, *, capture: OutputCapture | None = None, enforce_time_limit: bool = False
+) -> Outcome:
+    """Run one task and describe what became of it. Never raises for the task's errors.
 
     Args:
         spec: the task.
         capture: how to capture output when ``spec.capture_output`` is set;
             by default the process's file descriptors 1 and 2 are redirected.
+        enforce_time_limit: interrupt the function at ``spec.time_limit`` (with
+            SIGALRM; main thread only). Pools leave this to the driver, which kills.
     """
     started = time.time()
     outcome = Outcome(task_id=spec.task_id, status="ok", started=started, pid=os.getpid())
@@ -101,21 +105,27 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         return outcome
     wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path
     capturing = (capture or _fd_capture)(spec) if wants_capture else contextlib.nullcontext(None)
-    with _environment(spec.env), _memory_limit(spec.memory_mb), capturing as tails:
-        try:
-            value = fn(*args, **kwargs)
-        except _SoftTimeout:
-            outcome.status = "timeout"
-            value = None
-        except BaseException as exc:  # the task's own errors, SystemExit included
-            outcome.status = "raised"
-            outcome.error = describe_exception(exc, skip_frames=1)
-            value = None
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-    if tails is not None:
-        outcome.stdout, outcome.stderr = tails()
+    time_limit = spec.time_limit if enforce_time_limit else None
+    value = None
+    try:
+        with _environment(spec.env), _memory_limit(spec.memory_mb), capturing as tails:
+            try:
+                with _alarm(time_limit):
+                    value = fn(*args, **kwargs)
+            except _SoftTimeout:
+                outcome.status = "timeout"
+            except BaseException as exc:  # the task's own errors, SystemExit included
+                outcome.status = "raised"
+                outcome.error = describe_exception(exc, skip_frames=1)  # not execute() itself
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+        if tails is not None:
+            outcome.stdout, outcome.stderr = tails()
+    except Exception as exc:  # setting the task up failed: a log file that cannot be opened...
+        outcome.status = "raised"
+        outcome.error = describe_exception(exc)
+        value = None
     if outcome.status == "ok":
         try:
             outcome.value = dumps(value)
@@ -192,12 +202,17 @@ def _fd_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
     write. Without a ``stdout_path``/``stderr_path`` the files are temporary.
     """
     files: list[IO[bytes]] = []
+    try:  # open both before redirecting either: a bad path leaves nothing redirected
+        for path in (spec.stdout_path, spec.stderr_path):
+            files.append(open(path, "ab+") if path else tempfile.TemporaryFile())  # noqa: SIM115
+    except BaseException:
+        for opened in files:
+            opened.close()
+        raise
+    sys.stdout.flush()
+    sys.stderr.flush()
     saved: list[int] = []
-    for fd, path in ((1, spec.stdout_path), (2, spec.stderr_path)):
-        target: IO[bytes] = open(path, "ab+") if path else tempfile.TemporaryFile()  # noqa: SIM115
-        files.append(target)
-        sys.stdout.flush()
-        sys.stderr.flush()
+    for fd, target in zip((1, 2), files, strict=True):
         saved.append(os.dup(fd))
         os.dup2(target.fileno(), fd)
     tails: list[str] = ["", ""]
@@ -327,16 +342,19 @@ def run_batch(batch: Batch) -> Results:
         )
     outcomes = []
     for task in batch.tasks:
-        with _soft_time_limit(task.time_limit):
-            outcome = execute(task)
+        with _watchdog(task.time_limit):
+            try:
+                outcome = execute(task, enforce_time_limit=True)
+            except _SoftTimeout:  # the alarm rang in the last instant: still a timeout
+                outcome = Outcome(task_id=task.task_id, status="timeout", pid=os.getpid())
         outcome.host = hostname()
         outcomes.append(outcome)
     return Results(outcomes=outcomes)
 
 
 @contextlib.contextmanager
-def _soft_time_limit(seconds: float | None) -> Iterator[None]:
-    """Interrupt the task at its limit; kill the whole worker if it does not stop."""
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """Raise _SoftTimeout in the task when its time limit passes (main thread only)."""
     if seconds is None or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -346,15 +364,25 @@ def _soft_time_limit(seconds: float | None) -> Iterator[None]:
 
     previous = signal.signal(signal.SIGALRM, interrupt)
     signal.setitimer(signal.ITIMER_REAL, seconds)
-    # Code stuck in C never sees the signal: a watchdog ends the process.
-    watchdog = threading.Timer(seconds + 10.0, os._exit, args=(124,))
-    watchdog.daemon = True
-    watchdog.start()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float | None, grace: float = 10.0) -> Iterator[None]:
+    """Code stuck in C never sees the alarm: end the whole worker ``grace`` s later."""
+    if seconds is None:
+        yield
+        return
+    watchdog = threading.Timer(seconds + grace, os._exit, args=(124,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
         watchdog.cancel()
 
 

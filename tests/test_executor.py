@@ -408,3 +408,77 @@ async def test_thread_refuses_env_and_memory_limits() -> None:
             await ex.with_options(env={"A": "1"}).run(square, 1)
         with pytest.raises(asyncexec.LaunchError, match="memory"):
             await ex.with_options(resources=asyncexec.Resources(memory_mb=10)).run(square, 1)
+
+
+# -- regressions ------------------------------------------------------------------
+
+
+async def test_a_raising_done_callback_harms_nobody(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(future: asyncexec.Future[Any]) -> None:
+        raise RuntimeError("callback bug")
+
+    seen: list[int] = []
+    async with inline() as ex:
+        future = await ex.submit(square, 3)
+        future.add_done_callback(broken)
+        future.add_done_callback(lambda f: seen.append(1))
+        assert await future == 9
+        assert await ex.run(square, 2) == 4
+    assert seen == [1]
+    assert "callback bug" in caplog.text
+
+
+async def test_a_bad_log_path_fails_the_task_only() -> None:
+    async with ThreadExecutor(1) as ex:
+        bad = ex.with_options(log_stdout="/nonexistent-dir/out.log")
+        with pytest.raises(FileNotFoundError):
+            await bad.run(square, 2)
+        assert await ex.run(square, 3) == 9
+
+
+async def test_ordered_map_lets_go_of_consumed_futures() -> None:
+    import gc
+
+    async with ThreadExecutor(2) as ex:
+        consumed = 0
+        async for _ in ex.map(big_bytes, range(200)):
+            consumed += 1
+            if consumed == 150:
+                gc.collect()
+                alive = sum(isinstance(o, asyncexec.Future) for o in gc.get_objects())
+                assert alive <= 3 * ex.n_workers, f"{alive} futures kept by map()"
+
+
+def big_bytes(i: int) -> bytes:
+    return bytes(10_000)
+
+
+async def test_awaiting_a_failure_again_does_not_grow_its_traceback() -> None:
+    import traceback as tb
+
+    async with inline() as ex:
+        future = await ex.submit(fail_on, 1, 1)
+        depths = []
+        for _ in range(50):
+            try:
+                await future
+            except KeyError as exc:
+                depths.append(len(tb.extract_tb(exc.__traceback__)))
+        assert depths[0] == depths[-1]
+
+
+def cancelled_side_effect(path: str, seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:  # pure Python, so the thread can be stopped
+        pass
+    Path(path).touch()
+
+
+async def test_thread_tasks_cancelled_right_after_submit_never_run(tmp_path: Path) -> None:
+    async with ThreadExecutor(4) as ex:
+        for index in range(100):
+            future = await ex.submit(cancelled_side_effect, str(tmp_path / str(index)), 0.2)
+            await ex.cancel(future)
+            assert future.state is FutureState.CANCELLED
+        await anyio.sleep(0.5)
+    assert list(tmp_path.iterdir()) == []

@@ -28,6 +28,7 @@ from asyncexec import (
     WorkerLost,
 )
 from asyncexec.launchers import ProcessLauncher
+from asyncexec.launchers.process import _has_exited
 from asyncexec.testing import assert_heartbeat_stopped, heartbeat
 
 from .conftest import ASYNCIO, TRIO, UVLOOP, children
@@ -470,3 +471,46 @@ def test_killed_driver_leaves_no_worker(tmp_path: Path, backend: str) -> None:
         ]
         time.sleep(0.1)
     assert not alive, f"workers outlived their driver: {alive}"
+
+
+def fail_then_sleep(path: str) -> None:
+    if not os.path.exists(path):
+        Path(path).write_text("first attempt")
+        print("first attempt output")
+        raise ValueError("first attempt fails fast")
+    time.sleep(60)
+
+
+async def test_info_describes_the_last_attempt_only(tmp_path: Path) -> None:
+    async with ProcessExecutor(1) as ex:
+        retried = ex.with_options(retries=1, retry_backoff=0.05, time_limit=1, capture_output=True)
+        future = await retried.submit(fail_then_sleep, str(tmp_path / "marker"))
+        with pytest.raises(TaskTimeout):
+            await future
+        info = future.info
+        assert info.attempts == 2
+        assert info.duration is not None and info.duration > 0
+        assert "first attempt output" not in info.stdout
+
+
+async def test_a_worker_killed_with_its_outcome_unread_is_not_reused() -> None:
+    # One worker, two slots: B waits in the launcher for the worker A holds.
+    async with BaseExecutor(2, launcher=ProcessLauncher(1)) as ex:
+        a = await ex.submit(sleep, 0.2)
+        b = await ex.submit(identity, "b")
+        await anyio.sleep(0.05)
+        time.sleep(0.5)  # noqa: ASYNC251 - block the loop while A's outcome arrives unread
+        await ex.cancel(a)
+        assert a.state is FutureState.CANCELLED
+        assert await b == "b"
+
+
+async def test_an_idle_worker_that_died_is_not_given_tasks() -> None:
+    async with ProcessExecutor(1) as ex:
+        worker = await ex.run(pid)
+        os.kill(worker, signal.SIGKILL)
+        # Wait until the whole process has exited (not just its main thread), but
+        # do not yield to the event loop: its reader must not have seen the EOF yet.
+        while not _has_exited(worker):
+            time.sleep(0.001)  # noqa: ASYNC251
+        assert await ex.run(identity, "after") == "after"

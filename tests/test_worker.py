@@ -116,3 +116,28 @@ def test_version_command() -> None:
         timeout=60,
     )
     assert via_cli.stdout == done.stdout
+
+
+class SlowToPickle:
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        import time
+
+        time.sleep(1.0)
+        return (int, (7,))
+
+
+def returns_slow_to_pickle() -> SlowToPickle:
+    import time
+
+    time.sleep(0.6)
+    return SlowToPickle()
+
+
+def test_one_shot_time_limit_stops_at_the_function(tmp_path: Path) -> None:
+    # The function returns within its 1 s limit; pickling its result takes longer.
+    batch = Batch(
+        versions=versions(),
+        tasks=[spec("quick", add, 1, 2), spec("slow", returns_slow_to_pickle, time_limit=1.0)],
+    )
+    results, _ = run_worker(batch, tmp_path)
+    assert [(o.task_id, o.status) for o in results.outcomes] == [("quick", "ok"), ("slow", "ok")]

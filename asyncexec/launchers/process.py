@@ -85,6 +85,7 @@ class _Worker:
     """One worker process and its channel: a socket, or its stdin and stdout."""
 
     __slots__ = (
+        "dead",
         "exited",
         "job",
         "pid",
@@ -110,11 +111,24 @@ class _Worker:
         self.job: _Job | None = None
         self.tasks_run = 0
         self.retiring = False
+        self.dead = False  # killed or silent: never hand it a task again
         self.exited = anyio.Event()
 
     def kill(self) -> None:
+        self.dead = True
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+
+    @property
+    def usable(self) -> bool:
+        if self.dead or self.retiring or self.exited.is_set():
+            return False
+        if _has_exited(self.pid):
+            # Died while idle, and its reader has not run yet: asyncio's buffered
+            # send would not even fail. Never hand it a task.
+            self.dead = True
+            return False
+        return True
 
     async def send(self, frame: bytes) -> None:
         await self.sender.send(frame)
@@ -132,6 +146,17 @@ class _Worker:
         if self.socket is not None:
             await self.socket.aclose()
         await self.process.aclose()
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether our child ``pid`` has exited, without reaping it (the event loop does)."""
+    if not hasattr(os, "waitid"):
+        return False
+    try:
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        return os.waitid(os.P_PID, pid, flags) is not None
+    except ChildProcessError:
+        return True  # already reaped
 
 
 class ProcessLauncher(LocalLauncher[_Job]):
@@ -218,19 +243,24 @@ class ProcessLauncher(LocalLauncher[_Job]):
     # -- the seam -------------------------------------------------------------------
 
     async def start(self, task: TaskSpec) -> JobRef:
-        worker = await self._checkout()
-        job = _Job(task.task_id, worker)
-        worker.job = job
-        self._jobs[task.task_id] = job
-        # Shielded: a frame cut in half by a cancellation would garble the channel.
-        # A cancellation is seen at the caller's next await, which then kills the job.
-        with (
-            anyio.CancelScope(shield=True),
-            contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError),
-        ):
-            # A worker that died meanwhile is reported by its reader as "lost".
-            await worker.send(encode_frame(task))
-        return JobRef(kind="process", native_id=task.task_id, host=self._host)
+        frame = encode_frame(task)
+        while True:
+            worker = await self._checkout()
+            job = _Job(task.task_id, worker)
+            worker.job = job
+            self._jobs[task.task_id] = job
+            # Shielded: a frame cut in half by a cancellation would garble the channel.
+            # A cancellation is seen at the caller's next await, which then kills the job.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await worker.send(frame)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    # It died while idle: the task never reached it. Another worker takes it.
+                    worker.dead = True
+                    worker.job = None
+                    self._jobs.pop(task.task_id, None)
+                    continue
+            return JobRef(kind="process", native_id=task.task_id, host=self._host)
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.pop(ref.native_id, None)
@@ -247,7 +277,7 @@ class ProcessLauncher(LocalLauncher[_Job]):
                 raise LaunchError("the process pool is closed")
             while self._idle:
                 worker = self._idle.popleft()
-                if not worker.exited.is_set() and not worker.retiring:
+                if worker.usable:
                     return worker
             if len(self._workers) + self._spawning < self._n_workers:
                 return await self._spawn()
@@ -256,8 +286,7 @@ class ProcessLauncher(LocalLauncher[_Job]):
             await self._capacity.wait()
 
     async def _spawn_idle(self) -> None:
-        worker = await self._spawn()
-        self._make_idle(worker)
+        self._make_idle(await self._spawn())
 
     def _make_idle(self, worker: _Worker) -> None:
         self._idle.append(worker)
@@ -329,6 +358,11 @@ class ProcessLauncher(LocalLauncher[_Job]):
                 raise LaunchError(
                     f"a worker did not start within {self._startup_timeout:g} s"
                 ) from None
+            if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
+                raise LaunchError(
+                    f"a worker's first words were not asyncexec's protocol ({exc}); "
+                    "does something print to stdout when Python starts?"
+                ) from exc
             raise
         return worker
 
@@ -373,14 +407,20 @@ class ProcessLauncher(LocalLauncher[_Job]):
             log.exception("worker %d sent an unreadable message; killing it", worker.pid)
             worker.kill()
         finally:
+            worker.dead = True  # at once: _bury awaits before the worker leaves the pool
             with anyio.CancelScope(shield=True):
                 await self._bury(worker)
 
     def _complete(self, worker: _Worker, outcome: Outcome) -> None:
+        if worker.job is None or worker.job.task_id != outcome.task_id:
+            log.error("worker %d answered for a task it was not given; killing it", worker.pid)
+            worker.kill()  # its job, if any, is then settled as lost
+            return
         job, worker.job = worker.job, None
         outcome.host = self._host
-        if job is not None and job.task_id == outcome.task_id:
-            job.settle(outcome)
+        job.settle(outcome)
+        if worker.dead:
+            return  # killed after it answered (cancel, time limit): it is going away
         worker.tasks_run += 1
         if self._max_tasks is not None and worker.tasks_run >= self._max_tasks:
             worker.retiring = True
@@ -424,8 +464,11 @@ class ProcessLauncher(LocalLauncher[_Job]):
     async def _replace(self) -> None:
         if len(self._workers) + self._spawning >= self._n_workers or self._closed:
             return
-        with contextlib.suppress(LaunchError):  # the next start() tries again and reports it
+        try:
             await self._spawn_idle()
+        except Exception:  # never escape: the next start() tries again and reports it
+            if not self._closed:
+                log.warning("could not replace a worker", exc_info=True)
 
 
 class ProcessExecutor(BaseExecutor):

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import anyio
 
+from .._codec import describe_exception
 from .._exceptions import LaunchError
 from .._executor import BaseExecutor
 from .._messages import JobRef, Outcome, TaskSpec
@@ -38,13 +39,14 @@ class _ThreadStopped(BaseException):
 
 
 class _Job(LocalJob):
-    __slots__ = ("lock", "running", "scope", "spec", "thread_id")
+    __slots__ = ("cancelled", "lock", "running", "scope", "spec", "thread_id")
 
     def __init__(self, spec: TaskSpec) -> None:
         super().__init__(spec.task_id)
         self.spec = spec
         self.lock = threading.Lock()
         self.running = False
+        self.cancelled = False  # set before the thread got to it: it must not run at all
         self.thread_id: int | None = None
         self.scope: anyio.CancelScope | None = None
 
@@ -80,11 +82,14 @@ class ThreadLauncher(LocalLauncher[_Job]):
     async def _drive(self, job: _Job) -> None:
         with anyio.CancelScope() as scope:
             job.scope = scope
-            job.settle(
-                await anyio.to_thread.run_sync(
+            try:
+                outcome = await anyio.to_thread.run_sync(
                     _call, job, abandon_on_cancel=True, limiter=self._limiter
                 )
-            )
+            except Exception as exc:  # never escape: this task group wraps the caller's code
+                error = describe_exception(exc)
+                outcome = Outcome(task_id=job.task_id, status="raised", error=error)
+            job.settle(outcome)
         job.settle(Outcome(task_id=job.task_id, status="cancelled"))
 
     async def cancel(self, ref: JobRef) -> None:
@@ -92,6 +97,7 @@ class ThreadLauncher(LocalLauncher[_Job]):
         if job is None:
             return
         with job.lock:
+            job.cancelled = True
             if job.running and job.thread_id is not None:
                 async_raise(job.thread_id, _ThreadStopped)
                 job.running = False
@@ -106,6 +112,8 @@ class ThreadLauncher(LocalLauncher[_Job]):
 
 def _call(job: _Job) -> Outcome:
     with job.lock:
+        if job.cancelled:
+            return Outcome(task_id=job.task_id, status="cancelled")
         job.thread_id = threading.get_ident()
         job.running = True
     try:
@@ -215,7 +223,12 @@ def _restore(name: str, router: _Router) -> None:
 
 @contextlib.contextmanager
 def _thread_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
-    out, err = _Sink(spec.stdout_path), _Sink(spec.stderr_path)
+    out = _Sink(spec.stdout_path)
+    try:
+        err = _Sink(spec.stderr_path)
+    except BaseException:
+        out.close()
+        raise
     ident = threading.get_ident()
     with _router_lock:
         routers = (_router("stdout"), _router("stderr"))
