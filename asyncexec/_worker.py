@@ -60,6 +60,8 @@ __all__ = ["TAIL_BYTES", "execute", "main", "run_batch", "run_once", "serve", "v
 #: How much of a task's captured stdout and stderr comes back with its outcome.
 TAIL_BYTES = 64 * 1024
 
+_HOST = hostname()
+
 OutputCapture = Callable[
     [TaskSpec], contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]
 ]
@@ -94,7 +96,9 @@ def execute(
             SIGALRM; main thread only). Pools leave this to the driver, which kills.
     """
     started = time.time()
-    outcome = Outcome(task_id=spec.task_id, status="ok", started=started, pid=os.getpid())
+    outcome = Outcome(
+        task_id=spec.task_id, status="ok", started=started, pid=os.getpid(), host=_HOST
+    )
     try:
         fn = loads(spec.fn)
         args, kwargs = loads(spec.args)

@@ -1,13 +1,35 @@
-"""The ``asyncexec`` command (also ``python -m asyncexec``)."""
+"""The ``asyncexec`` command (also ``python -m asyncexec``).
+
+::
+
+    asyncexec run FILE.py:EXPERIMENT [--backend process|thread] [--workers N]
+                  [--dir DIR] [--continue] [--retry-failed]
+    asyncexec status DIR
+    asyncexec results DIR [--format table|csv|json]
+    asyncexec cancel DIR
+    asyncexec worker ...          (the worker itself; see `asyncexec worker -h`)
+
+Exit status: 0 when every run is done, 1 when some failed, 2 for bad usage
+or a bad directory, 130 when interrupted (Ctrl-C, SIGTERM, `asyncexec cancel`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
+import signal
+import statistics
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from ._version import __version__
 
 __all__ = ["main"]
+
+BACKENDS = ("process", "thread")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,11 +39,317 @@ def main(argv: list[str] | None = None) -> int:
         from ._worker import main as worker_main
 
         return worker_main(args[1:])
-    parser = argparse.ArgumentParser(prog="asyncexec", description=__doc__)
+    options = _parser().parse_args(args)
+    from .experiment import StoreError
+    from .sweep import SweeperError
+
+    try:
+        if options.command == "run":
+            return _run(options)
+        if options.command == "status":
+            return _status(options.directory)
+        if options.command == "results":
+            return _results(options.directory, options.format)
+        if options.command == "cancel":
+            return _cancel(options.directory)
+    except (StoreError, SweeperError, _UsageError) as exc:
+        print(f"asyncexec: {exc}", file=sys.stderr)
+        return 2
+    raise AssertionError(options.command)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asyncexec",
+        description="Run experiments (a function over a parameter grid) on any executor.",
+    )
     parser.add_argument("--version", action="version", version=f"asyncexec {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "worker", help="run the worker (python -m asyncexec.worker); see `asyncexec worker -h`"
+    run = commands.add_parser("run", help="run (or continue) an experiment")
+    run.add_argument("target", help="FILE.py:NAME or package.module:NAME of an Experiment")
+    run.add_argument("--backend", choices=BACKENDS, default="process")
+    run.add_argument("--workers", type=int, default=None, help="default: one per CPU")
+    run.add_argument(
+        "--dir", default=None, help="experiment directory (default: asyncexec-runs/NAME)"
     )
-    parser.parse_args(args)
+    run.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="continue the experiment already in --dir",
+    )
+    run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    run.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        help="seconds before another runner may take a silent runner's runs",
+    )
+    status = commands.add_parser("status", help="counts by state, per parameter")
+    status.add_argument("directory")
+    results = commands.add_parser("results", help="the runs and their values")
+    results.add_argument("directory")
+    results.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    cancel = commands.add_parser("cancel", help="stop the runner working on DIR")
+    cancel.add_argument("directory")
+    commands.add_parser("worker", help="the worker (python -m asyncexec.worker)")
+    return parser
+
+
+class _UsageError(Exception):
+    pass
+
+
+# -- run ----------------------------------------------------------------------------
+
+
+def load_experiment(target: str) -> Any:
+    """The Experiment named by ``FILE.py:NAME`` or ``module:NAME``."""
+    import cloudpickle
+
+    from .experiment import Experiment
+
+    source, sep, name = target.rpartition(":")
+    if not sep or not source or not name:
+        raise _UsageError(f"expected FILE.py:NAME or module:NAME, got {target!r}")
+    if source.endswith(".py") or os.path.sep in source:
+        path = os.path.abspath(source)
+        if not os.path.isfile(path):
+            raise _UsageError(f"no such file: {source}")
+        module_name = os.path.splitext(os.path.basename(path))[0]
+        sys.path.insert(0, os.path.dirname(path))
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        # Its functions travel by value: workers need not find the file.
+        cloudpickle.register_pickle_by_value(module)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ImportError as exc:
+            raise _UsageError(f"cannot import {source}: {exc}") from exc
+    experiment = getattr(module, name, None)
+    if not isinstance(experiment, Experiment):
+        raise _UsageError(f"{target} is not an asyncexec.experiment.Experiment")
+    return experiment
+
+
+def _run(options: argparse.Namespace) -> int:
+    import anyio
+
+    experiment = load_experiment(options.target)
+    directory = options.dir or os.path.join("asyncexec-runs", experiment.name)
+    if os.path.exists(os.path.join(directory, "results.sqlite")) and not options.resume:
+        raise _UsageError(
+            f"{directory} already holds results: pass --continue to continue it, "
+            "or choose another --dir"
+        )
+    if options.workers is not None and options.workers < 1:
+        raise _UsageError("--workers must be at least 1")
+    from .experiment import ResultsStore
+    from .launchers._local import _single
+
+    ResultsStore(directory, experiment=experiment.name).close()  # a bad directory fails now
+    try:
+        summary = anyio.run(_run_async, experiment, directory, options)
+    except BaseException as exc:
+        raise _single(exc) from None
+    if summary is None or summary.cancelled:
+        with _open(directory) as store:
+            counts = store.counts({run.fingerprint for run in experiment.runs})
+        print(
+            f"{experiment.name}: interrupted with {counts['done']} done and {counts['failed']} "
+            f"failed of {len(experiment.runs)} runs; run it again with --continue to finish",
+            file=sys.stderr,
+        )
+        return 130
+    print(
+        f"{summary.experiment}: {summary.done} done, {summary.failed} failed of "
+        f"{summary.total} runs ({summary.ran} run now in {summary.elapsed:.1f} s); "
+        f"results in {summary.directory}"
+    )
+    _print_summary(directory)
+    return 0 if summary.failed == 0 else 1
+
+
+async def _run_async(experiment: Any, directory: str, options: argparse.Namespace) -> Any:
+    import anyio
+
+    from . import ProcessExecutor, ThreadExecutor
+
+    executor = (ProcessExecutor if options.backend == "process" else ThreadExecutor)(
+        options.workers
+    )
+    summary = None  # stays None when a signal interrupts the run
+    async with executor as ex, anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signals, tg.cancel_scope)
+        summary = await experiment.run(
+            ex,
+            directory,
+            retry_failed=options.retry_failed,
+            progress=False if options.no_progress else None,
+            lease=options.lease,
+        )
+        tg.cancel_scope.cancel()  # the signal watcher
+    return summary
+
+
+async def _stop_on_signals(scope: Any) -> None:
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            print(
+                f"\nasyncexec: {signal.Signals(signum).name}: stopping, cancelling running tasks",
+                file=sys.stderr,
+            )
+            scope.cancel()
+            return
+
+
+# -- status, results, cancel ----------------------------------------------------------
+
+
+def _open(directory: str) -> Any:
+    from .experiment import ResultsStore
+
+    if not os.path.isdir(directory):
+        raise _UsageError(f"no such directory: {directory}")
+    return ResultsStore(directory, create=False)
+
+
+def _status(directory: str) -> int:
+    from .sweep import sweep_stats
+
+    with _open(directory) as store:
+        counts = store.counts()
+        rows = store.rows()
+        name = store.experiment
+    total = sum(counts.values())
+    print(f"experiment {name!r} in {directory}: {total} runs")
+    print("  " + ", ".join(f"{count} {status}" for status, count in counts.items()))
+    by_status: dict[str, list[dict[str, Any]]] = {status: [] for status in counts}
+    for row in rows:
+        by_status[row["status"]].append(_hashable(row["params"]))
+    stats = sweep_stats(
+        (
+            [_hashable(row["params"]) for row in rows],
+            by_status["pending"] + by_status["cancelled"],
+            by_status["failed"],
+            by_status["running"],
+            by_status["done"],
+        )
+    )
+    table = [
+        [
+            factor,
+            _text(level),
+            f"{int(stats['total'][factor][level])}",
+            f"{int(stats['done'][factor][level])}",
+            f"{int(stats['skipped'][factor][level])}",
+            f"{stats['done_ratio'][factor][level]:.0%}",
+        ]
+        for factor in stats["total"]
+        for level in stats["total"][factor]
+    ]
+    if table:
+        print()
+        print(_format_table(["factor", "level", "runs", "done", "failed", "done %"], table))
     return 0
+
+
+def _results(directory: str, form: str) -> int:
+    with _open(directory) as store:
+        if form == "csv":
+            sys.stdout.write(store.to_csv())
+            return 0
+        if form == "json":
+            print(store.to_json())
+            return 0
+        rows = store.rows()
+    factors = _factors(rows)
+    table = [
+        [
+            *(_text(row["params"].get(f, "")) for f in factors),
+            str(row["repeat"]),
+            row["status"],
+            _text(row["value"]) if row["status"] == "done" else (row["error_type"] or ""),
+            "" if row["duration"] is None else f"{row['duration']:.3f}",
+        ]
+        for row in rows
+    ]
+    print(_format_table([*factors, "repeat", "status", "value / error", "seconds"], table))
+    return 0
+
+
+def _cancel(directory: str) -> int:
+    with _open(directory) as store:
+        store.request_cancel()
+    print(f"cancel requested: the runner working on {directory} stops within a second or two")
+    return 0
+
+
+def _print_summary(directory: str) -> None:
+    """One line per parameter combination: runs, failures, median value and time."""
+    with _open(directory) as store:
+        rows = store.rows()
+    factors = _factors(rows)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(_text(row["params"].get(f, "")) for f in factors)
+        groups.setdefault(key, []).append(row)
+    table = []
+    for key, group in groups.items():
+        values = [r["value"] for r in group if r["status"] == "done"]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        shown = (
+            _text(statistics.median(numbers))
+            if numbers and len(numbers) == len(values)
+            else (_text(values[-1]) if values else "")
+        )
+        seconds = [r["duration"] for r in group if r["duration"] is not None]
+        failed = sum(r["status"] == "failed" for r in group)
+        table.append(
+            [
+                *key,
+                str(len(group)),
+                str(failed),
+                shown,
+                f"{statistics.median(seconds):.3f}" if seconds else "",
+            ]
+        )
+    print()
+    print(_format_table([*factors, "runs", "failed", "value (median)", "seconds (median)"], table))
+
+
+def _factors(rows: Sequence[dict[str, Any]]) -> list[str]:
+    factors: list[str] = []
+    for row in rows:
+        factors.extend(name for name in row["params"] if name not in factors)
+    return factors
+
+
+def _hashable(params: dict[str, Any]) -> Any:
+    from .sweep import HashableDict
+
+    return HashableDict(params)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )
+    return "\n".join(line.rstrip() for line in lines)

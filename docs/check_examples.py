@@ -1,6 +1,7 @@
-"""Run every example of the documentation: docs/examples/*.py and the README's
-and docs/*.md's ```python blocks (each a whole program). Exits non-zero on the
-first failure. Used by `nox -s docs`.
+"""Run every example of the documentation: docs/examples/*.py, the README's and
+docs/*.md's ```python blocks (each a whole program, run in a fresh directory)
+and the README's main job (`asyncexec run examples/sorting.py:experiment`).
+Exits non-zero on the first failure. Used by `nox -s docs`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-def run(label: str, path: Path) -> None:
+def run(label: str, *argv: str) -> None:
     print(f"--- {label}", flush=True)
-    done = subprocess.run([sys.executable, str(path)], cwd=ROOT, timeout=300)
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run([sys.executable, *argv], cwd=cwd, timeout=300)
     if done.returncode != 0:
         raise SystemExit(f"{label} failed with status {done.returncode}")
 
@@ -25,15 +27,18 @@ def run(label: str, path: Path) -> None:
 def main() -> None:
     count = 0
     for example in sorted((ROOT / "docs" / "examples").glob("*.py")):
-        run(str(example.relative_to(ROOT)), example)
+        run(str(example.relative_to(ROOT)), str(example))
         count += 1
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for index, block in enumerate(BLOCK.findall(page.read_text()), start=1):
             with tempfile.TemporaryDirectory() as tmp:
                 script = Path(tmp) / "example.py"
                 script.write_text(block)
-                run(f"{page.relative_to(ROOT)} block {index}", script)
+                run(f"{page.relative_to(ROOT)} block {index}", str(script))
             count += 1
+    main_job = str(ROOT / "examples" / "sorting.py") + ":experiment"
+    run("the README's main job", "-m", "asyncexec", "run", main_job)
+    count += 1
     print(f"{count} examples ran")
 
 

@@ -7,8 +7,10 @@ def test_all_is_sorted_and_complete() -> None:
     public = {name for name in dir(asyncexec) if not name.startswith("_")} - {
         "abc",
         "cli",
+        "experiment",
         "launchers",
         "shells",
+        "sweep",
         "testing",
         "worker",
     }

@@ -1,0 +1,352 @@
+"""Experiment: a function over a parameter grid times repeats, on any executor.
+
+Every run goes to the results store of the experiment directory; which
+process runs what is decided by a :class:`ParamSweeper` in the same
+directory, so several runners can share one experiment, a runner that dies
+leaves nothing stranded, and a second ``run`` skips what is done.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import anyio
+import msgspec
+
+from .._executor import BaseExecutor, ConfiguredExecutor
+from .._future import Future, FutureState
+from .._options import TaskOptions
+from ..sweep import HashableDict, ParamSweeper, slugify, sweep
+from ..sweep._sweeper import _canonical
+from ._progress import Progress
+from ._store import ResultsStore, RunSpec
+
+__all__ = ["Experiment", "RunSummary"]
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """What one ``Experiment.run`` did."""
+
+    experiment: str
+    directory: str
+    total: int
+    done: int  # finished with a value, in all runs so far
+    failed: int  # finished with an error, in all runs so far
+    ran: int  # tasks this run executed (successes and failures)
+    cancelled: bool  # stopped before the end (cancellation, or `asyncexec cancel`)
+    elapsed: float
+
+    @property
+    def complete(self) -> bool:
+        return self.done + self.failed == self.total
+
+
+class Experiment:
+    """A function run over every combination of parameters, ``repeats`` times.
+
+    Args:
+        fn: called as ``fn(**params)``; also with ``repeat=<n>`` if it takes a
+            ``repeat`` parameter that is not a factor (handy for seeding).
+        params: a dict of factor -> levels (expanded with :func:`sweep`, sub-sweeps
+            included), or an explicit list of parameter dicts.
+        repeats: runs per combination.
+        name: the experiment's name (default: the function's name).
+        version: part of every run's fingerprint: change it to run everything again.
+        options: task options for its runs (default: the executor's).
+
+    A run is identified by its fingerprint: the function's qualified name, its
+    parameters, its repeat number and the version.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        params: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+        *,
+        repeats: int = 1,
+        name: str | None = None,
+        version: str | int = 1,
+        options: TaskOptions | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"an experiment runs a function, got {fn!r}")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+        self.fn = fn
+        self.name: str = name or str(getattr(fn, "__name__", "experiment"))
+        self.version = str(version)
+        self.repeats = repeats
+        self.options = options
+        if isinstance(params, Mapping):
+            combinations = sweep(params)
+        else:
+            combinations = []
+            for entry in params:
+                if not isinstance(entry, Mapping):
+                    raise TypeError(f"each parameter set must be a dict, got {entry!r}")
+                combinations.append(HashableDict(entry))
+            if not combinations:
+                raise ValueError("an experiment needs at least one parameter set")
+        self._pass_repeat = _takes_repeat(fn) and not any("repeat" in c for c in combinations)
+        identity = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        self.runs = [
+            RunSpec(
+                fingerprint=_fingerprint(identity, combination, repeat, self.version),
+                params=dict(combination),
+                repeat=repeat,
+            )
+            for combination in combinations
+            for repeat in range(repeats)
+        ]
+
+    def __repr__(self) -> str:
+        return f"<Experiment {self.name!r}: {len(self.runs)} runs>"
+
+    async def run(
+        self,
+        executor: BaseExecutor,
+        directory: str | os.PathLike[str],
+        *,
+        retry_failed: bool = False,
+        progress: bool | None = None,
+        progress_interval: float = 10.0,
+        lease: float = 60.0,
+    ) -> RunSummary:
+        """Run what is not done yet on ``executor``, recording every run in ``directory``.
+
+        Runs already ``done`` in the store are skipped; ``failed`` ones too unless
+        ``retry_failed``. Several runners (processes, machines sharing the
+        directory) may work on one experiment at once: none runs a run twice.
+        Returns when every run is finished, by this runner or another.
+
+        Cancellation (or ``asyncexec cancel DIR``): stops dispatching, cancels the
+        runs in flight (they are recorded ``cancelled`` and run again next time)
+        and leaves the store consistent.
+
+        Args:
+            executor: an entered executor.
+            directory: the experiment directory (made if missing).
+            retry_failed: run the runs recorded ``failed`` again.
+            progress: a progress bar on a terminal, plain lines elsewhere (None),
+                always (True), or never (False).
+            progress_interval: seconds between plain progress lines.
+            lease: seconds a dead runner's runs stay held before another takes them.
+        """
+        directory = os.fspath(directory)
+        started = time.monotonic()
+        store = await anyio.to_thread.run_sync(
+            functools.partial(ResultsStore, directory, experiment=self.name)
+        )
+        try:
+            await anyio.to_thread.run_sync(store.register, self.runs)
+            await anyio.to_thread.run_sync(store.clear_cancel)
+            sweeper = await anyio.to_thread.run_sync(
+                functools.partial(
+                    ParamSweeper,
+                    os.path.join(directory, "sweeper"),
+                    [run.fingerprint for run in self.runs],
+                    name=self.name,
+                    lease=lease,
+                )
+            )
+            try:
+                dispatch = _Dispatch(self, executor, store, sweeper, retry_failed)
+                cancelled = await dispatch.run(progress, progress_interval)
+            finally:
+                await anyio.to_thread.run_sync(sweeper.close)
+            counts = await anyio.to_thread.run_sync(store.counts, dispatch.fingerprints)
+        finally:
+            store.close()
+        return RunSummary(
+            experiment=self.name,
+            directory=directory,
+            total=len(self.runs),
+            done=counts["done"],
+            failed=counts["failed"],
+            ran=dispatch.ran,
+            cancelled=cancelled,
+            elapsed=time.monotonic() - started,
+        )
+
+
+class _Dispatch:
+    """One runner's loop: take runs from the sweeper, submit them, record them."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        executor: BaseExecutor,
+        store: ResultsStore,
+        sweeper: ParamSweeper,
+        retry_failed: bool,
+    ) -> None:
+        self.experiment = experiment
+        self.executor = executor
+        self.store = store
+        self.sweeper = sweeper
+        self.retry_failed = retry_failed
+        self.by_fingerprint = {run.fingerprint: run for run in experiment.runs}
+        self.fingerprints = frozenset(self.by_fingerprint)
+        self.logs = os.path.join(store.directory, "logs")
+        self.window = anyio.Semaphore(max(2, 2 * executor.n_workers))
+        self.held: set[str] = set()
+        self.ran = 0
+        self.poll = min(2.0, sweeper._lease / 3)
+        self.recorded = anyio.Event()
+
+    def finished(self, status: str | None) -> bool:
+        return status == "done" or (status == "failed" and not self.retry_failed)
+
+    async def run(self, enabled: bool | None, interval: float) -> bool:
+        """Dispatch until every run is finished; return whether it was cancelled."""
+        os.makedirs(self.logs, mode=0o700, exist_ok=True)
+        counts = await anyio.to_thread.run_sync(self.store.counts, self.fingerprints)
+        before = counts["done"] + (0 if self.retry_failed else counts["failed"])
+        self.progress = Progress(
+            self.experiment.name,
+            len(self.by_fingerprint),
+            before,
+            enabled=enabled,
+            interval=interval,
+        )
+        self.progress.start()
+        self.requested = False
+        completed = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_cancel_requests, tg.cancel_scope)
+                tg.start_soon(self.progress.report_periodically)
+                await self._dispatch(tg)
+                completed = True
+                tg.cancel_scope.cancel()  # the watcher and the reporter
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self.held:  # taken from the sweeper but never submitted
+                    await anyio.to_thread.run_sync(self.sweeper.cancel_batch, list(self.held))
+            self.progress.stop()
+        return self.requested or not completed
+
+    async def _dispatch(self, tg: anyio.abc.TaskGroup) -> None:
+        in_flight = 0
+        all_collected = anyio.Event()
+        all_collected.set()
+
+        async def collect(fingerprint: str, future: Future[Any]) -> None:
+            nonlocal in_flight, all_collected
+            try:
+                await future.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._record(fingerprint, future)
+                    in_flight -= 1
+                    if in_flight == 0:
+                        all_collected.set()
+                    self.window.release()
+
+        while True:
+            await self.window.acquire()
+            with anyio.CancelScope(shield=True):  # what the sweeper hands out must be tracked
+                fingerprint = await self.sweeper.aget_next()
+                if fingerprint is not None:
+                    self.held.add(fingerprint)
+            if fingerprint is None:
+                self.window.release()
+                if await self._all_finished():
+                    break
+                # The rest is held, by us or by others: wait for one of ours to finish,
+                # or a while for the others (or for their leases to expire).
+                self.recorded = anyio.Event()
+                with anyio.move_on_after(self.poll):
+                    await self.recorded.wait()
+                continue
+            status = await anyio.to_thread.run_sync(self.store.status, fingerprint)
+            if self.finished(status):
+                await anyio.to_thread.run_sync(
+                    self.sweeper.done if status == "done" else self.sweeper.skip, fingerprint
+                )
+                self.held.discard(fingerprint)
+                self.window.release()
+                continue
+            future = await self._submit(self.by_fingerprint[fingerprint])
+            self.held.discard(fingerprint)
+            in_flight += 1
+            all_collected = anyio.Event()
+            self.progress.running += 1
+            self.progress.changed()
+            await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
+            tg.start_soon(collect, fingerprint, future)
+        await all_collected.wait()
+
+    async def _submit(self, run: RunSpec) -> Future[Any]:
+        experiment = self.experiment
+        stem = os.path.join(self.logs, _log_name(run))
+        options = (experiment.options or self.executor.options).replace(
+            name=f"{experiment.name}[{slugify(run.params)}#{run.repeat}]",
+            log_stdout=f"{stem}.out",
+            log_stderr=f"{stem}.err",
+        )
+        kwargs = dict(run.params)
+        if experiment._pass_repeat:
+            kwargs["repeat"] = run.repeat
+        return await ConfiguredExecutor(self.executor, options).submit(experiment.fn, **kwargs)
+
+    async def _record(self, fingerprint: str, future: Future[Any]) -> None:
+        if not future.ready():
+            await self.executor.cancel(future)
+        status = await anyio.to_thread.run_sync(self.store.record, fingerprint, future)
+        self.progress.running -= 1
+        if future.state is FutureState.DONE:
+            await anyio.to_thread.run_sync(self.sweeper.done, fingerprint)
+            self.progress.done += 1
+            self.ran += 1
+        elif future.state is FutureState.FAILED:
+            # Not done for the sweeper: a later run looks again (retry_failed).
+            await anyio.to_thread.run_sync(self.sweeper.skip, fingerprint)
+            self.progress.failed += 1
+            self.ran += 1
+        else:
+            await anyio.to_thread.run_sync(self.sweeper.cancel, fingerprint)
+            self.progress.cancelled += 1
+        self.progress.changed()
+        self.recorded.set()
+        assert status in ("done", "failed", "cancelled")
+
+    async def _all_finished(self) -> bool:
+        counts = await anyio.to_thread.run_sync(self.store.counts, self.fingerprints)
+        finished = counts["done"] + (0 if self.retry_failed else counts["failed"])
+        if self.retry_failed:
+            # failed runs this runner retried and failed again are final for it
+            finished += self.progress.failed
+        return finished >= len(self.by_fingerprint)
+
+    async def _watch_cancel_requests(self, scope: anyio.CancelScope) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            if await anyio.to_thread.run_sync(self.store.cancel_requested):
+                self.requested = True
+                scope.cancel()
+                return
+
+
+def _takes_repeat(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "repeat" in parameters
+
+
+def _fingerprint(identity: str, params: Mapping[str, Any], repeat: int, version: str) -> str:
+    data = msgspec.msgpack.encode([identity, repr(_canonical(dict(params))), repeat, version])
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def _log_name(run: RunSpec) -> str:
+    slug = slugify(run.params)[:80] or "run"
+    return f"{slug}-r{run.repeat}-{run.fingerprint[:8]}"

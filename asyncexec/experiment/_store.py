@@ -1,0 +1,401 @@
+"""The results store: every run of an experiment, in SQLite, in its directory.
+
+``<directory>/results.sqlite`` holds one row per run (parameters, repeat,
+fingerprint, status, value, error and remote traceback, timings, host,
+attempts, JobRef, output tails). It is the source of truth for resuming: a
+run recorded ``done`` is never dispatched again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pickle
+import sqlite3
+import threading
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from .._exceptions import AsyncExecError, RemoteError
+from .._future import Future, FutureState
+
+__all__ = ["ResultsStore", "RunSpec", "StoreError"]
+
+_FORMAT = "asyncexec-results-1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    fingerprint TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    params_json TEXT NOT NULL,
+    params_pickle BLOB NOT NULL,
+    repeat INTEGER NOT NULL,
+    status TEXT NOT NULL,         -- pending | running | done | failed | cancelled
+    value_json TEXT,
+    value_pickle BLOB,
+    error_type TEXT,
+    error_message TEXT,
+    traceback TEXT,
+    submitted REAL,
+    started REAL,
+    finished REAL,
+    host TEXT,
+    worker TEXT,
+    attempts INTEGER,
+    job_ref TEXT,
+    stdout TEXT,
+    stderr TEXT,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE INDEX IF NOT EXISTS runs_seq ON runs (seq);
+"""
+STATUSES = ("pending", "running", "done", "failed", "cancelled")
+
+
+class StoreError(AsyncExecError):
+    """The directory is not an experiment's, or its store is damaged or another's."""
+
+
+class RunSpec(msgspec.Struct, frozen=True):
+    """One run of an experiment: a parameter combination and a repeat number."""
+
+    fingerprint: str
+    params: dict[str, Any]
+    repeat: int
+
+
+def _json_or_none(value: Any) -> str | None:
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+class ResultsStore:
+    """Opens (or creates) the results store of an experiment directory.
+
+    Args:
+        directory: the experiment directory (created if missing).
+        experiment: the experiment's name; an existing store of another
+            experiment is refused.
+        create: make the store if the directory has none (else StoreError).
+
+    Raises:
+        StoreError: the directory holds other things, a damaged database or
+            another experiment's results. Nothing is overwritten.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        experiment: str | None = None,
+        create: bool = True,
+    ) -> None:
+        self.directory = os.fspath(directory)
+        self.path = os.path.join(self.directory, "results.sqlite")
+        self._lock = threading.Lock()
+        self._db = self._open(experiment, create)
+
+    def _open(self, experiment: str | None, create: bool) -> sqlite3.Connection:
+        exists = os.path.exists(self.path)
+        if not exists:
+            if not create:
+                raise StoreError(
+                    f"{self.directory} holds no experiment results (no results.sqlite)"
+                )
+            ours = ("results.sqlite", "sweeper", "logs")  # another runner may be creating them
+            if os.path.isdir(self.directory) and any(
+                not name.startswith((".", *ours)) for name in os.listdir(self.directory)
+            ):
+                raise StoreError(
+                    f"{self.directory} is not an asyncexec experiment directory: it has files "
+                    "but no results.sqlite; choose an empty or new directory"
+                )
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=60, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(_SCHEMA)
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is damaged or not an experiment store: {exc}") from exc
+        if not meta:
+            if exists and db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]:
+                raise StoreError(f"{self.path} has no format marker: not an asyncexec store")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (_FORMAT,))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (repr(time.time()),))
+            if experiment is not None:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('experiment', ?)", (experiment,))
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("format") != _FORMAT:
+            raise StoreError(f"{self.path} holds format {meta.get('format')!r}, not {_FORMAT!r}")
+        stored = meta.get("experiment")
+        if experiment is not None and stored is not None and stored != experiment:
+            raise StoreError(
+                f"{self.directory} holds the results of experiment {stored!r}, not {experiment!r}"
+            )
+        os.chmod(self.path, 0o600)
+        return db
+
+    @property
+    def experiment(self) -> str | None:
+        return self.meta().get("experiment")
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- writing --------------------------------------------------------------------
+
+    def register(self, runs: Iterable[RunSpec]) -> None:
+        """Add runs not yet known, as ``pending``, keeping the order given."""
+        with self._lock:
+            (start,) = self._db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM runs").fetchone()
+        now = time.time()
+        self._write(
+            "INSERT OR IGNORE INTO runs (fingerprint, seq, params_json, params_pickle, repeat, "
+            "status, updated) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            (
+                (
+                    run.fingerprint,
+                    start + index,
+                    _json_or_none(run.params)
+                    or json.dumps({k: repr(v) for k, v in run.params.items()}),
+                    pickle.dumps(run.params, protocol=4),
+                    run.repeat,
+                    now,
+                )
+                for index, run in enumerate(runs)
+            ),
+        )
+
+    def mark_running(self, fingerprint: str, future: Future[Any]) -> None:
+        info = future.info
+        self._write(
+            "UPDATE runs SET status = 'running', submitted = ?, started = NULL, finished = NULL, "
+            "value_json = NULL, value_pickle = NULL, error_type = NULL, error_message = NULL, "
+            "traceback = NULL, updated = ? WHERE fingerprint = ?",
+            [(info.submitted, time.time(), fingerprint)],
+        )
+
+    def record(self, fingerprint: str, future: Future[Any]) -> str:
+        """Store what became of the run's future; return the status recorded."""
+        info = future.info
+        status = {
+            FutureState.DONE: "done",
+            FutureState.FAILED: "failed",
+            FutureState.CANCELLED: "cancelled",
+        }.get(future.state, "running")
+        value_json: str | None = None
+        value_pickle: bytes | None = None
+        error_type = error_message = trace = None
+        if status == "done":
+            value = future._value
+            value_json = _json_or_none(value)
+            if value_json is None:
+                value_pickle = pickle.dumps(value, protocol=4)
+        elif status in ("failed", "cancelled"):
+            error = future.exception()
+            assert error is not None
+            if isinstance(error, RemoteError):
+                error_type, error_message = error.remote_type, error.remote_message
+                trace = error.remote_traceback
+            else:
+                error_type, error_message = type(error).__name__, str(error)
+        job_ref = msgspec.json.encode(info.job_ref).decode() if info.job_ref else None
+        self._write(
+            "UPDATE runs SET status = ?, value_json = ?, value_pickle = ?, error_type = ?, "
+            "error_message = ?, traceback = ?, submitted = ?, started = ?, finished = ?, "
+            "host = ?, worker = ?, attempts = ?, job_ref = ?, stdout = ?, stderr = ?, updated = ? "
+            "WHERE fingerprint = ?",
+            [
+                (
+                    status,
+                    value_json,
+                    value_pickle,
+                    error_type,
+                    error_message,
+                    trace,
+                    info.submitted,
+                    info.started,
+                    info.finished,
+                    info.host,
+                    info.worker,
+                    info.attempts,
+                    job_ref,
+                    info.stdout,
+                    info.stderr,
+                    time.time(),
+                    fingerprint,
+                )
+            ],
+        )
+        return status
+
+    def request_cancel(self) -> None:
+        """Ask the runner working on this store (in any process) to stop."""
+        self._write(
+            "INSERT OR REPLACE INTO meta VALUES ('cancel_requested', ?)", [(repr(time.time()),)]
+        )
+
+    def clear_cancel(self) -> None:
+        self._write("DELETE FROM meta WHERE key = ?", [("cancel_requested",)])
+
+    def cancel_requested(self) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM meta WHERE key = 'cancel_requested'").fetchone()
+        return row is not None
+
+    def interrupted(self) -> None:
+        """Runs left ``running`` by a runner that died are ``pending`` again."""
+        self._write(
+            "UPDATE runs SET status = 'pending', updated = ? WHERE status = 'running'",
+            [(time.time(),)],
+        )
+
+    # -- reading --------------------------------------------------------------------
+
+    def status(self, fingerprint: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT status FROM runs WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def counts(self, fingerprints: Collection[str] | None = None) -> dict[str, int]:
+        """How many runs are in each status (of ``fingerprints`` only, if given)."""
+        found: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        with self._lock:
+            if fingerprints is None:
+                for status, count in self._db.execute(
+                    "SELECT status, COUNT(*) FROM runs GROUP BY status"
+                ):
+                    found[status] = int(count)
+                return found
+            rows = self._db.execute("SELECT fingerprint, status FROM runs").fetchall()
+        for fingerprint, status in rows:
+            if fingerprint in fingerprints:
+                found[status] += 1
+        return found
+
+    def rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every run as a dict: params, repeat, status, value, error, timings, host..."""
+        return list(self.iter_rows(status))
+
+    def iter_rows(self, status: str | None = None) -> Iterator[dict[str, Any]]:
+        query = "SELECT * FROM runs" + (" WHERE status = ?" if status else "") + " ORDER BY seq"
+        with self._lock:
+            cursor = self._db.execute(query, (status,) if status else ())
+            names = [column[0] for column in cursor.description]
+            fetched = cursor.fetchall()
+        for raw in fetched:
+            record = dict(zip(names, raw, strict=True))
+            yield _row(record)
+
+    def to_json(self) -> str:
+        """All rows as a JSON array (values that JSON cannot hold as their repr)."""
+        return json.dumps(self.rows(), default=repr, indent=2)
+
+    def to_csv(self) -> str:
+        """All rows as CSV, one column per parameter."""
+        rows = self.rows()
+        params: list[str] = []
+        for row in rows:
+            params.extend(name for name in row["params"] if name not in params)
+        columns = [
+            "fingerprint",
+            *params,
+            "repeat",
+            "status",
+            "value",
+            "duration",
+            "host",
+            "attempts",
+            "error_type",
+            "error_message",
+        ]
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in rows:
+            value = row["value"]
+            if value is None:
+                shown = ""
+            else:
+                shown = value if isinstance(value, str) else json.dumps(value, default=repr)
+            duration = "" if row["duration"] is None else f"{row['duration']:.6f}"
+            writer.writerow(
+                [
+                    row["fingerprint"],
+                    *(row["params"].get(name, "") for name in params),
+                    row["repeat"],
+                    row["status"],
+                    shown,
+                    duration,
+                    row["host"] or "",
+                    row["attempts"] or "",
+                    row["error_type"] or "",
+                    row["error_message"] or "",
+                ]
+            )
+        return out.getvalue()
+
+
+def _row(record: Mapping[str, Any]) -> dict[str, Any]:
+    if record["value_json"] is not None:
+        value = json.loads(record["value_json"])
+    elif record["value_pickle"] is not None:
+        value = pickle.loads(record["value_pickle"])
+    else:
+        value = None
+    started, finished = record["started"], record["finished"]
+    return {
+        "fingerprint": record["fingerprint"],
+        "params": pickle.loads(record["params_pickle"]),
+        "repeat": record["repeat"],
+        "status": record["status"],
+        "value": value,
+        "error_type": record["error_type"],
+        "error_message": record["error_message"],
+        "traceback": record["traceback"],
+        "submitted": record["submitted"],
+        "started": started,
+        "finished": finished,
+        "duration": finished - started if started is not None and finished is not None else None,
+        "host": record["host"],
+        "worker": record["worker"],
+        "attempts": record["attempts"],
+        "job_ref": json.loads(record["job_ref"]) if record["job_ref"] else None,
+        "stdout": record["stdout"],
+        "stderr": record["stderr"],
+    }

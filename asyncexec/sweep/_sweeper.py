@@ -1,0 +1,518 @@
+"""ParamSweeper: execo_engine's persistent iterator over combinations, on SQLite.
+
+State lives in ``<persistence_dir>/sweeper.sqlite`` (WAL mode), shared by any
+number of threads and processes. ``done`` persists; ``inprogress`` persists as
+*leases* that the holder renews from a heartbeat thread, so the combinations
+of a holder that died come back by themselves once its lease expires;
+``skipped`` is kept by each ParamSweeper alone (a relaunch retries them).
+Every operation costs the same whether 10 or 10 million combinations are done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any
+
+import anyio
+
+from .._exceptions import AsyncExecError
+
+__all__ = ["ParamSweeper", "SweeperError"]
+
+_FORMAT = "asyncexec-paramsweeper-1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    status TEXT NOT NULL,            -- todo | inprogress | done
+    holder TEXT,
+    lease_until REAL,
+    saved INTEGER NOT NULL DEFAULT 0 -- part of the sweeps saved with save_sweeps
+);
+CREATE INDEX IF NOT EXISTS items_status_seq ON items (status, seq);
+CREATE INDEX IF NOT EXISTS items_status_lease ON items (status, lease_until);
+CREATE INDEX IF NOT EXISTS items_holder ON items (holder);
+CREATE INDEX IF NOT EXISTS items_seq ON items (seq);
+"""
+
+Filter = Callable[[Iterable[Any]], Iterable[Any]]
+
+
+class SweeperError(AsyncExecError):
+    """The persistence directory is not a ParamSweeper's, or is damaged."""
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ("__dict__", tuple(sorted((repr(k), _canonical(v)) for k, v in value.items())))
+    if isinstance(value, (set, frozenset)):
+        return ("__set__", tuple(sorted(repr(_canonical(v)) for v in value)))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_canonical(v) for v in value))
+    return value
+
+
+def combination_key(combination: Hashable) -> str:
+    """A stable identity for a combination, the same in every process and run."""
+    try:
+        data = pickle.dumps(_canonical(combination), protocol=4)
+    except Exception as exc:
+        raise TypeError(f"cannot persist the combination {combination!r}: {exc}") from exc
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class ParamSweeper:
+    """A persistent, thread- and process-safe iterable over combinations.
+
+    Each element is *todo*, *inprogress*, *done* or *skipped*. ``get_next``
+    hands out the next *todo* one (and holds it *inprogress*); mark it with
+    ``done``, ``skip`` (retried by a later run) or ``cancel`` (back to *todo*).
+
+    Args:
+        persistence_dir: where the state lives (created if missing).
+        sweeps: the combinations (any hashable, picklable values, typically from
+            :func:`sweep`); None loads those saved by an earlier ``save_sweeps``.
+        save_sweeps: remember ``sweeps`` in ``persistence_dir`` for later loading.
+        name: a name for logs and ``str()``.
+        lease: seconds an *inprogress* element stays held without a heartbeat;
+            the holder renews its leases every ``lease / 3`` seconds.
+
+    Raises:
+        SweeperError: ``persistence_dir`` holds something else, or a damaged database.
+    """
+
+    def __init__(
+        self,
+        persistence_dir: str | os.PathLike[str],
+        sweeps: Iterable[Hashable] | None = None,
+        save_sweeps: bool = False,
+        name: str | None = None,
+        *,
+        lease: float = 60.0,
+    ) -> None:
+        if lease <= 0:
+            raise ValueError(f"lease must be positive, got {lease!r}")
+        self._dir = os.fspath(persistence_dir)
+        self._name = name or os.path.basename(os.path.abspath(self._dir))
+        self._lease = lease
+        self._host = socket.gethostname()
+        self._holder = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._lock = threading.RLock()
+        self._sweeps: dict[str, Any] = {}
+        self._skipped: dict[str, Any] = {}
+        self._held: set[str] = set()
+        self._reclaimed_at = 0.0  # expired leases are looked for every lease/10 s at most
+        self._db = _open(self._dir)
+        self._closed = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self.set_sweeps(sweeps, save_sweeps)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the heartbeat and close the database. Held elements keep their lease
+        until it expires (call ``cancel`` first to hand them back at once)."""
+        self._closed.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ParamSweeper:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._closed.set()
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(
+                target=self._beat, name=f"asyncexec-sweeper-{self._name}", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._closed.wait(self._lease / 3):
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                if self._held:
+                    self._write(
+                        "UPDATE items SET lease_until = ? "
+                        "WHERE holder = ? AND status = 'inprogress'",
+                        (time.time() + self._lease, self._holder),
+                    )
+
+    # -- database -------------------------------------------------------------------
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self._transaction() as db:
+            db.execute(sql, params)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # -- sweeps ---------------------------------------------------------------------
+
+    def set_sweeps(
+        self, sweeps: Iterable[Hashable] | None = None, save_sweeps: bool = False
+    ) -> None:
+        """Change what to iterate on (None: load the saved sweeps)."""
+        with self._lock:
+            if sweeps is None:
+                rows = self._db.execute("SELECT key, data FROM items WHERE saved = 1 ORDER BY seq")
+                self._sweeps = {key: pickle.loads(data) for key, data in rows}
+            else:
+                self._sweeps = {}
+                for combination in sweeps:
+                    self._sweeps.setdefault(combination_key(combination), combination)
+                self._store_sweeps(save_sweeps)
+            self._skipped = {k: v for k, v in self._skipped.items() if k in self._sweeps}
+
+    def _store_sweeps(self, save: bool) -> None:
+        with self._transaction() as db:
+            (start,) = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM items").fetchone()
+            db.executemany(
+                "INSERT OR IGNORE INTO items (key, seq, data, status) VALUES (?, ?, ?, 'todo')",
+                (
+                    (key, start + index, pickle.dumps(combination, protocol=4))
+                    for index, (key, combination) in enumerate(self._sweeps.items())
+                ),
+            )
+            if save:
+                db.execute("UPDATE items SET saved = 0 WHERE saved = 1")
+                db.executemany(
+                    "UPDATE items SET saved = 1 WHERE key = ?", ((key,) for key in self._sweeps)
+                )
+
+    def get_sweeps(self) -> list[Any]:
+        """All the combinations iterated on, in order."""
+        with self._lock:
+            return list(self._sweeps.values())
+
+    # -- handing out ----------------------------------------------------------------
+
+    def get_next(self, filtr: Filter | None = None) -> Any:
+        """The next *todo* combination, now *inprogress* (held by us), or None.
+
+        ``filtr`` receives the remaining combinations and returns some of them, in
+        the order wanted; it costs a scan of all remaining ones.
+        """
+        batch = self.get_next_batch(1, filtr)
+        return batch[0] if batch else None
+
+    def get_next_batch(self, num_combs: int, filtr: Filter | None = None) -> list[Any]:
+        """Up to ``num_combs`` *todo* combinations, now *inprogress*."""
+        if num_combs <= 0:
+            return []
+        with self._lock, self._transaction() as db:
+            now = time.time()
+            if now - self._reclaimed_at > self._lease / 10:
+                self._reclaim_expired(db, now)
+            if filtr is None:
+                keys = self._next_todo(db, num_combs)
+            else:
+                remaining = [self._sweeps[key] for key in self._todo_keys(db)]
+                keys = []
+                for combination in filtr(remaining):
+                    if len(keys) >= num_combs:
+                        break
+                    keys.append(combination_key(combination))
+            db.executemany(
+                "UPDATE items SET status = 'inprogress', holder = ?, lease_until = ? "
+                "WHERE key = ? AND status = 'todo'",
+                ((self._holder, now + self._lease, key) for key in keys),
+            )
+            self._held.update(keys)
+        if keys:
+            self._ensure_heartbeat()
+        return [self._sweeps[key] for key in keys]
+
+    def _reclaim_expired(self, db: sqlite3.Connection, now: float) -> None:
+        self._reclaimed_at = now
+        db.execute(
+            "UPDATE items SET status = 'todo', holder = NULL, lease_until = NULL "
+            "WHERE status = 'inprogress' AND lease_until < ?",
+            (now,),
+        )
+        # A holder on this host whose process is gone needs no lease to expire.
+        holders = db.execute(
+            "SELECT DISTINCT holder FROM items WHERE status = 'inprogress' AND holder IS NOT NULL"
+        ).fetchall()
+        for (holder,) in holders:
+            host, _, rest = str(holder).rpartition(":")[0].rpartition(":")
+            if host == self._host and rest.isdigit() and not _alive(int(rest)):
+                db.execute(
+                    "UPDATE items SET status = 'todo', holder = NULL, lease_until = NULL "
+                    "WHERE holder = ? AND status = 'inprogress'",
+                    (holder,),
+                )
+
+    def _next_todo(self, db: sqlite3.Connection, count: int) -> list[str]:
+        keys: list[str] = []
+        after = -1
+        while len(keys) < count:
+            rows = db.execute(
+                "SELECT key, seq FROM items WHERE status = 'todo' AND seq > ? ORDER BY seq LIMIT ?",
+                (after, count - len(keys) + len(self._skipped) + 16),
+            ).fetchall()
+            if not rows:
+                break
+            for key, seq in rows:
+                after = seq
+                if key in self._sweeps and key not in self._skipped:
+                    keys.append(key)
+                    if len(keys) == count:
+                        break
+        return keys
+
+    def _todo_keys(self, db: sqlite3.Connection) -> list[str]:
+        rows = db.execute("SELECT key FROM items WHERE status = 'todo' ORDER BY seq")
+        return [key for (key,) in rows if key in self._sweeps and key not in self._skipped]
+
+    def __iter__(self) -> Iterator[Any]:
+        """Hand out combinations with ``get_next`` until none is left."""
+        while (combination := self.get_next()) is not None:
+            yield combination
+
+    # -- marking --------------------------------------------------------------------
+
+    def done(self, combination: Hashable) -> None:
+        """Mark ``combination`` *done* (for good, in every process)."""
+        self.done_batch([combination])
+
+    def done_batch(self, combinations: Iterable[Hashable]) -> None:
+        items = [(combination_key(c), c) for c in combinations]
+        with self._lock, self._transaction() as db:
+            unknown = []
+            for key, combination in items:
+                cursor = db.execute(
+                    "UPDATE items SET status = 'done', holder = NULL, lease_until = NULL "
+                    "WHERE key = ?",
+                    (key,),
+                )
+                if cursor.rowcount == 0:  # not in any sweep yet: remember it done all the same
+                    unknown.append((key, combination))
+                self._held.discard(key)
+                self._skipped.pop(key, None)
+            if unknown:
+                (start,) = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM items").fetchone()
+                db.executemany(
+                    "INSERT INTO items (key, seq, data, status) VALUES (?, ?, ?, 'done')",
+                    (
+                        (key, start + i, pickle.dumps(c, protocol=4))
+                        for i, (key, c) in enumerate(unknown)
+                    ),
+                )
+
+    def skip(self, combination: Hashable) -> None:
+        """Mark ``combination`` *skipped*: not handed out again by this ParamSweeper."""
+        self.skip_batch([combination])
+
+    def skip_batch(self, combinations: Iterable[Hashable]) -> None:
+        items = [(combination_key(c), c) for c in combinations]
+        with self._lock:
+            self._release([key for key, _ in items])
+            for key, combination in items:
+                if key in self._sweeps:
+                    self._skipped[key] = combination
+
+    def cancel(self, combination: Hashable) -> None:
+        """Give ``combination`` back: it is *todo* again."""
+        self.cancel_batch([combination])
+
+    def cancel_batch(self, combinations: Iterable[Hashable]) -> None:
+        with self._lock:
+            self._release([combination_key(c) for c in combinations])
+
+    def _release(self, keys: list[str]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE items SET status = 'todo', holder = NULL, lease_until = NULL "
+                "WHERE key = ? AND status = 'inprogress'",
+                ((key,) for key in keys),
+            )
+        self._held.difference_update(keys)
+
+    def reset(self, reset_inprogress: bool = False) -> None:
+        """Forget *skipped* (iteration starts over); *done* stays done.
+
+        Args:
+            reset_inprogress: also hand back every *inprogress* element, whoever holds it.
+        """
+        with self._lock:
+            self._skipped.clear()
+            if reset_inprogress:
+                self._write(
+                    "UPDATE items SET status = 'todo', holder = NULL, lease_until = NULL "
+                    "WHERE status = 'inprogress'"
+                )
+                self._held.clear()
+
+    def update(self) -> None:
+        """Re-read the shared state. (A no-op: every call reads it from the database.)"""
+
+    def full_update(self) -> None:
+        """Re-read the shared state completely. (A no-op, as ``update``.)"""
+
+    # -- reading --------------------------------------------------------------------
+
+    def _with_status(self, status: str) -> list[Any]:
+        with self._lock:
+            now = time.time()
+            if status == "inprogress":
+                rows = self._db.execute(
+                    "SELECT key FROM items WHERE status = 'inprogress' AND lease_until >= ? "
+                    "ORDER BY seq",
+                    (now,),
+                )
+            else:
+                rows = self._db.execute(
+                    "SELECT key FROM items WHERE status = ? ORDER BY seq", (status,)
+                )
+            return [self._sweeps[key] for (key,) in rows if key in self._sweeps]
+
+    def get_done(self) -> list[Any]:
+        """The combinations (of our sweeps) done, by anyone."""
+        return self._with_status("done")
+
+    def get_inprogress(self) -> list[Any]:
+        """The combinations (of our sweeps) held *inprogress*, by anyone, with a live lease."""
+        return self._with_status("inprogress")
+
+    def get_skipped(self) -> list[Any]:
+        """The combinations this ParamSweeper skipped."""
+        with self._lock:
+            return list(self._skipped.values())
+
+    def get_remaining(self) -> list[Any]:
+        """The *todo* combinations (an expired lease counts as *todo*)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key FROM items WHERE status = 'todo' "
+                "OR (status = 'inprogress' AND lease_until < ?) ORDER BY seq",
+                (time.time(),),
+            )
+            return [
+                self._sweeps[key]
+                for (key,) in rows
+                if key in self._sweeps and key not in self._skipped
+            ]
+
+    def stats(self) -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]:
+        """``(sweeps, remaining, skipped, inprogress, done)``, read together."""
+        with self._lock, self._transaction():
+            return (
+                self.get_sweeps(),
+                self.get_remaining(),
+                self.get_skipped(),
+                self.get_inprogress(),
+                self.get_done(),
+            )
+
+    def __str__(self) -> str:
+        sweeps, remaining, skipped, inprogress, done = self.stats()
+        return (
+            f"{self._name} <{len(sweeps)} total, {len(done)} done, {len(skipped)} skipped, "
+            f"{len(inprogress)} in progress, {len(remaining)} remaining>"
+        )
+
+    # -- async ----------------------------------------------------------------------
+
+    async def aget_next(self, filtr: Filter | None = None) -> Any:
+        """``get_next`` in a worker thread: the event loop never waits on SQLite."""
+        return await anyio.to_thread.run_sync(self.get_next, filtr)
+
+    async def aget_next_batch(self, num_combs: int, filtr: Filter | None = None) -> list[Any]:
+        return await anyio.to_thread.run_sync(self.get_next_batch, num_combs, filtr)
+
+    async def adone(self, combination: Hashable) -> None:
+        await anyio.to_thread.run_sync(self.done, combination)
+
+    async def askip(self, combination: Hashable) -> None:
+        await anyio.to_thread.run_sync(self.skip, combination)
+
+    async def acancel(self, combination: Hashable) -> None:
+        await anyio.to_thread.run_sync(self.cancel, combination)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK): one writer at a time, across processes."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        if self._db.in_transaction:  # nested (stats): the outer one commits
+            self._nested = True
+            return self._db
+        self._nested = False
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._nested:
+            return
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
+
+
+def _open(directory: str) -> sqlite3.Connection:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "sweeper.sqlite")
+    fresh = not os.path.exists(path)
+    if fresh and any(
+        not entry.startswith((".", "sweeper.sqlite")) for entry in os.listdir(directory)
+    ):
+        # A directory with other things in it is not ours to write into.
+        legacy = {"done", "inprogress", "sweeps"} & set(os.listdir(directory))
+        hint = " (it looks like execo_engine's)" if legacy else ""
+        raise SweeperError(
+            f"{directory} is not a ParamSweeper directory{hint}: it has files but no "
+            "sweeper.sqlite; choose an empty or new directory"
+        )
+    try:
+        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        if row is None:
+            if not fresh and db.execute("SELECT COUNT(*) FROM items").fetchone()[0]:
+                raise SweeperError(f"{path} has no format marker: not a ParamSweeper database")
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (_FORMAT,))
+        elif row[0] != _FORMAT:
+            raise SweeperError(f"{path} holds format {row[0]!r}, not {_FORMAT!r}")
+    except sqlite3.DatabaseError as exc:
+        raise SweeperError(f"{path} is damaged or not a ParamSweeper database: {exc}") from exc
+    os.chmod(path, 0o600)
+    return db

@@ -1,0 +1,237 @@
+"""The asyncexec command, run as users run it: in a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asyncexec.experiment import ResultsStore
+
+EXPERIMENT = """
+import os, time
+from asyncexec.experiment import Experiment
+
+def slow_square(x: int, log: str, seconds: float) -> int:
+    with open(log, "a") as out:
+        out.write(f"start {x}\\n")
+    time.sleep(seconds)
+    with open(log, "a") as out:
+        out.write(f"end {x}\\n")
+    return x * x
+
+def flaky(x: int) -> int:
+    if x == 2:
+        raise RuntimeError("two fails")
+    return x
+
+LOG = os.environ["AE_TEST_LOG"]
+SECONDS = float(os.environ.get("AE_TEST_SECONDS", "0.3"))
+squares = Experiment(slow_square, {"x": list(range(12)), "log": [LOG], "seconds": [SECONDS]})
+flakes = Experiment(flaky, {"x": [1, 2, 3]})
+"""
+
+
+@pytest.fixture
+def experiment_file(tmp_path: Path) -> Path:
+    path = tmp_path / "exp.py"
+    path.write_text(EXPERIMENT)
+    return path
+
+
+def asyncexec(
+    *args: str, log: Path, seconds: float = 0.3, **kwargs: object
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "AE_TEST_LOG": str(log), "AE_TEST_SECONDS": str(seconds)}
+    return subprocess.Popen(  # type: ignore[no-any-return]
+        [sys.executable, "-m", "asyncexec", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def wait_for_lines(log: Path, word: str, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (
+            log.exists()
+            and sum(line.startswith(word) for line in log.read_text().splitlines()) >= count
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never saw {count} {word!r} lines in {log}")
+
+
+def test_run_status_results_and_continue(experiment_file: Path, tmp_path: Path) -> None:
+    log, directory = tmp_path / "log", tmp_path / "runs"
+    code, out, err = finish(
+        asyncexec(
+            "run",
+            f"{experiment_file}:squares",
+            "--dir",
+            str(directory),
+            "--workers",
+            "2",
+            log=log,
+            seconds=0.0,
+        )
+    )
+    assert code == 0, err
+    assert "12 done, 0 failed of 12 runs" in out
+    assert "value (median)" in out  # the summary table
+    assert "[slow_square] 12/12 finished" in err  # plain progress lines when not a terminal
+
+    code, out, err = finish(
+        asyncexec("run", f"{experiment_file}:squares", "--dir", str(directory), log=log)
+    )
+    assert code == 2 and "--continue" in err
+
+    code, out, _ = finish(
+        asyncexec(
+            "run",
+            f"{experiment_file}:squares",
+            "--dir",
+            str(directory),
+            "--continue",
+            log=log,
+            seconds=0.0,
+        )
+    )
+    assert code == 0 and "12 done, 0 failed of 12 runs (0 run now" in out
+
+    code, out, _ = finish(asyncexec("status", str(directory), log=log))
+    assert code == 0 and "12 done" in out and "factor" in out
+
+    code, out, _ = finish(asyncexec("results", str(directory), "--format", "json", log=log))
+    assert sorted(row["value"] for row in json.loads(out)) == sorted(x * x for x in range(12))
+    code, out, _ = finish(asyncexec("results", str(directory), "--format", "csv", log=log))
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 12 and {row["status"] for row in rows} == {"done"}
+    code, out, _ = finish(asyncexec("results", str(directory), log=log))
+    assert code == 0 and "value / error" in out
+
+
+def test_failures_give_status_one(experiment_file: Path, tmp_path: Path) -> None:
+    code, out, _ = finish(
+        asyncexec(
+            "run",
+            f"{experiment_file}:flakes",
+            "--dir",
+            str(tmp_path / "r"),
+            "--backend",
+            "thread",
+            log=tmp_path / "log",
+        )
+    )
+    assert code == 1 and "2 done, 1 failed" in out
+
+
+def test_bad_targets_and_directories(experiment_file: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    for target in ("nocolon", f"{experiment_file}:missing", "no_such_module_ae:x"):
+        code, _, err = finish(asyncexec("run", target, "--dir", str(tmp_path / "d"), log=log))
+        assert code == 2 and err.startswith("asyncexec: "), err
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "data.csv").write_text("precious")
+    code, _, err = finish(
+        asyncexec("run", f"{experiment_file}:flakes", "--dir", str(tmp_path / "theirs"), log=log)
+    )
+    assert code == 2 and "not an asyncexec experiment directory" in err
+    assert (tmp_path / "theirs" / "data.csv").read_text() == "precious"
+    code, _, err = finish(asyncexec("status", str(tmp_path / "nowhere"), log=log))
+    assert code == 2
+
+
+def test_driver_killed_then_resumed_loses_nothing_and_repeats_nothing_finished(
+    experiment_file: Path, tmp_path: Path
+) -> None:
+    log, directory = tmp_path / "log", tmp_path / "runs"
+    driver = asyncexec(
+        "run",
+        f"{experiment_file}:squares",
+        "--dir",
+        str(directory),
+        "--workers",
+        "2",
+        log=log,
+        seconds=0.5,
+    )
+    try:
+        wait_for_lines(log, "end", 4)
+        time.sleep(0.2)  # let the driver record what ended
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.communicate()
+    with ResultsStore(directory, create=False) as store:
+        finished_before = {row["params"]["x"] for row in store.rows(status="done")}
+    assert finished_before, "nothing was recorded before the kill"
+
+    code, _out, err = finish(
+        asyncexec(
+            "run",
+            f"{experiment_file}:squares",
+            "--dir",
+            str(directory),
+            "--continue",
+            "--workers",
+            "2",
+            log=log,
+            seconds=0.5,
+        )
+    )
+    assert code == 0, err
+    with ResultsStore(directory, create=False) as store:
+        rows = store.rows()
+    assert sorted(row["params"]["x"] for row in rows if row["status"] == "done") == list(range(12))
+    starts = [
+        int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("start")
+    ]
+    for x in finished_before:
+        assert starts.count(x) == 1, f"run {x} was finished before the kill but ran again"
+
+
+@pytest.mark.parametrize("how", ["sigint", "cancel-command"])
+def test_interrupting_a_run_stops_it_cleanly(
+    experiment_file: Path, tmp_path: Path, how: str
+) -> None:
+    log, directory = tmp_path / "log", tmp_path / "runs"
+    driver = asyncexec(
+        "run",
+        f"{experiment_file}:squares",
+        "--dir",
+        str(directory),
+        "--workers",
+        "2",
+        log=log,
+        seconds=30,
+    )
+    wait_for_lines(log, "start", 2)
+    if how == "sigint":
+        driver.send_signal(signal.SIGINT)
+    else:
+        code, out, _ = finish(asyncexec("cancel", str(directory), log=log))
+        assert code == 0 and "cancel requested" in out
+    code, _, err = finish(driver, timeout=60)
+    assert code == 130, err
+    assert "--continue" in err
+    with ResultsStore(directory, create=False) as store:
+        counts = store.counts()
+    # The two running and the two queued in the dispatch window were cancelled.
+    assert counts["running"] == 0 and counts["cancelled"] == 4, counts
+    assert counts["cancelled"] + counts["pending"] == 12

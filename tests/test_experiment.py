@@ -1,0 +1,247 @@
+"""The experiment runner and its results store, on real executors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncexec import ProcessExecutor, ThreadExecutor
+from asyncexec.experiment import Experiment, Progress, ResultsStore, StoreError
+
+pytestmark = pytest.mark.anyio
+
+
+def power(base: int, exponent: int) -> int:
+    return int(base**exponent)
+
+
+def fails_for_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three is bad")
+    return x
+
+
+def not_json(x: int) -> complex:
+    return complex(x, 1)
+
+
+def seeded(x: int, repeat: int) -> tuple[int, int]:
+    return (x, repeat)
+
+
+def logged(x: int, log: str) -> int:
+    with open(log, "a") as out:
+        out.write(f"{x}\n")
+    return x
+
+
+def printing(x: int) -> int:
+    print(f"stdout of {x}")
+    return x
+
+
+async def test_runs_the_grid_and_stores_every_run(tmp_path: Path) -> None:
+    experiment = Experiment(power, {"base": [2, 3], "exponent": [1, 2, 3]}, repeats=2)
+    assert len(experiment.runs) == 12
+    async with ThreadExecutor(2) as ex:
+        summary = await experiment.run(ex, tmp_path / "exp", progress=False)
+    assert (summary.total, summary.done, summary.failed, summary.ran) == (12, 12, 0, 12)
+    assert summary.complete and not summary.cancelled
+    with ResultsStore(tmp_path / "exp", create=False) as store:
+        rows = store.rows()
+        assert store.experiment == "power"
+    assert len(rows) == 12
+    assert {(r["params"]["base"], r["params"]["exponent"], r["repeat"]) for r in rows} == {
+        (b, e, r) for b in (2, 3) for e in (1, 2, 3) for r in (0, 1)
+    }
+    for row in rows:
+        assert row["status"] == "done"
+        assert row["value"] == row["params"]["base"] ** row["params"]["exponent"]
+        assert row["duration"] is not None and row["attempts"] == 1
+        assert row["host"] and row["job_ref"]["kind"] == "thread"
+
+
+async def test_failures_are_recorded_with_the_remote_traceback(tmp_path: Path) -> None:
+    experiment = Experiment(fails_for_three, {"x": [1, 2, 3, 4]})
+    async with ProcessExecutor(2) as ex:
+        summary = await experiment.run(ex, tmp_path, progress=False)
+    assert (summary.done, summary.failed) == (3, 1)
+    with ResultsStore(tmp_path, create=False) as store:
+        [failed] = store.rows(status="failed")
+    assert failed["params"] == {"x": 3}
+    assert failed["error_type"] == "ValueError" and failed["error_message"] == "three is bad"
+    assert "fails_for_three" in failed["traceback"]
+
+
+async def test_a_second_run_skips_what_is_done_and_can_retry_failures(tmp_path: Path) -> None:
+    log = str(tmp_path / "calls.log")
+    experiment = Experiment(logged, {"x": [1, 2, 3], "log": [log]})
+    async with ThreadExecutor(2) as ex:
+        first = await experiment.run(ex, tmp_path / "exp", progress=False)
+        again = await experiment.run(ex, tmp_path / "exp", progress=False)
+    assert (first.ran, again.ran, again.done) == (3, 0, 3)
+    assert sorted(Path(log).read_text().split()) == ["1", "2", "3"]
+
+    failing = Experiment(fails_for_three, {"x": [1, 3]})
+    async with ThreadExecutor(2) as ex:
+        await failing.run(ex, tmp_path / "f", progress=False)
+        skipped = await failing.run(ex, tmp_path / "f", progress=False)
+        retried = await failing.run(ex, tmp_path / "f", progress=False, retry_failed=True)
+    assert (skipped.ran, skipped.failed) == (0, 1)
+    assert (retried.ran, retried.failed, retried.done) == (1, 1, 1)
+
+
+async def test_a_new_version_runs_everything_again(tmp_path: Path) -> None:
+    async with ThreadExecutor(2) as ex:
+        one = await Experiment(power, {"base": [2], "exponent": [1, 2]}).run(
+            ex, tmp_path, progress=False
+        )
+        two = await Experiment(power, {"base": [2], "exponent": [1, 2]}, version=2).run(
+            ex, tmp_path, progress=False
+        )
+    assert (one.ran, two.ran) == (2, 2)
+    with ResultsStore(tmp_path, create=False) as store:
+        assert len(store.rows()) == 4
+
+
+async def test_values_json_when_possible_else_pickled(tmp_path: Path) -> None:
+    async with ThreadExecutor(2) as ex:
+        await Experiment(not_json, {"x": [1]}).run(ex, tmp_path / "a", progress=False)
+        await Experiment(seeded, {"x": [5]}, repeats=2).run(ex, tmp_path / "b", progress=False)
+    with ResultsStore(tmp_path / "a", create=False) as store:
+        assert store.rows()[0]["value"] == complex(1, 1)
+        assert json.loads(store.to_json())[0]["value"] == "(1+1j)"
+    with ResultsStore(tmp_path / "b", create=False) as store:
+        assert sorted(row["value"] for row in store.rows()) == [[5, 0], [5, 1]]  # repeat passed
+        csv_text = store.to_csv()
+    header, *lines = csv_text.strip().splitlines()
+    assert header.startswith("fingerprint,x,repeat,status,value")
+    assert len(lines) == 2
+
+
+async def test_output_goes_to_log_files_and_the_store(tmp_path: Path) -> None:
+    async with ProcessExecutor(1) as ex:
+        await Experiment(printing, {"x": [7]}).run(ex, tmp_path, progress=False)
+    [out_log] = (tmp_path / "logs").glob("*.out")
+    assert out_log.read_text() == "stdout of 7\n"
+    with ResultsStore(tmp_path, create=False) as store:
+        assert store.rows()[0]["stdout"] == "stdout of 7\n"
+
+
+async def test_cancelling_the_runner_leaves_the_store_consistent(tmp_path: Path) -> None:
+    experiment = Experiment(_sleep_then_return, {"x": list(range(6))})
+    async with ProcessExecutor(2) as ex:
+        with anyio.move_on_after(1.5):
+            await experiment.run(ex, tmp_path, progress=False)
+        with ResultsStore(tmp_path, create=False) as store:
+            counts = store.counts()
+        assert counts["running"] == 0, counts  # nothing claims to run any more
+        assert counts["cancelled"] + counts["pending"] + counts["done"] == 6
+        summary = await experiment.run(ex, tmp_path, progress=False)
+    assert summary.done == 6 and summary.complete
+
+
+def _sleep_then_return(x: int) -> int:
+    import time
+
+    time.sleep(1.0)
+    return x
+
+
+async def test_two_runners_on_one_store_never_run_a_run_twice(tmp_path: Path) -> None:
+    log = str(tmp_path / "calls.log")
+    experiment = Experiment(logged, {"x": list(range(40)), "log": [log]})
+    async with ThreadExecutor(2) as one, ThreadExecutor(2) as two, anyio.create_task_group() as tg:
+        tg.start_soon(experiment.run, one, tmp_path / "exp")
+        tg.start_soon(experiment.run, two, tmp_path / "exp")
+    calls = Path(log).read_text().split()
+    assert sorted(calls, key=int) == [str(x) for x in range(40)]
+
+
+def test_a_directory_that_is_not_ours_is_refused_untouched(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not an asyncexec experiment directory"):
+        ResultsStore(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_corrupted_store_is_refused_untouched(tmp_path: Path) -> None:
+    garbage = os.urandom(4096)
+    (tmp_path / "results.sqlite").write_bytes(garbage)
+    with pytest.raises(StoreError, match="damaged"):
+        ResultsStore(tmp_path)
+    assert (tmp_path / "results.sqlite").read_bytes() == garbage
+
+
+def test_another_database_or_experiment_is_refused(tmp_path: Path) -> None:
+    other = sqlite3.connect(tmp_path / "results.sqlite")
+    other.execute("CREATE TABLE runs (x)")
+    other.execute("INSERT INTO runs VALUES (1)")
+    other.commit()
+    other.close()
+    with pytest.raises(StoreError):
+        ResultsStore(tmp_path)
+    with ResultsStore(tmp_path / "mine", experiment="alpha"):
+        pass
+    with pytest.raises(StoreError, match="'alpha', not 'beta'"):
+        ResultsStore(tmp_path / "mine", experiment="beta")
+
+
+def test_bad_experiments_are_refused() -> None:
+    with pytest.raises(TypeError):
+        Experiment(42, {"x": [1]})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="repeats"):
+        Experiment(power, {"base": [1]}, repeats=0)
+    with pytest.raises(ValueError, match="no level"):
+        Experiment(power, {"base": []})
+    with pytest.raises(TypeError, match="unhashable"):
+        Experiment(power, {"base": [[1, 2]]})
+    with pytest.raises(ValueError, match="at least one"):
+        Experiment(power, [])
+
+
+def test_explicit_parameter_lists_and_stable_fingerprints() -> None:
+    first = Experiment(power, [{"base": 2, "exponent": 3}, {"exponent": 1, "base": 5}])
+    second = Experiment(power, [{"exponent": 3, "base": 2}, {"base": 5, "exponent": 1}])
+    assert [r.fingerprint for r in first.runs] == [r.fingerprint for r in second.runs]
+    assert len({r.fingerprint for r in first.runs}) == 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_plain_lines_and_terminal_bar() -> None:
+    plain = io.StringIO()
+    progress = Progress("exp", 10, 2, stream=plain)
+    progress.start()
+    progress.done, progress.failed, progress.running = 3, 1, 2
+    progress.stop()
+    line = plain.getvalue()
+    assert "[exp] 6/10 finished" in line and "2 running" in line and "runs/s" in line
+
+    terminal = _Terminal()
+    bar = Progress("exp", 10, 0, stream=terminal)
+    bar.start()
+    bar.done = 4
+    bar.changed()
+    bar.stop()
+    assert "exp" in terminal.getvalue() and "4/10" in terminal.getvalue()
+
+
+async def test_other_runs_in_the_store_do_not_count(tmp_path: Path) -> None:
+    async with ThreadExecutor(2) as ex:
+        await Experiment(power, {"base": [2], "exponent": [1, 2, 3]}).run(
+            ex, tmp_path, progress=False
+        )
+        smaller = await Experiment(power, {"base": [2], "exponent": [4]}).run(
+            ex, tmp_path, progress=False
+        )
+    assert (smaller.total, smaller.done, smaller.ran) == (1, 1, 1)
