@@ -57,6 +57,17 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark under benchmarks/, against its peers, in one run: tables to stdout.
+
+    `nox -s bench -- --smoke` checks the harnesses only, in seconds.
+    """
+    session.install(".[bench]")
+    for script in sorted(glob.glob("benchmarks/*.py")):
+        session.run("python", script, *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """Run every example in the README and docs/, as users would."""
     session.install(".")

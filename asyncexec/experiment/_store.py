@@ -23,6 +23,7 @@ import msgspec
 
 from .._exceptions import AsyncExecError, RemoteError
 from .._future import Future, FutureState
+from .._sqlite import connect
 
 __all__ = ["ResultsStore", "RunSpec", "StoreError"]
 
@@ -120,12 +121,7 @@ class ResultsStore:
                 )
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
         try:
-            db = sqlite3.connect(
-                self.path, timeout=60, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.executescript(_SCHEMA)
+            db = connect(self.path, _SCHEMA)
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is damaged or not an experiment store: {exc}") from exc

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 from .._exceptions import AsyncExecError
+from .._sqlite import connect
 
 __all__ = ["ParamSweeper", "SweeperError"]
 
@@ -501,10 +502,7 @@ def _open(directory: str) -> sqlite3.Connection:
             "sweeper.sqlite; choose an empty or new directory"
         )
     try:
-        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.executescript(_SCHEMA)
+        db = connect(path, _SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         if row is None:
             if not fresh and db.execute("SELECT COUNT(*) FROM items").fetchone()[0]:

@@ -1,0 +1,37 @@
+"""Opening the SQLite databases asyncexec keeps (sweeper, results store)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+__all__ = ["connect"]
+
+
+def connect(path: str, schema: str, *, timeout: float = 60.0) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode (autocommit; we BEGIN ourselves) and apply ``schema``.
+
+    Several processes may open a new database at the same moment. Switching it
+    to WAL needs an exclusive lock that SQLite's busy handler does not wait
+    for, so "database is locked" is retried here until ``timeout``.
+
+    Raises:
+        sqlite3.DatabaseError: not a database, or still locked after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(schema)
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        except BaseException:
+            db.close()
+            raise
