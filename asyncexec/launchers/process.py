@@ -92,6 +92,7 @@ class _Worker:
         "process",
         "reader",
         "retiring",
+        "send_lock",
         "sender",
         "socket",
         "tasks_run",
@@ -112,6 +113,7 @@ class _Worker:
         self.tasks_run = 0
         self.retiring = False
         self.dead = False  # killed or silent: never hand it a task again
+        self.send_lock = anyio.Lock()
         self.exited = anyio.Event()
 
     def kill(self) -> None:
@@ -131,15 +133,19 @@ class _Worker:
         return True
 
     async def send(self, frame: bytes) -> None:
-        await self.sender.send(frame)
+        # trio's send_all ends with a checkpoint, during which the worker may answer,
+        # become idle and be handed the next task: writes must take turns.
+        async with self.send_lock:
+            await self.sender.send(frame)
 
     async def close_input(self) -> None:
         """Tell the worker no more tasks come: it exits when idle."""
         with contextlib.suppress(Exception):
-            if self.socket is not None:
-                await self.socket.send_eof()
-            else:
-                await self.sender.aclose()
+            async with self.send_lock:
+                if self.socket is not None:
+                    await self.socket.send_eof()
+                else:
+                    await self.sender.aclose()
 
     async def aclose(self) -> None:
         """Close the channel and reap the process (which must be exiting)."""
