@@ -122,9 +122,20 @@ class ResultsStore:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
         try:
             db = connect(self.path, _SCHEMA)
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is damaged or not an experiment store: {exc}") from exc
+        try:
+            self._check(db, exists, experiment)
+        except BaseException as exc:
+            db.close()  # refused: leave nothing open
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"{self.path} is damaged: {exc}") from exc
+            raise
+        os.chmod(self.path, 0o600)
+        return db
+
+    def _check(self, db: sqlite3.Connection, exists: bool, experiment: str | None) -> None:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if not meta:
             if exists and db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]:
                 raise StoreError(f"{self.path} has no format marker: not an asyncexec store")
@@ -140,8 +151,6 @@ class ResultsStore:
             raise StoreError(
                 f"{self.directory} holds the results of experiment {stored!r}, not {experiment!r}"
             )
-        os.chmod(self.path, 0o600)
-        return db
 
     @property
     def experiment(self) -> str | None:

@@ -56,22 +56,19 @@ def sweep(parameters: Mapping[str, Any]) -> list[HashableDict]:
         expanded: list[HashableDict] = []
         if isinstance(levels, Mapping):
             _check_levels(factor, list(levels))
+            branches: list[tuple[Any, list[HashableDict]]] = []
             for level, sub_parameters in levels.items():
                 if not isinstance(sub_parameters, Mapping):
                     raise TypeError(
                         f"the sub-sweep of level {level!r} of factor {factor!r} must be a dict "
                         f"of factor -> levels, got {type(sub_parameters).__name__}"
                     )
-                overlap = set(sub_parameters) & (set(parameters) | {factor})
-                if overlap:
-                    raise ValueError(
-                        f"the sub-sweep of {factor}={level!r} "
-                        f"repeats the factor(s) {sorted(overlap)}"
-                    )
-                sub_combinations = sweep(sub_parameters)
-                for combination in combinations:
+                branches.append((level, sweep(sub_parameters)))
+            # As execo: each combination so far, then each level with its sub-sweep.
+            for combination in combinations:
+                for level, sub_combinations in branches:
                     for sub in sub_combinations:
-                        expanded.append(HashableDict(combination, **{factor: level}, **sub))
+                        expanded.append(_merge(combination, factor, level, sub))
         elif isinstance(levels, (str, bytes)) or not isinstance(levels, Iterable):
             raise TypeError(
                 f"the levels of factor {factor!r} must be a list (or a dict of sub-sweeps), "
@@ -82,9 +79,22 @@ def sweep(parameters: Mapping[str, Any]) -> list[HashableDict]:
             _check_levels(factor, values)
             for combination in combinations:
                 for value in values:
-                    expanded.append(HashableDict(combination, **{factor: value}))
+                    expanded.append(_merge(combination, factor, value, {}))
         combinations = expanded
     return combinations
+
+
+def _merge(
+    combination: Mapping[str, Any], factor: str, level: Any, sub: Mapping[str, Any]
+) -> HashableDict:
+    merged = HashableDict(combination)
+    for name, value in ((factor, level), *sub.items()):
+        if name in merged:
+            raise ValueError(
+                f"factor {name!r} is given twice (a sub-sweep repeats a factor of the sweep)"
+            )
+        merged[name] = value
+    return merged
 
 
 def _check_levels(factor: str, levels: Sequence[Any]) -> None:

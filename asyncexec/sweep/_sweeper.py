@@ -10,7 +10,9 @@ Every operation costs the same whether 10 or 10 million combinations are done.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import pickle
 import socket
@@ -18,6 +20,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -64,12 +67,19 @@ def _canonical(value: Any) -> Any:
 
 
 def combination_key(combination: Hashable) -> str:
-    """A stable identity for a combination, the same in every process and run."""
+    """A stable identity for a combination, the same in every process and run.
+
+    Pickled without the memo: a value used twice must encode like two equal values.
+    """
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=4)
+    pickler.fast = True  # no memo: equal values, equal bytes
     try:
-        data = pickle.dumps(_canonical(combination), protocol=4)
+        pickler.dump(_canonical(combination))
+        pickle.dumps(combination, protocol=4)  # it must also be storable as it is
     except Exception as exc:
         raise TypeError(f"cannot persist the combination {combination!r}: {exc}") from exc
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return hashlib.blake2b(buffer.getvalue(), digest_size=16).hexdigest()
 
 
 class ParamSweeper:
@@ -101,6 +111,8 @@ class ParamSweeper:
         *,
         lease: float = 60.0,
     ) -> None:
+        self._closed = threading.Event()  # first: __del__ of a half-built instance needs it
+        self._heartbeat: threading.Thread | None = None
         if lease <= 0:
             raise ValueError(f"lease must be positive, got {lease!r}")
         self._dir = os.fspath(persistence_dir)
@@ -114,8 +126,6 @@ class ParamSweeper:
         self._held: set[str] = set()
         self._reclaimed_at = 0.0  # expired leases are looked for every lease/10 s at most
         self._db = _open(self._dir)
-        self._closed = threading.Event()
-        self._heartbeat: threading.Thread | None = None
         self.set_sweeps(sweeps, save_sweeps)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -137,25 +147,30 @@ class ParamSweeper:
 
     def __del__(self) -> None:
         self._closed.set()
+        db = getattr(self, "_db", None)
+        if db is not None:  # execo's users never close: don't leave the file open
+            with contextlib.suppress(Exception):
+                db.close()
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None:
+            # The thread holds the sweeper weakly: dropping the sweeper ends it.
             self._heartbeat = threading.Thread(
-                target=self._beat, name=f"asyncexec-sweeper-{self._name}", daemon=True
+                target=_beat,
+                args=(weakref.ref(self), self._closed, self._lease / 3),
+                name=f"asyncexec-sweeper-{self._name}",
+                daemon=True,
             )
             self._heartbeat.start()
 
-    def _beat(self) -> None:
-        while not self._closed.wait(self._lease / 3):
-            with self._lock:
-                if self._closed.is_set():
-                    return
-                if self._held:
-                    self._write(
-                        "UPDATE items SET lease_until = ? "
-                        "WHERE holder = ? AND status = 'inprogress'",
-                        (time.time() + self._lease, self._holder),
-                    )
+    def _renew(self) -> None:
+        with self._lock:
+            if self._closed.is_set() or not self._held:
+                return
+            self._write(
+                "UPDATE items SET lease_until = ? WHERE holder = ? AND status = 'inprogress'",
+                (time.time() + self._lease, self._holder),
+            )
 
     # -- database -------------------------------------------------------------------
 
@@ -174,29 +189,33 @@ class ParamSweeper:
         """Change what to iterate on (None: load the saved sweeps)."""
         with self._lock:
             if sweeps is None:
-                rows = self._db.execute("SELECT key, data FROM items WHERE saved = 1 ORDER BY seq")
+                rows = self._db.execute(
+                    "SELECT key, data FROM items WHERE saved > 0 ORDER BY saved"
+                )
                 self._sweeps = {key: pickle.loads(data) for key, data in rows}
             else:
-                self._sweeps = {}
+                chosen: dict[str, Any] = {}  # all checked before anything changes
                 for combination in sweeps:
-                    self._sweeps.setdefault(combination_key(combination), combination)
-                self._store_sweeps(save_sweeps)
+                    chosen.setdefault(combination_key(combination), combination)
+                self._store_sweeps(chosen, save_sweeps)
+                self._sweeps = chosen
             self._skipped = {k: v for k, v in self._skipped.items() if k in self._sweeps}
 
-    def _store_sweeps(self, save: bool) -> None:
+    def _store_sweeps(self, sweeps: dict[str, Any], save: bool) -> None:
         with self._transaction() as db:
             (start,) = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM items").fetchone()
             db.executemany(
                 "INSERT OR IGNORE INTO items (key, seq, data, status) VALUES (?, ?, ?, 'todo')",
                 (
                     (key, start + index, pickle.dumps(combination, protocol=4))
-                    for index, (key, combination) in enumerate(self._sweeps.items())
+                    for index, (key, combination) in enumerate(sweeps.items())
                 ),
             )
-            if save:
-                db.execute("UPDATE items SET saved = 0 WHERE saved = 1")
+            if save:  # `saved` holds the position in the saved sweeps (0: not saved)
+                db.execute("UPDATE items SET saved = 0 WHERE saved > 0")
                 db.executemany(
-                    "UPDATE items SET saved = 1 WHERE key = ?", ((key,) for key in self._sweeps)
+                    "UPDATE items SET saved = ? WHERE key = ?",
+                    ((position, key) for position, key in enumerate(sweeps, start=1)),
                 )
 
     def get_sweeps(self) -> list[Any]:
@@ -296,7 +315,7 @@ class ParamSweeper:
         self.done_batch([combination])
 
     def done_batch(self, combinations: Iterable[Hashable]) -> None:
-        items = [(combination_key(c), c) for c in combinations]
+        items = list({combination_key(c): c for c in combinations}.items())
         with self._lock, self._transaction() as db:
             unknown = []
             for key, combination in items:
@@ -450,6 +469,18 @@ class ParamSweeper:
         await anyio.to_thread.run_sync(self.cancel, combination)
 
 
+def _beat(ref: weakref.ref[ParamSweeper], closed: threading.Event, period: float) -> None:
+    while not closed.wait(period):
+        sweeper = ref()
+        if sweeper is None:
+            return
+        try:
+            sweeper._renew()
+        except sqlite3.Error:
+            return  # closed under us
+        del sweeper
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -503,6 +534,9 @@ def _open(directory: str) -> sqlite3.Connection:
         )
     try:
         db = connect(path, _SCHEMA)
+    except sqlite3.DatabaseError as exc:
+        raise SweeperError(f"{path} is damaged or not a ParamSweeper database: {exc}") from exc
+    try:
         row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         if row is None:
             if not fresh and db.execute("SELECT COUNT(*) FROM items").fetchone()[0]:
@@ -510,7 +544,10 @@ def _open(directory: str) -> sqlite3.Connection:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (_FORMAT,))
         elif row[0] != _FORMAT:
             raise SweeperError(f"{path} holds format {row[0]!r}, not {_FORMAT!r}")
-    except sqlite3.DatabaseError as exc:
-        raise SweeperError(f"{path} is damaged or not a ParamSweeper database: {exc}") from exc
+    except BaseException as exc:
+        db.close()  # refused: leave nothing open
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise SweeperError(f"{path} is damaged: {exc}") from exc
+        raise
     os.chmod(path, 0o600)
     return db

@@ -1,0 +1,899 @@
+"""ParamSweeper on real SQLite: every method, execo's state rules, leases, processes, threads.
+
+execo_engine itself only ever runs in subprocesses (see test_sweep.py for why).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncexec.sweep import HashableDict, ParamSweeper, SweeperError, sweep
+
+pytestmark = pytest.mark.anyio
+
+
+def combos(count: int, start: int = 0) -> list[HashableDict]:
+    return [HashableDict(i=i) for i in range(start, start + count)]
+
+
+def ids(combinations: Iterable[Any]) -> list[int]:
+    return [combination["i"] for combination in combinations]
+
+
+def eventually(probe: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``probe`` until it holds; the deadline only bounds a hung test."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.05)
+
+
+def new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (relative path -> content)."""
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+# A ParamSweeper in another process: runs a plan of operations and prints a JSON report.
+DRIVER = r"""
+import json, sys, time
+from asyncexec.sweep import HashableDict, ParamSweeper
+
+directory, count, lease, plan = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+sweeps = None if count < 0 else [HashableDict(i=i) for i in range(count)]
+report = {"taken": []}
+with ParamSweeper(directory, sweeps, lease=lease) as sweeper:
+    for op, arg in json.loads(plan):
+        if op == "take":
+            report["taken"] += [c["i"] for c in sweeper.get_next_batch(arg)]
+        elif op == "done":
+            sweeper.done(HashableDict(i=arg))
+        elif op == "skip":
+            sweeper.skip(HashableDict(i=arg))
+        elif op == "state":
+            names = ("sweeps", "remaining", "skipped", "inprogress", "done")
+            report.update({n: [c["i"] for c in part] for n, part in zip(names, sweeper.stats())})
+        elif op == "hold":  # report, then hold the leases until killed
+            print(json.dumps(report), flush=True)
+            time.sleep(3600)
+print(json.dumps(report), flush=True)
+"""
+
+Plan = list[tuple[str, int]]
+
+
+def driver_args(directory: Path, count: int, plan: Plan, lease: float) -> list[str]:
+    return [sys.executable, "-c", DRIVER, str(directory), str(count), str(lease), json.dumps(plan)]
+
+
+def run_driver(directory: Path, count: int, plan: Plan, lease: float = 60.0) -> dict[str, Any]:
+    """Run a plan in a fresh process (``count`` < 0: load the saved sweeps)."""
+    done = subprocess.run(
+        driver_args(directory, count, plan, lease),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return report
+
+
+@contextmanager
+def holder(
+    directory: Path, count: int, take: int, lease: float
+) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """A process that takes ``take`` combinations, then holds them until killed."""
+    with subprocess.Popen(
+        driver_args(directory, count, [("take", take), ("hold", 0)], lease),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            line = process.stdout.readline()
+            if not line:
+                raise AssertionError(f"the holder failed: {process.stderr.read()}")
+            yield process, json.loads(line)["taken"]
+        finally:
+            process.kill()
+            process.wait()
+
+
+# -- handing out ------------------------------------------------------------------------
+
+
+def test_get_next_hands_out_each_combination_once_in_order(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(5)) as sweeper:
+        got = [sweeper.get_next() for _ in range(5)]
+        assert ids(got) == [0, 1, 2, 3, 4]
+        assert all(type(combination) is HashableDict for combination in got)
+        assert sweeper.get_next() is None
+        assert sweeper.get_next() is None
+        assert ids(sweeper.get_inprogress()) == [0, 1, 2, 3, 4]
+        assert sweeper.get_remaining() == []
+        assert sweeper.get_done() == [] and sweeper.get_skipped() == []
+
+
+def test_get_next_with_filter(tmp_path: Path) -> None:
+    seen: list[list[int]] = []
+
+    def odd_descending(remaining: Iterable[Any]) -> list[Any]:
+        remaining = list(remaining)
+        seen.append(ids(remaining))
+        return sorted((c for c in remaining if c["i"] % 2), key=lambda c: -c["i"])
+
+    with ParamSweeper(tmp_path / "sweeps", combos(10)) as sweeper:
+        sweeper.done(HashableDict(i=0))
+        assert sweeper.get_next() == {"i": 1}  # in progress
+        sweeper.skip(sweeper.get_next())  # 2 skipped
+        assert sweeper.get_next(odd_descending) == {"i": 9}
+        assert seen == [[3, 4, 5, 6, 7, 8, 9]]  # the filter sees only the remaining ones
+        assert sweeper.get_next(odd_descending) == {"i": 7}
+        assert seen[-1] == [3, 4, 5, 6, 7, 8]
+        assert sweeper.get_next(lambda remaining: []) is None
+        assert sweeper.get_next(lambda r: (c for c in r if c["i"] == 4)) == {"i": 4}
+        assert ids(sweeper.get_inprogress()) == [1, 4, 7, 9]
+        assert ids(sweeper.get_remaining()) == [3, 5, 6, 8]
+        assert sweeper.get_next() == {"i": 3}  # no filter: back to the order
+
+
+def test_get_next_batch(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(10)) as sweeper:
+        assert ids(sweeper.get_next_batch(3)) == [0, 1, 2]
+        assert sweeper.get_next_batch(0) == []
+        assert sweeper.get_next_batch(-1) == []
+        assert ids(sweeper.get_next_batch(2, lambda r: list(r)[::-1])) == [9, 8]
+        assert ids(sweeper.get_next_batch(2, lambda r: [c for c in r if c["i"] > 5])) == [6, 7]
+        assert ids(sweeper.get_next_batch(100)) == [3, 4, 5]  # fewer than asked: all left
+        assert sweeper.get_next_batch(5) == []
+        assert ids(sweeper.get_inprogress()) == list(range(10))
+
+
+def test_iteration(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(4)) as sweeper:
+        seen = []
+        for combination in sweeper:
+            seen.append(combination["i"])
+            sweeper.done(combination)
+        assert seen == [0, 1, 2, 3]
+        assert list(sweeper) == []
+        assert ids(sweeper.get_done()) == [0, 1, 2, 3]
+    with ParamSweeper(tmp_path / "sweeps", combos(6)) as relaunched:
+        assert ids(relaunched) == [4, 5]
+
+
+# -- marking ----------------------------------------------------------------------------
+
+
+def test_done_and_done_batch(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(6)) as sweeper:
+        first = sweeper.get_next()
+        sweeper.done(first)
+        assert ids(sweeper.get_done()) == [0]
+        assert sweeper.get_inprogress() == []
+        sweeper.done(HashableDict(i=3))  # never handed out: done all the same
+        sweeper.done_batch(sweeper.get_next_batch(2))
+        assert ids(sweeper.get_done()) == [0, 1, 2, 3]
+        assert ids(sweeper.get_remaining()) == [4, 5]
+        assert sweeper.get_inprogress() == []
+        sweeper.done_batch([])
+        sweeper.done(HashableDict(i=0))  # done twice: still done once
+        assert ids(sweeper.get_done()) == [0, 1, 2, 3]
+        assert ids(sweeper.get_next_batch(10)) == [4, 5]
+
+
+def test_done_batch_accepts_repeated_combinations(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(3)) as sweeper:
+        sweeper.done_batch([HashableDict(i=0), HashableDict(i=0)])
+        sweeper.done_batch([HashableDict(i=7), HashableDict(i=7)])  # outside the sweeps
+        assert ids(sweeper.get_done()) == [0]
+        sweeper.set_sweeps(combos(8))
+        assert ids(sweeper.get_done()) == [0, 7]
+
+
+def test_done_outside_the_sweeps_is_remembered(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(3)) as sweeper:
+        sweeper.done(HashableDict(i=10))
+        assert sweeper.get_done() == []  # only our sweeps' are listed
+        assert ids(sweeper.get_remaining()) == [0, 1, 2]
+        sweeper.set_sweeps(combos(12))
+        assert ids(sweeper.get_done()) == [10]
+        assert 10 not in ids(sweeper.get_remaining())
+    with ParamSweeper(tmp_path / "sweeps", combos(12)) as relaunched:
+        assert ids(relaunched.get_done()) == [10]
+        assert 10 not in ids(relaunched.get_next_batch(100))
+
+
+def test_combinations_are_identified_by_content_not_key_order(tmp_path: Path) -> None:
+    combinations = sweep({"a": [1, 2], "b": ["x", "y"]})
+    with ParamSweeper(tmp_path / "sweeps", combinations) as sweeper:
+        sweeper.done(HashableDict(b="x", a=1))
+        sweeper.done(HashableDict([("b", "y"), ("a", 2)]))
+        assert sweeper.get_done() == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+        assert sweeper.get_remaining() == [{"a": 1, "b": "y"}, {"a": 2, "b": "x"}]
+
+
+def test_combinations_are_identified_by_value_not_object_identity(tmp_path: Path) -> None:
+    # The same combination, once with one string object used twice, once with two
+    # equal string objects (as read from a file, argv or JSON): equal, same hash.
+    shared = "host-a"
+    distinct = "".join(["host", "-a"])
+    assert distinct == shared and distinct is not shared
+    built_here = HashableDict(src=shared, dst=shared)
+    read_elsewhere = HashableDict(src=shared, dst=distinct)
+    assert built_here == read_elsewhere and hash(built_here) == hash(read_elsewhere)
+    other = HashableDict(src=shared, dst="host-b")
+    with ParamSweeper(tmp_path / "sweeps", [built_here, other]) as sweeper:
+        sweeper.done(read_elsewhere)
+        assert sweeper.get_done() == [built_here]
+        assert sweeper.get_remaining() == [other]
+        assert sweeper.get_next() == other
+
+
+def test_any_hashable_picklable_values_are_combinations(tmp_path: Path) -> None:
+    values: list[Any] = [7, "seven", (7, "7"), frozenset({7}), 7.5, None, b"7"]
+    with ParamSweeper(tmp_path / "sweeps", values) as sweeper:
+        assert sweeper.get_sweeps() == values
+        assert [sweeper.get_next() for _ in range(3)] == values[:3]
+        sweeper.done("seven")
+        sweeper.done_batch([frozenset({7}), b"7"])
+        assert sweeper.get_done() == ["seven", frozenset({7}), b"7"]
+        assert sweeper.get_remaining() == [7.5, None]
+    with ParamSweeper(tmp_path / "sweeps", values) as relaunched:
+        assert relaunched.get_done() == ["seven", frozenset({7}), b"7"]
+
+
+def test_unpicklable_combinations_are_refused(tmp_path: Path) -> None:
+    unpicklable = HashableDict(i=1, lock=threading.Lock())
+    with ParamSweeper(tmp_path / "sweeps", combos(2)) as sweeper:
+        with pytest.raises(TypeError, match="cannot persist"):
+            sweeper.done(unpicklable)
+        with pytest.raises(TypeError, match="cannot persist"):
+            sweeper.set_sweeps([*combos(3), unpicklable])
+        # A call that failed changed nothing.
+        assert ids(sweeper.get_sweeps()) == [0, 1]
+        assert ids(sweeper.get_next_batch(10)) == [0, 1]
+
+
+def test_skip_and_skip_batch(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(6)) as sweeper:
+        sweeper.skip(sweeper.get_next())
+        assert ids(sweeper.get_skipped()) == [0]
+        assert sweeper.get_inprogress() == []
+        assert ids(sweeper.get_remaining()) == [1, 2, 3, 4, 5]
+        assert sweeper.get_next() == {"i": 1}
+        sweeper.skip_batch([HashableDict(i=1), HashableDict(i=2)])  # in progress, and todo
+        assert sorted(ids(sweeper.get_skipped())) == [0, 1, 2]
+        assert sweeper.get_inprogress() == []
+        assert ids(sweeper.get_next_batch(10)) == [3, 4, 5]
+        assert sweeper.get_next() is None
+        sweeper.skip(HashableDict(i=99))  # not in the sweeps: not listed
+        assert sorted(ids(sweeper.get_skipped())) == [0, 1, 2]
+
+
+def test_skipped_belongs_to_one_instance(tmp_path: Path) -> None:
+    with (
+        ParamSweeper(tmp_path / "sweeps", combos(3)) as one,
+        ParamSweeper(tmp_path / "sweeps", combos(3)) as other,
+    ):
+        one.skip(one.get_next())
+        assert ids(one.get_skipped()) == [0] and other.get_skipped() == []
+        assert ids(one.get_remaining()) == [1, 2]
+        assert ids(other.get_remaining()) == [0, 1, 2]
+        assert other.get_next() == {"i": 0}  # retried by another instance
+        assert one.get_next() == {"i": 1}
+
+
+def test_cancel_and_cancel_batch(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(4)) as sweeper:
+        sweeper.cancel(sweeper.get_next())
+        assert sweeper.get_inprogress() == []
+        assert ids(sweeper.get_remaining()) == [0, 1, 2, 3]
+        assert sweeper.get_skipped() == []
+        assert sweeper.get_next() == {"i": 0}  # handed out again in this run
+        batch = sweeper.get_next_batch(3)
+        sweeper.cancel_batch(batch[:2])
+        assert ids(sweeper.get_inprogress()) == [0, 3]
+        assert ids(sweeper.get_remaining()) == [1, 2]
+        assert ids(sweeper.get_next_batch(5)) == [1, 2]
+        sweeper.cancel(HashableDict(i=99))  # unknown: nothing happens
+        sweeper.done(HashableDict(i=0))
+        sweeper.cancel(HashableDict(i=0))  # done stays done
+        assert ids(sweeper.get_done()) == [0]
+        sweeper.cancel_batch([])
+
+
+def test_get_sweeps_and_set_sweeps(tmp_path: Path) -> None:
+    order = [HashableDict(i=i) for i in (5, 3, 9, 1)]
+    with ParamSweeper(tmp_path / "sweeps", [*order, HashableDict(i=3)]) as sweeper:
+        assert sweeper.get_sweeps() == order  # the given order, each once
+        assert ids(sweeper.get_next_batch(2)) == [5, 3]
+        sweeper.done(HashableDict(i=5))
+        sweeper.skip(HashableDict(i=9))
+        sweeper.set_sweeps(combos(4, start=3))
+        assert ids(sweeper.get_sweeps()) == [3, 4, 5, 6]
+        assert ids(sweeper.get_done()) == [5]
+        assert ids(sweeper.get_inprogress()) == [3]
+        assert sweeper.get_skipped() == []  # 9 left the sweeps
+        assert ids(sweeper.get_remaining()) == [4, 6]
+        assert ids(sweeper.get_next_batch(10)) == [4, 6]
+        sweeper.set_sweeps([])
+        assert sweeper.get_sweeps() == [] and sweeper.get_next() is None
+        assert sweeper.get_done() == [] and sweeper.get_inprogress() == []
+
+
+def test_instances_with_different_sweeps_share_state(tmp_path: Path) -> None:
+    with (
+        ParamSweeper(tmp_path / "sweeps", combos(10)) as low,
+        ParamSweeper(tmp_path / "sweeps", combos(10, start=5)) as high,
+    ):
+        low.done_batch(combos(5, start=5))
+        assert ids(high.get_done()) == [5, 6, 7, 8, 9]
+        assert ids(high.get_remaining()) == [10, 11, 12, 13, 14]
+        assert ids(low.get_next_batch(3)) == [0, 1, 2]
+        assert high.get_inprogress() == []  # low's are outside high's sweeps
+        assert ids(high.get_next_batch(100)) == [10, 11, 12, 13, 14]
+        assert ids(low.get_inprogress()) == [0, 1, 2]
+
+
+def test_reset(tmp_path: Path) -> None:
+    with (
+        ParamSweeper(tmp_path / "sweeps", combos(5)) as sweeper,
+        ParamSweeper(tmp_path / "sweeps", combos(5)) as other,
+    ):
+        assert other.get_next() == {"i": 0}
+        sweeper.skip(sweeper.get_next())  # 1 skipped
+        assert sweeper.get_next() == {"i": 2}
+        sweeper.done(HashableDict(i=3))
+
+        sweeper.reset()
+        assert sweeper.get_skipped() == []
+        assert ids(sweeper.get_remaining()) == [1, 4]
+        assert ids(sweeper.get_inprogress()) == [0, 2]  # kept
+        assert ids(sweeper.get_done()) == [3]
+
+        sweeper.skip(HashableDict(i=4))
+        sweeper.reset(reset_inprogress=True)
+        assert sweeper.get_skipped() == []
+        assert sweeper.get_inprogress() == [] == other.get_inprogress()  # everyone's
+        assert ids(sweeper.get_remaining()) == [0, 1, 2, 4]
+        assert ids(sweeper.get_done()) == [3]  # done is never forgotten
+        assert ids(other.get_next_batch(10)) == [0, 1, 2, 4]
+
+
+def test_update_and_full_update(tmp_path: Path) -> None:
+    with (
+        ParamSweeper(tmp_path / "sweeps", combos(4)) as sweeper,
+        ParamSweeper(tmp_path / "sweeps", combos(4)) as other,
+    ):
+        other.done(HashableDict(i=2))
+        held = other.get_next()
+        sweeper.update()
+        assert ids(sweeper.get_done()) == [2]
+        assert sweeper.get_inprogress() == [held]
+        other.done(held)
+        sweeper.full_update()
+        assert ids(sweeper.get_done()) == [0, 2]
+        assert ids(sweeper.get_remaining()) == [1, 3]
+
+
+def test_stats_partition_the_sweeps(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    with ParamSweeper(tmp_path / "sweeps", combos(40)) as sweeper:
+        for _ in range(60):
+            combination = sweeper.get_next()
+            if combination is None:
+                break
+            action = rng.choice(["done", "skip", "cancel", "keep"])
+            if action != "keep":
+                getattr(sweeper, action)(combination)
+        sweeps, remaining, skipped, inprogress, done = sweeper.stats()
+        assert ids(sweeps) == list(range(40))
+        parts = [set(ids(part)) for part in (remaining, skipped, inprogress, done)]
+        assert sum(len(part) for part in parts) == 40
+        assert set().union(*parts) == set(range(40))
+        assert all(part for part in parts[1:])  # the random walk reached every state
+        assert (remaining, skipped, inprogress, done) == (
+            sweeper.get_remaining(),
+            sweeper.get_skipped(),
+            sweeper.get_inprogress(),
+            sweeper.get_done(),
+        )
+
+
+def test_str(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "my-run", combos(6), name="exp") as sweeper:
+        assert str(sweeper) == "exp <6 total, 0 done, 0 skipped, 0 in progress, 6 remaining>"
+        sweeper.done(sweeper.get_next())
+        sweeper.skip(sweeper.get_next())
+        sweeper.get_next()
+        assert str(sweeper) == "exp <6 total, 1 done, 1 skipped, 1 in progress, 3 remaining>"
+    with ParamSweeper(tmp_path / "my-run", combos(6)) as relaunched:  # named after its dir
+        assert str(relaunched) == "my-run <6 total, 1 done, 0 skipped, 1 in progress, 4 remaining>"
+
+
+# -- execo's state rules across instances and relaunches --------------------------------
+
+
+def test_done_and_inprogress_persist_across_instances(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(6)) as first:
+        first.done(first.get_next())
+        held = first.get_next()
+        first.skip(first.get_next())
+    with ParamSweeper(tmp_path / "sweeps", combos(6)) as second:
+        assert ids(second.get_done()) == [0]
+        assert second.get_inprogress() == [held]  # its lease outlives the instance
+        assert second.get_skipped() == []  # skipped does not persist
+        assert ids(second.get_remaining()) == [2, 3, 4, 5]
+        assert second.get_next() == {"i": 2}
+
+
+def test_relaunches_continue_where_they_left(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    first = run_driver(directory, 10, [("take", 3), ("done", 0), ("done", 1), ("done", 2)])
+    assert first["taken"] == [0, 1, 2]
+    second = run_driver(
+        directory, 10, [("skip", 3), ("state", 0), ("take", 2), ("done", 4), ("done", 5)]
+    )
+    assert second["done"] == [0, 1, 2]  # done persists
+    assert second["skipped"] == [3]
+    assert second["remaining"] == [4, 5, 6, 7, 8, 9]
+    assert second["taken"] == [4, 5]  # continues where the first left
+    third = run_driver(directory, 10, [("state", 0), ("take", 1)])
+    assert third["skipped"] == []  # skipped does not persist: retried...
+    assert third["done"] == [0, 1, 2, 4, 5]
+    assert third["remaining"] == [3, 6, 7, 8, 9]
+    assert third["taken"] == [3]  # ...first
+    with ParamSweeper(directory, combos(10)) as here:
+        assert ids(here.get_done()) == [0, 1, 2, 4, 5]
+
+
+@pytest.mark.usefixtures("no_leftover_processes")
+def test_inprogress_of_a_live_process_persists_across_relaunches(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    with holder(directory, 6, take=2, lease=60.0) as (process, taken):
+        assert taken == [0, 1]
+        relaunch = run_driver(directory, 6, [("state", 0), ("take", 2), ("done", 2)])
+        assert relaunch["inprogress"] == [0, 1]
+        assert relaunch["remaining"] == [2, 3, 4, 5]
+        assert relaunch["taken"] == [2, 3]  # not the held ones
+        with ParamSweeper(directory, combos(6)) as here:
+            assert ids(here.get_inprogress())[:2] == [0, 1]
+            assert ids(here.get_done()) == [2]
+            assert ids(here.get_next_batch(10))[-2:] == [4, 5]
+            assert 0 not in ids(here.get_remaining()) and 1 not in ids(here.get_remaining())
+        assert process.poll() is None
+
+
+def test_save_sweeps_then_reload_them_in_order(tmp_path: Path) -> None:
+    order = [HashableDict(i=i) for i in (7, 2, 9, 0, 5)]
+    with ParamSweeper(tmp_path / "sweeps", order, save_sweeps=True) as saver:
+        saver.done(HashableDict(i=9))
+    with ParamSweeper(tmp_path / "sweeps") as reloaded:  # sweeps=None: the saved ones
+        assert reloaded.get_sweeps() == order
+        assert ids(reloaded.get_done()) == [9]
+        assert ids(reloaded.get_next_batch(10)) == [7, 2, 0, 5]
+    elsewhere = run_driver(tmp_path / "sweeps", -1, [("state", 0)])
+    assert elsewhere["sweeps"] == [7, 2, 9, 0, 5]
+    assert elsewhere["done"] == [9]
+
+
+def test_set_sweeps_saves_and_reloads(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(3), save_sweeps=True) as sweeper:
+        sweeper.set_sweeps(combos(2, start=10), save_sweeps=True)  # replaces the saved ones
+        sweeper.set_sweeps(combos(5))  # not saved: the saved ones stay
+        assert ids(sweeper.get_sweeps()) == [0, 1, 2, 3, 4]
+        sweeper.set_sweeps(None)
+        assert ids(sweeper.get_sweeps()) == [10, 11]
+    with ParamSweeper(tmp_path / "sweeps") as reloaded:
+        assert ids(reloaded.get_sweeps()) == [10, 11]
+
+
+def test_saved_sweeps_reload_in_the_order_saved(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", [HashableDict(i=i) for i in (3, 2, 1)]):
+        pass  # an earlier run with the same combinations in another order, not saved
+    order = combos(3, start=1)
+    with ParamSweeper(tmp_path / "sweeps", order, save_sweeps=True) as saver:
+        assert saver.get_sweeps() == order
+    with ParamSweeper(tmp_path / "sweeps") as reloaded:
+        assert reloaded.get_sweeps() == order
+
+
+# -- leases -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lease", [0, -1.0])
+def test_lease_must_be_positive(tmp_path: Path, lease: float) -> None:
+    with pytest.raises(ValueError, match="lease"):
+        ParamSweeper(tmp_path / "sweeps", combos(1), lease=lease)
+
+
+@pytest.mark.usefixtures("no_leftover_processes")
+def test_killed_holder_leases_come_back_by_themselves(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    with (
+        holder(directory, 8, take=4, lease=1.0) as (process, taken),
+        ParamSweeper(directory, combos(8), lease=1.0) as survivor,
+    ):
+        assert taken == [0, 1, 2, 3]
+        assert ids(survivor.get_inprogress()) == [0, 1, 2, 3]
+        assert ids(survivor.get_next_batch(10)) == [4, 5, 6, 7]  # not the held ones
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+
+        eventually(
+            lambda: ids(survivor.get_remaining()) == [0, 1, 2, 3],
+            "the dead holder's combinations come back as todo",
+        )
+        got: list[int] = []
+
+        def all_back() -> bool:
+            got.extend(ids(survivor.get_next_batch(10)))
+            return sorted(got) == [0, 1, 2, 3]
+
+        eventually(all_back, "get_next hands them out again")
+        assert sorted(got) == [0, 1, 2, 3]  # each once
+        assert ids(survivor.get_inprogress()) == list(range(8))  # all ours now, kept alive
+        assert survivor.get_remaining() == []
+
+
+@pytest.mark.usefixtures("no_leftover_processes")
+def test_live_holder_keeps_its_leases_for_many_lease_periods(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    lease = 1.0
+    with (
+        holder(directory, 4, take=4, lease=lease) as (process, taken),
+        ParamSweeper(directory, combos(4), lease=lease) as other,
+    ):
+        assert taken == [0, 1, 2, 3]
+        checks = 0
+        until = time.monotonic() + 4 * lease
+        while time.monotonic() < until or checks < 10:
+            assert other.get_next() is None
+            assert other.get_remaining() == []
+            assert ids(other.get_inprogress()) == [0, 1, 2, 3]
+            checks += 1
+            time.sleep(0.1)
+        assert process.poll() is None
+
+
+def test_closed_instance_keeps_leases_until_they_expire(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    with ParamSweeper(directory, combos(6), lease=1.0) as first:
+        assert ids(first.get_next_batch(3)) == [0, 1, 2]
+        first.cancel(HashableDict(i=2))  # handed back at once
+    with ParamSweeper(directory, combos(6), lease=1.0) as second:
+        assert ids(second.get_inprogress()) == [0, 1]
+        assert ids(second.get_next_batch(10)) == [2, 3, 4, 5]
+        got: list[int] = []
+
+        def expired() -> bool:
+            got.extend(ids(second.get_next_batch(10)))
+            return sorted(got) == [0, 1]
+
+        eventually(expired, "the closed instance's leases expire")
+
+
+# -- many processes, many threads, many tasks ------------------------------------------
+
+WORKER = r"""
+import os, sys, time
+from asyncexec.sweep import HashableDict, ParamSweeper
+
+directory, count, start, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+got = []
+with ParamSweeper(directory, [HashableDict(i=i) for i in range(count)]) as sweeper:
+    open(out + ".ready", "w").close()
+    while not os.path.exists(start):
+        time.sleep(0.005)
+    while (combination := sweeper.get_next()) is not None:
+        got.append(combination["i"])
+        sweeper.done(combination)
+with open(out + ".tmp", "w") as target:
+    target.write("\n".join(map(str, got)))
+os.replace(out + ".tmp", out)
+"""
+
+
+@pytest.mark.usefixtures("no_leftover_processes")
+def test_four_processes_share_one_directory(tmp_path: Path) -> None:
+    count, directory, start = 10_000, tmp_path / "sweeps", tmp_path / "start"
+    outs = [tmp_path / f"got-{n}.txt" for n in range(4)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(directory), str(count), str(start), str(out)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for out in outs
+    ]
+    try:
+        eventually(
+            lambda: all(
+                Path(f"{out}.ready").exists() or p.poll() is not None
+                for out, p in zip(outs, processes, strict=True)
+            ),
+            "every worker is ready",
+            timeout=120,
+        )
+        start.touch()  # all start together, for real contention
+        for process in processes:
+            _, stderr = process.communicate(timeout=300)
+            assert process.returncode == 0, stderr
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    got = [[int(line) for line in out.read_text().split()] for out in outs]
+    everything = [i for part in got for i in part]
+    assert len(everything) == count  # none handed out twice...
+    assert set(everything) == set(range(count))  # ...and every one handed out
+    assert sum(1 for part in got if part) >= 2  # the processes did share the work
+    with ParamSweeper(directory, combos(count)) as sweeper:
+        assert len(sweeper.get_done()) == count
+        assert sweeper.get_remaining() == [] and sweeper.get_inprogress() == []
+
+
+def test_threads_share_one_instance(tmp_path: Path) -> None:
+    count, workers = 2_000, 8
+    got: list[list[int]] = [[] for _ in range(workers)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(workers)
+    before = set(threading.enumerate())
+
+    def work(sweeper: ParamSweeper, mine: list[int], batched: bool) -> None:
+        try:
+            barrier.wait()
+            while True:
+                if batched:
+                    batch = sweeper.get_next_batch(3)
+                    if not batch:
+                        return
+                    mine.extend(ids(batch))
+                    sweeper.done_batch(batch)
+                else:
+                    combination = sweeper.get_next()
+                    if combination is None:
+                        return
+                    mine.append(combination["i"])
+                    sweeper.done(combination)
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+
+    with ParamSweeper(tmp_path / "sweeps", combos(count)) as sweeper:
+        threads = [
+            threading.Thread(target=work, args=(sweeper, got[n], n % 2 == 1))
+            for n in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        everything = [i for part in got for i in part]
+        assert len(everything) == count
+        assert set(everything) == set(range(count))
+        assert len(sweeper.get_done()) == count
+        assert sweeper.get_inprogress() == [] and sweeper.get_remaining() == []
+    for thread in new_threads(before):  # none should be left but let a straggler finish
+        thread.join(timeout=10)
+    assert new_threads(before) == []
+
+
+async def test_async_methods(tmp_path: Path) -> None:
+    with ParamSweeper(tmp_path / "sweeps", combos(6)) as sweeper:
+        first = await sweeper.aget_next()
+        assert first == {"i": 0}
+        batch = await sweeper.aget_next_batch(2)
+        assert ids(batch) == [1, 2]
+        await sweeper.adone(first)
+        await sweeper.askip(batch[0])
+        await sweeper.acancel(batch[1])
+        assert ids(sweeper.get_done()) == [0]
+        assert ids(sweeper.get_skipped()) == [1]
+        assert sweeper.get_inprogress() == []
+        assert ids(sweeper.get_remaining()) == [2, 3, 4, 5]
+        assert await sweeper.aget_next(lambda r: [c for c in r if c["i"] == 4]) == {"i": 4}
+        assert ids(await sweeper.aget_next_batch(10, lambda r: list(r)[::-1])) == [5, 3, 2]
+        assert await sweeper.aget_next() is None
+        assert await sweeper.aget_next_batch(3) == []
+
+
+async def test_async_tasks_share_one_instance(tmp_path: Path) -> None:
+    count = 400
+    got: list[int] = []
+
+    async def work(sweeper: ParamSweeper) -> None:
+        while (combination := await sweeper.aget_next()) is not None:
+            got.append(combination["i"])
+            await sweeper.adone(combination)
+
+    with ParamSweeper(tmp_path / "sweeps", combos(count)) as sweeper:
+        async with anyio.create_task_group() as group:
+            for _ in range(16):
+                group.start_soon(work, sweeper)
+        assert len(got) == count
+        assert set(got) == set(range(count))
+        assert len(sweeper.get_done()) == count
+
+
+# -- bad directories --------------------------------------------------------------------
+
+EXECO_RUN = r"""
+import sys, warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from execo_engine import HashableDict, ParamSweeper
+
+sweeper = ParamSweeper(sys.argv[1], [HashableDict(i=i) for i in range(5)], save_sweeps=True)
+sweeper.done(sweeper.get_next())
+sweeper.get_next()
+"""
+
+
+def test_execo_directory_is_refused_and_left_alone(tmp_path: Path) -> None:
+    directory = tmp_path / "execo"
+    subprocess.run(
+        [sys.executable, "-c", EXECO_RUN, str(directory)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    before = snapshot(directory)
+    assert {"done", "inprogress", "sweeps"} <= set(before)
+    with pytest.raises(SweeperError, match="execo"):
+        ParamSweeper(directory, combos(5))
+    with pytest.raises(SweeperError, match="execo"):
+        ParamSweeper(directory)
+    assert snapshot(directory) == before
+    assert sorted(os.listdir(directory)) == sorted(before)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        pytest.param({"done": b"\x80\x04K\x01."}, id="execo-done-file"),
+        pytest.param({"notes.txt": b"my notes"}, id="other-file"),
+        pytest.param({"results/out.csv": b"a,b\n"}, id="sub-directory"),
+    ],
+)
+def test_directory_with_other_files_is_refused(tmp_path: Path, files: dict[str, bytes]) -> None:
+    directory = tmp_path / "sweeps"
+    for name, content in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(content)
+    with pytest.raises(SweeperError, match="not a ParamSweeper directory"):
+        ParamSweeper(directory, combos(3))
+    assert snapshot(directory) == files
+    assert not (directory / "sweeper.sqlite").exists()
+
+
+def test_directory_with_only_hidden_files_is_accepted(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    directory.mkdir()
+    (directory / ".keep").write_bytes(b"")
+    with ParamSweeper(directory, combos(2)) as sweeper:
+        assert sweeper.get_next() == {"i": 0}
+    assert (directory / ".keep").read_bytes() == b""
+
+
+def test_missing_directories_are_created(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "b" / "sweeps"
+    with ParamSweeper(directory, combos(2)) as sweeper:
+        assert sweeper.get_next() == {"i": 0}
+    assert (directory / "sweeper.sqlite").is_file()
+
+
+@pytest.mark.parametrize(
+    "prefix", [pytest.param(b"", id="garbage"), pytest.param(b"SQLite format 3\x00", id="header")]
+)
+def test_corrupted_database_is_refused_and_left_alone(tmp_path: Path, prefix: bytes) -> None:
+    directory = tmp_path / "sweeps"
+    directory.mkdir()
+    garbage = prefix + random.Random(3).randbytes(16384)
+    (directory / "sweeper.sqlite").write_bytes(garbage)
+    with pytest.raises(SweeperError, match=r"sweeper\.sqlite"):
+        ParamSweeper(directory, combos(3))
+    assert snapshot(directory) == {"sweeper.sqlite": garbage}
+
+
+def test_database_of_another_format_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    with ParamSweeper(directory, combos(3)) as sweeper:
+        sweeper.done(sweeper.get_next())
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db, db:
+        db.execute("UPDATE meta SET value = 'someone-else-7' WHERE key = 'format'")
+    with pytest.raises(SweeperError, match="someone-else-7"):
+        ParamSweeper(directory, combos(3))
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db, db:
+        db.execute("DELETE FROM meta")
+    with pytest.raises(SweeperError, match="format"):
+        ParamSweeper(directory, combos(3))
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db:
+        assert db.execute("SELECT COUNT(*) FROM items WHERE status = 'done'").fetchone() == (1,)
+
+
+def test_a_failed_constructor_leaves_nothing_behind(tmp_path: Path) -> None:
+    # Nothing may go wrong later either, when the half-built instance is collected.
+    (tmp_path / "notes.txt").write_bytes(b"not a sweeper")
+    problems: list[str] = []
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        problems.append(f"{unraisable.exc_type.__name__}: {unraisable.exc_value}")
+
+    sys.unraisablehook = hook
+    try:
+        for attempt in range(3):
+            directory = tmp_path / "fine" if attempt == 2 else tmp_path
+            lease = 0 if attempt == 2 else 60
+            with pytest.raises((SweeperError, ValueError)):
+                ParamSweeper(directory, combos(1), lease=lease)
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert problems == []
+
+
+# -- the heartbeat thread ---------------------------------------------------------------
+
+
+def test_close_stops_the_heartbeat(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    sweeper = ParamSweeper(tmp_path / "sweeps", combos(3), lease=0.3)
+    sweeper.get_next()
+    assert len(new_threads(before)) == 1  # the heartbeat
+    sweeper.close()
+    assert new_threads(before) == []
+    with ParamSweeper(tmp_path / "sweeps", combos(3), lease=0.3) as again:
+        assert again.get_next() == {"i": 1}
+        assert len(new_threads(before)) == 1
+    assert new_threads(before) == []
+
+
+def test_no_heartbeat_before_anything_is_held(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    with ParamSweeper(tmp_path / "sweeps", combos(3)) as sweeper:
+        sweeper.done(HashableDict(i=0))
+        sweeper.stats()
+        assert new_threads(before) == []
+
+
+def test_a_dropped_instance_stops_its_heartbeat(tmp_path: Path) -> None:
+    # execo's ParamSweeper has no close(): code written for it just drops the instance.
+    before = set(threading.enumerate())
+    sweeper = ParamSweeper(tmp_path / "sweeps", combos(3))
+    sweeper.get_next()
+    (heartbeat,) = new_threads(before)
+    del sweeper
+    gc.collect()
+    heartbeat.join(timeout=2)
+    assert not heartbeat.is_alive()
