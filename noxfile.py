@@ -45,8 +45,20 @@ def compat(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "asyncexec", "tests", "docs", "noxfile.py")
-    session.run("ruff", "format", "--check", "asyncexec", "tests", "docs", "noxfile.py")
+    session.run(
+        "ruff", "check", "asyncexec", "tests", "docs", "benchmarks", "examples", "noxfile.py"
+    )
+    session.run(
+        "ruff",
+        "format",
+        "--check",
+        "asyncexec",
+        "tests",
+        "docs",
+        "benchmarks",
+        "examples",
+        "noxfile.py",
+    )
 
 
 @nox.session

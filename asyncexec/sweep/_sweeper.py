@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import pickle
 import socket
@@ -30,6 +31,8 @@ from .._exceptions import AsyncExecError
 from .._sqlite import connect
 
 __all__ = ["ParamSweeper", "SweeperError"]
+
+log = logging.getLogger("asyncexec")
 
 _FORMAT = "asyncexec-paramsweeper-1"
 _SCHEMA = """
@@ -50,6 +53,7 @@ CREATE INDEX IF NOT EXISTS items_seq ON items (seq);
 """
 
 Filter = Callable[[Iterable[Any]], Iterable[Any]]
+_CHUNK = 10_000  # combinations written per transaction
 
 
 class SweeperError(AsyncExecError):
@@ -118,8 +122,10 @@ class ParamSweeper:
         self._dir = os.fspath(persistence_dir)
         self._name = name or os.path.basename(os.path.abspath(self._dir))
         self._lease = lease
-        self._host = socket.gethostname()
-        self._holder = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        # Whose process this is, precisely enough to tell, from another process,
+        # that the holder is gone: same host, same boot, same pid namespace.
+        self._machine = _machine_identity()
+        self._holder = f"{self._machine}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._lock = threading.RLock()
         self._sweeps: dict[str, Any] = {}
         self._skipped: dict[str, Any] = {}
@@ -193,6 +199,11 @@ class ParamSweeper:
                     "SELECT key, data FROM items WHERE saved > 0 ORDER BY saved"
                 )
                 self._sweeps = {key: pickle.loads(data) for key, data in rows}
+                if not self._sweeps:
+                    raise SweeperError(
+                        f"{self._dir} has no saved sweeps: pass sweeps=..., "
+                        "with save_sweeps=True to load them later without"
+                    )
             else:
                 chosen: dict[str, Any] = {}  # all checked before anything changes
                 for combination in sweeps:
@@ -202,16 +213,32 @@ class ParamSweeper:
             self._skipped = {k: v for k, v in self._skipped.items() if k in self._sweeps}
 
     def _store_sweeps(self, sweeps: dict[str, Any], save: bool) -> None:
-        with self._transaction() as db:
-            (start,) = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM items").fetchone()
-            db.executemany(
-                "INSERT OR IGNORE INTO items (key, seq, data, status) VALUES (?, ?, ?, 'todo')",
-                (
-                    (key, start + index, pickle.dumps(combination, protocol=4))
-                    for index, (key, combination) in enumerate(sweeps.items())
-                ),
-            )
-            if save:  # `saved` holds the position in the saved sweeps (0: not saved)
+        """Add the combinations not stored yet, in short transactions.
+
+        Other processes keep working meanwhile: a million combinations written in
+        one transaction would hold the write lock (and their heartbeats) for tens
+        of seconds. A sweep already stored whole is recognised by its digest.
+        """
+        digest = hashlib.blake2b("".join(sweeps).encode(), digest_size=16).hexdigest()
+        marker = f"stored:{digest}"
+        known = self._db.execute("SELECT 1 FROM meta WHERE key = ?", (marker,)).fetchone()
+        if not known:
+            items = list(sweeps.items())
+            for first in range(0, len(items), _CHUNK):
+                rows = [
+                    (key, pickle.dumps(combination, protocol=4))
+                    for key, combination in items[first : first + _CHUNK]
+                ]
+                with self._transaction() as db:
+                    (start,) = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM items").fetchone()
+                    db.executemany(
+                        "INSERT OR IGNORE INTO items (key, seq, data, status) "
+                        "VALUES (?, ?, ?, 'todo')",
+                        ((key, start + i, data) for i, (key, data) in enumerate(rows)),
+                    )
+            self._write("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '1')", (marker,))
+        if save:  # `saved` holds the position in the saved sweeps (0: not saved)
+            with self._transaction() as db:
                 db.execute("UPDATE items SET saved = 0 WHERE saved > 0")
                 db.executemany(
                     "UPDATE items SET saved = ? WHERE key = ?",
@@ -273,8 +300,8 @@ class ParamSweeper:
             "SELECT DISTINCT holder FROM items WHERE status = 'inprogress' AND holder IS NOT NULL"
         ).fetchall()
         for (holder,) in holders:
-            host, _, rest = str(holder).rpartition(":")[0].rpartition(":")
-            if host == self._host and rest.isdigit() and not _alive(int(rest)):
+            machine, _, pid = str(holder).rpartition(":")[0].rpartition(":")
+            if machine == self._machine and pid.isdigit() and not _alive(int(pid)):
                 db.execute(
                     "UPDATE items SET status = 'todo', holder = NULL, lease_until = NULL "
                     "WHERE holder = ? AND status = 'inprogress'",
@@ -476,9 +503,26 @@ def _beat(ref: weakref.ref[ParamSweeper], closed: threading.Event, period: float
             return
         try:
             sweeper._renew()
+        except sqlite3.ProgrammingError:
+            return  # its database was closed under us
         except sqlite3.Error:
-            return  # closed under us
+            log.warning("could not renew the leases of %s; trying again", sweeper._name)
         del sweeper
+
+
+def _machine_identity() -> str:
+    """Host name, boot id and pid namespace: pids mean the same only when all match."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            parts.append(boot.read().strip())
+    except OSError:
+        parts.append("no-boot-id")
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        parts.append("no-pid-ns")
+    return "/".join(part.replace(":", "_") for part in parts)
 
 
 def _alive(pid: int) -> bool:
