@@ -1,0 +1,61 @@
+"""The benchmark harnesses run and report every workload. No timing is asserted.
+
+Only asyncexec and peers from the standard library take part, so CI needs no extra
+installs; the machines are shared and noisy, so the figures are not looked at.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ("throughput", "latency", "payload", "cold-start", "memory", "cpu")
+STDLIB_PEERS = "asyncexec,concurrent.futures,multiprocessing,threads,raw-pipe"
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    """Run ``benchmarks/SCRIPT`` as CI would; its report, once it exited with 0."""
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, (
+        f"exit {completed.returncode}\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+    )
+    return completed.stdout
+
+
+def sections(report: str) -> dict[str, str]:
+    """The report's ``## workload: ...`` sections, by workload."""
+    found: dict[str, str] = {}
+    for chunk in report.split("\n## ")[1:]:
+        name = chunk.split(":", 1)[0].strip()
+        found[name] = chunk
+    return found
+
+
+def test_pool_benchmark_smoke() -> None:
+    report = run_benchmark("pool.py", "--smoke", "--peers", STDLIB_PEERS)
+    by_workload = sections(report)
+    assert sorted(by_workload) == sorted(WORKLOADS), report
+    for workload in WORKLOADS:
+        rows = [
+            line for line in by_workload[workload].splitlines() if line.startswith("| asyncexec |")
+        ]
+        assert len(rows) == 1, f"no asyncexec row for {workload}:\n{by_workload[workload]}"
+        cells = [cell.strip() for cell in rows[0].strip("|").split("|")]
+        assert cells[1] not in ("error", "timeout", "unavailable", "n/a"), rows[0]
+    for peer in STDLIB_PEERS.split(","):
+        assert f"\n| {peer} |" in by_workload["latency"], f"no {peer} row"
+
+
+def test_sweeper_benchmark_smoke() -> None:
+    report = run_benchmark("sweeper.py", "--smoke")
+    rows = [line for line in report.splitlines() if line.startswith("|")]
+    assert any("asyncexec" in line for line in rows), report
+    assert any(line[1:].strip()[:1].isdigit() for line in rows), report
