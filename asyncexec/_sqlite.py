@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-__all__ = ["connect"]
+__all__ = ["Transaction", "connect"]
 
 
 def connect(path: str, schema: str, *, timeout: float = 60.0) -> sqlite3.Connection:
@@ -35,3 +35,26 @@ def connect(path: str, schema: str, *, timeout: float = 60.0) -> sqlite3.Connect
         except BaseException:
             db.close()
             raise
+
+
+class Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK): one writer at a time, across processes."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        if self._db.in_transaction:  # nested (stats): the outer one commits
+            self._nested = True
+            return self._db
+        self._nested = False
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._nested:
+            return
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")

@@ -43,6 +43,7 @@ from ._codec import (
     versions,
 )
 from ._exceptions import SerializationError
+from ._files import write_atomically
 from ._messages import (
     Batch,
     ErrorInfo,
@@ -350,8 +351,9 @@ def run_batch(batch: Batch) -> Results:
             try:
                 outcome = execute(task, enforce_time_limit=True)
             except _SoftTimeout:  # the alarm rang in the last instant: still a timeout
-                outcome = Outcome(task_id=task.task_id, status="timeout", pid=os.getpid())
-        outcome.host = hostname()
+                outcome = Outcome(
+                    task_id=task.task_id, status="timeout", pid=os.getpid(), host=_HOST
+                )
         outcomes.append(outcome)
     return Results(outcomes=outcomes)
 
@@ -390,21 +392,6 @@ def _watchdog(seconds: float | None, grace: float = 10.0) -> Iterator[None]:
         watchdog.cancel()
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".outcome-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def run_once(input_path: str, output_path: str) -> int:
     """One-shot mode: a Batch in, Results out (atomically)."""
     import msgspec
@@ -423,7 +410,7 @@ def run_once(input_path: str, output_path: str) -> int:
             out.write(data)
     else:
         data = msgspec.msgpack.encode(run_batch(batch))
-        _write_atomically(output_path, data)
+        write_atomically(output_path, data)
     return 0
 
 

@@ -30,7 +30,6 @@ class Launcher(abc.ABC):
 
     * ``can_kill``: running work can be stopped (time limits, cancellation).
     * ``isolates_crashes``: a task that kills its process fails alone.
-    * ``capacity_hint``: how many tasks it runs at once, if it knows.
     """
 
     can_kill: bool = True

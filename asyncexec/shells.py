@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import anyio
 from anyio.abc import Process
 
+from ._files import write_atomically
 from .abc import Completed, Shell, SpawnedProcess
 
 __all__ = ["LocalShell"]
@@ -94,7 +95,7 @@ class LocalShell(Shell):
         return await anyio.Path(path).read_bytes()
 
     async def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
-        await anyio.to_thread.run_sync(_write_atomically, path, data, mode)
+        await anyio.to_thread.run_sync(functools.partial(write_atomically, path, data, mode=mode))
 
 
 class _Reaper:
@@ -112,17 +113,3 @@ class _Reaper:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self._process.pid, signal.SIGKILL)
             await self._process.aclose()
-
-
-def _write_atomically(path: str, data: bytes, mode: int) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

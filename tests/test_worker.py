@@ -38,7 +38,7 @@ def run_worker(batch: Batch, tmp_path: Path, *, via_files: bool = True) -> tuple
             timeout=120,
             check=True,
         )
-        assert not list(tmp_path.glob(".outcome-*")), "a temporary file was left behind"
+        assert not list(tmp_path.glob(".tmp-*")), "a temporary file was left behind"
         return msgspec.msgpack.decode(target.read_bytes(), type=Results), done.stderr.decode()
     done = subprocess.run(
         [sys.executable, "-m", "asyncexec.worker", "run"],

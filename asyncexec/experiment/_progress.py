@@ -37,7 +37,6 @@ class Progress:
         self.total = total
         self.done = 0
         self.failed = 0
-        self.cancelled = 0
         self.running = 0
         self.previously = finished
         self._stream = stream or sys.stderr

@@ -197,7 +197,7 @@ class _Dispatch:
         self.window = anyio.Semaphore(max(2, 2 * executor.n_workers))
         self.held: set[str] = set()
         self.ran = 0
-        self.poll = min(2.0, sweeper._lease / 3)
+        self.poll = min(2.0, sweeper.lease / 3)
         self.recorded = anyio.Event()
 
     def finished(self, status: str | None) -> bool:
@@ -312,7 +312,6 @@ class _Dispatch:
             self.ran += 1
         else:
             await anyio.to_thread.run_sync(self.sweeper.cancel, fingerprint)
-            self.progress.cancelled += 1
         self.progress.changed()
         self.recorded.set()
         assert status in ("done", "failed", "cancelled")

@@ -23,7 +23,7 @@ import msgspec
 
 from .._exceptions import AsyncExecError, RemoteError
 from .._future import Future, FutureState
-from .._sqlite import connect
+from .._sqlite import Transaction, connect
 
 __all__ = ["ResultsStore", "RunSpec", "StoreError"]
 
@@ -171,14 +171,8 @@ class ResultsStore:
         self.close()
 
     def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(sql, rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, Transaction(self._db) as db:
+            db.executemany(sql, rows)
 
     # -- writing --------------------------------------------------------------------
 
@@ -280,13 +274,6 @@ class ResultsStore:
         with self._lock:
             row = self._db.execute("SELECT 1 FROM meta WHERE key = 'cancel_requested'").fetchone()
         return row is not None
-
-    def interrupted(self) -> None:
-        """Runs left ``running`` by a runner that died are ``pending`` again."""
-        self._write(
-            "UPDATE runs SET status = 'pending', updated = ? WHERE status = 'running'",
-            [(time.time(),)],
-        )
 
     # -- reading --------------------------------------------------------------------
 

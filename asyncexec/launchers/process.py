@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 from anyio.abc import (
@@ -423,7 +423,6 @@ class ProcessLauncher(LocalLauncher[_Job]):
             worker.kill()  # its job, if any, is then settled as lost
             return
         job, worker.job = worker.job, None
-        outcome.host = self._host
         job.settle(outcome)
         if worker.dead:
             return  # killed after it answered (cancel, time limit): it is going away
@@ -506,15 +505,15 @@ class ProcessExecutor(BaseExecutor):
         max_pending: int | None = None,
     ) -> None:
         super().__init__(n_workers or os.cpu_count() or 1, options=options, max_pending=max_pending)
-        self._launcher_args: dict[str, Any] = {
-            "python": python,
-            "env": env,
-            "initializer": initializer,
-            "max_tasks_per_worker": max_tasks_per_worker,
-            "eager": eager,
-        }
-        # Validate now rather than on entering the pool.
-        ProcessLauncher(self.n_workers, **self._launcher_args)
+        # Made (and so validated) now rather than on entering the pool.
+        self._process_launcher = ProcessLauncher(
+            self.n_workers,
+            python=python,
+            env=env,
+            initializer=initializer,
+            max_tasks_per_worker=max_tasks_per_worker,
+            eager=eager,
+        )
 
     def _create_launcher(self) -> Launcher:
-        return ProcessLauncher(self.n_workers, **self._launcher_args)
+        return self._process_launcher

@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 
 from .._exceptions import AsyncExecError
-from .._sqlite import connect
+from .._sqlite import Transaction, connect
 
 __all__ = ["ParamSweeper", "SweeperError"]
 
@@ -134,6 +134,11 @@ class ParamSweeper:
         self._db = _open(self._dir)
         self.set_sweeps(sweeps, save_sweeps)
 
+    @property
+    def lease(self) -> float:
+        """Seconds an *inprogress* element stays held without a heartbeat."""
+        return self._lease
+
     # -- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
@@ -184,8 +189,8 @@ class ParamSweeper:
         with self._transaction() as db:
             db.execute(sql, params)
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self) -> Transaction:
+        return Transaction(self._db)
 
     # -- sweeps ---------------------------------------------------------------------
 
@@ -537,29 +542,6 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
     except OSError:
         return True
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK): one writer at a time, across processes."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        if self._db.in_transaction:  # nested (stats): the outer one commits
-            self._nested = True
-            return self._db
-        self._nested = False
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._nested:
-            return
-        if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
-            self._db.execute("ROLLBACK")
 
 
 def _open(directory: str) -> sqlite3.Connection:
