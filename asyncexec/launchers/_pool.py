@@ -1,0 +1,402 @@
+"""What pools of long-lived workers share, whatever a worker is.
+
+A worker (a local process, a container...) speaks the framed protocol of
+:mod:`asyncexec._worker` over some byte channel: it says :class:`Hello`, is
+given a :class:`Setup`, answers :class:`Ready`, then answers each
+:class:`TaskSpec` with an :class:`Outcome`. :class:`PoolLauncher` hands tasks
+to idle workers, reads their answers, replaces the dead and fails exactly the
+task a dead worker held; subclasses only start, kill and reap workers.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteSendStream
+
+from .._codec import HEADER, decode_message, dumps, encode_frame, hostname, versions
+from .._exceptions import LaunchError, describe_exit
+from .._messages import ErrorInfo, Hello, JobRef, Message, Outcome, Ready, Setup, TaskSpec
+from .._worker import version_mismatch
+from ._local import LocalJob, LocalLauncher
+
+__all__ = ["FrameReader", "PoolJob", "PoolLauncher", "PoolWorker"]
+
+log = logging.getLogger("asyncexec")
+
+_READ_SIZE = 1 << 20
+
+
+class FrameReader:
+    """Reads whole frames from a byte stream; safe to cancel between frames."""
+
+    def __init__(self, stream: ByteReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def read(self) -> Message:
+        """The next message. Raises anyio.EndOfStream when the peer is gone."""
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= HEADER.size:
+                (size,) = HEADER.unpack_from(buffer)
+                end = HEADER.size + size
+                if len(buffer) >= end:
+                    with memoryview(buffer) as view:
+                        message = decode_message(view[HEADER.size : end])
+                    del buffer[:end]
+                    return message
+                wanted = end - len(buffer)
+            else:
+                wanted = HEADER.size
+            buffer += await self._stream.receive(max(65536, min(wanted, _READ_SIZE)))
+
+
+class PoolJob(LocalJob):
+    __slots__ = ("worker",)
+
+    def __init__(self, task_id: str, worker: PoolWorker) -> None:
+        super().__init__(task_id)
+        self.worker = worker
+
+
+class PoolWorker(abc.ABC):
+    """One long-lived worker and its channel, as a :class:`PoolLauncher` sees it."""
+
+    #: The worker's process id where it runs, for the outcome of a lost task.
+    pid: int | None = None
+
+    def __init__(self, sender: ByteSendStream, receiver: ByteReceiveStream) -> None:
+        self.sender = sender
+        self.reader = FrameReader(receiver)
+        self.job: PoolJob | None = None
+        self.tasks_run = 0
+        self.retiring = False
+        self.dead = False  # killed or silent: never hand it a task again
+        self.send_lock = anyio.Lock()
+        self.exited = anyio.Event()
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Start killing the worker and all it runs; must not block. Sets ``dead``."""
+
+    @abc.abstractmethod
+    async def close_input(self) -> None:
+        """Tell the worker no more tasks come: it exits when idle (or is stopped)."""
+
+    @abc.abstractmethod
+    async def wait_exit(self) -> int | None:
+        """Wait until the worker has exited; its exit status if known. Cancel-safe."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the channel and whatever is left of the worker. Never raises."""
+
+    def describe_exit(self, exit_code: int | None) -> tuple[str, str | None]:
+        """What to tell the user about a worker that died so: a text and a state."""
+        return describe_exit(exit_code)
+
+    def has_exited(self) -> bool:
+        """A cheap check that the worker is gone, before its reader has noticed."""
+        return False
+
+    @property
+    def usable(self) -> bool:
+        if self.dead or self.retiring or self.exited.is_set():
+            return False
+        if self.has_exited():
+            # Died while idle, and its reader has not run yet: a buffered send
+            # would not even fail. Never hand it a task.
+            self.dead = True
+            return False
+        return True
+
+    async def send(self, frame: bytes) -> None:
+        # trio's send_all ends with a checkpoint, during which the worker may answer,
+        # become idle and be handed the next task: writes must take turns.
+        async with self.send_lock:
+            await self.sender.send(frame)
+
+
+class PoolLauncher(LocalLauncher[PoolJob]):
+    """Runs tasks on up to ``n_workers`` long-lived workers made by :meth:`_connect`.
+
+    Args:
+        n_workers: workers at most.
+        initializer: a callable each worker runs once at start.
+        max_tasks_per_worker: replace a worker after this many tasks.
+        eager: start every worker when the pool opens (else on first need).
+        startup_timeout: seconds a worker may take to say hello.
+    """
+
+    #: The ``kind`` of the JobRefs this launcher hands out.
+    kind = "pool"
+
+    def __init__(
+        self,
+        n_workers: int,
+        *,
+        initializer: Callable[[], object] | None = None,
+        max_tasks_per_worker: int | None = None,
+        eager: bool = True,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks_per_worker!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        if startup_timeout <= 0:
+            raise ValueError(f"startup_timeout must be positive, got {startup_timeout!r}")
+        super().__init__()
+        self._n_workers = n_workers
+        self._initializer = dumps(initializer) if initializer is not None else None
+        self._max_tasks = max_tasks_per_worker
+        self._eager = eager
+        self._startup_timeout = startup_timeout
+        self._workers: set[PoolWorker] = set()
+        self._idle: deque[PoolWorker] = deque()
+        self._spawning = 0
+        self._capacity: anyio.Event | None = None  # made on entry: Events need a running loop
+        self._closed = False
+        self._host = hostname()
+
+    # -- what subclasses provide ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def _connect(self) -> PoolWorker:
+        """Start one worker and open its channel (the handshake is done here).
+
+        Raises:
+            LaunchError: it cannot be started.
+        """
+
+    @abc.abstractmethod
+    def _where(self) -> str:
+        """Where workers run, for error messages (``"python3.11"``, ``"image x"``)."""
+
+    def _setup(self) -> Setup:
+        """The Setup message every new worker receives."""
+        return Setup(initializer=self._initializer)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._capacity = anyio.Event()
+        if self._eager:
+            async with anyio.create_task_group() as spawners:
+                for _ in range(self._n_workers):
+                    spawners.start_soon(self._spawn_idle)
+
+    async def aclose(self) -> None:
+        """Ask idle workers to exit, kill the rest after a grace period, reap all."""
+        self._closed = True
+        self._wake()
+        workers = list(self._workers)
+        for worker in workers:
+            if worker.job is not None:
+                worker.kill()
+            else:
+                await worker.close_input()
+        with anyio.move_on_after(5):
+            for worker in workers:
+                await worker.exited.wait()
+        for worker in workers:
+            if not worker.exited.is_set():
+                worker.kill()
+        for worker in workers:
+            await worker.exited.wait()
+
+    # -- the seam -------------------------------------------------------------------
+
+    async def start(self, task: TaskSpec) -> JobRef:
+        frame = encode_frame(task)
+        while True:
+            worker = await self._checkout()
+            job = PoolJob(task.task_id, worker)
+            worker.job = job
+            self._jobs[task.task_id] = job
+            # Shielded: a frame cut in half by a cancellation would garble the channel.
+            # A cancellation is seen at the caller's next await, which then kills the job.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await worker.send(frame)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    # It died while idle: the task never reached it. Another worker takes it.
+                    worker.dead = True
+                    worker.job = None
+                    self._jobs.pop(task.task_id, None)
+                    continue
+            return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
+
+    async def cancel(self, ref: JobRef) -> None:
+        job = self._jobs.pop(ref.native_id, None)
+        if job is None or job.done.is_set():
+            return
+        job.worker.kill()
+        await job.worker.exited.wait()
+
+    # -- workers --------------------------------------------------------------------
+
+    async def _checkout(self) -> PoolWorker:
+        while True:
+            if self._closed:
+                raise LaunchError(f"the {self.kind} pool is closed")
+            while self._idle:
+                worker = self._idle.popleft()
+                if worker.usable:
+                    return worker
+            if len(self._workers) + self._spawning < self._n_workers:
+                return await self._spawn()
+            if self._capacity is None or self._capacity.is_set():
+                self._capacity = anyio.Event()
+            await self._capacity.wait()
+
+    async def _spawn_idle(self) -> None:
+        self._make_idle(await self._spawn())
+
+    def _make_idle(self, worker: PoolWorker) -> None:
+        self._idle.append(worker)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._capacity is not None:
+            self._capacity.set()
+
+    async def _spawn(self) -> PoolWorker:
+        assert self._tg is not None
+        self._spawning += 1
+        try:
+            worker = await self._start_worker()
+        finally:
+            self._spawning -= 1
+        if self._closed or self._tg is None:
+            with anyio.CancelScope(shield=True):
+                worker.kill()
+                await worker.wait_exit()
+                await worker.aclose()
+            raise LaunchError(f"the {self.kind} pool is closed")
+        self._workers.add(worker)
+        self._tg.start_soon(self._read_loop, worker)
+        return worker
+
+    async def _start_worker(self) -> PoolWorker:
+        worker = await self._connect()
+        try:
+            with anyio.fail_after(self._startup_timeout):
+                await self._handshake(worker)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                worker.kill()
+                exit_code = await worker.wait_exit()
+                await worker.aclose()
+            if isinstance(exc, (anyio.EndOfStream, anyio.BrokenResourceError)):
+                text, _ = worker.describe_exit(exit_code)
+                where = self._where()
+                raise LaunchError(f"a worker died while starting ({where}): {text}") from None
+            if isinstance(exc, TimeoutError):
+                raise LaunchError(
+                    f"a worker ({self._where()}) did not start within {self._startup_timeout:g} s"
+                ) from None
+            if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
+                raise LaunchError(
+                    f"a worker's first words ({self._where()}) were not asyncexec's protocol "
+                    f"({exc}); does something print to stdout when Python starts?"
+                ) from exc
+            raise
+        return worker
+
+    async def _handshake(self, worker: PoolWorker) -> None:
+        hello = await worker.reader.read()
+        if not isinstance(hello, Hello):
+            raise LaunchError(f"the worker spoke first with {type(hello).__name__}, not Hello")
+        worker.pid = hello.pid
+        mismatch = version_mismatch(versions(), hello.versions)
+        if mismatch is not None:
+            raise LaunchError(f"{self._where()} cannot run our tasks: {mismatch}")
+        await worker.send(encode_frame(self._setup()))
+        ready = await worker.reader.read()
+        if not isinstance(ready, Ready):
+            raise LaunchError(f"the worker answered Setup with {type(ready).__name__}")
+        if ready.error is not None:
+            raise LaunchError(
+                f"the worker initializer raised {ready.error.type_name}: {ready.error.message}\n"
+                f"{ready.error.traceback}"
+            )
+
+    async def _read_loop(self, worker: PoolWorker) -> None:
+        try:
+            while True:
+                message = await worker.reader.read()
+                if isinstance(message, Outcome):
+                    self._complete(worker, message)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        except Exception:
+            # A garbled frame: this worker can no longer be trusted. (Never let the
+            # error escape: this task group wraps the caller's code.)
+            log.exception("worker %s sent an unreadable message; killing it", worker.pid)
+            worker.kill()
+        finally:
+            worker.dead = True  # at once: _bury awaits before the worker leaves the pool
+            with anyio.CancelScope(shield=True):
+                await self._bury(worker)
+
+    def _complete(self, worker: PoolWorker, outcome: Outcome) -> None:
+        if worker.job is None or worker.job.task_id != outcome.task_id:
+            log.error("worker %s answered for a task it was not given; killing it", worker.pid)
+            worker.kill()  # its job, if any, is then settled as lost
+            return
+        job, worker.job = worker.job, None
+        job.settle(outcome)
+        if worker.dead:
+            return  # killed after it answered (cancel, time limit): it is going away
+        worker.tasks_run += 1
+        if self._max_tasks is not None and worker.tasks_run >= self._max_tasks:
+            worker.retiring = True
+            assert self._tg is not None
+            self._tg.start_soon(worker.close_input)
+        else:
+            self._make_idle(worker)
+
+    async def _bury(self, worker: PoolWorker) -> None:
+        """A worker's channel closed: reap it and fail the task it held."""
+        exit_code: int | None = None
+        with anyio.move_on_after(5) as waited:
+            exit_code = await worker.wait_exit()
+        if waited.cancelled_caught:
+            worker.kill()
+            exit_code = await worker.wait_exit()
+        await worker.aclose()
+        self._workers.discard(worker)
+        job, worker.job = worker.job, None
+        if job is not None and not job.done.is_set():
+            text, state = worker.describe_exit(exit_code)
+            lost = ErrorInfo(type_name="WorkerLost", message=text, traceback="")
+            job.settle(
+                Outcome(
+                    task_id=job.task_id,
+                    status="lost",
+                    error=lost,
+                    exit_code=exit_code,
+                    state=state,
+                    pid=worker.pid,
+                    host=self._host,
+                )
+            )
+        worker.exited.set()
+        self._wake()
+        if self._eager and not self._closed and self._tg is not None:
+            self._tg.start_soon(self._replace)
+
+    async def _replace(self) -> None:
+        if len(self._workers) + self._spawning >= self._n_workers or self._closed:
+            return
+        try:
+            await self._spawn_idle()
+        except Exception:  # never escape: the next start() tries again and reports it
+            if not self._closed:
+                log.warning("could not replace a worker", exc_info=True)
