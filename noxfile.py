@@ -46,7 +46,15 @@ def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.6")
     session.run(
-        "ruff", "check", "asyncexec", "tests", "docs", "benchmarks", "examples", "noxfile.py"
+        "ruff",
+        "check",
+        "asyncexec",
+        "tests",
+        "docs",
+        "benchmarks",
+        "examples",
+        "scripts",
+        "noxfile.py",
     )
     session.run(
         "ruff",
@@ -57,6 +65,7 @@ def lint(session: nox.Session) -> None:
         "docs",
         "benchmarks",
         "examples",
+        "scripts",
         "noxfile.py",
     )
 
@@ -75,6 +84,8 @@ def bench(session: nox.Session) -> None:
     `nox -s bench -- --smoke` checks the harnesses only, in seconds.
     """
     session.install(".[bench]")
+    # benchmarks/docker.py needs the engine and this interpreter's test image.
+    session.run("bash", "scripts/docker-up.sh", "python", external=True)
     for script in sorted(glob.glob("benchmarks/*.py")):
         session.run("python", script, *session.posargs)
 
@@ -82,5 +93,7 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Run every example in the README and docs/, as users would."""
-    session.install(".")
+    session.install(".[docker]")
+    # docs/docker.md's example runs in this interpreter's test image.
+    session.run("bash", "scripts/docker-up.sh", "python", external=True)
     session.run("python", "docs/check_examples.py")

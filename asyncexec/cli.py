@@ -7,6 +7,8 @@
     asyncexec status DIR
     asyncexec results DIR [--format table|csv|json]
     asyncexec cancel DIR
+    asyncexec docker check IMAGE  (can IMAGE run our tasks?)
+    asyncexec docker prune [--executor ID]
     asyncexec worker ...          (the worker itself; see `asyncexec worker -h`)
 
 Exit status: 0 when every run is done, 1 when some failed, 2 for bad usage
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             return _results(options.directory, options.format)
         if options.command == "cancel":
             return _cancel(options.directory)
+        if options.command == "docker":
+            return _docker(options)
     except (StoreError, SweeperError, _UsageError) as exc:
         print(f"asyncexec: {exc}", file=sys.stderr)
         return 2
@@ -94,11 +98,43 @@ def _parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="stop the runner working on DIR")
     cancel.add_argument("directory")
     commands.add_parser("worker", help="the worker (python -m asyncexec.worker)")
+    docker = commands.add_parser("docker", help="check an image, remove leftover containers")
+    docker_commands = docker.add_subparsers(dest="docker_command", required=True)
+    check = docker_commands.add_parser("check", help="can IMAGE run our tasks? (runs one)")
+    check.add_argument("image")
+    check.add_argument("--python", default="python3", help="the interpreter in the image")
+    check.add_argument("--url", default=None, help="the engine (default: DOCKER_HOST)")
+    prune = docker_commands.add_parser(
+        "prune", help="kill and remove containers asyncexec left (a killed driver's)"
+    )
+    prune.add_argument("--executor", default=None, help="only this executor's (its id)")
+    prune.add_argument("--url", default=None, help="the engine (default: DOCKER_HOST)")
     return parser
 
 
 class _UsageError(Exception):
     pass
+
+
+def _docker(options: argparse.Namespace) -> int:
+    import asyncio
+
+    from ._exceptions import LaunchError
+    from .launchers.docker import check_image, prune_containers
+
+    try:
+        if options.docker_command == "check":
+            described = asyncio.run(
+                check_image(options.image, python=options.python, url=options.url)
+            )
+            print(f"{options.image} can run asyncexec tasks: {described}")
+            return 0
+        removed = asyncio.run(prune_containers(options.executor, url=options.url))
+    except LaunchError as exc:
+        print(f"asyncexec: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed {len(removed)} container(s)" + "".join(f"\n  {name}" for name in removed))
+    return 0
 
 
 # -- run ----------------------------------------------------------------------------

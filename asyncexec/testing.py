@@ -301,6 +301,7 @@ async def check_launcher(
     *,
     only: Iterable[str] | None = None,
     n_workers: int = 2,
+    tmp_root: str | None = None,
 ) -> None:
     """Run the conformance suite against launchers made by ``make_launcher``.
 
@@ -311,6 +312,10 @@ async def check_launcher(
         make_launcher: makes a new, unopened launcher.
         only: case names to run (default: all that apply).
         n_workers: the executor's concurrency.
+        tmp_root: where the cases' scratch directories go (default: the
+            system's temporary directory). Tasks write there, so it must be the
+            same path for the driver and for the tasks (a shared or mounted
+            directory, for containers and clusters).
     """
     probe = make_launcher()
     applicable = conformance_cases(type(probe))
@@ -320,7 +325,7 @@ async def check_launcher(
             raise ValueError(f"case {name!r} does not apply to {type(probe).__name__}")
         case = CONFORMANCE_CASES[name][0]
         launcher = probe if name == names[0] else make_launcher()
-        with tempfile.TemporaryDirectory(prefix="asyncexec-conformance-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="asyncexec-conformance-", dir=tmp_root) as workdir:
             async with BaseExecutor(n_workers, launcher=launcher) as executor:
                 try:
                     await case(_Context(executor, launcher, workdir))

@@ -167,8 +167,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
     # -- what subclasses provide ----------------------------------------------------
 
     @abc.abstractmethod
-    async def _connect(self) -> PoolWorker:
-        """Start one worker and open its channel (the handshake is done here).
+    async def _connect(self, task_id: str | None) -> PoolWorker:
+        """Start one worker and open its channel (the caller does the handshake).
+
+        ``task_id`` names the one task the worker is started for, if it is.
 
         Raises:
             LaunchError: it cannot be started.
@@ -266,11 +268,11 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         if self._capacity is not None:
             self._capacity.set()
 
-    async def _spawn(self) -> PoolWorker:
+    async def _spawn(self, task_id: str | None = None) -> PoolWorker:
         assert self._tg is not None
         self._spawning += 1
         try:
-            worker = await self._start_worker()
+            worker = await self._start_worker(task_id)
         finally:
             self._spawning -= 1
         if self._closed or self._tg is None:
@@ -283,8 +285,8 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         self._tg.start_soon(self._read_loop, worker)
         return worker
 
-    async def _start_worker(self) -> PoolWorker:
-        worker = await self._connect()
+    async def _start_worker(self, task_id: str | None) -> PoolWorker:
+        worker = await self._connect(task_id)
         try:
             with anyio.fail_after(self._startup_timeout):
                 await self._handshake(worker)

@@ -137,7 +137,7 @@ class ProcessLauncher(PoolLauncher):
     def _setup(self) -> Setup:
         return Setup(sys_path=[entry for entry in sys.path if entry], initializer=self._initializer)
 
-    async def _connect(self) -> PoolWorker:
+    async def _connect(self, task_id: str | None) -> PoolWorker:
         command = [self._python, "-m", "asyncexec.worker", "serve"]
         try:
             if self._transport == "stdio":

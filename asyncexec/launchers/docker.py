@@ -1,0 +1,687 @@
+"""Run tasks in Docker containers: :class:`DockerLauncher` and :class:`DockerExecutor`.
+
+Every container runs the project's one worker, ``python -m asyncexec.worker
+serve --stdio``, and speaks the process pool's framed protocol (handshake with
+version check included) over the container's attached stdin and stdout, so
+payloads never touch the container's file system and a read-only root works.
+What the task prints arrives on the container's stderr and is copied to the
+driver's.
+
+Two modes:
+
+* ``"oneshot"`` (the default): a new container for every task, killed and
+  removed as soon as its outcome is read. The strongest isolation: nothing a
+  task leaves behind reaches another.
+* ``"warm"``: ``n_workers`` long-lived containers, each running one task at a
+  time, as the process pool does; starting a container is paid once.
+
+Every container carries the labels ``asyncexec.executor=<executor id>`` and
+``asyncexec.worker=<name>`` (plus ``asyncexec.task=<task id>`` in one-shot
+mode), and is removed when its work ends, whatever ends it; :func:`prune_containers`
+(``asyncexec docker prune``) removes what a killed driver could not.
+
+Docker is reached with aiodocker, which runs on asyncio only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import anyio.abc
+
+from .._codec import encode_frame
+from .._exceptions import BackendUnavailable, LaunchError
+from .._executor import BaseExecutor
+from .._messages import JobRef, TaskSpec
+from .._options import TaskOptions
+from ..abc import Launcher
+from ._pool import PoolJob, PoolLauncher, PoolWorker
+
+if TYPE_CHECKING:
+    import aiodocker
+    from aiodocker.containers import DockerContainer
+    from aiodocker.stream import Stream
+
+__all__ = [
+    "EXECUTOR_LABEL",
+    "DockerExecutor",
+    "DockerLauncher",
+    "check_image",
+    "prune_containers",
+]
+
+log = logging.getLogger("asyncexec")
+
+#: The label naming the executor that made a container.
+EXECUTOR_LABEL = "asyncexec.executor"
+#: The label naming the container, as a worker of its executor.
+WORKER_LABEL = "asyncexec.worker"
+#: The label naming the task of a one-shot container.
+TASK_LABEL = "asyncexec.task"
+
+Mode = Literal["oneshot", "warm"]
+
+_NOT_FOUND = 404
+_CONFLICT = 409
+
+
+def _import_aiodocker() -> Any:
+    try:
+        import aiodocker
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the Docker backend needs aiodocker: pip install 'asyncexec[docker]'"
+        ) from exc
+    return aiodocker
+
+
+def _require_asyncio(what: str) -> None:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{what} runs on asyncio only (aiodocker is built on aiohttp), "
+            "not on trio or outside an event loop"
+        ) from None
+
+
+def _docker_error_status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a Docker error says the engine itself could not be reached."""
+    status = _docker_error_status(exc)
+    return status == 900 or isinstance(exc, OSError)  # aiodocker's code for "cannot connect"
+
+
+async def _open_engine(url: str | None) -> aiodocker.Docker:
+    """A client for the engine at ``url`` (default: DOCKER_HOST or the local socket)."""
+    module = _import_aiodocker()
+    try:
+        docker: aiodocker.Docker = module.Docker(url=url)
+    except (ValueError, OSError) as exc:
+        raise BackendUnavailable(f"no Docker engine to connect to: {exc}") from exc
+    try:
+        await docker.version()
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await docker.close()
+        if isinstance(exc, Exception):
+            raise BackendUnavailable(
+                f"cannot reach the Docker engine at {docker.docker_host}: {exc}"
+            ) from exc
+        raise
+    return docker
+
+
+def _attach(docker: aiodocker.Docker, container: DockerContainer) -> Stream:
+    """A stream attached to the container's stdin, stdout and stderr.
+
+    (aiodocker's ``attach`` first asks the engine whether the container has a
+    TTY; ours never has, and that round trip is a tenth of a one-shot task's.)
+    """
+    from aiodocker.stream import Stream
+    from yarl import URL
+
+    query: dict[str, str | int] = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+    query.update(logs=0, detachKeys="")
+
+    async def setup() -> tuple[URL, bytes | None, bool]:
+        return URL(f"containers/{container.id}/attach").with_query(query), None, False
+
+    return Stream(docker, setup, None)
+
+
+def _binds(volumes: Mapping[str, str] | Sequence[str]) -> list[str]:
+    """Docker ``Binds`` from ``{host: container}`` or ``"host:container[:ro]"`` strings."""
+    if isinstance(volumes, Mapping):
+        items = [f"{host}:{container}" for host, container in volumes.items()]
+    elif isinstance(volumes, str):
+        raise TypeError("volumes must be a mapping or a list of 'host:container[:mode]' strings")
+    else:
+        items = list(volumes)
+    for item in items:
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not all(parts[:2]):
+            raise ValueError(f"a volume must read 'host:container[:ro|rw]', got {item!r}")
+        if not parts[1].startswith("/"):
+            raise ValueError(f"a volume's container path must be absolute, got {item!r}")
+        if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+            raise ValueError(f"a volume's mode must be 'ro' or 'rw', got {item!r}")
+    return items
+
+
+class _AttachedOutput(anyio.abc.ByteReceiveStream):
+    """The container's stdout (the protocol); its stderr is copied to ours."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._pending = b""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while not self._pending:
+            try:
+                message = await self._stream.read_out()
+            except Exception as exc:  # aiohttp's errors when the engine goes away
+                raise anyio.BrokenResourceError from exc
+            if message is None:
+                raise anyio.EndOfStream
+            if message.stream == 2:
+                sys.stderr.write(message.data.decode("utf-8", "replace"))
+                sys.stderr.flush()
+            else:
+                self._pending = message.data
+        data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+        return data
+
+    async def aclose(self) -> None:
+        await self._stream.close()
+
+
+class _AttachedInput(anyio.abc.ByteSendStream):
+    """The container's stdin."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+
+    async def send(self, item: bytes) -> None:
+        try:
+            await self._stream.write_in(item)
+        except Exception as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def aclose(self) -> None:
+        await self._stream.close()
+
+
+class _Container(PoolWorker):
+    """One container running the long-lived worker, reached through ``docker attach``."""
+
+    def __init__(
+        self,
+        launcher: DockerLauncher,
+        container: DockerContainer,
+        stream: Stream,
+        name: str,
+    ) -> None:
+        super().__init__(_AttachedInput(stream), _AttachedOutput(stream))
+        self.launcher = launcher
+        self.container = container
+        self.stream = stream
+        self.name = name
+        self.oom_killed = False
+        self._removal: anyio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<container {self.name}>"
+
+    def kill(self) -> None:
+        self.dead = True
+        if self._removal is None:
+            self.launcher._background(self._remove)
+
+    async def _remove(self) -> None:
+        """Kill and remove the container (one call: a forced removal), once."""
+        if self._removal is not None:
+            await self._removal.wait()
+            return
+        self._removal = anyio.Event()
+        try:
+            await self.launcher._remove(self.container, self.name)
+        finally:
+            self._removal.set()
+
+    async def close_input(self) -> None:
+        self.kill()  # an idle container holds no work: removing it loses nothing
+
+    async def wait_exit(self) -> int | None:
+        if self.job is None:
+            return None  # nobody needs its exit status: the removal stops it
+        try:
+            status = await self.container.wait()
+            state = (await self.container.show())["State"]
+        except Exception as exc:  # removed already, or the engine is gone
+            log.debug("waiting for container %s: %s", self.name, exc)
+            return None
+        self.oom_killed = bool(state.get("OOMKilled"))
+        code = status.get("StatusCode")
+        return code if isinstance(code, int) else None
+
+    def describe_exit(self, exit_code: int | None) -> tuple[str, str | None]:
+        limit = self.launcher.memory_mb
+        if self.oom_killed:
+            cap = f" of {limit} MiB" if limit is not None else ""
+            return (
+                f"container {self.name} ran out of memory: the kernel killed it at its "
+                f"memory limit{cap} (OOMKilled)",
+                "OOMKilled",
+            )
+        if exit_code is None:
+            return f"container {self.name} vanished (is the Docker engine running?)", None
+        if exit_code > 128:
+            import signal
+
+            try:
+                name = signal.Signals(exit_code - 128).name
+            except ValueError:
+                name = f"signal {exit_code - 128}"
+            return f"container {self.name} was killed by {name} (exit {exit_code})", name
+        return f"the worker in container {self.name} exited with status {exit_code}", None
+
+    async def aclose(self) -> None:
+        try:
+            await self.stream.close()
+        except Exception as exc:
+            log.debug("closing the stream of %s: %s", self.name, exc)
+        await self._remove()
+
+
+class DockerLauncher(PoolLauncher):
+    """Runs each task in a Docker container (see the module's documentation).
+
+    Args:
+        image: the image; it must hold Python (same minor version as the
+            driver) with asyncexec and cloudpickle installed.
+        n_workers: warm containers (``mode="warm"``).
+        mode: ``"oneshot"`` (a container per task) or ``"warm"``.
+        python: the interpreter inside the image.
+        cpus: CPUs per container (a fraction is fine).
+        memory_mb: memory per container, swap included; a task that passes
+            it is killed by the kernel and fails with ``WorkerLost``
+            (state ``"OOMKilled"``).
+        pids_limit: processes per container at most.
+        network: the container's network: ``"none"`` (default: no network at
+            all), ``"bridge"``, ``"host"`` or a network's name.
+        read_only: a read-only root file system (``/tmp`` is then a tmpfs).
+        user: ``"uid:gid"`` or a user name known to the image.
+        env: environment variables of the containers.
+        volumes: ``{host_path: container_path}``, or Docker's
+            ``"host:container[:ro]"`` strings.
+        labels: more labels for every container.
+        workdir: the working directory inside the container.
+        pull: pull the image when the engine does not have it (else a missing
+            image is a :class:`LaunchError` naming it).
+        url: the engine (default: ``DOCKER_HOST``, else the local socket).
+        initializer: a callable each container's worker runs once at start.
+        max_tasks_per_worker: replace a warm container after this many tasks.
+        startup_timeout: seconds a container may take to start its worker.
+        executor_id: the ``asyncexec.executor`` label (default: a new id).
+    """
+
+    kind = "docker"
+
+    def __init__(
+        self,
+        image: str,
+        n_workers: int = 1,
+        *,
+        mode: Mode = "oneshot",
+        python: str = "python3",
+        cpus: float | None = None,
+        memory_mb: int | None = None,
+        pids_limit: int | None = None,
+        network: str = "none",
+        read_only: bool = False,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        volumes: Mapping[str, str] | Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        pull: bool = False,
+        url: str | None = None,
+        initializer: Callable[[], object] | None = None,
+        max_tasks_per_worker: int | None = None,
+        startup_timeout: float = 120.0,
+        executor_id: str | None = None,
+    ) -> None:
+        if mode not in ("oneshot", "warm"):
+            raise ValueError(f"mode must be 'oneshot' or 'warm', got {mode!r}")
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"image must be a non-empty string, got {image!r}")
+        if mode == "oneshot" and max_tasks_per_worker is not None:
+            raise ValueError("max_tasks_per_worker applies to mode='warm' only")
+        for name, value in (("cpus", cpus), ("memory_mb", memory_mb), ("pids_limit", pids_limit)):
+            if value is not None and (isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if not network:
+            raise ValueError("network must name a network ('none' for no network)")
+        super().__init__(
+            n_workers,
+            initializer=initializer,
+            max_tasks_per_worker=1 if mode == "oneshot" else max_tasks_per_worker,
+            eager=mode == "warm",
+            startup_timeout=startup_timeout,
+        )
+        self.image = image
+        self.mode: Mode = mode
+        self.memory_mb = memory_mb
+        self.executor_id = executor_id or uuid.uuid4().hex[:12]
+        self.url = url
+        self._python = python
+        self._cpus = cpus
+        self._pids_limit = pids_limit
+        self._network = network
+        self._read_only = read_only
+        self._user = user
+        self._env = {str(key): str(value) for key, value in (env or {}).items()}
+        self._binds = _binds(volumes)
+        self._labels = {str(key): str(value) for key, value in (labels or {}).items()}
+        for reserved in (EXECUTOR_LABEL, WORKER_LABEL, TASK_LABEL):
+            if reserved in self._labels:
+                raise ValueError(f"the label {reserved!r} is asyncexec's own")
+        self._workdir = workdir
+        self._pull = pull
+        self._names = itertools.count(1)
+        self._docker: aiodocker.Docker | None = None
+        self._leftovers: dict[str, str] = {}  # container id -> name, not yet removed
+
+    def __repr__(self) -> str:
+        return (
+            f"<DockerLauncher {self.image!r} {self.mode} executor={self.executor_id} "
+            f"{len(self._workers)} containers>"
+        )
+
+    def _where(self) -> str:
+        return f"image {self.image!r}"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        _require_asyncio("the Docker backend")
+        self._docker = await _open_engine(self.url)
+        await self._check_image()
+        await super()._open()
+
+    async def _check_image(self) -> None:
+        assert self._docker is not None
+        try:
+            await self._docker.images.inspect(self.image)
+            return
+        except Exception as exc:
+            if _docker_error_status(exc) != _NOT_FOUND:
+                raise self._error(f"inspect the image {self.image!r}", exc) from exc
+        if not self._pull:
+            raise LaunchError(
+                f"the Docker engine has no image {self.image!r}: build it (see the Docker "
+                "guide) or pass pull=True to pull it from a registry"
+            )
+        try:
+            await self._docker.images.pull(self.image)
+        except Exception as exc:
+            raise self._error(f"pull the image {self.image!r}", exc) from exc
+
+    async def aclose(self) -> None:
+        """Kill and remove every container of ours, then close the connection."""
+        try:
+            await super().aclose()
+            if self._docker is not None:
+                await self._sweep()
+        finally:
+            docker, self._docker = self._docker, None
+            if docker is not None:
+                await docker.close()
+
+    async def _sweep(self) -> None:
+        """Remove what removal missed (the engine was away): ours by label only."""
+        assert self._docker is not None
+        try:
+            found = await self._docker.containers.list(
+                all=True, filters={"label": [f"{EXECUTOR_LABEL}={self.executor_id}"]}
+            )
+        except Exception as exc:
+            if self._leftovers:
+                log.warning(
+                    "could not remove %d container(s) of executor %s (%s); "
+                    "run `asyncexec docker prune --executor %s` once the engine is back",
+                    len(self._leftovers),
+                    self.executor_id,
+                    exc,
+                    self.executor_id,
+                )
+            return
+        for container in found:
+            await self._remove(container, container.id[:12])
+
+    # -- the seam -------------------------------------------------------------------
+
+    async def start(self, task: TaskSpec) -> JobRef:
+        if self.mode == "warm":
+            return await super().start(task)
+        if self._closed:
+            raise LaunchError("the Docker launcher is closed")
+        worker = await self._spawn(task.task_id)
+        job = PoolJob(task.task_id, worker)
+        worker.job = job
+        self._jobs[task.task_id] = job
+        with anyio.CancelScope(shield=True):
+            try:
+                await worker.send(encode_frame(task))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                worker.kill()  # its reader settles the job as lost
+        return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
+
+    # -- containers -----------------------------------------------------------------
+
+    def _background(self, fn: Callable[[], Any]) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(fn)
+
+    def _error(self, doing: str, exc: BaseException) -> LaunchError:
+        if _unreachable(exc):
+            return BackendUnavailable(f"cannot {doing}: the Docker engine is unreachable: {exc}")
+        return LaunchError(f"cannot {doing}: {exc}")
+
+    def _config(self, name: str, task_id: str | None) -> dict[str, Any]:
+        labels = {**self._labels, EXECUTOR_LABEL: self.executor_id, WORKER_LABEL: name}
+        if task_id is not None:
+            labels[TASK_LABEL] = task_id
+        host: dict[str, Any] = {"NetworkMode": self._network, "Binds": self._binds}
+        if self.memory_mb is not None:
+            host["Memory"] = host["MemorySwap"] = self.memory_mb * 2**20
+        if self._cpus is not None:
+            host["NanoCpus"] = int(self._cpus * 1e9)
+        if self._pids_limit is not None:
+            host["PidsLimit"] = self._pids_limit
+        if self._read_only:
+            host["ReadonlyRootfs"] = True
+            host["Tmpfs"] = {"/tmp": "rw,exec,mode=1777"}
+        config: dict[str, Any] = {
+            "Image": self.image,
+            "Cmd": [self._python, "-m", "asyncexec.worker", "serve", "--stdio"],
+            "Env": [f"{key}={value}" for key, value in self._env.items()],
+            "Labels": labels,
+            "AttachStdin": True,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "OpenStdin": True,
+            # When the driver's connection goes (a killed driver), the worker reads
+            # the end of its input and exits once its task is done.
+            "StdinOnce": True,
+            "Tty": False,
+            "HostConfig": host,
+        }
+        if self._network == "none":
+            config["NetworkDisabled"] = True
+        if self._user is not None:
+            config["User"] = self._user
+        if self._workdir is not None:
+            config["WorkingDir"] = self._workdir
+        return config
+
+    async def _connect(self, task_id: str | None) -> PoolWorker:
+        if self._docker is None:
+            raise LaunchError("the Docker launcher is not open")
+        name = f"asyncexec-{self.executor_id}-{next(self._names)}"
+        try:
+            container = await self._docker.containers.create(self._config(name, task_id), name=name)
+        except Exception as exc:
+            if _docker_error_status(exc) == _NOT_FOUND:
+                raise LaunchError(f"the Docker engine has no image {self.image!r}") from exc
+            raise self._error(f"create a container from {self.image!r}", exc) from exc
+        try:
+            stream = _attach(self._docker, container)
+            await stream.__aenter__()  # attached before it starts: no output is missed
+            try:
+                await container.start()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await stream.close()
+                raise
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._remove(container, name)
+            if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
+                raise self._error(f"start container {name}", exc) from exc
+            raise
+        return _Container(self, container, stream, name)
+
+    async def _remove(self, container: DockerContainer, name: str) -> None:
+        """Kill and remove a container; remember it when the engine cannot be reached."""
+        try:
+            await container.delete(force=True, v=True)
+        except Exception as exc:
+            status = _docker_error_status(exc)
+            if status == _NOT_FOUND:
+                self._leftovers.pop(container.id, None)
+                return
+            if status == _CONFLICT:  # "removal already in progress"
+                return
+            self._leftovers[container.id] = name
+            log.debug("could not remove container %s: %s", name, exc)
+            return
+        self._leftovers.pop(container.id, None)
+
+
+async def prune_containers(executor_id: str | None = None, *, url: str | None = None) -> list[str]:
+    """Kill and remove the containers asyncexec made, all or one executor's.
+
+    Only containers labelled ``asyncexec.executor`` are touched. Returns the
+    names of those removed. For what a killed driver left behind; a running
+    executor removes its own containers itself.
+    """
+    _require_asyncio("prune_containers")
+    docker = await _open_engine(url)
+    label = EXECUTOR_LABEL if executor_id is None else f"{EXECUTOR_LABEL}={executor_id}"
+    removed = []
+    try:
+        for container in await docker.containers.list(all=True, filters={"label": [label]}):
+            names = container["Names"] if "Names" in container else [container.id[:12]]
+            try:
+                await container.delete(force=True, v=True)
+            except Exception as exc:
+                if _docker_error_status(exc) != _NOT_FOUND:
+                    raise
+            removed.append(str(names[0]).lstrip("/"))
+    finally:
+        await docker.close()
+    return removed
+
+
+async def check_image(image: str, *, python: str = "python3", url: str | None = None) -> str:
+    """Check that ``image`` can run our tasks: start a worker in it and run one task.
+
+    Returns a one-line description (the image's Python and where it is).
+    Raises :class:`LaunchError` saying what is wrong (no such image, no Python,
+    no asyncexec, a version mismatch...).
+    """
+    async with DockerExecutor(image, n_workers=1, python=python, url=url) as executor:
+        return str(await executor.run(_describe_interpreter))
+
+
+def _describe_interpreter() -> str:
+    import asyncexec
+
+    return (
+        f"Python {sys.version.split()[0]} at {sys.executable}, "
+        f"asyncexec {asyncexec.__version__} in {os.path.dirname(asyncexec.__file__)}"
+    )
+
+
+class DockerExecutor(BaseExecutor):
+    """Run tasks in Docker containers.
+
+    Args:
+        image: the image (Python of the driver's minor version, with asyncexec
+            and cloudpickle installed; see the Docker guide).
+        n_workers: tasks running at once (containers in ``"warm"`` mode);
+            default ``os.cpu_count()``.
+        mode: ``"oneshot"`` (default: a fresh container per task) or ``"warm"``.
+        options: default :class:`TaskOptions` for every task.
+        max_pending: queued tasks at most before ``submit`` waits.
+
+    The other arguments are :class:`DockerLauncher`'s: ``python``, ``cpus``,
+    ``memory_mb``, ``pids_limit``, ``network`` (``"none"`` by default),
+    ``read_only``, ``user``, ``env``, ``volumes``, ``labels``, ``workdir``,
+    ``pull``, ``url``, ``initializer``, ``max_tasks_per_worker``,
+    ``startup_timeout``, ``executor_id``.
+    """
+
+    def __init__(
+        self,
+        image: str,
+        n_workers: int | None = None,
+        *,
+        mode: Mode = "oneshot",
+        python: str = "python3",
+        cpus: float | None = None,
+        memory_mb: int | None = None,
+        pids_limit: int | None = None,
+        network: str = "none",
+        read_only: bool = False,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        volumes: Mapping[str, str] | Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        pull: bool = False,
+        url: str | None = None,
+        initializer: Callable[[], object] | None = None,
+        max_tasks_per_worker: int | None = None,
+        startup_timeout: float = 120.0,
+        executor_id: str | None = None,
+        options: TaskOptions | None = None,
+        max_pending: int | None = None,
+    ) -> None:
+        super().__init__(n_workers or os.cpu_count() or 1, options=options, max_pending=max_pending)
+        # Made (and so validated) now rather than on entering the executor.
+        self._docker_launcher = DockerLauncher(
+            image,
+            self.n_workers,
+            mode=mode,
+            python=python,
+            cpus=cpus,
+            memory_mb=memory_mb,
+            pids_limit=pids_limit,
+            network=network,
+            read_only=read_only,
+            user=user,
+            env=env,
+            volumes=volumes,
+            labels=labels,
+            workdir=workdir,
+            pull=pull,
+            url=url,
+            initializer=initializer,
+            max_tasks_per_worker=max_tasks_per_worker,
+            startup_timeout=startup_timeout,
+            executor_id=executor_id,
+        )
+
+    @property
+    def executor_id(self) -> str:
+        """The value of the ``asyncexec.executor`` label on this executor's containers."""
+        return self._docker_launcher.executor_id
+
+    def _create_launcher(self) -> Launcher:
+        return self._docker_launcher

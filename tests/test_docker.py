@@ -1,0 +1,590 @@
+"""The Docker backend, on a real Docker Engine with an image built from local files.
+
+The session fixture runs ``scripts/docker-up.sh`` for this interpreter (it
+starts the engine if needed and builds or refreshes ``asyncexec-test:pyX.Y``).
+In CI (``CI=true``) a missing engine fails these tests; elsewhere they are
+skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import pytest
+
+from asyncexec import (
+    BackendUnavailable,
+    FutureState,
+    LaunchError,
+    TaskCancelled,
+    TaskTimeout,
+    WorkerLost,
+)
+from asyncexec.launchers.docker import (
+    EXECUTOR_LABEL,
+    DockerExecutor,
+    DockerLauncher,
+    Mode,
+    check_image,
+    prune_containers,
+)
+from asyncexec.testing import (
+    CONFORMANCE_CASES,
+    add,
+    assert_heartbeat_stopped,
+    check_launcher,
+    conformance_cases,
+    heartbeat,
+    sleep_for,
+)
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get(
+    "ASYNCEXEC_TEST_IMAGE", "asyncexec-test:py{}.{}".format(*sys.version_info[:2])
+)
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """aiodocker runs on asyncio only (test_trio_is_refused_clearly checks trio)."""
+    return "asyncio"
+
+
+def _missing(reason: str) -> NoReturn:
+    if IN_CI:
+        pytest.fail(f"CI needs a Docker engine: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """The test image, made and checked by the project's own bring-up script."""
+    if os.environ.get("ASYNCEXEC_TEST_IMAGE") is None:
+        done = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "docker-up.sh"), sys.executable],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if done.returncode != 0:
+            _missing(f"scripts/docker-up.sh failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    inspected = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True)
+    if inspected.returncode != 0:
+        _missing(f"no Docker engine with the image {IMAGE} (run scripts/docker-up.sh)")
+    return IMAGE
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Iterator[str]:
+    """A directory mounted at the same path in the containers, for files tasks write."""
+    with tempfile.TemporaryDirectory(prefix="asyncexec-docker-") as path:
+        os.chmod(path, 0o777)
+        yield path
+
+
+def containers_of(executor_id: str, *, running: bool = False) -> list[str]:
+    """What `docker ps -a` lists with this executor's label (only running ones: `docker ps`)."""
+    listed = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-q" if running else "-aq",
+            "--filter",
+            f"label={EXECUTOR_LABEL}={executor_id}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()
+
+
+def inspect(container: str) -> dict[str, Any]:
+    shown = subprocess.run(
+        ["docker", "inspect", container], capture_output=True, text=True, check=True
+    )
+    result: dict[str, Any] = json.loads(shown.stdout)[0]
+    return result
+
+
+async def until_exists(path: str, timeout: float = 60.0) -> None:
+    with anyio.fail_after(timeout):
+        while not os.path.exists(path):
+            await anyio.sleep(0.02)
+
+
+# -- functions run inside the containers (asyncexec.testing's travel by reference) --
+
+
+def network_interfaces() -> list[str]:
+    return sorted(os.listdir("/sys/class/net"))
+
+
+def reach(host: str, port: int) -> str:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "connected"
+
+
+def default_gateway() -> str:
+    """The IPv4 default gateway from the routing table ("" without one)."""
+    import socket
+    import struct
+
+    with open("/proc/net/route") as routes:
+        for line in routes.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == "00000000":
+                return socket.inet_ntoa(struct.pack("<L", int(fields[2], 16)))
+    return ""
+
+
+def allocate(megabytes: int) -> int:
+    block = bytearray(megabytes * 2**20)
+    for index in range(0, len(block), 4096):
+        block[index] = 1
+    return len(block)
+
+
+def identity_and_writes(directory: str) -> dict[str, Any]:
+    results: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid()}
+    for path in ("/should-not-exist", "/tmp/scratch", os.path.join(directory, "from-container")):
+        try:
+            with open(path, "w") as out:
+                out.write("x")
+            results[path] = "written"
+        except OSError as exc:
+            results[path] = type(exc).__name__ + ":" + str(exc.errno)
+    return results
+
+
+def environment(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def cgroup_limits() -> dict[str, str]:
+    """The container's pids and CPU limits as its cgroups (v1 or v2) say."""
+    found = {}
+    for name, candidates in {
+        "pids": ["/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max"],
+        "cpu": ["/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu.max"],
+    }.items():
+        for candidate in candidates:
+            if os.path.exists(candidate):
+                with open(candidate) as limit:
+                    found[name] = limit.read().strip()
+                break
+    return found
+
+
+def hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+# Functions of this module travel by value: the image cannot import the tests.
+import cloudpickle  # noqa: E402
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+# -- conformance ------------------------------------------------------------------
+
+MODES: tuple[Mode, ...] = ("oneshot", "warm")
+# 1,000 concurrent one-shot containers take minutes; test_fifty_concurrent_tasks stands in.
+SLOW_FOR_ONESHOT = {"many_concurrent"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "case"),
+    [
+        (mode, case)
+        for mode in MODES
+        for case in conformance_cases(DockerLauncher)
+        if not (mode == "oneshot" and case in SLOW_FOR_ONESHOT)
+    ],
+)
+async def test_conformance(image: str, shared_dir: str, mode: Mode, case: str) -> None:
+    launchers: list[DockerLauncher] = []
+
+    def make() -> DockerLauncher:
+        launcher = DockerLauncher(
+            image,
+            2,
+            mode=mode,
+            volumes={shared_dir: shared_dir},
+        )
+        launchers.append(launcher)
+        return launcher
+
+    await check_launcher(make, only=[case], tmp_root=shared_dir)
+    for launcher in launchers:
+        assert containers_of(launcher.executor_id) == []
+
+
+def test_every_case_applies_to_docker() -> None:
+    assert conformance_cases(DockerLauncher) == list(CONFORMANCE_CASES)
+
+
+# -- scale, cleanup, limits ----------------------------------------------------------
+
+
+async def test_fifty_concurrent_tasks(image: str) -> None:
+    async with DockerExecutor(image, n_workers=50) as ex:
+        futures = [await ex.submit(add, i, 1) for i in range(50)]
+        assert await ex.wait(futures) == [i + 1 for i in range(50)]
+        hosts = {future.info.host for future in futures}
+        executor_id = ex.executor_id
+    assert len(hosts) == 50, "one-shot tasks shared a container"
+    assert containers_of(executor_id) == []
+
+
+async def test_warm_containers_are_reused(image: str) -> None:
+    async with DockerExecutor(image, n_workers=2, mode="warm") as ex:
+        futures = [await ex.submit(hostname) for _ in range(40)]
+        hosts = set(await ex.wait(futures))
+        assert 1 <= len(hosts) <= 2
+        assert len(containers_of(ex.executor_id)) == 2
+    assert containers_of(ex.executor_id) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_cancel_and_timeout_leave_no_container(
+    image: str, shared_dir: str, mode: Mode
+) -> None:
+    beat = os.path.join(shared_dir, f"cancel-{mode}.beat")
+    slow = os.path.join(shared_dir, f"timeout-{mode}.beat")
+    async with DockerExecutor(
+        image,
+        n_workers=2,
+        mode=mode,
+        volumes={shared_dir: shared_dir},
+    ) as ex:
+        running = await ex.submit(heartbeat, beat)
+        timed = await ex.with_options(time_limit=1.5).submit(heartbeat, slow)
+        await until_exists(beat)
+        assert await running.cancel() is True
+        with pytest.raises(TaskCancelled):
+            await running
+        with pytest.raises(TaskTimeout):
+            await timed
+        await assert_heartbeat_stopped(beat)
+        await assert_heartbeat_stopped(slow)
+        if mode == "oneshot":
+            assert containers_of(ex.executor_id) == []
+        assert await (await ex.submit(add, 1, 2)) == 3
+    assert containers_of(ex.executor_id) == []
+
+
+async def test_aclose_cancel_pending_leaves_no_container(image: str, shared_dir: str) -> None:
+    beat = os.path.join(shared_dir, "aclose.beat")
+    ex = DockerExecutor(image, n_workers=3, volumes={shared_dir: shared_dir})
+    async with ex:
+        futures = [await ex.submit(heartbeat, beat) for _ in range(3)]
+        await until_exists(beat)
+        assert len(containers_of(ex.executor_id)) == 3
+        await ex.aclose(cancel_pending=True)
+    assert all(future.state is FutureState.CANCELLED for future in futures)
+    assert containers_of(ex.executor_id) == []
+    await assert_heartbeat_stopped(beat)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_memory_limit_is_an_oom_kill(image: str, mode: Mode) -> None:
+    async with DockerExecutor(image, n_workers=1, mode=mode, memory_mb=96) as ex:
+        future = await ex.submit(allocate, 400)
+        with pytest.raises(WorkerLost) as caught:
+            await future
+        assert caught.value.state == "OOMKilled", caught.value
+        assert "out of memory" in str(caught.value)
+        assert "96 MiB" in str(caught.value)
+        # Within the limit, and after the kill, work goes on.
+        assert await (await ex.submit(allocate, 8)) == 8 * 2**20
+    assert containers_of(ex.executor_id) == []
+
+
+async def test_network_none_by_default_bridge_on_request(image: str) -> None:
+    async with DockerExecutor(image, n_workers=1, network="bridge") as ex:
+        assert "eth0" in await ex.run(network_interfaces)
+        gateway = await ex.run(default_gateway)
+        # Port 9 (discard) is closed on the host: refused, but the host was reached.
+        reached = await ex.run(reach, gateway, 9)
+    assert "ConnectionRefusedError" in reached or reached == "connected", reached
+    async with DockerExecutor(image, n_workers=1) as ex:
+        assert await ex.run(network_interfaces) == ["lo"]
+        assert await ex.run(default_gateway) == ""
+        refused = await ex.run(reach, gateway, 9)
+    assert refused.startswith("OSError") and "unreachable" in refused.lower(), refused
+
+
+async def test_read_only_root_user_env_volume(image: str, shared_dir: str) -> None:
+    mounted = os.path.join(shared_dir, "ro-volume")
+    os.makedirs(mounted, exist_ok=True)
+    async with DockerExecutor(
+        image,
+        n_workers=1,
+        read_only=True,
+        user="65534:65534",
+        env={"ASYNCEXEC_TEST_VALUE": "forty-two"},
+        volumes=[f"{mounted}:/data:ro"],
+    ) as ex:
+        report = await ex.run(identity_and_writes, "/data")
+        assert await ex.run(environment, "ASYNCEXEC_TEST_VALUE") == "forty-two"
+    assert report["uid"] == 65534 and report["gid"] == 65534
+    assert report["/should-not-exist"].startswith("OSError:30"), report  # EROFS
+    assert report["/tmp/scratch"] == "written", report
+    assert report["/data/from-container"].startswith("OSError:30"), report
+    assert not os.path.exists(os.path.join(mounted, "from-container"))
+
+
+async def test_resources_and_labels_reach_the_container(image: str, shared_dir: str) -> None:
+    beat = os.path.join(shared_dir, "labels.beat")
+    async with DockerExecutor(
+        image,
+        n_workers=1,
+        cpus=0.5,
+        pids_limit=32,
+        labels={"team": "bench"},
+        volumes={shared_dir: shared_dir},
+    ) as ex:
+        limits = await ex.run(cgroup_limits)
+        future = await ex.submit(heartbeat, beat)
+        await until_exists(beat)
+        [container] = containers_of(ex.executor_id)
+        config = inspect(container)
+        await future.cancel()
+    assert limits["pids"] == "32", limits
+    assert limits["cpu"] in ("50000", "50000 100000"), limits
+    labels = config["Config"]["Labels"]
+    assert labels[EXECUTOR_LABEL] == ex.executor_id
+    assert labels["asyncexec.task"] == future.task_id
+    assert labels["team"] == "bench"
+    assert config["HostConfig"]["NetworkMode"] == "none"
+    assert config["HostConfig"]["NanoCpus"] == 500_000_000
+
+
+async def test_two_executors_never_touch_each_others_containers(
+    image: str, shared_dir: str
+) -> None:
+    beat = os.path.join(shared_dir, "other.beat")
+    async with DockerExecutor(image, n_workers=1, volumes={shared_dir: shared_dir}) as first:
+        survivor = await first.submit(heartbeat, beat)
+        await until_exists(beat)
+        async with DockerExecutor(image, n_workers=2, mode="warm") as second:
+            doomed = await second.submit(sleep_for, 30)
+            assert len(containers_of(second.executor_id)) == 2
+            await second.aclose(cancel_pending=True)
+        assert doomed.state is FutureState.CANCELLED
+        assert await prune_containers(second.executor_id) == []
+        assert containers_of(second.executor_id) == []
+        assert len(containers_of(first.executor_id)) == 1
+        assert not survivor.ready()
+        before = Path(beat).read_text()
+        await anyio.sleep(0.3)
+        assert Path(beat).read_text() != before, "the other executor's task was stopped"
+        await survivor.cancel()
+    assert containers_of(first.executor_id) == []
+
+
+# -- bad input and unreachable engines ---------------------------------------------
+
+
+async def test_missing_image_is_a_launch_error_naming_it(image: str) -> None:
+    missing = "asyncexec-test:no-such-tag"
+    with pytest.raises(LaunchError, match="no-such-tag") as caught:
+        async with DockerExecutor(missing, n_workers=1, mode="warm"):
+            pass
+    assert "pull=True" in str(caught.value)
+    with pytest.raises(LaunchError, match="no-such-tag"):
+        async with DockerExecutor(missing, n_workers=1) as ex:
+            await ex.run(add, 1, 1)
+    # pull=True asks the registry, which cannot be reached here: still a clear LaunchError.
+    with pytest.raises(LaunchError, match="cannot pull the image 'asyncexec-test:no-such-tag'"):
+        async with DockerExecutor(missing, n_workers=1, pull=True):
+            pass
+
+
+async def test_an_image_without_python_is_refused_clearly(image: str) -> None:
+    with pytest.raises(LaunchError, match="python-nowhere"):
+        async with DockerExecutor(image, n_workers=1, python="python-nowhere") as ex:
+            await ex.run(add, 1, 1)
+
+
+async def test_unreachable_engine_is_backend_unavailable(tmp_path: Path) -> None:
+    url = f"unix://{tmp_path}/no-engine.sock"
+    with pytest.raises(BackendUnavailable, match="Docker engine"):
+        async with DockerExecutor("anything", n_workers=1, url=url):
+            pass
+
+
+def test_trio_is_refused_clearly() -> None:
+    async def main() -> None:
+        async with DockerExecutor("anything", n_workers=1):
+            pass
+
+    with pytest.raises(RuntimeError, match="asyncio only"):
+        anyio.run(main, backend="trio")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"mode": "cold"}, "mode"),
+        ({"memory_mb": -1}, "memory_mb"),
+        ({"cpus": 0}, "cpus"),
+        ({"volumes": ["nocolon"]}, "volume"),
+        ({"volumes": ["/a:relative"]}, "absolute"),
+        ({"volumes": ["/a:/b:rx"]}, "mode"),
+        ({"volumes": "/a:/b"}, "mapping"),
+        ({"labels": {EXECUTOR_LABEL: "x"}}, "asyncexec's own"),
+        ({"max_tasks_per_worker": 3}, "warm"),
+        ({"network": ""}, "network"),
+    ],
+)
+def test_bad_options_fail_at_construction(arguments: dict[str, Any], message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        DockerExecutor("some-image", 1, **arguments)
+
+
+# -- the command line: check an image, prune what a killed driver left -------------
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asyncexec", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_cli_check_image(image: str) -> None:
+    done = _cli("docker", "check", image)
+    assert done.returncode == 0, done.stderr
+    assert "Python {}.{}".format(*sys.version_info[:2]) in done.stdout
+    missing = _cli("docker", "check", "asyncexec-test:no-such-tag")
+    assert missing.returncode == 1
+    assert "no-such-tag" in missing.stderr
+
+
+async def test_check_image_function(image: str) -> None:
+    described = await check_image(image)
+    assert "asyncexec" in described
+
+
+def test_prune_removes_what_a_killed_driver_left(image: str, tmp_path: Path) -> None:
+    driver = tmp_path / "driver.py"
+    beat = tmp_path / "killed.beat"
+    os.chmod(tmp_path, 0o777)
+    driver.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio
+            from asyncexec.launchers.docker import DockerExecutor
+            from asyncexec.testing import heartbeat
+
+            async def main():
+                async with DockerExecutor(
+                    {image!r}, 3, mode="warm", executor_id="killed-driver-{os.getpid()}",
+                    volumes={{{str(tmp_path)!r}: {str(tmp_path)!r}}},
+                ) as ex:
+                    await ex.wait([await ex.submit(heartbeat, {str(beat)!r}) for _ in range(2)])
+
+            asyncio.run(main())
+            """
+        )
+    )
+    executor_id = f"killed-driver-{os.getpid()}"
+    process = subprocess.Popen([sys.executable, str(driver)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not beat.exists() or len(containers_of(executor_id)) < 3:
+            assert time.monotonic() < deadline, "the driver never started its tasks"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    # Nobody removed them. The idle one saw its input end and exited; the busy ones run on.
+    deadline = time.monotonic() + 30
+    while len(containers_of(executor_id, running=True)) != 2:
+        assert time.monotonic() < deadline, "the idle container did not exit with its driver"
+        time.sleep(0.1)
+    assert len(containers_of(executor_id)) == 3
+    done = _cli("docker", "prune", "--executor", executor_id)
+    assert done.returncode == 0, done.stderr
+    assert "removed 3 container(s)" in done.stdout, done.stdout
+    assert containers_of(executor_id) == []
+    assert _cli("docker", "prune", "--executor", executor_id).stdout.startswith("removed 0")
+
+
+# -- the engine goes away mid-run and comes back (last: it restarts dockerd) ---------
+
+
+def _engine(command: str) -> None:
+    script = ROOT / "scripts" / f"docker-{command}.sh"
+    args = [sys.executable] if command == "up" else []
+    subprocess.run(["bash", str(script), *args], check=True, capture_output=True, timeout=600)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="stopping and starting dockerd needs root")
+async def test_engine_stopped_mid_run_and_started_again(image: str, shared_dir: str) -> None:
+    beat = os.path.join(shared_dir, "engine.beat")
+    for mode in MODES:
+        async with DockerExecutor(
+            image,
+            n_workers=2,
+            mode=mode,
+            volumes={shared_dir: shared_dir},
+        ) as ex:
+            running = await ex.submit(heartbeat, beat)
+            await until_exists(beat)
+            try:
+                await anyio.to_thread.run_sync(_engine, "down")
+                with pytest.raises((WorkerLost, BackendUnavailable)):
+                    with anyio.fail_after(60):
+                        await running
+                with pytest.raises(BackendUnavailable):
+                    await ex.run(add, 1, 1)
+            finally:
+                await anyio.to_thread.run_sync(_engine, "up")
+            assert await (await ex.submit(add, 2, 2)) == 4
+        os.remove(beat)
+        assert containers_of(ex.executor_id) == []
+
+
+def test_benchmark_smoke(image: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "docker.py"), "--smoke", "--image", image],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == [
+        "`docker run --rm` loop",
+        "oneshot, 8 at once",
+        "warm, 2 containers",
+    ], done.stdout
