@@ -12,6 +12,8 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "docs", "tests", "compat"]
 nox.options.reuse_existing_virtualenvs = True
 
+LINTED = ("asyncexec", "tests", "docs", "benchmarks", "examples", "scripts", "noxfile.py")
+
 
 @nox.session
 def tests(session: nox.Session) -> None:
@@ -45,29 +47,8 @@ def compat(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff>=0.6")
-    session.run(
-        "ruff",
-        "check",
-        "asyncexec",
-        "tests",
-        "docs",
-        "benchmarks",
-        "examples",
-        "scripts",
-        "noxfile.py",
-    )
-    session.run(
-        "ruff",
-        "format",
-        "--check",
-        "asyncexec",
-        "tests",
-        "docs",
-        "benchmarks",
-        "examples",
-        "scripts",
-        "noxfile.py",
-    )
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
 
 
 @nox.session

@@ -8,7 +8,7 @@
     asyncexec results DIR [--format table|csv|json]
     asyncexec cancel DIR
     asyncexec docker check IMAGE  (can IMAGE run our tasks?)
-    asyncexec docker prune [--executor ID]
+    asyncexec docker prune --executor ID | --all
     asyncexec worker ...          (the worker itself; see `asyncexec worker -h`)
 
 Exit status: 0 when every run is done, 1 when some failed, 2 for bad usage
@@ -107,7 +107,14 @@ def _parser() -> argparse.ArgumentParser:
     prune = docker_commands.add_parser(
         "prune", help="kill and remove containers asyncexec left (a killed driver's)"
     )
-    prune.add_argument("--executor", default=None, help="only this executor's (its id)")
+    which = prune.add_mutually_exclusive_group(required=True)
+    which.add_argument("--executor", default=None, help="this executor's (its id)")
+    which.add_argument(
+        "--all",
+        dest="every",
+        action="store_true",
+        help="every executor's, running drivers' included",
+    )
     prune.add_argument("--url", default=None, help="the engine (default: DOCKER_HOST)")
     return parser
 
@@ -129,7 +136,9 @@ def _docker(options: argparse.Namespace) -> int:
             )
             print(f"{options.image} can run asyncexec tasks: {described}")
             return 0
-        removed = asyncio.run(prune_containers(options.executor, url=options.url))
+        removed = asyncio.run(
+            prune_containers(options.executor, every=options.every, url=options.url)
+        )
     except LaunchError as exc:
         print(f"asyncexec: {exc}", file=sys.stderr)
         return 1

@@ -160,6 +160,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         self._workers: set[PoolWorker] = set()
         self._idle: deque[PoolWorker] = deque()
         self._spawning = 0
+        self._spawns_done: anyio.Event | None = None  # set when no spawn is in progress
         self._capacity: anyio.Event | None = None  # made on entry: Events need a running loop
         self._closed = False
         self._host = hostname()
@@ -197,6 +198,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         """Ask idle workers to exit, kill the rest after a grace period, reap all."""
         self._closed = True
         self._wake()
+        while self._spawning:  # a worker being started now is disposed of by _spawn
+            if self._spawns_done is None or self._spawns_done.is_set():
+                self._spawns_done = anyio.Event()
+            await self._spawns_done.wait()
         workers = list(self._workers)
         for worker in workers:
             if worker.job is not None:
@@ -270,30 +275,45 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     async def _spawn(self, task_id: str | None = None) -> PoolWorker:
         assert self._tg is not None
-        self._spawning += 1
+        self._spawning += 1  # until the worker is in the pool, or disposed of: aclose waits
         try:
             worker = await self._start_worker(task_id)
+            if self._closed or self._tg is None:
+                with anyio.CancelScope(shield=True):
+                    worker.kill()
+                    await worker.wait_exit()
+                    await worker.aclose()
+                raise LaunchError(f"the {self.kind} pool is closed")
+            self._workers.add(worker)
+            self._tg.start_soon(self._read_loop, worker)
         finally:
             self._spawning -= 1
-        if self._closed or self._tg is None:
-            with anyio.CancelScope(shield=True):
-                worker.kill()
-                await worker.wait_exit()
-                await worker.aclose()
-            raise LaunchError(f"the {self.kind} pool is closed")
-        self._workers.add(worker)
-        self._tg.start_soon(self._read_loop, worker)
+            if not self._spawning and self._spawns_done is not None:
+                self._spawns_done.set()
         return worker
 
     async def _start_worker(self, task_id: str | None) -> PoolWorker:
-        worker = await self._connect(task_id)
+        deadline = anyio.current_time() + self._startup_timeout
         try:
             with anyio.fail_after(self._startup_timeout):
+                worker = await self._connect(task_id)
+        except TimeoutError:
+            raise LaunchError(
+                f"a worker ({self._where()}) did not start within {self._startup_timeout:g} s"
+            ) from None
+        try:
+            with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
                 await self._handshake(worker)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
+                exit_code = None
+                if isinstance(exc, (anyio.EndOfStream, anyio.BrokenResourceError)):
+                    # It died by itself: its own exit status says why (before we kill it).
+                    with anyio.move_on_after(5):
+                        exit_code = await worker.wait_exit()
                 worker.kill()
-                exit_code = await worker.wait_exit()
+                reaped = await worker.wait_exit()
+                exit_code = reaped if exit_code is None else exit_code
                 await worker.aclose()
             if isinstance(exc, (anyio.EndOfStream, anyio.BrokenResourceError)):
                 text, _ = worker.describe_exit(exit_code)

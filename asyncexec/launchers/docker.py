@@ -25,9 +25,12 @@ Docker is reached with aiodocker, which runs on asyncio only.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import itertools
 import logging
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -68,8 +71,13 @@ TASK_LABEL = "asyncexec.task"
 
 Mode = Literal["oneshot", "warm"]
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
 _NOT_FOUND = 404
 _CONFLICT = 409
+#: Seconds to connect to the engine, and to wait for one API call that cleans up.
+_CONNECT_TIMEOUT = 30.0
+_CALL_TIMEOUT = 60.0
 
 
 def _import_aiodocker() -> Any:
@@ -105,24 +113,60 @@ def _unreachable(exc: BaseException) -> bool:
     return status == 900 or isinstance(exc, OSError)  # aiodocker's code for "cannot connect"
 
 
-async def _open_engine(url: str | None) -> aiodocker.Docker:
-    """A client for the engine at ``url`` (default: DOCKER_HOST or the local socket)."""
+def _engine_error(doing: str, exc: BaseException) -> LaunchError:
+    """The error to raise when the engine failed us while we were ``doing`` something."""
+    if _unreachable(exc):
+        return BackendUnavailable(f"cannot {doing}: the Docker engine is unreachable: {exc}")
+    return LaunchError(f"cannot {doing}: {exc}")
+
+
+async def _open_engine(url: str | None, connections: int = 0) -> aiodocker.Docker:
+    """A client for the engine at ``url`` (default: DOCKER_HOST or the local socket).
+
+    Every attached container holds one connection for its whole life, so the
+    client must allow ``connections`` of them beside its API calls: aiohttp's
+    default cap of 100 would deadlock a pool of 100 containers.
+    """
+    import aiohttp
+
     module = _import_aiodocker()
+    timeout = aiohttp.ClientTimeout(connect=_CONNECT_TIMEOUT, sock_connect=_CONNECT_TIMEOUT)
+    where = url or os.environ.get("DOCKER_HOST") or "the local socket"
     try:
-        docker: aiodocker.Docker = module.Docker(url=url)
-    except (ValueError, OSError) as exc:
-        raise BackendUnavailable(f"no Docker engine to connect to: {exc}") from exc
+        docker: aiodocker.Docker = module.Docker(url=url, timeout=timeout)
+        if isinstance(docker.connector, aiohttp.UnixConnector):
+            path = docker.connector.path
+            await docker.close()
+            unlimited = aiohttp.UnixConnector(path, limit=0)
+            docker = module.Docker(url="unix://localhost", connector=unlimited, timeout=timeout)
+        elif docker.connector.limit and connections + 8 > docker.connector.limit:
+            await docker.close()
+            raise BackendUnavailable(
+                f"{connections} containers need more connections than the client's "
+                f"{docker.connector.limit} to {where}: use fewer workers"
+            )
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # aiodocker asserts when no socket exists and DOCKER_HOST is unset
+        detail = str(exc) or "no DOCKER_HOST and no Docker socket"
+        raise BackendUnavailable(f"no Docker engine to connect to at {where}: {detail}") from exc
     try:
         await docker.version()
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
-            await docker.close()
+            await _close_engine(docker)
         if isinstance(exc, Exception):
-            raise BackendUnavailable(
-                f"cannot reach the Docker engine at {docker.docker_host}: {exc}"
-            ) from exc
+            raise BackendUnavailable(f"cannot reach the Docker engine at {where}: {exc}") from exc
         raise
     return docker
+
+
+async def _close_engine(docker: aiodocker.Docker) -> None:
+    """Close the client and its connections (aiodocker leaves a connector it was given open)."""
+    try:
+        await docker.close()
+    finally:
+        await docker.connector.close()
 
 
 def _attach(docker: aiodocker.Docker, container: DockerContainer) -> Stream:
@@ -168,6 +212,7 @@ class _AttachedOutput(anyio.abc.ByteReceiveStream):
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
         self._pending = b""
+        self._stderr = codecs.getincrementaldecoder("utf-8")("replace")
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while not self._pending:
@@ -178,12 +223,19 @@ class _AttachedOutput(anyio.abc.ByteReceiveStream):
             if message is None:
                 raise anyio.EndOfStream
             if message.stream == 2:
-                sys.stderr.write(message.data.decode("utf-8", "replace"))
-                sys.stderr.flush()
+                self._copy_stderr(message.data)
             else:
                 self._pending = message.data
         data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
         return data
+
+    def _copy_stderr(self, data: bytes) -> None:
+        text = self._stderr.decode(data)
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, AttributeError, ValueError):  # no stderr, or a closed one
+            log.debug("a container's stderr: %s", text.rstrip())
 
     async def aclose(self) -> None:
         await self._stream.close()
@@ -221,7 +273,7 @@ class _Container(PoolWorker):
         self.stream = stream
         self.name = name
         self.oom_killed = False
-        self._removal: anyio.Event | None = None
+        self._removal: anyio.Event | None = None  # set once our removal attempt ended
 
     def __repr__(self) -> str:
         return f"<container {self.name}>"
@@ -232,13 +284,20 @@ class _Container(PoolWorker):
             self.launcher._background(self._remove)
 
     async def _remove(self) -> None:
-        """Kill and remove the container (one call: a forced removal), once."""
+        """Kill and remove the container (one call: a forced removal), once.
+
+        If the engine refuses, the attach stream is closed all the same, so the
+        reader ends and nobody waits for a container we could not stop; what is
+        left is removed by the sweep when the launcher closes.
+        """
         if self._removal is not None:
             await self._removal.wait()
             return
         self._removal = anyio.Event()
         try:
-            await self.launcher._remove(self.container, self.name)
+            if not await self.launcher._remove(self.container, self.name):
+                with contextlib.suppress(Exception):
+                    await self.stream.close()
         finally:
             self._removal.set()
 
@@ -246,11 +305,12 @@ class _Container(PoolWorker):
         self.kill()  # an idle container holds no work: removing it loses nothing
 
     async def wait_exit(self) -> int | None:
-        if self.job is None:
-            return None  # nobody needs its exit status: the removal stops it
+        if self._removal is not None and self.job is None:
+            return None  # we are removing it, and nobody needs its exit status
         try:
             status = await self.container.wait()
-            state = (await self.container.show())["State"]
+            with anyio.fail_after(_CALL_TIMEOUT):
+                state = (await self.container.show())["State"]
         except Exception as exc:  # removed already, or the engine is gone
             log.debug("waiting for container %s: %s", self.name, exc)
             return None
@@ -366,6 +426,11 @@ class DockerLauncher(PoolLauncher):
         self.image = image
         self.mode: Mode = mode
         self.memory_mb = memory_mb
+        if executor_id is not None and not _NAME.fullmatch(executor_id):
+            raise ValueError(
+                f"executor_id must be letters, digits, '_', '.' or '-' (at most 64), "
+                f"got {executor_id!r}"
+            )
         self.executor_id = executor_id or uuid.uuid4().hex[:12]
         self.url = url
         self._python = python
@@ -383,6 +448,7 @@ class DockerLauncher(PoolLauncher):
         self._workdir = workdir
         self._pull = pull
         self._names = itertools.count(1)
+        self._token = uuid.uuid4().hex[:6]  # a reused executor_id never clashes with old names
         self._docker: aiodocker.Docker | None = None
         self._leftovers: dict[str, str] = {}  # container id -> name, not yet removed
 
@@ -399,7 +465,7 @@ class DockerLauncher(PoolLauncher):
 
     async def _open(self) -> None:
         _require_asyncio("the Docker backend")
-        self._docker = await _open_engine(self.url)
+        self._docker = await _open_engine(self.url, self._n_workers)
         await self._check_image()
         await super()._open()
 
@@ -422,36 +488,44 @@ class DockerLauncher(PoolLauncher):
             raise self._error(f"pull the image {self.image!r}", exc) from exc
 
     async def aclose(self) -> None:
-        """Kill and remove every container of ours, then close the connection."""
-        try:
-            await super().aclose()
-            if self._docker is not None:
-                await self._sweep()
-        finally:
-            docker, self._docker = self._docker, None
-            if docker is not None:
-                await docker.close()
+        """Kill and remove every container of ours, then close the connection.
+
+        Shielded: a cancelled close must not strand containers. Every engine call
+        in it is bounded in time.
+        """
+        with anyio.CancelScope(shield=True):
+            try:
+                await super().aclose()
+                if self._docker is not None:
+                    await self._sweep()
+            finally:
+                docker, self._docker = self._docker, None
+                if docker is not None:
+                    await _close_engine(docker)
 
     async def _sweep(self) -> None:
         """Remove what removal missed (the engine was away): ours by label only."""
         assert self._docker is not None
         try:
-            found = await self._docker.containers.list(
-                all=True, filters={"label": [f"{EXECUTOR_LABEL}={self.executor_id}"]}
-            )
-        except Exception as exc:
-            if self._leftovers:
-                log.warning(
-                    "could not remove %d container(s) of executor %s (%s); "
-                    "run `asyncexec docker prune --executor %s` once the engine is back",
-                    len(self._leftovers),
-                    self.executor_id,
-                    exc,
-                    self.executor_id,
+            with anyio.fail_after(_CALL_TIMEOUT):
+                found = await self._docker.containers.list(
+                    all=True, filters={"label": [f"{EXECUTOR_LABEL}={self.executor_id}"]}
                 )
-            return
-        for container in found:
-            await self._remove(container, container.id[:12])
+        except Exception as exc:
+            problem = str(exc) or type(exc).__name__
+        else:
+            for container in found:
+                await self._remove(container, container.id[:12])
+            problem = "the engine refused"
+        if self._leftovers:
+            log.warning(
+                "could not remove %d container(s) of executor %s (%s); run "
+                "`asyncexec docker prune --executor %s` once the engine is back",
+                len(self._leftovers),
+                self.executor_id,
+                problem,
+                self.executor_id,
+            )
 
     # -- the seam -------------------------------------------------------------------
 
@@ -478,9 +552,7 @@ class DockerLauncher(PoolLauncher):
             self._tg.start_soon(fn)
 
     def _error(self, doing: str, exc: BaseException) -> LaunchError:
-        if _unreachable(exc):
-            return BackendUnavailable(f"cannot {doing}: the Docker engine is unreachable: {exc}")
-        return LaunchError(f"cannot {doing}: {exc}")
+        return _engine_error(doing, exc)
 
     def _config(self, name: str, task_id: str | None) -> dict[str, Any]:
         labels = {**self._labels, EXECUTOR_LABEL: self.executor_id, WORKER_LABEL: name}
@@ -522,12 +594,19 @@ class DockerLauncher(PoolLauncher):
     async def _connect(self, task_id: str | None) -> PoolWorker:
         if self._docker is None:
             raise LaunchError("the Docker launcher is not open")
-        name = f"asyncexec-{self.executor_id}-{next(self._names)}"
+        name = f"asyncexec-{self.executor_id}-{self._token}-{next(self._names)}"
+        config = self._config(name, task_id)
         try:
-            container = await self._docker.containers.create(self._config(name, task_id), name=name)
+            # Shielded: a request cancelled midway may still create the container, and
+            # we would not know its id. A cancellation is seen at the next await below.
+            with anyio.CancelScope(shield=True), anyio.fail_after(_CALL_TIMEOUT):
+                container = await self._docker.containers.create(config, name=name)
         except Exception as exc:
             if _docker_error_status(exc) == _NOT_FOUND:
                 raise LaunchError(f"the Docker engine has no image {self.image!r}") from exc
+            if isinstance(exc, TimeoutError):  # it may exist all the same: by name
+                with anyio.CancelScope(shield=True):
+                    await self._remove(self._docker.containers.container(name), name)
             raise self._error(f"create a container from {self.image!r}", exc) from exc
         try:
             stream = _attach(self._docker, container)
@@ -546,45 +625,70 @@ class DockerLauncher(PoolLauncher):
             raise
         return _Container(self, container, stream, name)
 
-    async def _remove(self, container: DockerContainer, name: str) -> None:
-        """Kill and remove a container; remember it when the engine cannot be reached."""
-        try:
-            await container.delete(force=True, v=True)
-        except Exception as exc:
-            status = _docker_error_status(exc)
-            if status == _NOT_FOUND:
-                self._leftovers.pop(container.id, None)
-                return
-            if status == _CONFLICT:  # "removal already in progress"
-                return
-            self._leftovers[container.id] = name
-            log.debug("could not remove container %s: %s", name, exc)
-            return
+    async def _remove(self, container: DockerContainer, name: str) -> bool:
+        """Kill and remove a container (a forced removal). False when that failed.
+
+        What could not be removed is remembered for the sweep at close.
+        """
+        for attempt in range(3):
+            try:
+                with anyio.fail_after(_CALL_TIMEOUT):
+                    await container.delete(force=True, v=True)
+            except Exception as exc:
+                status = _docker_error_status(exc)
+                if status in (_NOT_FOUND, _CONFLICT):  # gone, or being removed already
+                    break
+                log.debug("could not remove container %s: %s", name, exc)
+                if _unreachable(exc) or attempt == 2:
+                    self._leftovers[container.id] = name
+                    return False
+                await anyio.sleep(0.5 * (attempt + 1))
+            else:
+                break
         self._leftovers.pop(container.id, None)
+        return True
 
 
-async def prune_containers(executor_id: str | None = None, *, url: str | None = None) -> list[str]:
-    """Kill and remove the containers asyncexec made, all or one executor's.
+async def prune_containers(
+    executor_id: str | None = None, *, every: bool = False, url: str | None = None
+) -> list[str]:
+    """Kill and remove what a killed driver left: one executor's containers, or all of ours.
 
-    Only containers labelled ``asyncexec.executor`` are touched. Returns the
-    names of those removed. For what a killed driver left behind; a running
-    executor removes its own containers itself.
+    Only containers labelled ``asyncexec.executor`` are touched: those of
+    ``executor_id``, or with ``every=True`` those of every executor, including
+    executors still running in other drivers (so ``every`` is for a machine you
+    own). A running executor removes its own containers itself. Returns the
+    names of the containers removed.
+
+    Raises:
+        ValueError: neither ``executor_id`` nor ``every`` was given.
+        BackendUnavailable: the engine cannot be reached.
+        LaunchError: the engine refused to list or remove containers.
     """
+    if (executor_id is None) == (not every):
+        raise ValueError("name one executor_id, or pass every=True for all of asyncexec's")
     _require_asyncio("prune_containers")
     docker = await _open_engine(url)
     label = EXECUTOR_LABEL if executor_id is None else f"{EXECUTOR_LABEL}={executor_id}"
     removed = []
     try:
-        for container in await docker.containers.list(all=True, filters={"label": [label]}):
+        try:
+            with anyio.fail_after(_CALL_TIMEOUT):
+                found = await docker.containers.list(all=True, filters={"label": [label]})
+        except Exception as exc:
+            raise _engine_error("list containers", exc) from exc
+        for container in found:
             names = container["Names"] if "Names" in container else [container.id[:12]]
             try:
-                await container.delete(force=True, v=True)
+                with anyio.fail_after(_CALL_TIMEOUT):
+                    await container.delete(force=True, v=True)
             except Exception as exc:
-                if _docker_error_status(exc) != _NOT_FOUND:
-                    raise
+                if _docker_error_status(exc) in (_NOT_FOUND, _CONFLICT):
+                    continue  # gone already, or being removed by its executor
+                raise _engine_error(f"remove container {names[0]}", exc) from exc
             removed.append(str(names[0]).lstrip("/"))
     finally:
-        await docker.close()
+        await _close_engine(docker)
     return removed
 
 
