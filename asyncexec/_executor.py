@@ -135,7 +135,7 @@ class BaseExecutor:
             if self.max_pending is not None:
                 self._pending_slots = anyio.Semaphore(self.max_pending)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            for _ in range(self.n_workers):
+            for _ in range(self.n_workers * (1 + launcher.prefetch)):
                 self._tg.start_soon(self._runner, receive)
             self._stack = stack.pop_all()
         self._state = "open"
@@ -474,9 +474,12 @@ class BaseExecutor:
                     info.started = time.time()
                     future._set_running()
                     try:
-                        with anyio.move_on_after(task.spec.time_limit) as deadline:
+                        if task.spec.time_limit is None:
                             outcome = await launcher.wait(ref)
-                        timed_out = deadline.cancelled_caught
+                        else:
+                            with anyio.move_on_after(task.spec.time_limit) as deadline:
+                                outcome = await launcher.wait(ref)
+                            timed_out = deadline.cancelled_caught
                     except LaunchError as exc:
                         error = exc
                     except Exception as exc:

@@ -13,6 +13,7 @@ import msgspec
 
 __all__ = [
     "Batch",
+    "Cancel",
     "ErrorInfo",
     "Hello",
     "JobRef",
@@ -141,7 +142,13 @@ class Results(msgspec.Struct, array_like=True):
     outcomes: list[Outcome]
 
 
-Message = Hello | Setup | Ready | TaskSpec | Outcome
+class Cancel(msgspec.Struct, tag="cancel", array_like=True):
+    """Drop this task if it has not started: answer it with a ``cancelled`` Outcome."""
+
+    task_id: str
+
+
+Message = Hello | Setup | Ready | TaskSpec | Outcome | Cancel
 
 
 class JobRef(msgspec.Struct, frozen=True, kw_only=True):

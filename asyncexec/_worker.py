@@ -7,9 +7,11 @@ Two modes share one :func:`execute`:
     (the task's stdout and stderr stay the worker's own) or over stdin and
     stdout (for SSH channels and attached containers; the task's stdout then
     goes to stderr). It sends :class:`Hello`, receives :class:`Setup`, answers
-    :class:`Ready`, then answers each :class:`TaskSpec` with an
-    :class:`Outcome` until the driver closes the channel. Output can also be
-    captured per task.
+    :class:`Ready`, then runs the :class:`TaskSpec` s it receives in order
+    until the driver closes the channel, answering each with an
+    :class:`Outcome`. The driver may send tasks ahead (they wait in the
+    worker's queue); a :class:`Cancel` for a task still queued drops it, with a
+    ``cancelled`` Outcome. Output can also be captured per task.
 
 ``run --input FILE --output FILE``
     One-shot, for remote backends. Reads a :class:`Batch` (``-`` for stdin),
@@ -21,14 +23,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import os
+import select
 import signal
-import socket
 import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -46,6 +48,7 @@ from ._exceptions import SerializationError
 from ._files import write_atomically
 from ._messages import (
     Batch,
+    Cancel,
     ErrorInfo,
     Hello,
     Outcome,
@@ -236,67 +239,109 @@ def _fd_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
 # -- long-lived mode -------------------------------------------------------------
 
 
-def _recv_exact(channel: io.RawIOBase, size: int) -> bytearray | None:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    received = 0
-    while received < size:
-        count = channel.readinto(view[received:])
-        if not count:
+class _Channel:
+    """Frames over a pair of blocking file descriptors (one socket, or stdin and stdout)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self.buffer = bytearray()
+        self.ended = False
+
+    def take(self, wait: bool) -> list[Any] | None:
+        """The messages that have arrived (at least one if ``wait``); None once input ended."""
+        messages = self._frames()
+        while not self.ended and ((wait and not messages) or self._readable()):
+            data = os.read(self.read_fd, 1 << 20)
+            if not data:
+                self.ended = True
+                break
+            self.buffer += data
+            messages.extend(self._frames())
+        if not messages and self.ended:
             return None
-        received += count
-    return buffer
+        return messages
+
+    def _readable(self) -> bool:
+        return bool(select.select([self.read_fd], [], [], 0)[0])
+
+    def _frames(self) -> list[Any]:
+        messages = []
+        buffer = self.buffer
+        start = 0
+        while len(buffer) - start >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer, start)
+            end = start + HEADER.size + size
+            if len(buffer) < end:
+                break
+            with memoryview(buffer) as view:
+                messages.append(decode_message(view[start + HEADER.size : end]))
+            start = end
+        if start:
+            del buffer[:start]
+        return messages
+
+    def send(self, frames: list[bytes]) -> None:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        with memoryview(data) as view:
+            while view:
+                written = os.write(self.write_fd, view)
+                view = view[written:]
 
 
-def _send(channel: io.RawIOBase, frame: bytes) -> None:
-    view = memoryview(frame)
-    while view:
-        written = channel.write(view)
-        view = view[written or 0 :]
-
-
-def _stdio_channels() -> tuple[io.RawIOBase, io.RawIOBase]:
+def _stdio_channel() -> _Channel:
     """Take stdin/stdout for the protocol; the task's prints then go to stderr."""
     sys.stdout.flush()
-    reader = io.FileIO(os.dup(0), "rb")
-    writer = io.FileIO(os.dup(1), "wb")
+    reader = os.dup(0)
+    writer = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
-    return reader, writer
+    return _Channel(reader, writer)
 
 
 def serve(fd: int | None = None) -> int:
-    """Answer TaskSpecs until the driver closes the channel.
+    """Run the TaskSpecs received, in order, until the driver closes the channel.
 
     Args:
         fd: a connected socket to speak on; None: stdin and stdout (for SSH
             channels and attached containers), with the task's stdout sent to stderr.
     """
-    if fd is None:
-        reader, writer = _stdio_channels()
-    else:
-        sock = socket.socket(fileno=fd)
-        reader = writer = sock.makefile("rwb", buffering=0)
+    channel = _stdio_channel() if fd is None else _Channel(fd, fd)
     _die_with_parent()
-    _send(writer, encode_frame(Hello(versions=versions(), pid=os.getpid(), host=hostname())))
+    channel.send([encode_frame(Hello(versions=versions(), pid=os.getpid(), host=hostname()))])
+    queue: deque[TaskSpec] = deque()
+    out: list[bytes] = []  # frames to send, written together
     while True:
-        header = _recv_exact(reader, HEADER.size)
-        if header is None:
+        if out:  # before the next task starts, which may take long
+            channel.send(out)
+            out = []
+        messages = channel.take(wait=not queue)
+        if messages is None:
             return 0
-        (size,) = HEADER.unpack(header)
-        body = _recv_exact(reader, size)
-        if body is None:
-            return 0
-        message = decode_message(body)
-        del body
-        if isinstance(message, Setup):
-            _send(writer, encode_frame(_setup(message)))
-        elif isinstance(message, TaskSpec):
-            outcome = execute(message)
-            _send(writer, encode_frame(outcome))
-            del outcome
+        for message in messages:
+            if isinstance(message, TaskSpec):
+                queue.append(message)
+            elif isinstance(message, Cancel):
+                out.extend(_drop(queue, message.task_id))
+            elif isinstance(message, Setup):
+                out.append(encode_frame(_setup(message)))
+        if not queue:
+            continue
+        spec = queue.popleft()
+        out.append(encode_frame(execute(spec)))
+        del spec
+
+
+def _drop(queue: deque[TaskSpec], task_id: str) -> list[bytes]:
+    """Remove a queued task; the frame of its ``cancelled`` Outcome (none if not queued)."""
+    for spec in queue:
+        if spec.task_id == task_id:
+            queue.remove(spec)
+            cancelled = Outcome(task_id=task_id, status="cancelled", pid=os.getpid(), host=_HOST)
+            return [encode_frame(cancelled)]
+    return []  # it ran already: its Outcome was sent
 
 
 def _setup(message: Setup) -> Ready:

@@ -30,10 +30,15 @@ class Launcher(abc.ABC):
 
     * ``can_kill``: running work can be stopped (time limits, cancellation).
     * ``isolates_crashes``: a task that kills its process fails alone.
+
+    ``prefetch`` is how many tasks per worker the launcher takes beyond those
+    running (waiting in the worker's queue): an executor with ``n_workers``
+    keeps ``n_workers * (1 + prefetch)`` tasks handed to it.
     """
 
     can_kill: bool = True
     isolates_crashes: bool = True
+    prefetch: int = 0
 
     async def __aenter__(self: _L) -> _L:
         """Acquire what the launcher needs (background tasks, connections)."""

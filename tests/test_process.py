@@ -514,3 +514,123 @@ async def test_an_idle_worker_that_died_is_not_given_tasks() -> None:
         while not _has_exited(worker):
             time.sleep(0.001)  # noqa: ASYNC251
         assert await ex.run(identity, "after") == "after"
+
+
+# -- prefetch: tasks queued at busy workers -------------------------------------------
+
+
+def touch_after(path: str, seconds: float) -> str:
+    time.sleep(seconds)
+    Path(path).touch()
+    return path
+
+
+def mark_then_sleep(path: str, seconds: float) -> None:
+    Path(path).touch()
+    time.sleep(seconds)
+
+
+def crash_after(path: str, seconds: float) -> None:
+    Path(path).touch()
+    time.sleep(seconds)
+    os._exit(9)
+
+
+async def _queue_short_tasks(ex: ProcessExecutor) -> None:
+    """Run enough no-op tasks that the pool learns tasks are short and queues them."""
+    await ex.wait([await ex.submit(identity, i) for i in range(300)])
+    assert ex._process_launcher._depth >= 8, ex._process_launcher._depth
+
+
+async def _until_exists(*paths: Path) -> None:
+    with anyio.fail_after(30):
+        while not all(path.exists() for path in paths):
+            await anyio.sleep(0.01)
+
+
+def _queued_at_workers(ex: ProcessExecutor) -> int:
+    return sum(len(worker.jobs) for worker in ex._process_launcher._workers)
+
+
+async def test_short_tasks_are_queued_at_busy_workers(tmp_path: Path) -> None:
+    async with ProcessExecutor(2) as ex:
+        await _queue_short_tasks(ex)
+        marks = [tmp_path / "a", tmp_path / "b"]
+        blockers = [await ex.submit(mark_then_sleep, str(mark), 0.5) for mark in marks]
+        await _until_exists(*marks)
+        queued = [await ex.submit(identity, i) for i in range(6)]
+        await anyio.sleep(0.1)
+        # Sent ahead: they wait in the workers' queues, not in the executor's.
+        assert _queued_at_workers(ex) == 8
+        assert not any(future.ready() for future in queued)
+        assert await ex.wait(queued) == list(range(6))
+        await ex.wait(blockers)
+
+
+async def test_a_queued_task_cancelled_never_runs_and_spares_the_running_one(
+    tmp_path: Path,
+) -> None:
+    async with ProcessExecutor(1) as ex:
+        await _queue_short_tasks(ex)
+        started, queued_marker = tmp_path / "started", tmp_path / "queued"
+        running = await ex.submit(mark_then_sleep, str(started), 0.5)
+        await _until_exists(started)
+        queued = await ex.submit(touch_after, str(queued_marker), 0.0)
+        await anyio.sleep(0.1)
+        assert _queued_at_workers(ex) == 2  # both sent
+        assert await queued.cancel() is True
+        await running  # its worker was not killed
+        await anyio.sleep(0.3)
+    assert queued.state is FutureState.CANCELLED
+    assert not queued_marker.exists(), "a cancelled queued task ran"
+
+
+async def test_a_crash_fails_only_the_running_task_not_those_queued_behind_it(
+    tmp_path: Path,
+) -> None:
+    async with ProcessExecutor(1) as ex:
+        await _queue_short_tasks(ex)
+        started = tmp_path / "started"
+        doomed = await ex.submit(crash_after, str(started), 0.3)
+        await _until_exists(started)
+        behind = [await ex.submit(identity, i) for i in range(5)]
+        await anyio.sleep(0.05)
+        assert _queued_at_workers(ex) == 6
+        with pytest.raises(WorkerLost):
+            await doomed
+        # They never started there: a new worker runs them.
+        assert await ex.wait(behind) == list(range(5))
+
+
+async def test_a_task_with_a_time_limit_is_never_queued_behind_another(
+    tmp_path: Path,
+) -> None:
+    async with ProcessExecutor(1) as ex:
+        await _queue_short_tasks(ex)
+        started = tmp_path / "started"
+        first = await ex.submit(mark_then_sleep, str(started), 0.6)
+        await _until_exists(started)
+        limited = await ex.with_options(time_limit=0.5).submit(identity, "in time")
+        await anyio.sleep(0.1)
+        assert _queued_at_workers(ex) == 1  # it waits in the executor, not at the worker
+        # Its clock starts when it is handed over, after `first`: it does not time out.
+        assert await limited == "in time"
+        await first
+
+
+async def test_prefetch_zero_hands_tasks_to_idle_workers_only(tmp_path: Path) -> None:
+    async with ProcessExecutor(2, prefetch=0) as ex:
+        await ex.wait([await ex.submit(identity, i) for i in range(300)])
+        marks = [tmp_path / "a", tmp_path / "b"]
+        blockers = [await ex.submit(mark_then_sleep, str(mark), 0.3) for mark in marks]
+        await _until_exists(*marks)
+        queued = [await ex.submit(identity, i) for i in range(4)]
+        await anyio.sleep(0.1)
+        assert _queued_at_workers(ex) == 2
+        assert await ex.wait(queued) == list(range(4))
+        await ex.wait(blockers)
+
+
+def test_prefetch_must_be_a_count() -> None:
+    with pytest.raises(ValueError, match="prefetch"):
+        ProcessExecutor(1, prefetch=-1)

@@ -2,17 +2,22 @@
 
 A worker (a local process, a container...) speaks the framed protocol of
 :mod:`asyncexec._worker` over some byte channel: it says :class:`Hello`, is
-given a :class:`Setup`, answers :class:`Ready`, then answers each
-:class:`TaskSpec` with an :class:`Outcome`. :class:`PoolLauncher` hands tasks
-to idle workers, reads their answers, replaces the dead and fails exactly the
-task a dead worker held; subclasses only start, kill and reap workers.
+given a :class:`Setup`, answers :class:`Ready`, then runs the
+:class:`TaskSpec` s it is sent in order, answering each with an
+:class:`Outcome`. :class:`PoolLauncher` keeps each busy worker fed with tasks
+waiting behind the running one (so it never waits for a round trip), reads the
+answers, replaces the dead and fails exactly the task a dead worker was
+running: the oldest it had not answered. The others never started, and go to
+another worker. A task still queued is cancelled with a :class:`Cancel`
+message; the running one by killing its worker. Subclasses only start, kill
+and reap workers.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from collections import deque
+import socket
 from collections.abc import Callable
 
 import anyio
@@ -20,7 +25,17 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from .._codec import HEADER, decode_message, dumps, encode_frame, hostname, versions
 from .._exceptions import LaunchError, describe_exit
-from .._messages import ErrorInfo, Hello, JobRef, Message, Outcome, Ready, Setup, TaskSpec
+from .._messages import (
+    Cancel,
+    ErrorInfo,
+    Hello,
+    JobRef,
+    Message,
+    Outcome,
+    Ready,
+    Setup,
+    TaskSpec,
+)
 from .._worker import version_mismatch
 from ._local import LocalJob, LocalLauncher
 
@@ -57,11 +72,26 @@ class FrameReader:
 
 
 class PoolJob(LocalJob):
-    __slots__ = ("worker",)
+    """A task handed to a pool: queued at a worker, running there, or between workers."""
 
-    def __init__(self, task_id: str, worker: PoolWorker) -> None:
+    __slots__ = ("changed", "exclusive", "frame", "worker")
+
+    def __init__(self, task_id: str, frame: bytes, exclusive: bool) -> None:
         super().__init__(task_id)
-        self.worker = worker
+        self.frame = frame  # kept while it may have to go to another worker
+        self.exclusive = exclusive  # never queued behind another task (it has a time limit)
+        self.worker: PoolWorker | None = None
+        self.changed: anyio.Event | None = None  # set when it ends or may have started
+
+    @property
+    def running(self) -> bool:
+        """Whether it may have started: it is the oldest its worker has not answered."""
+        worker = self.worker
+        return worker is not None and next(iter(worker.jobs), None) == self.task_id
+
+    def notify(self) -> None:
+        if self.changed is not None:
+            self.changed.set()
 
 
 class PoolWorker(abc.ABC):
@@ -69,16 +99,22 @@ class PoolWorker(abc.ABC):
 
     #: The worker's process id where it runs, for the outcome of a lost task.
     pid: int | None = None
+    #: The channel's non-blocking socket, when there is one: frames are written to it
+    #: at once when nothing else is being written (no event-loop turn in between).
+    raw_socket: socket.socket | None = None
 
     def __init__(self, sender: ByteSendStream, receiver: ByteReceiveStream) -> None:
         self.sender = sender
         self.reader = FrameReader(receiver)
-        self.job: PoolJob | None = None
-        self.tasks_run = 0
+        self.jobs: dict[str, PoolJob] = {}  # sent to it and not answered, oldest first
+        self.tasks_sent = 0
         self.retiring = False
         self.dead = False  # killed or silent: never hand it a task again
         self.send_lock = anyio.Lock()
         self.exited = anyio.Event()
+        self.outbox: list[bytes] = []  # frames posted, written together by the pool's writer
+        self.writing = False  # the writer holds frames it has not finished writing
+        self.posted = anyio.Event()
 
     @abc.abstractmethod
     def kill(self) -> None:
@@ -115,6 +151,24 @@ class PoolWorker(abc.ABC):
             return False
         return True
 
+    def post(self, frame: bytes) -> None:
+        """Send a frame: at once if the socket takes it, else by the writer, in order."""
+        # Frames must leave in the order they are posted: only when nothing waits or
+        # is being written may one skip the writer.
+        idle = not self.outbox and not self.writing and not self.send_lock.locked()
+        if self.raw_socket is not None and idle:
+            try:
+                written = self.raw_socket.send(frame)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            except OSError:
+                written = 0  # a dead peer: the writer's send fails too and handles it
+            if written == len(frame):
+                return
+            frame = frame[written:]
+        self.outbox.append(frame)
+        self.posted.set()
+
     async def send(self, frame: bytes) -> None:
         # trio's send_all ends with a checkpoint, during which the worker may answer,
         # become idle and be handed the next task: writes must take turns.
@@ -131,7 +185,17 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         max_tasks_per_worker: replace a worker after this many tasks.
         eager: start every worker when the pool opens (else on first need).
         startup_timeout: seconds a worker may take to say hello.
+        prefetch: at most this many tasks sent ahead to a busy worker, waiting
+            behind the one it runs (0: a task goes only to an idle worker). How
+            many are sent follows how long tasks take: enough to cover about
+            :attr:`QUEUED_WORK` seconds of work, so short tasks never wait for
+            a round trip and long ones never wait behind each other. Tasks
+            with a time limit always wait for an idle worker: their clock
+            starts when they are handed over.
     """
+
+    #: Seconds of work to keep queued at a busy worker (see ``prefetch``).
+    QUEUED_WORK = 0.01
 
     #: The ``kind`` of the JobRefs this launcher hands out.
     kind = "pool"
@@ -144,7 +208,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         max_tasks_per_worker: int | None = None,
         eager: bool = True,
         startup_timeout: float = 60.0,
+        prefetch: int = 0,
     ) -> None:
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be an integer >= 0, got {prefetch!r}")
         if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
             raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks_per_worker!r}")
         if initializer is not None and not callable(initializer):
@@ -157,8 +224,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         self._max_tasks = max_tasks_per_worker
         self._eager = eager
         self._startup_timeout = startup_timeout
-        self._workers: set[PoolWorker] = set()
-        self._idle: deque[PoolWorker] = deque()
+        self.prefetch = prefetch
+        self._depth = 0  # tasks queued per busy worker now: follows the tasks' durations
+        self._mean_run = 0.0  # seconds a task runs, a moving average
+        self._workers: dict[PoolWorker, None] = {}  # in the order they started
         self._spawning = 0
         self._spawns_done: anyio.Event | None = None  # set when no spawn is in progress
         self._capacity: anyio.Event | None = None  # made on entry: Events need a running loop
@@ -204,7 +273,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             await self._spawns_done.wait()
         workers = list(self._workers)
         for worker in workers:
-            if worker.job is not None:
+            if worker.jobs:
                 worker.kill()
             else:
                 await worker.close_input()
@@ -220,53 +289,85 @@ class PoolLauncher(LocalLauncher[PoolJob]):
     # -- the seam -------------------------------------------------------------------
 
     async def start(self, task: TaskSpec) -> JobRef:
-        frame = encode_frame(task)
+        job = PoolJob(task.task_id, encode_frame(task), exclusive=task.time_limit is not None)
+        self._jobs[task.task_id] = job
+        try:
+            await self._dispatch(job)
+        except BaseException:
+            if job.worker is None:
+                self._jobs.pop(task.task_id, None)
+            raise
+        return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
+
+    async def _dispatch(self, job: PoolJob) -> None:
+        """Send a job to a worker (one that is idle, or has room in its queue)."""
+        assert job.frame is not None
         while True:
-            worker = await self._checkout()
-            job = PoolJob(task.task_id, worker)
-            worker.job = job
-            self._jobs[task.task_id] = job
-            # Shielded: a frame cut in half by a cancellation would garble the channel.
-            # A cancellation is seen at the caller's next await, which then kills the job.
-            with anyio.CancelScope(shield=True):
-                try:
-                    await worker.send(frame)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    # It died while idle: the task never reached it. Another worker takes it.
-                    worker.dead = True
-                    worker.job = None
-                    self._jobs.pop(task.task_id, None)
-                    continue
-            return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
+            worker = await self._checkout(job.exclusive)
+            job.worker = worker
+            worker.jobs[job.task_id] = job
+            worker.tasks_sent += 1
+            # The writer sends it with whatever else is posted meanwhile. Should the
+            # worker die first, the job has not started: _bury gives it to another.
+            worker.post(job.frame)
+            return
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.pop(ref.native_id, None)
         if job is None or job.done.is_set():
             return
-        job.worker.kill()
-        await job.worker.exited.wait()
+        worker = job.worker
+        if worker is None:  # between workers: it never runs
+            job.settle(Outcome(task_id=job.task_id, status="cancelled"))
+            return
+        if not job.running and not worker.dead:
+            # Still queued there: the worker drops it, unless it starts it meanwhile.
+            job.changed = anyio.Event()
+            worker.post(encode_frame(Cancel(task_id=job.task_id)))
+            while not job.done.is_set() and job.worker is not None and not job.running:
+                await job.changed.wait()
+                job.changed = anyio.Event()
+            if job.done.is_set():
+                return
+            worker = job.worker
+            if worker is None:  # its worker died before it started: it never runs
+                job.settle(Outcome(task_id=job.task_id, status="cancelled"))
+                return
+        worker.kill()
+        await worker.exited.wait()
 
     # -- workers --------------------------------------------------------------------
 
-    async def _checkout(self) -> PoolWorker:
+    async def _checkout(self, exclusive: bool) -> PoolWorker:
+        """An idle worker; else (unless ``exclusive``) the least loaded with room."""
         while True:
             if self._closed:
                 raise LaunchError(f"the {self.kind} pool is closed")
-            while self._idle:
-                worker = self._idle.popleft()
-                if worker.usable:
-                    return worker
+            best: PoolWorker | None = None
+            for worker in self._workers:
+                load = len(worker.jobs)
+                if load > self._depth or (exclusive and load) or not self._open_to(worker):
+                    continue
+                if best is None or load < len(best.jobs):
+                    best = worker
+                    if not load:
+                        return worker
             if len(self._workers) + self._spawning < self._n_workers:
-                return await self._spawn()
+                return await self._spawn()  # a new worker rather than a queue
+            if best is not None:
+                return best
             if self._capacity is None or self._capacity.is_set():
                 self._capacity = anyio.Event()
             await self._capacity.wait()
 
-    async def _spawn_idle(self) -> None:
-        self._make_idle(await self._spawn())
+    def _open_to(self, worker: PoolWorker) -> bool:
+        """Whether the worker may be sent another task."""
+        if self._max_tasks is not None and worker.tasks_sent >= self._max_tasks:
+            return False
+        return worker.usable
 
-    def _make_idle(self, worker: PoolWorker) -> None:
-        self._idle.append(worker)
+    async def _spawn_idle(self) -> None:
+        await self._spawn()
         self._wake()
 
     def _wake(self) -> None:
@@ -284,8 +385,9 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                     await worker.wait_exit()
                     await worker.aclose()
                 raise LaunchError(f"the {self.kind} pool is closed")
-            self._workers.add(worker)
+            self._workers[worker] = None
             self._tg.start_soon(self._read_loop, worker)
+            self._tg.start_soon(self._write_loop, worker)
         finally:
             self._spawning -= 1
             if not self._spawning and self._spawns_done is not None:
@@ -355,6 +457,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                 message = await worker.reader.read()
                 if isinstance(message, Outcome):
                     self._complete(worker, message)
+
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         except Exception:
@@ -367,25 +470,55 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             with anyio.CancelScope(shield=True):
                 await self._bury(worker)
 
+    async def _write_loop(self, worker: PoolWorker) -> None:
+        """Send what is posted to a worker, all of it in one write, until it is gone."""
+        while True:
+            await worker.posted.wait()
+            worker.posted = anyio.Event()
+            if worker.exited.is_set():
+                return
+            frames, worker.outbox = worker.outbox, []
+            if not frames:
+                continue
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            worker.writing = True
+            # Shielded: a frame cut in half by a cancellation would garble the channel.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await worker.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    worker.kill()  # its reader ends; _bury moves the jobs that did not start
+                    return
+                finally:
+                    worker.writing = False
+
     def _complete(self, worker: PoolWorker, outcome: Outcome) -> None:
-        if worker.job is None or worker.job.task_id != outcome.task_id:
+        job = worker.jobs.pop(outcome.task_id, None)
+        if job is None:
             log.error("worker %s answered for a task it was not given; killing it", worker.pid)
-            worker.kill()  # its job, if any, is then settled as lost
+            worker.kill()  # its jobs are then settled as lost, or go to another worker
             return
-        job, worker.job = worker.job, None
         job.settle(outcome)
+        job.notify()
+        if worker.jobs:  # the next one may be running now
+            worker.jobs[next(iter(worker.jobs))].notify()
+        if self.prefetch and outcome.started is not None and outcome.finished is not None:
+            self._adapt(outcome.finished - outcome.started)
         if worker.dead:
             return  # killed after it answered (cancel, time limit): it is going away
-        worker.tasks_run += 1
-        if self._max_tasks is not None and worker.tasks_run >= self._max_tasks:
-            worker.retiring = True
+        if not worker.jobs and not self._open_to(worker) and not worker.retiring:
+            worker.retiring = True  # max_tasks_per_worker reached: replace it
             assert self._tg is not None
             self._tg.start_soon(worker.close_input)
-        else:
-            self._make_idle(worker)
+        self._wake()
+
+    def _adapt(self, run: float) -> None:
+        """Queue enough tasks at busy workers to cover QUEUED_WORK seconds of their work."""
+        mean = self._mean_run = run if not self._mean_run else 0.9 * self._mean_run + 0.1 * run
+        self._depth = min(self.prefetch, int(self.QUEUED_WORK / max(mean, 1e-6)))
 
     async def _bury(self, worker: PoolWorker) -> None:
-        """A worker's channel closed: reap it and fail the task it held."""
+        """A worker's channel closed: reap it, fail the task it ran, move the queued ones."""
         exit_code: int | None = None
         with anyio.move_on_after(5) as waited:
             exit_code = await worker.wait_exit()
@@ -393,26 +526,48 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             worker.kill()
             exit_code = await worker.wait_exit()
         await worker.aclose()
-        self._workers.discard(worker)
-        job, worker.job = worker.job, None
-        if job is not None and not job.done.is_set():
-            text, state = worker.describe_exit(exit_code)
-            lost = ErrorInfo(type_name="WorkerLost", message=text, traceback="")
-            job.settle(
-                Outcome(
-                    task_id=job.task_id,
-                    status="lost",
-                    error=lost,
-                    exit_code=exit_code,
-                    state=state,
-                    pid=worker.pid,
-                    host=self._host,
+        self._workers.pop(worker, None)
+        jobs = list(worker.jobs.values())
+        running = jobs[0] if jobs else None
+        worker.jobs = {}
+        for job in jobs:
+            if job.done.is_set():
+                continue
+            if job is running:
+                text, state = worker.describe_exit(exit_code)
+                lost = ErrorInfo(type_name="WorkerLost", message=text, traceback="")
+                job.settle(
+                    Outcome(
+                        task_id=job.task_id,
+                        status="lost",
+                        error=lost,
+                        exit_code=exit_code,
+                        state=state,
+                        pid=worker.pid,
+                        host=self._host,
+                    )
                 )
-            )
+            else:  # queued behind the running one: it never started
+                job.worker = None
+                if self._tg is not None:
+                    self._tg.start_soon(self._redispatch, job)
+            job.notify()
         worker.exited.set()
+        worker.posted.set()  # the writer ends
         self._wake()
         if self._eager and not self._closed and self._tg is not None:
             self._tg.start_soon(self._replace)
+
+    async def _redispatch(self, job: PoolJob) -> None:
+        if job.done.is_set():
+            return
+        try:
+            await self._dispatch(job)
+        except Exception as exc:  # the pool is closing: it never ran
+            text = f"the {self.kind} pool could not run it: {exc}"
+            lost = ErrorInfo(type_name="WorkerLost", message=text, traceback="")
+            job.settle(Outcome(task_id=job.task_id, status="lost", error=lost))
+        job.notify()
 
     async def _replace(self) -> None:
         if len(self._workers) + self._spawning >= self._n_workers or self._closed:

@@ -39,10 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import anyio.abc
 
-from .._codec import encode_frame
 from .._exceptions import BackendUnavailable, LaunchError
 from .._executor import BaseExecutor
-from .._messages import JobRef, TaskSpec
 from .._options import TaskOptions
 from ..abc import Launcher
 from ._pool import PoolJob, PoolLauncher, PoolWorker
@@ -305,7 +303,7 @@ class _Container(PoolWorker):
         self.kill()  # an idle container holds no work: removing it loses nothing
 
     async def wait_exit(self) -> int | None:
-        if self._removal is not None and self.job is None:
+        if self._removal is not None and not self.jobs:
             return None  # we are removing it, and nobody needs its exit status
         try:
             status = await self.container.wait()
@@ -529,21 +527,18 @@ class DockerLauncher(PoolLauncher):
 
     # -- the seam -------------------------------------------------------------------
 
-    async def start(self, task: TaskSpec) -> JobRef:
+    async def _dispatch(self, job: PoolJob) -> None:
         if self.mode == "warm":
-            return await super().start(task)
+            await super()._dispatch(job)
+            return
         if self._closed:
             raise LaunchError("the Docker launcher is closed")
-        worker = await self._spawn(task.task_id)
-        job = PoolJob(task.task_id, worker)
-        worker.job = job
-        self._jobs[task.task_id] = job
-        with anyio.CancelScope(shield=True):
-            try:
-                await worker.send(encode_frame(task))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                worker.kill()  # its reader settles the job as lost
-        return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
+        assert job.frame is not None
+        worker = await self._spawn(job.task_id)  # a container for this task alone
+        job.worker = worker
+        worker.jobs[job.task_id] = job
+        worker.tasks_sent += 1
+        worker.post(job.frame)  # should it die first, its reader gives the job to another
 
     # -- containers -----------------------------------------------------------------
 

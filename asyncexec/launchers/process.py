@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Literal
 
 import anyio
-from anyio.abc import Process, UNIXSocketStream
+from anyio.abc import Process, SocketAttribute, UNIXSocketStream
 
 import asyncexec
 
@@ -48,6 +48,8 @@ class _ProcessWorker(PoolWorker):
         self.process = process
         self.pid = process.pid
         self.socket = socket_stream
+        if socket_stream is not None:
+            self.raw_socket = socket_stream.extra(SocketAttribute.raw_socket)
 
     def kill(self) -> None:
         self.dead = True
@@ -99,6 +101,9 @@ class ProcessLauncher(PoolLauncher):
         transport: ``"socket"`` (a private socket pair; the task's stdout and
             stderr are the driver's) or ``"stdio"`` (the worker's stdin and
             stdout, as over SSH; the task's stdout goes to stderr).
+        prefetch: tasks queued at each busy worker behind the one it runs, so
+            it never waits for a round trip (tasks with a time limit always
+            wait for an idle worker).
     """
 
     kind = "process"
@@ -114,6 +119,7 @@ class ProcessLauncher(PoolLauncher):
         eager: bool = True,
         startup_timeout: float = 60.0,
         transport: Literal["socket", "stdio"] = "socket",
+        prefetch: int = 64,
     ) -> None:
         if transport not in ("socket", "stdio"):
             raise ValueError(f"transport must be 'socket' or 'stdio', got {transport!r}")
@@ -123,6 +129,7 @@ class ProcessLauncher(PoolLauncher):
             max_tasks_per_worker=max_tasks_per_worker,
             eager=eager,
             startup_timeout=startup_timeout,
+            prefetch=prefetch,
         )
         self._python = python
         self._env = dict(env or {})
@@ -188,6 +195,10 @@ class ProcessExecutor(BaseExecutor):
             cloudpickle as the driver, or the handshake refuses it).
         env: environment variables added to the driver's for the workers.
         eager: start all workers on entering ``async with`` (default) or on need.
+        prefetch: tasks queued at each busy worker behind the one it runs, so
+            that it never waits for the driver between tasks (0: hand a task
+            only to an idle worker). Tasks with a time limit always wait for an
+            idle worker, so their clock starts when they start.
         options: default :class:`TaskOptions`.
         max_pending: queued tasks at most before ``submit`` waits.
     """
@@ -201,6 +212,7 @@ class ProcessExecutor(BaseExecutor):
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
         eager: bool = True,
+        prefetch: int = 64,
         options: TaskOptions | None = None,
         max_pending: int | None = None,
     ) -> None:
@@ -213,6 +225,7 @@ class ProcessExecutor(BaseExecutor):
             initializer=initializer,
             max_tasks_per_worker=max_tasks_per_worker,
             eager=eager,
+            prefetch=prefetch,
         )
 
     def _create_launcher(self) -> Launcher:
