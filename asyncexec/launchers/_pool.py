@@ -78,7 +78,7 @@ class PoolJob(LocalJob):
 
     def __init__(self, task_id: str, frame: bytes, exclusive: bool) -> None:
         super().__init__(task_id)
-        self.frame = frame  # kept while it may have to go to another worker
+        self.frame = frame  # kept: should its worker die first, another worker takes it
         self.exclusive = exclusive  # never queued behind another task (it has a time limit)
         self.worker: PoolWorker | None = None
         self.changed: anyio.Event | None = None  # set when it ends or may have started
@@ -159,10 +159,8 @@ class PoolWorker(abc.ABC):
         if self.raw_socket is not None and idle:
             try:
                 written = self.raw_socket.send(frame)
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # full, or a dead peer: the writer's send fails too and handles it
                 written = 0
-            except OSError:
-                written = 0  # a dead peer: the writer's send fails too and handles it
             if written == len(frame):
                 return
             frame = frame[written:]
@@ -301,16 +299,12 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     async def _dispatch(self, job: PoolJob) -> None:
         """Send a job to a worker (one that is idle, or has room in its queue)."""
-        assert job.frame is not None
-        while True:
-            worker = await self._checkout(job.exclusive)
-            job.worker = worker
-            worker.jobs[job.task_id] = job
-            worker.tasks_sent += 1
-            # The writer sends it with whatever else is posted meanwhile. Should the
-            # worker die first, the job has not started: _bury gives it to another.
-            worker.post(job.frame)
-            return
+        worker = await self._checkout(job.exclusive)
+        job.worker = worker
+        worker.jobs[job.task_id] = job
+        worker.tasks_sent += 1
+        # Should the worker die before it runs the job, _bury gives the job to another.
+        worker.post(job.frame)
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.pop(ref.native_id, None)
@@ -351,8 +345,11 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                 if best is None or load < len(best.jobs):
                     best = worker
                     if not load:
-                        return worker
-            if len(self._workers) + self._spawning < self._n_workers:
+                        break
+            if best is not None and not best.usable:  # the one system call: is it alive?
+                continue
+            idle = best is not None and not best.jobs
+            if not idle and len(self._workers) + self._spawning < self._n_workers:
                 return await self._spawn()  # a new worker rather than a queue
             if best is not None:
                 return best
@@ -361,10 +358,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             await self._capacity.wait()
 
     def _open_to(self, worker: PoolWorker) -> bool:
-        """Whether the worker may be sent another task."""
-        if self._max_tasks is not None and worker.tasks_sent >= self._max_tasks:
+        """Whether the worker may be sent another task, as far as we know without asking."""
+        if worker.dead or worker.retiring or worker.exited.is_set():
             return False
-        return worker.usable
+        return self._max_tasks is None or worker.tasks_sent < self._max_tasks
 
     async def _spawn_idle(self) -> None:
         await self._spawn()
@@ -395,14 +392,13 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         return worker
 
     async def _start_worker(self, task_id: str | None) -> PoolWorker:
+        too_slow = f"a worker ({self._where()}) did not start within {self._startup_timeout:g} s"
         deadline = anyio.current_time() + self._startup_timeout
         try:
             with anyio.fail_after(self._startup_timeout):
                 worker = await self._connect(task_id)
         except TimeoutError:
-            raise LaunchError(
-                f"a worker ({self._where()}) did not start within {self._startup_timeout:g} s"
-            ) from None
+            raise LaunchError(too_slow) from None
         try:
             with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
                 await self._handshake(worker)
@@ -422,9 +418,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                 where = self._where()
                 raise LaunchError(f"a worker died while starting ({where}): {text}") from None
             if isinstance(exc, TimeoutError):
-                raise LaunchError(
-                    f"a worker ({self._where()}) did not start within {self._startup_timeout:g} s"
-                ) from None
+                raise LaunchError(too_slow) from None
             if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
                 raise LaunchError(
                     f"a worker's first words ({self._where()}) were not asyncexec's protocol "
@@ -457,7 +451,6 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                 message = await worker.reader.read()
                 if isinstance(message, Outcome):
                     self._complete(worker, message)
-
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         except Exception:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import anyio.abc
 
-from .._exceptions import BackendUnavailable, LaunchError
+from .._exceptions import BackendUnavailable, LaunchError, describe_exit
 from .._executor import BaseExecutor
 from .._options import TaskOptions
 from ..abc import Launcher
@@ -327,13 +327,8 @@ class _Container(PoolWorker):
             )
         if exit_code is None:
             return f"container {self.name} vanished (is the Docker engine running?)", None
-        if exit_code > 128:
-            import signal
-
-            try:
-                name = signal.Signals(exit_code - 128).name
-            except ValueError:
-                name = f"signal {exit_code - 128}"
+        if exit_code > 128:  # the shell's convention: 128 + the signal
+            _, name = describe_exit(128 - exit_code)
             return f"container {self.name} was killed by {name} (exit {exit_code})", name
         return f"the worker in container {self.name} exited with status {exit_code}", None
 
@@ -474,7 +469,7 @@ class DockerLauncher(PoolLauncher):
             return
         except Exception as exc:
             if _docker_error_status(exc) != _NOT_FOUND:
-                raise self._error(f"inspect the image {self.image!r}", exc) from exc
+                raise _engine_error(f"inspect the image {self.image!r}", exc) from exc
         if not self._pull:
             raise LaunchError(
                 f"the Docker engine has no image {self.image!r}: build it (see the Docker "
@@ -483,7 +478,7 @@ class DockerLauncher(PoolLauncher):
         try:
             await self._docker.images.pull(self.image)
         except Exception as exc:
-            raise self._error(f"pull the image {self.image!r}", exc) from exc
+            raise _engine_error(f"pull the image {self.image!r}", exc) from exc
 
     async def aclose(self) -> None:
         """Kill and remove every container of ours, then close the connection.
@@ -546,9 +541,6 @@ class DockerLauncher(PoolLauncher):
         if self._tg is not None:
             self._tg.start_soon(fn)
 
-    def _error(self, doing: str, exc: BaseException) -> LaunchError:
-        return _engine_error(doing, exc)
-
     def _config(self, name: str, task_id: str | None) -> dict[str, Any]:
         labels = {**self._labels, EXECUTOR_LABEL: self.executor_id, WORKER_LABEL: name}
         if task_id is not None:
@@ -602,7 +594,7 @@ class DockerLauncher(PoolLauncher):
             if isinstance(exc, TimeoutError):  # it may exist all the same: by name
                 with anyio.CancelScope(shield=True):
                     await self._remove(self._docker.containers.container(name), name)
-            raise self._error(f"create a container from {self.image!r}", exc) from exc
+            raise _engine_error(f"create a container from {self.image!r}", exc) from exc
         try:
             stream = _attach(self._docker, container)
             await stream.__aenter__()  # attached before it starts: no output is missed
@@ -616,7 +608,7 @@ class DockerLauncher(PoolLauncher):
             with anyio.CancelScope(shield=True):
                 await self._remove(container, name)
             if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
-                raise self._error(f"start container {name}", exc) from exc
+                raise _engine_error(f"start container {name}", exc) from exc
             raise
         return _Container(self, container, stream, name)
 
