@@ -65,8 +65,10 @@ def bench(session: nox.Session) -> None:
     `nox -s bench -- --smoke` checks the harnesses only, in seconds.
     """
     session.install(".[bench]")
-    # benchmarks/docker.py needs the engine and this interpreter's test image.
+    # benchmarks/docker.py needs the engine and this interpreter's test image;
+    # benchmarks/slurm.py the cluster, its sshd and a venv for this Python.
     session.run("bash", "scripts/docker-up.sh", "python", external=True)
+    session.run("bash", "scripts/slurm-up.sh", "python", external=True)
     for script in sorted(glob.glob("benchmarks/*.py")):
         session.run("python", script, *session.posargs)
 
@@ -74,7 +76,9 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Run every example in the README and docs/, as users would."""
-    session.install(".[docker]")
-    # docs/docker.md's example runs in this interpreter's test image.
+    session.install(".[docker,ssh]")
+    # docs/docker.md's example runs in this interpreter's test image, docs/slurm.md's
+    # on the test cluster.
     session.run("bash", "scripts/docker-up.sh", "python", external=True)
+    session.run("bash", "scripts/slurm-up.sh", "python", external=True)
     session.run("python", "docs/check_examples.py")

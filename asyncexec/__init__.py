@@ -39,8 +39,12 @@ if _typing.TYPE_CHECKING:
     from ._timed import timed_run as timed_run
     from .launchers.docker import DockerExecutor as DockerExecutor
     from .launchers.process import ProcessExecutor as ProcessExecutor
+    from .launchers.slurm import SlurmConfig as SlurmConfig
+    from .launchers.slurm import SlurmExecutor as SlurmExecutor
+    from .launchers.ssh import SSHExecutor as SSHExecutor
     from .launchers.thread import ThreadExecutor as ThreadExecutor
     from .shells import LocalShell as LocalShell
+    from .shells import SSHShell as SSHShell
 
 _LAZY = {
     "BaseExecutor": "._executor",
@@ -59,8 +63,12 @@ _LAZY = {
     "timed_run": "._timed",
     "DockerExecutor": ".launchers.docker",
     "ProcessExecutor": ".launchers.process",
+    "SlurmConfig": ".launchers.slurm",
+    "SlurmExecutor": ".launchers.slurm",
+    "SSHExecutor": ".launchers.ssh",
     "ThreadExecutor": ".launchers.thread",
     "LocalShell": ".shells",
+    "SSHShell": ".shells",
 }
 
 
@@ -95,7 +103,11 @@ __all__ = [
     "ProcessExecutor",
     "RemoteError",
     "Resources",
+    "SSHExecutor",
+    "SSHShell",
     "SerializationError",
+    "SlurmConfig",
+    "SlurmExecutor",
     "TaskCancelled",
     "TaskFailed",
     "TaskInfo",

@@ -51,6 +51,7 @@ class _Task:
     """The executor's record of one live task."""
 
     __slots__ = (
+        "attached",
         "attempt",
         "future",
         "holds_slot",
@@ -64,6 +65,7 @@ class _Task:
     def __init__(self, future: Future[Any], spec: TaskSpec, options: TaskOptions) -> None:
         self.future = future
         self.spec = spec
+        self.attached: JobRef | None = None  # started earlier: wait for it, never start it
         self.options = options
         self.attempt = 0
         self.queued = False
@@ -219,6 +221,46 @@ class BaseExecutor:
         Cancellation: while waiting for room (``max_pending``), nothing is submitted.
         """
         return await self._submit(fn, args, kwargs, self.options)
+
+    def can_attach(self, ref: JobRef) -> bool:
+        """Whether :meth:`attach` can follow ``ref`` (this open executor's kind of work,
+        on a backend where work outlives its driver)."""
+        launcher = self._launcher
+        return (
+            launcher is not None
+            and launcher.reattachable
+            and launcher.kind == ref.kind
+            and self._state == "open"
+        )
+
+    async def attach(self, ref: JobRef, *, name: str | None = None) -> Future[Any]:
+        """A future for a task started earlier, by this executor or another one.
+
+        ``ref`` is a task's ``future.info.job_ref``, kept by a driver that may
+        have died since (or found by the launcher, such as
+        ``SlurmLauncher.find_refs``): the future settles with the task's
+        outcome, which may be there already. Cancelling it kills the task.
+        Retries do not apply: the task's function is not known here.
+
+        Raises:
+            ExecutorClosed: the executor is closed.
+            LaunchError: this executor's backend cannot follow ``ref``
+                (see :meth:`can_attach`).
+        """
+        self._check_open()
+        if not self.can_attach(ref):
+            raise LaunchError(f"this executor cannot re-attach to {ref.kind} work: {ref!r}")
+        task_id = ref.task_id or ref.native_id
+        if task_id in self._tasks:
+            raise ValueError(f"task {task_id} is already followed by this executor")
+        spec = TaskSpec(task_id=task_id, fn=b"", args=b"", name=name)
+        info = TaskInfo(name=name, tags={}, submitted=time.time())
+        future: Future[Any] = Future(self, task_id, info)
+        task = _Task(future, spec, self.options.replace(retries=0))
+        task.attached = ref
+        self._tasks[task_id] = task
+        self._enqueue(task)
+        return future
 
     async def _submit(
         self,
@@ -464,7 +506,7 @@ class BaseExecutor:
                 if future._cancel_requested:
                     scope.cancel()
                 try:
-                    ref = await launcher.start(task.spec)
+                    ref = task.attached or await launcher.start(task.spec)
                 except (LaunchError, SerializationError) as exc:
                     error = exc
                 except Exception as exc:
@@ -474,7 +516,7 @@ class BaseExecutor:
                     info.started = time.time()
                     future._set_running()
                     try:
-                        if task.spec.time_limit is None:
+                        if task.spec.time_limit is None or launcher.enforces_time_limit:
                             outcome = await launcher.wait(ref)
                         else:
                             with anyio.move_on_after(task.spec.time_limit) as deadline:

@@ -76,6 +76,7 @@ class Future(Generic[T]):
 
     __slots__ = (
         "__weakref__",
+        "_accepted",
         "_callbacks",
         "_cancel_requested",
         "_error",
@@ -97,6 +98,7 @@ class Future(Generic[T]):
         self._error_tb: TracebackType | None = None
         self._callbacks: list[Callable[[Future[T]], object]] | None = None
         self._event: anyio.Event | None = None
+        self._accepted: anyio.Event | None = None  # set when running, or finished
         self._info = info
         self._cancel_requested = False
 
@@ -197,6 +199,16 @@ class Future(Generic[T]):
     def _set_running(self) -> None:
         if self._state is FutureState.PENDING:
             self._state = FutureState.RUNNING
+            if self._accepted is not None:
+                self._accepted.set()
+
+    async def _until_accepted(self) -> None:
+        """Wait until the backend has accepted the task (``info.job_ref`` is set) or it ended."""
+        if self._state is not FutureState.PENDING:
+            return
+        if self._accepted is None:
+            self._accepted = anyio.Event()
+        await self._accepted.wait()
 
     def _set_pending(self) -> None:
         if not self.ready():
@@ -214,6 +226,8 @@ class Future(Generic[T]):
             self._error_tb = error.__traceback__
         if self._event is not None:
             self._event.set()
+        if self._accepted is not None:
+            self._accepted.set()
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             try:

@@ -162,3 +162,5 @@ class JobRef(msgspec.Struct, frozen=True, kw_only=True):
     native_id: str
     host: str | None = None
     workdir: str | None = None
+    #: The task's id, where the native id names more (a Slurm array task runs a chunk).
+    task_id: str | None = None

@@ -34,6 +34,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+import msgspec
+
 from ._codec import (
     HEADER,
     decode_message,
@@ -73,6 +75,10 @@ OutputCapture = Callable[
 
 class _SoftTimeout(BaseException):
     """Raised inside a one-shot task when its time limit passes."""
+
+
+class _SoftCancel(BaseException):
+    """Raised inside a one-shot task when it is cancelled where it runs."""
 
 
 def version_mismatch(driver: Versions, worker: Versions) -> str | None:
@@ -122,6 +128,8 @@ def execute(
                     value = fn(*args, **kwargs)
             except _SoftTimeout:
                 outcome.status = "timeout"
+            except _SoftCancel:
+                outcome.status = "cancelled"
             except BaseException as exc:  # the task's own errors, SystemExit included
                 outcome.status = "raised"
                 outcome.error = describe_exception(exc, skip_frames=1)  # not execute() itself
@@ -380,27 +388,89 @@ def _die_with_parent(period: float = 0.5) -> None:
 # -- one-shot mode ----------------------------------------------------------------
 
 
-def run_batch(batch: Batch) -> Results:
-    """Run every task of a batch, refusing it whole on a version mismatch."""
+def run_batch(
+    batch: Batch,
+    *,
+    output_dir: str | None = None,
+    cancel_dir: str | None = None,
+) -> Results:
+    """Run every task of a batch, refusing it whole on a version mismatch.
+
+    Args:
+        batch: the tasks.
+        output_dir: write each task's Outcome to ``<output_dir>/<task_id>.bin``
+            (msgpack, atomically) as soon as it ends, so that what finished
+            survives the worker being killed later (cluster jobs).
+        cancel_dir: a task whose ``<cancel_dir>/<task_id>`` exists is not
+            started (its Outcome says ``cancelled``), or is interrupted if it
+            runs when the file appears.
+    """
     mismatch = version_mismatch(batch.versions, versions())
     if mismatch is not None:
         error = ErrorInfo(type_name="LaunchError", message=mismatch, traceback="")
-        return Results(
-            outcomes=[
-                Outcome(task_id=task.task_id, status="refused", error=error) for task in batch.tasks
-            ]
-        )
+        outcomes = [
+            Outcome(task_id=task.task_id, status="refused", error=error) for task in batch.tasks
+        ]
+        for outcome in outcomes:
+            _keep(outcome, output_dir)
+        return Results(outcomes=outcomes)
     outcomes = []
     for task in batch.tasks:
-        with _watchdog(task.time_limit):
-            try:
-                outcome = execute(task, enforce_time_limit=True)
-            except _SoftTimeout:  # the alarm rang in the last instant: still a timeout
-                outcome = Outcome(
-                    task_id=task.task_id, status="timeout", pid=os.getpid(), host=_HOST
-                )
+        marker = os.path.join(cancel_dir, task.task_id) if cancel_dir is not None else None
+        if marker is not None and os.path.exists(marker):
+            outcome = Outcome(task_id=task.task_id, status="cancelled", pid=os.getpid(), host=_HOST)
+        else:
+            with _watchdog(task.time_limit), _cancel_watch(marker):
+                try:
+                    outcome = execute(task, enforce_time_limit=True)
+                except _SoftTimeout:  # the alarm rang in the last instant: still a timeout
+                    outcome = Outcome(
+                        task_id=task.task_id, status="timeout", pid=os.getpid(), host=_HOST
+                    )
+                except _SoftCancel:
+                    outcome = Outcome(
+                        task_id=task.task_id, status="cancelled", pid=os.getpid(), host=_HOST
+                    )
+        _keep(outcome, output_dir)
         outcomes.append(outcome)
     return Results(outcomes=outcomes)
+
+
+def _keep(outcome: Outcome, output_dir: str | None) -> None:
+    if output_dir is not None:
+        path = os.path.join(output_dir, f"{outcome.task_id}.bin")
+        write_atomically(path, msgspec.msgpack.encode(outcome))
+
+
+@contextlib.contextmanager
+def _cancel_watch(marker: str | None, period: float = 0.5) -> Iterator[None]:
+    """Interrupt the running task (with _SoftCancel) when ``marker`` appears."""
+    if marker is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stop = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if not stop.is_set():
+            raise _SoftCancel
+
+    def watch() -> None:
+        while not stop.wait(period):
+            if os.path.exists(marker):
+                signal.pthread_kill(main, signal.SIGUSR2)
+                return
+
+    previous = signal.signal(signal.SIGUSR2, interrupt)
+    watcher = threading.Thread(target=watch, name="asyncexec-cancel-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR2, previous)
 
 
 @contextlib.contextmanager
@@ -437,24 +507,34 @@ def _watchdog(seconds: float | None, grace: float = 10.0) -> Iterator[None]:
         watchdog.cancel()
 
 
-def run_once(input_path: str, output_path: str) -> int:
-    """One-shot mode: a Batch in, Results out (atomically)."""
-    import msgspec
-
+def run_once(
+    input_path: str,
+    output_path: str,
+    *,
+    output_dir: str | None = None,
+    cancel_dir: str | None = None,
+) -> int:
+    """One-shot mode: a Batch in, Results out (atomically); see :func:`run_batch`."""
     raw = sys.stdin.buffer.read() if input_path == "-" else open(input_path, "rb").read()  # noqa: SIM115
     batch = msgspec.msgpack.decode(raw, type=Batch)
     del raw
-    if output_path == "-":
+    if output_path == "none":  # the outcomes are in output_dir
+        run_batch(batch, output_dir=output_dir, cancel_dir=cancel_dir)
+    elif output_path == "-":
         # The results own stdout: what the tasks print goes to stderr.
         sys.stdout.flush()
         results_fd = os.dup(1)
         os.dup2(2, 1)
-        data = msgspec.msgpack.encode(run_batch(batch))
+        data = msgspec.msgpack.encode(
+            run_batch(batch, output_dir=output_dir, cancel_dir=cancel_dir)
+        )
         sys.stdout.flush()
         with os.fdopen(results_fd, "wb") as out:
             out.write(data)
     else:
-        data = msgspec.msgpack.encode(run_batch(batch))
+        data = msgspec.msgpack.encode(
+            run_batch(batch, output_dir=output_dir, cancel_dir=cancel_dir)
+        )
         write_atomically(output_path, data)
     return 0
 
@@ -468,13 +548,22 @@ def main(argv: list[str] | None = None) -> int:
     channel.add_argument("--stdio", action="store_true", help="speak on stdin and stdout")
     run_parser = commands.add_parser("run", help="run one batch of tasks and exit")
     run_parser.add_argument("--input", default="-", help="Batch file, or - for stdin")
-    run_parser.add_argument("--output", default="-", help="Results file, or - for stdout")
+    run_parser.add_argument(
+        "--output", default="-", help="Results file, - for stdout, none for no file"
+    )
+    run_parser.add_argument("--output-dir", help="also write each Outcome to DIR/<task id>.bin")
+    run_parser.add_argument("--cancel-dir", help="skip or interrupt tasks named by files here")
     commands.add_parser("version", help="print the versions a driver must match")
     options = parser.parse_args(argv)
     if options.command == "serve":
         return serve(None if options.stdio else options.fd)
     if options.command == "run":
-        return run_once(options.input, options.output)
+        return run_once(
+            options.input,
+            options.output,
+            output_dir=options.output_dir,
+            cancel_dir=options.cancel_dir,
+        )
     current = versions()
     print(
         f"python {current.python} cloudpickle {current.cloudpickle} asyncexec {current.asyncexec}"

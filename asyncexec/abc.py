@@ -20,6 +20,7 @@ from ._messages import JobRef, Outcome, TaskSpec
 __all__ = ["Completed", "Launcher", "Shell", "SpawnedProcess"]
 
 _L = TypeVar("_L", bound="Launcher")
+_S = TypeVar("_S", bound="Shell")
 
 
 class Launcher(abc.ABC):
@@ -30,6 +31,13 @@ class Launcher(abc.ABC):
 
     * ``can_kill``: running work can be stopped (time limits, cancellation).
     * ``isolates_crashes``: a task that kills its process fails alone.
+    * ``reattachable``: the work outlives the driver, and ``wait`` and
+      ``cancel`` accept a JobRef another launcher of the same ``kind`` made
+      (re-attach after a crash: ``BaseExecutor.attach``).
+    * ``enforces_time_limit``: the launcher stops a task at its time limit
+      itself, counted from when the task starts running (a cluster job may
+      wait in a queue first), and reports ``status="timeout"``; the executor
+      then sets no deadline of its own.
 
     ``prefetch`` is how many tasks per worker the launcher takes beyond those
     running (waiting in the worker's queue): an executor with ``n_workers``
@@ -38,6 +46,10 @@ class Launcher(abc.ABC):
 
     can_kill: bool = True
     isolates_crashes: bool = True
+    enforces_time_limit: bool = False
+    reattachable: bool = False
+    #: What the JobRefs this launcher hands out say in ``kind``.
+    kind: str = "local"
     prefetch: int = 0
 
     async def __aenter__(self: _L) -> _L:
@@ -152,3 +164,14 @@ class Shell(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""
+
+    async def __aenter__(self: _S) -> _S:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

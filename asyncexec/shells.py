@@ -1,21 +1,36 @@
-"""Shells: how launchers reach a machine. :class:`LocalShell` runs on this one."""
+"""Shells: how launchers reach a machine.
+
+:class:`LocalShell` runs commands on this machine; :class:`SSHShell` on
+another one, over a small pool of SSH connections (asyncssh).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import logging
 import os
+import shlex
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 from anyio.abc import Process
 
+from ._aio import require_asyncio
+from ._exceptions import BackendUnavailable
 from ._files import write_atomically
 from .abc import Completed, Shell, SpawnedProcess
 
-__all__ = ["LocalShell"]
+if TYPE_CHECKING:
+    import asyncssh
+
+__all__ = ["LocalShell", "SSHShell"]
 
 
 class _LocalProcess(SpawnedProcess):
@@ -113,3 +128,483 @@ class _Reaper:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self._process.pid, signal.SIGKILL)
             await self._process.aclose()
+
+
+# -- SSH ------------------------------------------------------------------------------
+
+log = logging.getLogger("asyncexec")
+
+_ASYNCSSH = "asyncssh is built on asyncio"
+
+# A remote command announces its process id (which is also its process group's:
+# sshd starts every session's command in a session of its own) so that it can be
+# killed with all it started, whatever the server's support for signal requests.
+_ANNOUNCE_PID = 'echo "$$"; exec "$@"'
+
+# What sshd's default of 10 sessions per connection leaves room for: login nodes
+# often count more than the channels we open (an SFTP session, agent forwarding).
+DEFAULT_CHANNELS_PER_CONNECTION = 6
+
+
+def _import_asyncssh() -> Any:
+    try:
+        import asyncssh
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("SSH needs asyncssh: pip install 'asyncexec[ssh]'") from exc
+    return asyncssh
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection itself is gone (not a refused channel)."""
+    asyncssh = _import_asyncssh()
+    return isinstance(
+        exc,
+        asyncssh.ConnectionLost | asyncssh.DisconnectError | ConnectionError | EOFError,
+    ) and not isinstance(exc, asyncssh.ChannelOpenError)
+
+
+class _Connection:
+    """One SSH connection and how many of its channels are in use."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, limit: int) -> None:
+        self.conn = conn
+        self.used = 0  # channels open, the SFTP session's included
+        self.limit = limit  # lowered when the server refuses a channel
+        self.sftp: asyncssh.SFTPClient | None = None
+        self.broken = False
+
+    @property
+    def usable(self) -> bool:
+        return not self.broken and not self.conn.is_closed()
+
+
+class _SSHReceive(anyio.abc.ByteReceiveStream):
+    def __init__(self, reader: asyncssh.SSHReader[bytes]) -> None:
+        self._reader = reader
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            data = await self._reader.read(max_bytes)
+        except Exception as exc:
+            if _connection_failure(exc):
+                raise anyio.BrokenResourceError(str(exc)) from exc
+            raise
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _SSHSend(anyio.abc.ByteSendStream):
+    def __init__(self, writer: asyncssh.SSHWriter[bytes]) -> None:
+        self._writer = writer
+
+    async def send(self, item: bytes) -> None:
+        try:
+            self._writer.write(item)
+            await self._writer.drain()
+        except Exception as exc:
+            if _connection_failure(exc) or isinstance(exc, BrokenPipeError):
+                raise anyio.BrokenResourceError(str(exc)) from exc
+            raise
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+
+
+class _SSHProcess(SpawnedProcess):
+    """A command started over SSH: its channel's streams, and its process group."""
+
+    def __init__(
+        self,
+        shell: SSHShell,
+        connection: _Connection,
+        process: asyncssh.SSHClientProcess[bytes],
+        pid: int | None,
+    ) -> None:
+        self._shell = shell
+        self._connection = connection
+        self._process = process
+        self.pid = pid
+        self.stdin = _SSHSend(process.stdin)
+        self.stdout = _SSHReceive(process.stdout)
+        self.stderr = _SSHReceive(process.stderr)
+        self._released = False
+
+    async def wait(self) -> int:
+        await self._process.wait_closed()
+        code = self._process.returncode
+        # No status at all: the connection went down (ssh(1) says 255 then).
+        return 255 if code is None else code
+
+    async def kill(self) -> None:
+        if self._process.returncode is None and self.pid is not None:
+            await self._shell._kill(self.pid)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._process.returncode is None and not self._connection.broken:
+                await self.kill()
+            self._process.close()
+            with anyio.move_on_after(10):
+                await self._process.wait_closed()
+            if not self._released:
+                self._released = True
+                self._shell._release(self._connection)
+
+
+class SSHShell(Shell):
+    """Run commands on a host over SSH (asyncssh; asyncio only).
+
+    Connections are pooled: each carries at most ``channels_per_connection``
+    channels at once (OpenSSH's ``MaxSessions`` is 10 by default, and login
+    nodes count other sessions too), and up to ``max_connections`` are opened
+    as work needs them. A refused channel is retried on another connection, a
+    connection that dropped is replaced on next use. Commands are killed with
+    their whole process group when cancelled.
+
+    Host keys are verified (``~/.ssh/known_hosts``, or ``known_hosts`` in
+    ``connect_options``); ``verify_host_key=False`` is the only way to skip it.
+
+    Args:
+        host: the host name or address.
+        port: the SSH port.
+        username: the remote user (default: asyncssh's, your local one).
+        connect_options: passed as they are to ``asyncssh.connect`` (client
+            keys, passphrase, known_hosts, jump hosts...). Never logged or shown.
+        verify_host_key: check the server's host key (the default). False
+            accepts any key: only for throwaway hosts on a trusted network.
+        env: environment variables set for every command.
+        cwd: working directory of every command.
+        max_connections: connections at most.
+        channels_per_connection: channels open at once on one connection.
+        connect_timeout: seconds to establish a connection and log in.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        port: int = 22,
+        username: str | None = None,
+        connect_options: Mapping[str, Any] | None = None,
+        verify_host_key: bool = True,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        max_connections: int = 4,
+        channels_per_connection: int = DEFAULT_CHANNELS_PER_CONNECTION,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        options = dict(connect_options or {})
+        if verify_host_key:
+            if "known_hosts" in options and options["known_hosts"] is None:
+                raise ValueError(
+                    "connect_options={'known_hosts': None} would skip host key checks: "
+                    "pass verify_host_key=False to do that on purpose"
+                )
+        else:
+            options["known_hosts"] = None
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
+        if channels_per_connection < 1:
+            raise ValueError(
+                f"channels_per_connection must be >= 1, got {channels_per_connection!r}"
+            )
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout must be positive, got {connect_timeout!r}")
+        for name in env or {}:
+            if not name or "=" in name or not name.replace("_", "a").isalnum():
+                raise ValueError(f"not an environment variable name: {name!r}")
+        self.host = host
+        self.port = port
+        self.username = username
+        self._options = options
+        self._env = dict(env or {})
+        self._cwd = cwd
+        self._max_connections = max_connections
+        self._channels = channels_per_connection
+        self._connect_timeout = connect_timeout
+        self._connections: list[_Connection] = []
+        self._connecting = False
+        self._freed: anyio.Event | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SSHShell({self._target()!r})"
+
+    def _target(self) -> str:
+        user = f"{self.username}@" if self.username else ""
+        return f"{user}{self.host}:{self.port}"
+
+    # -- the seam ---------------------------------------------------------------------
+
+    async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> Completed:
+        """Run ``argv`` remotely; cancellation kills it (and its process group).
+
+        Raises:
+            BackendUnavailable: the host cannot be reached, or the connection
+                dropped while the command ran (it may or may not have run).
+        """
+        connection, process, pid = await self._start(argv)
+        try:
+            try:
+                if input:
+                    process.stdin.write(input)
+                process.stdin.write_eof()
+                stdout, stderr = await process.communicate()
+            except Exception as exc:
+                if _connection_failure(exc):
+                    connection.broken = True
+                    raise self._unavailable(
+                        f"the connection dropped running {argv[0]}", exc
+                    ) from exc
+                raise
+            if process.returncode is None:
+                connection.broken = True
+                raise self._unavailable(f"the connection dropped running {argv[0]}", None)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None and pid is not None and not connection.broken:
+                    await self._kill(pid)
+                process.close()
+            raise
+        finally:
+            self._release(connection)
+        return Completed(
+            argv=list(argv),
+            returncode=process.returncode,
+            stdout=stdout or b"",
+            stderr=stderr or b"",
+        )
+
+    async def spawn(self, argv: Sequence[str]) -> SpawnedProcess:
+        """Start ``argv`` remotely with piped streams; it holds a channel until closed."""
+        connection, process, pid = await self._start(argv)
+        return _SSHProcess(self, connection, process, pid)
+
+    async def read_bytes(self, path: str) -> bytes:
+        """The remote file's contents, over SFTP (FileNotFoundError if missing)."""
+        asyncssh = _import_asyncssh()
+        async with self._sftp() as sftp:
+            try:
+                async with sftp.open(path, "rb") as file:
+                    data: bytes = await file.read()
+                    return data
+            except asyncssh.SFTPNoSuchFile:
+                raise FileNotFoundError(errno.ENOENT, "no such remote file", path) from None
+
+    async def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        """Write a remote file atomically over SFTP, created with ``mode`` (private)."""
+        asyncssh = _import_asyncssh()
+        temporary = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+        async with self._sftp() as sftp:
+            try:
+                attrs = asyncssh.SFTPAttrs(permissions=mode)
+                async with sftp.open(temporary, "wb", attrs) as file:
+                    await file.write(data)
+                    await file.chmod(mode)  # the server's umask applies at creation
+                try:
+                    await sftp.posix_rename(temporary, path)
+                except asyncssh.SFTPOpUnsupported:
+                    with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                        await sftp.remove(path)
+                    await sftp.rename(temporary, path)
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await sftp.remove(temporary)
+                raise
+
+    async def aclose(self) -> None:
+        """Close every connection. Idempotent; the shell reconnects if used again."""
+        connections, self._connections = self._connections, []
+        with anyio.CancelScope(shield=True):
+            for connection in connections:
+                connection.broken = True
+                connection.conn.close()
+            for connection in connections:
+                with anyio.move_on_after(5):
+                    await connection.conn.wait_closed()
+        self._wake()
+
+    # -- commands -----------------------------------------------------------------
+
+    def _command(self, argv: Sequence[str]) -> str:
+        if not argv:
+            raise ValueError("empty command")
+        words = ["exec"]
+        if self._env:
+            words += ["env", *(f"{name}={value}" for name, value in self._env.items())]
+        words += ["sh", "-c", _ANNOUNCE_PID, "asyncexec", *argv]
+        command = shlex.join(words)
+        if self._cwd is not None:
+            command = f"cd {shlex.quote(self._cwd)} && {command}"
+        return command
+
+    async def _start(
+        self, argv: Sequence[str]
+    ) -> tuple[_Connection, asyncssh.SSHClientProcess[bytes], int | None]:
+        """Open a channel running ``argv``: its connection, process and process id."""
+        command = self._command(argv)
+        connection, process = await self._open_channel(command)
+        try:
+            first = await process.stdout.readline()
+        except BaseException as exc:
+            process.close()
+            if isinstance(exc, Exception) and _connection_failure(exc):
+                connection.broken = True
+            self._release(connection)
+            if isinstance(exc, Exception) and _connection_failure(exc):
+                raise self._unavailable(f"the connection dropped starting {argv[0]}", exc) from exc
+            raise
+        text = first.strip()
+        return connection, process, int(text) if text.isdigit() else None
+
+    async def _open_channel(
+        self, command: str
+    ) -> tuple[_Connection, asyncssh.SSHClientProcess[bytes]]:
+        asyncssh = _import_asyncssh()
+        refused = lost = 0
+        while True:
+            connection = await self._acquire()
+            try:
+                process = await connection.conn.create_process(command, encoding=None)
+            except asyncssh.ChannelOpenError as exc:
+                # The server caps sessions per connection (MaxSessions): fewer on this one.
+                connection.limit = max(1, connection.used - 1)
+                self._release(connection)
+                refused += 1
+                if refused > 20:
+                    raise self._unavailable("the server refuses new channels", exc) from exc
+                log.debug(
+                    "%s refused a channel (%s); at most %d on that connection",
+                    self,
+                    exc.reason,
+                    connection.limit,
+                )
+                await anyio.sleep(min(0.02 * refused, 0.5))
+                continue
+            except BaseException as exc:
+                failed = isinstance(exc, Exception) and _connection_failure(exc)
+                if failed:
+                    connection.broken = True
+                self._release(connection)
+                if not failed:
+                    raise
+                lost += 1
+                if lost > 2:
+                    raise self._unavailable("the connection keeps dropping", exc) from exc
+                log.info("%s: connection lost (%s), reconnecting", self, exc)
+                continue
+            return connection, process
+
+    async def _kill(self, pid: int) -> None:
+        """Kill a remote command's process group (best effort, on a channel of its own)."""
+        script = f"kill -KILL -- -{pid} 2>/dev/null || kill -KILL {pid} 2>/dev/null; true"
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._connect_timeout):
+            try:
+                connection, process = await self._open_channel(script)
+            except Exception as exc:
+                log.warning("%s: could not kill remote process %d: %s", self, pid, exc)
+                return
+            try:
+                process.stdin.write_eof()
+                await process.wait_closed()
+            except Exception as exc:
+                log.warning("%s: could not kill remote process %d: %s", self, pid, exc)
+            finally:
+                process.close()
+                self._release(connection)
+
+    # -- SFTP -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _sftp(self) -> AsyncIterator[asyncssh.SFTPClient]:
+        """An SFTP session, one per connection, kept open (it holds one channel)."""
+        connection = await self._acquire()
+        try:
+            if connection.sftp is None:
+                connection.sftp = await connection.conn.start_sftp_client()
+                connection.used += 1  # for good: the session stays open
+            yield connection.sftp
+        except Exception as exc:
+            if _connection_failure(exc):
+                connection.broken = True
+                raise self._unavailable(
+                    "the connection dropped during a file transfer", exc
+                ) from exc
+            raise
+        finally:
+            self._release(connection)
+
+    # -- the pool ---------------------------------------------------------------------
+
+    async def _acquire(self) -> _Connection:
+        """A connection with a free channel, connecting when every one is full."""
+        require_asyncio("SSHShell", _ASYNCSSH)
+        while True:
+            self._connections = [c for c in self._connections if c.usable or c.used]
+            free = [c for c in self._connections if c.usable and c.used < c.limit]
+            if free:
+                connection = min(free, key=lambda c: c.used)
+                connection.used += 1
+                return connection
+            live = sum(1 for c in self._connections if c.usable)
+            if not self._connecting and live < self._max_connections:
+                self._connecting = True
+                try:
+                    connection = await self._connect()
+                finally:
+                    self._connecting = False
+                    self._wake()
+                connection.used += 1
+                self._connections.append(connection)
+                return connection
+            if self._freed is None or self._freed.is_set():
+                self._freed = anyio.Event()
+            await self._freed.wait()
+
+    def _release(self, connection: _Connection) -> None:
+        connection.used -= 1
+        if connection.broken and connection.used <= (1 if connection.sftp else 0):
+            connection.conn.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._freed is not None:
+            self._freed.set()
+
+    async def _connect(self) -> _Connection:
+        asyncssh = _import_asyncssh()
+        options = dict(self._options)
+        options.setdefault("login_timeout", self._connect_timeout)
+        options.setdefault("connect_timeout", self._connect_timeout)
+        if self.username is not None:
+            options.setdefault("username", self.username)
+        try:
+            conn = await asyncssh.connect(self.host, port=self.port, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            known = options.get("known_hosts", "~/.ssh/known_hosts")
+            raise BackendUnavailable(
+                f"refusing {self._target()}: its host key is unknown or has changed "
+                f"({exc.reason}). If you trust this host, add its key to the known_hosts "
+                f"file checked ({known!s}), e.g. `ssh-keyscan -p {self.port} {self.host} "
+                f">> ~/.ssh/known_hosts` after checking the fingerprint, or pass "
+                "connect_options={'known_hosts': PATH}"
+            ) from None
+        except asyncssh.PermissionDenied as exc:
+            raise BackendUnavailable(
+                f"SSH authentication to {self._target()} was refused ({exc.reason}): "
+                "check the username and the client keys"
+            ) from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise self._unavailable("cannot connect", exc) from exc
+        log.debug("%s: connected", self)
+        return _Connection(conn, self._channels)
+
+    def _unavailable(self, what: str, exc: BaseException | None) -> BackendUnavailable:
+        detail = f": {exc}" if exc is not None and str(exc) else ""
+        return BackendUnavailable(f"SSH to {self._target()}: {what}{detail}")

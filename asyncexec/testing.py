@@ -302,6 +302,7 @@ async def check_launcher(
     only: Iterable[str] | None = None,
     n_workers: int = 2,
     tmp_root: str | None = None,
+    workdir_mode: int | None = None,
 ) -> None:
     """Run the conformance suite against launchers made by ``make_launcher``.
 
@@ -316,6 +317,8 @@ async def check_launcher(
             system's temporary directory). Tasks write there, so it must be the
             same path for the driver and for the tasks (a shared or mounted
             directory, for containers and clusters).
+        workdir_mode: the scratch directories' mode, when tasks run as
+            another user (``0o777`` for a cluster's user).
     """
     probe = make_launcher()
     applicable = conformance_cases(type(probe))
@@ -326,6 +329,8 @@ async def check_launcher(
         case = CONFORMANCE_CASES[name][0]
         launcher = probe if name == names[0] else make_launcher()
         with tempfile.TemporaryDirectory(prefix="asyncexec-conformance-", dir=tmp_root) as workdir:
+            if workdir_mode is not None:
+                os.chmod(workdir, workdir_mode)
             async with BaseExecutor(n_workers, launcher=launcher) as executor:
                 try:
                     await case(_Context(executor, launcher, workdir))

@@ -7,6 +7,10 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+# The real cluster (Slurm and sshd) of the SSH and Slurm tests.
+from .cluster import cluster as cluster
+from .cluster import scratch as scratch
+
 ASYNCIO = pytest.param("asyncio", id="asyncio")
 TRIO = pytest.param("trio", id="trio")
 UVLOOP = pytest.param(

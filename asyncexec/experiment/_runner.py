@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +30,8 @@ from ._store import ResultsStore, RunSpec
 
 __all__ = ["Experiment", "RunSummary"]
 
+log = logging.getLogger("asyncexec")
+
 
 class RunSummary(msgspec.Struct, kw_only=True):
     """What one ``Experiment.run`` did."""
@@ -39,6 +42,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     done: int  # finished with a value, in all runs so far
     failed: int  # finished with an error, in all runs so far
     ran: int  # tasks this run executed (successes and failures)
+    reattached: int = 0  # of those, tasks a crashed runner left running, followed again
     cancelled: bool  # stopped before the end (cancellation, or `asyncexec cancel`)
     elapsed: float
 
@@ -170,6 +174,7 @@ class Experiment:
             done=counts["done"],
             failed=counts["failed"],
             ran=dispatch.ran,
+            reattached=dispatch.reattached,
             cancelled=cancelled,
             elapsed=time.monotonic() - started,
         )
@@ -197,6 +202,7 @@ class _Dispatch:
         self.window = anyio.Semaphore(max(2, 2 * executor.n_workers))
         self.held: set[str] = set()
         self.ran = 0
+        self.reattached = 0  # runs whose running task was followed again, not resubmitted
         self.poll = min(2.0, sweeper.lease / 3)
         self.recorded = anyio.Event()
 
@@ -240,6 +246,11 @@ class _Dispatch:
         async def collect(fingerprint: str, future: Future[Any]) -> None:
             nonlocal in_flight, all_collected
             try:
+                await future._until_accepted()
+                ref = future.info.job_ref
+                if ref is not None and not future.ready() and self.executor.can_attach(ref):
+                    # The work outlives us: a runner resuming after a crash follows it.
+                    await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
                 await future.wait()
             finally:
                 with anyio.CancelScope(shield=True):
@@ -273,7 +284,7 @@ class _Dispatch:
                 self.held.discard(fingerprint)
                 self.window.release()
                 continue
-            future = await self._submit(self.by_fingerprint[fingerprint])
+            future = await self._follow_or_submit(fingerprint, status)
             self.held.discard(fingerprint)
             in_flight += 1
             all_collected = anyio.Event()
@@ -283,11 +294,25 @@ class _Dispatch:
             tg.start_soon(collect, fingerprint, future)
         await all_collected.wait()
 
+    async def _follow_or_submit(self, fingerprint: str, status: str | None) -> Future[Any]:
+        """Re-attach to the task of a run a crashed runner left running, else submit it."""
+        run = self.by_fingerprint[fingerprint]
+        if status == "running":
+            ref = await anyio.to_thread.run_sync(self.store.job_ref, fingerprint)
+            if ref is not None and self.executor.can_attach(ref):
+                log.info("re-attaching to %s (%s %s)", fingerprint, ref.kind, ref.native_id)
+                self.reattached += 1
+                return await self.executor.attach(ref, name=self._name(run))
+        return await self._submit(run)
+
+    def _name(self, run: RunSpec) -> str:
+        return f"{self.experiment.name}[{slugify(run.params)}#{run.repeat}]"
+
     async def _submit(self, run: RunSpec) -> Future[Any]:
         experiment = self.experiment
         stem = os.path.join(self.logs, _log_name(run))
         options = (experiment.options or self.executor.options).replace(
-            name=f"{experiment.name}[{slugify(run.params)}#{run.repeat}]",
+            name=self._name(run),
             log_stdout=f"{stem}.out",
             log_stderr=f"{stem}.err",
         )

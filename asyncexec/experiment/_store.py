@@ -23,6 +23,7 @@ import msgspec
 
 from .._exceptions import AsyncExecError, RemoteError
 from .._future import Future, FutureState
+from .._messages import JobRef
 from .._sqlite import Transaction, connect
 
 __all__ = ["ResultsStore", "RunSpec", "StoreError"]
@@ -207,6 +208,13 @@ class ResultsStore:
             [(info.submitted, time.time(), fingerprint)],
         )
 
+    def set_job_ref(self, fingerprint: str, ref: JobRef) -> None:
+        """Keep where a running run's task went, to re-attach to it after a crash."""
+        self._write(
+            "UPDATE runs SET job_ref = ?, updated = ? WHERE fingerprint = ? AND status = 'running'",
+            [(msgspec.json.encode(ref).decode(), time.time(), fingerprint)],
+        )
+
     def record(self, fingerprint: str, future: Future[Any]) -> str:
         """Store what became of the run's future; return the status recorded."""
         info = future.info
@@ -276,6 +284,19 @@ class ResultsStore:
         return row is not None
 
     # -- reading --------------------------------------------------------------------
+
+    def job_ref(self, fingerprint: str) -> JobRef | None:
+        """Where the run's last task went, if it was accepted somewhere."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT job_ref FROM runs WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        if row is None or not row[0]:
+            return None
+        try:
+            return msgspec.json.decode(row[0], type=JobRef)
+        except msgspec.ValidationError:
+            return None
 
     def status(self, fingerprint: str) -> str | None:
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -36,7 +36,7 @@ class LocalJob:
 
 
 J = TypeVar("J", bound=LocalJob)
-_L = TypeVar("_L", bound="LocalLauncher[LocalJob]")
+_L = TypeVar("_L", bound="LocalLauncher[Any]")
 
 
 class LocalLauncher(Launcher, Generic[J]):

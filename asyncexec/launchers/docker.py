@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import anyio.abc
 
+from .._aio import require_asyncio
 from .._exceptions import BackendUnavailable, LaunchError, describe_exit
 from .._executor import BaseExecutor
 from .._options import TaskOptions
@@ -72,6 +73,7 @@ Mode = Literal["oneshot", "warm"]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 _NOT_FOUND = 404
+_AIOHTTP = "aiodocker is built on aiohttp"
 _CONFLICT = 409
 #: Seconds to connect to the engine, and to wait for one API call that cleans up.
 _CONNECT_TIMEOUT = 30.0
@@ -86,18 +88,6 @@ def _import_aiodocker() -> Any:
             "the Docker backend needs aiodocker: pip install 'asyncexec[docker]'"
         ) from exc
     return aiodocker
-
-
-def _require_asyncio(what: str) -> None:
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            f"{what} runs on asyncio only (aiodocker is built on aiohttp), "
-            "not on trio or outside an event loop"
-        ) from None
 
 
 def _docker_error_status(exc: BaseException) -> int | None:
@@ -457,7 +447,7 @@ class DockerLauncher(PoolLauncher):
     # -- lifecycle ------------------------------------------------------------------
 
     async def _open(self) -> None:
-        _require_asyncio("the Docker backend")
+        require_asyncio("the Docker backend", _AIOHTTP)
         self._docker = await _open_engine(self.url, self._n_workers)
         await self._check_image()
         await super()._open()
@@ -654,7 +644,7 @@ async def prune_containers(
     """
     if (executor_id is None) == (not every):
         raise ValueError("name one executor_id, or pass every=True for all of asyncexec's")
-    _require_asyncio("prune_containers")
+    require_asyncio("prune_containers", _AIOHTTP)
     docker = await _open_engine(url)
     label = EXECUTOR_LABEL if executor_id is None else f"{EXECUTOR_LABEL}={executor_id}"
     removed = []

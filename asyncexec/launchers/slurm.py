@@ -1,0 +1,948 @@
+"""Run tasks on a Slurm cluster: :class:`SlurmExecutor`, its launcher and its config.
+
+The launcher reaches the cluster through a :class:`~asyncexec.abc.Shell`:
+:class:`~asyncexec.shells.LocalShell` on a login node, or
+:class:`~asyncexec.shells.SSHShell` from anywhere else. It treats the
+scheduler gently:
+
+* **Submission.** ``start`` calls made within ``batch_window`` seconds of
+  each other become one ``sbatch --array`` job (several when there are more
+  than the cluster's ``MaxArraySize`` array tasks). Each array task runs
+  ``chunk_size`` tasks with the project's one-shot worker (``python -m
+  asyncexec.worker run``). The tasks and the job script reach the cluster as
+  one archive on the standard input of the one command that unpacks them and
+  calls ``sbatch``: one round trip per array, whatever its size. Staging
+  directories are 0700 and files 0600.
+* **Polling.** One poller per launcher calls ``squeue`` once per interval for
+  every live job, ``sacct --parsable2`` only for array tasks that left the
+  queue without an outcome, and fetches the outcomes of finished tasks in one
+  archive. The interval starts at ``poll_interval`` and grows towards
+  ``max_poll_interval`` while nothing changes.
+* **Time limits** become ``--time`` (Slurm counts in whole minutes) and the
+  worker's own limit, which stops the task on time and reports it.
+* **Cancellation** is ``scancel`` of exactly the array task (all cancels
+  made together share one call); when the array task runs other live tasks
+  of its chunk, a marker file tells the worker to skip or interrupt only
+  that one. ``cancel`` returns once the poller has seen the task end.
+* **Re-attach.** A :class:`~asyncexec.JobRef` names the array task, the task
+  and its staging directory: a new launcher on the same cluster can ``wait``
+  for it (``executor.attach(ref)``), and :meth:`SlurmLauncher.find_refs`
+  lists what a killed driver left in a staging directory.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import math
+import re
+import shlex
+import tarfile
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import msgspec
+
+from .._codec import versions
+from .._exceptions import BackendUnavailable, LaunchError
+from .._executor import BaseExecutor
+from .._messages import Batch, JobRef, Outcome, TaskSpec
+from .._options import TaskOptions
+from ..abc import Launcher, Shell
+from ._local import LocalJob, LocalLauncher
+
+__all__ = ["SlurmConfig", "SlurmExecutor", "SlurmLauncher", "parse_time"]
+
+log = logging.getLogger("asyncexec")
+
+# -- configuration ------------------------------------------------------------------
+
+_TIME_PART = re.compile(r"\d+")
+_MEMORY = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
+
+
+def parse_time(value: str) -> int | None:
+    """Seconds in a Slurm time string; None for ``UNLIMITED``/``INFINITE``.
+
+    Slurm's formats: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``.
+
+    Raises:
+        ValueError: not one of them.
+    """
+    text = value.strip()
+    if text.upper() in {"UNLIMITED", "INFINITE"}:
+        return None
+    days = 0
+    rest = text
+    if "-" in text:
+        day_text, rest = text.split("-", 1)
+        if not _TIME_PART.fullmatch(day_text):
+            raise ValueError(f"not a Slurm time: {value!r}")
+        days = int(day_text)
+    parts = rest.split(":")
+    if not 1 <= len(parts) <= 3 or not all(_TIME_PART.fullmatch(part) for part in parts):
+        raise ValueError(f"not a Slurm time: {value!r} (use M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
+    numbers = [int(part) for part in parts]
+    if "-" in text:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = [*numbers, 0, 0][:3]
+    elif len(numbers) == 3:
+        hours, minutes, seconds = numbers
+    else:  # M or M:S
+        hours, (minutes, seconds) = 0, [*numbers, 0][:2]
+    if (minutes >= 60 and (hours or days)) or (seconds >= 60 and len(numbers) > 1):
+        raise ValueError(f"not a Slurm time: {value!r} (minutes and seconds are < 60)")
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _line(name: str, value: str) -> str:
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ValueError(f"SlurmConfig.{name} must be one line, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SlurmConfig:
+    """How every array task is submitted; validated when made.
+
+    Args:
+        partition: ``--partition``.
+        time: ``--time`` of every array task, a Slurm time string (``"30"``,
+            ``"1:00:00"``, ``"2-00"``). Tasks with a time limit get at least
+            what their chunk needs, rounded up to whole minutes.
+        cpus: ``--cpus-per-task``.
+        memory: ``--mem``: megabytes, or a string such as ``"4G"``.
+        gpus: ``--gres=gpu:N``.
+        account: ``--account``.
+        qos: ``--qos``.
+        max_concurrent: array tasks of one array running at once (``%N``).
+        max_array_size: array tasks per array at most (the cluster's
+            ``MaxArraySize`` caps it anyway).
+        chunk_size: tasks run one after the other by each array task.
+        modules: ``module load`` these first.
+        conda_env: ``conda activate`` this environment.
+        venv: ``source <venv>/bin/activate``; its python runs the worker.
+        python: the interpreter that runs the worker (default ``python3``, or
+            the venv's). It needs asyncexec and cloudpickle, of the driver's
+            Python minor version.
+        setup: shell lines run before the worker (after modules and envs).
+        extra_sbatch: more ``sbatch`` options, each one word (``"--exclusive"``,
+            ``"--constraint=haswell"``).
+        job_name: ``--job-name``.
+        requeue: let Slurm requeue array tasks after a node failure or
+            preemption (``--requeue``); else they fail with ``WorkerLost``.
+        poll_interval: seconds between polls while tasks finish.
+        max_poll_interval: the ceiling the interval grows towards while
+            nothing changes.
+    """
+
+    partition: str | None = None
+    time: str | None = None
+    cpus: int = 1
+    memory: int | str | None = None
+    gpus: int | None = None
+    account: str | None = None
+    qos: str | None = None
+    max_concurrent: int | None = None
+    max_array_size: int | None = None
+    chunk_size: int = 1
+    modules: Sequence[str] = ()
+    conda_env: str | None = None
+    venv: str | None = None
+    python: str | None = None
+    setup: Sequence[str] = ()
+    extra_sbatch: Sequence[str] = ()
+    job_name: str = "asyncexec"
+    requeue: bool = False
+    poll_interval: float = 0.25
+    max_poll_interval: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("cpus", "gpus", "max_concurrent", "max_array_size", "chunk_size"):
+            value = getattr(self, name)
+            if value is None and name not in {"cpus", "chunk_size"}:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SlurmConfig.{name} must be a positive integer, got {value!r}")
+        if self.time is not None:
+            parse_time(self.time)
+        memory = self.memory
+        if memory is not None and (
+            isinstance(memory, bool)
+            or (isinstance(memory, int) and memory < 1)
+            or (isinstance(memory, str) and not _MEMORY.fullmatch(memory))
+            or not isinstance(memory, int | str)
+        ):
+            raise ValueError(
+                f"SlurmConfig.memory must be megabytes or a size like '4G', got {memory!r}"
+            )
+        if self.conda_env is not None and self.venv is not None:
+            raise ValueError("SlurmConfig: give conda_env or venv, not both")
+        if not 0 < self.poll_interval <= self.max_poll_interval:
+            raise ValueError(
+                "SlurmConfig: need 0 < poll_interval <= max_poll_interval, got "
+                f"{self.poll_interval!r} and {self.max_poll_interval!r}"
+            )
+        for name in ("modules", "setup", "extra_sbatch"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TypeError(f"SlurmConfig.{name} must be a sequence of strings, not a string")
+            object.__setattr__(self, name, tuple(_line(name, str(item)) for item in value))
+        for option in self.extra_sbatch:
+            if not option.startswith("-") or any(c.isspace() for c in option):
+                raise ValueError(
+                    f"SlurmConfig.extra_sbatch items are single options such as "
+                    f"'--exclusive' or '--constraint=x', got {option!r}"
+                )
+        for name in ("partition", "account", "qos", "conda_env", "venv", "python", "job_name"):
+            value = getattr(self, name)
+            if value is not None and (not value or any(c.isspace() for c in value)):
+                raise ValueError(f"SlurmConfig.{name} must be one word, got {value!r}")
+
+    def sbatch_options(self, *, time_seconds: int | None) -> list[str]:
+        """The ``#SBATCH`` options of an array task (but --array, --output, --error)."""
+        options = [f"--job-name={self.job_name}", f"--cpus-per-task={self.cpus}"]
+        if self.partition:
+            options.append(f"--partition={self.partition}")
+        minutes = None
+        if self.time is not None:
+            configured = parse_time(self.time)
+            minutes = None if configured is None else math.ceil(configured / 60)
+        if time_seconds is not None:
+            needed = math.ceil(time_seconds / 60)
+            minutes = needed if minutes is None else max(minutes, needed)
+        if minutes is not None:
+            options.append(f"--time={minutes}")
+        elif self.time is not None:
+            options.append(f"--time={self.time}")
+        if self.memory is not None:
+            options.append(f"--mem={self.memory}")
+        if self.gpus is not None:
+            options.append(f"--gres=gpu:{self.gpus}")
+        if self.account:
+            options.append(f"--account={self.account}")
+        if self.qos:
+            options.append(f"--qos={self.qos}")
+        options.append("--requeue" if self.requeue else "--no-requeue")
+        options.extend(self.extra_sbatch)
+        return options
+
+    def interpreter(self) -> str:
+        if self.python is not None:
+            return self.python
+        if self.venv is not None:
+            return f"{self.venv.rstrip('/')}/bin/python"
+        return "python3"
+
+    def prologue(self) -> list[str]:
+        """The shell lines that prepare an array task's environment."""
+        lines = []
+        if self.modules:
+            lines.append("module load " + " ".join(shlex.quote(m) for m in self.modules))
+        if self.venv is not None:
+            lines.append(f"source {shlex.quote(self.venv.rstrip('/') + '/bin/activate')}")
+        if self.conda_env is not None:
+            lines.append('eval "$(conda shell.bash hook)"')
+            lines.append(f"conda activate {shlex.quote(self.conda_env)}")
+        lines.extend(self.setup)
+        return lines
+
+
+# -- Slurm's words ------------------------------------------------------------------
+
+#: Array task states that mean the work is over and lost.
+_LOST_STATES = {"OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "FAILED"}
+#: States a task reports while it may still run or run again.
+_LIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "RESIZING",
+    "SUSPENDED",
+    "COMPLETING",
+    "CONFIGURING",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+}
+
+#: Seconds to wait for sacct (which lags squeue) before calling a vanished task lost.
+_ACCOUNTING_GRACE = 60.0
+#: What of a dead array task's stderr to quote.
+_LOG_TAIL = 2000
+
+# The one command of a submission: unpack the archive (the job script, the
+# tasks), submit, and keep the job id beside them. umask 077 keeps everything,
+# the Slurm logs included (sbatch passes the umask on), private to the user.
+_SUBMIT = (
+    'umask 077 && mkdir -p "$1" && tar -x -f - -C "$1" && cd "$1" '
+    "&& mkdir -p out cancel log && sbatch --parsable job.sh > job_id.tmp "
+    "&& mv job_id.tmp job_id && cat job_id"
+)
+# Outcomes (and logs) named on stdin, one archive on stdout; missing files are skipped.
+_FETCH = "tar -c -f - -P --ignore-failed-read -T - 2>/dev/null; true"
+# What a killed driver left: one line per array, "<dir>\t<job id>\t<tasks.json>".
+_FIND = (
+    'cd "$1" 2>/dev/null || exit 0; for d in */; do d=${d%/}; '
+    '[ -f "$d/job_id" ] && [ -f "$d/tasks.json" ] && '
+    'printf "%s\\t%s\\t%s\\n" "$d" "$(cat "$d/job_id")" "$(cat "$d/tasks.json")"; done; true'
+)
+
+
+class _SlurmJob(LocalJob):
+    __slots__ = (
+        "array_id",
+        "cancel_requested",
+        "chunk",
+        "index",
+        "logs",
+        "missing_since",
+        "workdir",
+    )
+
+    def __init__(self, task_id: str, array_id: str, index: int, workdir: str) -> None:
+        super().__init__(task_id)
+        self.array_id = array_id
+        self.index = index
+        self.workdir = workdir
+        self.chunk: list[_SlurmJob] = [self]  # the tasks its array task runs
+        self.cancel_requested = False
+        self.missing_since: float | None = None  # left the queue; no outcome, no sacct yet
+        self.logs: tuple[str | None, str | None] = (None, None)  # log_stdout, log_stderr here
+
+    def remote_log(self, stream: int) -> str:
+        """Where the worker writes the task's whole stdout (1) or stderr (2)."""
+        return f"{self.workdir}/out/{self.task_id}.std{'out' if stream == 1 else 'err'}"
+
+    @property
+    def native_id(self) -> str:
+        return f"{self.array_id}_{self.index}"
+
+
+class _Pending:
+    __slots__ = ("abandoned", "done", "error", "ref", "task")
+
+    def __init__(self, task: TaskSpec) -> None:
+        self.task = task
+        self.done = anyio.Event()
+        self.ref: JobRef | None = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+
+class SlurmLauncher(LocalLauncher[_SlurmJob]):
+    """Runs tasks as Slurm array tasks, reached through ``shell``.
+
+    Args:
+        shell: how to reach a login node (``LocalShell()`` on one).
+        config: how to submit (see :class:`SlurmConfig`).
+        staging_dir: a directory on a file system the compute nodes share,
+            for the tasks, their outcomes and logs (default
+            ``$HOME/.asyncexec/slurm`` on the cluster). Each array gets a
+            subdirectory, removed once all its outcomes are read.
+        batch_window: seconds ``start`` calls are gathered into one array.
+        keep_staging: keep the subdirectories of finished arrays.
+    """
+
+    kind = "slurm"
+    enforces_time_limit = True
+    reattachable = True
+
+    def __init__(
+        self,
+        shell: Shell,
+        config: SlurmConfig | None = None,
+        *,
+        staging_dir: str | None = None,
+        batch_window: float = 0.05,
+        keep_staging: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(shell, Shell):
+            raise TypeError(f"shell must be a Shell (LocalShell, SSHShell), got {shell!r}")
+        if batch_window < 0:
+            raise ValueError(f"batch_window must be >= 0, got {batch_window!r}")
+        self.shell = shell
+        self.config = config if config is not None else SlurmConfig()
+        self.isolates_crashes = self.config.chunk_size == 1
+        self.staging_dir = staging_dir.rstrip("/") if staging_dir else None
+        self._batch_window = batch_window
+        self._keep_staging = keep_staging
+        self.max_array_size = 0  # the cluster's MaxArraySize, read on opening
+        #: How many times each command ran (sbatch, squeue, sacct, scancel, ...).
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._pending: list[_Pending] = []
+        self._to_cancel: list[_SlurmJob] = []
+        self._submit_wanted = anyio.Event()
+        self._cancel_wanted = anyio.Event()
+        self._poll_wanted = anyio.Event()
+        self._arrays: dict[str, list[_SlurmJob]] = {}  # array job id -> its unsettled jobs
+        self._finished_dirs: list[str] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SlurmLauncher({self.shell!r}, staging_dir={self.staging_dir!r})"
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        script = 'echo "$HOME"; scontrol show config'
+        done = await self._run("scontrol", ["sh", "-c", script])
+        if done.returncode != 0:
+            raise LaunchError(
+                f"cannot read the Slurm configuration through {self.shell!r}: "
+                f"{done.stderr.decode(errors='replace').strip()}"
+            )
+        lines = done.stdout.decode(errors="replace").splitlines()
+        home = lines[0].strip() if lines else ""
+        for line in lines[1:]:
+            key, _, value = line.partition("=")
+            if key.strip() == "MaxArraySize" and value.strip().isdigit():
+                self.max_array_size = int(value.strip())
+        if not self.max_array_size:
+            self.max_array_size = 1001  # Slurm's default
+        if self.staging_dir is None:
+            if not home.startswith("/"):
+                raise LaunchError(f"cannot find the home directory through {self.shell!r}")
+            self.staging_dir = f"{home}/.asyncexec/slurm"
+        assert self._tg is not None
+        self._tg.start_soon(self._submitter)
+        self._tg.start_soon(self._canceller)
+        self._tg.start_soon(self._poller)
+
+    async def aclose(self) -> None:
+        """Cancel what nobody waits for any more, stop the background tasks, clean up."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            live = [job for job in self._jobs.values() if not job.done.is_set()]
+            if live:
+                ids = sorted({job.native_id for job in live})
+                with contextlib.suppress(Exception):
+                    await self._run("scancel", ["scancel", *ids])
+            for job in live:
+                job.settle(Outcome(task_id=job.task_id, status="cancelled"))
+            for pending in self._pending:
+                pending.error = LaunchError("the Slurm launcher closed")
+                pending.done.set()
+            self._pending = []
+            if self._finished_dirs and not self._keep_staging:
+                dirs, self._finished_dirs = self._finished_dirs, []
+                with contextlib.suppress(Exception):
+                    await self._run("rm", ["rm", "-rf", "--", *dirs])
+            self._submit_wanted.set()
+            self._cancel_wanted.set()
+            self._poll_wanted.set()
+            with contextlib.suppress(Exception):
+                await self.shell.aclose()
+
+    # -- the seam -------------------------------------------------------------------
+
+    async def start(self, task: TaskSpec) -> JobRef:
+        if self._closed or self._tg is None:
+            raise LaunchError("the Slurm launcher is not open")
+        # The outcome carries what the task printed: info.stdout / info.stderr.
+        pending = _Pending(msgspec.structs.replace(task, capture_output=True))
+        self._pending.append(pending)
+        self._submit_wanted.set()
+        try:
+            await pending.done.wait()
+        except BaseException:
+            if pending in self._pending:
+                self._pending.remove(pending)  # never submitted
+            else:
+                pending.abandoned = True  # being submitted: cancelled once it is
+            raise
+        if pending.error is not None:
+            raise pending.error
+        assert pending.ref is not None
+        return pending.ref
+
+    async def wait(self, ref: JobRef) -> Outcome:
+        task_id = ref.task_id or ref.native_id
+        job = self._jobs.get(task_id)
+        if job is None:
+            job = self._adopt(ref)
+        await job.done.wait()
+        self._jobs.pop(task_id, None)
+        assert job.outcome is not None
+        return job.outcome
+
+    async def cancel(self, ref: JobRef) -> None:
+        job = self._jobs.get(ref.task_id or ref.native_id)
+        if job is None or job.done.is_set():
+            return
+        if not job.cancel_requested:
+            job.cancel_requested = True
+            self._to_cancel.append(job)
+            self._cancel_wanted.set()
+        with anyio.move_on_after(self.config.max_poll_interval + _ACCOUNTING_GRACE):
+            await job.done.wait()
+        if not job.done.is_set():
+            log.warning("Slurm has not confirmed the end of %s after scancel", job.native_id)
+
+    def _adopt(self, ref: JobRef) -> _SlurmJob:
+        """Watch a task another launcher started (re-attach), from its JobRef."""
+        if ref.kind != self.kind or ref.workdir is None or "_" not in ref.native_id:
+            raise LaunchError(f"not a Slurm task of asyncexec: {ref!r}")
+        array_id, _, index = ref.native_id.rpartition("_")
+        job = _SlurmJob(ref.task_id or ref.native_id, array_id, int(index), ref.workdir)
+        self._jobs[job.task_id] = job
+        self._arrays.setdefault(array_id, []).append(job)
+        self._poll_wanted.set()
+        return job
+
+    async def find_refs(self) -> list[JobRef]:
+        """JobRefs of every task whose array is still in the staging directory.
+
+        What a driver killed before it read all outcomes leaves there: pass
+        them to ``executor.attach`` to collect their outcomes (or to wait for
+        those still running).
+        """
+        if self.staging_dir is None:
+            raise LaunchError("the Slurm launcher is not open")
+        done = await self._run("find", ["sh", "-c", _FIND, "asyncexec-find", self.staging_dir])
+        refs = []
+        for line in done.stdout.decode(errors="replace").splitlines():
+            name, job_id, tasks_json = line.split("\t", 2)
+            workdir = f"{self.staging_dir}/{name}"
+            for task_id, index in json.loads(tasks_json):
+                refs.append(self._ref(job_id.strip(), index, task_id, workdir))
+        return refs
+
+    def _ref(self, array_id: str, index: int, task_id: str, workdir: str) -> JobRef:
+        host = getattr(self.shell, "host", None)
+        return JobRef(
+            kind=self.kind,
+            native_id=f"{array_id}_{index}",
+            host=host if isinstance(host, str) else None,
+            workdir=workdir,
+            task_id=task_id,
+        )
+
+    # -- commands ---------------------------------------------------------------------
+
+    async def _run(self, name: str, argv: list[str], *, input: bytes | None = None) -> Any:
+        self.calls[name] += 1
+        return await self.shell.run(argv, input=input)
+
+    # -- submission -----------------------------------------------------------------
+
+    async def _submitter(self) -> None:
+        while not self._closed:
+            await self._submit_wanted.wait()
+            self._submit_wanted = anyio.Event()
+            await anyio.sleep(self._batch_window)  # let concurrent starts gather
+            batch, self._pending = self._pending, []
+            if batch and not self._closed:
+                await self._submit(batch)
+
+    async def _submit(self, batch: list[_Pending]) -> None:
+        size = self.config.chunk_size
+        chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+        per_array = min(self.max_array_size, self.config.max_array_size or self.max_array_size)
+        async with anyio.create_task_group() as tg:
+            for start in range(0, len(chunks), per_array):
+                tg.start_soon(self._submit_array, chunks[start : start + per_array])
+
+    async def _submit_array(self, chunks: list[list[_Pending]]) -> None:
+        assert self.staging_dir is not None
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        workdir = f"{self.staging_dir}/{name}"
+        everyone = [pending for chunk in chunks for pending in chunk]
+        local_logs: dict[str, tuple[str | None, str | None]] = {}
+        for pending in everyone:
+            task = pending.task
+            if task.stdout_path or task.stderr_path:
+                # log_stdout / log_stderr name files on the driver's side: the worker
+                # writes beside its outcome, the poller brings the files back.
+                local_logs[task.task_id] = (task.stdout_path, task.stderr_path)
+                stem = f"{workdir}/out/{task.task_id}"
+                pending.task = msgspec.structs.replace(
+                    task,
+                    stdout_path=f"{stem}.stdout" if task.stdout_path else None,
+                    stderr_path=f"{stem}.stderr" if task.stderr_path else None,
+                )
+        try:
+            archive = self._archive(workdir, chunks)
+            done = await self._run(
+                "sbatch", ["sh", "-c", _SUBMIT, "asyncexec-submit", workdir], input=archive
+            )
+            if done.returncode != 0:
+                detail = done.stderr.decode(errors="replace").strip()
+                raise LaunchError(f"sbatch refused {len(everyone)} task(s): {detail}")
+            array_id = done.stdout.decode().strip().split(";")[0]
+            if not array_id.isdigit():
+                raise LaunchError(f"sbatch answered {done.stdout!r}, not a job id")
+        except Exception as exc:
+            error = exc if isinstance(exc, LaunchError) else LaunchError(f"cannot submit: {exc}")
+            for pending in everyone:
+                pending.error = error
+                pending.done.set()
+            return
+        log.debug("submitted %d task(s) as Slurm array %s", len(everyone), array_id)
+        jobs = self._arrays.setdefault(array_id, [])
+        for index, chunk in enumerate(chunks):
+            siblings: list[_SlurmJob] = []
+            for pending in chunk:
+                job = _SlurmJob(pending.task.task_id, array_id, index, workdir)
+                job.logs = local_logs.get(job.task_id, (None, None))
+                job.chunk = siblings
+                siblings.append(job)
+                jobs.append(job)
+                self._jobs[job.task_id] = job
+                pending.ref = self._ref(array_id, index, job.task_id, workdir)
+                pending.done.set()
+                if pending.abandoned:  # its start was cancelled while sbatch ran
+                    job.cancel_requested = True
+                    self._to_cancel.append(job)
+                    self._cancel_wanted.set()
+        self._poll_wanted.set()
+
+    def _archive(self, workdir: str, chunks: list[list[_Pending]]) -> bytes:
+        """The tar archive of an array: its job script, its tasks, and their index."""
+        config = self.config
+        limits = [
+            sum(p.task.time_limit for p in chunk if p.task.time_limit is not None)
+            for chunk in chunks
+        ]
+        unlimited = any(p.task.time_limit is None for chunk in chunks for p in chunk)
+        # The worker stops a task at its limit and its watchdog the worker 10 s later.
+        time_seconds = None if unlimited else math.ceil(max(limits) + 30)
+        array = f"0-{len(chunks) - 1}"
+        if config.max_concurrent is not None:
+            array += f"%{config.max_concurrent}"
+        header = [
+            f"--array={array}",
+            f"--output={workdir}/log/%a.out",
+            f"--error={workdir}/log/%a.err",
+            *config.sbatch_options(time_seconds=time_seconds),
+        ]
+        worker = shlex.join(
+            [
+                config.interpreter(),
+                "-m",
+                "asyncexec.worker",
+                "run",
+                "--output",
+                "none",
+                "--output-dir",
+                f"{workdir}/out",
+                "--cancel-dir",
+                f"{workdir}/cancel",
+                "--input",
+            ]
+        )
+        script = "\n".join(
+            [
+                "#!/bin/bash",
+                *(f"#SBATCH {shlex.quote(option)}" for option in header),
+                "umask 077",
+                *config.prologue(),
+                f'exec {worker} "{workdir}/in/$SLURM_ARRAY_TASK_ID.bin"',
+                "",
+            ]
+        )
+        current = versions()
+        files: dict[str, bytes] = {"job.sh": script.encode()}
+        index: list[tuple[str, int]] = []
+        for number, chunk in enumerate(chunks):
+            tasks = [pending.task for pending in chunk]
+            files[f"in/{number}.bin"] = msgspec.msgpack.encode(Batch(versions=current, tasks=tasks))
+            index.extend((task.task_id, number) for task in tasks)
+        files["tasks.json"] = json.dumps(index).encode()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            directory = tarfile.TarInfo("in")
+            directory.type = tarfile.DIRTYPE
+            directory.mode = 0o700
+            tar.addfile(directory)
+            for path, data in files.items():
+                info = tarfile.TarInfo(path)
+                info.size = len(data)
+                info.mode = 0o700 if path == "job.sh" else 0o600
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    # -- cancellation ---------------------------------------------------------------
+
+    async def _canceller(self) -> None:
+        while not self._closed:
+            await self._cancel_wanted.wait()
+            self._cancel_wanted = anyio.Event()
+            await anyio.sleep(self._batch_window)  # cancels made together: one scancel
+            jobs, self._to_cancel = self._to_cancel, []
+            jobs = [job for job in jobs if not job.done.is_set()]
+            if jobs and not self._closed:
+                try:
+                    await self._cancel_now(jobs)
+                except Exception:
+                    log.warning("could not cancel %d Slurm task(s)", len(jobs), exc_info=True)
+                self._poll_wanted.set()
+
+    async def _cancel_now(self, jobs: list[_SlurmJob]) -> None:
+        whole: set[str] = set()  # array tasks to scancel
+        markers: list[str] = []  # tasks to skip or interrupt inside a running chunk
+        for job in jobs:
+            others = [s for s in job.chunk if s is not job and not s.done.is_set()]
+            if all(other.cancel_requested for other in others):
+                whole.add(job.native_id)
+            else:
+                markers.append(f"{job.workdir}/cancel/{job.task_id}")
+        if markers:
+            await self._run("touch", ["touch", "--", *markers])
+        if whole:
+            done = await self._run("scancel", ["scancel", *sorted(whole)])
+            if done.returncode != 0:
+                log.warning("scancel: %s", done.stderr.decode(errors="replace").strip())
+
+    # -- polling ----------------------------------------------------------------------
+
+    async def _poller(self) -> None:
+        interval = self.config.poll_interval
+        while not self._closed:
+            live = [job for job in self._jobs.values() if not job.done.is_set()]
+            if not live:
+                await self._poll_wanted.wait()
+                self._poll_wanted = anyio.Event()
+                interval = self.config.poll_interval
+                continue
+            with anyio.move_on_after(interval):
+                await self._poll_wanted.wait()
+                interval = self.config.poll_interval  # new work, or a cancel to confirm
+            self._poll_wanted = anyio.Event()
+            if self._closed:
+                return
+            try:
+                changed = await self._poll(live)
+            except (BackendUnavailable, OSError) as exc:
+                log.warning("polling Slurm failed (%s); trying again", exc)
+                changed = False
+            except Exception:
+                log.exception("polling Slurm failed; trying again")
+                changed = False
+            if changed:
+                interval = self.config.poll_interval
+            else:
+                interval = min(interval * 1.5, self.config.max_poll_interval)
+
+    async def _poll(self, live: list[_SlurmJob]) -> bool:
+        """One round: squeue, then outcomes (and sacct) for what left the queue."""
+        arrays = sorted({job.array_id for job in live}, key=int)
+        done = await self._run(
+            "squeue", ["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"]
+        )
+        stderr = done.stderr.decode(errors="replace")
+        if done.returncode != 0 and "Invalid job id" not in stderr:
+            raise LaunchError(f"squeue failed: {stderr.strip()}")
+        queued: dict[str, str] = {}
+        for line in done.stdout.decode(errors="replace").splitlines():
+            native_id, _, state = line.strip().partition("|")
+            queued[native_id] = state
+        gone = [job for job in live if job.native_id not in queued]
+        # Cancelled inside a running chunk: its outcome comes before the chunk ends.
+        marked = [
+            job
+            for job in live
+            if job.cancel_requested and job.native_id in queued and len(job.chunk) > 1
+        ]
+        if not gone and not marked:
+            return False
+        files = await self._fetch(gone + marked, logs={job.native_id: job for job in gone})
+        changed = False
+        vanished: list[_SlurmJob] = []
+        for job in gone + marked:
+            data = files.get(f"{job.workdir}/out/{job.task_id}.bin")
+            if data is not None:
+                await self._copy_logs(job, files)
+                self._settle(job, msgspec.msgpack.decode(data, type=Outcome))
+                changed = True
+            elif job in gone:
+                vanished.append(job)
+        if vanished:
+            changed |= await self._account(vanished, files)
+        return changed
+
+    async def _fetch(self, jobs: list[_SlurmJob], logs: dict[str, _SlurmJob]) -> dict[str, bytes]:
+        """The outcome files of ``jobs`` (and stderr logs of array tasks), in one archive."""
+        names = [f"{job.workdir}/out/{job.task_id}.bin" for job in jobs]
+        for job in jobs:
+            names += [job.remote_log(n + 1) for n, local in enumerate(job.logs) if local]
+        names += [f"{job.workdir}/log/{job.index}.err" for job in logs.values()]
+        done = await self._run("fetch", ["sh", "-c", _FETCH], input="\n".join(names).encode())
+        files: dict[str, bytes] = {}
+        if not done.stdout:
+            return files
+        with tarfile.open(fileobj=io.BytesIO(done.stdout), mode="r:") as tar:
+            for member in tar:
+                extracted = tar.extractfile(member) if member.isfile() else None
+                if extracted is not None:
+                    files["/" + member.name.lstrip("/")] = extracted.read()
+        return files
+
+    async def _copy_logs(self, job: _SlurmJob, files: dict[str, bytes]) -> None:
+        """Append what the task wrote to the log files the driver asked for."""
+        for stream, local in enumerate(job.logs, start=1):
+            data = files.get(job.remote_log(stream))
+            if local and data is not None:
+                try:
+                    async with await anyio.open_file(local, "ab") as file:
+                        await file.write(data)
+                except OSError as exc:
+                    log.warning(
+                        "cannot write the log of task %s to %s: %s", job.task_id, local, exc
+                    )
+
+    async def _account(self, jobs: list[_SlurmJob], files: dict[str, bytes]) -> bool:
+        """Settle tasks that left the queue without an outcome, from sacct's states."""
+        now = time.monotonic()
+        states: dict[str, tuple[str, str]] = {}
+        asking = [job for job in jobs if not job.cancel_requested]
+        if asking:
+            ids = sorted({job.native_id for job in asking})
+            done = await self._run(
+                "sacct",
+                [
+                    "sacct",
+                    "--parsable2",
+                    "-n",
+                    "-X",
+                    "-j",
+                    ",".join(ids),
+                    "-o",
+                    "JobID,State,ExitCode",
+                ],
+            )
+            for line in done.stdout.decode(errors="replace").splitlines():
+                fields = line.strip().split("|")
+                if len(fields) >= 3:
+                    states[fields[0]] = (fields[1].split()[0] if fields[1] else "", fields[2])
+        changed = False
+        for job in jobs:
+            if job.cancel_requested:
+                # Pending array tasks cancelled one by one never reach sacct.
+                self._settle(job, Outcome(task_id=job.task_id, status="cancelled"))
+                changed = True
+                continue
+            state, exit_text = states.get(job.native_id, ("", ""))
+            outcome = self._outcome_from_state(job, state, exit_text, files)
+            if outcome is None:
+                if job.missing_since is None:
+                    job.missing_since = now
+                if now - job.missing_since < _ACCOUNTING_GRACE:
+                    continue  # sacct lags squeue
+                outcome = self._lost(job, state or "UNKNOWN", None, files, "left the queue")
+            self._settle(job, outcome)
+            changed = True
+        return changed
+
+    def _outcome_from_state(
+        self, job: _SlurmJob, state: str, exit_text: str, files: dict[str, bytes]
+    ) -> Outcome | None:
+        exit_code = None
+        code_text = exit_text.split(":")[0]
+        if code_text.isdigit():
+            exit_code = int(code_text)
+        if state == "TIMEOUT":
+            return Outcome(task_id=job.task_id, status="timeout", state=state, exit_code=exit_code)
+        if state == "CANCELLED":
+            return Outcome(
+                task_id=job.task_id, status="cancelled", state=state, exit_code=exit_code
+            )
+        if state in _LOST_STATES:
+            return self._lost(job, state, exit_code, files, "ended")
+        waited = time.monotonic() - (job.missing_since or time.monotonic())
+        if state == "COMPLETED" and waited > 10:  # the file system had time to show it
+            return self._lost(job, state, exit_code, files, "ended without an outcome")
+        return None  # not known yet, or still live (requeued)
+
+    def _lost(
+        self,
+        job: _SlurmJob,
+        state: str,
+        exit_code: int | None,
+        files: dict[str, bytes],
+        how: str,
+    ) -> Outcome:
+        from .._messages import ErrorInfo
+
+        message = f"Slurm array task {job.native_id} {how} ({state}"
+        message += f", exit code {exit_code})" if exit_code is not None else ")"
+        tail = files.get(f"{job.workdir}/log/{job.index}.err", b"")[-_LOG_TAIL:]
+        if tail.strip():
+            message += ": " + tail.decode(errors="replace").strip()
+        return Outcome(
+            task_id=job.task_id,
+            status="lost",
+            state=state,
+            exit_code=exit_code,
+            error=ErrorInfo(type_name="WorkerLost", message=message, traceback=""),
+        )
+
+    def _settle(self, job: _SlurmJob, outcome: Outcome) -> None:
+        job.settle(outcome)
+        jobs = self._arrays.get(job.array_id)
+        if jobs is not None and all(other.done.is_set() for other in jobs):
+            del self._arrays[job.array_id]
+            self._finished_dirs.append(job.workdir)
+
+
+class SlurmExecutor(BaseExecutor):
+    """Run tasks on a Slurm cluster, from its login node or over SSH.
+
+    Args:
+        shell: how to reach the cluster: ``LocalShell()`` (the default) on a
+            login node, ``SSHShell(host, ...)`` from anywhere else.
+        config: how array tasks are submitted (:class:`SlurmConfig`).
+        n_workers: tasks handed to Slurm at once at most (pending or running
+            there); ``config.max_concurrent`` limits how many run.
+        staging_dir: where tasks and outcomes live on the cluster's shared
+            file system (default ``$HOME/.asyncexec/slurm``).
+        batch_window: seconds submissions are gathered into one array.
+        keep_staging: keep the staging subdirectories of finished arrays.
+        options: default :class:`TaskOptions` for every task.
+        max_pending: queued tasks at most before ``submit`` waits.
+
+    ``time_limit`` becomes the array task's ``--time``, rounded up to whole
+    minutes as Slurm counts, and the worker's own limit, which stops the task
+    on time: the clock starts when the task starts, not while it waits in
+    Slurm's queue.
+    """
+
+    def __init__(
+        self,
+        shell: Shell | None = None,
+        config: SlurmConfig | None = None,
+        n_workers: int = 1000,
+        *,
+        staging_dir: str | None = None,
+        batch_window: float = 0.05,
+        keep_staging: bool = False,
+        options: TaskOptions | None = None,
+        max_pending: int | None = None,
+    ) -> None:
+        super().__init__(n_workers, options=options, max_pending=max_pending)
+        if shell is None:
+            from ..shells import LocalShell
+
+            shell = LocalShell()
+        self.slurm = SlurmLauncher(
+            shell,
+            config,
+            staging_dir=staging_dir,
+            batch_window=batch_window,
+            keep_staging=keep_staging,
+        )
+
+    def _create_launcher(self) -> Launcher:
+        return self.slurm

@@ -1,0 +1,222 @@
+"""Run tasks on hosts reached over SSH: :class:`SSHLauncher` and :class:`SSHExecutor`.
+
+Each host runs ``slots`` long-lived workers, ``python -m asyncexec.worker
+serve --stdio``, each on an SSH channel of its own, speaking the process
+pool's framed protocol (handshake and version check included). A task's
+prints arrive on the channel's stderr and are copied to the driver's.
+
+A connection that drops fails only the tasks its workers were running, with
+:class:`~asyncexec.WorkerLost`; the next task reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+
+from .._exceptions import BackendUnavailable, LaunchError
+from .._executor import BaseExecutor
+from .._options import TaskOptions
+from ..abc import Launcher, Shell, SpawnedProcess
+from ._pool import PoolLauncher, PoolWorker
+
+__all__ = ["SSHExecutor", "SSHLauncher"]
+
+
+class _RemoteWorker(PoolWorker):
+    """A worker process on a host, and the SSH channel it speaks on."""
+
+    def __init__(self, launcher: SSHLauncher, shell: Shell, process: SpawnedProcess) -> None:
+        super().__init__(process.stdin, process.stdout)
+        self._launcher = launcher
+        self.shell = shell
+        self.process = process
+        self.pid = getattr(process, "pid", None)
+        self._closed = False
+        self._exit_code: int | None = None
+        self._reaped = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"<remote worker {self.pid} on {self.shell!r}>"
+
+    def kill(self) -> None:
+        self.dead = True
+        self._launcher._background(self.process.kill)
+
+    async def close_input(self) -> None:
+        with contextlib.suppress(Exception):
+            async with self.send_lock:
+                await self.sender.aclose()
+
+    async def wait_exit(self) -> int | None:
+        return await self.process.wait()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await self.process.aclose()
+        self._launcher._left(self.shell)
+
+
+class SSHLauncher(PoolLauncher):
+    """Runs tasks on long-lived workers on SSH hosts, ``slots`` per host.
+
+    Args:
+        shells: one :class:`~asyncexec.shells.SSHShell` per host (any Shell works).
+        slots: workers per host.
+        python: the interpreter on the hosts (driver's minor version, with
+            asyncexec and cloudpickle installed).
+        initializer, max_tasks_per_worker, eager, startup_timeout, prefetch:
+            as for the process pool.
+    """
+
+    kind = "ssh"
+
+    def __init__(
+        self,
+        shells: Sequence[Shell],
+        *,
+        slots: int = 1,
+        python: str = "python3",
+        initializer: Callable[[], object] | None = None,
+        max_tasks_per_worker: int | None = None,
+        eager: bool = False,
+        startup_timeout: float = 60.0,
+        prefetch: int = 0,
+    ) -> None:
+        shells = list(shells)
+        if not shells:
+            raise ValueError("SSHLauncher needs at least one shell (host)")
+        for shell in shells:
+            if not isinstance(shell, Shell):
+                raise TypeError(f"not a Shell: {shell!r}")
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be a positive integer, got {slots!r}")
+        super().__init__(
+            len(shells) * slots,
+            initializer=initializer,
+            max_tasks_per_worker=max_tasks_per_worker,
+            eager=eager,
+            startup_timeout=startup_timeout,
+            prefetch=prefetch,
+        )
+        self.shells = shells
+        self.slots = slots
+        self.python = python
+        self._on_host: dict[int, int] = {index: 0 for index in range(len(shells))}
+
+    def __repr__(self) -> str:
+        return f"<SSHLauncher {len(self._workers)} workers on {len(self.shells)} host(s)>"
+
+    def _where(self) -> str:
+        return f"{self.python} over {', '.join(repr(shell) for shell in self.shells)}"
+
+    def _background(self, fn: Callable[[], Awaitable[object]]) -> None:
+        async def run() -> None:
+            with contextlib.suppress(Exception):
+                await fn()
+
+        if self._tg is not None:
+            self._tg.start_soon(run)
+
+    async def aclose(self) -> None:
+        """Stop the workers, then close every host's connections."""
+        try:
+            await super().aclose()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for shell in self.shells:
+                    with contextlib.suppress(Exception):
+                        await shell.aclose()
+
+    def _left(self, shell: Shell) -> None:
+        index = self.shells.index(shell)
+        self._on_host[index] = max(0, self._on_host[index] - 1)
+
+    async def _connect(self, task_id: str | None) -> PoolWorker:
+        # The host with the most free slots; hosts that cannot be reached are skipped.
+        order = sorted(self._on_host, key=lambda index: self._on_host[index])
+        errors: list[str] = []
+        for index in order:
+            if self._on_host[index] >= self.slots:
+                continue
+            shell = self.shells[index]
+            self._on_host[index] += 1
+            try:
+                process = await shell.spawn(
+                    [self.python, "-m", "asyncexec.worker", "serve", "--stdio"]
+                )
+            except BaseException as exc:
+                self._on_host[index] -= 1
+                if isinstance(exc, (BackendUnavailable, OSError)):
+                    errors.append(str(exc))
+                    continue
+                raise
+            worker = _RemoteWorker(self, shell, process)
+            assert self._tg is not None
+            self._tg.start_soon(_copy_stderr, process)
+            return worker
+        if errors:
+            raise BackendUnavailable("; ".join(errors))
+        raise LaunchError("every host's slots are taken")
+
+
+async def _copy_stderr(process: SpawnedProcess) -> None:
+    """What the tasks print (their stdout and stderr) goes to the driver's stderr."""
+    with contextlib.suppress(Exception):
+        async for chunk in process.stderr:
+            sys.stderr.write(chunk.decode(errors="replace"))
+            sys.stderr.flush()
+
+
+class SSHExecutor(BaseExecutor):
+    """Run tasks on hosts over SSH: ``slots`` long-lived workers per host.
+
+    Args:
+        shells: one :class:`~asyncexec.shells.SSHShell` per host.
+        slots: workers (tasks at once) per host.
+        python: the interpreter on the hosts (driver's Python minor version,
+            asyncexec and cloudpickle installed).
+        initializer: a callable each worker runs once when it starts.
+        max_tasks_per_worker: replace a worker after this many tasks.
+        eager: start every worker on entering ``async with`` (default: on need).
+        startup_timeout: seconds a worker may take to start and say hello.
+        prefetch: tasks queued at a busy worker (0: one task per worker at a
+            time, so a dropped connection fails only the tasks that ran).
+        options: default :class:`TaskOptions` for every task.
+        max_pending: queued tasks at most before ``submit`` waits.
+    """
+
+    def __init__(
+        self,
+        shells: Sequence[Shell],
+        *,
+        slots: int = 1,
+        python: str = "python3",
+        initializer: Callable[[], object] | None = None,
+        max_tasks_per_worker: int | None = None,
+        eager: bool = False,
+        startup_timeout: float = 60.0,
+        prefetch: int = 0,
+        options: TaskOptions | None = None,
+        max_pending: int | None = None,
+    ) -> None:
+        self.ssh = SSHLauncher(
+            shells,
+            slots=slots,
+            python=python,
+            initializer=initializer,
+            max_tasks_per_worker=max_tasks_per_worker,
+            eager=eager,
+            startup_timeout=startup_timeout,
+            prefetch=prefetch,
+        )
+        super().__init__(self.ssh._n_workers, options=options, max_pending=max_pending)
+
+    def _create_launcher(self) -> Launcher:
+        return self.ssh

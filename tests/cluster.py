@@ -1,0 +1,143 @@
+"""The real cluster the SSH and Slurm tests run against, started by the project's script.
+
+``scripts/slurm-up.sh`` starts (idempotently) a single-node Slurm cluster with
+accounting and an sshd on 127.0.0.1, and a venv of this interpreter's minor
+version for the cluster user's jobs; ``cluster.json`` says where everything is.
+In CI (``CI=true``) a missing cluster fails the tests; elsewhere they are
+skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from asyncexec import SSHShell
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI") == "true"
+CLUSTER_DIR = Path(os.environ.get("ASYNCEXEC_CLUSTER_DIR", "/var/tmp/asyncexec-cluster"))
+PY = "{}.{}".format(*sys.version_info[:2])
+
+
+def missing(reason: str) -> NoReturn:
+    if IN_CI:
+        pytest.fail(f"CI needs the Slurm cluster and sshd: {reason}")
+    pytest.skip(reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    host: str
+    port: int
+    user: str
+    client_key: str
+    known_hosts: str
+    home: str
+    node: str
+    python: str  # the venv of this interpreter's minor version, readable by the jobs
+
+    def shell(self, **overrides: Any) -> SSHShell:
+        options: dict[str, Any] = {
+            "client_keys": [self.client_key],
+            "known_hosts": self.known_hosts,
+        }
+        options.update(overrides.pop("connect_options", {}))
+        return SSHShell(
+            self.host,
+            port=self.port,
+            username=overrides.pop("username", self.user),
+            connect_options=options,
+            **overrides,
+        )
+
+
+def bring_up() -> None:
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "slurm-up.sh"), sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if done.returncode != 0:
+        missing(f"scripts/slurm-up.sh failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    """The cluster, brought up (or checked) once per session."""
+    bring_up()
+    try:
+        described = json.loads((CLUSTER_DIR / "cluster.json").read_text())
+    except (OSError, ValueError) as exc:
+        missing(f"no cluster description in {CLUSTER_DIR}: {exc}")
+    python = described.get("pythons", {}).get(PY)
+    if python is None:
+        missing(f"no cluster venv for Python {PY} (run scripts/slurm-up.sh {sys.executable})")
+    return Cluster(
+        host=described["host"],
+        port=int(described["port"]),
+        user=described["user"],
+        client_key=described["client_key"],
+        known_hosts=described["known_hosts"],
+        home=described["home"],
+        node=described["node"],
+        python=python,
+    )
+
+
+@pytest.fixture
+def scratch() -> Iterator[str]:
+    """A directory both the driver and the cluster user's tasks write to."""
+    with tempfile.TemporaryDirectory(prefix="asyncexec-cluster-") as path:
+        os.chmod(path, 0o777)
+        yield path
+
+
+def sshd_pids() -> list[int]:
+    """Every sshd process of the test server (the listener and its sessions)."""
+    pid_file = CLUSTER_DIR / "sshd.pid"
+    listed = subprocess.run(["pgrep", "-f", "sshd"], capture_output=True, text=True)
+    pids = [int(p) for p in listed.stdout.split()]
+    main = int(pid_file.read_text()) if pid_file.exists() else None
+    ours = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if pid == main or str(CLUSTER_DIR) in cmdline or "slurmuser" in cmdline:
+            ours.append(pid)
+    return ours
+
+
+def stop_sshd() -> None:
+    """Stop the test sshd and drop every connection it serves."""
+    subprocess.run(["bash", str(ROOT / "scripts" / "slurm-down.sh"), "sshd"], check=True)
+    for pid in sshd_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+
+
+def squeue(user: str) -> list[str]:
+    """The cluster user's jobs in the queue, one array task per line."""
+    listed = subprocess.run(
+        ["squeue", "-h", "-r", "-u", user, "-o", "%i %T"], capture_output=True, text=True
+    )
+    return listed.stdout.split("\n")[:-1]
+
+
+def make_key(path: Path) -> str:
+    """Generate an ed25519 key pair at ``path``; its public key as known_hosts wants it."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return " ".join(Path(f"{path}.pub").read_text().split()[:2])

@@ -1,0 +1,507 @@
+"""SlurmExecutor on a real single-node Slurm cluster, over SSH and on the login node."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncexec import (
+    Future,
+    FutureState,
+    LaunchError,
+    LocalShell,
+    SlurmConfig,
+    SlurmExecutor,
+    TaskCancelled,
+    TaskTimeout,
+    WorkerLost,
+)
+from asyncexec.launchers.slurm import SlurmLauncher, parse_time
+from asyncexec.testing import (
+    add,
+    assert_heartbeat_stopped,
+    check_launcher,
+    conformance_cases,
+    heartbeat,
+    print_both,
+    sleep_for,
+)
+
+from .cluster import Cluster, bring_up, squeue, stop_sshd
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncssh runs on asyncio only."""
+    return "asyncio"
+
+
+def config(cluster: Cluster, **changes: object) -> SlurmConfig:
+    """Quick polls (the cluster is ours): a test waits less for what it checks."""
+    settings: dict[str, object] = {
+        "python": cluster.python,
+        "poll_interval": 0.2,
+        "max_poll_interval": 2.0,
+    }
+    settings.update(changes)
+    return SlurmConfig(**settings)  # type: ignore[arg-type]
+
+
+def arrays_of(futures: list[Future[Any]]) -> set[str]:
+    """The Slurm array job ids these futures' tasks were submitted in."""
+    refs = [future.info.job_ref for future in futures]
+    return {ref.native_id.split("_")[0] for ref in refs if ref is not None}
+
+
+async def until_exists(path: str, timeout: float = 120.0) -> None:
+    with anyio.fail_after(timeout):
+        while not os.path.exists(path):
+            await anyio.sleep(0.05)
+
+
+async def until_gone_from_queue(cluster: Cluster, job: str, timeout: float = 60.0) -> None:
+    with anyio.fail_after(timeout):
+        while any(line.split()[0] == job for line in squeue(cluster.user)):
+            await anyio.sleep(0.2)
+
+
+# -- configuration --------------------------------------------------------------------
+
+
+def test_times_are_parsed_as_slurm_does() -> None:
+    assert parse_time("30") == 1800
+    assert parse_time("1:30") == 90
+    assert parse_time("1:00:00") == 3600
+    assert parse_time("2-03") == (2 * 24 + 3) * 3600
+    assert parse_time("1-00:30") == 86400 + 1800
+    assert parse_time("1-0:0:5") == 86405
+    assert parse_time("UNLIMITED") is None
+    for bad in ("", "1h", "1:60:00", "-5", "1::2", "1:2:3:4"):
+        with pytest.raises(ValueError, match="Slurm time"):
+            parse_time(bad)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"time": "an hour"}, "Slurm time"),
+        ({"cpus": 0}, "cpus"),
+        ({"max_concurrent": -1}, "max_concurrent"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"memory": "4 GB"}, "memory"),
+        ({"memory": -5}, "memory"),
+        ({"venv": "/v", "conda_env": "c"}, "not both"),
+        ({"setup": ["echo a\necho b"]}, "one line"),
+        ({"setup": "echo a"}, "sequence of strings"),
+        ({"extra_sbatch": ["--qos low"]}, "single options"),
+        ({"partition": "a b"}, "one word"),
+        ({"poll_interval": 5, "max_poll_interval": 1}, "poll_interval"),
+    ],
+)
+def test_bad_config_is_refused_at_construction(changes: dict[str, object], match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        SlurmConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_sbatch_options() -> None:
+    options = SlurmConfig(
+        partition="debug", time="10", cpus=2, memory="4G", gpus=1, extra_sbatch=["--exclusive"]
+    ).sbatch_options(time_seconds=1000)
+    assert "--time=17" in options  # 1000 s: 17 minutes, more than the 10 configured
+    assert {"--partition=debug", "--cpus-per-task=2", "--mem=4G", "--gres=gpu:1"} <= set(options)
+    assert options[-1] == "--exclusive" and "--no-requeue" in options
+
+
+# -- the conformance suite -------------------------------------------------------------
+
+CASES = [case for case in conformance_cases(SlurmLauncher) if case != "many_concurrent"]
+
+
+@pytest.mark.parametrize("case", CASES)
+async def test_conformance_over_ssh(cluster: Cluster, scratch: str, case: str) -> None:
+    def make() -> SlurmLauncher:
+        return SlurmLauncher(cluster.shell(), config(cluster))
+
+    await check_launcher(make, only=[case], tmp_root=scratch, workdir_mode=0o777, n_workers=4)
+
+
+def test_conformance_on_the_login_node_as_the_cluster_user(cluster: Cluster, scratch: str) -> None:
+    """LocalShell, as a user on the login node would: the suite runs as the cluster user."""
+    script = Path(scratch) / "conformance.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import anyio
+            from asyncexec import LocalShell, SlurmConfig
+            from asyncexec.launchers.slurm import SlurmLauncher
+            from asyncexec.testing import check_launcher
+
+            def make():
+                return SlurmLauncher(LocalShell(), SlurmConfig(poll_interval=0.2,
+                                     max_poll_interval=2.0, python={cluster.python!r}))
+
+            async def main():
+                await check_launcher(make, only={CASES!r}, tmp_root={scratch!r}, n_workers=4)
+                print("conformance passed")
+
+            anyio.run(main)
+            """
+        )
+    )
+    os.chmod(script, 0o644)
+    done = subprocess.run(
+        ["runuser", "-u", cluster.user, "--", cluster.python, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd="/tmp",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "conformance passed" in done.stdout
+
+
+# -- batching and polling -------------------------------------------------------------
+
+
+async def test_1000_tasks_take_two_sbatch_calls_and_polls_bounded_by_time(
+    cluster: Cluster,
+) -> None:
+    cfg = config(cluster, chunk_size=10, max_poll_interval=1.0)
+    started = time.monotonic()
+    async with SlurmExecutor(cluster.shell(), cfg) as ex:
+        futures = [await ex.submit(add, i, 1) for i in range(1000)]
+        assert await ex.wait(futures) == [i + 1 for i in range(1000)]
+        calls = dict(ex.slurm.calls)
+    elapsed = time.monotonic() - started
+    assert calls["sbatch"] <= 2, calls
+    # One squeue per interval at most (the interval never drops below poll_interval).
+    assert calls["squeue"] <= elapsed / cfg.poll_interval + 2, (calls, elapsed)
+    assert calls.get("sacct", 0) == 0, calls  # every task left an outcome
+    refs = {future.info.job_ref.native_id for future in futures if future.info.job_ref}
+    assert len(refs) == 100  # chunks of ten
+
+
+async def test_arrays_are_split_at_max_array_size(cluster: Cluster) -> None:
+    cfg = config(cluster, max_array_size=3)
+    async with SlurmExecutor(cluster.shell(), cfg) as ex:
+        futures = [await ex.submit(add, i, i) for i in range(10)]
+        assert await ex.wait(futures) == [2 * i for i in range(10)]
+        assert ex.slurm.calls["sbatch"] == 4
+    native = [future.info.job_ref.native_id for future in futures if future.info.job_ref]
+    indices = sorted(int(ref.split("_")[1]) for ref in native)
+    assert max(indices) == 2 and len({ref.split("_")[0] for ref in native}) == 4
+
+
+async def test_cluster_max_array_size_is_read(cluster: Cluster) -> None:
+    async with SlurmLauncher(cluster.shell(), config(cluster)) as launcher:
+        assert launcher.max_array_size == 100001  # from scontrol show config
+
+
+async def test_throttle_and_private_staging(cluster: Cluster, scratch: str) -> None:
+    cfg = config(cluster, max_concurrent=2)
+    async with SlurmExecutor(cluster.shell(), cfg, keep_staging=True) as ex:
+        futures = [await ex.submit(sleep_for, 1.0) for _ in range(6)]
+        await anyio.sleep(1.0)
+        ours = arrays_of(futures)
+        running = [
+            line
+            for line in squeue(cluster.user)
+            if line.endswith("RUNNING") and line.split("_")[0] in ours
+        ]
+        assert len(running) <= 2, running
+        await ex.wait(futures)
+        ref = futures[0].info.job_ref
+    assert ref is not None and ref.workdir is not None
+    workdir = Path(ref.workdir)
+    assert (workdir / "job.sh").read_text().count("--array=0-5%2") == 1
+    for path in [workdir, *workdir.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() or path.name == "job.sh" else 0o600), (
+            path,
+            oct(mode),
+        )
+
+
+async def test_finished_staging_directories_are_removed(cluster: Cluster) -> None:
+    async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
+        future = await ex.submit(add, 1, 2)
+        assert await future == 3
+        assert future.info.job_ref is not None and future.info.job_ref.workdir is not None
+        workdir = future.info.job_ref.workdir
+        assert os.path.isdir(workdir)
+    assert not os.path.exists(workdir)
+
+
+# -- outcomes -------------------------------------------------------------------------
+
+
+async def test_per_task_output_and_info(cluster: Cluster) -> None:
+    async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
+        future = await ex.submit(print_both, "hello")
+        assert await future == 5
+    assert "out:hello" in future.info.stdout and "err:hello" in future.info.stderr
+    assert future.info.job_ref is not None and future.info.job_ref.kind == "slurm"
+    assert future.info.host == cluster.node
+
+
+async def test_time_limit_is_the_workers_and_rounds_up_to_minutes(
+    cluster: Cluster, scratch: str
+) -> None:
+    beat = f"{scratch}/beat"
+    async with SlurmExecutor(cluster.shell(), config(cluster), keep_staging=True) as ex:
+        future = await ex.with_options(time_limit=2).submit(heartbeat, beat)
+        with pytest.raises(TaskTimeout):
+            await future
+        await assert_heartbeat_stopped(beat)
+    ref = future.info.job_ref
+    assert ref is not None and ref.workdir is not None
+    assert "#SBATCH --time=1\n" in Path(ref.workdir, "job.sh").read_text()
+
+
+async def test_a_worker_that_cannot_start_is_lost_with_its_log(cluster: Cluster) -> None:
+    cfg = config(cluster, python="/nonexistent/python3")
+    async with SlurmExecutor(cluster.shell(), cfg) as ex:
+        with pytest.raises(WorkerLost, match=r"FAILED.*nonexistent") as caught:
+            await (await ex.submit(add, 1, 1))
+    assert caught.value.state == "FAILED" and caught.value.exit_code == 127
+
+
+async def test_sbatch_refusal_is_a_launch_error(cluster: Cluster) -> None:
+    cfg = config(cluster, partition="nosuchpartition")
+    async with SlurmExecutor(cluster.shell(), cfg) as ex:
+        with pytest.raises(LaunchError, match=r"sbatch refused.*partition"):
+            await (await ex.submit(add, 1, 1))
+
+
+# -- cancellation ---------------------------------------------------------------------
+
+
+async def test_cancel_running_scancels_exactly_that_array_task(
+    cluster: Cluster, scratch: str
+) -> None:
+    beat = f"{scratch}/beat"
+    async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
+        other = await ex.submit(sleep_for, 3.0)
+        target = await ex.submit(heartbeat, beat)
+        await until_exists(beat)
+        assert await target.cancel() is True
+        assert target.state is FutureState.CANCELLED
+        await assert_heartbeat_stopped(beat)
+        assert target.info.job_ref is not None
+        await until_gone_from_queue(cluster, target.info.job_ref.native_id, timeout=5)
+        assert await other == 3.0  # its sibling in the array lives on
+        assert ex.slurm.calls["scancel"] == 1
+
+
+async def test_cancel_inside_a_chunk_spares_its_siblings(cluster: Cluster, scratch: str) -> None:
+    beat = f"{scratch}/beat"
+    cfg = config(cluster, chunk_size=3)
+    async with SlurmExecutor(cluster.shell(), cfg) as ex:
+        first = await ex.submit(heartbeat, beat, 0.05)
+        second = await ex.submit(add, 1, 1)
+        third = await ex.submit(add, 2, 2)
+        await until_exists(beat)
+        await ex.cancel(first)
+        with pytest.raises(TaskCancelled):
+            await first
+        await assert_heartbeat_stopped(beat)
+        assert await second == 2 and await third == 4
+        assert ex.slurm.calls.get("scancel", 0) == 0
+
+
+async def test_aclose_cancel_pending_leaves_no_job(cluster: Cluster) -> None:
+    cfg = config(cluster, max_concurrent=2)
+    ex = SlurmExecutor(cluster.shell(), cfg)
+    async with ex:
+        futures = [await ex.submit(sleep_for, 60) for _ in range(8)]
+        with anyio.fail_after(60):
+            while not any(future.state is FutureState.RUNNING for future in futures):
+                await anyio.sleep(0.2)
+            await anyio.sleep(1.0)
+        await ex.aclose(cancel_pending=True)
+    assert all(future.state is FutureState.CANCELLED for future in futures)
+    with anyio.fail_after(30):
+        while any(line.split("_")[0] in arrays_of(futures) for line in squeue(cluster.user)):
+            await anyio.sleep(0.2)
+    assert ex.slurm.calls["scancel"] == 1  # all cancels in one call
+
+
+# -- failures of the cluster ------------------------------------------------------------
+
+
+async def test_node_down_mid_run_is_worker_lost(cluster: Cluster, scratch: str) -> None:
+    beat = f"{scratch}/beat"
+    async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
+        future = await ex.submit(heartbeat, beat)
+        await until_exists(beat)
+        try:
+            await anyio.run_process(
+                ["scontrol", "update", f"nodename={cluster.node}", "state=down", "reason=test"]
+            )
+            with pytest.raises(WorkerLost) as caught:
+                await future
+            assert caught.value.state == "NODE_FAIL"
+        finally:
+            # Slurm may have returned it to service already (ReturnToService=2).
+            await anyio.run_process(
+                ["scontrol", "update", f"nodename={cluster.node}", "state=resume"], check=False
+            )
+        with anyio.fail_after(60):
+            assert await (await ex.submit(add, 2, 3)) == 5
+
+
+async def test_sshd_restarted_mid_run(cluster: Cluster) -> None:
+    """The poller rides out a dead sshd; the tasks finish and are collected after."""
+    async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
+        futures = [await ex.submit(sleep_for, 3.0) for _ in range(4)]
+        await anyio.sleep(1.0)
+        stop_sshd()
+        await anyio.sleep(3.0)
+        await anyio.to_thread.run_sync(bring_up)
+        with anyio.fail_after(120):
+            assert await ex.wait(futures) == [3.0] * 4
+
+
+# -- re-attach ----------------------------------------------------------------------------
+
+DRIVER = """
+import asyncio, json, sys, time
+from asyncexec import SSHShell, SlurmConfig, SlurmExecutor
+from asyncexec.testing import sleep_for
+
+async def main():
+    cluster = json.loads(sys.argv[1])
+    shell = SSHShell(cluster["host"], port=cluster["port"], username=cluster["user"],
+                     connect_options={{"client_keys": [cluster["client_key"]],
+                                       "known_hosts": cluster["known_hosts"]}})
+    async with SlurmExecutor(shell, SlurmConfig(python={python!r}),
+                             staging_dir=sys.argv[2]) as ex:
+        futures = [await ex.submit(sleep_for, 0.1 * i) for i in range(4)]
+        futures.append(await ex.submit(sleep_for, 4.0))
+        await ex.wait(futures[:4])
+        print("ready", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_new_executor_reattaches_to_a_killed_drivers_jobs(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    import json
+
+    staging = f"{cluster.home}/.asyncexec/reattach-{os.getpid()}-{time.monotonic_ns()}"
+    described = json.dumps(cluster.__dict__)
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(python=cluster.python))
+    driver = await anyio.open_process(
+        [sys.executable, str(script), described, staging], start_new_session=True
+    )
+    try:
+        assert driver.stdout is not None
+        with anyio.fail_after(120):
+            line = b""
+            while b"\n" not in line:
+                line += await driver.stdout.receive()
+        assert line.strip() == b"ready"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        await driver.aclose()
+    async with SlurmExecutor(cluster.shell(), config(cluster), staging_dir=staging) as ex:
+        refs = await ex.slurm.find_refs()
+        assert len(refs) == 5
+        futures = [await ex.attach(ref) for ref in refs]
+        values = sorted(await ex.wait(futures))
+        assert values == pytest.approx([0.0, 0.1, 0.2, 0.3, 4.0])
+        assert ex.slurm.calls.get("sbatch", 0) == 0  # nothing ran twice
+    async with SlurmExecutor(cluster.shell(), config(cluster), staging_dir=staging) as ex:
+        assert await ex.slurm.find_refs() == []  # collected and cleaned up
+
+
+async def test_a_login_node_without_slurm_is_a_launch_error(tmp_path: Path) -> None:
+    (tmp_path / "sh").symlink_to("/bin/sh")  # a shell, and no Slurm command
+    shell = LocalShell(env={"PATH": str(tmp_path)})
+    with pytest.raises(LaunchError, match="Slurm configuration"):
+        async with SlurmLauncher(shell):
+            pass
+
+
+EXPERIMENT_DRIVER = """
+import asyncio, json, sys
+from asyncexec import SSHShell, SlurmConfig, SlurmExecutor
+from asyncexec.experiment import Experiment
+from asyncexec.testing import sleep_for
+
+async def main():
+    cluster = json.loads(sys.argv[1])
+    shell = SSHShell(cluster["host"], port=cluster["port"], username=cluster["user"],
+                     connect_options={{"client_keys": [cluster["client_key"]],
+                                       "known_hosts": cluster["known_hosts"]}})
+    experiment = Experiment(sleep_for, {{"seconds": [0.1, 0.2, 5.0, 5.5]}})
+    async with SlurmExecutor(shell, SlurmConfig(python={python!r})) as ex:
+        await experiment.run(ex, sys.argv[2], lease=2, progress=False)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_experiment_resumes_by_reattaching_to_running_jobs(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A runner killed while two runs are on the cluster: the next one follows them."""
+    import json
+    import sqlite3
+
+    from asyncexec.experiment import Experiment
+
+    directory = str(tmp_path / "experiment")
+    script = tmp_path / "driver.py"
+    script.write_text(EXPERIMENT_DRIVER.format(python=cluster.python))
+    driver = await anyio.open_process(
+        [sys.executable, str(script), json.dumps(cluster.__dict__), directory],
+        start_new_session=True,
+    )
+
+    def followed() -> int:
+        try:
+            with sqlite3.connect(os.path.join(directory, "results.sqlite")) as db:
+                rows = db.execute(
+                    "SELECT status, job_ref FROM runs WHERE status = 'running'"
+                ).fetchall()
+        except sqlite3.Error:
+            return 0
+        return sum(1 for _, ref in rows if ref)
+
+    try:
+        with anyio.fail_after(120):
+            while followed() < 2:
+                await anyio.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        await driver.aclose()
+    with sqlite3.connect(os.path.join(directory, "results.sqlite")) as db:
+        (done_before,) = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()
+    left_running = followed()
+    assert left_running >= 2
+    experiment = Experiment(sleep_for, {"seconds": [0.1, 0.2, 5.0, 5.5]})
+    async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
+        summary = await experiment.run(ex, directory, lease=2, progress=False)
+        calls = dict(ex.slurm.calls)
+    assert summary.complete and summary.done == 4, summary
+    # What the killed runner had on the cluster was followed, not submitted again.
+    assert summary.reattached == left_running, summary
+    assert summary.ran == 4 - done_before, summary
+    if done_before + left_running == 4:
+        assert calls.get("sbatch", 0) == 0, calls

@@ -1,0 +1,209 @@
+"""SSHShell and SSHExecutor, against a real OpenSSH sshd (MaxSessions 10) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asyncexec import BackendUnavailable, SSHExecutor, SSHShell, TaskTimeout, WorkerLost
+from asyncexec.launchers.ssh import SSHLauncher
+from asyncexec.testing import check_launcher, conformance_cases, heartbeat
+
+from .cluster import Cluster, bring_up, make_key, stop_sshd
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """asyncssh runs on asyncio only (test_trio_is_refused_clearly checks trio)."""
+    return "asyncio"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# -- SSHShell ---------------------------------------------------------------------
+
+
+async def test_run_spawn_and_files(cluster: Cluster, scratch: str) -> None:
+    async with cluster.shell(env={"AE_SHELL": "yes"}) as shell:
+        done = await shell.run(["sh", "-c", 'echo "$AE_SHELL $(id -un)"; exit 4'])
+        assert done.returncode == 4 and done.stdout == f"yes {cluster.user}\n".encode()
+        echoed = await shell.run(["cat"], input=b"x" * 3_000_000)
+        assert echoed.check().stdout == b"x" * 3_000_000
+        target = f"{scratch}/payload.bin"
+        await shell.write_bytes(target, b"secret")
+        assert await shell.read_bytes(target) == b"secret"
+        assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+        assert os.stat(target).st_uid != 0  # written by the cluster user
+        with pytest.raises(FileNotFoundError):
+            await shell.read_bytes(f"{scratch}/missing")
+        process = await shell.spawn(
+            ["python3", "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())"]
+        )
+        try:
+            await process.stdin.send(b"shout")
+            await process.stdin.aclose()
+            received = b""
+            async for chunk in process.stdout:
+                received += chunk
+            assert received == b"SHOUT"
+            assert await process.wait() == 0
+        finally:
+            await process.aclose()
+
+
+async def test_cancelled_run_kills_the_remote_command_and_its_children(
+    cluster: Cluster, scratch: str
+) -> None:
+    pid_file = f"{scratch}/pids"
+    script = f"sleep 60 & echo $! > {pid_file}; echo $$ >> {pid_file}; wait"
+    async with cluster.shell() as shell:
+        with anyio.move_on_after(1.5):
+            await shell.run(["sh", "-c", script])
+        pids = [int(line) for line in Path(pid_file).read_text().split()]
+        with anyio.fail_after(10):
+            while any(_pid_alive(pid) for pid in pids):
+                await anyio.sleep(0.05)
+
+
+async def test_channels_are_pooled_below_max_sessions(cluster: Cluster) -> None:
+    """50 commands at once: never more than 6 channels on a connection, none refused."""
+    async with cluster.shell(max_connections=3) as shell:
+        peak = 0
+
+        async def one(i: int) -> None:
+            nonlocal peak
+            done = await shell.run(["sh", "-c", f"sleep 0.3; echo {i}"])
+            assert done.check().stdout == f"{i}\n".encode()
+            peak = max(peak, max(c.used for c in shell._connections))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(50):
+                tg.start_soon(one, i)
+        assert len(shell._connections) <= 3
+        assert peak <= 6
+
+
+async def test_a_refused_channel_is_retried_and_the_cap_learned(cluster: Cluster) -> None:
+    """Asking for 30 channels on one connection: sshd's MaxSessions refuses some."""
+    async with cluster.shell(max_connections=1, channels_per_connection=30) as shell:
+        results = []
+
+        async def one(i: int) -> None:
+            done = await shell.run(["sh", "-c", f"sleep 0.5; echo {i}"])
+            results.append(done.check().stdout)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(one, i)
+        assert sorted(results) == sorted(f"{i}\n".encode() for i in range(30))
+        assert shell._connections[0].limit <= 10
+
+
+async def test_unknown_host_key_is_refused_with_advice(cluster: Cluster, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    shell = cluster.shell(connect_options={"known_hosts": str(empty)})
+    with pytest.raises(BackendUnavailable, match=r"host key.*ssh-keyscan"):
+        await shell.run(["true"])
+
+
+async def test_changed_host_key_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    key = make_key(other)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[{cluster.host}]:{cluster.port} {key}\n")
+    shell = cluster.shell(connect_options={"known_hosts": str(known)})
+    with pytest.raises(BackendUnavailable, match="unknown or has changed"):
+        await shell.run(["true"])
+
+
+async def test_wrong_key_is_backend_unavailable(cluster: Cluster, tmp_path: Path) -> None:
+    other = tmp_path / "id_other"
+    make_key(other)
+    shell = cluster.shell(connect_options={"client_keys": [str(other)]})
+    with pytest.raises(BackendUnavailable, match=r"authentication .* refused"):
+        await shell.run(["true"])
+
+
+async def test_nothing_listening_is_backend_unavailable(cluster: Cluster) -> None:
+    shell = SSHShell("127.0.0.1", port=1, connect_options={"known_hosts": cluster.known_hosts})
+    with pytest.raises(BackendUnavailable, match="cannot connect"):
+        await shell.run(["true"])
+
+
+def test_skipping_host_key_checks_is_explicit_and_secrets_stay_hidden() -> None:
+    with pytest.raises(ValueError, match="verify_host_key=False"):
+        SSHShell("h", connect_options={"known_hosts": None})
+    shell = SSHShell("h", username="u", connect_options={"passphrase": "hunter2"})
+    assert "hunter2" not in repr(shell) and repr(shell) == "SSHShell('u@h:22')"
+    assert SSHShell("h", verify_host_key=False)._options["known_hosts"] is None
+    with pytest.raises(ValueError, match="channels_per_connection"):
+        SSHShell("h", channels_per_connection=0)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_trio_is_refused_clearly() -> None:
+    with pytest.raises(RuntimeError, match="asyncio only"):
+        await SSHShell("h").run(["true"])
+
+
+async def test_reconnects_after_sshd_restarts(cluster: Cluster) -> None:
+    async with cluster.shell() as shell:
+        assert (await shell.run(["true"])).returncode == 0
+        stop_sshd()
+        with pytest.raises(BackendUnavailable):
+            await shell.run(["true"])
+        bring_up()
+        assert (await shell.run(["echo", "back"])).stdout == b"back\n"
+
+
+# -- SSHExecutor --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", conformance_cases(SSHLauncher))
+async def test_conformance(cluster: Cluster, scratch: str, case: str) -> None:
+    def make() -> SSHLauncher:
+        return SSHLauncher([cluster.shell(), cluster.shell()], slots=2, python=cluster.python)
+
+    await check_launcher(make, only=[case], tmp_root=scratch, workdir_mode=0o777)
+
+
+async def test_slots_per_host(cluster: Cluster) -> None:
+    shells = [cluster.shell(), cluster.shell()]
+    async with SSHExecutor(shells, slots=3, python=cluster.python) as ex:
+        assert ex.n_workers == 6
+        # Tasks that last long enough for all six workers to be busy at once.
+        await ex.wait([await ex.submit(time.sleep, 0.3) for _ in range(12)])
+        pids = await ex.wait([await ex.submit(os.getpid) for _ in range(60)])
+        assert len(set(pids)) == 6
+        assert [len(shell._connections) for shell in shells] == [1, 1]
+
+
+async def test_a_dropped_connection_fails_only_its_tasks(cluster: Cluster, scratch: str) -> None:
+    """sshd killed with every session: the running task is lost, later ones reconnect."""
+    beat = f"{scratch}/beat"
+    async with SSHExecutor([cluster.shell()], slots=2, python=cluster.python) as ex:
+        running = await ex.submit(heartbeat, beat)
+        with anyio.fail_after(30):
+            while not os.path.exists(beat):
+                await anyio.sleep(0.05)
+        stop_sshd()
+        with pytest.raises(WorkerLost):
+            await running
+        bring_up()
+        assert await (await ex.submit(os.getpid)) > 0
+        with pytest.raises(TaskTimeout):
+            await (await ex.with_options(time_limit=0.5).submit(time.sleep, 30))
