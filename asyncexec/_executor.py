@@ -226,12 +226,7 @@ class BaseExecutor:
         """Whether :meth:`attach` can follow ``ref`` (this open executor's kind of work,
         on a backend where work outlives its driver)."""
         launcher = self._launcher
-        return (
-            launcher is not None
-            and launcher.reattachable
-            and launcher.kind == ref.kind
-            and self._state == "open"
-        )
+        return launcher is not None and launcher.can_follow(ref) and self._state == "open"
 
     async def attach(self, ref: JobRef, *, name: str | None = None) -> Future[Any]:
         """A future for a task started earlier, by this executor or another one.

@@ -54,6 +54,7 @@ from ._messages import (
     ErrorInfo,
     Hello,
     Outcome,
+    OutcomeStatus,
     Ready,
     Results,
     Setup,
@@ -420,17 +421,19 @@ def run_batch(
         if marker is not None and os.path.exists(marker):
             outcome = Outcome(task_id=task.task_id, status="cancelled", pid=os.getpid(), host=_HOST)
         else:
-            with _watchdog(task.time_limit), _cancel_watch(marker):
-                try:
-                    outcome = execute(task, enforce_time_limit=True)
-                except _SoftTimeout:  # the alarm rang in the last instant: still a timeout
-                    outcome = Outcome(
-                        task_id=task.task_id, status="timeout", pid=os.getpid(), host=_HOST
-                    )
-                except _SoftCancel:
-                    outcome = Outcome(
-                        task_id=task.task_id, status="cancelled", pid=os.getpid(), host=_HOST
-                    )
+            finished: Outcome | None = None
+            try:
+                with _watchdog(task.time_limit), _cancel_watch(marker):
+                    finished = execute(task, enforce_time_limit=True)
+            except (_SoftTimeout, _SoftCancel) as interrupt:
+                # Rang in the last instant, outside the task: what it produced stands.
+                status: OutcomeStatus = (
+                    "timeout" if isinstance(interrupt, _SoftTimeout) else "cancelled"
+                )
+                finished = finished or Outcome(
+                    task_id=task.task_id, status=status, pid=os.getpid(), host=_HOST
+                )
+            outcome = finished
         _keep(outcome, output_dir)
         outcomes.append(outcome)
     return Results(outcomes=outcomes)
@@ -468,9 +471,12 @@ def _cancel_watch(marker: str | None, period: float = 0.5) -> Iterator[None]:
     try:
         yield
     finally:
-        stop.set()
-        watcher.join()
-        signal.signal(signal.SIGUSR2, previous)
+        try:
+            stop.set()  # from now on the handler never raises
+        finally:
+            stop.set()
+            watcher.join()
+            signal.signal(signal.SIGUSR2, previous)
 
 
 @contextlib.contextmanager

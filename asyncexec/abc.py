@@ -64,6 +64,10 @@ class Launcher(abc.ABC):
     ) -> None:
         await self.aclose()
 
+    def can_follow(self, ref: JobRef) -> bool:
+        """Whether ``wait`` and ``cancel`` can take ``ref``, made by another launcher."""
+        return self.reattachable and ref.kind == self.kind
+
     @abc.abstractmethod
     async def start(self, task: TaskSpec) -> JobRef:
         """Hand ``task`` to the place it runs; return once it is accepted there.

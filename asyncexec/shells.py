@@ -139,7 +139,10 @@ _ASYNCSSH = "asyncssh is built on asyncio"
 # A remote command announces its process id (which is also its process group's:
 # sshd starts every session's command in a session of its own) so that it can be
 # killed with all it started, whatever the server's support for signal requests.
-_ANNOUNCE_PID = 'echo "$$"; exec "$@"'
+_PID_MARK = b"asyncexec-pid "
+_ANNOUNCE_PID = 'echo "asyncexec-pid $$"; exec "$@"'
+#: Lines a login shell may print before our command starts (banners, module messages).
+_MAX_NOISE_LINES = 200
 
 # What sshd's default of 10 sessions per connection leaves room for: login nodes
 # often count more than the channels we open (an SFTP session, agent forwarding).
@@ -244,6 +247,9 @@ class _SSHProcess(SpawnedProcess):
     async def kill(self) -> None:
         if self._process.returncode is None and self.pid is not None:
             await self._shell._kill(self.pid)
+        # Whether or not the kill got through (no free channel, a dead link), the
+        # channel goes: the remote command loses its stdin and its session.
+        self._process.close()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -450,8 +456,15 @@ class SSHShell(Shell):
         """Open a channel running ``argv``: its connection, process and process id."""
         command = self._command(argv)
         connection, process = await self._open_channel(command)
+        pid = None
         try:
-            first = await process.stdout.readline()
+            # Skip what the login shell may print first; our command announces itself.
+            for _ in range(_MAX_NOISE_LINES):
+                line = await process.stdout.readline()
+                if not line or line.startswith(_PID_MARK):
+                    text = line[len(_PID_MARK) :].strip()
+                    pid = int(text) if text.isdigit() else None
+                    break
         except BaseException as exc:
             process.close()
             if isinstance(exc, Exception) and _connection_failure(exc):
@@ -460,8 +473,7 @@ class SSHShell(Shell):
             if isinstance(exc, Exception) and _connection_failure(exc):
                 raise self._unavailable(f"the connection dropped starting {argv[0]}", exc) from exc
             raise
-        text = first.strip()
-        return connection, process, int(text) if text.isdigit() else None
+        return connection, process, pid
 
     async def _open_channel(
         self, command: str
@@ -581,6 +593,9 @@ class SSHShell(Shell):
         asyncssh = _import_asyncssh()
         options = dict(self._options)
         options.setdefault("login_timeout", self._connect_timeout)
+        # A link that died silently (NAT, suspend) is noticed within about a minute.
+        options.setdefault("keepalive_interval", 15)
+        options.setdefault("keepalive_count_max", 3)
         options.setdefault("connect_timeout", self._connect_timeout)
         if self.username is not None:
             options.setdefault("username", self.username)
@@ -599,6 +614,11 @@ class SSHShell(Shell):
             raise BackendUnavailable(
                 f"SSH authentication to {self._target()} was refused ({exc.reason}): "
                 "check the username and the client keys"
+            ) from None
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+            raise BackendUnavailable(
+                f"cannot use the client key for {self._target()}: {exc} "
+                "(not a private key, or a wrong passphrase)"
             ) from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             raise self._unavailable("cannot connect", exc) from exc

@@ -234,13 +234,16 @@ async def test_throttle_and_private_staging(cluster: Cluster, scratch: str) -> N
 
 
 async def test_finished_staging_directories_are_removed(cluster: Cluster) -> None:
+    """As soon as every outcome of an array is read, not only when the executor closes."""
     async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
         future = await ex.submit(add, 1, 2)
         assert await future == 3
         assert future.info.job_ref is not None and future.info.job_ref.workdir is not None
         workdir = future.info.job_ref.workdir
-        assert os.path.isdir(workdir)
-    assert not os.path.exists(workdir)
+        with anyio.fail_after(30):
+            while os.path.exists(workdir):
+                await anyio.sleep(0.1)
+        assert ex.slurm.calls["rm"] == 1
 
 
 # -- outcomes -------------------------------------------------------------------------
@@ -505,3 +508,22 @@ async def test_an_experiment_resumes_by_reattaching_to_running_jobs(
     assert summary.ran == 4 - done_before, summary
     if done_before + left_running == 4:
         assert calls.get("sbatch", 0) == 0, calls
+
+
+def test_staging_dir_must_be_absolute() -> None:
+    with pytest.raises(ValueError, match="absolute"):
+        SlurmLauncher(LocalShell(), staging_dir="relative/dir")
+
+
+async def test_closing_while_sbatch_runs_leaves_no_job(cluster: Cluster) -> None:
+    """Cancelled starts whose sbatch was already on its way are scancelled on close."""
+    name = f"ae-close-{os.getpid()}-{time.monotonic_ns()}"
+    cfg = config(cluster, job_name=name, max_concurrent=1)
+    ex = SlurmExecutor(cluster.shell(), cfg, batch_window=0)
+    async with ex:
+        futures = [await ex.submit(sleep_for, 60) for _ in range(50)]
+        await anyio.sleep(0.05)  # the submission is under way
+        await ex.aclose(cancel_pending=True)
+    assert all(future.state is FutureState.CANCELLED for future in futures)
+    listed = await anyio.run_process(["squeue", "-h", "-r", "-n", name, "-o", "%i"])
+    assert listed.stdout.decode().split() == []

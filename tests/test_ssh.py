@@ -207,3 +207,13 @@ async def test_a_dropped_connection_fails_only_its_tasks(cluster: Cluster, scrat
         assert await (await ex.submit(os.getpid)) > 0
         with pytest.raises(TaskTimeout):
             await (await ex.with_options(time_limit=0.5).submit(time.sleep, 30))
+
+
+async def test_a_key_that_cannot_be_read_is_backend_unavailable(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "id_garbage"
+    garbage.write_text("not a key\n")
+    shell = cluster.shell(connect_options={"client_keys": [str(garbage)]})
+    with pytest.raises(BackendUnavailable, match="client key"):
+        await shell.run(["true"])

@@ -204,7 +204,7 @@ class ResultsStore:
         self._write(
             "UPDATE runs SET status = 'running', submitted = ?, started = NULL, finished = NULL, "
             "value_json = NULL, value_pickle = NULL, error_type = NULL, error_message = NULL, "
-            "traceback = NULL, updated = ? WHERE fingerprint = ?",
+            "traceback = NULL, job_ref = NULL, updated = ? WHERE fingerprint = ?",
             [(info.submitted, time.time(), fingerprint)],
         )
 

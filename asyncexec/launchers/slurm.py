@@ -44,7 +44,7 @@ import shlex
 import tarfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -258,22 +258,6 @@ class SlurmConfig:
 
 #: Array task states that mean the work is over and lost.
 _LOST_STATES = {"OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "FAILED"}
-#: States a task reports while it may still run or run again.
-_LIVE_STATES = {
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "RESIZING",
-    "SUSPENDED",
-    "COMPLETING",
-    "CONFIGURING",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "SIGNALING",
-    "STAGE_OUT",
-    "STOPPED",
-}
-
 #: Seconds to wait for sacct (which lags squeue) before calling a vanished task lost.
 _ACCOUNTING_GRACE = 60.0
 #: What of a dead array task's stderr to quote.
@@ -282,11 +266,17 @@ _LOG_TAIL = 2000
 # The one command of a submission: unpack the archive (the job script, the
 # tasks), submit, and keep the job id beside them. umask 077 keeps everything,
 # the Slurm logs included (sbatch passes the umask on), private to the user.
+# Idempotent: run again after a dropped connection, it answers the job id it gave.
 _SUBMIT = (
-    'umask 077 && mkdir -p "$1" && tar -x -f - -C "$1" && cd "$1" '
-    "&& mkdir -p out cancel log && sbatch --parsable job.sh > job_id.tmp "
+    'umask 077 && mkdir -p "$1" && cd "$1" && '
+    "if [ -s job_id ]; then cat >/dev/null; cat job_id; exit 0; fi && "
+    "tar -x -f - && mkdir -p out cancel log && sbatch --parsable job.sh > job_id.tmp "
     "&& mv job_id.tmp job_id && cat job_id"
 )
+#: Seconds a scheduler command may take before it counts as failed (a dead link).
+_COMMAND_TIMEOUT = 120.0
+#: Seconds submitting one array may take (its archive travels with it).
+_SUBMIT_TIMEOUT = 600.0
 # Outcomes (and logs) named on stdin, one archive on stdout; missing files are skipped.
 _FETCH = "tar -c -f - -P --ignore-failed-read -T - 2>/dev/null; true"
 # What a killed driver left: one line per array, "<dir>\t<job id>\t<tasks.json>".
@@ -304,6 +294,7 @@ class _SlurmJob(LocalJob):
         "chunk",
         "index",
         "logs",
+        "marked",
         "missing_since",
         "workdir",
     )
@@ -315,6 +306,7 @@ class _SlurmJob(LocalJob):
         self.workdir = workdir
         self.chunk: list[_SlurmJob] = [self]  # the tasks its array task runs
         self.cancel_requested = False
+        self.marked = False  # its cancel marker is written: the worker skips or stops it
         self.missing_since: float | None = None  # left the queue; no outcome, no sacct yet
         self.logs: tuple[str | None, str | None] = (None, None)  # log_stdout, log_stderr here
 
@@ -325,6 +317,18 @@ class _SlurmJob(LocalJob):
     @property
     def native_id(self) -> str:
         return f"{self.array_id}_{self.index}"
+
+
+class _Array:
+    """An array job's staging directory and how many of its tasks are not settled."""
+
+    __slots__ = ("adopted", "owned", "remaining", "workdir")
+
+    def __init__(self, workdir: str, *, owned: bool) -> None:
+        self.workdir = workdir
+        self.owned = owned  # submitted here: all its tasks are ours
+        self.remaining = 0
+        self.adopted = 0
 
 
 class _Pending:
@@ -373,6 +377,8 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self.shell = shell
         self.config = config if config is not None else SlurmConfig()
         self.isolates_crashes = self.config.chunk_size == 1
+        if staging_dir is not None and not staging_dir.startswith("/"):
+            raise ValueError(f"staging_dir must be an absolute path, got {staging_dir!r}")
         self.staging_dir = staging_dir.rstrip("/") if staging_dir else None
         self._batch_window = batch_window
         self._keep_staging = keep_staging
@@ -384,8 +390,13 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self._submit_wanted = anyio.Event()
         self._cancel_wanted = anyio.Event()
         self._poll_wanted = anyio.Event()
-        self._arrays: dict[str, list[_SlurmJob]] = {}  # array job id -> its unsettled jobs
+        self._arrays: dict[str, _Array] = {}  # by array job id, until all its tasks settle
+        self._dir_sizes: dict[str, int] = {}  # tasks in staging dirs found by find_refs
+        self._adopted_chunks: dict[str, list[_SlurmJob]] = {}  # by array task, re-attached
         self._finished_dirs: list[str] = []
+        self._submitting = 0  # sbatch calls in flight
+        self._submitted = anyio.Event()  # set when none is
+        self._background: list[tuple[anyio.CancelScope, anyio.Event]] = []
         self._closed = False
 
     def __repr__(self) -> str:
@@ -413,10 +424,24 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             if not home.startswith("/"):
                 raise LaunchError(f"cannot find the home directory through {self.shell!r}")
             self.staging_dir = f"{home}/.asyncexec/slurm"
+        for loop in (self._submitter, self._canceller, self._poller):
+            self._start_background(loop)
+
+    def _start_background(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop`` in the task group until :meth:`aclose` stops it."""
+        scope = anyio.CancelScope()
+        stopped = anyio.Event()
+        self._background.append((scope, stopped))
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await loop()
+            finally:
+                stopped.set()
+
         assert self._tg is not None
-        self._tg.start_soon(self._submitter)
-        self._tg.start_soon(self._canceller)
-        self._tg.start_soon(self._poller)
+        self._tg.start_soon(run)
 
     async def aclose(self) -> None:
         """Cancel what nobody waits for any more, stop the background tasks, clean up."""
@@ -424,10 +449,18 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(_SUBMIT_TIMEOUT):
+                while self._submitting:  # what they submit is swept below
+                    await self._submitted.wait()
+            # No command of theirs may run once the shell is closed (it would reconnect).
+            for scope, _ in self._background:
+                scope.cancel()
+            for _, stopped in self._background:
+                await stopped.wait()
             live = [job for job in self._jobs.values() if not job.done.is_set()]
             if live:
                 ids = sorted({job.native_id for job in live})
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception), anyio.move_on_after(_COMMAND_TIMEOUT):
                     await self._run("scancel", ["scancel", *ids])
             for job in live:
                 job.settle(Outcome(task_id=job.task_id, status="cancelled"))
@@ -435,14 +468,12 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 pending.error = LaunchError("the Slurm launcher closed")
                 pending.done.set()
             self._pending = []
-            if self._finished_dirs and not self._keep_staging:
-                dirs, self._finished_dirs = self._finished_dirs, []
-                with contextlib.suppress(Exception):
-                    await self._run("rm", ["rm", "-rf", "--", *dirs])
+            with contextlib.suppress(Exception), anyio.move_on_after(_COMMAND_TIMEOUT):
+                await self._clean_up()
             self._submit_wanted.set()
             self._cancel_wanted.set()
             self._poll_wanted.set()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), anyio.move_on_after(10):
                 await self.shell.aclose()
 
     # -- the seam -------------------------------------------------------------------
@@ -495,11 +526,27 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         if ref.kind != self.kind or ref.workdir is None or "_" not in ref.native_id:
             raise LaunchError(f"not a Slurm task of asyncexec: {ref!r}")
         array_id, _, index = ref.native_id.rpartition("_")
+        if not array_id.isdigit() or not index.isdigit():
+            raise LaunchError(f"not a Slurm array task: {ref.native_id!r}")
         job = _SlurmJob(ref.task_id or ref.native_id, array_id, int(index), ref.workdir)
+        # Which tasks share its array task is known only for those re-attached here:
+        # cancelling it writes a marker rather than killing tasks we do not follow.
+        siblings = self._adopted_chunks.setdefault(job.native_id, [])
+        siblings.append(job)
+        job.chunk = siblings
+        job.marked = False
         self._jobs[job.task_id] = job
-        self._arrays.setdefault(array_id, []).append(job)
+        array = self._arrays.setdefault(array_id, _Array(ref.workdir, owned=False))
+        array.remaining += 1
+        array.adopted += 1
         self._poll_wanted.set()
         return job
+
+    def can_follow(self, ref: JobRef) -> bool:
+        """Whether ``ref`` is a task of this cluster (re-attach)."""
+        host = getattr(self.shell, "host", None)
+        here = host if isinstance(host, str) else None
+        return super().can_follow(ref) and ref.host == here
 
     async def find_refs(self) -> list[JobRef]:
         """JobRefs of every task whose array is still in the staging directory.
@@ -513,10 +560,19 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         done = await self._run("find", ["sh", "-c", _FIND, "asyncexec-find", self.staging_dir])
         refs = []
         for line in done.stdout.decode(errors="replace").splitlines():
-            name, job_id, tasks_json = line.split("\t", 2)
+            try:
+                name, job_id, tasks_json = line.split("\t", 2)
+                array_id = job_id.strip().split(";")[0]
+                tasks = json.loads(tasks_json)
+            except ValueError:
+                log.warning("skipping an unreadable staging directory entry: %r", line)
+                continue
+            if not array_id.isdigit():
+                continue
             workdir = f"{self.staging_dir}/{name}"
-            for task_id, index in json.loads(tasks_json):
-                refs.append(self._ref(job_id.strip(), index, task_id, workdir))
+            self._dir_sizes[workdir] = len(tasks)
+            for task_id, index in tasks:
+                refs.append(self._ref(array_id, index, task_id, workdir))
         return refs
 
     def _ref(self, array_id: str, index: int, task_id: str, workdir: str) -> JobRef:
@@ -531,9 +587,24 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
 
     # -- commands ---------------------------------------------------------------------
 
-    async def _run(self, name: str, argv: list[str], *, input: bytes | None = None) -> Any:
+    async def _run(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        input: bytes | None = None,
+        timeout: float = _COMMAND_TIMEOUT,
+    ) -> Any:
+        """Run a command through the shell, counted; a hung link fails after ``timeout``."""
         self.calls[name] += 1
-        return await self.shell.run(argv, input=input)
+        with anyio.fail_after(timeout):
+            return await self.shell.run(argv, input=input)
+
+    async def _clean_up(self) -> None:
+        """Remove the staging directories whose every outcome was read."""
+        if self._finished_dirs and not self._keep_staging:
+            dirs, self._finished_dirs = self._finished_dirs, []
+            await self._run("rm", ["rm", "-rf", "--", *dirs])
 
     # -- submission -----------------------------------------------------------------
 
@@ -550,9 +621,16 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         size = self.config.chunk_size
         chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
         per_array = min(self.max_array_size, self.config.max_array_size or self.max_array_size)
-        async with anyio.create_task_group() as tg:
-            for start in range(0, len(chunks), per_array):
-                tg.start_soon(self._submit_array, chunks[start : start + per_array])
+        self._submitting += 1
+        try:
+            async with anyio.create_task_group() as tg:
+                for start in range(0, len(chunks), per_array):
+                    tg.start_soon(self._submit_array, chunks[start : start + per_array])
+        finally:
+            self._submitting -= 1
+            if not self._submitting:
+                self._submitted.set()
+                self._submitted = anyio.Event()
 
     async def _submit_array(self, chunks: list[list[_Pending]]) -> None:
         assert self.staging_dir is not None
@@ -574,9 +652,19 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 )
         try:
             archive = self._archive(workdir, chunks)
-            done = await self._run(
-                "sbatch", ["sh", "-c", _SUBMIT, "asyncexec-submit", workdir], input=archive
-            )
+            command = ["sh", "-c", _SUBMIT, "asyncexec-submit", workdir]
+            for attempt in range(3):
+                try:
+                    done = await self._run(
+                        "sbatch", command, input=archive, timeout=_SUBMIT_TIMEOUT
+                    )
+                    break
+                except (BackendUnavailable, TimeoutError) as exc:
+                    # Safe to run again: a second run answers the job id of the first.
+                    if attempt == 2:
+                        raise LaunchError(f"cannot submit to Slurm: {exc}") from exc
+                    log.warning("submitting to Slurm failed (%s); trying again", exc)
+                    await anyio.sleep(1 + 2 * attempt)
             if done.returncode != 0:
                 detail = done.stderr.decode(errors="replace").strip()
                 raise LaunchError(f"sbatch refused {len(everyone)} task(s): {detail}")
@@ -590,7 +678,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 pending.done.set()
             return
         log.debug("submitted %d task(s) as Slurm array %s", len(everyone), array_id)
-        jobs = self._arrays.setdefault(array_id, [])
+        array = self._arrays.setdefault(array_id, _Array(workdir, owned=True))
         for index, chunk in enumerate(chunks):
             siblings: list[_SlurmJob] = []
             for pending in chunk:
@@ -598,7 +686,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 job.logs = local_logs.get(job.task_id, (None, None))
                 job.chunk = siblings
                 siblings.append(job)
-                jobs.append(job)
+                array.remaining += 1
                 self._jobs[job.task_id] = job
                 pending.ref = self._ref(array_id, index, job.task_id, workdir)
                 pending.done.set()
@@ -648,7 +736,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 *(f"#SBATCH {shlex.quote(option)}" for option in header),
                 "umask 077",
                 *config.prologue(),
-                f'exec {worker} "{workdir}/in/$SLURM_ARRAY_TASK_ID.bin"',
+                f'exec {worker} {shlex.quote(workdir + "/in/")}"$SLURM_ARRAY_TASK_ID.bin"',
                 "",
             ]
         )
@@ -686,8 +774,12 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             if jobs and not self._closed:
                 try:
                     await self._cancel_now(jobs)
-                except Exception:
-                    log.warning("could not cancel %d Slurm task(s)", len(jobs), exc_info=True)
+                except Exception as exc:
+                    # Still to kill: try again shortly (aclose sweeps what is left).
+                    log.warning("could not cancel %d Slurm task(s) (%s); again", len(jobs), exc)
+                    self._to_cancel.extend(jobs)
+                    await anyio.sleep(1.0)
+                    self._cancel_wanted.set()
                 self._poll_wanted.set()
 
     async def _cancel_now(self, jobs: list[_SlurmJob]) -> None:
@@ -695,12 +787,15 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         markers: list[str] = []  # tasks to skip or interrupt inside a running chunk
         for job in jobs:
             others = [s for s in job.chunk if s is not job and not s.done.is_set()]
-            if all(other.cancel_requested for other in others):
+            alone = job.native_id not in self._adopted_chunks or self.config.chunk_size == 1
+            if alone and all(other.cancel_requested for other in others):
                 whole.add(job.native_id)
             else:
                 markers.append(f"{job.workdir}/cancel/{job.task_id}")
         if markers:
             await self._run("touch", ["touch", "--", *markers])
+            for job in jobs:
+                job.marked = job.native_id not in whole
         if whole:
             done = await self._run("scancel", ["scancel", *sorted(whole)])
             if done.returncode != 0:
@@ -725,12 +820,15 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 return
             try:
                 changed = await self._poll(live)
-            except (BackendUnavailable, OSError) as exc:
+            except (BackendUnavailable, OSError, TimeoutError) as exc:
                 log.warning("polling Slurm failed (%s); trying again", exc)
                 changed = False
             except Exception:
                 log.exception("polling Slurm failed; trying again")
                 changed = False
+            if self._finished_dirs:
+                with contextlib.suppress(Exception):
+                    await self._clean_up()
             if changed:
                 interval = self.config.poll_interval
             else:
@@ -738,7 +836,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
 
     async def _poll(self, live: list[_SlurmJob]) -> bool:
         """One round: squeue, then outcomes (and sacct) for what left the queue."""
-        arrays = sorted({job.array_id for job in live}, key=int)
+        arrays = sorted({job.array_id for job in live}, key=int)  # digits: checked on entry
         done = await self._run(
             "squeue", ["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"]
         )
@@ -749,13 +847,15 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         for line in done.stdout.decode(errors="replace").splitlines():
             native_id, _, state = line.strip().partition("|")
             queued[native_id] = state
-        gone = [job for job in live if job.native_id not in queued]
-        # Cancelled inside a running chunk: its outcome comes before the chunk ends.
-        marked = [
-            job
-            for job in live
-            if job.cancel_requested and job.native_id in queued and len(job.chunk) > 1
-        ]
+        gone: list[_SlurmJob] = []
+        marked: list[_SlurmJob] = []  # cancelled inside a running chunk: outcome comes early
+        for job in live:
+            if job.native_id not in queued:
+                gone.append(job)
+            else:
+                job.missing_since = None  # back in the queue (requeued), or sacct lagged
+                if job.marked:
+                    marked.append(job)
         if not gone and not marked:
             return False
         files = await self._fetch(gone + marked, logs={job.native_id: job for job in gone})
@@ -763,11 +863,17 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         vanished: list[_SlurmJob] = []
         for job in gone + marked:
             data = files.get(f"{job.workdir}/out/{job.task_id}.bin")
+            outcome = None
             if data is not None:
+                try:
+                    outcome = msgspec.msgpack.decode(data, type=Outcome)
+                except msgspec.DecodeError:
+                    log.warning("unreadable outcome of task %s in %s", job.task_id, job.workdir)
+            if outcome is not None:
                 await self._copy_logs(job, files)
-                self._settle(job, msgspec.msgpack.decode(data, type=Outcome))
+                self._settle(job, outcome)
                 changed = True
-            elif job in gone:
+            elif job.native_id not in queued:
                 vanished.append(job)
         if vanished:
             changed |= await self._account(vanished, files)
@@ -890,11 +996,18 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         )
 
     def _settle(self, job: _SlurmJob, outcome: Outcome) -> None:
+        if job.done.is_set():
+            return
         job.settle(outcome)
-        jobs = self._arrays.get(job.array_id)
-        if jobs is not None and all(other.done.is_set() for other in jobs):
+        array = self._arrays.get(job.array_id)
+        if array is None:
+            return
+        array.remaining -= 1
+        if array.remaining <= 0:
             del self._arrays[job.array_id]
-            self._finished_dirs.append(job.workdir)
+            # A directory is removed only when every task in it was read here.
+            if array.owned or array.adopted == self._dir_sizes.get(array.workdir):
+                self._finished_dirs.append(array.workdir)
 
 
 class SlurmExecutor(BaseExecutor):
