@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -477,9 +478,11 @@ async def test_an_experiment_resumes_by_reattaching_to_running_jobs(
         start_new_session=True,
     )
 
+    results = os.path.join(directory, "results.sqlite")
+
     def followed() -> int:
         try:
-            with sqlite3.connect(os.path.join(directory, "results.sqlite")) as db:
+            with contextlib.closing(sqlite3.connect(results)) as db:
                 rows = db.execute(
                     "SELECT status, job_ref FROM runs WHERE status = 'running'"
                 ).fetchall()
@@ -494,7 +497,7 @@ async def test_an_experiment_resumes_by_reattaching_to_running_jobs(
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         await driver.aclose()
-    with sqlite3.connect(os.path.join(directory, "results.sqlite")) as db:
+    with contextlib.closing(sqlite3.connect(results)) as db:
         (done_before,) = db.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()
     left_running = followed()
     assert left_running >= 2

@@ -322,13 +322,12 @@ class _SlurmJob(LocalJob):
 class _Array:
     """An array job's staging directory and how many of its tasks are not settled."""
 
-    __slots__ = ("adopted", "owned", "remaining", "workdir")
+    __slots__ = ("owned", "remaining", "workdir")
 
     def __init__(self, workdir: str, *, owned: bool) -> None:
         self.workdir = workdir
         self.owned = owned  # submitted here: all its tasks are ours
         self.remaining = 0
-        self.adopted = 0
 
 
 class _Pending:
@@ -392,6 +391,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self._poll_wanted = anyio.Event()
         self._arrays: dict[str, _Array] = {}  # by array job id, until all its tasks settle
         self._dir_sizes: dict[str, int] = {}  # tasks in staging dirs found by find_refs
+        self._read_in_dir: dict[str, int] = {}  # of those, outcomes read here
         self._adopted_chunks: dict[str, list[_SlurmJob]] = {}  # by array task, re-attached
         self._finished_dirs: list[str] = []
         self._submitting = 0  # sbatch calls in flight
@@ -538,7 +538,6 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self._jobs[job.task_id] = job
         array = self._arrays.setdefault(array_id, _Array(ref.workdir, owned=False))
         array.remaining += 1
-        array.adopted += 1
         self._poll_wanted.set()
         return job
 
@@ -1005,8 +1004,12 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         array.remaining -= 1
         if array.remaining <= 0:
             del self._arrays[job.array_id]
-            # A directory is removed only when every task in it was read here.
-            if array.owned or array.adopted == self._dir_sizes.get(array.workdir):
+            if array.owned:
+                self._finished_dirs.append(array.workdir)
+        if not array.owned:
+            # Re-attached: the directory goes once every task find_refs saw in it was read.
+            read = self._read_in_dir[array.workdir] = self._read_in_dir.get(array.workdir, 0) + 1
+            if read == self._dir_sizes.get(array.workdir):
                 self._finished_dirs.append(array.workdir)
 
 
