@@ -342,6 +342,11 @@ class SSHShell(Shell):
     def __repr__(self) -> str:
         return f"SSHShell({self._target()!r})"
 
+    @property
+    def channel_capacity(self) -> int:
+        """Channels this shell may have open at once, over all its connections."""
+        return self._max_connections * self._channels
+
     def _target(self) -> str:
         user = f"{self.username}@" if self.username else ""
         return f"{user}{self.host}:{self.port}"

@@ -217,3 +217,11 @@ async def test_a_key_that_cannot_be_read_is_backend_unavailable(
     shell = cluster.shell(connect_options={"client_keys": [str(garbage)]})
     with pytest.raises(BackendUnavailable, match="client key"):
         await shell.run(["true"])
+
+
+def test_slots_must_leave_a_channel_to_kill_with() -> None:
+    shell = SSHShell("h", max_connections=2, channels_per_connection=3)
+    assert shell.channel_capacity == 6
+    with pytest.raises(ValueError, match="max_connections"):
+        SSHExecutor([shell], slots=6)
+    SSHExecutor([shell], slots=5)

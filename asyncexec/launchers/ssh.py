@@ -97,6 +97,14 @@ class SSHLauncher(PoolLauncher):
                 raise TypeError(f"not a Shell: {shell!r}")
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be a positive integer, got {slots!r}")
+        for shell in shells:
+            capacity = getattr(shell, "channel_capacity", None)
+            if isinstance(capacity, int) and slots >= capacity:
+                # Each worker holds a channel; killing one needs another.
+                raise ValueError(
+                    f"{slots} slots need more than the {capacity} channels {shell!r} may open: "
+                    "raise its max_connections (or channels_per_connection)"
+                )
         super().__init__(
             len(shells) * slots,
             initializer=initializer,
