@@ -602,8 +602,10 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
     async def _clean_up(self) -> None:
         """Remove the staging directories whose every outcome was read."""
         if self._finished_dirs and not self._keep_staging:
-            dirs, self._finished_dirs = self._finished_dirs, []
+            dirs = list(self._finished_dirs)
             await self._run("rm", ["rm", "-rf", "--", *dirs])
+            # Forgotten only once removed: an rm cut short (closing) is run again.
+            self._finished_dirs = [d for d in self._finished_dirs if d not in dirs]
 
     # -- submission -----------------------------------------------------------------
 
