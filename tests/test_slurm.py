@@ -379,16 +379,25 @@ async def test_sshd_restarted_mid_run(cluster: Cluster) -> None:
 
 # -- re-attach ----------------------------------------------------------------------------
 
-DRIVER = """
-import asyncio, json, sys, time
+# A driver in a process of its own (to be killed): argv is the cluster as JSON, a directory.
+DRIVER_PRELUDE = """
+import asyncio, json, sys
 from asyncexec import SSHShell, SlurmConfig, SlurmExecutor
+from asyncexec.experiment import Experiment
 from asyncexec.testing import sleep_for
 
-async def main():
+def login_node():
     cluster = json.loads(sys.argv[1])
-    shell = SSHShell(cluster["host"], port=cluster["port"], username=cluster["user"],
-                     connect_options={{"client_keys": [cluster["client_key"]],
-                                       "known_hosts": cluster["known_hosts"]}})
+    return SSHShell(cluster["host"], port=cluster["port"], username=cluster["user"],
+                    connect_options={{"client_keys": [cluster["client_key"]],
+                                      "known_hosts": cluster["known_hosts"]}})
+"""
+
+DRIVER = (
+    DRIVER_PRELUDE
+    + """
+async def main():
+    shell = login_node()
     async with SlurmExecutor(shell, SlurmConfig(python={python!r}),
                              staging_dir=sys.argv[2]) as ex:
         futures = [await ex.submit(sleep_for, 0.1 * i) for i in range(4)]
@@ -399,6 +408,7 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
 
 async def test_a_new_executor_reattaches_to_a_killed_drivers_jobs(
@@ -442,23 +452,18 @@ async def test_a_login_node_without_slurm_is_a_launch_error(tmp_path: Path) -> N
             pass
 
 
-EXPERIMENT_DRIVER = """
-import asyncio, json, sys
-from asyncexec import SSHShell, SlurmConfig, SlurmExecutor
-from asyncexec.experiment import Experiment
-from asyncexec.testing import sleep_for
-
+EXPERIMENT_DRIVER = (
+    DRIVER_PRELUDE
+    + """
 async def main():
-    cluster = json.loads(sys.argv[1])
-    shell = SSHShell(cluster["host"], port=cluster["port"], username=cluster["user"],
-                     connect_options={{"client_keys": [cluster["client_key"]],
-                                       "known_hosts": cluster["known_hosts"]}})
+    shell = login_node()
     experiment = Experiment(sleep_for, {{"seconds": [0.1, 0.2, 5.0, 5.5]}})
     async with SlurmExecutor(shell, SlurmConfig(python={python!r})) as ex:
         await experiment.run(ex, sys.argv[2], lease=2, progress=False)
 
 asyncio.run(main())
 """
+)
 
 
 async def test_an_experiment_resumes_by_reattaching_to_running_jobs(
