@@ -318,7 +318,7 @@ def serve(fd: int | None = None) -> int:
             channels and attached containers), with the task's stdout sent to stderr.
     """
     channel = _stdio_channel() if fd is None else _Channel(fd, fd)
-    _die_with_parent()
+    _die_with_parent(or_session=fd is None)
     channel.send([encode_frame(Hello(versions=versions(), pid=os.getpid(), host=hostname()))])
     queue: deque[TaskSpec] = deque()
     out: list[bytes] = []  # frames to send, written together
@@ -367,16 +367,23 @@ def _setup(message: Setup) -> Ready:
     return Ready()
 
 
-def _die_with_parent(period: float = 0.5) -> None:
+def _die_with_parent(period: float = 0.5, *, or_session: bool = False) -> None:
     """Exit when the driver dies, even in the middle of a task, so none is left behind.
 
-    (Linux's PR_SET_PDEATHSIG would be cheaper but follows the *thread* that
-    spawned us, and trio spawns from worker threads that come and go.)
+    The driver names itself in ``ASYNCEXEC_PARENT_PID`` (local pools). With
+    ``or_session`` (a worker on stdin and stdout), the parent it has now stands
+    for the driver: over SSH that is sshd's session process, which ends when
+    the connection drops. (Linux's PR_SET_PDEATHSIG would be cheaper but
+    follows the *thread* that spawned us, and trio spawns from worker threads
+    that come and go.)
     """
     parent = os.environ.get("ASYNCEXEC_PARENT_PID")
-    if parent is None:
+    if parent is not None:
+        expected = int(parent)
+    elif or_session and os.getppid() > 1:  # not a container's init, not an orphan
+        expected = os.getppid()
+    else:
         return
-    expected = int(parent)
 
     def watch() -> None:
         while os.getppid() == expected:

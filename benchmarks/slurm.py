@@ -160,9 +160,9 @@ async def run_asyncexec(
     arrays: list[str] = []
     run = ex.slurm._run
 
-    async def traced(name: str, argv: list[str], *, input: bytes | None = None) -> Any:
+    async def traced(name: str, argv: list[str], **options: Any) -> Any:
         begun = elapsed_since(started)
-        done = await run(name, argv, input=input)
+        done = await run(name, argv, **options)
         entry: dict[str, Any] = {"name": name, "start": begun, "end": elapsed_since(started)}
         if name == "sbatch" and done.returncode == 0:
             arrays.append(done.stdout.decode().strip().split(";")[0])

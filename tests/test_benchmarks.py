@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .cluster import Cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ("throughput", "latency", "payload", "cold-start", "memory", "cpu")
 STDLIB_PEERS = "asyncexec,concurrent.futures,multiprocessing,threads,raw-pipe"
@@ -59,3 +61,11 @@ def test_sweeper_benchmark_smoke() -> None:
     rows = [line for line in report.splitlines() if line.startswith("|")]
     assert any("asyncexec" in line for line in rows), report
     assert any(line[1:].strip()[:1].isdigit() for line in rows), report
+
+
+def test_slurm_benchmark_smoke(cluster: Cluster) -> None:
+    """The Slurm harness on 20 tasks: by hand and asyncexec (submitit needs its own venv)."""
+    report = run_benchmark("slurm.py", "--smoke", "--ways", "hand,asyncexec")
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    assert any("asyncexec" in line for line in rows), report
+    assert any("sbatch --array" in line for line in rows), report

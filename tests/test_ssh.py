@@ -12,7 +12,7 @@ import pytest
 
 from asyncexec import BackendUnavailable, SSHExecutor, SSHShell, TaskTimeout, WorkerLost
 from asyncexec.launchers.ssh import SSHLauncher
-from asyncexec.testing import check_launcher, conformance_cases, heartbeat
+from asyncexec.testing import assert_heartbeat_stopped, check_launcher, conformance_cases, heartbeat
 
 from .cluster import Cluster, bring_up, make_key, stop_sshd
 
@@ -203,6 +203,10 @@ async def test_a_dropped_connection_fails_only_its_tasks(cluster: Cluster, scrat
         stop_sshd()
         with pytest.raises(WorkerLost):
             await running
+        # The worker goes with its SSH session (it checks twice a second): nothing
+        # keeps running on the host.
+        await anyio.sleep(1.0)
+        await assert_heartbeat_stopped(beat)
         bring_up()
         assert await (await ex.submit(os.getpid)) > 0
         with pytest.raises(TaskTimeout):
