@@ -53,9 +53,10 @@ import msgspec
 from .._codec import versions
 from .._exceptions import BackendUnavailable, LaunchError
 from .._executor import BaseExecutor
-from .._messages import Batch, JobRef, Outcome, TaskSpec
+from .._messages import Batch, ErrorInfo, JobRef, Outcome, TaskSpec
 from .._options import TaskOptions
 from ..abc import Launcher, Shell
+from ..shells import LocalShell
 from ._local import LocalJob, LocalLauncher
 
 __all__ = ["SlurmConfig", "SlurmExecutor", "SlurmLauncher", "parse_time"]
@@ -289,6 +290,7 @@ _FIND = (
 
 class _SlurmJob(LocalJob):
     __slots__ = (
+        "adopted",
         "array_id",
         "cancel_requested",
         "chunk",
@@ -306,6 +308,7 @@ class _SlurmJob(LocalJob):
         self.workdir = workdir
         self.chunk: list[_SlurmJob] = [self]  # the tasks its array task runs
         self.cancel_requested = False
+        self.adopted = False  # re-attached: started by another launcher
         self.marked = False  # its cancel marker is written: the worker skips or stops it
         self.missing_since: float | None = None  # left the queue; no outcome, no sacct yet
         self.logs: tuple[str | None, str | None] = (None, None)  # log_stdout, log_stderr here
@@ -320,13 +323,12 @@ class _SlurmJob(LocalJob):
 
 
 class _Array:
-    """An array job's staging directory and how many of its tasks are not settled."""
+    """An array job submitted here: its staging directory and its unsettled tasks."""
 
-    __slots__ = ("owned", "remaining", "workdir")
+    __slots__ = ("remaining", "workdir")
 
-    def __init__(self, workdir: str, *, owned: bool) -> None:
+    def __init__(self, workdir: str) -> None:
         self.workdir = workdir
-        self.owned = owned  # submitted here: all its tasks are ours
         self.remaining = 0
 
 
@@ -534,10 +536,8 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         siblings = self._adopted_chunks.setdefault(job.native_id, [])
         siblings.append(job)
         job.chunk = siblings
-        job.marked = False
+        job.adopted = True
         self._jobs[job.task_id] = job
-        array = self._arrays.setdefault(array_id, _Array(ref.workdir, owned=False))
-        array.remaining += 1
         self._poll_wanted.set()
         return job
 
@@ -679,7 +679,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 pending.done.set()
             return
         log.debug("submitted %d task(s) as Slurm array %s", len(everyone), array_id)
-        array = self._arrays.setdefault(array_id, _Array(workdir, owned=True))
+        array = self._arrays.setdefault(array_id, _Array(workdir))
         for index, chunk in enumerate(chunks):
             siblings: list[_SlurmJob] = []
             for pending in chunk:
@@ -788,7 +788,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         markers: list[str] = []  # tasks to skip or interrupt inside a running chunk
         for job in jobs:
             others = [s for s in job.chunk if s is not job and not s.done.is_set()]
-            alone = job.native_id not in self._adopted_chunks or self.config.chunk_size == 1
+            alone = not job.adopted or self.config.chunk_size == 1
             if alone and all(other.cancel_requested for other in others):
                 whole.add(job.native_id)
             else:
@@ -981,8 +981,6 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         files: dict[str, bytes],
         how: str,
     ) -> Outcome:
-        from .._messages import ErrorInfo
-
         message = f"Slurm array task {job.native_id} {how} ({state}"
         message += f", exit code {exit_code})" if exit_code is not None else ")"
         tail = files.get(f"{job.workdir}/log/{job.index}.err", b"")[-_LOG_TAIL:]
@@ -1000,19 +998,19 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         if job.done.is_set():
             return
         job.settle(outcome)
-        array = self._arrays.get(job.array_id)
-        if array is None:
-            return
-        array.remaining -= 1
-        if array.remaining <= 0:
-            del self._arrays[job.array_id]
-            if array.owned:
-                self._finished_dirs.append(array.workdir)
-        if not array.owned:
+        workdir = job.workdir
+        if job.adopted:
             # Re-attached: the directory goes once every task find_refs saw in it was read.
-            read = self._read_in_dir[array.workdir] = self._read_in_dir.get(array.workdir, 0) + 1
-            if read == self._dir_sizes.get(array.workdir):
-                self._finished_dirs.append(array.workdir)
+            read = self._read_in_dir[workdir] = self._read_in_dir.get(workdir, 0) + 1
+            if read == self._dir_sizes.get(workdir):
+                self._finished_dirs.append(workdir)
+            return
+        array = self._arrays.get(job.array_id)
+        if array is not None:
+            array.remaining -= 1
+            if array.remaining <= 0:
+                del self._arrays[job.array_id]
+                self._finished_dirs.append(workdir)
 
 
 class SlurmExecutor(BaseExecutor):
@@ -1051,8 +1049,6 @@ class SlurmExecutor(BaseExecutor):
     ) -> None:
         super().__init__(n_workers, options=options, max_pending=max_pending)
         if shell is None:
-            from ..shells import LocalShell
-
             shell = LocalShell()
         self.slurm = SlurmLauncher(
             shell,
