@@ -10,15 +10,16 @@ from __future__ import annotations
 import platform
 import struct
 import sys
-import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cloudpickle
 import msgspec
 
+from . import _oneshot
 from ._exceptions import SerializationError
 from ._messages import ErrorInfo, Message, Versions
+from ._oneshot import type_name
 from ._version import __version__
 
 __all__ = [
@@ -48,15 +49,6 @@ def versions() -> Versions:
         cloudpickle=str(cloudpickle.__version__),
         asyncexec=__version__,
     )
-
-
-def type_name(obj: object) -> str:
-    """The qualified name of an object's class, as users know it."""
-    cls = type(obj)
-    module = cls.__module__
-    if module == "builtins":
-        return cls.__qualname__
-    return f"{module}.{cls.__qualname__}"
 
 
 def dumps(obj: object) -> bytes:
@@ -118,21 +110,7 @@ def decode_message(body: bytes | bytearray | memoryview) -> Message:
 
 def describe_exception(exc: BaseException, *, skip_frames: int = 0) -> ErrorInfo:
     """Describe an exception so it can be shown where its class does not exist."""
-    tb = exc.__traceback__
-    for _ in range(skip_frames):
-        if tb is not None:
-            tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<unprintable {type_name(exc)}>"
-    try:
-        pickled: bytes | None = cloudpickle.dumps(exc, protocol=5)
-        cloudpickle.loads(pickled)  # an exception whose __init__ rejects its args won't load
-    except Exception:
-        pickled = None
-    return ErrorInfo(type_name=type_name(exc), message=message, traceback=text, pickled=pickled)
+    return ErrorInfo(**_oneshot.describe_exception(exc, skip_frames=skip_frames))
 
 
 def hostname() -> str:

@@ -12,7 +12,6 @@ from typing import Literal
 import msgspec
 
 __all__ = [
-    "Batch",
     "Cancel",
     "ErrorInfo",
     "Hello",
@@ -22,7 +21,6 @@ __all__ = [
     "OutcomeStatus",
     "Ready",
     "Resources",
-    "Results",
     "Setup",
     "TaskSpec",
     "Versions",
@@ -127,19 +125,6 @@ class Ready(msgspec.Struct, tag="ready", array_like=True):
     """The worker is set up (or says why it is not)."""
 
     error: ErrorInfo | None = None
-
-
-class Batch(msgspec.Struct, array_like=True):
-    """The input of a one-shot worker: the driver's versions and its tasks."""
-
-    versions: Versions
-    tasks: list[TaskSpec]
-
-
-class Results(msgspec.Struct, array_like=True):
-    """The output of a one-shot worker, written atomically."""
-
-    outcomes: list[Outcome]
 
 
 class Cancel(msgspec.Struct, tag="cancel", array_like=True):

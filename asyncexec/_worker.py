@@ -1,22 +1,21 @@
-"""The one worker, run as ``python -m asyncexec.worker``.
-
-Two modes share one :func:`execute`:
+"""The one worker of pools, run as ``python -m asyncexec.worker``.
 
 ``serve --fd N`` or ``serve --stdio``
-    Long-lived, for pools. Speaks length-framed msgpack over the socket ``N``
-    (the task's stdout and stderr stay the worker's own) or over stdin and
-    stdout (for SSH channels and attached containers; the task's stdout then
-    goes to stderr). It sends :class:`Hello`, receives :class:`Setup`, answers
-    :class:`Ready`, then runs the :class:`TaskSpec` s it receives in order
-    until the driver closes the channel, answering each with an
-    :class:`Outcome`. The driver may send tasks ahead (they wait in the
-    worker's queue); a :class:`Cancel` for a task still queued drops it, with a
-    ``cancelled`` Outcome. Output can also be captured per task.
+    Long-lived. Speaks length-framed msgpack over the socket ``N`` (the task's
+    stdout and stderr stay the worker's own) or over stdin and stdout (for SSH
+    channels and attached containers; the task's stdout then goes to stderr).
+    It sends :class:`Hello`, receives :class:`Setup`, answers :class:`Ready`,
+    then runs the :class:`TaskSpec` s it receives in order until the driver
+    closes the channel, answering each with an :class:`Outcome`. The driver
+    may send tasks ahead (they wait in the worker's queue); a :class:`Cancel`
+    for a task still queued drops it, with a ``cancelled`` Outcome. Output can
+    also be captured per task.
 
-``run --input FILE --output FILE``
-    One-shot, for remote backends. Reads a :class:`Batch` (``-`` for stdin),
-    refuses it if the driver's versions differ, runs its tasks and writes a
-    :class:`Results` atomically (temporary file, then rename; ``-`` for stdout).
+``version``
+    Prints the versions a driver must match.
+
+Cluster jobs run :mod:`asyncexec._oneshot` instead, a standard-library-only
+runner that starts faster; this worker shares its primitives.
 """
 
 from __future__ import annotations
@@ -25,16 +24,13 @@ import argparse
 import contextlib
 import os
 import select
-import signal
 import sys
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import IO, Any
-
-import msgspec
+from collections.abc import Callable
+from typing import Any
 
 from ._codec import (
     HEADER,
@@ -47,39 +43,25 @@ from ._codec import (
     versions,
 )
 from ._exceptions import SerializationError
-from ._files import write_atomically
 from ._messages import (
-    Batch,
     Cancel,
     ErrorInfo,
     Hello,
     Outcome,
-    OutcomeStatus,
     Ready,
-    Results,
     Setup,
     TaskSpec,
     Versions,
 )
+from ._oneshot import TAIL_BYTES, environment, fd_capture, memory_limit
 
-__all__ = ["TAIL_BYTES", "execute", "main", "run_batch", "run_once", "serve", "version_mismatch"]
-
-#: How much of a task's captured stdout and stderr comes back with its outcome.
-TAIL_BYTES = 64 * 1024
+__all__ = ["TAIL_BYTES", "execute", "main", "serve", "version_mismatch"]
 
 _HOST = hostname()
 
 OutputCapture = Callable[
     [TaskSpec], contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]
 ]
-
-
-class _SoftTimeout(BaseException):
-    """Raised inside a one-shot task when its time limit passes."""
-
-
-class _SoftCancel(BaseException):
-    """Raised inside a one-shot task when it is cancelled where it runs."""
 
 
 def version_mismatch(driver: Versions, worker: Versions) -> str | None:
@@ -94,17 +76,13 @@ def version_mismatch(driver: Versions, worker: Versions) -> str | None:
     return "version mismatch: " + "; ".join(problems)
 
 
-def execute(
-    spec: TaskSpec, *, capture: OutputCapture | None = None, enforce_time_limit: bool = False
-) -> Outcome:
+def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
     """Run one task and describe what became of it. Never raises for the task's errors.
 
     Args:
         spec: the task.
         capture: how to capture output when ``spec.capture_output`` is set;
             by default the process's file descriptors 1 and 2 are redirected.
-        enforce_time_limit: interrupt the function at ``spec.time_limit`` (with
-            SIGALRM; main thread only). Pools leave this to the driver, which kills.
     """
     started = time.time()
     outcome = Outcome(
@@ -120,17 +98,11 @@ def execute(
         return outcome
     wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path
     capturing = (capture or _fd_capture)(spec) if wants_capture else contextlib.nullcontext(None)
-    time_limit = spec.time_limit if enforce_time_limit else None
     value = None
     try:
-        with _environment(spec.env), _memory_limit(spec.memory_mb), capturing as tails:
+        with environment(spec.env), memory_limit(spec.memory_mb), capturing as tails:
             try:
-                with _alarm(time_limit):
-                    value = fn(*args, **kwargs)
-            except _SoftTimeout:
-                outcome.status = "timeout"
-            except _SoftCancel:
-                outcome.status = "cancelled"
+                value = fn(*args, **kwargs)
             except BaseException as exc:  # the task's own errors, SystemExit included
                 outcome.status = "raised"
                 outcome.error = describe_exception(exc, skip_frames=1)  # not execute() itself
@@ -153,96 +125,14 @@ def execute(
     return outcome
 
 
+def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
+    return fd_capture(spec.stdout_path, spec.stderr_path, tempfile.gettempdir())
+
+
 def _error(exc: BaseException, message: str) -> ErrorInfo:
     info = describe_exception(exc)
     info.message = message
     return info
-
-
-@contextlib.contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
-    if not env:
-        yield
-        return
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-
-
-@contextlib.contextmanager
-def _memory_limit(memory_mb: int | None) -> Iterator[None]:
-    """Cap the address space at its current size plus ``memory_mb`` (RLIMIT_AS)."""
-    if memory_mb is None:
-        yield
-        return
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = _address_space_bytes() + memory_mb * 2**20
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def _address_space_bytes() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def _read_tail(stream: IO[bytes]) -> str:
-    stream.flush()
-    stream.seek(0, os.SEEK_END)
-    size = stream.tell()
-    stream.seek(max(0, size - TAIL_BYTES))
-    return stream.read().decode("utf-8", "replace")
-
-
-@contextlib.contextmanager
-def _fd_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
-    """Redirect file descriptors 1 and 2 into files for the duration of a task.
-
-    File-level redirection also catches what C extensions and child processes
-    write. Without a ``stdout_path``/``stderr_path`` the files are temporary.
-    """
-    files: list[IO[bytes]] = []
-    try:  # open both before redirecting either: a bad path leaves nothing redirected
-        for path in (spec.stdout_path, spec.stderr_path):
-            files.append(open(path, "ab+") if path else tempfile.TemporaryFile())  # noqa: SIM115
-    except BaseException:
-        for opened in files:
-            opened.close()
-        raise
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved: list[int] = []
-    for fd, target in zip((1, 2), files, strict=True):
-        saved.append(os.dup(fd))
-        os.dup2(target.fileno(), fd)
-    tails: list[str] = ["", ""]
-    try:
-        yield lambda: (tails[0], tails[1])
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
-            os.dup2(old, fd)
-            os.close(old)
-            tails[index] = _read_tail(files[index])
-            files[index].close()
 
 
 # -- long-lived mode -------------------------------------------------------------
@@ -393,165 +283,6 @@ def _die_with_parent(period: float = 0.5, *, or_session: bool = False) -> None:
     threading.Thread(target=watch, name="asyncexec-parent-watch", daemon=True).start()
 
 
-# -- one-shot mode ----------------------------------------------------------------
-
-
-def run_batch(
-    batch: Batch,
-    *,
-    output_dir: str | None = None,
-    cancel_dir: str | None = None,
-) -> Results:
-    """Run every task of a batch, refusing it whole on a version mismatch.
-
-    Args:
-        batch: the tasks.
-        output_dir: write each task's Outcome to ``<output_dir>/<task_id>.bin``
-            (msgpack, atomically) as soon as it ends, so that what finished
-            survives the worker being killed later (cluster jobs).
-        cancel_dir: a task whose ``<cancel_dir>/<task_id>`` exists is not
-            started (its Outcome says ``cancelled``), or is interrupted if it
-            runs when the file appears.
-    """
-    mismatch = version_mismatch(batch.versions, versions())
-    if mismatch is not None:
-        error = ErrorInfo(type_name="LaunchError", message=mismatch, traceback="")
-        outcomes = [
-            Outcome(task_id=task.task_id, status="refused", error=error) for task in batch.tasks
-        ]
-        for outcome in outcomes:
-            _keep(outcome, output_dir)
-        return Results(outcomes=outcomes)
-    outcomes = []
-    for task in batch.tasks:
-        marker = os.path.join(cancel_dir, task.task_id) if cancel_dir is not None else None
-        if marker is not None and os.path.exists(marker):
-            outcome = Outcome(task_id=task.task_id, status="cancelled", pid=os.getpid(), host=_HOST)
-        else:
-            finished: Outcome | None = None
-            try:
-                with _watchdog(task.time_limit), _cancel_watch(marker):
-                    finished = execute(task, enforce_time_limit=True)
-            except (_SoftTimeout, _SoftCancel) as interrupt:
-                # Rang in the last instant, outside the task: what it produced stands.
-                status: OutcomeStatus = (
-                    "timeout" if isinstance(interrupt, _SoftTimeout) else "cancelled"
-                )
-                finished = finished or Outcome(
-                    task_id=task.task_id, status=status, pid=os.getpid(), host=_HOST
-                )
-            outcome = finished
-        _keep(outcome, output_dir)
-        outcomes.append(outcome)
-    return Results(outcomes=outcomes)
-
-
-def _keep(outcome: Outcome, output_dir: str | None) -> None:
-    if output_dir is not None:
-        path = os.path.join(output_dir, f"{outcome.task_id}.bin")
-        write_atomically(path, msgspec.msgpack.encode(outcome))
-
-
-@contextlib.contextmanager
-def _cancel_watch(marker: str | None, period: float = 0.5) -> Iterator[None]:
-    """Interrupt the running task (with _SoftCancel) when ``marker`` appears."""
-    if marker is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stop = threading.Event()
-    main = threading.main_thread().ident
-    assert main is not None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        if not stop.is_set():
-            raise _SoftCancel
-
-    def watch() -> None:
-        while not stop.wait(period):
-            if os.path.exists(marker):
-                signal.pthread_kill(main, signal.SIGUSR2)
-                return
-
-    previous = signal.signal(signal.SIGUSR2, interrupt)
-    watcher = threading.Thread(target=watch, name="asyncexec-cancel-watch", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        try:
-            stop.set()  # from now on the handler never raises
-        finally:
-            stop.set()
-            watcher.join()
-            signal.signal(signal.SIGUSR2, previous)
-
-
-@contextlib.contextmanager
-def _alarm(seconds: float | None) -> Iterator[None]:
-    """Raise _SoftTimeout in the task when its time limit passes (main thread only)."""
-    if seconds is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise _SoftTimeout
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-@contextlib.contextmanager
-def _watchdog(seconds: float | None, grace: float = 10.0) -> Iterator[None]:
-    """Code stuck in C never sees the alarm: end the whole worker ``grace`` s later."""
-    if seconds is None:
-        yield
-        return
-    watchdog = threading.Timer(seconds + grace, os._exit, args=(124,))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        yield
-    finally:
-        watchdog.cancel()
-
-
-def run_once(
-    input_path: str,
-    output_path: str,
-    *,
-    output_dir: str | None = None,
-    cancel_dir: str | None = None,
-) -> int:
-    """One-shot mode: a Batch in, Results out (atomically); see :func:`run_batch`."""
-    raw = sys.stdin.buffer.read() if input_path == "-" else open(input_path, "rb").read()  # noqa: SIM115
-    batch = msgspec.msgpack.decode(raw, type=Batch)
-    del raw
-    if output_path == "none":  # the outcomes are in output_dir
-        run_batch(batch, output_dir=output_dir, cancel_dir=cancel_dir)
-    elif output_path == "-":
-        # The results own stdout: what the tasks print goes to stderr.
-        sys.stdout.flush()
-        results_fd = os.dup(1)
-        os.dup2(2, 1)
-        data = msgspec.msgpack.encode(
-            run_batch(batch, output_dir=output_dir, cancel_dir=cancel_dir)
-        )
-        sys.stdout.flush()
-        with os.fdopen(results_fd, "wb") as out:
-            out.write(data)
-    else:
-        data = msgspec.msgpack.encode(
-            run_batch(batch, output_dir=output_dir, cancel_dir=cancel_dir)
-        )
-        write_atomically(output_path, data)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asyncexec.worker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -559,24 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     channel = serve_parser.add_mutually_exclusive_group(required=True)
     channel.add_argument("--fd", type=int, help="speak on this connected socket")
     channel.add_argument("--stdio", action="store_true", help="speak on stdin and stdout")
-    run_parser = commands.add_parser("run", help="run one batch of tasks and exit")
-    run_parser.add_argument("--input", default="-", help="Batch file, or - for stdin")
-    run_parser.add_argument(
-        "--output", default="-", help="Results file, - for stdout, none for no file"
-    )
-    run_parser.add_argument("--output-dir", help="also write each Outcome to DIR/<task id>.bin")
-    run_parser.add_argument("--cancel-dir", help="skip or interrupt tasks named by files here")
     commands.add_parser("version", help="print the versions a driver must match")
     options = parser.parse_args(argv)
     if options.command == "serve":
         return serve(None if options.stdio else options.fd)
-    if options.command == "run":
-        return run_once(
-            options.input,
-            options.output,
-            output_dir=options.output_dir,
-            cancel_dir=options.cancel_dir,
-        )
     current = versions()
     print(
         f"python {current.python} cloudpickle {current.cloudpickle} asyncexec {current.asyncexec}"

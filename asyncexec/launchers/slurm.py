@@ -8,8 +8,9 @@ scheduler gently:
 * **Submission.** ``start`` calls made within ``batch_window`` seconds of
   each other become one ``sbatch --array`` job (several when there are more
   than the cluster's ``MaxArraySize`` array tasks). Each array task runs
-  ``chunk_size`` tasks with the project's one-shot worker (``python -m
-  asyncexec.worker run``). The tasks and the job script reach the cluster as
+  ``chunk_size`` tasks with the project's one-shot runner
+  (:mod:`asyncexec._oneshot`, a standard-library-only file that travels with
+  the array). The tasks, the runner and the job script reach the cluster as
   one archive on the standard input of the one command that unpacks them and
   calls ``sbatch``: one round trip per array, whatever its size. Staging
   directories are 0700 and files 0600.
@@ -35,10 +36,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import importlib.resources
 import io
 import json
 import logging
 import math
+import pickle
 import re
 import shlex
 import tarfile
@@ -50,10 +53,11 @@ from typing import Any
 import anyio
 import msgspec
 
+from .. import _oneshot
 from .._codec import versions
 from .._exceptions import BackendUnavailable, LaunchError
 from .._executor import BaseExecutor
-from .._messages import Batch, ErrorInfo, JobRef, Outcome, TaskSpec
+from .._messages import ErrorInfo, JobRef, Outcome, TaskSpec
 from .._options import TaskOptions
 from ..abc import Launcher, Shell
 from ..shells import LocalShell
@@ -286,6 +290,45 @@ _FIND = (
     '[ -f "$d/job_id" ] && [ -f "$d/tasks.json" ] && '
     'printf "%s\\t%s\\t%s\\n" "$d" "$(cat "$d/job_id")" "$(cat "$d/tasks.json")"; done; true'
 )
+
+
+# -- what the one-shot runner reads and writes ---------------------------------------
+
+#: The runner's source, shipped with every array (read once).
+_RUNNER_SOURCE = importlib.resources.files("asyncexec").joinpath("_oneshot.py").read_bytes()
+
+
+def batch_file(tasks: Sequence[TaskSpec]) -> bytes:
+    """An array task's input for the one-shot runner: builtins only, pickled."""
+    current = versions()
+    batch = {
+        "format": _oneshot.FORMAT,
+        "python": current.python,
+        "cloudpickle": current.cloudpickle,
+        "tasks": [msgspec.structs.asdict(task) for task in tasks],
+    }
+    return pickle.dumps(batch, protocol=5)
+
+
+class _BuiltinsOnly(pickle.Unpickler):
+    """An outcome file holds builtins only: refuse anything that names a class."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"an outcome file may not name {module}.{name}")
+
+
+def read_outcome(data: bytes) -> Outcome:
+    """An outcome file the runner wrote, as an :class:`Outcome` (types checked)."""
+    fields = _BuiltinsOnly(io.BytesIO(data)).load()
+    if not isinstance(fields, dict):
+        raise ValueError(f"an outcome file holds a {type(fields).__name__}, not a dict")
+    row: list[Any] = ["outcome", *(fields.get(name) for name in _oneshot.OUTCOME_FIELDS)]
+    error = fields.get("error")
+    if isinstance(error, dict):
+        row[1 + _oneshot.OUTCOME_FIELDS.index("error")] = [
+            error.get(name) for name in ErrorInfo.__struct_fields__
+        ]
+    return msgspec.convert(row, Outcome)
 
 
 class _SlurmJob(LocalJob):
@@ -716,37 +759,26 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             f"--error={workdir}/log/%a.err",
             *config.sbatch_options(time_seconds=time_seconds),
         ]
-        worker = shlex.join(
-            [
-                config.interpreter(),
-                "-m",
-                "asyncexec.worker",
-                "run",
-                "--output",
-                "none",
-                "--output-dir",
-                f"{workdir}/out",
-                "--cancel-dir",
-                f"{workdir}/cancel",
-                "--input",
-            ]
-        )
+        runner = shlex.join([config.interpreter(), "-c", _oneshot.BOOT, workdir])
         script = "\n".join(
             [
                 "#!/bin/bash",
                 *(f"#SBATCH {shlex.quote(option)}" for option in header),
                 "umask 077",
                 *config.prologue(),
-                f'exec {worker} {shlex.quote(workdir + "/in/")}"$SLURM_ARRAY_TASK_ID.bin"',
+                f'exec {runner} {shlex.quote(workdir + "/in/")}"$SLURM_ARRAY_TASK_ID.bin" '
+                f"{shlex.quote(workdir + '/out')} {shlex.quote(workdir + '/cancel')}",
                 "",
             ]
         )
-        current = versions()
-        files: dict[str, bytes] = {"job.sh": script.encode()}
+        files: dict[str, bytes] = {
+            "job.sh": script.encode(),
+            _oneshot.MODULE_FILE: _RUNNER_SOURCE,
+        }
         index: list[tuple[str, int]] = []
         for number, chunk in enumerate(chunks):
             tasks = [pending.task for pending in chunk]
-            files[f"in/{number}.bin"] = msgspec.msgpack.encode(Batch(versions=current, tasks=tasks))
+            files[f"in/{number}.bin"] = batch_file(tasks)
             index.extend((task.task_id, number) for task in tasks)
         files["tasks.json"] = json.dumps(index).encode()
         buffer = io.BytesIO()
@@ -867,9 +899,11 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             outcome = None
             if data is not None:
                 try:
-                    outcome = msgspec.msgpack.decode(data, type=Outcome)
-                except msgspec.DecodeError:
-                    log.warning("unreadable outcome of task %s in %s", job.task_id, job.workdir)
+                    outcome = read_outcome(data)
+                except (pickle.UnpicklingError, msgspec.ValidationError, ValueError) as exc:
+                    log.warning(
+                        "unreadable outcome of task %s in %s: %s", job.task_id, job.workdir, exc
+                    )
             if outcome is not None:
                 await self._copy_logs(job, files)
                 self._settle(job, outcome)

@@ -1,0 +1,597 @@
+"""The one-shot runner of cluster jobs: one file, standard library only.
+
+The Slurm launcher ships this file inside every array it submits and each
+array task runs it with :data:`BOOT`::
+
+    python -c "$BOOT" WORKDIR WORKDIR/in/N.bin WORKDIR/out WORKDIR/cancel
+
+It reads a batch (a pickled dict of builtins: the driver's Python and
+cloudpickle versions and the tasks), runs the tasks one after the other and
+writes each one's outcome as soon as it ends to ``out/<task id>.bin`` (a
+pickled dict of builtins, renamed into place), so that what finished survives
+the array task being killed later. A file ``cancel/<task id>`` skips that
+task, or interrupts it while it runs.
+
+Why a file of its own: an array task is a fresh interpreter, and what it
+imports before the first task runs is paid once per array task, hundreds of
+times an array. This runner imports ``_pickle``, ``threading`` and little else
+(cloudpickle only when a callable was pickled by value), where the pool
+worker's msgspec, cloudpickle, argparse and the package cost about 60 ms more
+per start on the project's machine. Travelling with the job, it also needs no
+asyncexec on the cluster: a Python of the driver's minor version, plus
+cloudpickle for callables defined in a script.
+
+The pool worker (:mod:`asyncexec._worker`) shares its primitives: output
+capture, environment, memory limit. The file keeps to syntax older Pythons
+parse, so that a node with the wrong Python gets a clear refusal rather than
+a SyntaxError.
+"""
+
+from __future__ import annotations
+
+import _pickle
+import contextlib
+import io
+import os
+import sys
+import time
+
+TYPE_CHECKING = False  # typing alone costs a cluster job's start a few ms
+if TYPE_CHECKING:
+    import _thread
+    import signal
+    from collections.abc import Callable, Iterator
+    from typing import IO, Any
+else:
+    import _signal as signal  # what signal wraps, without its enums
+
+__all__ = [
+    "BOOT",
+    "FORMAT",
+    "OUTCOME_FIELDS",
+    "TAIL_BYTES",
+    "SoftCancel",
+    "SoftTimeout",
+    "describe_exception",
+    "environment",
+    "fd_capture",
+    "main",
+    "memory_limit",
+    "type_name",
+]
+
+#: The version of the batch and outcome files; the driver writes it in every batch.
+FORMAT = 1
+#: What a job script runs: this file from the array's directory, then :func:`main`.
+#: (Imported rather than run as a script, so its bytecode is cached after the first
+#: array task; the directory leaves ``sys.path`` before any task runs.)
+BOOT = (
+    "import sys;sys.path.insert(0,sys.argv[1]);import _asyncexec_oneshot as m;"
+    "del sys.path[0];sys.exit(m.main(sys.argv[2:]))"
+)
+#: The name the file takes in an array's directory.
+MODULE_FILE = "_asyncexec_oneshot.py"
+#: The keys of an outcome file, in the order of :class:`asyncexec.Outcome`'s fields.
+OUTCOME_FIELDS = (
+    "task_id",
+    "status",
+    "value",
+    "error",
+    "started",
+    "finished",
+    "pid",
+    "host",
+    "exit_code",
+    "state",
+    "stdout",
+    "stderr",
+)
+#: How much of a task's captured stdout and stderr comes back with its outcome.
+TAIL_BYTES = 64 * 1024
+#: Seconds between looks for cancel markers while a task runs.
+WATCH_PERIOD = 0.5
+#: Seconds past a task's time limit after which a task stuck in C ends the runner.
+STUCK_GRACE = 10.0
+
+
+class SoftTimeout(BaseException):
+    """Raised inside a task when its time limit passes."""
+
+
+class SoftCancel(BaseException):
+    """Raised inside a task when it is cancelled while it runs."""
+
+
+# -- primitives the pool worker shares ----------------------------------------------
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a task."""
+    if not env:
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+@contextlib.contextmanager
+def memory_limit(memory_mb: int | None) -> Iterator[None]:
+    """Cap the address space at its current size plus ``memory_mb`` (RLIMIT_AS)."""
+    if memory_mb is None:
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _address_space_bytes() + memory_mb * 2**20
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _address_space_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _read_tail(stream: IO[bytes]) -> str:
+    stream.flush()
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(max(0, size - TAIL_BYTES))
+    return stream.read().decode("utf-8", "replace")
+
+
+def _scratch_file(directory: str) -> IO[bytes]:
+    """An anonymous file in ``directory``: created private, unlinked at once."""
+    for attempt in range(100):
+        name = f".capture-{os.getpid()}-{time.monotonic_ns()}-{attempt}"
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        os.unlink(path)
+        return os.fdopen(fd, "wb+")
+    raise FileExistsError("no free name for a capture file in " + directory)
+
+
+@contextlib.contextmanager
+def fd_capture(
+    stdout_path: str | None, stderr_path: str | None, scratch_dir: str
+) -> Iterator[Callable[[], tuple[str, str]]]:
+    """Redirect file descriptors 1 and 2 into files for the duration of a task.
+
+    File-level redirection also catches what C extensions and child processes
+    write. A stream without a path goes to an anonymous file in ``scratch_dir``.
+    Yields a function answering the tails of both once the block has ended.
+    """
+    files: list[IO[bytes]] = []
+    try:  # open both before redirecting either: a bad path leaves nothing redirected
+        for path in (stdout_path, stderr_path):
+            files.append(open(path, "ab+") if path else _scratch_file(scratch_dir))  # noqa: SIM115
+    except BaseException:
+        for opened in files:
+            opened.close()
+        raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved: list[int] = []
+    for fd, target in zip((1, 2), files, strict=True):
+        saved.append(os.dup(fd))
+        os.dup2(target.fileno(), fd)
+    tails = ["", ""]
+    try:
+        yield lambda: (tails[0], tails[1])
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
+            os.dup2(old, fd)
+            os.close(old)
+            tails[index] = _read_tail(files[index])
+            files[index].close()
+
+
+def type_name(obj: object) -> str:
+    """The qualified name of an object's class, as users know it."""
+    cls = type(obj)
+    module = cls.__module__
+    if module == "builtins":
+        return str(cls.__qualname__)
+    return f"{module}.{cls.__qualname__}"
+
+
+# -- functions sent by value ---------------------------------------------------------
+#
+# A function defined in the driver's script travels by value: cloudpickle pickles
+# it as calls to a few reconstructors of its own module, and unpickling it would
+# import cloudpickle (about 23 ms of a job's start here: dataclasses, logging,
+# typing...). These are the reconstructors a function needs, as cloudpickle 3
+# defines them (cloudpickle/cloudpickle.py, BSD-3-Clause); anything else a pickle
+# names from cloudpickle (classes, enums, dataclasses...) comes from cloudpickle.
+
+
+def _reconstructors_known(version: str | None) -> bool:
+    """Whether the driver's cloudpickle pickles functions as the ones below expect."""
+    return version is not None and version.split(".")[0] == "3"
+
+
+def _builtin_type(name: str) -> Any:
+    import types
+
+    return type if name == "ClassType" else getattr(types, name)
+
+
+def _make_function(
+    code: Any, globals: dict[str, Any], name: Any, argdefs: Any, closure: Any
+) -> Any:
+    import types
+
+    globals["__builtins__"] = __builtins__
+    return types.FunctionType(code, globals, name, argdefs, closure)
+
+
+def _make_empty_cell() -> Any:
+    import types
+
+    return types.CellType()
+
+
+def _make_cell(value: Any) -> Any:
+    import types
+
+    return types.CellType(value)
+
+
+def _function_setstate(obj: Any, state: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    own, slots = state
+    obj.__dict__.update(own)
+    obj_globals = slots.pop("__globals__")
+    obj_closure = slots.pop("__closure__")
+    slots.pop("_cloudpickle_submodules")  # imported already, by unpickling them
+    obj.__globals__.update(obj_globals)
+    obj.__globals__["__builtins__"] = __builtins__
+    if obj_closure is not None:
+        for index, cell in enumerate(obj_closure):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            obj.__closure__[index].cell_contents = value
+    for key, value in slots.items():
+        setattr(obj, key, value)
+
+
+def _subimport(name: str) -> Any:
+    __import__(name)
+    return sys.modules[name]
+
+
+_CLOUDPICKLE: dict[str, Any] = {
+    "_builtin_type": _builtin_type,
+    "_make_function": _make_function,
+    "_make_empty_cell": _make_empty_cell,
+    "_make_cell": _make_cell,
+    "_function_setstate": _function_setstate,
+    "subimport": _subimport,
+}
+
+
+class _Refused(Exception):
+    """A task this node cannot load (cloudpickle missing or of another version)."""
+
+
+class _TaskUnpickler(_pickle.Unpickler):
+    """Loads functions sent by value without cloudpickle where it can."""
+
+    def __init__(
+        self,
+        data: bytes,
+        cloudpickle_version: str | None,
+        needs_cloudpickle: Callable[[str | None], str | None],
+    ) -> None:
+        super().__init__(io.BytesIO(data))
+        self.cloudpickle_version = cloudpickle_version
+        self.known = _reconstructors_known(cloudpickle_version)
+        self.needs_cloudpickle = needs_cloudpickle
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.partition(".")[0] == "cloudpickle":
+            if self.known and name in _CLOUDPICKLE:
+                return _CLOUDPICKLE[name]
+            refusal = self.needs_cloudpickle(self.cloudpickle_version)
+            if refusal is not None:
+                raise _Refused(refusal)
+        return super().find_class(module, name)
+
+
+# -- the runner ------------------------------------------------------------------------
+
+
+def _dumps(obj: object) -> bytes:
+    """Pickle with the standard library, or with cloudpickle for what only it can."""
+    try:
+        return bytes(_pickle.dumps(obj, protocol=5))
+    except Exception as first:
+        try:
+            import cloudpickle
+        except ImportError:
+            raise first from None
+        return bytes(cloudpickle.dumps(obj, protocol=5))
+
+
+def describe_exception(exc: BaseException, *, skip_frames: int = 0) -> dict[str, Any]:
+    """An exception as builtins (an ``ErrorInfo``), readable where its class is not."""
+    import traceback
+
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type_name(exc)}>"
+    pickled: bytes | None
+    try:
+        pickled = _dumps(exc)
+        _pickle.loads(pickled)  # an exception whose __init__ rejects its args won't load
+    except Exception:
+        pickled = None
+    return {"type_name": type_name(exc), "message": message, "traceback": text, "pickled": pickled}
+
+
+def _problem(message: str, exc: BaseException | None = None) -> dict[str, Any]:
+    if exc is None:
+        return {"type_name": "LaunchError", "message": message, "traceback": "", "pickled": None}
+    error = describe_exception(exc)
+    error["message"] = message
+    return error
+
+
+class Runner:
+    """Runs a batch's tasks in this process, one outcome file each."""
+
+    def __init__(self, output_dir: str, cancel_dir: str | None) -> None:
+        self.output_dir = output_dir
+        self.cancel_dir = cancel_dir
+        self.host = os.uname().nodename
+        self.pid = os.getpid()
+        self.python = "{}.{}".format(*sys.version_info[:2])
+        self.cloudpickle: str | None = None  # its version, once imported
+        # The task inside the user's function, if any: interrupts raise only then.
+        self.running: str | None = None
+        # The task the watcher signalled to stop, and the marker it watches.
+        self.cancel_for: str | None = None
+        self.marker: str | None = None
+        self.lock: _thread.LockType | None = None
+        # The array task's own stderr (fd 2 may be a task's capture file), for the watchdog.
+        self.log_fd = os.dup(2)
+        self.stuck_grace = STUCK_GRACE
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.signal(signal.SIGUSR2, self._on_cancel)
+
+    def run(self, batch: dict[str, Any]) -> None:
+        """Run every task of ``batch``, refusing it whole if the Pythons differ."""
+        tasks: list[dict[str, Any]] = batch["tasks"]
+        self.stuck_grace = float(batch.get("stuck_grace", STUCK_GRACE))
+        refusal = None
+        if batch.get("format") != FORMAT:
+            refusal = f"batch format {batch.get('format')!r}, this runner reads {FORMAT}"
+        elif batch["python"] != self.python:
+            refusal = (
+                f"version mismatch: python {batch['python']} on the driver"
+                f" but {self.python} on the worker"
+            )
+        for task in tasks:
+            if refusal is not None:
+                self.keep(self.outcome(task["task_id"], "refused", error=_problem(refusal)))
+            else:
+                self.keep(self.run_task(task, batch.get("cloudpickle")))
+
+    def outcome(self, task_id: str, status: str, **fields: Any) -> dict[str, Any]:
+        outcome: dict[str, Any] = dict.fromkeys(OUTCOME_FIELDS)
+        outcome.update(task_id=task_id, status=status, pid=self.pid, host=self.host)
+        outcome.update(stdout="", stderr="")
+        outcome.update(fields)
+        return outcome
+
+    def keep(self, outcome: dict[str, Any]) -> None:
+        """Write an outcome file where the poller looks, whole or not at all.
+
+        Renamed into place but not synced: the poller reads it through the
+        shared file system once it is renamed, and a node that crashes takes
+        its running tasks with it either way (an unreadable outcome counts as
+        none, and Slurm's NODE_FAIL says what happened).
+        """
+        data = _pickle.dumps(outcome, protocol=5)
+        path = os.path.join(self.output_dir, outcome["task_id"] + ".bin")
+        temporary = os.path.join(self.output_dir, f".tmp-{outcome['task_id']}-{self.pid}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+
+    def needs_cloudpickle(self, wanted: str | None) -> str | None:
+        """Import cloudpickle for a callable pickled by value; why not, if it cannot be."""
+        if self.cloudpickle is None:
+            try:
+                import cloudpickle
+            except ImportError as exc:
+                return f"this task was pickled by value and needs cloudpickle {wanted} here: {exc}"
+            self.cloudpickle = str(cloudpickle.__version__)
+        if wanted is not None and wanted != self.cloudpickle:
+            return (
+                f"version mismatch: cloudpickle {wanted} on the driver"
+                f" but {self.cloudpickle} on the worker"
+            )
+        return None
+
+    def loads(self, data: bytes, cloudpickle_version: str | None) -> Any:
+        """Unpickle what the driver pickled with cloudpickle ``cloudpickle_version``."""
+        return _TaskUnpickler(data, cloudpickle_version, self.needs_cloudpickle).load()
+
+    def run_task(self, task: dict[str, Any], cloudpickle_version: str | None) -> dict[str, Any]:
+        task_id: str = task["task_id"]
+        marker = os.path.join(self.cancel_dir, task_id) if self.cancel_dir else None
+        if marker is not None and os.path.exists(marker):
+            return self.outcome(task_id, "cancelled")
+        started = time.time()
+        try:
+            fn = self.loads(task["fn"], cloudpickle_version)
+            args, kwargs = self.loads(task["args"], cloudpickle_version)
+        except _Refused as refused:
+            return self.outcome(task_id, "refused", error=_problem(str(refused)))
+        except Exception as exc:
+            message = f"cannot unpickle the task: {type_name(exc)}: {exc}"
+            return self.outcome(task_id, "unpicklable", error=_problem(message, exc))
+        outcome = self.outcome(task_id, "ok", started=started)
+        wants_capture = task["capture_output"] or task["stdout_path"] or task["stderr_path"]
+        capturing = (
+            fd_capture(task["stdout_path"], task["stderr_path"], self.output_dir)
+            if wants_capture
+            else contextlib.nullcontext(None)
+        )
+        value = None
+        try:
+            with environment(task["env"]), memory_limit(task["memory_mb"]), capturing as tails:
+                status, value, error = self.call(
+                    task_id, fn, args, kwargs, task["time_limit"], marker
+                )
+                outcome["status"] = status
+                if error is not None:
+                    outcome["error"] = describe_exception(error, skip_frames=1)  # not call() itself
+                sys.stdout.flush()
+                sys.stderr.flush()
+            if tails is not None:
+                outcome["stdout"], outcome["stderr"] = tails()
+        except Exception as exc:  # setting the task up failed: a log file that cannot be opened...
+            outcome["status"] = "raised"
+            outcome["error"] = describe_exception(exc)
+            value = None
+        if outcome["status"] == "ok":
+            try:
+                outcome["value"] = _dumps(value)
+            except Exception as exc:
+                message = f"the task's result cannot be pickled: {type_name(exc)}: {exc}"
+                outcome["status"] = "unpicklable"
+                outcome["error"] = _problem(message, exc)
+        outcome["finished"] = time.time()
+        return outcome
+
+    def call(
+        self,
+        task_id: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        time_limit: float | None,
+        marker: str | None,
+    ) -> tuple[str, Any, BaseException | None]:
+        """Call the task's function: its status, value and exception.
+
+        An interrupt (the time limit's SIGALRM, the watcher's SIGUSR2) raises
+        only while ``running`` names this task, and clears it first: at most
+        one raises per task, and none after the function returned.
+        """
+        import faulthandler
+
+        if marker is not None:
+            self.watch(marker)
+        if time_limit is not None:
+            # Code stuck in C never sees the alarm: end the runner a while later.
+            faulthandler.dump_traceback_later(
+                time_limit + self.stuck_grace, exit=True, file=self.log_fd
+            )
+        try:
+            try:
+                self.running = task_id
+                if time_limit is not None:
+                    signal.setitimer(signal.ITIMER_REAL, time_limit)
+                return "ok", fn(*args, **kwargs), None
+            finally:
+                self.running = None
+        except SoftTimeout:
+            return "timeout", None, None
+        except SoftCancel:
+            return "cancelled", None, None
+        except BaseException as exc:  # the task's own errors, SystemExit included
+            return "raised", None, exc
+        finally:
+            # Runs with ``running`` cleared, so no interrupt can cut it short.
+            if time_limit is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                faulthandler.cancel_dump_traceback_later()
+            if marker is not None:
+                self.watch(None)
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        if self.running is not None:
+            self.running = None
+            raise SoftTimeout
+
+    def _on_cancel(self, signum: int, frame: Any) -> None:
+        if self.running is not None and self.running == self.cancel_for:
+            self.running = None
+            raise SoftCancel
+
+    def watch(self, marker: str | None) -> None:
+        """Look for ``marker`` while the current task runs (None: stop looking)."""
+        if self.lock is None:
+            import _thread  # what threading wraps: this thread needs none of the rest
+
+            self.lock = _thread.allocate_lock()
+            # Not joined: the interpreter ends with the main thread.
+            _thread.start_new_thread(self._watch, (_thread.get_ident(),))
+        with self.lock:
+            self.marker = marker
+
+    def _watch(self, main_thread: int) -> None:
+        assert self.lock is not None
+        while True:
+            time.sleep(WATCH_PERIOD)
+            marker = self.marker
+            if marker is None or not os.path.exists(marker):
+                continue
+            with self.lock:
+                if self.marker == marker:  # still that task's
+                    self.cancel_for = os.path.basename(marker)
+                    self.marker = None
+                    signal.pthread_kill(main_thread, signal.SIGUSR2)
+
+
+def main(argv: list[str]) -> int:
+    """``BATCH OUTPUT_DIR [CANCEL_DIR]``: run a batch file's tasks, one outcome file each."""
+    if len(argv) not in (2, 3):
+        sys.stderr.write("usage: BATCH OUTPUT_DIR [CANCEL_DIR]\n")
+        return 2
+    with open(argv[0], "rb") as file:
+        batch = _pickle.load(file)
+    Runner(argv[1], argv[2] if len(argv) == 3 else None).run(batch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
