@@ -69,3 +69,9 @@ def test_slurm_benchmark_smoke(cluster: Cluster) -> None:
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     assert any("asyncexec" in line for line in rows), report
     assert any("sbatch --array" in line for line in rows), report
+
+
+def test_array_task_start_benchmark_smoke() -> None:
+    report = run_benchmark("array_task_start.py", "--smoke")
+    for way in ("python -c pass", "by hand (json)", "asyncexec runner", "pool worker's start"):
+        assert f"\n| {way} |" in report, report
