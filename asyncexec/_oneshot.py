@@ -52,7 +52,9 @@ __all__ = [
     "TAIL_BYTES",
     "SoftCancel",
     "SoftTimeout",
+    "TaskUnpickler",
     "describe_exception",
+    "dumps_value",
     "environment",
     "fd_capture",
     "main",
@@ -298,7 +300,7 @@ class _Refused(Exception):
     """A task this node cannot load (cloudpickle missing or of another version)."""
 
 
-class _TaskUnpickler(_pickle.Unpickler):
+class TaskUnpickler(_pickle.Unpickler):
     """Loads functions sent by value without cloudpickle where it can."""
 
     def __init__(
@@ -325,7 +327,7 @@ class _TaskUnpickler(_pickle.Unpickler):
 # -- the runner ------------------------------------------------------------------------
 
 
-def _dumps(obj: object) -> bytes:
+def dumps_value(obj: object) -> bytes:
     """Pickle with the standard library, or with cloudpickle for what only it can."""
     try:
         return bytes(_pickle.dumps(obj, protocol=5))
@@ -352,7 +354,7 @@ def describe_exception(exc: BaseException, *, skip_frames: int = 0) -> dict[str,
         message = f"<unprintable {type_name(exc)}>"
     pickled: bytes | None
     try:
-        pickled = _dumps(exc)
+        pickled = dumps_value(exc)
         _pickle.loads(pickled)  # an exception whose __init__ rejects its args won't load
     except Exception:
         pickled = None
@@ -451,7 +453,7 @@ class Runner:
 
     def loads(self, data: bytes, cloudpickle_version: str | None) -> Any:
         """Unpickle what the driver pickled with cloudpickle ``cloudpickle_version``."""
-        return _TaskUnpickler(data, cloudpickle_version, self.needs_cloudpickle).load()
+        return TaskUnpickler(data, cloudpickle_version, self.needs_cloudpickle).load()
 
     def run_task(self, task: dict[str, Any], cloudpickle_version: str | None) -> dict[str, Any]:
         task_id: str = task["task_id"]
@@ -493,7 +495,7 @@ class Runner:
             value = None
         if outcome["status"] == "ok":
             try:
-                outcome["value"] = _dumps(value)
+                outcome["value"] = dumps_value(value)
             except Exception as exc:
                 message = f"the task's result cannot be pickled: {type_name(exc)}: {exc}"
                 outcome["status"] = "unpicklable"

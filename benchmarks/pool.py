@@ -215,7 +215,9 @@ class AsyncexecPeer(Peer):
 
     @staticmethod
     def load() -> None:
-        import asyncexec  # noqa: F401
+        # The package loads its executors on first use: import the one measured, as
+        # the other peers' load() imports theirs, so cold start times the pool alone.
+        from asyncexec import ProcessExecutor  # noqa: F401
 
     async def start(self) -> None:
         import asyncexec

@@ -263,7 +263,7 @@ def test_functions_sent_by_value_load_as_cloudpickle_loads_them() -> None:
 
     import cloudpickle
 
-    from asyncexec._oneshot import _TaskUnpickler
+    from asyncexec._oneshot import TaskUnpickler
 
     factor = 3
 
@@ -319,7 +319,7 @@ def test_functions_sent_by_value_load_as_cloudpickle_loads_them() -> None:
 
     for fn, use in cases:
         data = cloudpickle.dumps(fn, protocol=5)
-        copy = _TaskUnpickler(data, cloudpickle.__version__, needs_cloudpickle).load()
+        copy = TaskUnpickler(data, cloudpickle.__version__, needs_cloudpickle).load()
         expected = cloudpickle.loads(data)
         assert use(copy) == use(expected) == use(fn)
         for name in ("__name__", "__qualname__", "__module__", "__annotations__", "__kwdefaults__"):
@@ -330,5 +330,5 @@ def test_functions_sent_by_value_load_as_cloudpickle_loads_them() -> None:
     class Local:
         pass
 
-    _TaskUnpickler(cloudpickle.dumps(Local), cloudpickle.__version__, needs_cloudpickle).load()
+    TaskUnpickler(cloudpickle.dumps(Local), cloudpickle.__version__, needs_cloudpickle).load()
     assert fallbacks

@@ -404,6 +404,22 @@ async def test_bad_python_is_a_launch_error() -> None:
             pass
 
 
+async def test_workers_start_and_run_script_functions_without_cloudpickle() -> None:
+    """cloudpickle costs a worker's start ~20 ms: it is imported only when needed."""
+
+    def loaded() -> list[str]:  # a closure, sent by value as a script's function is
+        return [name for name in ("cloudpickle", "argparse", "tempfile") if name in sys.modules]
+
+    def make_adder(n: int) -> Any:
+        return lambda x: x + n  # only cloudpickle pickles this
+
+    async with ProcessExecutor(1) as ex:
+        assert await ex.run(loaded) == []
+        adder = await ex.run(make_adder, 2)
+        assert adder(3) == 5
+        assert await ex.run(loaded) == ["cloudpickle"]
+
+
 async def test_version_mismatch_is_refused(tmp_path: Path) -> None:
     fake = tmp_path / "python-with-other-cloudpickle"
     fake.write_text(
@@ -634,3 +650,64 @@ async def test_prefetch_zero_hands_tasks_to_idle_workers_only(tmp_path: Path) ->
 def test_prefetch_must_be_a_count() -> None:
     with pytest.raises(ValueError, match="prefetch"):
         ProcessExecutor(1, prefetch=-1)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def current(self) -> int:
+        return self.count
+
+
+async def test_pickles_remembered_are_those_without_state() -> None:
+    """A module's function is pickled once; a bound method or a partial every time."""
+    import functools
+
+    from asyncexec import _codec
+
+    counter = Counter()
+    items: list[int] = []
+    method = counter.current
+    partial = functools.partial(len, items)
+    async with ProcessExecutor(1) as ex:
+        for expected in range(3):
+            assert await ex.run(method) == expected
+            assert await ex.run(partial) == expected
+            assert await ex.run(identity, expected) == expected
+            counter.count += 1
+            items.append(expected)
+    assert _codec._by_reference[id(identity)][0] is identity
+    assert id(method) not in _codec._by_reference and id(partial) not in _codec._by_reference
+
+
+SCRIPT = """
+import dataclasses, sys, anyio
+from asyncexec import ProcessExecutor
+
+@dataclasses.dataclass
+class Point:  # lives in __main__: pickled by value, as cloudpickle does
+    x: int
+    y: int
+
+def norm(p):
+    return abs(p.x) + abs(p.y)
+
+async def main():
+    async with ProcessExecutor(1) as ex:
+        print(await ex.run(norm, Point(3, -4)), await ex.run(lambda: Point(1, 2)))
+
+anyio.run(main)
+"""
+
+
+def test_a_scripts_functions_classes_and_lambdas_travel_by_value(tmp_path: Path) -> None:
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["7", "Point(x=1,", "y=2)"]

@@ -31,3 +31,20 @@ def test_version_command() -> None:
         timeout=60,
     )
     assert via_cli.stdout == done.stdout
+
+
+def test_cloudpickle_version_is_read_without_importing_it() -> None:
+    import cloudpickle
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from asyncexec._codec import versions; "
+            "print(versions().cloudpickle, 'cloudpickle' in sys.modules)",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.decode().split() == [cloudpickle.__version__, "False"]
