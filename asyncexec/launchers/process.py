@@ -50,6 +50,7 @@ class _ProcessWorker(PoolWorker):
         self.socket = socket_stream
         if socket_stream is not None:
             self.raw_socket = socket_stream.extra(SocketAttribute.raw_socket)
+            self.reader.raw_socket = self.raw_socket
 
     def kill(self) -> None:
         self.dead = True
