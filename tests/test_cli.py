@@ -222,6 +222,16 @@ def test_interrupting_a_run_stops_it_cleanly(
         seconds=30,
     )
     wait_for_lines(log, "start", 2)
+    # The dispatch window (2 x 2 workers) fills while the first two run: wait until all
+    # four are recorded as submitted, or one may still be in the dispatcher's hands
+    # (then it goes back to pending rather than cancelled).
+    deadline = time.monotonic() + 30
+    while True:
+        with ResultsStore(directory, create=False) as store:
+            if store.counts()["running"] == 4:
+                break
+        assert time.monotonic() < deadline, "the dispatch window never filled"
+        time.sleep(0.05)
     if how == "sigint":
         driver.send_signal(signal.SIGINT)
     else:
