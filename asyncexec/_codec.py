@@ -108,7 +108,7 @@ def dumps_call(fn: object, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tu
                     _by_reference.clear()
                 _by_reference[id(fn)] = (fn, fast)
     call = (tuple(args), dict(kwargs))
-    args_bytes = _fast_dumps(call)
+    args_bytes = None if _large(args, kwargs) else _fast_dumps(call)
     if args_bytes is None:
         try:
             import cloudpickle
@@ -135,6 +135,22 @@ def _is_plain_function(fn: object) -> bool:
     return isinstance(fn, types.BuiltinFunctionType) and isinstance(
         getattr(fn, "__self__", None), types.ModuleType
     )
+
+
+#: Bytes beyond which an argument goes straight to cloudpickle: looking for
+#: ``__main__`` in its pickle would cost as much as pickling it (~0.5 ms a MiB).
+_LARGE = 1 << 16
+
+
+def _large(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    """Whether an argument is a large buffer or string (or array: ``nbytes``)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, (bytes, bytearray, memoryview, str)):
+            if len(value) > _LARGE:
+                return True
+        elif (getattr(value, "nbytes", 0) or 0) > _LARGE:
+            return True
+    return False
 
 
 def _fast_dumps(obj: object) -> bytes | None:

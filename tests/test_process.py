@@ -696,6 +696,8 @@ def norm(p):
 async def main():
     async with ProcessExecutor(1) as ex:
         print(await ex.run(norm, Point(3, -4)), await ex.run(lambda: Point(1, 2)))
+        # A large argument skips the fast path (and its scan): still by value.
+        print(await ex.run(lambda p, data: norm(p) + len(data), Point(1, 1), bytes(200_000)))
 
 anyio.run(main)
 """
@@ -710,4 +712,4 @@ def test_a_scripts_functions_classes_and_lambdas_travel_by_value(tmp_path: Path)
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["7", "Point(x=1,", "y=2)"]
+    assert done.stdout.split() == ["7", "Point(x=1,", "y=2)", "200002"]
