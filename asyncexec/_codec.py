@@ -95,7 +95,7 @@ def dumps_call(fn: object, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tu
     module's function: its pickle is its name) is pickled once and remembered.
     """
     remembered = _by_reference.get(id(fn))
-    if remembered is not None and remembered[0] is fn:
+    if remembered is not None and remembered[0] is fn and not _names_by_value(remembered[1]):
         fn_bytes = remembered[1]
     else:
         fast = _fast_dumps(fn)
@@ -162,19 +162,21 @@ def _fast_dumps(obj: object) -> bytes | None:
     the standard library cannot pickle at all (lambdas, local functions,
     modules...) is left to cloudpickle too.
     """
-    if _registered_by_value():
-        return None
     try:
         data = _pickle.dumps(obj, protocol=5)
     except Exception:
         return None
-    return None if b"__main__" in data else data
+    return None if b"__main__" in data or _names_by_value(data) else data
 
 
-def _registered_by_value() -> bool:
-    """Whether ``cloudpickle.register_pickle_by_value`` was called for some module."""
+def _names_by_value(data: bytes) -> bool:
+    """Whether a pickle names a module registered with ``register_pickle_by_value``.
+
+    (Or a submodule of one, or merely the same text: then cloudpickle pickles it.)
+    """
     cloudpickle = sys.modules.get("cloudpickle.cloudpickle")
-    return cloudpickle is not None and bool(getattr(cloudpickle, "_PICKLE_BY_VALUE_MODULES", ()))
+    registered: set[str] = getattr(cloudpickle, "_PICKLE_BY_VALUE_MODULES", None) or set()
+    return any(name.encode() in data for name in registered)
 
 
 def _slow_dumps(obj: object, *, what: str) -> bytes:

@@ -713,3 +713,26 @@ def test_a_scripts_functions_classes_and_lambdas_travel_by_value(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["7", "Point(x=1,", "y=2)", "200002"]
+
+
+def test_modules_registered_by_value_are_pickled_by_cloudpickle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    import cloudpickle
+
+    from asyncexec import _codec
+
+    (tmp_path / "by_value_here.py").write_text("def shout(x):\n    return str(x).upper()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("by_value_here")
+    by_reference, _ = _codec.dumps_call(module.shout, ("a",), {})
+    assert b"cloudpickle" not in by_reference and id(module.shout) in _codec._by_reference
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        by_value, _ = _codec.dumps_call(module.shout, ("a",), {})
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    assert b"cloudpickle" in by_value  # the remembered pickle was not used
+    assert _codec.dumps_call(module.shout, ("a",), {})[0] == by_reference
