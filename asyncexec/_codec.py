@@ -57,21 +57,34 @@ def cloudpickle_version() -> str:
     costs a start about 20 ms (dataclasses, logging, typing...), and a worker
     needs it only for what it cannot pickle or load without it.
     """
+    global _cloudpickle_source_version
     if "cloudpickle" not in sys.modules:
-        try:
-            from importlib.util import find_spec
-
-            spec = find_spec("cloudpickle")
-            if spec is not None and spec.origin:
-                with open(spec.origin, encoding="utf-8") as source:
-                    for line in source:
-                        if line.startswith("__version__ = "):
-                            return line.split("=", 1)[1].strip().strip("\"'")
-        except (OSError, ImportError, ValueError):
-            pass
+        if _cloudpickle_source_version is None:  # read once: the driver asks per batch file
+            _cloudpickle_source_version = _read_cloudpickle_version()
+        if _cloudpickle_source_version:
+            return _cloudpickle_source_version
     import cloudpickle
 
     return str(cloudpickle.__version__)
+
+
+#: What cloudpickle's source says its version is ("" where that cannot be read).
+_cloudpickle_source_version: str | None = None
+
+
+def _read_cloudpickle_version() -> str:
+    try:
+        from importlib.util import find_spec
+
+        spec = find_spec("cloudpickle")
+        if spec is not None and spec.origin:
+            with open(spec.origin, encoding="utf-8") as source:
+                for line in source:
+                    if line.startswith("__version__ = "):
+                        return line.split("=", 1)[1].strip().strip("\"'")
+    except (OSError, ImportError, ValueError):
+        pass
+    return ""
 
 
 def dumps(obj: object) -> bytes:

@@ -59,6 +59,7 @@ __all__ = [
     "fd_capture",
     "main",
     "memory_limit",
+    "problem",
     "type_name",
 ]
 
@@ -361,7 +362,8 @@ def describe_exception(exc: BaseException, *, skip_frames: int = 0) -> dict[str,
     return {"type_name": type_name(exc), "message": message, "traceback": text, "pickled": pickled}
 
 
-def _problem(message: str, exc: BaseException | None = None) -> dict[str, Any]:
+def problem(message: str, exc: BaseException | None = None) -> dict[str, Any]:
+    """An ErrorInfo's fields saying ``message``: about ``exc`` if given, else a refusal."""
     if exc is None:
         return {"type_name": "LaunchError", "message": message, "traceback": "", "pickled": None}
     error = describe_exception(exc)
@@ -405,7 +407,7 @@ class Runner:
             )
         for task in tasks:
             if refusal is not None:
-                self.keep(self.outcome(task["task_id"], "refused", error=_problem(refusal)))
+                self.keep(self.outcome(task["task_id"], "refused", error=problem(refusal)))
             else:
                 self.keep(self.run_task(task, batch.get("cloudpickle")))
 
@@ -465,10 +467,10 @@ class Runner:
             fn = self.loads(task["fn"], cloudpickle_version)
             args, kwargs = self.loads(task["args"], cloudpickle_version)
         except _Refused as refused:
-            return self.outcome(task_id, "refused", error=_problem(str(refused)))
+            return self.outcome(task_id, "refused", error=problem(str(refused)))
         except Exception as exc:
             message = f"cannot unpickle the task: {type_name(exc)}: {exc}"
-            return self.outcome(task_id, "unpicklable", error=_problem(message, exc))
+            return self.outcome(task_id, "unpicklable", error=problem(message, exc))
         outcome = self.outcome(task_id, "ok", started=started)
         wants_capture = task["capture_output"] or task["stdout_path"] or task["stderr_path"]
         capturing = (
@@ -499,7 +501,7 @@ class Runner:
             except Exception as exc:
                 message = f"the task's result cannot be pickled: {type_name(exc)}: {exc}"
                 outcome["status"] = "unpicklable"
-                outcome["error"] = _problem(message, exc)
+                outcome["error"] = problem(message, exc)
         outcome["finished"] = time.time()
         return outcome
 

@@ -59,6 +59,7 @@ from ._oneshot import (
     environment,
     fd_capture,
     memory_limit,
+    problem,
 )
 
 __all__ = ["TAIL_BYTES", "execute", "main", "serve", "version_mismatch"]
@@ -165,9 +166,7 @@ def _dumps(value: object) -> bytes:
 
 
 def _error(exc: BaseException, message: str) -> ErrorInfo:
-    info = describe_exception(exc)
-    info.message = message
-    return info
+    return ErrorInfo(**problem(message, exc))
 
 
 # -- long-lived mode -------------------------------------------------------------

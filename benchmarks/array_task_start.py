@@ -12,8 +12,8 @@ every way), the wall time of one array task's process running 10 trivial tasks
 * asyncexec: the one-shot runner exactly as a job script starts it (``BOOT``), on a
   batch file made by the Slurm launcher, the function sent by value;
 * the pool worker's start (``python -m asyncexec.worker version``), for reference:
-  its imports (msgspec, cloudpickle, argparse, the package) are what array tasks
-  paid before the runner existed.
+  its imports (msgspec, argparse, the package; cloudpickle too before commit
+  baba60b) are about what array tasks paid before the runner existed.
 
 ``--python`` picks the interpreter (by default this one; give the cluster venv's to
 measure what the nodes run).
