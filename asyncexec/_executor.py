@@ -2,17 +2,27 @@
 
 The executor knows no backend: it drives a :class:`~asyncexec.abc.Launcher`
 through ``start`` / ``wait`` / ``cancel`` and keeps every other concern here.
-``n_workers`` runner tasks take tasks from one queue, so at most ``n_workers``
-tasks are in the launcher's hands at once.
+Tasks wait in one queue; at most ``n_workers * (1 + launcher.prefetch)`` of them
+are in the launcher's hands at once. A task is handed over in one of two ways:
+
+* by a coroutine of its own (``_run_task``) that awaits ``start`` and ``wait``,
+  owns the task's time limit and is cancelled to cancel it;
+* or, where the launcher can take a task at once (``Launcher.try_start``) and
+  the task needs no deadline kept here, with no coroutine at all: the launcher
+  calls back with the outcome, and cancelling starts a coroutine that kills the
+  work. This is the process pool's everyday path, and what makes it fast.
+
+Both paths end in :meth:`BaseExecutor._conclude` (value, error or retry), so
+they cannot disagree on what an outcome means.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
-import math
 import time
 import uuid
 from collections import deque
@@ -22,7 +32,6 @@ from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._codec import dumps_call, loads, type_name
 from ._exceptions import (
@@ -55,8 +64,10 @@ class _Task:
         "attempt",
         "future",
         "holds_slot",
+        "killing",
         "options",
         "queued",
+        "ref",
         "retry_scheduled",
         "scope",
         "spec",
@@ -71,7 +82,9 @@ class _Task:
         self.queued = False
         self.holds_slot = False
         self.retry_scheduled = False
-        self.scope: anyio.CancelScope | None = None
+        self.scope: anyio.CancelScope | None = None  # of its coroutine, while it has one
+        self.ref: JobRef | None = None  # started with try_start, until its outcome is taken
+        self.killing = False  # a coroutine is cancelling the work it was started with
 
 
 class BaseExecutor:
@@ -107,8 +120,11 @@ class BaseExecutor:
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
         self._pending_slots: anyio.Semaphore | None = None
-        self._send: MemoryObjectSendStream[_Task] | None = None
-        self._receive: MemoryObjectReceiveStream[_Task] | None = None
+        self._queue: deque[_Task] = deque()  # waiting for the launcher (cancelled ones skipped)
+        self._active = 0  # tasks in the launcher's hands (or being handed over)
+        self._limit = 0  # ... at most: set on entry
+        self._try_start = False  # the launcher can take a task without a coroutine
+        self._blocked: _Task | None = None  # the launcher was full: nothing passes this one
         self._tg: TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -130,15 +146,11 @@ class BaseExecutor:
         async with contextlib.AsyncExitStack() as stack:
             launcher = self._given_launcher or self._create_launcher()
             self._launcher = await stack.enter_async_context(launcher)
-            send, receive = anyio.create_memory_object_stream[_Task](math.inf)
-            self._send, self._receive = send, receive
-            stack.callback(receive.close)
-            stack.callback(send.close)
+            self._limit = self.n_workers * (1 + launcher.prefetch)
+            self._try_start = launcher.fast_start
             if self.max_pending is not None:
                 self._pending_slots = anyio.Semaphore(self.max_pending)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
-            for _ in range(self.n_workers * (1 + launcher.prefetch)):
-                self._tg.start_soon(self._runner, receive)
             self._stack = stack.pop_all()
         self._state = "open"
         return self
@@ -163,8 +175,8 @@ class BaseExecutor:
         finally:
             stack, self._stack = self._stack, None
             if stack is not None:
-                # The runners end once the queue is closed. The caller's own error is
-                # not theirs: it must propagate as it is, not inside an ExceptionGroup.
+                # Every task is finished, so are their coroutines. The caller's own error
+                # is not theirs: it must propagate as it is, not inside an ExceptionGroup.
                 await stack.__aexit__(None, None, None)
 
     async def aclose(self, cancel_pending: bool = False) -> None:
@@ -186,8 +198,6 @@ class BaseExecutor:
             await self.cancel([task.future for task in list(self._tasks.values())])
         while self._tasks:
             await next(iter(self._tasks.values())).future.wait()
-        if self._send is not None:
-            self._send.close()
         if self._launcher is not None:
             await self._launcher.aclose()
         self._state = "closed"
@@ -302,10 +312,95 @@ class BaseExecutor:
         return future
 
     def _enqueue(self, task: _Task) -> None:
-        assert self._send is not None
         task.queued = True
         task.future._set_pending()
-        self._send.send_nowait(task)
+        self._queue.append(task)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand queued tasks to the launcher while it has room, in order."""
+        queue = self._queue
+        while queue and self._active < self._limit and self._blocked is None:
+            task = queue.popleft()
+            if not task.queued:
+                continue  # cancelled while queued
+            task.queued = False
+            self._release_slot(task)
+            self._active += 1
+            if self._try_start and self._needs_no_coroutine(task):
+                if self._start_now(task):
+                    continue
+                # The launcher has no room now: this task's coroutine waits for it in
+                # start(), and the ones behind wait for that (first in, first out).
+                self._blocked = task
+            assert self._tg is not None
+            self._tg.start_soon(self._run_task, task)
+
+    def _unblock(self, task: _Task) -> None:
+        if self._blocked is task:
+            self._blocked = None
+            self._pump()
+
+    def _release(self) -> None:
+        """A task has left the launcher's hands: another may take its place."""
+        self._active -= 1
+        self._pump()
+
+    def _needs_no_coroutine(self, task: _Task) -> bool:
+        """Whether the task can run with no coroutine: nothing to wait for but its outcome."""
+        if task.attached is not None:
+            return False
+        launcher = self._launcher
+        assert launcher is not None
+        return task.spec.time_limit is None or launcher.enforces_time_limit
+
+    def _start_now(self, task: _Task) -> bool:
+        """Hand the task over with ``try_start``: whether the launcher took it."""
+        launcher = self._launcher
+        assert launcher is not None
+        task.spec.attempt = task.attempt + 1
+        try:
+            ref = launcher.try_start(task.spec, functools.partial(self._on_outcome, task))
+        except Exception:
+            # The coroutine's start() then reports what is wrong, as for any launcher.
+            log.debug("%r.try_start failed; starting %s the slow way", launcher, task.spec.task_id)
+            return False
+        if ref is None:
+            return False
+        self._begin_attempt(task)
+        task.ref = ref
+        info = task.future.info
+        info.job_ref = ref
+        info.started = time.time()
+        task.future._set_running()
+        return True
+
+    def _on_outcome(self, task: _Task, outcome: Outcome) -> None:
+        """The outcome of a task started with ``try_start``, from the launcher. Never raises."""
+        if task.ref is None or task.killing:
+            return  # the coroutine that cancels it settles it, once the work is gone
+        task.ref = None
+        try:
+            self._conclude(task, outcome, None)
+        except Exception as exc:  # a bug: fail the task, not the launcher that called
+            log.exception("could not settle task %s", task.future.task_id)
+            if not task.future.ready():
+                error = LaunchError(f"asyncexec could not settle the task: {exc}")
+                self._finish(task, FutureState.FAILED, error=error)
+        finally:
+            self._release()
+
+    async def _cancel_started(self, task: _Task) -> None:
+        """Cancel a task started with ``try_start``: kill its work, then settle it."""
+        launcher = self._launcher
+        assert launcher is not None and task.ref is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._kill(launcher, task.ref)
+        finally:
+            task.ref = None
+            self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
+            self._release()
 
     def _release_slot(self, task: _Task) -> None:
         if task.holds_slot:
@@ -467,31 +562,39 @@ class BaseExecutor:
                 self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
             elif task.scope is not None:
                 task.scope.cancel()
+            elif task.ref is not None and not task.killing:
+                task.killing = True
+                assert self._tg is not None
+                self._tg.start_soon(self._cancel_started, task)
         for future in targets:
             await future.wait()
 
     # -- running --------------------------------------------------------------------
 
-    async def _runner(self, receive: MemoryObjectReceiveStream[_Task]) -> None:
-        async for task in receive:
-            if not task.queued:
-                continue  # cancelled while queued
-            task.queued = False
-            self._release_slot(task)
-            await self._run_task(task)
-
-    async def _run_task(self, task: _Task) -> None:
-        assert self._launcher is not None
-        launcher = self._launcher
-        future = task.future
-        info = future.info
+    def _begin_attempt(self, task: _Task) -> None:
         task.attempt += 1
         task.spec.attempt = task.attempt
+        info = task.future.info
         info.attempts = task.attempt
         # What an earlier attempt left must not mix with this one.
         info.started = info.finished = info.pid = info.exit_code = info.job_ref = None
         info.worker = info.host = None
         info.stdout = info.stderr = ""
+
+    async def _run_task(self, task: _Task) -> None:
+        """Run one attempt of a task in this coroutine: start, wait (with its deadline), kill."""
+        try:
+            await self._run_attempt(task)
+        finally:
+            self._unblock(task)
+            self._release()
+
+    async def _run_attempt(self, task: _Task) -> None:
+        assert self._launcher is not None
+        launcher = self._launcher
+        future = task.future
+        info = future.info
+        self._begin_attempt(task)
         outcome: Outcome | None = None
         error: BaseException | None = None
         timed_out = False
@@ -510,6 +613,7 @@ class BaseExecutor:
                     info.job_ref = ref
                     info.started = time.time()
                     future._set_running()
+                    self._unblock(task)
                     try:
                         if task.spec.time_limit is None or launcher.enforces_time_limit:
                             outcome = await launcher.wait(ref)
@@ -529,39 +633,51 @@ class BaseExecutor:
             if scope.cancelled_caught or future._cancel_requested:
                 self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
                 return
-            if timed_out:
-                error = TaskTimeout(
-                    f"task {future.task_id} ran past its time limit of "
-                    f"{task.spec.time_limit:g} s and was killed"
-                )
-            elif outcome is not None:
-                value, error = self._interpret(outcome, info)
-                if error is None:
-                    self._finish(task, FutureState.DONE, value=value)
-                    return
-            assert error is not None
-            if self._should_retry(task, error):
-                delay = task.options.backoff(task.attempt)
-                log.info(
-                    "task %s failed (%s); retry %d in %.2g s",
-                    future.task_id,
-                    error,
-                    task.attempt,
-                    delay,
-                )
-                future._set_pending()
-                task.retry_scheduled = True
-                assert self._tg is not None
-                self._tg.start_soon(self._retry_later, task, delay)
-                return
-            self._finish(task, FutureState.FAILED, error=error)
+            self._conclude(task, outcome, error, timed_out)
         finally:
             task.scope = None
             if not future.ready() and not task.retry_scheduled:
                 self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
 
+    def _conclude(
+        self,
+        task: _Task,
+        outcome: Outcome | None,
+        error: BaseException | None,
+        timed_out: bool = False,
+    ) -> None:
+        """Settle a task from its attempt's outcome (or error), or schedule a retry."""
+        future = task.future
+        if timed_out:
+            error = TaskTimeout(
+                f"task {future.task_id} ran past its time limit of "
+                f"{task.spec.time_limit:g} s and was killed"
+            )
+        elif outcome is not None:
+            value, error = self._interpret(outcome, future.info)
+            if error is None:
+                self._finish(task, FutureState.DONE, value=value)
+                return
+        assert error is not None
+        if self._should_retry(task, error):
+            delay = task.options.backoff(task.attempt)
+            log.info(
+                "task %s failed (%s); retry %d in %.2g s",
+                future.task_id,
+                error,
+                task.attempt,
+                delay,
+            )
+            future._set_pending()
+            task.retry_scheduled = True
+            assert self._tg is not None
+            self._tg.start_soon(self._retry_later, task, delay)
+            return
+        self._finish(task, FutureState.FAILED, error=error)
+
     async def _retry_later(self, task: _Task, delay: float) -> None:
         future = task.future
+        requeued = False
         try:
             with anyio.CancelScope() as scope:
                 task.scope = scope
@@ -570,11 +686,13 @@ class BaseExecutor:
                 await anyio.sleep(delay)
             task.scope = None
             if not future.ready() and not future._cancel_requested:
-                self._enqueue(task)
+                task.retry_scheduled = False
+                requeued = True
+                self._enqueue(task)  # which may hand it over at once
         finally:
             task.scope = None
             task.retry_scheduled = False
-            if not future.ready() and not task.queued:
+            if not future.ready() and not requeued:
                 self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
 
     def _should_retry(self, task: _Task, error: BaseException) -> bool:

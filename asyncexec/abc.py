@@ -8,7 +8,7 @@ for its outcome, and kills it. How to reach a machine is a :class:`Shell`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -39,6 +39,9 @@ class Launcher(abc.ABC):
       wait in a queue first), and reports ``status="timeout"``; the executor
       then sets no deadline of its own.
 
+    * ``fast_start``: :meth:`try_start` may take a task at once (the executor
+      then runs it with no coroutine of its own).
+
     ``prefetch`` is how many tasks per worker the launcher takes beyond those
     running (waiting in the worker's queue): an executor with ``n_workers``
     keeps ``n_workers * (1 + prefetch)`` tasks handed to it.
@@ -48,6 +51,7 @@ class Launcher(abc.ABC):
     isolates_crashes: bool = True
     enforces_time_limit: bool = False
     reattachable: bool = False
+    fast_start: bool = False
     #: What the JobRefs this launcher hands out say in ``kind``.
     kind: str = "local"
     prefetch: int = 0
@@ -79,6 +83,20 @@ class Launcher(abc.ABC):
         Cancellation: if cancelled, the task may or may not have been accepted;
         the launcher must not leave it running unseen (kill it or never start it).
         """
+
+    def try_start(self, task: TaskSpec, on_outcome: Callable[[Outcome], None]) -> JobRef | None:
+        """Hand ``task`` over at once, if that needs no waiting; else return None.
+
+        An optional fast path, for launchers that can take a task without
+        awaiting anything (a pool with an idle worker, or room in a busy one's
+        queue): the executor then runs the task with no coroutine of its own.
+        Instead of ``wait``, the launcher calls ``on_outcome(outcome)`` once,
+        from the event loop, when the task ends; ``cancel`` works as for a task
+        given to ``start``. Returning None (the default) means "not now": the
+        executor calls ``start`` instead. Must not raise for a task ``start``
+        would accept. Called only when ``fast_start`` is true.
+        """
+        return None
 
     @abc.abstractmethod
     async def wait(self, ref: JobRef) -> Outcome:

@@ -647,6 +647,73 @@ async def test_prefetch_zero_hands_tasks_to_idle_workers_only(tmp_path: Path) ->
         await ex.wait(blockers)
 
 
+# -- tasks handed over without a coroutine each (Launcher.try_start) --------------------
+
+
+def crash_first_time(path: str, value: str) -> str:
+    marker = Path(path)
+    if not marker.exists():
+        marker.touch()
+        os._exit(3)
+    return value
+
+
+def append_then_sleep(path: str, item: int, seconds: float) -> None:
+    with open(path, "a") as out:
+        out.write(f"{item}\n")
+    time.sleep(seconds)
+
+
+async def test_tasks_handed_to_workers_have_no_coroutine_each(tmp_path: Path) -> None:
+    outside = len(anyio.get_running_tasks())
+    async with ProcessExecutor(2) as ex:
+        await _queue_short_tasks(ex)
+        futures = [await ex.submit(sleep, 0.01) for _ in range(100)]
+        # They are in the pool's hands (sent to the workers, or waiting at the
+        # executor), and the event loop runs no coroutine per task or per slot:
+        # only the pool's reader and writer of each worker, and a few more.
+        assert len(anyio.get_running_tasks()) - outside < 12
+        assert sum(future.state is FutureState.RUNNING for future in futures) >= 2
+        await ex.wait(futures)
+        assert all(future.info.job_ref is not None for future in futures)
+        assert all(future.info.attempts == 1 for future in futures)
+
+
+async def test_a_crash_is_retried_without_a_coroutine(tmp_path: Path) -> None:
+    marker = str(tmp_path / "crashed")
+    async with ProcessExecutor(1) as ex:
+        retried = ex.with_options(retries=1, retry_backoff=0.01)
+        future = await retried.submit(crash_first_time, marker, "second time")
+        assert await future == "second time"
+        assert future.info.attempts == 2
+        assert future.info.exit_code is None  # the last attempt's, not the crash's
+        once = ex.with_options(retries=0)
+        Path(marker).unlink()
+        with pytest.raises(WorkerLost):
+            await (await once.submit(crash_first_time, marker, "never"))
+
+
+async def test_tasks_behind_a_full_pool_start_in_submit_order(tmp_path: Path) -> None:
+    log = tmp_path / "order"
+    # prefetch=0: a task goes to an idle worker only, so all but the first wait for room.
+    async with ProcessExecutor(1, prefetch=0) as ex:
+        futures = [await ex.submit(append_then_sleep, str(log), item, 0.01) for item in range(30)]
+        await ex.wait(futures)
+    assert log.read_text().split() == [str(item) for item in range(30)]
+
+
+async def test_a_task_cancelled_as_it_finishes_settles_once(tmp_path: Path) -> None:
+    async with ProcessExecutor(1) as ex:
+        for _ in range(20):
+            future = await ex.submit(sleep, 0.0)
+            await anyio.sleep(0.001)
+            await ex.cancel(future)
+            assert future.state in (FutureState.DONE, FutureState.CANCELLED)
+        # The pool is whole: every slot was given back, one worker is still there.
+        assert ex._active == 0
+        assert await ex.run(identity, "still fine") == "still fine"
+
+
 def test_prefetch_must_be_a_count() -> None:
     with pytest.raises(ValueError, match="prefetch"):
         ProcessExecutor(1, prefetch=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -22,17 +23,21 @@ __all__ = ["LocalJob", "LocalLauncher"]
 class LocalJob:
     """A task handed to a launcher of this process, until its outcome is read."""
 
-    __slots__ = ("done", "outcome", "task_id")
+    __slots__ = ("callback", "done", "outcome", "task_id")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.outcome: Outcome | None = None
         self.done = anyio.Event()
+        #: Called with the outcome, for a job taken by ``try_start`` (nobody calls wait).
+        self.callback: Callable[[Outcome], None] | None = None
 
     def settle(self, outcome: Outcome) -> None:
         if not self.done.is_set():
             self.outcome = outcome
             self.done.set()
+            if self.callback is not None:
+                self.callback(outcome)
 
 
 J = TypeVar("J", bound=LocalJob)

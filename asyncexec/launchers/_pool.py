@@ -173,12 +173,17 @@ class PoolWorker(abc.ABC):
             return False
         return True
 
-    def post(self, frame: bytes) -> None:
-        """Send a frame: at once if the socket takes it, else by the writer, in order."""
+    def post(self, frame: bytes, *, now: bool = True) -> None:
+        """Send a frame: at once if the socket takes it, else by the writer, in order.
+
+        ``now=False`` leaves it to the writer even then, for a worker that is busy
+        anyway: it sends all that was posted in this turn of the event loop in one
+        write (one system call for a burst of tasks, not one each).
+        """
         # Frames must leave in the order they are posted: only when nothing waits or
         # is being written may one skip the writer.
         idle = not self.outbox and not self.writing and not self.send_lock.locked()
-        if self.raw_socket is not None and idle:
+        if now and self.raw_socket is not None and idle:
             try:
                 written = self.raw_socket.send(frame)
             except OSError:  # full, or a dead peer: the writer's send fails too and handles it
@@ -219,6 +224,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     #: The ``kind`` of the JobRefs this launcher hands out.
     kind = "pool"
+    fast_start = True  # try_start hands a task to a worker with room
 
     def __init__(
         self,
@@ -319,14 +325,37 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             raise
         return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
 
+    def try_start(self, task: TaskSpec, on_outcome: Callable[[Outcome], None]) -> JobRef | None:
+        if self._closed or not self.fast_start:
+            return None
+        exclusive = task.time_limit is not None
+        worker, spawn = self._pick(exclusive)
+        if worker is None or spawn:
+            return None  # start() waits for room, or for the worker it starts
+        task_id = task.task_id
+        job = PoolJob(task_id, encode_frame(task), exclusive)
+        jobs = self._jobs
+
+        def settled(outcome: Outcome) -> None:
+            jobs.pop(task_id, None)
+            on_outcome(outcome)
+
+        job.callback = settled
+        jobs[task_id] = job
+        self._hand(job, worker)
+        return JobRef(kind=self.kind, native_id=task_id, host=self._host)
+
     async def _dispatch(self, job: PoolJob) -> None:
         """Send a job to a worker (one that is idle, or has room in its queue)."""
-        worker = await self._checkout(job.exclusive)
+        self._hand(job, await self._checkout(job.exclusive))
+
+    def _hand(self, job: PoolJob, worker: PoolWorker) -> None:
         job.worker = worker
         worker.jobs[job.task_id] = job
         worker.tasks_sent += 1
         # Should the worker die before it runs the job, _bury gives the job to another.
-        worker.post(job.frame)
+        # A worker with a task before this one is busy: the writer batches its frames.
+        worker.post(job.frame, now=len(worker.jobs) == 1)
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.pop(ref.native_id, None)
@@ -359,6 +388,19 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         while True:
             if self._closed:
                 raise LaunchError(f"the {self.kind} pool is closed")
+            best, spawn = self._pick(exclusive)
+            if spawn:
+                return await self._spawn()  # a new worker rather than a queue
+            if best is not None:
+                return best
+            if self._capacity is None or self._capacity.is_set():
+                self._capacity = anyio.Event()
+            await self._capacity.wait()
+
+    def _pick(self, exclusive: bool) -> tuple[PoolWorker | None, bool]:
+        """The worker to send a task to now (None: none has room), and whether to
+        start a new worker instead (when none is idle and the pool is not full)."""
+        while True:
             best: PoolWorker | None = None
             for worker in self._workers:
                 load = len(worker.jobs)
@@ -368,16 +410,14 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                     best = worker
                     if not load:
                         break
-            if best is not None and not best.usable:  # the one system call: is it alive?
-                continue
+            if best is not None and not best.jobs and not best.usable:
+                # The one system call, for an idle worker only: is it alive? (A task
+                # queued behind another at a worker that died is simply moved.)
+                continue  # it is marked dead now: look again
             idle = best is not None and not best.jobs
             if not idle and len(self._workers) + self._spawning < self._n_workers:
-                return await self._spawn()  # a new worker rather than a queue
-            if best is not None:
-                return best
-            if self._capacity is None or self._capacity.is_set():
-                self._capacity = anyio.Event()
-            await self._capacity.wait()
+                return None, True
+            return best, False
 
     def _open_to(self, worker: PoolWorker) -> bool:
         """Whether the worker may be sent another task, as far as we know without asking."""

@@ -408,6 +408,7 @@ class DockerLauncher(PoolLauncher):
         )
         self.image = image
         self.mode: Mode = mode
+        self.fast_start = mode == "warm"  # one-shot: every task waits for its container
         self.memory_mb = memory_mb
         if executor_id is not None and not _NAME.fullmatch(executor_id):
             raise ValueError(
