@@ -188,8 +188,10 @@ def _names_by_value(data: bytes) -> bool:
     (Or a submodule of one, or merely the same text: then cloudpickle pickles it.)
     """
     cloudpickle = sys.modules.get("cloudpickle.cloudpickle")
+    if cloudpickle is None:
+        return False  # not imported: nothing can be registered
     registered: set[str] = getattr(cloudpickle, "_PICKLE_BY_VALUE_MODULES", None) or set()
-    return any(name.encode() in data for name in registered)
+    return bool(registered) and any(name.encode() in data for name in registered)
 
 
 def _slow_dumps(obj: object, *, what: str) -> bytes:

@@ -24,6 +24,7 @@ import inspect
 import itertools
 import logging
 import time
+import types
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -277,7 +278,7 @@ class BaseExecutor:
         self._check_open()
         if not callable(fn):
             raise TypeError(f"cannot submit a {type_name(fn)}: it is not callable")
-        if inspect.iscoroutinefunction(fn):
+        if _is_coroutine_function(fn):
             raise TypeError(
                 f"cannot submit {fn!r}: it is a coroutine function; workers run plain functions "
                 "(wrap it: lambda: asyncio.run(fn()))"
@@ -369,7 +370,7 @@ class BaseExecutor:
             return False
         self._begin_attempt(task)
         task.ref = ref
-        info = task.future.info
+        info = task.future._info
         info.job_ref = ref
         info.started = time.time()
         task.future._set_running()
@@ -574,7 +575,7 @@ class BaseExecutor:
     def _begin_attempt(self, task: _Task) -> None:
         task.attempt += 1
         task.spec.attempt = task.attempt
-        info = task.future.info
+        info = task.future._info
         info.attempts = task.attempt
         # What an earlier attempt left must not mix with this one.
         info.started = info.finished = info.pid = info.exit_code = info.job_ref = None
@@ -654,7 +655,7 @@ class BaseExecutor:
                 f"{task.spec.time_limit:g} s and was killed"
             )
         elif outcome is not None:
-            value, error = self._interpret(outcome, future.info)
+            value, error = self._interpret(outcome, future._info)
             if error is None:
                 self._finish(task, FutureState.DONE, value=value)
                 return
@@ -715,9 +716,11 @@ class BaseExecutor:
         value: Any = None,
         error: BaseException | None = None,
     ) -> None:
-        self._tasks.pop(task.future.task_id, None)
-        task.future.info.finished = task.future.info.finished or time.time()
-        task.future._settle(state, value, error)
+        future = task.future
+        self._tasks.pop(future._task_id, None)
+        info = future._info
+        info.finished = info.finished or time.time()
+        future._settle(state, value, error)
 
     def _interpret(self, outcome: Outcome, info: TaskInfo) -> tuple[Any, BaseException | None]:
         """Turn an Outcome into a value or the error ``await future`` raises."""
@@ -761,6 +764,14 @@ class BaseExecutor:
         return None, WorkerLost(
             f"task {outcome.task_id}: {message}", exit_code=outcome.exit_code, state=outcome.state
         )
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    # A plain function (the common case) without inspect's unwrapping; one marked
+    # with inspect.markcoroutinefunction (3.12+) is left to inspect.
+    if type(fn) is types.FunctionType and not hasattr(fn, "_is_coroutine_marker"):
+        return bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
+    return inspect.iscoroutinefunction(fn)
 
 
 def _cancelled(task: _Task) -> TaskCancelled:

@@ -84,6 +84,7 @@ class Future(Generic[T]):
         "_event",
         "_executor",
         "_info",
+        "_ready",
         "_state",
         "_task_id",
         "_value",
@@ -93,6 +94,7 @@ class Future(Generic[T]):
         self._executor = executor
         self._task_id = task_id
         self._state = FutureState.PENDING
+        self._ready = False  # the state is final (a flag: hashing an enum member is slow)
         self._value: Any = None
         self._error: BaseException | None = None
         self._error_tb: TracebackType | None = None
@@ -119,7 +121,7 @@ class Future(Generic[T]):
 
     def ready(self) -> bool:
         """True once the task is finished, whatever the result."""
-        return self._state in _FINAL
+        return self._ready
 
     def successful(self) -> bool:
         """True if the task produced a value. Raises ValueError if not ready."""
@@ -140,13 +142,16 @@ class Future(Generic[T]):
             Whether the task is finished. Cancelling the caller stops the waiting
             only; the task goes on.
         """
-        if self.ready():
+        if self._ready:
             return True
         if self._event is None:
             self._event = anyio.Event()
-        with anyio.move_on_after(timeout):
+        if timeout is None:
             await self._event.wait()
-        return self.ready()
+        else:
+            with anyio.move_on_after(timeout):
+                await self._event.wait()
+        return self._ready
 
     async def get(self, timeout: float | None = None) -> T:
         """The task's value, waiting up to ``timeout`` seconds (None: no limit).
@@ -217,9 +222,10 @@ class Future(Generic[T]):
     def _settle(
         self, state: FutureState, value: Any = None, error: BaseException | None = None
     ) -> None:
-        if self.ready():
+        if self._ready:
             return
         self._state = state
+        self._ready = state in _FINAL
         self._value = value
         self._error = error
         if error is not None:

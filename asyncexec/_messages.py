@@ -67,6 +67,9 @@ class TaskSpec(msgspec.Struct, tag="task", array_like=True):
     memory_mb: int | None = None
     attempt: int = 1
     name: str | None = None
+    #: ``args`` is empty: its bytes, this many, are in a file descriptor sent with
+    #: this frame (a local pool's large arguments; see ``PoolLauncher``).
+    args_in_fd: int | None = None
 
 
 class ErrorInfo(msgspec.Struct, array_like=True):

@@ -21,6 +21,7 @@ runner that starts faster; this worker shares its primitives.
 from __future__ import annotations
 
 import _pickle
+import _socket
 import contextlib
 import os
 import select
@@ -106,8 +107,19 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         outcome.finished = time.time()
         return outcome
     wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path
-    capturing = (capture or _fd_capture)(spec) if wants_capture else contextlib.nullcontext(None)
     value = None
+    if not (wants_capture or spec.env or spec.memory_mb is not None):
+        # Nothing to set up: no context managers (most tasks; they cost microseconds).
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:  # the task's own errors, SystemExit included
+            outcome.status = "raised"
+            outcome.error = describe_exception(exc, skip_frames=1)  # not execute() itself
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        return _finish(outcome, value)
+    capturing = (capture or _fd_capture)(spec) if wants_capture else contextlib.nullcontext(None)
     try:
         with environment(spec.env), memory_limit(spec.memory_mb), capturing as tails:
             try:
@@ -124,6 +136,11 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         outcome.status = "raised"
         outcome.error = describe_exception(exc)
         value = None
+    return _finish(outcome, value)
+
+
+def _finish(outcome: Outcome, value: object) -> Outcome:
+    """Pickle the value into an outcome that is still ``ok``; stamp the end."""
     if outcome.status == "ok":
         try:
             outcome.value = _dumps(value)
@@ -173,19 +190,39 @@ def _error(exc: BaseException, message: str) -> ErrorInfo:
 
 
 class _Channel:
-    """Frames over a pair of blocking file descriptors (one socket, or stdin and stdout)."""
+    """Frames over a pair of blocking file descriptors (one socket, or stdin and stdout).
 
-    def __init__(self, read_fd: int, write_fd: int) -> None:
+    On a socket, the driver may pass file descriptors with the frames: memory
+    files holding a task's arguments (``TaskSpec.args_in_fd``), in the order of
+    the tasks, arriving no later than their frames.
+    """
+
+    def __init__(self, read_fd: int, write_fd: int, *, is_socket: bool = False) -> None:
         self.read_fd = read_fd
         self.write_fd = write_fd
         self.buffer = bytearray()
         self.ended = False
+        self.fds: deque[int] = deque()  # received, not yet claimed by a TaskSpec
+        # _socket, not socket: the module's enums would slow every worker's start.
+        self.socket = _socket.socket(fileno=os.dup(read_fd)) if is_socket else None
+
+    def _read(self) -> bytes:
+        if self.socket is None:
+            return os.read(self.read_fd, 1 << 20)
+        data, ancillary, _, _ = self.socket.recvmsg(1 << 20, _ANCILLARY)
+        for level, kind, payload in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                for start in range(0, usable, 4):
+                    fd = int.from_bytes(payload[start : start + 4], sys.byteorder, signed=True)
+                    self.fds.append(fd)
+        return data
 
     def take(self, wait: bool) -> list[Any] | None:
         """The messages that have arrived (at least one if ``wait``); None once input ended."""
         messages = self._frames()
         while not self.ended and ((wait and not messages) or self._readable()):
-            data = os.read(self.read_fd, 1 << 20)
+            data = self._read()
             if not data:
                 self.ended = True
                 break
@@ -208,7 +245,10 @@ class _Channel:
             if len(buffer) < end:
                 break
             with memoryview(buffer) as view:
-                messages.append(decode_message(view[start + HEADER.size : end]))
+                message = decode_message(view[start + HEADER.size : end])
+            if isinstance(message, TaskSpec) and message.args_in_fd is not None:
+                message.args = _read_memory_file(self.fds.popleft(), message.args_in_fd)
+            messages.append(message)
             start = end
         if start:
             del buffer[:start]
@@ -220,6 +260,28 @@ class _Channel:
             while view:
                 written = os.write(self.write_fd, view)
                 view = view[written:]
+
+
+#: Room for the file descriptors passed with one read (Linux passes at most 253 a message).
+_ANCILLARY = _socket.CMSG_SPACE(4 * 256)
+
+
+def _read_memory_file(fd: int, size: int) -> bytes:
+    """The ``size`` bytes of a memory file the driver passed; the fd is closed."""
+    try:
+        data = os.pread(fd, size, 0)
+        if len(data) < size:  # a read of over 2 GiB stops short
+            parts = [data]
+            while sum(map(len, parts)) < size:
+                done = sum(map(len, parts))
+                part = os.pread(fd, size - done, done)
+                if not part:
+                    raise EOFError(f"a task's memory file holds {done} of {size} bytes")
+                parts.append(part)
+            data = b"".join(parts)
+        return data
+    finally:
+        os.close(fd)
 
 
 def _stdio_channel() -> _Channel:
@@ -241,7 +303,7 @@ def serve(fd: int | None = None) -> int:
         fd: a connected socket to speak on; None: stdin and stdout (for SSH
             channels and attached containers), with the task's stdout sent to stderr.
     """
-    channel = _stdio_channel() if fd is None else _Channel(fd, fd)
+    channel = _stdio_channel() if fd is None else _Channel(fd, fd, is_socket=True)
     _die_with_parent(or_session=fd is None)
     channel.send([encode_frame(Hello(versions=versions(), pid=os.getpid(), host=hostname()))])
     queue: deque[TaskSpec] = deque()

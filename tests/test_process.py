@@ -693,6 +693,23 @@ async def test_a_crash_is_retried_without_a_coroutine(tmp_path: Path) -> None:
             await (await once.submit(crash_first_time, marker, "never"))
 
 
+def garble_the_channel() -> None:
+    """Write a frame that is not a message to the worker's own channel to the driver."""
+    fd = int(sys.argv[sys.argv.index("--fd") + 1])
+    os.write(fd, b"\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1")
+    time.sleep(60)
+
+
+async def test_a_garbled_frame_kills_its_worker_only(caplog: pytest.LogCaptureFixture) -> None:
+    async with ProcessExecutor(2) as ex:
+        other = await ex.submit(sleep, 0.3)
+        with pytest.raises(WorkerLost):
+            await ex.run(garble_the_channel)
+        assert "unreadable message" in caplog.text
+        await other
+        assert await ex.run(identity, "after") == "after"
+
+
 async def test_tasks_behind_a_full_pool_start_in_submit_order(tmp_path: Path) -> None:
     log = tmp_path / "order"
     # prefetch=0: a task goes to an idle worker only, so all but the first wait for room.
@@ -712,6 +729,46 @@ async def test_a_task_cancelled_as_it_finishes_settles_once(tmp_path: Path) -> N
         # The pool is whole: every slot was given back, one worker is still there.
         assert ex._active == 0
         assert await ex.run(identity, "still fine") == "still fine"
+
+
+# -- large arguments in memory files --------------------------------------------------
+
+
+def checksum(data: bytes) -> tuple[int, int]:
+    return len(data), sum(data[::4096])
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="memory files are Linux's")
+async def test_large_arguments_travel_in_memory_files_and_leave_no_fd(tmp_path: Path) -> None:
+    from asyncexec.launchers._pool import FD_PAYLOAD
+
+    data = os.urandom(FD_PAYLOAD + 12345)
+    expected = checksum(data)
+    async with ProcessExecutor(1) as ex:
+        assert ex._process_launcher.fd_payloads
+        worker_fds = await ex.run(open_fds)
+        driver_fds = open_fds()
+        futures = [await ex.submit(checksum, data) for _ in range(20)]
+        assert await ex.wait(futures) == [expected] * 20
+        # Queued behind a crash: the memory file goes again, to the new worker.
+        started = tmp_path / "started"
+        doomed = await ex.submit(crash_after, str(started), 0.3)
+        await _until_exists(started)
+        behind = [await ex.submit(checksum, data) for _ in range(3)]
+        with pytest.raises(WorkerLost):
+            await doomed
+        assert await ex.wait(behind) == [expected] * 3
+        # Cancelled while queued: its memory file is closed too.
+        blocker = await ex.submit(sleep, 0.3)
+        queued = await ex.submit(checksum, data)
+        await queued.cancel()
+        await blocker
+        assert await ex.run(open_fds) == worker_fds
+        assert open_fds() == driver_fds
 
 
 def test_prefetch_must_be_a_count() -> None:

@@ -23,19 +23,30 @@ __all__ = ["LocalJob", "LocalLauncher"]
 class LocalJob:
     """A task handed to a launcher of this process, until its outcome is read."""
 
-    __slots__ = ("callback", "done", "outcome", "task_id")
+    __slots__ = ("_done", "callback", "outcome", "task_id")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.outcome: Outcome | None = None
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None  # made for the first waiter only
         #: Called with the outcome, for a job taken by ``try_start`` (nobody calls wait).
         self.callback: Callable[[Outcome], None] | None = None
 
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    async def wait_finished(self) -> None:
+        if self.outcome is None:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
+
     def settle(self, outcome: Outcome) -> None:
-        if not self.done.is_set():
+        if self.outcome is None:
             self.outcome = outcome
-            self.done.set()
+            if self._done is not None:
+                self._done.set()
             if self.callback is not None:
                 self.callback(outcome)
 
@@ -90,7 +101,7 @@ class LocalLauncher(Launcher, Generic[J]):
         job = self._jobs.get(ref.native_id)
         if job is None:
             raise LaunchError(f"unknown task {ref.native_id}")
-        await job.done.wait()
+        await job.wait_finished()
         self._jobs.pop(ref.native_id, None)
         assert job.outcome is not None
         return job.outcome

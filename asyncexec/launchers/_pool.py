@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from .._codec import HEADER, decode_message, dumps, encode_frame, hostname, versions
@@ -39,6 +43,14 @@ from .._messages import (
 from .._worker import version_mismatch
 from ._local import LocalJob, LocalLauncher
 
+if TYPE_CHECKING:
+    import asyncio
+
+try:
+    import sniffio
+except ImportError:  # optional in recent anyio, which then takes a running asyncio loop as asyncio
+    sniffio = None  # type: ignore[assignment]
+
 __all__ = ["FrameReader", "PoolJob", "PoolLauncher", "PoolWorker"]
 
 log = logging.getLogger("asyncexec")
@@ -46,10 +58,38 @@ log = logging.getLogger("asyncexec")
 _READ_SIZE = 1 << 20
 
 
-#: anyio >= 4.7 names it wait_readable (wait_socket_readable is deprecated there).
+#: anyio >= 4.7 names them wait_readable and wait_writable (the wait_socket_ names
+#: are deprecated there).
 _wait_readable: Callable[[socket.socket], Awaitable[None]] = (
     getattr(anyio, "wait_readable", None) or anyio.wait_socket_readable
 )
+_wait_writable: Callable[[socket.socket], Awaitable[None]] = (
+    getattr(anyio, "wait_writable", None) or anyio.wait_socket_writable
+)
+
+#: Arguments pickled to at least this many bytes go to a worker that can take file
+#: descriptors in a memory file of their own, not through the socket (see
+#: ``PoolLauncher.fd_payloads``).
+FD_PAYLOAD = 1 << 17
+
+
+def _memory_file(data: bytes) -> int:
+    """An anonymous memory file holding ``data`` (Linux ``memfd_create``): its fd."""
+    fd = os.memfd_create("asyncexec-args", os.MFD_CLOEXEC)
+    try:
+        with memoryview(data) as view:
+            while view:
+                view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _rights(fds: list[int]) -> list[tuple[int, int, bytes]]:
+    """The ancillary data that passes ``fds`` over a Unix socket."""
+    data = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, data)]
 
 
 class FrameReader:
@@ -92,18 +132,80 @@ class FrameReader:
                 raise anyio.EndOfStream
             buffer += data
 
+    def read_available(self) -> tuple[list[Message], bool]:
+        """The whole messages that arrived, read without waiting (from ``raw_socket``),
+        and whether the peer is gone (after them)."""
+        raw = self.raw_socket
+        assert raw is not None
+        buffer = self._buffer
+        ended = False
+        while True:
+            try:
+                data = raw.recv(_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not data:
+                ended = True
+                break
+            buffer += data
+            if len(data) < _READ_SIZE:
+                break
+        messages: list[Message] = []
+        start = 0
+        available = len(buffer)
+        with memoryview(buffer) as view:
+            while available - start >= HEADER.size:
+                (size,) = HEADER.unpack_from(buffer, start)
+                end = start + HEADER.size + size
+                if end > available:
+                    break
+                messages.append(decode_message(view[start + HEADER.size : end]))
+                start = end
+        if start:
+            del buffer[:start]
+        return messages, ended
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio event loop, if anyio runs on asyncio (or uvloop)."""
+    if "asyncio" not in sys.modules:  # not imported: not running (spares trio the import)
+        return None
+    import asyncio
+
+    if sniffio is not None:
+        try:
+            if sniffio.current_async_library() != "asyncio":
+                return None
+        except sniffio.AsyncLibraryNotFoundError:
+            return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
 
 class PoolJob(LocalJob):
     """A task handed to a pool: queued at a worker, running there, or between workers."""
 
-    __slots__ = ("changed", "exclusive", "frame", "worker")
+    __slots__ = ("changed", "exclusive", "fd", "frame", "worker")
 
-    def __init__(self, task_id: str, frame: bytes, exclusive: bool) -> None:
+    def __init__(self, task_id: str, frame: bytes, exclusive: bool, fd: int | None = None) -> None:
         super().__init__(task_id)
         self.frame = frame  # kept: should its worker die first, another worker takes it
+        self.fd = fd  # the memory file of its arguments, sent with the frame (and kept too)
         self.exclusive = exclusive  # never queued behind another task (it has a time limit)
         self.worker: PoolWorker | None = None
         self.changed: anyio.Event | None = None  # set when it ends or may have started
+
+    def settle(self, outcome: Outcome) -> None:
+        self.release()
+        super().settle(outcome)
+
+    def release(self) -> None:
+        """Close the memory file of its arguments, if it has one: no worker needs it now."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     @property
     def running(self) -> bool:
@@ -135,6 +237,7 @@ class PoolWorker(abc.ABC):
         self.send_lock = anyio.Lock()
         self.exited = anyio.Event()
         self.outbox: list[bytes] = []  # frames posted, written together by the pool's writer
+        self.outbox_fds: list[int] = []  # file descriptors to send with them (fd_payloads)
         self.writing = False  # the writer holds frames it has not finished writing
         self.posted = anyio.Event()
 
@@ -173,26 +276,47 @@ class PoolWorker(abc.ABC):
             return False
         return True
 
-    def post(self, frame: bytes, *, now: bool = True) -> None:
+    def post(self, frame: bytes, *, now: bool = True, fd: int | None = None) -> None:
         """Send a frame: at once if the socket takes it, else by the writer, in order.
 
         ``now=False`` leaves it to the writer even then, for a worker that is busy
         anyway: it sends all that was posted in this turn of the event loop in one
-        write (one system call for a burst of tasks, not one each).
+        write (one system call for a burst of tasks, not one each). ``fd`` is
+        passed with the frame (over ``raw_socket``: only where ``fd_payloads``).
         """
         # Frames must leave in the order they are posted: only when nothing waits or
-        # is being written may one skip the writer.
+        # is being written may one skip the writer. (File descriptors may arrive
+        # before their frame, never after: the worker queues them, in order.)
         idle = not self.outbox and not self.writing and not self.send_lock.locked()
-        if now and self.raw_socket is not None and idle:
+        raw = self.raw_socket
+        if now and raw is not None and idle:
             try:
-                written = self.raw_socket.send(frame)
+                written = raw.send(frame) if fd is None else raw.sendmsg([frame], _rights([fd]))
             except OSError:  # full, or a dead peer: the writer's send fails too and handles it
                 written = 0
             if written == len(frame):
                 return
+            if written:
+                fd = None  # it went with the first part
             frame = frame[written:]
         self.outbox.append(frame)
+        if fd is not None:
+            self.outbox_fds.append(fd)
         self.posted.set()
+
+    async def send_with_fds(self, data: bytes, fds: list[int]) -> None:
+        """Send ``data`` over ``raw_socket``, passing ``fds`` with its first part."""
+        raw = self.raw_socket
+        assert raw is not None
+        async with self.send_lock:
+            while True:
+                try:
+                    written = raw.sendmsg([data], _rights(fds))
+                    break
+                except BlockingIOError:
+                    await _wait_writable(raw)
+            if written < len(data):
+                await self.sender.send(data[written:])
 
     async def send(self, frame: bytes) -> None:
         # trio's send_all ends with a checkpoint, during which the worker may answer,
@@ -221,6 +345,11 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     #: Seconds of work to keep queued at a busy worker (see ``prefetch``).
     QUEUED_WORK = 0.01
+
+    #: Whether the workers take file descriptors over ``raw_socket`` (a local
+    #: socket pair on Linux): then arguments of FD_PAYLOAD bytes or more travel
+    #: in a memory file passed with the task, not in the frame.
+    fd_payloads = False
 
     #: The ``kind`` of the JobRefs this launcher hands out.
     kind = "pool"
@@ -315,15 +444,34 @@ class PoolLauncher(LocalLauncher[PoolJob]):
     # -- the seam -------------------------------------------------------------------
 
     async def start(self, task: TaskSpec) -> JobRef:
-        job = PoolJob(task.task_id, encode_frame(task), exclusive=task.time_limit is not None)
+        job = self._new_job(task)
         self._jobs[task.task_id] = job
         try:
             await self._dispatch(job)
         except BaseException:
             if job.worker is None:
                 self._jobs.pop(task.task_id, None)
+                job.release()
             raise
         return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
+
+    def _new_job(self, task: TaskSpec) -> PoolJob:
+        exclusive = task.time_limit is not None
+        if not self.fd_payloads or len(task.args) < FD_PAYLOAD:
+            return PoolJob(task.task_id, encode_frame(task), exclusive)
+        # Large arguments: in a memory file passed with the frame. The worker reads
+        # them from it at once, with no trip through the socket's small buffers
+        # (nor copies into and out of the frame on both sides).
+        try:
+            fd = _memory_file(task.args)
+        except OSError:  # out of file descriptors or memory: through the socket then
+            return PoolJob(task.task_id, encode_frame(task), exclusive)
+        try:
+            frame = encode_frame(msgspec.structs.replace(task, args=b"", args_in_fd=len(task.args)))
+        except BaseException:
+            os.close(fd)
+            raise
+        return PoolJob(task.task_id, frame, exclusive, fd)
 
     def try_start(self, task: TaskSpec, on_outcome: Callable[[Outcome], None]) -> JobRef | None:
         if self._closed or not self.fast_start:
@@ -333,7 +481,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         if worker is None or spawn:
             return None  # start() waits for room, or for the worker it starts
         task_id = task.task_id
-        job = PoolJob(task_id, encode_frame(task), exclusive)
+        job = self._new_job(task)
         jobs = self._jobs
 
         def settled(outcome: Outcome) -> None:
@@ -355,11 +503,11 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         worker.tasks_sent += 1
         # Should the worker die before it runs the job, _bury gives the job to another.
         # A worker with a task before this one is busy: the writer batches its frames.
-        worker.post(job.frame, now=len(worker.jobs) == 1)
+        worker.post(job.frame, now=len(worker.jobs) == 1, fd=job.fd)
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.pop(ref.native_id, None)
-        if job is None or job.done.is_set():
+        if job is None or job.finished:
             return
         worker = job.worker
         if worker is None:  # between workers: it never runs
@@ -369,10 +517,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             # Still queued there: the worker drops it, unless it starts it meanwhile.
             job.changed = anyio.Event()
             worker.post(encode_frame(Cancel(task_id=job.task_id)))
-            while not job.done.is_set() and job.worker is not None and not job.running:
+            while not job.finished and job.worker is not None and not job.running:
                 await job.changed.wait()
                 job.changed = anyio.Event()
-            if job.done.is_set():
+            if job.finished:
                 return
             worker = job.worker
             if worker is None:  # its worker died before it started: it never runs
@@ -509,10 +657,12 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     async def _read_loop(self, worker: PoolWorker) -> None:
         try:
-            while True:
-                message = await worker.reader.read()
-                if isinstance(message, Outcome):
-                    self._complete(worker, message)
+            loop = _asyncio_loop() if worker.reader.raw_socket is not None else None
+            if loop is None or not await self._read_in_callback(worker, loop):
+                while True:
+                    message = await worker.reader.read()
+                    if isinstance(message, Outcome):
+                        self._complete(worker, message)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         except Exception:
@@ -525,6 +675,51 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             with anyio.CancelScope(shield=True):
                 await self._bury(worker)
 
+    async def _read_in_callback(self, worker: PoolWorker, loop: asyncio.AbstractEventLoop) -> bool:
+        """On asyncio, read a worker's messages in the event loop's readiness callback.
+
+        Outcomes are then handled in the turn of the loop that saw them arrive, not
+        in a task it wakes (one turn less per round trip), and the socket stays
+        registered (no epoll registration per wait). Returns once the channel
+        ends (raising what ended it, as ``read`` would); False if the loop cannot
+        watch the socket (the caller reads in this task instead).
+        """
+        reader = worker.reader
+        assert reader.raw_socket is not None
+        fd = reader.raw_socket.fileno()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                messages, eof = reader.read_available()
+                for message in messages:
+                    if isinstance(message, Outcome):
+                        self._complete(worker, message)
+                if eof:
+                    raise anyio.EndOfStream
+            except BaseException as exc:
+                loop.remove_reader(fd)
+                if not ended.done():
+                    ended.set_exception(exc)
+
+        # The callback runs in the context it was registered in, outside any task:
+        # tell anyio there (the executor's callbacks start tasks, make events) which
+        # library runs it, as it cannot sniff it without a current task.
+        token = sniffio.current_async_library_cvar.set("asyncio") if sniffio else None
+        try:
+            loop.add_reader(fd, readable)
+        except NotImplementedError:  # a loop without add_reader (Windows' proactor)
+            return False
+        finally:
+            if token is not None:
+                sniffio.current_async_library_cvar.reset(token)
+        try:
+            readable()  # what arrived before the callback was registered
+            await ended
+        finally:
+            loop.remove_reader(fd)
+        return True
+
     async def _write_loop(self, worker: PoolWorker) -> None:
         """Send what is posted to a worker, all of it in one write, until it is gone."""
         while True:
@@ -533,6 +728,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             if worker.exited.is_set():
                 return
             frames, worker.outbox = worker.outbox, []
+            fds, worker.outbox_fds = worker.outbox_fds, []
             if not frames:
                 continue
             data = frames[0] if len(frames) == 1 else b"".join(frames)
@@ -540,7 +736,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             # Shielded: a frame cut in half by a cancellation would garble the channel.
             with anyio.CancelScope(shield=True):
                 try:
-                    await worker.send(data)
+                    if fds:
+                        await worker.send_with_fds(data, fds)
+                    else:
+                        await worker.send(data)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     worker.kill()  # its reader ends; _bury moves the jobs that did not start
                     return
@@ -586,7 +785,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         running = jobs[0] if jobs else None
         worker.jobs = {}
         for job in jobs:
-            if job.done.is_set():
+            if job.finished:
                 continue
             if job is running:
                 text, state = worker.describe_exit(exit_code)
@@ -614,7 +813,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             self._tg.start_soon(self._replace)
 
     async def _redispatch(self, job: PoolJob) -> None:
-        if job.done.is_set():
+        if job.finished:
             return
         try:
             await self._dispatch(job)

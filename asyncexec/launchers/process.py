@@ -135,6 +135,7 @@ class ProcessLauncher(PoolLauncher):
         self._python = python
         self._env = dict(env or {})
         self._transport = transport
+        self.fd_payloads = transport == "socket" and hasattr(os, "memfd_create")
 
     def __repr__(self) -> str:
         return f"<ProcessLauncher {len(self._workers)}/{self._n_workers} workers>"

@@ -502,7 +502,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 scope.cancel()
             for _, stopped in self._background:
                 await stopped.wait()
-            live = [job for job in self._jobs.values() if not job.done.is_set()]
+            live = [job for job in self._jobs.values() if not job.finished]
             if live:
                 ids = sorted({job.native_id for job in live})
                 with contextlib.suppress(Exception), anyio.move_on_after(_COMMAND_TIMEOUT):
@@ -548,22 +548,22 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         job = self._jobs.get(task_id)
         if job is None:
             job = self._adopt(ref)
-        await job.done.wait()
+        await job.wait_finished()
         self._jobs.pop(task_id, None)
         assert job.outcome is not None
         return job.outcome
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.get(ref.task_id or ref.native_id)
-        if job is None or job.done.is_set():
+        if job is None or job.finished:
             return
         if not job.cancel_requested:
             job.cancel_requested = True
             self._to_cancel.append(job)
             self._cancel_wanted.set()
         with anyio.move_on_after(self.config.max_poll_interval + _ACCOUNTING_GRACE):
-            await job.done.wait()
-        if not job.done.is_set():
+            await job.wait_finished()
+        if not job.finished:
             log.warning("Slurm has not confirmed the end of %s after scancel", job.native_id)
 
     def _adopt(self, ref: JobRef) -> _SlurmJob:
@@ -803,7 +803,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             self._cancel_wanted = anyio.Event()
             await anyio.sleep(self._batch_window)  # cancels made together: one scancel
             jobs, self._to_cancel = self._to_cancel, []
-            jobs = [job for job in jobs if not job.done.is_set()]
+            jobs = [job for job in jobs if not job.finished]
             if jobs and not self._closed:
                 try:
                     await self._cancel_now(jobs)
@@ -819,7 +819,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         whole: set[str] = set()  # array tasks to scancel
         markers: list[str] = []  # tasks to skip or interrupt inside a running chunk
         for job in jobs:
-            others = [s for s in job.chunk if s is not job and not s.done.is_set()]
+            others = [s for s in job.chunk if s is not job and not s.finished]
             alone = not job.adopted or self.config.chunk_size == 1
             if alone and all(other.cancel_requested for other in others):
                 whole.add(job.native_id)
@@ -839,7 +839,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
     async def _poller(self) -> None:
         interval = self.config.poll_interval
         while not self._closed:
-            live = [job for job in self._jobs.values() if not job.done.is_set()]
+            live = [job for job in self._jobs.values() if not job.finished]
             if not live:
                 await self._poll_wanted.wait()
                 self._poll_wanted = anyio.Event()
@@ -1029,7 +1029,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         )
 
     def _settle(self, job: _SlurmJob, outcome: Outcome) -> None:
-        if job.done.is_set():
+        if job.finished:
             return
         job.settle(outcome)
         workdir = job.workdir
