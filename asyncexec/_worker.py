@@ -110,26 +110,11 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
     value = None
     if not (wants_capture or spec.env or spec.memory_mb is not None):
         # Nothing to set up: no context managers (most tasks; they cost microseconds).
-        try:
-            value = fn(*args, **kwargs)
-        except BaseException as exc:  # the task's own errors, SystemExit included
-            outcome.status = "raised"
-            outcome.error = describe_exception(exc, skip_frames=1)  # not execute() itself
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        return _finish(outcome, value)
+        return _finish(outcome, _call(outcome, fn, args, kwargs))
     capturing = (capture or _fd_capture)(spec) if wants_capture else contextlib.nullcontext(None)
     try:
         with environment(spec.env), memory_limit(spec.memory_mb), capturing as tails:
-            try:
-                value = fn(*args, **kwargs)
-            except BaseException as exc:  # the task's own errors, SystemExit included
-                outcome.status = "raised"
-                outcome.error = describe_exception(exc, skip_frames=1)  # not execute() itself
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
+            value = _call(outcome, fn, args, kwargs)
         if tails is not None:
             outcome.stdout, outcome.stderr = tails()
     except Exception as exc:  # setting the task up failed: a log file that cannot be opened...
@@ -137,6 +122,19 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         outcome.error = describe_exception(exc)
         value = None
     return _finish(outcome, value)
+
+
+def _call(outcome: Outcome, fn: Any, args: Any, kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; what it raised goes into ``outcome`` (then None)."""
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as exc:  # the task's own errors, SystemExit included
+        outcome.status = "raised"
+        outcome.error = describe_exception(exc, skip_frames=1)  # not _call() itself
+        return None
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def _finish(outcome: Outcome, value: object) -> Outcome:
