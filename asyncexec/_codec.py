@@ -237,6 +237,24 @@ def decode_message(body: bytes | bytearray | memoryview) -> Message:
     return _message_decoder.decode(body)
 
 
+def take_frames(buffer: bytearray) -> list[Message]:
+    """Decode the whole frames at the start of ``buffer`` and remove them from it."""
+    messages: list[Message] = []
+    start = 0
+    available = len(buffer)
+    with memoryview(buffer) as view:
+        while available - start >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer, start)
+            end = start + HEADER.size + size
+            if end > available:
+                break
+            messages.append(_message_decoder.decode(view[start + HEADER.size : end]))
+            start = end
+    if start:
+        del buffer[:start]
+    return messages
+
+
 def describe_exception(exc: BaseException, *, skip_frames: int = 0) -> ErrorInfo:
     """Describe an exception so it can be shown where its class does not exist."""
     return ErrorInfo(**_oneshot.describe_exception(exc, skip_frames=skip_frames))

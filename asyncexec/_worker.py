@@ -33,12 +33,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ._codec import (
-    HEADER,
     cloudpickle_version,
-    decode_message,
     describe_exception,
     encode_frame,
     hostname,
+    take_frames,
     type_name,
     versions,
 )
@@ -234,22 +233,10 @@ class _Channel:
         return bool(select.select([self.read_fd], [], [], 0)[0])
 
     def _frames(self) -> list[Any]:
-        messages = []
-        buffer = self.buffer
-        start = 0
-        while len(buffer) - start >= HEADER.size:
-            (size,) = HEADER.unpack_from(buffer, start)
-            end = start + HEADER.size + size
-            if len(buffer) < end:
-                break
-            with memoryview(buffer) as view:
-                message = decode_message(view[start + HEADER.size : end])
+        messages = take_frames(self.buffer)
+        for message in messages:
             if isinstance(message, TaskSpec) and message.args_in_fd is not None:
                 message.args = _read_memory_file(self.fds.popleft(), message.args_in_fd)
-            messages.append(message)
-            start = end
-        if start:
-            del buffer[:start]
         return messages
 
     def send(self, frames: list[bytes]) -> None:

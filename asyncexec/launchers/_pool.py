@@ -27,7 +27,7 @@ import anyio
 import msgspec
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-from .._codec import HEADER, decode_message, dumps, encode_frame, hostname, versions
+from .._codec import HEADER, decode_message, dumps, encode_frame, hostname, take_frames, versions
 from .._exceptions import LaunchError, describe_exit
 from .._messages import (
     Cancel,
@@ -150,20 +150,7 @@ class FrameReader:
             buffer += data
             if len(data) < _READ_SIZE:
                 break
-        messages: list[Message] = []
-        start = 0
-        available = len(buffer)
-        with memoryview(buffer) as view:
-            while available - start >= HEADER.size:
-                (size,) = HEADER.unpack_from(buffer, start)
-                end = start + HEADER.size + size
-                if end > available:
-                    break
-                messages.append(decode_message(view[start + HEADER.size : end]))
-                start = end
-        if start:
-            del buffer[:start]
-        return messages, ended
+        return take_frames(buffer), ended
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:

@@ -520,11 +520,8 @@ class DockerLauncher(PoolLauncher):
         if self._closed:
             raise LaunchError("the Docker launcher is closed")
         assert job.frame is not None
-        worker = await self._spawn(job.task_id)  # a container for this task alone
-        job.worker = worker
-        worker.jobs[job.task_id] = job
-        worker.tasks_sent += 1
-        worker.post(job.frame)  # should it die first, its reader gives the job to another
+        # A container for this task alone; should it die first, its reader moves the job.
+        self._hand(job, await self._spawn(job.task_id))
 
     # -- containers -----------------------------------------------------------------
 
