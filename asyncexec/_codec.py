@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import _pickle
 import os
+import pickle
 import struct
 import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -99,13 +100,22 @@ def dumps(obj: object) -> bytes:
         ) from exc
 
 
-def dumps_call(fn: object, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[bytes, bytes]:
+def dumps_call(
+    fn: object, args: Sequence[Any], kwargs: Mapping[str, Any], *, out_of_band: bool = False
+) -> tuple[bytes, bytes, list[bytes]]:
     """Pickle a callable and its arguments, naming the first argument that fails.
 
-    What pickles the same with the standard library as with cloudpickle goes
-    through ``_pickle`` (several times faster: no cloudpickle Pickler per call;
-    see :func:`_fast_dumps`), and a plain function pickled by reference (a
-    module's function: its pickle is its name) is pickled once and remembered.
+    Returns the callable's pickle, the pickle of ``(args, kwargs)`` and its
+    out-of-band buffers. What pickles the same with the standard library as
+    with cloudpickle goes through ``_pickle`` (several times faster: no
+    cloudpickle Pickler per call; see :func:`_fast_dumps`), and a plain function
+    pickled by reference (a module's function: its pickle is its name) is
+    pickled once and remembered.
+
+    With ``out_of_band``, an argument that is a large ``bytes`` object (``bytes``
+    only: it cannot change) is not copied into the pickle: the object itself is
+    returned as a buffer (pickle protocol 5), for the launcher to move as it
+    likes. Load the arguments with :func:`loads` and these buffers.
     """
     remembered = _by_reference.get(id(fn))
     if remembered is not None and remembered[0] is fn and not _names_by_value(remembered[1]):
@@ -120,20 +130,66 @@ def dumps_call(fn: object, args: Sequence[Any], kwargs: Mapping[str, Any]) -> tu
                 if len(_by_reference) >= _BY_REFERENCE_MAX:
                     _by_reference.clear()
                 _by_reference[id(fn)] = (fn, fast)
-    call = (tuple(args), dict(kwargs))
-    args_bytes = None if _large(args, kwargs) else _fast_dumps(call)
+    buffers: list[bytes] = []
+    collect = None
+    call: tuple[tuple[Any, ...], dict[str, Any]] = (tuple(args), dict(kwargs))
+    large = _large(args, kwargs)
+    if out_of_band and large:
+        call = (tuple(map(_by_buffer, args)), {key: _by_buffer(v) for key, v in kwargs.items()})
+        collect = _collect(buffers)
+        large = _large(*call)  # what is left in band
+    args_bytes = None if large else _fast_dumps(call, collect)
     if args_bytes is None:
+        buffers.clear()
         try:
             import cloudpickle
 
-            args_bytes = cloudpickle.dumps(call, protocol=5)
+            args_bytes = cloudpickle.dumps(call, protocol=5, buffer_callback=collect)
         except Exception as exc:
             for position, value in enumerate(args):
                 _check_picklable(value, f"argument {position}")
             for key, value in kwargs.items():
                 _check_picklable(value, f"keyword argument {key!r}")
             raise SerializationError(f"cannot pickle the arguments: {exc}") from exc
-    return fn_bytes, args_bytes
+    return fn_bytes, args_bytes, buffers
+
+
+class _OutOfBand:
+    """A large ``bytes`` argument, pickled as an out-of-band buffer (loads as itself)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # Loaded with the buffer given back: bytes(the bytes) is that very object.
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _by_buffer(value: Any) -> Any:
+    """A large exact ``bytes`` value wrapped to travel out of band; anything else as is."""
+    if type(value) is bytes and len(value) > _LARGE:
+        return _OutOfBand(value)
+    return value
+
+
+def _collect(buffers: list[bytes]) -> Callable[[pickle.PickleBuffer], bool]:
+    """A ``buffer_callback`` that keeps the ``bytes`` objects behind ``_OutOfBand`` buffers.
+
+    Other buffers (a NumPy array's, a ``bytearray``'s) stay in the pickle: they may
+    change after submit, and the pickle is the snapshot taken at submit.
+    """
+
+    def collect(buffer: pickle.PickleBuffer) -> bool:
+        with buffer.raw() as view:
+            obj = view.obj
+        if type(obj) is bytes:
+            buffers.append(obj)
+            return False  # out of band
+        return True
+
+    return collect
 
 
 #: Plain functions pickled by reference, by id (the function kept, so the id stays its).
@@ -166,7 +222,9 @@ def _large(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
     return False
 
 
-def _fast_dumps(obj: object) -> bytes | None:
+def _fast_dumps(
+    obj: object, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None
+) -> bytes | None:
     """``_pickle.dumps(obj)``, or None where cloudpickle would pickle differently.
 
     cloudpickle pickles by value what the standard library pickles by reference
@@ -176,7 +234,7 @@ def _fast_dumps(obj: object) -> bytes | None:
     modules...) is left to cloudpickle too.
     """
     try:
-        data = _pickle.dumps(obj, protocol=5)
+        data = _pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
     except Exception:
         return None
     return None if b"__main__" in data or _names_by_value(data) else data
@@ -212,14 +270,14 @@ def _check_picklable(value: object, what: str) -> None:
         raise SerializationError(f"cannot pickle {what} of type {type_name(value)}: {exc}") from exc
 
 
-def loads(data: bytes | bytearray | memoryview) -> Any:
-    """Unpickle bytes made by :func:`dumps`, or raise SerializationError.
+def loads(data: bytes | bytearray | memoryview, buffers: Sequence[bytes] = ()) -> Any:
+    """Unpickle bytes made by :func:`dumps` (or :func:`dumps_call`, with its buffers).
 
-    (What cloudpickle pickles, pickle loads: cloudpickle is imported only when
-    the bytes name it.)
+    Raises SerializationError. (What cloudpickle pickles, pickle loads:
+    cloudpickle is imported only when the bytes name it.)
     """
     try:
-        return _pickle.loads(data)
+        return _pickle.loads(data, buffers=buffers)
     except Exception as exc:
         raise SerializationError(f"cannot unpickle: {type_name(exc)}: {exc}") from exc
 

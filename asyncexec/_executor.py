@@ -283,7 +283,10 @@ class BaseExecutor:
                 f"cannot submit {fn!r}: it is a coroutine function; workers run plain functions "
                 "(wrap it: lambda: asyncio.run(fn()))"
             )
-        fn_bytes, args_bytes = dumps_call(fn, args, kwargs)
+        launcher = self._launcher
+        fn_bytes, args_bytes, buffers = dumps_call(
+            fn, args, kwargs, out_of_band=launcher is not None and launcher.takes_buffers
+        )
         holds_slot = False
         if self._pending_slots is not None:
             await self._pending_slots.acquire()
@@ -296,6 +299,7 @@ class BaseExecutor:
             task_id=task_id,
             fn=fn_bytes,
             args=args_bytes,
+            buffers=buffers,
             time_limit=options.time_limit,
             capture_output=options.wants_capture,
             stdout_path=str(options.log_stdout) if options.log_stdout else None,

@@ -22,6 +22,7 @@ __all__ = [
     "Ready",
     "Resources",
     "Setup",
+    "SharedMemory",
     "TaskSpec",
     "Versions",
 ]
@@ -53,7 +54,7 @@ class TaskSpec(msgspec.Struct, tag="task", array_like=True):
     """One task, as a worker receives it.
 
     ``fn`` and ``args`` are cloudpickle bytes: the callable, and the tuple
-    ``(args, kwargs)``.
+    ``(args, kwargs)`` (with ``buffers``, its out-of-band buffers).
     """
 
     task_id: str
@@ -67,9 +68,14 @@ class TaskSpec(msgspec.Struct, tag="task", array_like=True):
     memory_mb: int | None = None
     attempt: int = 1
     name: str | None = None
-    #: ``args`` is empty: its bytes, this many, are in a file descriptor sent with
-    #: this frame (a local pool's large arguments; see ``PoolLauncher``).
-    args_in_fd: int | None = None
+    #: Out-of-band buffers of ``args`` (pickle protocol 5): large ``bytes`` arguments.
+    buffers: list[bytes] = []
+    #: ``args`` and ``buffers`` are empty: their bytes, of these sizes (``args``
+    #: first), lie outside the frame, one after the other: in the pool's shared
+    #: memory at ``outside_at`` (see :class:`SharedMemory`), or else in a memory
+    #: file passed with this frame (a local pool's large arguments).
+    outside: list[int] | None = None
+    outside_at: int | None = None
 
 
 class ErrorInfo(msgspec.Struct, array_like=True):
@@ -136,7 +142,18 @@ class Cancel(msgspec.Struct, tag="cancel", array_like=True):
     task_id: str
 
 
-Message = Hello | Setup | Ready | TaskSpec | Outcome | Cancel
+class SharedMemory(msgspec.Struct, tag="shm", array_like=True):
+    """The pool's shared memory, a file of ``size`` bytes passed with this frame.
+
+    Tasks sent after it may hold their arguments there (``TaskSpec.outside_at``).
+    The driver writes a task's region before it sends the task, and frees it
+    only once the task has ended: the worker copies it out when it receives it.
+    """
+
+    size: int
+
+
+Message = Hello | Setup | Ready | TaskSpec | Outcome | Cancel | SharedMemory
 
 
 class JobRef(msgspec.Struct, frozen=True, kw_only=True):

@@ -40,7 +40,7 @@ TYPE_CHECKING = False  # typing alone costs a cluster job's start a few ms
 if TYPE_CHECKING:
     import _thread
     import signal
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
     from typing import IO, Any
 else:
     import _signal as signal  # what signal wraps, without its enums
@@ -309,8 +309,9 @@ class TaskUnpickler(_pickle.Unpickler):
         data: bytes,
         cloudpickle_version: str | None,
         needs_cloudpickle: Callable[[str | None], str | None],
+        buffers: Sequence[bytes] | None = None,
     ) -> None:
-        super().__init__(io.BytesIO(data))
+        super().__init__(io.BytesIO(data), buffers=buffers)
         self.cloudpickle_version = cloudpickle_version
         self.known = _reconstructors_known(cloudpickle_version)
         self.needs_cloudpickle = needs_cloudpickle

@@ -49,6 +49,7 @@ from ._messages import (
     Outcome,
     Ready,
     Setup,
+    SharedMemory,
     TaskSpec,
     Versions,
 )
@@ -99,7 +100,7 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
     )
     try:
         fn = _loads(spec.fn)
-        args, kwargs = _loads(spec.args)
+        args, kwargs = _loads(spec.args, spec.buffers)
     except SerializationError as exc:
         outcome.status = "unpicklable"
         outcome.error = _error(exc, f"cannot unpickle the task: {exc}")
@@ -154,13 +155,13 @@ def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[]
     return fd_capture(spec.stdout_path, spec.stderr_path, tempfile.gettempdir())
 
 
-def _loads(data: bytes) -> Any:
+def _loads(data: bytes, buffers: list[bytes] | None = None) -> Any:
     """Unpickle a task's part; a function sent by value loads without cloudpickle."""
     try:
         # (Scanning costs about 0.5 ms a MiB: large pickles go through the unpickler.)
         if len(data) <= 65536 and b"cloudpickle" not in data:
-            return _pickle.loads(data)
-        return TaskUnpickler(data, _CLOUDPICKLE, _import_cloudpickle).load()
+            return _pickle.loads(data, buffers=buffers)
+        return TaskUnpickler(data, _CLOUDPICKLE, _import_cloudpickle, buffers).load()
     except Exception as exc:
         raise SerializationError(f"cannot unpickle: {type_name(exc)}: {exc}") from exc
 
@@ -189,9 +190,10 @@ def _error(exc: BaseException, message: str) -> ErrorInfo:
 class _Channel:
     """Frames over a pair of blocking file descriptors (one socket, or stdin and stdout).
 
-    On a socket, the driver may pass file descriptors with the frames: memory
-    files holding a task's arguments (``TaskSpec.args_in_fd``), in the order of
-    the tasks, arriving no later than their frames.
+    On a socket, the driver may pass file descriptors with the frames, arriving
+    no later than their frames: the pool's shared memory (:class:`SharedMemory`),
+    and memory files holding a task's arguments (``TaskSpec.outside``). A task's
+    arguments are copied out of either when its frame arrives.
     """
 
     def __init__(self, read_fd: int, write_fd: int, *, is_socket: bool = False) -> None:
@@ -199,7 +201,8 @@ class _Channel:
         self.write_fd = write_fd
         self.buffer = bytearray()
         self.ended = False
-        self.fds: deque[int] = deque()  # received, not yet claimed by a TaskSpec
+        self.fds: deque[int] = deque()  # received, not yet claimed by a message
+        self.shared: Any = None  # the pool's shared memory, mapped (an mmap.mmap)
         # _socket, not socket: the module's enums would slow every worker's start.
         self.socket = _socket.socket(fileno=os.dup(read_fd)) if is_socket else None
 
@@ -235,9 +238,36 @@ class _Channel:
     def _frames(self) -> list[Any]:
         messages = take_frames(self.buffer)
         for message in messages:
-            if isinstance(message, TaskSpec) and message.args_in_fd is not None:
-                message.args = _read_memory_file(self.fds.popleft(), message.args_in_fd)
+            if isinstance(message, TaskSpec) and message.outside is not None:
+                self._take_outside(message)
+            elif isinstance(message, SharedMemory):
+                self._map_shared(message.size)
         return messages
+
+    def _take_outside(self, spec: TaskSpec) -> None:
+        """Copy a task's arguments (and buffers) from where the driver put them."""
+        sizes = spec.outside
+        assert sizes is not None
+        if spec.outside_at is None:
+            parts = _read_memory_file(self.fds.popleft(), sizes)
+        elif self.shared is None:
+            raise ValueError("a task points into shared memory that was never sent")
+        else:
+            parts = []
+            start = spec.outside_at
+            for size in sizes:
+                parts.append(self.shared[start : start + size])
+                start += size
+        spec.args, spec.buffers = parts[0], parts[1:]
+
+    def _map_shared(self, size: int) -> None:
+        import mmap  # only where a pool sends shared memory
+
+        fd = self.fds.popleft()
+        try:
+            self.shared = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
 
     def send(self, frames: list[bytes]) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
@@ -251,20 +281,21 @@ class _Channel:
 _ANCILLARY = _socket.CMSG_SPACE(4 * 256)
 
 
-def _read_memory_file(fd: int, size: int) -> bytes:
-    """The ``size`` bytes of a memory file the driver passed; the fd is closed."""
+def _read_memory_file(fd: int, sizes: list[int]) -> list[bytes]:
+    """The parts, of these sizes, of a memory file the driver passed; the fd is closed."""
     try:
-        data = os.pread(fd, size, 0)
-        if len(data) < size:  # a read of over 2 GiB stops short
-            parts = [data]
-            while sum(map(len, parts)) < size:
-                done = sum(map(len, parts))
-                part = os.pread(fd, size - done, done)
-                if not part:
-                    raise EOFError(f"a task's memory file holds {done} of {size} bytes")
-                parts.append(part)
-            data = b"".join(parts)
-        return data
+        parts = []
+        offset = 0
+        for size in sizes:
+            part = os.pread(fd, size, offset)
+            while len(part) < size:  # a read of over 2 GiB stops short
+                more = os.pread(fd, size - len(part), offset + len(part))
+                if not more:
+                    raise EOFError(f"a task's memory file ends at {offset + len(part)} bytes")
+                part += more
+            parts.append(part)
+            offset += size
+        return parts
     finally:
         os.close(fd)
 

@@ -41,6 +41,9 @@ class Launcher(abc.ABC):
 
     * ``fast_start``: :meth:`try_start` may take a task at once (the executor
       then runs it with no coroutine of its own).
+    * ``takes_buffers``: the launcher moves ``TaskSpec.buffers``, the
+      out-of-band buffers of the arguments' pickle: the executor then leaves
+      large ``bytes`` arguments out of the pickle (no copy at submit).
 
     ``prefetch`` is how many tasks per worker the launcher takes beyond those
     running (waiting in the worker's queue): an executor with ``n_workers``
@@ -52,6 +55,7 @@ class Launcher(abc.ABC):
     enforces_time_limit: bool = False
     reattachable: bool = False
     fast_start: bool = False
+    takes_buffers: bool = False
     #: What the JobRefs this launcher hands out say in ``kind``.
     kind: str = "local"
     prefetch: int = 0

@@ -113,6 +113,11 @@ def reverse_bytes(data: bytes) -> bytes:
     return data[::-1]
 
 
+def join_bytes(*parts: bytes | bytearray, sep: bytes = b"") -> tuple[bytes, list[str]]:
+    """The parts joined, and the types they arrived as."""
+    return sep.join(parts), [type(part).__name__ for part in (*parts, sep)]
+
+
 def print_both(text: str) -> int:
     print(f"out:{text}")
     print(f"err:{text}", file=sys.stderr)
@@ -255,6 +260,14 @@ async def _case_large_payload(ctx: _Context) -> None:
     data = os.urandom(10 * 2**20)
     future = await ctx.executor.submit(reverse_bytes, data)
     assert await future == data[::-1]
+    # Several large arguments, positional and keyword, bytes and not: each arrives
+    # as itself, whichever way the launcher moves them.
+    first, second, sep = os.urandom(300_000), bytearray(os.urandom(200_000)), os.urandom(150_000)
+    joined = await ctx.executor.submit(join_bytes, first, b"small", second, sep=sep)
+    assert await joined == (
+        sep.join([first, b"small", second]),
+        ["bytes", "bytes", "bytearray", "bytes"],
+    )
 
 
 async def _case_many_concurrent(ctx: _Context) -> None:

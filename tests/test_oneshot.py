@@ -31,7 +31,7 @@ ENV = {
 
 
 def spec(task_id: str, fn: object, *args: object, **extra: object) -> TaskSpec:
-    fn_bytes, args_bytes = dumps_call(fn, args, {})
+    fn_bytes, args_bytes, _ = dumps_call(fn, args, {})
     return TaskSpec(task_id=task_id, fn=fn_bytes, args=args_bytes, **extra)  # type: ignore[arg-type]
 
 

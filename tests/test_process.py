@@ -746,32 +746,78 @@ def open_fds() -> int:
     not hasattr(os, "memfd_create") and os.environ.get("CI") != "true",
     reason="memory files are Linux's (in CI this runs, and fails without them)",
 )
-async def test_large_arguments_travel_in_memory_files_and_leave_no_fd(tmp_path: Path) -> None:
-    from asyncexec.launchers._pool import FD_PAYLOAD
+async def test_large_arguments_travel_outside_frames_and_leave_no_fd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncexec.launchers import _pool
 
-    data = os.urandom(FD_PAYLOAD + 12345)
+    data = os.urandom(_pool.FD_PAYLOAD + 12345)
     expected = checksum(data)
+    # Shared memory for one such argument at a time: the others take memory files.
+    monkeypatch.setattr(_pool, "SHARED_MEMORY", len(data) + 4096)
+    files: list[int] = []
+    memory_file = _pool._memory_file
+
+    def counted(parts: list[bytes]) -> int:
+        files.append(len(parts))
+        return memory_file(parts)
+
+    monkeypatch.setattr(_pool, "_memory_file", counted)
     async with ProcessExecutor(1) as ex:
-        assert ex._process_launcher.fd_payloads
+        launcher = ex._process_launcher
+        assert launcher.fd_payloads and launcher.takes_buffers
+        assert await ex.run(checksum, data) == expected  # the shared memory is made
+        # Quick tasks, so that the worker is sent tasks ahead (its first task's import
+        # made tasks look slow): then several large arguments are out at once.
+        await ex.wait([await ex.submit(checksum, b"") for _ in range(100)])
+        arena = launcher._shared
+        assert arena is not None and arena.in_use == 0
         worker_fds = await ex.run(open_fds)
         driver_fds = open_fds()
         futures = [await ex.submit(checksum, data) for _ in range(20)]
         assert await ex.wait(futures) == [expected] * 20
-        # Queued behind a crash: the memory file goes again, to the new worker.
+        assert files, "no argument went to a memory file of its own"
+        assert len(files) < 20, "no argument went to shared memory"
+        # Queued behind a crash: the arguments go again, to the new worker.
         started = tmp_path / "started"
         doomed = await ex.submit(crash_after, str(started), 0.3)
         await _until_exists(started)
-        behind = [await ex.submit(checksum, data) for _ in range(3)]
+        behind = [await ex.submit(checksum, data) for _ in range(5)]
         with pytest.raises(WorkerLost):
             await doomed
-        assert await ex.wait(behind) == [expected] * 3
-        # Cancelled while queued: its memory file is closed too.
+        assert await ex.wait(behind) == [expected] * 5
+        # Cancelled while queued: its region is freed, its memory file closed.
         blocker = await ex.submit(sleep, 0.3)
-        queued = await ex.submit(checksum, data)
-        await queued.cancel()
+        queued = [await ex.submit(checksum, data) for _ in range(5)]
+        await ex.cancel(queued)
         await blocker
+        assert arena.in_use == 0
         assert await ex.run(open_fds) == worker_fds
         assert open_fds() == driver_fds
+    assert open_fds() < driver_fds  # the shared memory is closed with the pool
+
+
+async def test_large_bytes_arguments_are_not_copied_at_submit() -> None:
+    """Pending tasks keep a reference to a large bytes argument, not a copy of it."""
+    data = os.urandom(1 << 20)
+    async with ProcessExecutor(1) as ex:
+        blocker = await ex.submit(sleep, 0.3)
+        before = sys.getrefcount(data)
+        futures = [await ex.submit(checksum, data) for _ in range(50)]
+        assert sys.getrefcount(data) == before + 50
+        await blocker
+        assert await ex.wait(futures) == [checksum(data)] * 50
+        del futures
+        assert sys.getrefcount(data) == before
+
+
+async def test_an_argument_larger_than_the_shared_part_goes_in_a_memory_file() -> None:
+    from asyncexec.launchers import _pool
+
+    data = os.urandom(_pool.SHARED_PART_MAX + 1)
+    async with ProcessExecutor(1) as ex:
+        assert await ex.run(checksum, data) == checksum(data)
+        assert ex._process_launcher._shared is None  # not made for it
 
 
 def test_prefetch_must_be_a_count() -> None:
@@ -854,11 +900,11 @@ def test_modules_registered_by_value_are_pickled_by_cloudpickle(
     (tmp_path / "by_value_here.py").write_text("def shout(x):\n    return str(x).upper()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("by_value_here")
-    by_reference, _ = _codec.dumps_call(module.shout, ("a",), {})
+    by_reference, _, _ = _codec.dumps_call(module.shout, ("a",), {})
     assert b"cloudpickle" not in by_reference and id(module.shout) in _codec._by_reference
     cloudpickle.register_pickle_by_value(module)
     try:
-        by_value, _ = _codec.dumps_call(module.shout, ("a",), {})
+        by_value, _, _ = _codec.dumps_call(module.shout, ("a",), {})
     finally:
         cloudpickle.unregister_pickle_by_value(module)
     assert b"cloudpickle" in by_value  # the remembered pickle was not used

@@ -38,10 +38,12 @@ from .._messages import (
     Outcome,
     Ready,
     Setup,
+    SharedMemory,
     TaskSpec,
 )
 from .._worker import version_mismatch
 from ._local import LocalJob, LocalLauncher
+from ._shared import SharedArena
 
 if TYPE_CHECKING:
     import asyncio
@@ -67,19 +69,29 @@ _wait_writable: Callable[[socket.socket], Awaitable[None]] = (
     getattr(anyio, "wait_writable", None) or anyio.wait_socket_writable
 )
 
-#: Arguments pickled to at least this many bytes go to a worker that can take file
-#: descriptors in a memory file of their own, not through the socket (see
-#: ``PoolLauncher.fd_payloads``).
+#: Arguments (and their buffers) of at least this many bytes go to a worker that
+#: can take file descriptors outside the frame, not through the socket (see
+#: ``PoolLauncher.fd_payloads``): in the pool's shared memory, or when that is
+#: full, in a memory file of their own.
 FD_PAYLOAD = 1 << 17
+#: A busy worker with this many bytes of arguments outside frames sent to it is
+#: sent no more (so the shared memory is not filled by a few deep queues).
+QUEUED_BYTES = 4 << 20
+#: The size of a pool's shared memory (its pages are allocated as they are used).
+SHARED_MEMORY = 64 << 20
+#: Arguments larger than this go in a memory file of their own, never in shared
+#: memory (which would keep that many bytes allocated as long as the pool lives).
+SHARED_PART_MAX = 16 << 20
 
 
-def _memory_file(data: bytes) -> int:
-    """An anonymous memory file holding ``data`` (Linux ``memfd_create``): its fd."""
+def _memory_file(parts: list[bytes]) -> int:
+    """An anonymous memory file holding ``parts`` (Linux ``memfd_create``): its fd."""
     fd = os.memfd_create("asyncexec-args", os.MFD_CLOEXEC)
     try:
-        with memoryview(data) as view:
-            while view:
-                view = view[os.write(fd, view) :]
+        for part in parts:
+            with memoryview(part) as view:
+                while view:
+                    view = view[os.write(fd, view) :]
     except BaseException:
         os.close(fd)
         raise
@@ -174,12 +186,28 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
 class PoolJob(LocalJob):
     """A task handed to a pool: queued at a worker, running there, or between workers."""
 
-    __slots__ = ("changed", "exclusive", "fd", "frame", "worker")
+    __slots__ = (
+        "arena",
+        "changed",
+        "exclusive",
+        "fd",
+        "frame",
+        "outside",
+        "region",
+        "task",
+        "worker",
+    )
 
-    def __init__(self, task_id: str, frame: bytes, exclusive: bool, fd: int | None = None) -> None:
+    def __init__(self, task_id: str, frame: bytes | None, exclusive: bool) -> None:
         super().__init__(task_id)
         self.frame = frame  # kept: should its worker die first, another worker takes it
-        self.fd = fd  # the memory file of its arguments, sent with the frame (and kept too)
+        #: Or (large arguments) the task, its frame made when it is first handed over:
+        #: its arguments then go outside the frame, as many bytes as ``outside``.
+        self.task: TaskSpec | None = None
+        self.outside = 0
+        self.fd: int | None = None  # in a memory file sent with the frame (and kept too)...
+        self.arena: SharedArena | None = None  # ...or in the pool's shared memory,
+        self.region: int | None = None  # there (kept until it ends, for the same reason)
         self.exclusive = exclusive  # never queued behind another task (it has a time limit)
         self.worker: PoolWorker | None = None
         self.changed: anyio.Event | None = None  # set when it ends or may have started
@@ -189,10 +217,13 @@ class PoolJob(LocalJob):
         super().settle(outcome)
 
     def release(self) -> None:
-        """Close the memory file of its arguments, if it has one: no worker needs it now."""
+        """Free where its arguments are kept outside the frame: no worker needs them now."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        if self.arena is not None and self.region is not None:
+            self.arena.free(self.region)
+            self.region = None
 
     @property
     def running(self) -> bool:
@@ -226,6 +257,8 @@ class PoolWorker(abc.ABC):
         self.outbox: list[bytes] = []  # frames posted, written together by the pool's writer
         self.outbox_fds: list[int] = []  # file descriptors to send with them (fd_payloads)
         self.writing = False  # the writer holds frames it has not finished writing
+        self.has_shared = False  # the pool's shared memory was sent to it
+        self.outside_bytes = 0  # bytes of arguments its jobs have outside their frames
         self.posted = anyio.Event()
 
     @abc.abstractmethod
@@ -337,6 +370,9 @@ class PoolLauncher(LocalLauncher[PoolJob]):
     #: socket pair on Linux): then arguments of FD_PAYLOAD bytes or more travel
     #: in a memory file passed with the task, not in the frame.
     fd_payloads = False
+    #: Large ``bytes`` arguments come as buffers, out of the pickle: in the frame,
+    #: or outside it where ``fd_payloads`` (no copy of them at submit).
+    takes_buffers = True
 
     #: The ``kind`` of the JobRefs this launcher hands out.
     kind = "pool"
@@ -375,6 +411,8 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         self._capacity: anyio.Event | None = None  # made on entry: Events need a running loop
         self._closed = False
         self._host = hostname()
+        self._shared: SharedArena | None = None  # for large arguments (fd_payloads)
+        self._shared_failed = False
 
     # -- what subclasses provide ----------------------------------------------------
 
@@ -427,6 +465,8 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                 worker.kill()
         for worker in workers:
             await worker.exited.wait()
+        if self._shared is not None:
+            self._shared.close()  # (jobs that end later free nothing: idempotent)
 
     # -- the seam -------------------------------------------------------------------
 
@@ -444,21 +484,58 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     def _new_job(self, task: TaskSpec) -> PoolJob:
         exclusive = task.time_limit is not None
-        if not self.fd_payloads or len(task.args) < FD_PAYLOAD:
-            return PoolJob(task.task_id, encode_frame(task), exclusive)
-        # Large arguments: in a memory file passed with the frame. The worker reads
-        # them from it at once, with no trip through the socket's small buffers
-        # (nor copies into and out of the frame on both sides).
+        if self.fd_payloads:
+            size = len(task.args) + sum(map(len, task.buffers)) if task.buffers else len(task.args)
+            if size >= FD_PAYLOAD:  # placed outside the frame when handed to a worker
+                job = PoolJob(task.task_id, None, exclusive)
+                job.task = task
+                job.outside = size
+                return job
+        return PoolJob(task.task_id, encode_frame(task), exclusive)
+
+    def _place(self, job: PoolJob) -> None:
+        """Put a job's large arguments outside its frame, and make the frame.
+
+        The worker copies them from there when the frame arrives, with no trip
+        through the socket's small buffers. First choice: the pool's shared memory,
+        whose pages are already allocated; else a memory file passed with the frame;
+        else (out of file descriptors) the frame after all.
+        """
+        task = job.task
+        assert task is not None
+        parts = [task.args, *task.buffers]
+        outside = msgspec.structs.replace(
+            task, args=b"", buffers=[], outside=[len(part) for part in parts]
+        )
+        arena = self._arena() if job.outside <= SHARED_PART_MAX else None
+        region = arena.put(parts) if arena is not None else None
+        if arena is not None and region is not None:
+            outside.outside_at = region
+            job.arena, job.region = arena, region
+        else:
+            try:
+                job.fd = _memory_file(parts)
+            except OSError:
+                job.frame = encode_frame(task)
+                job.task = None
+                job.outside = 0
+                return
         try:
-            fd = _memory_file(task.args)
-        except OSError:  # out of file descriptors or memory: through the socket then
-            return PoolJob(task.task_id, encode_frame(task), exclusive)
-        try:
-            frame = encode_frame(msgspec.structs.replace(task, args=b"", args_in_fd=len(task.args)))
+            job.frame = encode_frame(outside)
         except BaseException:
-            os.close(fd)
+            job.release()
             raise
-        return PoolJob(task.task_id, frame, exclusive, fd)
+        job.task = None
+
+    def _arena(self) -> SharedArena | None:
+        """The pool's shared memory, made on first need; None where it cannot be."""
+        if self._shared is None and not self._shared_failed and not self._closed:
+            try:
+                self._shared = SharedArena(SHARED_MEMORY)
+            except OSError as exc:
+                self._shared_failed = True
+                log.debug("no shared memory for large arguments (%s): memory files then", exc)
+        return self._shared
 
     def try_start(self, task: TaskSpec, on_outcome: Callable[[Outcome], None]) -> JobRef | None:
         if self._closed or not self.fast_start:
@@ -485,12 +562,20 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         self._hand(job, await self._checkout(job.exclusive))
 
     def _hand(self, job: PoolJob, worker: PoolWorker) -> None:
+        if job.frame is None:
+            self._place(job)
         job.worker = worker
         worker.jobs[job.task_id] = job
         worker.tasks_sent += 1
         # Should the worker die before it runs the job, _bury gives the job to another.
         # A worker with a task before this one is busy: the writer batches its frames.
-        worker.post(job.frame, now=len(worker.jobs) == 1, fd=job.fd)
+        now = len(worker.jobs) == 1
+        worker.outside_bytes += job.outside
+        arena = job.arena
+        if arena is not None and not worker.has_shared:
+            worker.has_shared = True  # once per worker, before the first task that needs it
+            worker.post(encode_frame(SharedMemory(size=arena.size)), now=now, fd=arena.fd)
+        worker.post(job.frame, now=now, fd=job.fd)  # type: ignore[arg-type]
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.pop(ref.native_id, None)
@@ -541,6 +626,8 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                 load = len(worker.jobs)
                 if load > self._depth or (exclusive and load) or not self._open_to(worker):
                     continue
+                if load and worker.outside_bytes >= QUEUED_BYTES:
+                    continue  # it has enough large arguments to copy for now
                 if best is None or load < len(best.jobs):
                     best = worker
                     if not load:
@@ -735,6 +822,8 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     def _complete(self, worker: PoolWorker, outcome: Outcome) -> None:
         job = worker.jobs.pop(outcome.task_id, None)
+        if job is not None and job.outside:
+            worker.outside_bytes -= job.outside
         if job is None:
             log.error("worker %s answered for a task it was not given; killing it", worker.pid)
             worker.kill()  # its jobs are then settled as lost, or go to another worker

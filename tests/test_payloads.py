@@ -1,0 +1,110 @@
+"""Large arguments: out-of-band pickle buffers, and the pools' shared memory."""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import pytest
+
+from asyncexec._codec import dumps_call, loads
+from asyncexec.launchers._shared import SharedArena
+
+BIG = 100_000  # above the size at which an argument counts as large
+
+
+def describe(*args: object, **kwargs: object) -> tuple[object, ...]:
+    return args, kwargs
+
+
+def test_large_bytes_leave_the_pickle_as_buffers() -> None:
+    first, second = os.urandom(BIG), os.urandom(BIG + 1)
+    mutable, text = bytearray(os.urandom(BIG)), "x" * BIG
+    args = (first, b"small", mutable, text)
+    _, pickled, buffers = dumps_call(describe, args, {"key": second}, out_of_band=True)
+    assert len(buffers) == 2
+    assert buffers[0] is first and buffers[1] is second  # the objects, not copies
+    # The bytearray and the str stay in the pickle: it is the snapshot taken at submit.
+    assert 2 * BIG < len(pickled) < 3 * BIG
+    mutable[:4] = b"\0\0\0\0"
+    loaded_args, loaded_kwargs = loads(pickled, buffers)
+    assert loaded_args[0] == first and type(loaded_args[0]) is bytes
+    assert loaded_args[1] == b"small"
+    assert type(loaded_args[2]) is bytearray and loaded_args[2][:4] != b"\0\0\0\0"
+    assert loaded_args[3] == text
+    assert loaded_kwargs == {"key": second}
+
+
+def test_without_out_of_band_everything_is_in_the_pickle() -> None:
+    data = os.urandom(BIG)
+    _, pickled, buffers = dumps_call(describe, (data,), {}, out_of_band=False)
+    assert buffers == [] and len(pickled) > BIG
+    assert loads(pickled) == ((data,), {})
+
+
+def test_buffers_come_out_of_cloudpickle_too() -> None:
+    """An argument only cloudpickle pickles (a lambda) beside a large bytes one."""
+    data = os.urandom(BIG)
+    _, pickled, buffers = dumps_call(describe, (lambda: 7, data), {}, out_of_band=True)
+    assert buffers == [data] and len(pickled) < BIG
+    (function, loaded), _ = loads(pickled, buffers)
+    assert function() == 7 and loaded == data
+
+
+def test_loading_without_the_buffers_fails_clearly() -> None:
+    from asyncexec import SerializationError
+
+    _, pickled, buffers = dumps_call(describe, (os.urandom(BIG),), {}, out_of_band=True)
+    assert buffers
+    with pytest.raises(SerializationError, match="cannot unpickle"):
+        loads(pickled)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create") and os.environ.get("CI") != "true",
+    reason="memory files are Linux's (in CI this runs, and fails without them)",
+)
+class TestSharedArena:
+    def test_regions_are_written_where_another_mapping_reads_them(self) -> None:
+        arena = SharedArena(1 << 16)
+        try:
+            first = arena.put([b"abc", b"defg"])
+            second = arena.put([b"x" * 100])
+            assert first == 0 and second == 64  # aligned to 64 bytes
+            with mmap.mmap(arena.fd, arena.size) as other:  # as a worker maps it
+                assert other[0:7] == b"abcdefg"
+                assert other[64:164] == b"x" * 100
+            assert arena.in_use == 64 + 128
+        finally:
+            arena.close()
+
+    def test_freed_regions_merge_and_are_used_again_first(self) -> None:
+        arena = SharedArena(1024)
+        try:
+            regions = [arena.put([bytes(256)]) for _ in range(3)]
+            assert regions == [0, 256, 512]
+            a, b, c = 0, 256, 512
+            assert arena.put([bytes(512)]) is None  # 256 bytes left
+            arena.free(a)
+            arena.free(c)  # merges with the free tail
+            assert arena.put([bytes(512)]) == 512
+            arena.free(b)
+            arena.free(b)  # idempotent
+            assert arena.put([bytes(512)]) == 0  # a and b merged
+            arena.free(0)
+            arena.free(512)
+            assert arena.in_use == 0 and arena._free == [(0, 1024)]
+        finally:
+            arena.close()
+
+    def test_too_large_and_closed(self) -> None:
+        arena = SharedArena(4096)
+        assert arena.put([bytes(4097)]) is None
+        region = arena.put([b"kept"])
+        assert region is not None
+        fds_before = len(os.listdir("/proc/self/fd"))
+        arena.close()
+        arena.close()
+        assert len(os.listdir("/proc/self/fd")) < fds_before
+        arena.free(region)  # a job that ends after its pool closed
+        assert arena.put([b"late"]) is None
