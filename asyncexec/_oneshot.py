@@ -60,6 +60,7 @@ __all__ = [
     "main",
     "memory_limit",
     "problem",
+    "run_chunk",
     "type_name",
 ]
 
@@ -327,6 +328,11 @@ class TaskUnpickler(_pickle.Unpickler):
 
 
 # -- the runner ------------------------------------------------------------------------
+
+
+def run_chunk(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
+    """``[fn(*args) for args in calls]``: the task of a chunk of ``map`` (``chunksize``)."""
+    return [fn(*args) for args in calls]
 
 
 def dumps_value(obj: object) -> bytes:

@@ -52,7 +52,7 @@ def prepare(root: Path) -> dict[str, list[str]]:
     (root / MODULE_FILE).write_bytes(_RUNNER_SOURCE)
     tasks = []
     for i in range(TASKS):
-        fn, args = dumps_call(add_one, (i,), {})  # __main__'s function: sent by value
+        fn, args, _ = dumps_call(add_one, (i,), {})  # __main__'s function: sent by value
         tasks.append(TaskSpec(task_id=f"t{i}", fn=fn, args=args, capture_output=True))
     (root / "in" / "0.bin").write_bytes(batch_file(tasks))
     (root / "in" / "0.json").write_text(json.dumps(list(range(TASKS))))

@@ -49,7 +49,7 @@ MIB = 1 << 20
 SPIN_TARGET_S = 0.005
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-WORKLOADS = ("throughput", "latency", "payload", "cold-start", "memory", "cpu")
+WORKLOADS = ("throughput", "chunked", "latency", "payload", "cold-start", "memory", "cpu")
 PEERS = (
     "asyncexec",
     "concurrent.futures",
@@ -74,6 +74,7 @@ REFERENCES = ("threads", "raw-pipe")
 
 FULL_SIZES = {
     "throughput": 20_000,
+    "chunked": 20_000,
     "latency": 2_000,
     "payload": 200,
     "cold-start": 1,
@@ -82,6 +83,7 @@ FULL_SIZES = {
 }
 SMOKE_SIZES = {
     "throughput": 200,
+    "chunked": 200,
     "latency": 20,
     "payload": 5,
     "cold-start": 1,
@@ -93,6 +95,7 @@ SMOKE_SIZES = {
 # GRACE seconds more to start and close its pool before it is killed.
 FULL_BUDGETS = {
     "throughput": 30.0,
+    "chunked": 30.0,
     "latency": 60.0,
     "payload": 45.0,
     "cold-start": 30.0,
@@ -105,6 +108,10 @@ CLOSE_GRACE = 20.0
 AFTER_GRACE = 5.0  # to drain and close a pool after the memory figure is reported
 # What the raw pipe does not measure: it has no pool to queue in or to compute with.
 NOT_APPLICABLE = {
+    ("aiomultiprocess", "chunked"): "no chunked map (its starmap is the throughput row)",
+    ("anyio", "chunked"): "one call per task only",
+    ("dask", "chunked"): "no chunked map (Client.map is the throughput row)",
+    ("raw-pipe", "chunked"): "no tasks to chunk",
     ("raw-pipe", "memory"): "a pipe has no queue of pending tasks",
     ("raw-pipe", "cpu"): "the ideal (n * 5 ms / 2) is the limit",
 }
@@ -192,6 +199,10 @@ class Peer:
         """Submit ``fn(i)`` for every item at once; wait for all the results."""
         return await self.gather([await self.submit(fn, i) for i in items])
 
+    async def chunked(self, fn: Any, items: range, chunksize: int) -> list[Any]:
+        """``fn(i)`` for every item, sent in chunks of ``chunksize`` calls a task."""
+        raise NotImplementedError
+
     async def queue(self, fn: Any, items: range) -> list[Any]:
         """Submit ``fn(i)`` for every item; return without waiting."""
         return [await self.submit(fn, i) for i in items]
@@ -236,6 +247,9 @@ class AsyncexecPeer(Peer):
     async def gather(self, handles: list[Any]) -> list[Any]:
         return await self.ex.wait(handles)
 
+    async def chunked(self, fn: Any, items: range, chunksize: int) -> list[Any]:
+        return [value async for value in self.ex.map(fn, items, chunksize=chunksize)]
+
     async def drain(self, handles: list[Any]) -> None:
         await self.ex.cancel(handles)
 
@@ -247,6 +261,13 @@ class ExecutorPeer(Peer):
 
     async def submit(self, fn: Any, *args: Any) -> Any:
         return self.loop.run_in_executor(self.executor, fn, *args)
+
+    async def chunked(self, fn: Any, items: range, chunksize: int) -> list[Any]:
+        # Executor.map blocks until it has submitted every chunk: in a thread.
+        def run() -> list[Any]:
+            return list(self.executor.map(fn, items, chunksize=chunksize))
+
+        return await self.loop.run_in_executor(None, run)
 
     async def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -320,6 +341,27 @@ class MultiprocessingPeer(Peer):
             error_callback=lambda error: loop.call_soon_threadsafe(fail, error),
         )
         return future
+
+    async def chunked(self, fn: Any, items: range, chunksize: int) -> list[Any]:
+        loop = self.loop
+        future = loop.create_future()
+
+        def settle(values: Any) -> None:
+            if not future.done():
+                future.set_result(values)
+
+        def fail(error: BaseException) -> None:
+            if not future.done():
+                future.set_exception(error)
+
+        self.pool.map_async(
+            fn,
+            items,
+            chunksize,
+            callback=lambda values: loop.call_soon_threadsafe(settle, values),
+            error_callback=lambda error: loop.call_soon_threadsafe(fail, error),
+        )
+        return list(await future)
 
     async def drain(self, handles: list[Any]) -> None:
         """Pool.apply_async cannot be cancelled: close() terminates the pool."""
@@ -472,6 +514,20 @@ async def w_throughput(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, 
     return {"tasks_per_s": n / seconds, "seconds": seconds}
 
 
+def chunk_size(n: int) -> int:
+    """multiprocessing.Pool.map's own default: about 4 chunks per worker."""
+    return max(1, -(-n // (4 * WORKERS)))
+
+
+async def w_chunked(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, Any]:
+    await warm_up(peer)
+    start = time.perf_counter()
+    results = await peer.chunked(noop, range(n), chunk_size(n))
+    seconds = time.perf_counter() - start
+    assert len(results) == n, f"{len(results)} results for {n} tasks"
+    return {"tasks_per_s": n / seconds, "seconds": seconds}
+
+
 async def w_latency(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, Any]:
     await warm_up(peer)
     samples = []
@@ -613,6 +669,7 @@ def latency_summary(samples_ns: list[int]) -> dict[str, Any]:
 
 WORKLOAD_FUNCTIONS = {
     "throughput": w_throughput,
+    "chunked": w_chunked,
     "latency": w_latency,
     "payload": w_payload,
     "memory": w_memory,
@@ -824,6 +881,7 @@ def over_budget(workload: str, n: int, budget: float) -> str:
     """What a measurement that ran out of time says."""
     bound = {
         "throughput": f" (< {n / budget:,.0f} tasks/s)",
+        "chunked": f" (< {n / budget:,.0f} tasks/s)",
         "payload": f" (< {n * MIB / budget / 1e6:,.1f} MB/s)",
         "cpu": f" (efficiency < {n * SPIN_TARGET_S / WORKERS / budget:.2f})",
     }.get(workload, "")
@@ -1114,6 +1172,15 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]], bool, list[tuple[str, str]]]
     "throughput": (
         "{n:,} no-op tasks submitted at once, then all awaited (tasks/s; higher is better)",
         [("tasks_per_s", "tasks/s")],
+        True,
+        [],
+    ),
+    "chunked": (
+        "{n:,} no-op calls through each pool's chunked map, chunksize = n / (4 x 2 "
+        "workers) as multiprocessing.Pool.map picks it (asyncexec: `map(chunksize=)`; "
+        "concurrent.futures, loky, threads: `Executor.map` in a thread; multiprocessing: "
+        "`Pool.map_async`) (calls/s; higher is better)",
+        [("tasks_per_s", "calls/s")],
         True,
         [],
     ),

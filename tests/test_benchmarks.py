@@ -13,7 +13,7 @@ from pathlib import Path
 from .cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("throughput", "latency", "payload", "cold-start", "memory", "cpu")
+WORKLOADS = ("throughput", "chunked", "latency", "payload", "cold-start", "memory", "cpu")
 STDLIB_PEERS = "asyncexec,concurrent.futures,multiprocessing,threads,raw-pipe"
 
 

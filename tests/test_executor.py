@@ -306,6 +306,45 @@ async def test_map_ordered_and_unordered() -> None:
                 pass
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_map_in_chunks(ordered: bool) -> None:
+    """Chunks of calls, one task each, in worker processes: every value, once."""
+    async with asyncexec.ProcessExecutor(2) as ex:
+        values = [v async for v in ex.map(square, range(1001), ordered=ordered, chunksize=100)]
+        assert (values if ordered else sorted(values)) == [i * i for i in range(1001)]
+        # A chunk of 100 is one task: 11 tasks for 1001 items (ids count submits).
+        first = await ex.submit(square, 0)
+        async for _ in ex.map(square, range(250), chunksize=100):
+            pass
+        after = await ex.submit(square, 0)
+        assert int(after.task_id.rsplit("-", 1)[1]) - int(first.task_id.rsplit("-", 1)[1]) == 4
+        # Zipped iterables, keyword-free as the builtin map, stopping at the shortest.
+        pairs = ex.map(fail_on, range(5), [99] * 10, chunksize=2)
+        assert [v async for v in pairs] == [0, 1, 2, 3, 4]
+        # A failure fails its chunk: the items before it in that chunk are not yielded.
+        seen: list[int] = []
+
+        async def collect() -> None:
+            async for value in ex.map(fail_on, range(100), [25] * 100, chunksize=10):
+                seen.append(value)
+
+        with pytest.raises(KeyError, match="bad 25"):
+            await collect()
+        assert seen == list(range(20))
+        assert [v async for v in ex.with_options(name="chunks").map(square, [3], chunksize=5)] == [
+            9
+        ]
+
+
+@pytest.mark.parametrize("chunksize", [0, -1, 1.5, True])
+async def test_map_chunksize_must_be_a_count(chunksize: Any) -> None:
+    async with ThreadExecutor(1) as ex:
+        with pytest.raises(ValueError, match="chunksize"):
+            ex.map(square, [1], chunksize=chunksize)
+        with pytest.raises(ValueError, match="chunksize"):
+            ex.with_options(name="x").map(square, [1], chunksize=chunksize)
+
+
 async def test_map_stopped_early_cancels_what_is_in_flight() -> None:
     async with ThreadExecutor(2) as ex:
         iterator = ex.map(slow_square, range(100), [0.02] * 100)
