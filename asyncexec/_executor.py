@@ -305,7 +305,7 @@ class BaseExecutor:
             capture_output=options.wants_capture,
             stdout_path=str(options.log_stdout) if options.log_stdout else None,
             stderr_path=str(options.log_stderr) if options.log_stderr else None,
-            env=dict(options.env),
+            env=dict(options.env) if options.env else _NO_ENV,
             memory_mb=options.resources.memory_mb,
             name=options.name,
         )
@@ -792,6 +792,11 @@ class BaseExecutor:
         return None, WorkerLost(
             f"task {outcome.task_id}: {message}", exit_code=outcome.exit_code, state=outcome.state
         )
+
+
+#: The ``env`` of the TaskSpecs whose options set none: one dict, never changed (one
+#: per pending task would cost 64 bytes each).
+_NO_ENV: dict[str, str] = {}
 
 
 def _check_chunksize(chunksize: int) -> None:

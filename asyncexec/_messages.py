@@ -69,7 +69,7 @@ class TaskSpec(msgspec.Struct, tag="task", array_like=True):
     attempt: int = 1
     name: str | None = None
     #: Out-of-band buffers of ``args`` (pickle protocol 5): large ``bytes`` arguments.
-    buffers: list[bytes] = []
+    buffers: tuple[bytes, ...] = ()
     #: ``args`` and ``buffers`` are empty: their bytes, of these sizes (``args``
     #: first), lie outside the frame, one after the other: in the pool's shared
     #: memory at ``outside_at`` (see :class:`SharedMemory`), or else in a memory

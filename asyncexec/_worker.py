@@ -155,7 +155,7 @@ def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[]
     return fd_capture(spec.stdout_path, spec.stderr_path, tempfile.gettempdir())
 
 
-def _loads(data: bytes, buffers: list[bytes] | None = None) -> Any:
+def _loads(data: bytes, buffers: tuple[bytes, ...] = ()) -> Any:
     """Unpickle a task's part; a function sent by value loads without cloudpickle."""
     try:
         # (Scanning costs about 0.5 ms a MiB: large pickles go through the unpickler.)
@@ -258,7 +258,7 @@ class _Channel:
             for size in sizes:
                 parts.append(self.shared[start : start + size])
                 start += size
-        spec.args, spec.buffers = parts[0], parts[1:]
+        spec.args, spec.buffers = parts[0], tuple(parts[1:])
 
     def _map_shared(self, size: int) -> None:
         import mmap  # only where a pool sends shared memory

@@ -505,7 +505,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         assert task is not None
         parts = [task.args, *task.buffers]
         outside = msgspec.structs.replace(
-            task, args=b"", buffers=[], outside=[len(part) for part in parts]
+            task, args=b"", buffers=(), outside=[len(part) for part in parts]
         )
         arena = self._arena() if job.outside <= SHARED_PART_MAX else None
         region = arena.put(parts) if arena is not None else None
