@@ -475,9 +475,13 @@ class BaseExecutor:
         calls: Iterator[tuple[Callable[..., Any], tuple[Any, ...]]]
         if chunksize == 1:
             calls = ((fn, args) for args in items)
-        else:
-            chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
+        elif len(iterables) == 1:
+            only = iter(iterables[0])
+            chunks = iter(lambda: list(itertools.islice(only, chunksize)), [])
             calls = ((run_chunk, (fn, chunk)) for chunk in chunks)
+        else:  # one column per iterable
+            rows = iter(lambda: list(itertools.islice(items, chunksize)), [])
+            calls = ((run_chunk, (fn, *zip(*chunk, strict=True))) for chunk in rows)
         in_flight: deque[Future[Any]] = deque()
         completion = _Completion()
         try:

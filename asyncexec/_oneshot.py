@@ -330,9 +330,13 @@ class TaskUnpickler(_pickle.Unpickler):
 # -- the runner ------------------------------------------------------------------------
 
 
-def run_chunk(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
-    """``[fn(*args) for args in calls]``: the task of a chunk of ``map`` (``chunksize``)."""
-    return [fn(*args) for args in calls]
+def run_chunk(fn: Callable[..., Any], *columns: Sequence[Any]) -> list[Any]:
+    """``fn`` over the zipped columns: the task of a chunk of ``map`` (``chunksize``).
+
+    (Columns, not a tuple of arguments per call: a list of 2,500 numbers pickles
+    several times faster than 2,500 one-element tuples.)
+    """
+    return list(map(fn, *columns))
 
 
 def dumps_value(obj: object) -> bytes:
