@@ -36,7 +36,7 @@ class FutureState(enum.Enum):
     CANCELLED = "CANCELLED"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class TaskInfo:
     """What is known about where and how a task ran. Filled in as it runs.
 

@@ -2,7 +2,10 @@
 
 Every message is a msgspec Struct encoded as a msgpack array (``array_like``),
 so envelopes stay small and fast to encode; user callables, arguments and
-values travel inside them as cloudpickle bytes.
+values travel inside them as cloudpickle bytes. They are plain data that can
+never be part of a reference cycle: ``gc=False`` keeps them out of the garbage
+collector's lists (thousands of pending tasks each hold one; every collection
+would walk them all).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ __all__ = [
 ]
 
 
-class Resources(msgspec.Struct, frozen=True, kw_only=True):
+class Resources(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     """What one task may use. ``None`` means no limit is asked for."""
 
     cpus: float | None = None
@@ -42,7 +45,7 @@ class Resources(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(f"Resources.{name} must be positive, got {value!r}")
 
 
-class Versions(msgspec.Struct, frozen=True, array_like=True):
+class Versions(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """What must match between a driver and a worker for pickles to be read."""
 
     python: str
@@ -50,7 +53,7 @@ class Versions(msgspec.Struct, frozen=True, array_like=True):
     asyncexec: str
 
 
-class TaskSpec(msgspec.Struct, tag="task", array_like=True):
+class TaskSpec(msgspec.Struct, gc=False, tag="task", array_like=True):
     """One task, as a worker receives it.
 
     ``fn`` and ``args`` are cloudpickle bytes: the callable, and the tuple
@@ -78,7 +81,7 @@ class TaskSpec(msgspec.Struct, tag="task", array_like=True):
     outside_at: int | None = None
 
 
-class ErrorInfo(msgspec.Struct, array_like=True):
+class ErrorInfo(msgspec.Struct, gc=False, array_like=True):
     """An exception, described so it survives a missing class on the reader's side."""
 
     type_name: str
@@ -98,7 +101,7 @@ OutcomeStatus = Literal[
 ]
 
 
-class Outcome(msgspec.Struct, tag="outcome", array_like=True):
+class Outcome(msgspec.Struct, gc=False, tag="outcome", array_like=True):
     """What became of one task: a value or an error, and where and when it ran."""
 
     task_id: str
@@ -115,7 +118,7 @@ class Outcome(msgspec.Struct, tag="outcome", array_like=True):
     stderr: str = ""
 
 
-class Hello(msgspec.Struct, tag="hello", array_like=True):
+class Hello(msgspec.Struct, gc=False, tag="hello", array_like=True):
     """The first message of a long-lived worker: who it is and what it runs."""
 
     versions: Versions
@@ -123,26 +126,26 @@ class Hello(msgspec.Struct, tag="hello", array_like=True):
     host: str
 
 
-class Setup(msgspec.Struct, tag="setup", array_like=True):
+class Setup(msgspec.Struct, gc=False, tag="setup", array_like=True):
     """The driver's answer to Hello: import path and initializer for a local pool."""
 
     sys_path: list[str] = []
     initializer: bytes | None = None
 
 
-class Ready(msgspec.Struct, tag="ready", array_like=True):
+class Ready(msgspec.Struct, gc=False, tag="ready", array_like=True):
     """The worker is set up (or says why it is not)."""
 
     error: ErrorInfo | None = None
 
 
-class Cancel(msgspec.Struct, tag="cancel", array_like=True):
+class Cancel(msgspec.Struct, gc=False, tag="cancel", array_like=True):
     """Drop this task if it has not started: answer it with a ``cancelled`` Outcome."""
 
     task_id: str
 
 
-class SharedMemory(msgspec.Struct, tag="shm", array_like=True):
+class SharedMemory(msgspec.Struct, gc=False, tag="shm", array_like=True):
     """The pool's shared memory, a file of ``size`` bytes passed with this frame.
 
     Tasks sent after it may hold their arguments there (``TaskSpec.outside_at``).
@@ -156,7 +159,7 @@ class SharedMemory(msgspec.Struct, tag="shm", array_like=True):
 Message = Hello | Setup | Ready | TaskSpec | Outcome | Cancel | SharedMemory
 
 
-class JobRef(msgspec.Struct, frozen=True, kw_only=True):
+class JobRef(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     """Where a launcher put a task: enough to find, wait for or kill it later.
 
     JobRefs are plain data that can be persisted, so that a restarted driver can
