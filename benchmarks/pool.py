@@ -322,7 +322,8 @@ class MultiprocessingPeer(Peer):
             self.pool.close()
         self.pool.join()
 
-    async def submit(self, fn: Any, *args: Any) -> Any:
+    def _callbacks(self) -> tuple[Any, dict[str, Any]]:
+        """An asyncio future, and the callbacks that settle it from the pool's thread."""
         loop = self.loop
         future = loop.create_future()
 
@@ -334,33 +335,19 @@ class MultiprocessingPeer(Peer):
             if not future.done():
                 future.set_exception(error)
 
-        self.pool.apply_async(
-            fn,
-            args,
-            callback=lambda value: loop.call_soon_threadsafe(settle, value),
-            error_callback=lambda error: loop.call_soon_threadsafe(fail, error),
-        )
+        return future, {
+            "callback": lambda value: loop.call_soon_threadsafe(settle, value),
+            "error_callback": lambda error: loop.call_soon_threadsafe(fail, error),
+        }
+
+    async def submit(self, fn: Any, *args: Any) -> Any:
+        future, callbacks = self._callbacks()
+        self.pool.apply_async(fn, args, **callbacks)
         return future
 
     async def chunked(self, fn: Any, items: range, chunksize: int) -> list[Any]:
-        loop = self.loop
-        future = loop.create_future()
-
-        def settle(values: Any) -> None:
-            if not future.done():
-                future.set_result(values)
-
-        def fail(error: BaseException) -> None:
-            if not future.done():
-                future.set_exception(error)
-
-        self.pool.map_async(
-            fn,
-            items,
-            chunksize,
-            callback=lambda values: loop.call_soon_threadsafe(settle, values),
-            error_callback=lambda error: loop.call_soon_threadsafe(fail, error),
-        )
+        future, callbacks = self._callbacks()
+        self.pool.map_async(fn, items, chunksize, **callbacks)
         return list(await future)
 
     async def drain(self, handles: list[Any]) -> None:
