@@ -17,6 +17,8 @@ would call it:
   without any event loop: the physical limit.
 
 Two workers everywhere. Workloads: ``throughput`` (no-op tasks submitted at once),
+``chunked`` (no-op calls through each pool's chunked map: asyncexec's
+``map(chunksize=)``, ``Executor.map(chunksize=)``, ``Pool.map_async``),
 ``latency`` (sequential submit-and-await round trips), ``payload`` (1 MiB bytes
 arguments), ``cold-start`` (create the pool, get the first result), ``memory``
 (parent RSS growth per pending task, queued behind blocked workers) and ``cpu``
