@@ -277,13 +277,7 @@ class BaseExecutor:
         options: TaskOptions,
     ) -> Future[T]:
         self._check_open()
-        if not callable(fn):
-            raise TypeError(f"cannot submit a {type_name(fn)}: it is not callable")
-        if _is_coroutine_function(fn):
-            raise TypeError(
-                f"cannot submit {fn!r}: it is a coroutine function; workers run plain functions "
-                "(wrap it: lambda: asyncio.run(fn()))"
-            )
+        _check_function(fn)
         launcher = self._launcher
         fn_bytes, args_bytes, buffers = dumps_call(
             fn, args, kwargs, out_of_band=launcher is not None and launcher.takes_buffers
@@ -459,6 +453,7 @@ class BaseExecutor:
         chunk are not yielded), its time limit and retries cover the whole
         chunk, and a chunk's values come together.
         """
+        _check_function(fn)
         _check_chunksize(chunksize)
         return self._map(fn, iterables, ordered, self.options, chunksize)
 
@@ -803,6 +798,16 @@ class BaseExecutor:
 _NO_ENV: dict[str, str] = {}
 
 
+def _check_function(fn: object) -> None:
+    if not callable(fn):
+        raise TypeError(f"cannot submit a {type_name(fn)}: it is not callable")
+    if _is_coroutine_function(fn):
+        raise TypeError(
+            f"cannot submit {fn!r}: it is a coroutine function; workers run plain functions "
+            "(wrap it: lambda: asyncio.run(fn()))"
+        )
+
+
 def _check_chunksize(chunksize: int) -> None:
     if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
         raise ValueError(f"chunksize must be an integer >= 1, got {chunksize!r}")
@@ -888,5 +893,6 @@ class ConfiguredExecutor:
         chunksize: int = 1,
     ) -> AsyncIterator[T]:
         """As :meth:`BaseExecutor.map`, with these options."""
+        _check_function(fn)
         _check_chunksize(chunksize)
         return self.executor._map(fn, iterables, ordered, self.options, chunksize)

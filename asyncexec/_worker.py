@@ -265,7 +265,7 @@ class _Channel:
 
         fd = self.fds.popleft()
         try:
-            self.shared = mmap.mmap(fd, size)
+            self.shared = mmap.mmap(fd, size, access=mmap.ACCESS_READ)  # tasks cannot write
         finally:
             os.close(fd)
 

@@ -345,6 +345,21 @@ async def test_map_chunksize_must_be_a_count(chunksize: Any) -> None:
             ex.with_options(name="x").map(square, [1], chunksize=chunksize)
 
 
+async def coroutine_square(x: int) -> int:
+    return x * x
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+async def test_map_checks_the_function_at_once(chunksize: int) -> None:
+    """As submit does, chunks or not: not a TypeError from the worker later."""
+    async with ThreadExecutor(1) as ex:
+        for fn, match in ((coroutine_square, "coroutine function"), (42, "not callable")):
+            with pytest.raises(TypeError, match=match):
+                ex.map(fn, [1], chunksize=chunksize)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=match):
+                ex.with_options(name="x").map(fn, [1], chunksize=chunksize)  # type: ignore[arg-type]
+
+
 async def test_map_stopped_early_cancels_what_is_in_flight() -> None:
     async with ThreadExecutor(2) as ex:
         iterator = ex.map(slow_square, range(100), [0.02] * 100)

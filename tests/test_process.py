@@ -769,7 +769,11 @@ async def test_large_arguments_travel_outside_frames_and_leave_no_fd(
         assert await ex.run(checksum, data) == expected  # the shared memory is made
         # Quick tasks, so that the worker is sent tasks ahead (its first task's import
         # made tasks look slow): then several large arguments are out at once.
-        await ex.wait([await ex.submit(checksum, b"") for _ in range(100)])
+        for _ in range(20):
+            await ex.wait([await ex.submit(checksum, b"") for _ in range(100)])
+            if launcher._depth >= 8:
+                break
+        assert launcher._depth >= 8, launcher._mean_run
         arena = launcher._shared
         assert arena is not None and arena.in_use == 0
         worker_fds = await ex.run(open_fds)
@@ -795,6 +799,58 @@ async def test_large_arguments_travel_outside_frames_and_leave_no_fd(
         assert await ex.run(open_fds) == worker_fds
         assert open_fds() == driver_fds
     assert open_fds() < driver_fds  # the shared memory is closed with the pool
+
+
+def record(path: str, data: bytes) -> int:
+    """Write down (a line more) that this task ran, and with what."""
+    with open(path, "a") as file:
+        file.write(f"{data[:1]!r} {len(data)}\n")
+    return len(data)
+
+
+@pytest.mark.parametrize(
+    ("together", "size"), [(False, "shared"), (True, "shared"), (False, "file")]
+)
+async def test_a_task_cancelled_after_its_worker_died_never_runs(
+    tmp_path: Path, together: bool, size: str
+) -> None:
+    """Queued at a worker that dies, then cancelled while it waits for another.
+
+    It must never run: not on the next worker, and not with the arguments of the
+    task that took its place in shared memory. Cancelled with the task that ran
+    before it (together), or after.
+    """
+    from asyncexec.launchers import _pool
+
+    length = _pool.FD_PAYLOAD + 1 if size == "shared" else _pool.SHARED_PART_MAX + 1
+    async with ProcessExecutor(2, prefetch=2) as ex:
+        launcher = ex._process_launcher
+        for _ in range(20):  # until the pool has learnt that tasks are short: it queues them
+            await ex.wait([await ex.submit(identity, i) for i in range(100)])
+            if launcher._depth == 2:
+                break
+        assert launcher._depth == 2, launcher._mean_run
+        blockers = [await ex.submit(sleep, 30) for _ in range(2)]
+        await anyio.sleep(0.2)
+        doomed = await ex.submit(record, str(tmp_path / "doomed"), b"B" * length)
+        worker = launcher._jobs[doomed.task_id].worker
+        [ahead] = [b for b in blockers if launcher._jobs[b.task_id].worker is worker]
+        if together:
+            await ex.cancel([ahead, doomed])
+        else:
+            await ex.cancel(ahead)  # kills the worker: the queued task waits for another
+            await ex.cancel(doomed)
+        assert doomed.state is FutureState.CANCELLED
+        after = await ex.submit(record, str(tmp_path / "after"), b"D" * length)
+        await ex.cancel(blockers)
+        assert await after == length
+        await anyio.sleep(0.5)  # room for the cancelled task to run, were it sent again
+        assert not (tmp_path / "doomed").exists(), "a cancelled task ran"
+        # (Sent again with its frame pointing into shared memory that the next task
+        # took, it would run that task's call a second time.)
+        assert (tmp_path / "after").read_text() == f"b'D' {length}\n"
+        assert launcher._shared is None or launcher._shared.in_use == 0
+        assert not launcher._jobs
 
 
 async def test_large_bytes_arguments_are_not_copied_at_submit() -> None:

@@ -562,6 +562,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         self._hand(job, await self._checkout(job.exclusive))
 
     def _hand(self, job: PoolJob, worker: PoolWorker) -> None:
+        if job.finished:
+            # Cancelled while it waited for a worker (after its own died): it never
+            # runs, and where its arguments were may already hold another task's.
+            return
         if job.frame is None:
             self._place(job)
         job.worker = worker
@@ -579,27 +583,25 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.pop(ref.native_id, None)
-        if job is None or job.finished:
+        if job is None:
             return
-        worker = job.worker
-        if worker is None:  # between workers: it never runs
-            job.settle(Outcome(task_id=job.task_id, status="cancelled"))
-            return
-        if not job.running and not worker.dead:
-            # Still queued there: the worker drops it, unless it starts it meanwhile.
-            job.changed = anyio.Event()
-            worker.post(encode_frame(Cancel(task_id=job.task_id)))
-            while not job.finished and job.worker is not None and not job.running:
-                await job.changed.wait()
-                job.changed = anyio.Event()
-            if job.finished:
-                return
+        while not job.finished:
             worker = job.worker
-            if worker is None:  # its worker died before it started: it never runs
+            if worker is None:  # between workers: it never runs
                 job.settle(Outcome(task_id=job.task_id, status="cancelled"))
                 return
-        worker.kill()
-        await worker.exited.wait()
+            if not job.running and not worker.dead:
+                # Still queued there: the worker drops it, unless it starts it meanwhile.
+                job.changed = anyio.Event()
+                worker.post(encode_frame(Cancel(task_id=job.task_id)))
+                while not job.finished and job.worker is worker and not job.running:
+                    await job.changed.wait()
+                    job.changed = anyio.Event()
+                continue  # dropped, started there, or moved (its worker died): look again
+            # Running there (or its worker is dying): the worker goes, and the work with
+            # it. A job that had not started is moved by _bury: then it is settled above.
+            worker.kill()
+            await worker.exited.wait()
 
     # -- workers --------------------------------------------------------------------
 

@@ -521,7 +521,11 @@ class DockerLauncher(PoolLauncher):
             raise LaunchError("the Docker launcher is closed")
         assert job.frame is not None
         # A container for this task alone; should it die first, its reader moves the job.
-        self._hand(job, await self._spawn(job.task_id))
+        worker = await self._spawn(job.task_id)
+        if job.finished:  # cancelled while its container started
+            worker.kill()
+            return
+        self._hand(job, worker)
 
     # -- containers -----------------------------------------------------------------
 
