@@ -80,6 +80,9 @@ class Launcher(abc.ABC):
     async def start(self, task: TaskSpec) -> JobRef:
         """Hand ``task`` to the place it runs; return once it is accepted there.
 
+        ``task`` is the executor's, and is handed over again for a retry: read it,
+        never change it (copy with ``msgspec.structs.replace`` to send a variant).
+
         Raises:
             LaunchError: the backend refused the task.
             BackendUnavailable: the backend could not be reached.
