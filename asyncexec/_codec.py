@@ -132,6 +132,8 @@ def dumps_call(
                 if len(_by_reference) >= _BY_REFERENCE_MAX:
                     _by_reference.clear()
                 _by_reference[id(fn)] = (fn, fast)
+    if not args and not kwargs:
+        return fn_bytes, _NO_ARGUMENTS, ()
     buffers: list[bytes] = []
     collect = None
     call: tuple[tuple[Any, ...], dict[str, Any]] = (tuple(args), dict(kwargs))
@@ -213,9 +215,17 @@ def _is_plain_function(fn: object) -> bool:
 _LARGE = 1 << 16
 
 
+#: The pickle of a call without arguments.
+_NO_ARGUMENTS = _pickle.dumps(((), {}), protocol=5)
+#: Types that have no ``nbytes`` (asking would raise and catch an AttributeError).
+_NO_NBYTES = frozenset({int, float, bool, type(None), complex, tuple, list, dict, set, frozenset})
+
+
 def _large(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
     """Whether an argument is a large buffer or string (or array: ``nbytes``)."""
-    for value in (*args, *kwargs.values()):
+    for value in (*args, *kwargs.values()) if kwargs else args:
+        if type(value) in _NO_NBYTES:
+            continue
         if isinstance(value, (bytes, bytearray, memoryview, str)):
             if len(value) > _LARGE:
                 return True

@@ -232,6 +232,8 @@ class BaseExecutor:
 
         Cancellation: while waiting for room (``max_pending``), nothing is submitted.
         """
+        if self._pending_slots is None:  # nothing to wait for: no coroutine more per task
+            return self._accept(self._prepare(fn, args, kwargs), self.options, False)
         return await self._submit(fn, args, kwargs, self.options)
 
     def can_attach(self, ref: JobRef) -> bool:
@@ -276,12 +278,7 @@ class BaseExecutor:
         kwargs: dict[str, Any],
         options: TaskOptions,
     ) -> Future[T]:
-        self._check_open()
-        _check_function(fn)
-        launcher = self._launcher
-        fn_bytes, args_bytes, buffers = dumps_call(
-            fn, args, kwargs, out_of_band=launcher is not None and launcher.takes_buffers
-        )
+        call = self._prepare(fn, args, kwargs)
         holds_slot = False
         if self._pending_slots is not None:
             await self._pending_slots.acquire()
@@ -289,7 +286,26 @@ class BaseExecutor:
             if self._state != "open":
                 self._pending_slots.release()
                 self._check_open()
+        return self._accept(call, options, holds_slot)
+
+    def _prepare(
+        self, fn: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> tuple[bytes, bytes, tuple[bytes, ...]]:
+        """Check and pickle a call (before waiting for room: a bad one fails at once)."""
+        if self._state != "open":
+            self._check_open()
+        _check_function(fn)
+        launcher = self._launcher
+        return dumps_call(
+            fn, args, kwargs, out_of_band=launcher is not None and launcher.takes_buffers
+        )
+
+    def _accept(
+        self, call: tuple[bytes, bytes, tuple[bytes, ...]], options: TaskOptions, holds_slot: bool
+    ) -> Future[Any]:
+        """Take a pickled call as a task: its future, the task queued (or handed over)."""
         task_id = f"{self._prefix}-{next(self._ids)}"
+        fn_bytes, args_bytes, buffers = call
         spec = TaskSpec(
             task_id=task_id,
             fn=fn_bytes,
@@ -303,12 +319,15 @@ class BaseExecutor:
             memory_mb=options.resources.memory_mb,
             name=options.name,
         )
-        info = TaskInfo(name=options.name, tags=dict(options.tags), submitted=time.time())
-        future: Future[T] = Future(self, task_id, info)
+        tags = dict(options.tags) if options.tags else {}
+        info = TaskInfo(name=options.name, tags=tags, submitted=time.time())
+        future: Future[Any] = Future(self, task_id, info)
         task = _Task(future, spec, options)
         task.holds_slot = holds_slot
         self._tasks[task_id] = task
-        self._enqueue(task)
+        task.queued = True  # (its future is new: pending already)
+        self._queue.append(task)
+        self._pump()
         return future
 
     def _enqueue(self, task: _Task) -> None:
@@ -388,7 +407,8 @@ class BaseExecutor:
                 error = LaunchError(f"asyncexec could not settle the task: {exc}")
                 self._finish(task, FutureState.FAILED, error=error)
         finally:
-            self._release()
+            self._active -= 1  # (what _release does, one call less for every task)
+            self._pump()
 
     async def _cancel_started(self, task: _Task) -> None:
         """Cancel a task started with ``try_start``: kill its work, then settle it."""
@@ -604,6 +624,8 @@ class BaseExecutor:
         task.spec.attempt = task.attempt
         info = task.future._info
         info.attempts = task.attempt
+        if task.attempt == 1:
+            return  # nothing to clear
         # What an earlier attempt left must not mix with this one.
         info.started = info.finished = info.pid = info.exit_code = info.job_ref = None
         info.worker = info.host = None
@@ -879,7 +901,10 @@ class ConfiguredExecutor:
 
     async def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """As :meth:`BaseExecutor.submit`, with these options."""
-        return await self.executor._submit(fn, args, kwargs, self.options)
+        executor = self.executor
+        if executor._pending_slots is None:
+            return executor._accept(executor._prepare(fn, args, kwargs), self.options, False)
+        return await executor._submit(fn, args, kwargs, self.options)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """As :meth:`BaseExecutor.run`, with these options."""

@@ -225,7 +225,7 @@ class Future(Generic[T]):
         if self._ready:
             return
         self._state = state
-        self._ready = state in _FINAL
+        self._ready = state is not FutureState.PENDING and state is not FutureState.RUNNING
         self._value = value
         self._error = error
         if error is not None:
@@ -247,9 +247,6 @@ class Future(Generic[T]):
             return AsyncResult(self, self._value)
         assert self._error is not None
         return AsyncException(self, self._error, _traceback_text(self._error))
-
-
-_FINAL = frozenset({FutureState.DONE, FutureState.FAILED, FutureState.CANCELLED})
 
 
 def _traceback_text(error: BaseException) -> str:

@@ -99,7 +99,7 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         task_id=spec.task_id, status="ok", started=started, pid=os.getpid(), host=_HOST
     )
     try:
-        fn = _loads(spec.fn)
+        fn = _load_function(spec.fn)
         args, kwargs = _loads(spec.args, spec.buffers)
     except SerializationError as exc:
         outcome.status = "unpicklable"
@@ -141,7 +141,10 @@ def _finish(outcome: Outcome, value: object) -> Outcome:
     """Pickle the value into an outcome that is still ``ok``; stamp the end."""
     if outcome.status == "ok":
         try:
-            outcome.value = _dumps(value)
+            try:
+                outcome.value = _pickle.dumps(value, protocol=5)
+            except Exception:
+                outcome.value = _dumps(value)  # with cloudpickle, if only it can
         except SerializationError as exc:
             outcome.status = "unpicklable"
             outcome.error = _error(exc, f"the task's result cannot be pickled: {exc}")
@@ -164,6 +167,45 @@ def _loads(data: bytes, buffers: tuple[bytes, ...] = ()) -> Any:
         return TaskUnpickler(data, _CLOUDPICKLE, _import_cloudpickle, buffers).load()
     except Exception as exc:
         raise SerializationError(f"cannot unpickle: {type_name(exc)}: {exc}") from exc
+
+
+#: Functions loaded by reference (a module's function: its pickle is its name), by
+#: their pickle. Loading one again would only look the same name up again.
+_functions: dict[bytes, Any] = {}
+_FUNCTIONS_MAX = 256
+#: How a pickle of a name ends: STACK_GLOBAL, MEMOIZE, STOP.
+_GLOBAL_END = b"\x93\x94."
+
+
+def _load_function(data: bytes) -> Any:
+    """Unpickle a task's callable: a function sent by reference is looked up once."""
+    fn = _functions.get(data)
+    if fn is None:
+        fn = _loads(data)
+        # Only a pickle made of a module name and a qualified name, nothing else (a
+        # cloudpickle or a partial makes a new object every time, which a task may
+        # change): reusing what it names is what loading it again does.
+        if len(data) <= 512 and data.endswith(_GLOBAL_END) and _names_only(data):
+            if len(_functions) >= _FUNCTIONS_MAX:
+                _functions.clear()
+            _functions[data] = fn
+    return fn
+
+
+def _names_only(data: bytes) -> bool:
+    """Whether a pickle holds a global's two names and nothing else: PROTO, maybe
+    FRAME, two SHORT_BINUNICODE each memoized, then ``_GLOBAL_END``."""
+    if data[:1] != b"\x80":
+        return False
+    at = 11 if data[2:3] == b"\x95" else 2
+    for _ in range(2):
+        if data[at : at + 1] != b"\x8c" or len(data) < at + 2:
+            return False
+        at += 2 + data[at + 1]
+        if data[at : at + 1] != b"\x94":
+            return False
+        at += 1
+    return data[at:] == _GLOBAL_END
 
 
 def _import_cloudpickle(version: str | None) -> None:
@@ -201,41 +243,63 @@ class _Channel:
         self.write_fd = write_fd
         self.buffer = bytearray()
         self.ended = False
+        self.drained = False  # the last read took all there was
         self.fds: deque[int] = deque()  # received, not yet claimed by a message
         self.shared: Any = None  # the pool's shared memory, mapped (an mmap.mmap)
         # _socket, not socket: the module's enums would slow every worker's start.
         self.socket = _socket.socket(fileno=os.dup(read_fd)) if is_socket else None
+        # Is there input? A poll object asks with one cheap system call (select builds
+        # its sets each time; a read that finds nothing raises).
+        self.poller = select.poll()
+        self.poller.register(read_fd, select.POLLIN)
+        self.chunk = memoryview(bytearray(_READ_SIZE))  # reads land here (not a new 1 MiB)
 
-    def _read(self) -> bytes:
+    def _read(self, block: bool) -> int | None:
+        """Add what arrived to ``buffer``: how many bytes (0: the input ended); None if
+        nothing has and not ``block``.
+
+        Sets ``drained``: whether it took all there was (a short read; but a read
+        stops after data that came with file descriptors, whatever follows).
+        """
+        if not block and not self.poller.poll(0):
+            return None
+        chunk = self.chunk
         if self.socket is None:
-            return os.read(self.read_fd, 1 << 20)
-        data, ancillary, _, _ = self.socket.recvmsg(1 << 20, _ANCILLARY)
+            size = os.readv(self.read_fd, [chunk])
+            self.drained = size < _READ_SIZE
+            self.buffer += chunk[:size]
+            return size
+        size, ancillary, _, _ = self.socket.recvmsg_into([chunk], _ANCILLARY)
         for level, kind, payload in ancillary:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                 usable = len(payload) - len(payload) % 4
                 for start in range(0, usable, 4):
                     fd = int.from_bytes(payload[start : start + 4], sys.byteorder, signed=True)
                     self.fds.append(fd)
-        return data
+        self.drained = size < _READ_SIZE and not ancillary
+        self.buffer += chunk[:size]
+        return size
 
     def take(self, wait: bool) -> list[Any] | None:
         """The messages that have arrived (at least one if ``wait``); None once input ended."""
         messages = self._frames()
-        while not self.ended and ((wait and not messages) or self._readable()):
-            data = self._read()
-            if not data:
+        while not self.ended:
+            size = self._read(block=wait and not messages)
+            if size is None:
+                break  # nothing more for now
+            if not size:
                 self.ended = True
                 break
-            self.buffer += data
             messages.extend(self._frames())
+            if self.drained and messages:
+                break  # it read all there was (what comes next is read before the next task)
         if not messages and self.ended:
             return None
         return messages
 
-    def _readable(self) -> bool:
-        return bool(select.select([self.read_fd], [], [], 0)[0])
-
     def _frames(self) -> list[Any]:
+        if not self.buffer:
+            return []
         messages = take_frames(self.buffer)
         for message in messages:
             if isinstance(message, TaskSpec) and message.outside is not None:
@@ -271,12 +335,15 @@ class _Channel:
 
     def send(self, frames: list[bytes]) -> None:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
-        with memoryview(data) as view:
-            while view:
-                written = os.write(self.write_fd, view)
+        written = os.write(self.write_fd, data)
+        if written < len(data):
+            with memoryview(data) as view:
                 view = view[written:]
+                while view:
+                    view = view[os.write(self.write_fd, view) :]
 
 
+_READ_SIZE = 1 << 20
 #: Room for the file descriptors passed with one read (Linux passes at most 253 a message).
 _ANCILLARY = _socket.CMSG_SPACE(4 * 256)
 

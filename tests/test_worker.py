@@ -1,11 +1,17 @@
-"""The worker's version command, run as a real process."""
+"""The worker: its version command, run as a real process, and its channel and loading."""
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import socket
+import struct
 import subprocess
 import sys
 
-from asyncexec._codec import versions
+from asyncexec._codec import dumps_call, encode_frame, versions
+from asyncexec._messages import Cancel, TaskSpec
 
 
 def test_version_command() -> None:
@@ -48,3 +54,68 @@ def test_cloudpickle_version_is_read_without_importing_it() -> None:
         timeout=60,
     )
     assert done.stdout.decode().split() == [cloudpickle.__version__, "False"]
+
+
+def test_a_function_sent_by_reference_is_looked_up_once_and_nothing_else_is_reused() -> None:
+    from asyncexec import _worker
+
+    by_name = dumps_call(json.dumps, (), {})[0]
+    assert _worker._names_only(by_name)
+    assert _worker._load_function(by_name) is json.dumps
+    assert _worker._functions[by_name] is json.dumps
+    # A partial loads as a new object every time (a task may change its keywords),
+    # and so does a function cloudpickle sends by value: neither is kept.
+    for fn in (functools.partial(json.dumps, indent=1), lambda: 1):
+        data = dumps_call(fn, (), {})[0]
+        assert not _worker._names_only(data)
+        assert _worker._load_function(data) is not _worker._load_function(data)
+        assert data not in _worker._functions
+
+
+def test_the_channel_reads_what_follows_a_frame_sent_with_file_descriptors() -> None:
+    """A read stops after data that came with file descriptors: the worker must read on,
+    or a Cancel right behind a task would be read only after that task ran."""
+    from asyncexec import _worker
+
+    driver, worker = socket.socketpair()
+    passed_r, passed_w = os.pipe()
+    channel = _worker._Channel(worker.fileno(), worker.fileno(), is_socket=True)
+    assert channel.socket is not None
+    try:
+        assert channel.take(wait=False) == []  # nothing yet: no waiting
+        task = encode_frame(TaskSpec(task_id="t", fn=b"", args=b""))
+        driver.sendmsg([task], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", passed_r))])
+        driver.send(encode_frame(Cancel(task_id="t")))
+        messages = channel.take(wait=False)
+        assert messages is not None
+        assert [type(message) for message in messages] == [TaskSpec, Cancel]
+        assert len(channel.fds) == 1
+        os.close(channel.fds.popleft())
+        driver.close()
+        assert channel.take(wait=True) is None  # the driver is gone
+    finally:
+        channel.socket.close()  # (its own duplicate of the worker's end)
+        worker.close()
+        os.close(passed_r)
+        os.close(passed_w)
+
+
+def test_the_channel_over_pipes_reads_without_waiting_and_sees_the_end() -> None:
+    from asyncexec import _worker
+
+    read_fd, write_fd = os.pipe()
+    try:
+        channel = _worker._Channel(read_fd, write_fd)
+        assert channel.take(wait=False) == []
+        frames = [encode_frame(Cancel(task_id=str(i))) for i in range(3)]
+        os.write(write_fd, b"".join(frames))
+        messages = channel.take(wait=False)
+        assert messages is not None
+        assert [message.task_id for message in messages] == ["0", "1", "2"]
+        os.close(write_fd)
+        write_fd = -1
+        assert channel.take(wait=True) is None
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)

@@ -213,8 +213,9 @@ class PoolJob(LocalJob):
         self.changed: anyio.Event | None = None  # set when it ends or may have started
 
     def settle(self, outcome: Outcome) -> None:
-        self.release()
-        super().settle(outcome)
+        if self.fd is not None or self.region is not None:
+            self.release()
+        LocalJob.settle(self, outcome)
 
     def release(self) -> None:
         """Free where its arguments are kept outside the frame: no worker needs them now."""
@@ -322,7 +323,8 @@ class PoolWorker(abc.ABC):
         self.outbox.append(frame)
         if fd is not None:
             self.outbox_fds.append(fd)
-        self.posted.set()
+        if len(self.outbox) == 1:  # (with more, the writer was woken for the first)
+            self.posted.set()
 
     async def send_with_fds(self, data: bytes, fds: list[int]) -> None:
         """Send ``data`` over ``raw_socket``, passing ``fds`` with its first part."""
@@ -622,12 +624,16 @@ class PoolLauncher(LocalLauncher[PoolJob]):
     def _pick(self, exclusive: bool) -> tuple[PoolWorker | None, bool]:
         """The worker to send a task to now (None: none has room), and whether to
         start a new worker instead (when none is idle and the pool is not full)."""
+        depth = self._depth
+        max_tasks = self._max_tasks
         while True:
             best: PoolWorker | None = None
             for worker in self._workers:
                 load = len(worker.jobs)
-                if load > self._depth or (exclusive and load) or not self._open_to(worker):
+                if load > depth or (exclusive and load) or worker.dead or worker.retiring:
                     continue
+                if max_tasks is not None and worker.tasks_sent >= max_tasks:
+                    continue  # (what _open_to says, without calls: this runs every task)
                 if load and worker.outside_bytes >= QUEUED_BYTES:
                     continue  # it has enough large arguments to copy for now
                 if best is None or load < len(best.jobs):
@@ -645,7 +651,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     def _open_to(self, worker: PoolWorker) -> bool:
         """Whether the worker may be sent another task, as far as we know without asking."""
-        if worker.dead or worker.retiring or worker.exited.is_set():
+        if worker.dead or worker.retiring:  # (dead is set before exited)
             return False
         return self._max_tasks is None or worker.tasks_sent < self._max_tasks
 
@@ -654,8 +660,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         self._wake()
 
     def _wake(self) -> None:
-        if self._capacity is not None:
-            self._capacity.set()
+        capacity = self._capacity
+        if capacity is not None:  # someone waits for room: once set, a waiter makes another
+            self._capacity = None
+            capacity.set()
 
     async def _spawn(self, task_id: str | None = None) -> PoolWorker:
         assert self._tg is not None
@@ -831,9 +839,13 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             worker.kill()  # its jobs are then settled as lost, or go to another worker
             return
         job.settle(outcome)
-        job.notify()
-        if worker.jobs:  # the next one may be running now
-            worker.jobs[next(iter(worker.jobs))].notify()
+        if job.changed is not None:
+            job.changed.set()
+        jobs = worker.jobs
+        if jobs:  # the next one may be running now
+            following = jobs[next(iter(jobs))]
+            if following.changed is not None:
+                following.changed.set()
         if self.prefetch and outcome.started is not None and outcome.finished is not None:
             self._adapt(outcome.finished - outcome.started)
         if worker.dead:
