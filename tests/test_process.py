@@ -31,12 +31,12 @@ from asyncexec.launchers import ProcessLauncher
 from asyncexec.launchers.process import _has_exited
 from asyncexec.testing import assert_heartbeat_stopped, heartbeat
 
-from .conftest import ASYNCIO, TRIO, UVLOOP, children
+from .conftest import ASYNCIO, TRIO, UVLOOP, children, loops
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
 
-@pytest.fixture(params=[ASYNCIO, TRIO, UVLOOP])
+@pytest.fixture(params=loops(ASYNCIO, TRIO, UVLOOP))
 def anyio_backend(request: pytest.FixtureRequest) -> object:
     """The process pool also runs under uvloop."""
     return request.param
