@@ -41,6 +41,7 @@ timeout), 2 for bad arguments. Timings are never asserted: the machines are nois
 # keep its top level cheap and free of side effects.
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -496,11 +497,12 @@ async def warm_up(peer: Peer) -> None:
 
 async def w_throughput(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, Any]:
     await warm_up(peer)
+    cpu = cpu_seconds()
     start = time.perf_counter()
     results = await peer.bulk(noop, range(n))
     seconds = time.perf_counter() - start
     assert len(results) == n, f"{len(results)} results for {n} tasks"
-    return {"tasks_per_s": n / seconds, "seconds": seconds}
+    return {"tasks_per_s": n / seconds, "seconds": seconds, **cpu_per_task(cpu, n)}
 
 
 def chunk_size(n: int) -> int:
@@ -633,6 +635,38 @@ def touch(path: str) -> None:
         pass
 
 
+def cpu_seconds() -> tuple[float, dict[int, float] | None]:
+    """CPU seconds (user and system) used so far by this process (all its threads),
+    and by each of its live descendants, by pid (None without psutil)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        import psutil
+    except ImportError:
+        return usage.ru_utime + usage.ru_stime, None
+    descendants: dict[int, float] = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:  # gone meanwhile
+            continue
+        descendants[child.pid] = times.user + times.system
+    return usage.ru_utime + usage.ru_stime, descendants
+
+
+def cpu_per_task(before: tuple[float, dict[int, float] | None], n: int) -> dict[str, float]:
+    """The CPU µs a task cost this process (the driver) and its descendants (the
+    workers) since ``before`` (``cpu_seconds()``). A worker started meanwhile counts
+    in full; one that exited meanwhile is missed (neither happens in a pool at work)."""
+    mine, theirs = cpu_seconds()
+    workers = math.nan
+    if theirs is not None and before[1] is not None:
+        earlier = before[1]
+        workers = sum(used - earlier.get(pid, 0.0) for pid, used in theirs.items())
+    return {"driver_us": 1e6 * (mine - before[0]) / n, "workers_us": 1e6 * workers / n}
+
+
 def rss() -> int:
     """This process's resident set size in bytes (psutil, else /proc)."""
     try:
@@ -759,14 +793,16 @@ def pipe_measure(workload: str, n: int) -> dict[str, Any]:
     if workload == "throughput":  # framed small messages, one way, one write each
         peer = PipePeer("sink", str(n))
         frame = peer.header.pack(len(message)) + message
+        cpu = cpu_seconds()
         start = time.perf_counter()
         for _ in range(n):
             peer.send(frame)
         count = peer.header.unpack(peer.receive())[0]
         seconds = time.perf_counter() - start
         assert count == n
+        used = cpu_per_task(cpu, n)
         peer.close()
-        return {"tasks_per_s": n / seconds, "seconds": seconds}
+        return {"tasks_per_s": n / seconds, "seconds": seconds, **used}
     if workload == "latency":
         peer = PipePeer("echo")
         frame = peer.header.pack(len(message)) + message
@@ -1159,10 +1195,12 @@ def describe(spin_iterations: int, spin_ms: float, argv: list[str]) -> list[str]
 # Per workload: heading, [(key, label, format)], higher is better?, extra columns.
 TABLES: dict[str, tuple[str, list[tuple[str, str]], bool, list[tuple[str, str]]]] = {
     "throughput": (
-        "{n:,} no-op tasks submitted at once, then all awaited (tasks/s; higher is better)",
+        "{n:,} no-op tasks submitted at once, then all awaited (tasks/s; higher is better); "
+        "CPU per task (user + system) of the driving process (all its threads: the "
+        "threads peer's workers too) and of its child processes (the workers)",
         [("tasks_per_s", "tasks/s")],
         True,
-        [],
+        [("driver_us", "driver CPU µs/task"), ("workers_us", "workers' CPU µs/task")],
     ),
     "chunked": (
         "{n:,} no-op calls through each pool's chunked map, chunksize = n / (4 x 2 "
