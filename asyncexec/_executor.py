@@ -325,9 +325,7 @@ class BaseExecutor:
         task = _Task(future, spec, options)
         task.holds_slot = holds_slot
         self._tasks[task_id] = task
-        task.queued = True  # (its future is new: pending already)
-        self._queue.append(task)
-        self._pump()
+        self._enqueue(task)
         return future
 
     def _enqueue(self, task: _Task) -> None:
@@ -407,8 +405,7 @@ class BaseExecutor:
                 error = LaunchError(f"asyncexec could not settle the task: {exc}")
                 self._finish(task, FutureState.FAILED, error=error)
         finally:
-            self._active -= 1  # (what _release does, one call less for every task)
-            self._pump()
+            self._release()
 
     async def _cancel_started(self, task: _Task) -> None:
         """Cancel a task started with ``try_start``: kill its work, then settle it."""

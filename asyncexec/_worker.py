@@ -141,10 +141,7 @@ def _finish(outcome: Outcome, value: object) -> Outcome:
     """Pickle the value into an outcome that is still ``ok``; stamp the end."""
     if outcome.status == "ok":
         try:
-            try:
-                outcome.value = _pickle.dumps(value, protocol=5)
-            except Exception:
-                outcome.value = _dumps(value)  # with cloudpickle, if only it can
+            outcome.value = _dumps(value)
         except SerializationError as exc:
             outcome.status = "unpicklable"
             outcome.error = _error(exc, f"the task's result cannot be pickled: {exc}")
@@ -185,7 +182,7 @@ def _load_function(data: bytes) -> Any:
         # Only a pickle made of a module name and a qualified name, nothing else (a
         # cloudpickle or a partial makes a new object every time, which a task may
         # change): reusing what it names is what loading it again does.
-        if len(data) <= 512 and data.endswith(_GLOBAL_END) and _names_only(data):
+        if _names_only(data):
             if len(_functions) >= _FUNCTIONS_MAX:
                 _functions.clear()
             _functions[data] = fn

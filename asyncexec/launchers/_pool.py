@@ -213,9 +213,8 @@ class PoolJob(LocalJob):
         self.changed: anyio.Event | None = None  # set when it ends or may have started
 
     def settle(self, outcome: Outcome) -> None:
-        if self.fd is not None or self.region is not None:
-            self.release()
-        LocalJob.settle(self, outcome)
+        self.release()
+        super().settle(outcome)
 
     def release(self) -> None:
         """Free where its arguments are kept outside the frame: no worker needs them now."""
@@ -625,15 +624,12 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         """The worker to send a task to now (None: none has room), and whether to
         start a new worker instead (when none is idle and the pool is not full)."""
         depth = self._depth
-        max_tasks = self._max_tasks
         while True:
             best: PoolWorker | None = None
             for worker in self._workers:
                 load = len(worker.jobs)
-                if load > depth or (exclusive and load) or worker.dead or worker.retiring:
+                if load > depth or (exclusive and load) or not self._open_to(worker):
                     continue
-                if max_tasks is not None and worker.tasks_sent >= max_tasks:
-                    continue  # (what _open_to says, without calls: this runs every task)
                 if load and worker.outside_bytes >= QUEUED_BYTES:
                     continue  # it has enough large arguments to copy for now
                 if best is None or load < len(best.jobs):
@@ -839,13 +835,9 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             worker.kill()  # its jobs are then settled as lost, or go to another worker
             return
         job.settle(outcome)
-        if job.changed is not None:
-            job.changed.set()
-        jobs = worker.jobs
-        if jobs:  # the next one may be running now
-            following = jobs[next(iter(jobs))]
-            if following.changed is not None:
-                following.changed.set()
+        job.notify()
+        if worker.jobs:  # the next one may be running now
+            worker.jobs[next(iter(worker.jobs))].notify()
         if self.prefetch and outcome.started is not None and outcome.finished is not None:
             self._adapt(outcome.finished - outcome.started)
         if worker.dead:
