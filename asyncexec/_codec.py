@@ -132,8 +132,11 @@ def dumps_call(
                 if len(_by_reference) >= _BY_REFERENCE_MAX:
                     _by_reference.clear()
                 _by_reference[id(fn)] = (fn, fast)
-    if not args and not kwargs:
-        return fn_bytes, _NO_ARGUMENTS, ()
+    if not kwargs:
+        if not args:
+            return fn_bytes, _NO_ARGUMENTS, ()
+        if _all_atoms(args):  # the standard library pickles these as cloudpickle does
+            return fn_bytes, _pickle.dumps((tuple(args), {}), protocol=5), ()
     buffers: list[bytes] = []
     collect = None
     call: tuple[tuple[Any, ...], dict[str, Any]] = (tuple(args), dict(kwargs))
@@ -219,6 +222,20 @@ _LARGE = 1 << 16
 _NO_ARGUMENTS = _pickle.dumps(((), {}), protocol=5)
 #: Types that have no ``nbytes`` (asking would raise and catch an AttributeError).
 _NO_NBYTES = frozenset({int, float, bool, type(None), complex, tuple, list, dict, set, frozenset})
+
+
+#: Exact types whose values pickle the same with ``_pickle`` and cloudpickle (no
+#: reference to look for in the pickle), when not large.
+_ATOMS = frozenset({int, float, bool, type(None), str, bytes})
+
+
+def _all_atoms(args: Sequence[Any]) -> bool:
+    """Whether every argument is a number, None, or a short ``str`` or ``bytes``."""
+    for value in args:
+        kind = type(value)
+        if kind not in _ATOMS or ((kind is str or kind is bytes) and len(value) > _LARGE):
+            return False
+    return True
 
 
 def _large(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:

@@ -108,3 +108,19 @@ class TestSharedArena:
         assert len(os.listdir("/proc/self/fd")) < fds_before
         arena.free(region)  # a job that ends after its pool closed
         assert arena.put([b"late"]) is None
+
+
+def test_small_plain_arguments_pickle_as_cloudpickle_pickles_them() -> None:
+    """Numbers, None and short strings skip cloudpickle: the bytes must be the same."""
+    import enum
+
+    import cloudpickle
+
+    class Level(enum.IntEnum):  # a subclass of int, defined here: cloudpickle's job
+        HIGH = 2
+
+    for args in [(1,), (1, 2.5, None, True, "__main__", b"xy"), ("x" * BIG,), (Level.HIGH,)]:
+        _, pickled, buffers = dumps_call(describe, args, {})
+        assert buffers == ()
+        assert pickled == cloudpickle.dumps((args, {}), protocol=5)
+        assert loads(pickled) == (args, {})
