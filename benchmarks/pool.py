@@ -13,6 +13,9 @@ would call it:
 * ``dask``: ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``
   and an asynchronous ``Client`` (``submit``; ``map`` for bulk);
 * ``threads``: ``ThreadPoolExecutor`` through ``run_in_executor``, the no-IPC reference;
+* ``asyncio-floor``: the least a driver in asyncio does per task over asyncexec's own
+  worker loop and wire format (a future and a frame a task, nothing else): what any
+  async pool built on this stack costs at least (throughput and latency only);
 * ``raw-pipe``: a length-framed ping-pong over OS pipes between two processes,
   without any event loop: the physical limit.
 
@@ -62,18 +65,20 @@ PEERS = (
     "anyio",
     "dask",
     "threads",
+    "asyncio-floor",
     "raw-pipe",
 )
 # The modules each peer needs (the standard library's are always there).
 PEER_MODULES = {
     "asyncexec": ("asyncexec",),
+    "asyncio-floor": ("asyncexec",),
     "loky": ("loky",),
     "aiomultiprocess": ("aiomultiprocess",),
     "anyio": ("anyio",),
     "dask": ("dask", "distributed"),
 }
 # Neither a real peer nor a pool: not candidates for "the best peer".
-REFERENCES = ("threads", "raw-pipe")
+REFERENCES = ("threads", "asyncio-floor", "raw-pipe")
 
 FULL_SIZES = {
     "throughput": 20_000,
@@ -114,6 +119,11 @@ NOT_APPLICABLE = {
     ("aiomultiprocess", "chunked"): "no chunked map (its starmap is the throughput row)",
     ("anyio", "chunked"): "one call per task only",
     ("dask", "chunked"): "no chunked map (Client.map is the throughput row)",
+    ("asyncio-floor", "chunked"): "one call per task only",
+    ("asyncio-floor", "payload"): "no large-argument path",
+    ("asyncio-floor", "cold-start"): "a reference, not a pool",
+    ("asyncio-floor", "memory"): "a reference, not a pool",
+    ("asyncio-floor", "cpu"): "a reference, not a pool",
     ("raw-pipe", "chunked"): "no tasks to chunk",
     ("raw-pipe", "memory"): "a pipe has no queue of pending tasks",
     ("raw-pipe", "cpu"): "the ideal (n * 5 ms / 2) is the limit",
@@ -471,6 +481,132 @@ class DaskPeer(Peer):
         await self.client.cancel(handles)
 
 
+class FloorPeer(Peer):
+    """The least a driver in asyncio can do per task, over asyncexec's own worker loop
+    and wire format: a reference, not a pool anyone would use.
+
+    One asyncio future and one ``TaskSpec`` frame per task; frames written to the
+    least loaded worker (at most ``1 + QUEUED`` tasks at each, as asyncexec's
+    prefetch for short tasks), those of one turn of the loop in one write; outcomes
+    read in the socket's readiness callback. Nothing else: no options, time limits,
+    cancellation, retries, crash handling or task records. What asyncexec's
+    ``ProcessExecutor`` costs beyond this is the price of those.
+    """
+
+    name = "asyncio-floor"
+    QUEUED = 64
+
+    @staticmethod
+    def load() -> None:
+        from asyncexec import _codec  # noqa: F401
+
+    async def start(self) -> None:
+        import collections
+        import itertools
+
+        from asyncexec import _codec, _messages
+
+        self.codec, self.messages = _codec, _messages
+        self.ids = itertools.count()
+        self.waiting: collections.deque[tuple[Any, bytes, str]] = collections.deque()
+        self.flush_due = False
+        self.workers: list[dict[str, Any]] = []
+        for _ in range(WORKERS):
+            worker = await self.loop.run_in_executor(None, self.spawn)
+            self.workers.append(worker)
+            self.loop.add_reader(worker["socket"].fileno(), self.readable, worker)
+
+    def spawn(self) -> dict[str, Any]:
+        """A worker, set up: ``python -m asyncexec.worker serve`` on a socket (blocks)."""
+        import socket
+        import subprocess
+
+        ours, theirs = socket.socketpair()
+        fd = theirs.fileno()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "asyncexec.worker", "serve", "--fd", str(fd)],
+            pass_fds=(fd,),
+        )
+        theirs.close()
+        worker = {"socket": ours, "process": process, "jobs": {}, "out": [], "buffer": bytearray()}
+        ours.settimeout(60)  # the handshake: Hello, Setup, Ready
+        self.read_messages(worker, at_least=1)
+        setup = self.messages.Setup(sys_path=[entry for entry in sys.path if entry])
+        ours.sendall(self.codec.encode_frame(setup))
+        self.read_messages(worker, at_least=1)
+        ours.setblocking(False)
+        return worker
+
+    def read_messages(self, worker: dict[str, Any], at_least: int = 0) -> list[Any]:
+        messages: list[Any] = []
+        while True:
+            try:
+                data = worker["socket"].recv(1 << 16)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                raise EOFError("a worker has gone")
+            if data:
+                worker["buffer"] += data
+            messages += self.codec.take_frames(worker["buffer"])
+            if len(messages) >= at_least and (data is None or len(data) < 1 << 16):
+                return messages
+
+    def readable(self, worker: dict[str, Any]) -> None:
+        jobs = worker["jobs"]
+        loads = self.codec.loads
+        for outcome in self.read_messages(worker):
+            future = jobs.pop(outcome.task_id)
+            if outcome.status == "ok":
+                future.set_result(loads(outcome.value))
+            else:
+                future.set_exception(RuntimeError(f"{outcome.status}: {outcome.error}"))
+        self.pump()
+
+    def pump(self) -> None:
+        waiting = self.waiting
+        while waiting:
+            worker = min(self.workers, key=lambda w: len(w["jobs"]))
+            if len(worker["jobs"]) > self.QUEUED:
+                return
+            future, frame, task_id = waiting.popleft()
+            worker["jobs"][task_id] = future
+            worker["out"].append(frame)
+            if not self.flush_due:
+                self.flush_due = True
+                self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_due = False
+        for worker in self.workers:
+            if worker["out"]:
+                data, worker["out"] = b"".join(worker["out"]), []
+                sock = worker["socket"]
+                sent = sock.send(data)
+                if sent < len(data):  # a full socket (rare: a few frames): block for the rest
+                    sock.setblocking(True)
+                    try:
+                        sock.sendall(data[sent:])
+                    finally:
+                        sock.setblocking(False)
+
+    async def submit(self, fn: Any, *args: Any) -> Any:
+        fn_bytes, args_bytes, _ = self.codec.dumps_call(fn, args, {})
+        task_id = f"floor-{next(self.ids)}"
+        spec = self.messages.TaskSpec(task_id=task_id, fn=fn_bytes, args=args_bytes)
+        future = self.loop.create_future()
+        self.waiting.append((future, self.codec.encode_frame(spec), task_id))
+        self.pump()
+        return future
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            self.loop.remove_reader(worker["socket"].fileno())
+            worker["socket"].close()  # the worker exits at the end of its input
+        for worker in self.workers:
+            await self.loop.run_in_executor(None, worker["process"].wait, 10)
+
+
 PEER_CLASSES: dict[str, type[Peer]] = {
     cls.name: cls
     for cls in (
@@ -482,6 +618,7 @@ PEER_CLASSES: dict[str, type[Peer]] = {
         AnyioPeer,
         DaskPeer,
         ThreadsPeer,
+        FloorPeer,
     )
 }
 
@@ -1360,6 +1497,18 @@ def table(
             'busy in tasks" = time in tasks / (2 x elapsed), which does not depend on the '
             "calibration.)"
         )
+    if mine_ae and "asyncio-floor" in medians:
+        floor = medians["asyncio-floor"][key]
+        lines.append(
+            f"asyncexec / asyncio-floor ({fmt(floor)} {label}: a future and a frame a task, "
+            f"nothing else): {ratio(mine_ae[key], floor)}"
+        )
+        if candidates:
+            top = pick(candidates, key=lambda p: medians[p][key])
+            lines.append(
+                f"asyncio-floor / best peer ({top}): {ratio(floor, medians[top][key])} "
+                "(what no driver in asyncio over this worker loop and wire format can pass)"
+            )
     if mine_ae and "raw-pipe" in medians:
         lines.append(
             f"asyncexec / raw-pipe physical limit ({fmt(medians['raw-pipe'][key])} {label}): "

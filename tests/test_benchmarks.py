@@ -14,7 +14,7 @@ from .cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ("throughput", "chunked", "latency", "payload", "cold-start", "memory", "cpu")
-STDLIB_PEERS = "asyncexec,concurrent.futures,multiprocessing,threads,raw-pipe"
+STDLIB_PEERS = "asyncexec,concurrent.futures,multiprocessing,threads,asyncio-floor,raw-pipe"
 
 
 def run_benchmark(script: str, *args: str) -> str:
@@ -54,6 +54,14 @@ def test_pool_benchmark_smoke() -> None:
         assert cells[1] not in ("error", "timeout", "unavailable", "n/a"), rows[0]
     for peer in STDLIB_PEERS.split(","):
         assert f"\n| {peer} |" in by_workload["latency"], f"no {peer} row"
+    for workload in ("throughput", "latency"):  # the floor's two workloads, measured
+        row = next(
+            line
+            for line in by_workload[workload].splitlines()
+            if line.startswith("| asyncio-floor |")
+        )
+        assert row.split("|")[2].strip()[:1].isdigit(), row
+        assert "asyncio-floor / best peer" in by_workload[workload]
 
 
 def test_sweeper_benchmark_smoke() -> None:
