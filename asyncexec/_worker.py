@@ -8,8 +8,8 @@
     then runs the :class:`TaskSpec` s it receives in order until the driver
     closes the channel, answering each with an :class:`Outcome`. The driver
     may send tasks ahead (they wait in the worker's queue); a :class:`Cancel`
-    for a task still queued drops it, with a ``cancelled`` Outcome. Output can
-    also be captured per task.
+    for a task still queued drops it, with a ``cancelled`` Outcome (a thread
+    reads messages while a task runs). Output can also be captured per task.
 
 ``version``
     Prints the versions a driver must match.
@@ -388,6 +388,10 @@ def serve(fd: int | None = None) -> int:
     channel.send([encode_frame(Hello(versions=versions(), pid=os.getpid(), host=hostname()))])
     queue: deque[TaskSpec] = deque()
     out: list[bytes] = []  # frames to send, written together
+    # Held here but while a task runs: then the watcher may use the channel.
+    between_tasks = threading.Lock()
+    between_tasks.acquire()
+    _watch_while_running(channel, queue, between_tasks)
     while True:
         if out:  # before the next task starts, which may take long
             channel.send(out)
@@ -395,18 +399,64 @@ def serve(fd: int | None = None) -> int:
         messages = channel.take(wait=not queue)
         if messages is None:
             return 0
-        for message in messages:
-            if isinstance(message, TaskSpec):
-                queue.append(message)
-            elif isinstance(message, Cancel):
-                out.extend(_drop(queue, message.task_id))
-            elif isinstance(message, Setup):
-                out.append(encode_frame(_setup(message)))
-        if not queue:
-            continue
+        _handle(messages, queue, out)
+        if out or not queue:
+            continue  # answers go first (a Cancel's: its caller waits)
         spec = queue.popleft()
-        out.append(encode_frame(execute(spec)))
-        del spec
+        between_tasks.release()
+        outcome = execute(spec)
+        between_tasks.acquire()
+        out.append(encode_frame(outcome))
+        del spec, outcome
+
+
+def _handle(messages: list[Any], queue: deque[TaskSpec], out: list[bytes]) -> None:
+    """Take what the driver sent: tasks join the queue; answers go to ``out``."""
+    for message in messages:
+        if isinstance(message, TaskSpec):
+            queue.append(message)
+        elif isinstance(message, Cancel):
+            out.extend(_drop(queue, message.task_id))
+        elif isinstance(message, Setup):
+            out.append(encode_frame(_setup(message)))
+
+
+#: How often the watcher looks for messages while a task runs (seconds).
+_WATCH_PERIOD = 0.05
+
+
+def _watch_while_running(channel: _Channel, queue: deque[TaskSpec], lock: threading.Lock) -> None:
+    """Read the channel while a task runs, so a Cancel for a task queued behind it is
+    answered at once, not once the running one ends (which may take hours).
+
+    The lock is free only while a task runs: the watcher then reads and answers in
+    the main loop's stead, and holds the lock meanwhile. It never blocks on input.
+    """
+
+    def watch() -> None:
+        try:
+            while True:
+                time.sleep(_WATCH_PERIOD)
+                if not lock.acquire(blocking=False):
+                    continue  # between tasks: the main loop reads
+                try:
+                    messages = channel.take(wait=False)
+                    if messages is None:
+                        return  # input ended: the main loop sees it too
+                    out: list[bytes] = []
+                    _handle(messages, queue, out)
+                    if out:
+                        channel.send(out)
+                finally:
+                    lock.release()
+        except BaseException:  # as in the main loop: the worker ends, its driver sees it
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+
+    threading.Thread(target=watch, name="asyncexec-watch", daemon=True).start()
 
 
 def _drop(queue: deque[TaskSpec], task_id: str) -> list[bytes]:

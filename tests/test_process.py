@@ -602,6 +602,30 @@ async def test_a_queued_task_cancelled_never_runs_and_spares_the_running_one(
     assert not queued_marker.exists(), "a cancelled queued task ran"
 
 
+async def test_cancelling_a_queued_task_does_not_wait_for_the_running_one(
+    tmp_path: Path,
+) -> None:
+    """The worker answers a Cancel while it runs the task ahead (which here runs for
+    a minute): the cancel returns long before that task ends, and the worker lives."""
+    async with ProcessExecutor(1) as ex:
+        await _queue_short_tasks(ex)
+        started, queued_marker = tmp_path / "started", tmp_path / "queued"
+        running = await ex.submit(mark_then_sleep, str(started), 60)
+        await _until_exists(started)
+        queued = [await ex.submit(touch_after, str(queued_marker), 0.0) for _ in range(3)]
+        await anyio.sleep(0.1)
+        assert _queued_at_workers(ex) == 4  # all sent: they wait at the busy worker
+        with anyio.fail_after(20):
+            await ex.cancel(queued[1:])
+            assert await queued[0].cancel() is True
+        assert all(future.state is FutureState.CANCELLED for future in queued)
+        assert not running.ready(), "the running task ended: nothing was shown"
+        assert _queued_at_workers(ex) == 1
+        await running.cancel()  # the one running: its worker is killed
+        assert await ex.run(identity, 5) == 5
+    assert not queued_marker.exists(), "a cancelled queued task ran"
+
+
 async def test_a_crash_fails_only_the_running_task_not_those_queued_behind_it(
     tmp_path: Path,
 ) -> None:
