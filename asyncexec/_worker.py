@@ -391,7 +391,7 @@ def serve(fd: int | None = None) -> int:
     # Held here but while a task runs: then the watcher may use the channel.
     between_tasks = threading.Lock()
     between_tasks.acquire()
-    _watch_while_running(channel, queue, between_tasks)
+    failed = _watch_while_running(channel, queue, between_tasks)
     while True:
         if out:  # before the next task starts, which may take long
             channel.send(out)
@@ -403,11 +403,17 @@ def serve(fd: int | None = None) -> int:
         if out or not queue:
             continue  # answers go first (a Cancel's: its caller waits)
         spec = queue.popleft()
-        between_tasks.release()
-        outcome = execute(spec)
-        between_tasks.acquire()
+        if spec.memory_mb is None:
+            between_tasks.release()
+            outcome = execute(spec)
+            between_tasks.acquire()
+        else:  # the task's limit binds the whole process: the watcher would allocate
+            outcome = execute(spec)
         out.append(encode_frame(outcome))
         del spec, outcome
+        if failed:  # the watcher could not read: this task's outcome goes first
+            channel.send(out)
+            raise failed[0]
 
 
 def _handle(messages: list[Any], queue: deque[TaskSpec], out: list[bytes]) -> None:
@@ -425,38 +431,40 @@ def _handle(messages: list[Any], queue: deque[TaskSpec], out: list[bytes]) -> No
 _WATCH_PERIOD = 0.05
 
 
-def _watch_while_running(channel: _Channel, queue: deque[TaskSpec], lock: threading.Lock) -> None:
+def _watch_while_running(
+    channel: _Channel, queue: deque[TaskSpec], lock: threading.Lock
+) -> list[BaseException]:
     """Read the channel while a task runs, so a Cancel for a task queued behind it is
     answered at once, not once the running one ends (which may take hours).
 
     The lock is free only while a task runs: the watcher then reads and answers in
     the main loop's stead, and holds the lock meanwhile. It never blocks on input.
+    Returns where it puts what it raised, if it does: the main loop raises it once
+    the running task's outcome is sent (that task is not lost).
     """
+    failed: list[BaseException] = []
 
     def watch() -> None:
-        try:
-            while True:
-                time.sleep(_WATCH_PERIOD)
-                if not lock.acquire(blocking=False):
-                    continue  # between tasks: the main loop reads
-                try:
-                    messages = channel.take(wait=False)
-                    if messages is None:
-                        return  # input ended: the main loop sees it too
-                    out: list[bytes] = []
-                    _handle(messages, queue, out)
-                    if out:
-                        channel.send(out)
-                finally:
-                    lock.release()
-        except BaseException:  # as in the main loop: the worker ends, its driver sees it
-            import traceback
-
-            traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(1)
+        while True:
+            time.sleep(_WATCH_PERIOD)
+            if not lock.acquire(blocking=False):
+                continue  # between tasks: the main loop reads
+            try:
+                messages = channel.take(wait=False)
+                if messages is None:
+                    return  # input ended: the main loop sees it too
+                out: list[bytes] = []
+                _handle(messages, queue, out)
+                if out:
+                    channel.send(out)
+            except BaseException as exc:
+                failed.append(exc)
+                return
+            finally:
+                lock.release()
 
     threading.Thread(target=watch, name="asyncexec-watch", daemon=True).start()
+    return failed
 
 
 def _drop(queue: deque[TaskSpec], task_id: str) -> list[bytes]:

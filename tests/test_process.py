@@ -626,6 +626,24 @@ async def test_cancelling_a_queued_task_does_not_wait_for_the_running_one(
     assert not queued_marker.exists(), "a cancelled queued task ran"
 
 
+async def test_tasks_queued_behind_a_memory_limited_task_do_not_count_against_it(
+    tmp_path: Path,
+) -> None:
+    """A task's memory limit binds its whole worker while it runs: what arrives for
+    the task behind it (a 4 MiB argument, in the pool's shared memory, which the
+    worker maps on first use) waits until it has ended, and neither task fails."""
+    async with ProcessExecutor(1) as ex:
+        await _queue_short_tasks(ex)
+        started = tmp_path / "started"
+        limited = ex.with_options(resources=Resources(memory_mb=16))
+        running = await limited.submit(mark_then_sleep, str(started), 1.0)
+        await _until_exists(started)
+        behind = await ex.submit(len, b"y" * (4 << 20))
+        assert _queued_at_workers(ex) == 2  # sent while it runs
+        assert await behind == 4 << 20
+        assert await running is None
+
+
 async def test_a_crash_fails_only_the_running_task_not_those_queued_behind_it(
     tmp_path: Path,
 ) -> None:

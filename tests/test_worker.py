@@ -9,6 +9,9 @@ import socket
 import struct
 import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from asyncexec._codec import dumps_call, encode_frame, versions
 from asyncexec._messages import Cancel, TaskSpec
@@ -119,3 +122,84 @@ def test_the_channel_over_pipes_reads_without_waiting_and_sees_the_end() -> None
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+
+
+def mark_then_sleep(path: str, seconds: float) -> str:
+    with open(path, "w"):
+        pass
+    time.sleep(seconds)
+    return path
+
+
+def test_a_cancel_is_answered_while_a_task_runs_and_a_bad_message_spares_that_task(
+    tmp_path: Path,
+) -> None:
+    """A real worker: a Cancel for a task queued behind a running one is answered
+    before the running one ends; a message it cannot take, arriving while a task
+    runs, ends the worker only once that task's outcome is out."""
+    from asyncexec._codec import take_frames
+    from asyncexec._messages import Outcome, Setup
+
+    driver, theirs = socket.socketpair()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asyncexec.worker", "serve", "--fd", str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),),
+        stderr=subprocess.PIPE,
+    )
+    theirs.close()
+    driver.settimeout(60)
+    buffer = bytearray()
+
+    def receive() -> Any:
+        while True:
+            messages = take_frames(buffer)
+            if messages:
+                assert len(messages) == 1, messages
+                return messages[0]
+            data = driver.recv(1 << 16)
+            if not data:
+                return None
+            buffer.extend(data)
+
+    def task(task_id: str, fn: Any, *args: Any) -> bytes:
+        fn_bytes, args_bytes, _ = dumps_call(fn, args, {})
+        return encode_frame(TaskSpec(task_id=task_id, fn=fn_bytes, args=args_bytes))
+
+    def until_exists(path: Path) -> None:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert time.monotonic() < deadline, f"{path} never appeared"
+            time.sleep(0.01)
+
+    try:
+        receive()  # Hello
+        driver.sendall(encode_frame(Setup(sys_path=[entry for entry in sys.path if entry])))
+        receive()  # Ready
+        first, second = tmp_path / "first", tmp_path / "second"
+        driver.sendall(task("long", mark_then_sleep, str(first), 3.0) + task("queued", len, "ab"))
+        until_exists(first)  # running: the Cancel reaches it while it runs
+        driver.sendall(encode_frame(Cancel(task_id="queued")))
+        cancelled = receive()
+        answered = time.time()
+        assert (cancelled.task_id, cancelled.status) == ("queued", "cancelled")
+        long = receive()
+        assert isinstance(long, Outcome) and (long.task_id, long.status) == ("long", "ok")
+        assert long.finished is not None and answered < long.finished, "answered at its end"
+        # A task pointing into shared memory never sent: the worker cannot take it.
+        driver.sendall(task("again", mark_then_sleep, str(second), 1.0))
+        until_exists(second)
+        bad = TaskSpec(task_id="bad", fn=b"", args=b"", outside=[3], outside_at=0)
+        driver.sendall(encode_frame(bad))
+        again = receive()
+        assert (again.task_id, again.status) == ("again", "ok")  # not lost with the worker
+        assert receive() is None  # then it ends
+        assert process.wait(60) != 0
+        assert process.stderr is not None
+        assert b"shared memory that was never sent" in process.stderr.read()
+    finally:
+        driver.close()
+        if process.poll() is None:
+            process.kill()
+        process.wait(60)
+        if process.stderr is not None:
+            process.stderr.close()
