@@ -266,13 +266,19 @@ class _Channel:
             self.drained = size < _READ_SIZE
             self.buffer += chunk[:size]
             return size
-        size, ancillary, _, _ = self.socket.recvmsg_into([chunk], _ANCILLARY)
+        size, ancillary, flags, _ = self.socket.recvmsg_into([chunk], _ANCILLARY)
         for level, kind, payload in ancillary:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                 usable = len(payload) - len(payload) % 4
                 for start in range(0, usable, 4):
                     fd = int.from_bytes(payload[start : start + 4], sys.byteorder, signed=True)
                     self.fds.append(fd)
+        if flags & _socket.MSG_CTRUNC:
+            # Tasks would then take each other's memory files: end here instead.
+            raise OSError(
+                "file descriptors sent with a task were dropped on arrival "
+                "(is the worker out of file descriptors?)"
+            )
         self.drained = size < _READ_SIZE and not ancillary
         self.buffer += chunk[:size]
         return size

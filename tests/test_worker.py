@@ -203,3 +203,36 @@ def test_a_cancel_is_answered_while_a_task_runs_and_a_bad_message_spares_that_ta
         process.wait(60)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def test_the_channel_fails_when_file_descriptors_sent_with_a_frame_are_dropped() -> None:
+    """Out of file descriptors, the kernel drops those passed with a frame: the
+    channel must say so, not hand the next task someone else's memory file."""
+    script = r"""
+import os, resource, socket, struct
+from asyncexec import _worker
+from asyncexec._codec import encode_frame
+from asyncexec._messages import Cancel
+driver, worker = socket.socketpair()
+channel = _worker._Channel(worker.fileno(), worker.fileno(), is_socket=True)
+passed, _ = os.pipe()
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+try:
+    while True:
+        os.open(os.devnull, os.O_RDONLY)
+except OSError:
+    pass  # no file descriptor left
+rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", passed))]
+driver.sendmsg([encode_frame(Cancel(task_id="t"))], rights)
+try:
+    channel.take(wait=True)
+except OSError as exc:
+    print("raised:", exc)
+else:
+    print("took it")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "raised: file descriptors sent with a task were dropped" in done.stdout, done.stdout
