@@ -17,7 +17,8 @@ would call it:
   worker loop and wire format (a future and a frame a task, nothing else): what any
   async pool built on this stack costs at least (throughput and latency only);
 * ``raw-pipe``: a length-framed ping-pong over OS pipes between two processes,
-  without any event loop: the physical limit.
+  without any event loop: the physical limit (for ``cpu``: two forked processes
+  taking the tasks from a shared counter, no pool at all).
 
 Two workers everywhere. Workloads: ``throughput`` (no-op tasks submitted at once),
 ``chunked`` (no-op calls through each pool's chunked map: asyncexec's
@@ -126,7 +127,6 @@ NOT_APPLICABLE = {
     ("asyncio-floor", "cpu"): "a reference, not a pool",
     ("raw-pipe", "chunked"): "no tasks to chunk",
     ("raw-pipe", "memory"): "a pipe has no queue of pending tasks",
-    ("raw-pipe", "cpu"): "the ideal (n * 5 ms / 2) is the limit",
 }
 
 
@@ -917,7 +917,9 @@ class PipePeer:
         self.process.wait(10)
 
 
-def pipe_measure(workload: str, n: int) -> dict[str, Any]:
+def pipe_measure(workload: str, n: int, params: dict[str, Any]) -> dict[str, Any]:
+    if workload == "cpu":
+        return bare_cpu(n, params["spin_iterations"], params["spin_seconds"])
     message = os.urandom(64)  # a small task message
     if workload == "cold-start":
         start = time.perf_counter()
@@ -970,6 +972,47 @@ def pipe_measure(workload: str, n: int) -> dict[str, Any]:
     raise ValueError(f"raw-pipe does not measure {workload}")
 
 
+def bare_cpu(n: int, iterations: int, spin_seconds: float) -> dict[str, Any]:
+    """The cpu workload without a pool: two forked processes, each taking the next
+    task from a shared counter. What the machine itself allows two workers here."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    counter = context.Value("q", 0)
+    results = context.Queue()
+    processes = [
+        context.Process(target=bare_worker, args=(counter, n, iterations, results))
+        for _ in range(WORKERS)
+    ]
+    start = time.perf_counter()
+    for process in processes:
+        process.start()
+    busy = sum(results.get(timeout=600) for _ in processes)
+    seconds = time.perf_counter() - start
+    for process in processes:
+        process.join(60)
+    ideal = n * spin_seconds / WORKERS
+    return {
+        "efficiency": ideal / seconds,
+        "seconds": seconds,
+        "ideal_seconds": ideal,
+        "task_ms": 1e3 * busy / n,
+        "busy": busy / (WORKERS * seconds),
+    }
+
+
+def bare_worker(counter: Any, n: int, iterations: int, results: Any) -> None:
+    busy = 0.0
+    while True:
+        with counter.get_lock():
+            task = counter.value
+            counter.value += 1
+        if task >= n:
+            break
+        busy += spin(iterations)
+    results.put(busy)
+
+
 # -- one measurement, in this (fresh) process ----------------------------------------
 
 
@@ -978,7 +1021,7 @@ def run_one(peer_name: str, workload: str, n: int, params: dict[str, Any]) -> di
 
     record: dict[str, Any] = {"peer": peer_name, "workload": workload, "n": n}
     if peer_name == "raw-pipe":
-        return {**record, "status": "ok", **pipe_measure(workload, n)}
+        return {**record, "status": "ok", **pipe_measure(workload, n, params)}
     peer_class = PEER_CLASSES[peer_name]
     missing = available(peer_name)  # not imported here: cold start times the import
     if missing is not None:

@@ -62,6 +62,8 @@ def test_pool_benchmark_smoke() -> None:
         )
         assert row.split("|")[2].strip()[:1].isdigit(), row
         assert "asyncio-floor / best peer" in by_workload[workload]
+    bare = next(line for line in by_workload["cpu"].splitlines() if line.startswith("| raw-pipe |"))
+    assert bare.split("|")[2].strip()[:1].isdigit(), bare  # two bare processes, measured
 
 
 def test_sweeper_benchmark_smoke() -> None:
