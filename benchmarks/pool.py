@@ -721,14 +721,19 @@ async def w_cpu(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     task_seconds = await peer.bulk(SpinFor(iterations), range(n))
     seconds = time.perf_counter() - start
-    ideal = n * params["spin_seconds"] / WORKERS
+    return cpu_result(n, params["spin_seconds"], seconds, sum(task_seconds))
+
+
+def cpu_result(n: int, spin_seconds: float, seconds: float, busy: float) -> dict[str, Any]:
+    """The cpu workload's figures: ``n`` tasks took ``seconds``, ``busy`` of them in tasks."""
+    ideal = n * spin_seconds / WORKERS
     return {
         "efficiency": ideal / seconds,
         "seconds": seconds,
         "ideal_seconds": ideal,
-        "task_ms": 1e3 * sum(task_seconds) / len(task_seconds),
+        "task_ms": 1e3 * busy / n,
         # The share of the workers' time spent in the tasks, whatever a task took.
-        "busy": sum(task_seconds) / (WORKERS * seconds),
+        "busy": busy / (WORKERS * seconds),
     }
 
 
@@ -991,14 +996,7 @@ def bare_cpu(n: int, iterations: int, spin_seconds: float) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     for process in processes:
         process.join(60)
-    ideal = n * spin_seconds / WORKERS
-    return {
-        "efficiency": ideal / seconds,
-        "seconds": seconds,
-        "ideal_seconds": ideal,
-        "task_ms": 1e3 * busy / n,
-        "busy": busy / (WORKERS * seconds),
-    }
+    return cpu_result(n, spin_seconds, seconds, busy)
 
 
 def bare_worker(counter: Any, n: int, iterations: int, results: Any) -> None:
@@ -1516,8 +1514,9 @@ def table(
     candidates = [p for p in medians if p != "asyncexec" and p not in REFERENCES]
     pick = max if higher else min
     better = "above" if higher else "below"
-    if mine_ae and candidates:
-        best = pick(candidates, key=lambda p: medians[p][key])
+    top = pick(candidates, key=lambda p: medians[p][key]) if candidates else None
+    if mine_ae and top is not None:
+        best = top
         lines.append(
             f"asyncexec / best peer ({best}, {fmt(medians[best][key])} {label}): "
             f"**{ratio(mine_ae[key], medians[best][key])}** ({better} 1: asyncexec is better)"
@@ -1546,8 +1545,7 @@ def table(
             f"asyncexec / asyncio-floor ({fmt(floor)} {label}: a future and a frame a task, "
             f"nothing else): {ratio(mine_ae[key], floor)}"
         )
-        if candidates:
-            top = pick(candidates, key=lambda p: medians[p][key])
+        if top is not None:
             lines.append(
                 f"asyncio-floor / best peer ({top}): {ratio(floor, medians[top][key])} "
                 "(what no driver in asyncio over this worker loop and wire format can pass)"
