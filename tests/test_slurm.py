@@ -26,7 +26,7 @@ from asyncexec import (
     TaskTimeout,
     WorkerLost,
 )
-from asyncexec.launchers.slurm import SlurmLauncher, parse_time
+from asyncexec.launchers.slurm import SlurmLauncher, judge_accounting, parse_time
 from asyncexec.testing import (
     add,
     assert_heartbeat_stopped,
@@ -91,6 +91,23 @@ def test_times_are_parsed_as_slurm_does() -> None:
     for bad in ("", "1h", "1:60:00", "-5", "1::2", "1:2:3:4"):
         with pytest.raises(ValueError, match="Slurm time"):
             parse_time(bad)
+
+
+def test_sacct_states_are_judged_and_a_failed_task_waits_for_its_exit_code() -> None:
+    assert judge_accounting("FAILED", "127:0", 0.0) == ("lost", 127)
+    assert judge_accounting("OUT_OF_MEMORY", "0:125", 0.0) == ("lost", 0)
+    assert judge_accounting("TIMEOUT", "0:15", 0.0) == ("timeout", 0)
+    assert judge_accounting("CANCELLED", "0:15", 0.0) == ("cancelled", 0)
+    # slurmdbd can show FAILED before the exit code of a task that failed at once
+    # (seen in CI: "FAILED|0:0", then "FAILED|127:0"): wait a little for it.
+    assert judge_accounting("FAILED", "0:0", 1.0) is None
+    assert judge_accounting("FAILED", "0:0", 6.0) == ("lost", 0)
+    assert judge_accounting("FAILED", "0:9", 0.0) == ("lost", 0)
+    # COMPLETED without an outcome file: the file system may lag; then it is lost.
+    assert judge_accounting("COMPLETED", "0:0", 2.0) is None
+    assert judge_accounting("COMPLETED", "0:0", 11.0) == ("lost", 0)
+    assert judge_accounting("", "", 100.0) is None  # not in sacct yet
+    assert judge_accounting("RUNNING", "0:0", 100.0) is None  # requeued
 
 
 @pytest.mark.parametrize(

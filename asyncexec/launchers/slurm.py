@@ -57,7 +57,7 @@ from .. import _oneshot
 from .._codec import versions
 from .._exceptions import BackendUnavailable, LaunchError
 from .._executor import BaseExecutor
-from .._messages import ErrorInfo, JobRef, Outcome, TaskSpec
+from .._messages import ErrorInfo, JobRef, Outcome, OutcomeStatus, TaskSpec
 from .._options import TaskOptions
 from ..abc import Launcher, Shell
 from ..shells import LocalShell
@@ -265,6 +265,10 @@ class SlurmConfig:
 _LOST_STATES = {"OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "FAILED"}
 #: Seconds to wait for sacct (which lags squeue) before calling a vanished task lost.
 _ACCOUNTING_GRACE = 60.0
+#: Seconds to wait for the exit code of a task sacct calls FAILED with "0:0". slurmdbd
+#: can show the row of a task that ended before its start was recorded with the final
+#: state but not yet the exit code (seen here: a script failing 14 ms after it started).
+_EXIT_CODE_GRACE = 5.0
 #: What of a dead array task's stderr to quote.
 _LOG_TAIL = 2000
 
@@ -278,6 +282,8 @@ _SUBMIT = (
     "tar -x -f - && mkdir -p out cancel log && sbatch --parsable job.sh > job_id.tmp "
     "&& mv job_id.tmp job_id && cat job_id"
 )
+#: Seconds closing waits for Slurm to confirm that the tasks it scancelled are gone.
+_CLOSE_CONFIRM = 60.0
 #: Seconds a scheduler command may take before it counts as failed (a dead link).
 _COMMAND_TIMEOUT = 120.0
 #: Seconds submitting one array may take (its archive travels with it).
@@ -290,6 +296,30 @@ _FIND = (
     '[ -f "$d/job_id" ] && [ -f "$d/tasks.json" ] && '
     'printf "%s\\t%s\\t%s\\n" "$d" "$(cat "$d/job_id")" "$(cat "$d/tasks.json")"; done; true'
 )
+
+
+def judge_accounting(
+    state: str, exit_text: str, waited: float
+) -> tuple[OutcomeStatus, int | None] | None:
+    """What sacct's ``State`` and ``ExitCode`` of a task that left the queue without an
+    outcome file say: ``(status, exit code)``, or None while they say nothing final yet.
+
+    ``waited`` is how long the task has been gone from the queue.
+    """
+    code, _, signal = exit_text.partition(":")
+    exit_code = int(code) if code.isdigit() else None
+    if state == "TIMEOUT":
+        return "timeout", exit_code
+    if state == "CANCELLED":
+        return "cancelled", exit_code
+    if state in _LOST_STATES:
+        unrecorded = state == "FAILED" and code in ("", "0") and signal in ("", "0")
+        if unrecorded and waited < _EXIT_CODE_GRACE:
+            return None  # the exit code may not be recorded yet
+        return "lost", exit_code
+    if state == "COMPLETED" and waited > 10:  # the file system had time to show the outcome
+        return "lost", exit_code
+    return None
 
 
 # -- what the one-shot runner reads and writes ---------------------------------------
@@ -507,6 +537,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 ids = sorted({job.native_id for job in live})
                 with contextlib.suppress(Exception), anyio.move_on_after(_COMMAND_TIMEOUT):
                     await self._run("scancel", ["scancel", *ids])
+                    await self._until_gone(ids, _CLOSE_CONFIRM)
             for job in live:
                 job.settle(Outcome(task_id=job.task_id, status="cancelled"))
             for pending in self._pending:
@@ -520,6 +551,23 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             self._poll_wanted.set()
             with contextlib.suppress(Exception), anyio.move_on_after(10):
                 await self.shell.aclose()
+
+    async def _until_gone(self, ids: list[str], timeout: float) -> None:
+        """Wait until squeue lists none of ``ids`` (scancelled tasks pass COMPLETING)."""
+        delay = 0.1
+        with anyio.move_on_after(timeout):
+            while True:
+                done = await self._run(
+                    "squeue", ["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i"]
+                )
+                stderr = done.stderr.decode(errors="replace")
+                if done.returncode != 0 and "Invalid job id" not in stderr:
+                    raise LaunchError(f"squeue failed: {stderr.strip()}")
+                if not done.stdout.strip():
+                    return
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        log.warning("Slurm still lists %s after scancel", ",".join(ids))
 
     # -- the seam -------------------------------------------------------------------
 
@@ -990,22 +1038,15 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
     def _outcome_from_state(
         self, job: _SlurmJob, state: str, exit_text: str, files: dict[str, bytes]
     ) -> Outcome | None:
-        exit_code = None
-        code_text = exit_text.split(":")[0]
-        if code_text.isdigit():
-            exit_code = int(code_text)
-        if state == "TIMEOUT":
-            return Outcome(task_id=job.task_id, status="timeout", state=state, exit_code=exit_code)
-        if state == "CANCELLED":
-            return Outcome(
-                task_id=job.task_id, status="cancelled", state=state, exit_code=exit_code
-            )
-        if state in _LOST_STATES:
-            return self._lost(job, state, exit_code, files, "ended")
         waited = time.monotonic() - (job.missing_since or time.monotonic())
-        if state == "COMPLETED" and waited > 10:  # the file system had time to show it
-            return self._lost(job, state, exit_code, files, "ended without an outcome")
-        return None  # not known yet, or still live (requeued)
+        judged = judge_accounting(state, exit_text, waited)
+        if judged is None:
+            return None  # not known yet, or still live (requeued)
+        status, exit_code = judged
+        if status == "lost":
+            how = "ended without an outcome" if state == "COMPLETED" else "ended"
+            return self._lost(job, state, exit_code, files, how)
+        return Outcome(task_id=job.task_id, status=status, state=state, exit_code=exit_code)
 
     def _lost(
         self,
