@@ -8,6 +8,7 @@ of the object that could not be pickled.
 from __future__ import annotations
 
 import _pickle
+import operator
 import os
 import struct
 import sys
@@ -118,14 +119,21 @@ def dumps_call(
     only: it cannot change) is not copied into the pickle: the object itself is
     returned as a buffer (pickle protocol 5), for the launcher to move as it
     likes. Load the arguments with :func:`loads` and these buffers.
+
+    A function cloudpickle pickles by value (one of ``__main__``, a lambda, a
+    closure) is pickled again only when what its pickle is made of changed: see
+    :func:`_made_from`.
     """
     remembered = _by_reference.get(id(fn))
     if remembered is not None and remembered[0] is fn and not _names_by_value(remembered[1]):
         fn_bytes = remembered[1]
+    elif (by_value := _remembered_by_value(fn)) is not None:
+        fn_bytes = by_value
     else:
         fast = _fast_dumps(fn)
         if fast is None:
             fn_bytes = _slow_dumps(fn, what=f"the function {fn!r}")
+            _remember_by_value(fn, fn_bytes)
         else:
             fn_bytes = fast
             if _is_plain_function(fn):
@@ -211,6 +219,141 @@ def _is_plain_function(fn: object) -> bool:
     return isinstance(fn, types.BuiltinFunctionType) and isinstance(
         getattr(fn, "__self__", None), types.ModuleType
     )
+
+
+#: Functions pickled by value, by id: the function, what its pickle was made from
+#: (:func:`_made_from`: the objects themselves, kept, so their ids stay theirs) and
+#: the pickle.
+_by_value: dict[int, tuple[types.FunctionType, list[object], bytes]] = {}
+#: Functions and classes by id: the object and its pickle by reference, or None
+#: where cloudpickle pickles it by value.
+_by_name: dict[int, tuple[object, bytes | None]] = {}
+#: The names the code of a function (and the code nested in it) may read as globals.
+_code_names: dict[types.CodeType, tuple[str, ...]] = {}
+#: A name the function's globals do not hold (a builtin's, an attribute's).
+_UNBOUND = object()
+
+
+def _remembered_by_value(fn: object) -> bytes | None:
+    """The pickle of a function pickled by value earlier, if it would pickle the same."""
+    entry = _by_value.get(id(fn))
+    if entry is None or entry[0] is not fn:
+        return None
+    made = _made_from(entry[0])
+    old = entry[1]
+    if made is None or len(made) != len(old) or not all(map(operator.is_, made, old)):
+        return None  # (identity: 1 == True == 1.0, but they pickle apart)
+    return entry[2]
+
+
+def _remember_by_value(fn: object, data: bytes) -> None:
+    if type(fn) is types.FunctionType:
+        made = _made_from(fn)
+        if made is not None:
+            if len(_by_value) >= _BY_REFERENCE_MAX:
+                _by_value.clear()
+            _by_value[id(fn)] = (fn, made, data)
+
+
+def _made_from(fn: types.FunctionType) -> list[object] | None:
+    """What cloudpickle's pickle of ``fn`` by value is made of: the same objects (by
+    identity), the same pickle.
+
+    That is the function's code, names, defaults, attributes and closure, and the
+    globals its code may read, with the same for the functions among them it
+    pickles by value. None where that cannot be told: a value that can change in
+    place (a list, a dict, an instance, a class or module pickled by value).
+    """
+    made: list[object] = []
+    return made if _add_function(fn, made, set()) else None
+
+
+def _add_function(fn: types.FunctionType, made: list[object], seen: set[int]) -> bool:
+    made.append(fn)
+    if id(fn) in seen:
+        return True  # recursion: already added
+    seen.add(id(fn))
+    code = fn.__code__
+    made += (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, fn.__annotations__)
+    defaults = fn.__defaults__
+    if defaults is not None and not _add_value(defaults, made, seen):
+        return False
+    keywords = fn.__kwdefaults__
+    if keywords is not None:
+        made.append(keywords)
+        for value in keywords.values():
+            if not _add_value(value, made, seen):
+                return False
+    closure = fn.__closure__
+    if closure is not None:
+        for cell in closure:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # not bound yet
+                value = _UNBOUND
+            if not _add_value(value, made, seen):
+                return False
+    attributes = fn.__dict__
+    if attributes:
+        for key, value in attributes.items():
+            made.append(key)
+            if not _add_value(value, made, seen):
+                return False
+    names = _code_names.get(code)
+    if names is None:
+        if len(_code_names) >= _BY_REFERENCE_MAX:
+            _code_names.clear()
+        names = _code_names[code] = _global_names(code)
+    namespace = fn.__globals__
+    for name in names:
+        value = namespace.get(name, _UNBOUND)
+        if type(value) in _ATOMS or value is _UNBOUND:
+            made.append(value)
+        elif not _add_value(value, made, seen):
+            return False
+    return True
+
+
+def _add_value(value: object, made: list[object], seen: set[int]) -> bool:
+    """Add what ``value``'s pickle is made of, or say it cannot be told (False)."""
+    kind = type(value)
+    made.append(value)
+    if kind in _ATOMS or kind is complex or value is _UNBOUND:
+        return True
+    if kind is tuple or kind is frozenset:
+        for item in value:  # type: ignore[attr-defined]
+            if type(item) in _ATOMS:
+                made.append(item)
+            elif not _add_value(item, made, seen):
+                return False
+        return True
+    if kind is types.ModuleType:
+        return sys.modules.get(value.__name__) is value  # type: ignore[attr-defined]
+    if kind is types.FunctionType or kind is types.BuiltinFunctionType or isinstance(value, type):
+        if _pickled_by_name(value):
+            return True
+        return kind is types.FunctionType and _add_function(value, made, seen)  # type: ignore[arg-type]
+    return False
+
+
+def _pickled_by_name(obj: object) -> bool:
+    """Whether cloudpickle pickles a function or class by reference (its name)."""
+    known = _by_name.get(id(obj))
+    if known is None or known[0] is not obj:
+        if len(_by_name) >= _BY_REFERENCE_MAX:
+            _by_name.clear()
+        known = _by_name[id(obj)] = (obj, _fast_dumps(obj))
+    data = known[1]
+    return data is not None and not _names_by_value(data)
+
+
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """The names ``code`` and the code nested in it may read as globals (a superset)."""
+    names = dict.fromkeys(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(dict.fromkeys(_global_names(const)))
+    return tuple(names)
 
 
 #: Bytes beyond which an argument goes straight to cloudpickle: looking for

@@ -56,7 +56,16 @@ MIB = 1 << 20
 SPIN_TARGET_S = 0.005
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-WORKLOADS = ("throughput", "chunked", "latency", "payload", "cold-start", "memory", "cpu")
+WORKLOADS = (
+    "throughput",
+    "script",
+    "chunked",
+    "latency",
+    "payload",
+    "cold-start",
+    "memory",
+    "cpu",
+)
 PEERS = (
     "asyncexec",
     "concurrent.futures",
@@ -83,6 +92,7 @@ REFERENCES = ("threads", "asyncio-floor", "raw-pipe")
 
 FULL_SIZES = {
     "throughput": 20_000,
+    "script": 20_000,
     "chunked": 20_000,
     "latency": 2_000,
     "payload": 200,
@@ -92,6 +102,7 @@ FULL_SIZES = {
 }
 SMOKE_SIZES = {
     "throughput": 200,
+    "script": 200,
     "chunked": 200,
     "latency": 20,
     "payload": 5,
@@ -104,6 +115,7 @@ SMOKE_SIZES = {
 # GRACE seconds more to start and close its pool before it is killed.
 FULL_BUDGETS = {
     "throughput": 30.0,
+    "script": 30.0,
     "chunked": 30.0,
     "latency": 60.0,
     "payload": 45.0,
@@ -121,6 +133,8 @@ NOT_APPLICABLE = {
     ("anyio", "chunked"): "one call per task only",
     ("dask", "chunked"): "no chunked map (Client.map is the throughput row)",
     ("asyncio-floor", "chunked"): "one call per task only",
+    ("asyncio-floor", "script"): "a reference for the throughput workload",
+    ("raw-pipe", "script"): "no functions to pickle",
     ("asyncio-floor", "payload"): "no large-argument path",
     ("asyncio-floor", "cold-start"): "a reference, not a pool",
     ("asyncio-floor", "memory"): "a reference, not a pool",
@@ -135,6 +149,12 @@ NOT_APPLICABLE = {
 
 def noop(i: object = None) -> None:
     """The empty task."""
+    return None
+
+
+def script_noop(i: object = None) -> None:
+    """The empty task of the script workload, taken from ``__main__`` (this file run
+    as a script): a function defined in the user's script, as most are."""
     return None
 
 
@@ -642,6 +662,22 @@ async def w_throughput(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, 
     return {"tasks_per_s": n / seconds, "seconds": seconds, **cpu_per_task(cpu, n)}
 
 
+async def w_script(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, Any]:
+    """Throughput of a function defined in ``__main__``: what cloudpickle-based pools
+    pickle by value, and the standard library's by name (fork and spawn workers run
+    this file as their main module too, where it is defined)."""
+    fn = sys.modules["__main__"].script_noop
+    assert fn.__module__ == "__main__", fn.__module__
+    await warm_up(peer)
+    await peer.gather([await peer.submit(fn, i) for i in range(20)])
+    cpu = cpu_seconds()
+    start = time.perf_counter()
+    results = await peer.bulk(fn, range(n))
+    seconds = time.perf_counter() - start
+    assert len(results) == n, f"{len(results)} results for {n} tasks"
+    return {"tasks_per_s": n / seconds, "seconds": seconds, **cpu_per_task(cpu, n)}
+
+
 def chunk_size(n: int) -> int:
     """multiprocessing.Pool.map's own default: about 4 chunks per worker."""
     return max(1, -(-n // (4 * WORKERS)))
@@ -834,6 +870,7 @@ def latency_summary(samples_ns: list[int]) -> dict[str, Any]:
 
 WORKLOAD_FUNCTIONS = {
     "throughput": w_throughput,
+    "script": w_script,
     "chunked": w_chunked,
     "latency": w_latency,
     "payload": w_payload,
@@ -1084,6 +1121,7 @@ def over_budget(workload: str, n: int, budget: float) -> str:
     """What a measurement that ran out of time says."""
     bound = {
         "throughput": f" (< {n / budget:,.0f} tasks/s)",
+        "script": f" (< {n / budget:,.0f} tasks/s)",
         "chunked": f" (< {n / budget:,.0f} tasks/s)",
         "payload": f" (< {n * MIB / budget / 1e6:,.1f} MB/s)",
         "cpu": f" (efficiency < {n * SPIN_TARGET_S / WORKERS / budget:.2f})",
@@ -1380,6 +1418,15 @@ TABLES: dict[str, tuple[str, list[tuple[str, str]], bool, list[tuple[str, str]]]
         True,
         [("driver_us", "driver CPU µs/task"), ("workers_us", "workers' CPU µs/task")],
     ),
+    "script": (
+        "{n:,} no-op tasks as in throughput, of a function defined in the script that "
+        "runs (`__main__`): cloudpickle-based pools (asyncexec, loky, dask) pickle it by "
+        "value, the others by name (their workers run the script as their main module) "
+        "(tasks/s; higher is better)",
+        [("tasks_per_s", "tasks/s")],
+        True,
+        [("driver_us", "driver CPU µs/task"), ("workers_us", "workers' CPU µs/task")],
+    ),
     "chunked": (
         "{n:,} no-op calls through each pool's chunked map, chunksize = n / (4 x 2 "
         "workers) as multiprocessing.Pool.map picks it (asyncexec: `map(chunksize=)`; "
@@ -1485,7 +1532,7 @@ def table(
     for peer in peers:
         status, note = summary[peer]
         cls = PEER_CLASSES.get(peer)
-        uses_bulk = workload in ("throughput", "memory", "cpu")
+        uses_bulk = workload in ("throughput", "script", "memory", "cpu")
         bulk = cls.bulk_note if cls is not None and uses_bulk else ""
         note = "; ".join(filter(None, [bulk, note])).replace("|", "/")
         if status != "ok":
@@ -1521,7 +1568,7 @@ def table(
             f"asyncexec / best peer ({best}, {fmt(medians[best][key])} {label}): "
             f"**{ratio(mine_ae[key], medians[best][key])}** ({better} 1: asyncexec is better)"
         )
-        uses_bulk = workload in ("throughput", "memory", "cpu")
+        uses_bulk = workload in ("throughput", "script", "memory", "cpu")
         if uses_bulk and PEER_CLASSES[best].bulk_note:
             # The same comparison among the peers that take one task per call.
             one_by_one = [p for p in candidates if not PEER_CLASSES[p].bulk_note]

@@ -13,7 +13,16 @@ from pathlib import Path
 from .cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("throughput", "chunked", "latency", "payload", "cold-start", "memory", "cpu")
+WORKLOADS = (
+    "throughput",
+    "script",
+    "chunked",
+    "latency",
+    "payload",
+    "cold-start",
+    "memory",
+    "cpu",
+)
 STDLIB_PEERS = "asyncexec,concurrent.futures,multiprocessing,threads,asyncio-floor,raw-pipe"
 
 

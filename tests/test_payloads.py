@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import textwrap
+from typing import Any
 
 import pytest
 
+from asyncexec import _codec
 from asyncexec._codec import dumps_call, loads
 from asyncexec.launchers._shared import SharedArena
 
@@ -124,3 +127,95 @@ def test_small_plain_arguments_pickle_as_cloudpickle_pickles_them() -> None:
         assert buffers == ()
         assert pickled == cloudpickle.dumps((args, {}), protocol=5)
         assert loads(pickled) == (args, {})
+
+
+# -- functions pickled by value ---------------------------------------------------------
+
+
+def script(source: str) -> dict[str, Any]:
+    """The namespace of ``source`` run as a script: its functions are pickled by value."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(textwrap.dedent(source), namespace)
+    return namespace
+
+
+def call(fn: Any, *args: Any) -> Any:
+    """Pickle a call as submit does, load it as a worker does, and run it."""
+    fn_bytes, args_bytes, buffers = dumps_call(fn, args, {})
+    loaded_args, loaded_kwargs = loads(args_bytes, buffers)
+    return loads(fn_bytes)(*loaded_args, **loaded_kwargs)
+
+
+def test_a_function_pickled_by_value_is_pickled_again_only_when_it_changed() -> None:
+    namespace = script(
+        """
+        import math
+        SCALE = 2
+        def helper(x):
+            return x * SCALE
+        def fn(x, offset=1):
+            return helper(x) + offset + math.floor(0.5)
+        """
+    )
+    fn = namespace["fn"]
+    first = dumps_call(fn, (1,), {})[0]
+    assert b"helper" in first  # by value, the helper with it
+    assert dumps_call(fn, (2,), {})[0] is first  # remembered: pickled once
+    assert call(fn, 1) == 3
+    namespace["SCALE"] = 3  # a global of a function it calls
+    assert call(fn, 1) == 4
+    assert call(fn, 1) == 4 and dumps_call(fn, (1,), {})[0] is dumps_call(fn, (1,), {})[0]
+    namespace["SCALE"] = True  # equal to 1, but not the same
+    assert call(fn, 5) == 6
+    namespace["helper"] = lambda x: -x
+    assert call(fn, 1) == 0
+    fn.__defaults__ = (10,)
+    assert call(fn, 1) == 9
+    fn.__code__ = (lambda x, offset=1: x * 100).__code__
+    assert call(fn, 1) == 100
+    fn.tag = "attribute"
+    assert loads(dumps_call(fn, (1,), {})[0]).tag == "attribute"
+
+
+def test_what_can_change_in_place_is_pickled_with_each_call() -> None:
+    namespace = script(
+        """
+        SEEN = []
+        class Box:
+            value = 1
+        def listed():
+            return list(SEEN)
+        def boxed():
+            return Box.value
+        """
+    )
+    for name in ("listed", "boxed"):
+        dumps_call(namespace[name], (), {})
+        assert id(namespace[name]) not in _codec._by_value
+    namespace["SEEN"].append(1)
+    namespace["Box"].value = 2
+    assert call(namespace["listed"]) == [1]
+    assert call(namespace["boxed"]) == 2
+
+
+def test_closures_and_recursion_by_value() -> None:
+    count = 0
+
+    def counted() -> int:
+        return count
+
+    def bump() -> None:
+        nonlocal count
+        count += 1
+
+    assert call(counted) == 0 and id(counted) in _codec._by_value
+    bump()
+    assert call(counted) == 1
+    namespace = script(
+        """
+        def fib(n):
+            return n if n < 2 else fib(n - 1) + fib(n - 2)
+        """
+    )
+    assert call(namespace["fib"], 10) == 55
+    assert dumps_call(namespace["fib"], (3,), {})[0] is dumps_call(namespace["fib"], (4,), {})[0]

@@ -979,9 +979,19 @@ class Point:  # lives in __main__: pickled by value, as cloudpickle does
 def norm(p):
     return abs(p.x) + abs(p.y)
 
+SCALE = 2
+
+def scaled(x):
+    return x * SCALE
+
 async def main():
+    global SCALE
     async with ProcessExecutor(1) as ex:
         print(await ex.run(norm, Point(3, -4)), await ex.run(lambda: Point(1, 2)))
+        # Pickled once while unchanged; again when a global it reads is rebound.
+        print(await ex.run(scaled, 1), await ex.run(scaled, 2), end=" ")
+        SCALE = 5
+        print(await ex.run(scaled, 1))
         # A large argument skips the fast path (and its scan): still by value.
         print(await ex.run(lambda p, data: norm(p) + len(data), Point(1, 1), bytes(200_000)))
 
@@ -998,7 +1008,7 @@ def test_a_scripts_functions_classes_and_lambdas_travel_by_value(tmp_path: Path)
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["7", "Point(x=1,", "y=2)", "200002"]
+    assert done.stdout.split() == ["7", "Point(x=1,", "y=2)", "2", "4", "5", "200002"]
 
 
 def test_modules_registered_by_value_are_pickled_by_cloudpickle(
