@@ -132,8 +132,7 @@ def dumps_call(
     else:
         fast = _fast_dumps(fn)
         if fast is None:
-            fn_bytes = _slow_dumps(fn, what=f"the function {fn!r}")
-            _remember_by_value(fn, fn_bytes)
+            fn_bytes = _pickle_by_value(fn)
         else:
             fn_bytes = fast
             if _is_plain_function(fn):
@@ -223,15 +222,27 @@ def _is_plain_function(fn: object) -> bool:
 
 #: Functions pickled by value, by id: the function, what its pickle was made from
 #: (:func:`_made_from`: the objects themselves, kept, so their ids stay theirs) and
-#: the pickle.
+#: the pickle. Only pickles of up to ``_LARGE`` bytes, ``_BY_VALUE_MAX`` of them.
 _by_value: dict[int, tuple[types.FunctionType, list[object], bytes]] = {}
+_BY_VALUE_MAX = 256
+#: Functions pickled by value whose pickle could not be remembered (a global that can
+#: change in place...), by id: pickled at every call without looking again.
+_unremembered: dict[int, object] = {}
 #: Functions and classes by id: the object and its pickle by reference, or None
 #: where cloudpickle pickles it by value.
 _by_name: dict[int, tuple[object, bytes | None]] = {}
-#: The names the code of a function (and the code nested in it) may read as globals.
+#: The names the code of a function (and the code nested in it) reads or writes as
+#: globals, as cloudpickle finds them, by code object.
 _code_names: dict[types.CodeType, tuple[str, ...]] = {}
-#: A name the function's globals do not hold (a builtin's, an attribute's).
+_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL"})
+#: What cloudpickle takes from a by-value function's globals besides those it reads.
+_BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")
+#: A name the function's globals do not hold (a builtin's).
 _UNBOUND = object()
+#: ``len(sys.modules)`` and an object standing for it (compared by identity): the
+#: submodules cloudpickle sends with a by-value function that uses a package
+#: depend on what is imported.
+_imported: tuple[int, object] = (0, object())
 
 
 def _remembered_by_value(fn: object) -> bytes | None:
@@ -246,23 +257,34 @@ def _remembered_by_value(fn: object) -> bytes | None:
     return entry[2]
 
 
-def _remember_by_value(fn: object, data: bytes) -> None:
-    if type(fn) is types.FunctionType:
+def _pickle_by_value(fn: object) -> bytes:
+    """cloudpickle's pickle of ``fn``, remembered when it can be told when it changes."""
+    made = None
+    if type(fn) is types.FunctionType and _unremembered.get(id(fn)) is not fn:
+        # What it is made of is read first: a thread that rebinds a global meanwhile
+        # makes the next call see a change, never the reverse.
         made = _made_from(fn)
-        if made is not None:
-            if len(_by_value) >= _BY_REFERENCE_MAX:
-                _by_value.clear()
-            _by_value[id(fn)] = (fn, made, data)
+        if made is None:  # not to be told again at every call
+            if len(_unremembered) >= _BY_VALUE_MAX:
+                _unremembered.clear()
+            _unremembered[id(fn)] = fn
+    data = _slow_dumps(fn, what=f"the function {fn!r}")
+    if made is not None and len(data) <= _LARGE:
+        if len(_by_value) >= _BY_VALUE_MAX:
+            _by_value.clear()
+        _by_value[id(fn)] = (fn, made, data)  # type: ignore[assignment]
+    return data
 
 
 def _made_from(fn: types.FunctionType) -> list[object] | None:
     """What cloudpickle's pickle of ``fn`` by value is made of: the same objects (by
     identity), the same pickle.
 
-    That is the function's code, names, defaults, attributes and closure, and the
-    globals its code may read, with the same for the functions among them it
-    pickles by value. None where that cannot be told: a value that can change in
-    place (a list, a dict, an instance, a class or module pickled by value).
+    That is the function's code, names, defaults, annotations, attributes and
+    closure, and the globals its code uses, with the same for the functions among
+    them it pickles by value. None where that cannot be told: a value that can
+    change in place (a list, a dict, an instance, a bound method, a class or module
+    pickled by value).
     """
     made: list[object] = []
     return made if _add_function(fn, made, set()) else None
@@ -274,16 +296,17 @@ def _add_function(fn: types.FunctionType, made: list[object], seen: set[int]) ->
         return True  # recursion: already added
     seen.add(id(fn))
     code = fn.__code__
-    made += (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, fn.__annotations__)
+    made += (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
     defaults = fn.__defaults__
     if defaults is not None and not _add_value(defaults, made, seen):
         return False
-    keywords = fn.__kwdefaults__
-    if keywords is not None:
-        made.append(keywords)
-        for value in keywords.values():
-            if not _add_value(value, made, seen):
-                return False
+    for mapping in (fn.__kwdefaults__, fn.__annotations__, fn.__dict__):
+        made.append(mapping)
+        if mapping:
+            for key, value in mapping.items():
+                made.append(key)
+                if not _add_value(value, made, seen):
+                    return False
     closure = fn.__closure__
     if closure is not None:
         for cell in closure:
@@ -293,18 +316,15 @@ def _add_function(fn: types.FunctionType, made: list[object], seen: set[int]) ->
                 value = _UNBOUND
             if not _add_value(value, made, seen):
                 return False
-    attributes = fn.__dict__
-    if attributes:
-        for key, value in attributes.items():
-            made.append(key)
-            if not _add_value(value, made, seen):
-                return False
     names = _code_names.get(code)
     if names is None:
         if len(_code_names) >= _BY_REFERENCE_MAX:
             _code_names.clear()
         names = _code_names[code] = _global_names(code)
     namespace = fn.__globals__
+    for name in _BASE_GLOBALS:
+        if name in namespace and not _add_value(namespace[name], made, seen):
+            return False
     for name in names:
         value = namespace.get(name, _UNBOUND)
         if type(value) in _ATOMS or value is _UNBOUND:
@@ -316,6 +336,7 @@ def _add_function(fn: types.FunctionType, made: list[object], seen: set[int]) ->
 
 def _add_value(value: object, made: list[object], seen: set[int]) -> bool:
     """Add what ``value``'s pickle is made of, or say it cannot be told (False)."""
+    global _imported
     kind = type(value)
     made.append(value)
     if kind in _ATOMS or kind is complex or value is _UNBOUND:
@@ -328,28 +349,64 @@ def _add_value(value: object, made: list[object], seen: set[int]) -> bool:
                 return False
         return True
     if kind is types.ModuleType:
-        return sys.modules.get(value.__name__) is value  # type: ignore[attr-defined]
-    if kind is types.FunctionType or kind is types.BuiltinFunctionType or isinstance(value, type):
+        name = value.__name__  # type: ignore[attr-defined]
+        if sys.modules.get(name) is not value or _registered_by_value(name):
+            return False  # pickled by value, its dict with it
+        count = len(sys.modules)
+        if _imported[0] != count:
+            _imported = (count, object())
+        made.append(_imported[1])
+        return True
+    if kind is types.BuiltinFunctionType:
+        owner = getattr(value, "__self__", None)
+        if owner is not None and type(owner) is not types.ModuleType:
+            return False  # a bound method (dict.get, random.random): its object goes too
+        return _pickled_by_name(value)
+    if kind is types.FunctionType:
         if _pickled_by_name(value):
             return True
-        return kind is types.FunctionType and _add_function(value, made, seen)  # type: ignore[arg-type]
+        return _add_function(value, made, seen)  # type: ignore[arg-type]
+    if isinstance(value, type):
+        return _pickled_by_name(value)
     return False
 
 
+def _registered_by_value(module: str) -> bool:
+    """Whether cloudpickle pickles ``module`` (or a package of it) by value."""
+    cloudpickle = sys.modules.get("cloudpickle.cloudpickle")
+    registered = getattr(cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
+    if not registered:
+        return False
+    return any(module == name or module.startswith(name + ".") for name in registered)
+
+
 def _pickled_by_name(obj: object) -> bool:
-    """Whether cloudpickle pickles a function or class by reference (its name)."""
+    """Whether cloudpickle pickles a function or class by reference (its name): the
+    standard library pickles it as the object its module holds under its name."""
     known = _by_name.get(id(obj))
     if known is None or known[0] is not obj:
         if len(_by_name) >= _BY_REFERENCE_MAX:
             _by_name.clear()
         known = _by_name[id(obj)] = (obj, _fast_dumps(obj))
     data = known[1]
-    return data is not None and not _names_by_value(data)
+    if data is None or _names_by_value(data):
+        return False
+    # Still what its module holds under its name (a module reloaded holds another).
+    found: object = sys.modules.get(getattr(obj, "__module__", None) or "")
+    for part in getattr(obj, "__qualname__", "").split("."):
+        found = getattr(found, part, None)
+    return found is obj
 
 
 def _global_names(code: types.CodeType) -> tuple[str, ...]:
-    """The names ``code`` and the code nested in it may read as globals (a superset)."""
-    names = dict.fromkeys(code.co_names)
+    """The names ``code`` and the code nested in it read or write as globals."""
+    import dis
+
+    names = dict.fromkeys(
+        instruction.argval
+        for instruction in dis.get_instructions(code)
+        if instruction.opname in _GLOBAL_OPS
+    )
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names.update(dict.fromkeys(_global_names(const)))

@@ -219,3 +219,90 @@ def test_closures_and_recursion_by_value() -> None:
     )
     assert call(namespace["fib"], 10) == 55
     assert dumps_call(namespace["fib"], (3,), {})[0] is dumps_call(namespace["fib"], (4,), {})[0]
+
+
+def same_as_cloudpickle(fn: Any) -> bool:
+    """Whether the pickle submit sends now behaves as cloudpickle's of this moment."""
+    import cloudpickle
+
+    ours = loads(dumps_call(fn, (), {})[0])()
+    theirs = cloudpickle.loads(cloudpickle.dumps(fn, protocol=5))()
+    return bool(ours == theirs)
+
+
+def test_objects_that_travel_with_a_function_by_value_are_followed() -> None:
+    """What a review found: bound builtins, modules pickled by value, submodules
+    imported later, annotations and keyword defaults changed in place."""
+    import random
+    import sys
+    import types
+
+    import cloudpickle
+
+    namespace = script(
+        """
+        from random import random as draw
+        TABLE = {"k": 1}
+        lookup = TABLE.get
+        def drawn():
+            return draw()
+        def looked_up():
+            return lookup("k")
+        def keywords(*, a=0, b=1):
+            return (a, b)
+        def annotated(x: int) -> int:
+            return annotated.__annotations__["x"]
+        """
+    )
+    # A bound builtin method carries its object (the dict, the hidden Random).
+    for name in ("drawn", "looked_up"):
+        dumps_call(namespace[name], (), {})
+        random.random()
+        namespace["TABLE"]["k"] = 2
+        assert same_as_cloudpickle(namespace[name]), name
+    # Keyword defaults and annotations changed in place.
+    keywords, annotated = namespace["keywords"], namespace["annotated"]
+    for fn in (keywords, annotated):
+        dumps_call(fn, (), {})
+        assert id(fn) in _codec._by_value
+    assert keywords.__kwdefaults__ is not None
+    keywords.__kwdefaults__["a"], keywords.__kwdefaults__["b"] = 1, 0
+    assert call(keywords) == (1, 0)
+    annotated.__annotations__["x"] = str
+    assert loads(dumps_call(annotated, (), {})[0]).__annotations__["x"] is str
+
+    # A module registered to be pickled by value travels with its dict.
+    config = types.ModuleType("ae_test_config")
+    config.LEVEL = 1  # type: ignore[attr-defined]
+    sys.modules[config.__name__] = config
+    try:
+        cloudpickle.register_pickle_by_value(config)
+        level = script("import ae_test_config\ndef level():\n    return ae_test_config.LEVEL")
+        assert call(level["level"]) == 1
+        config.LEVEL = 2  # type: ignore[attr-defined]
+        assert call(level["level"]) == 2
+    finally:
+        cloudpickle.unregister_pickle_by_value(config)
+        del sys.modules[config.__name__]
+
+    # A package's submodules go with the function once imported (cloudpickle sends them).
+    package = types.ModuleType("ae_test_package")
+    package.__path__ = []
+    package.__package__ = package.__name__  # cloudpickle looks for submodules of packages
+    sys.modules[package.__name__] = package
+    try:
+        uses = script("import ae_test_package\ndef f():\n    return ae_test_package.sub.X")
+        first = dumps_call(uses["f"], (), {})[0]
+        assert b"ae_test_package.sub" not in first
+        sub = types.ModuleType("ae_test_package.sub")
+        sys.modules[sub.__name__] = package.sub = sub  # type: ignore[attr-defined]
+        assert b"ae_test_package.sub" in dumps_call(uses["f"], (), {})[0]
+    finally:
+        sys.modules.pop("ae_test_package.sub", None)
+        del sys.modules[package.__name__]
+
+
+def test_large_pickles_are_not_remembered() -> None:
+    namespace = script("def big(data=bytes(100_000)):\n    return len(data)")
+    assert call(namespace["big"]) == 100_000
+    assert id(namespace["big"]) not in _codec._by_value
