@@ -250,11 +250,20 @@ def _remembered_by_value(fn: object) -> bytes | None:
     entry = _by_value.get(id(fn))
     if entry is None or entry[0] is not fn:
         return None
-    made = _made_from(entry[0])
-    old = entry[1]
-    if made is None or len(made) != len(old) or not all(map(operator.is_, made, old)):
-        return None  # (identity: 1 == True == 1.0, but they pickle apart)
-    return entry[2]
+    return entry[2] if still_made_of(entry[0], entry[1]) else None
+
+
+def still_made_of(fn: types.FunctionType, old: list[object]) -> bool:
+    """Whether ``fn`` is made of the very objects :func:`_made_from` found before."""
+    made = _made_from(fn)
+    # (Identity: 1 == True == 1.0, but they pickle apart.)
+    return made is not None and len(made) == len(old) and all(map(operator.is_, made, old))
+
+
+def made_from(fn: object) -> list[object] | None:
+    """What a function is made of (see :func:`_made_from`), or None where that cannot
+    be told or it is no plain function."""
+    return _made_from(fn) if type(fn) is types.FunctionType else None
 
 
 def _pickle_by_value(fn: object) -> bytes:

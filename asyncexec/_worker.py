@@ -37,6 +37,8 @@ from ._codec import (
     describe_exception,
     encode_frame,
     hostname,
+    made_from,
+    still_made_of,
     take_frames,
     type_name,
     versions,
@@ -170,22 +172,38 @@ def _loads(data: bytes, buffers: tuple[bytes, ...] = ()) -> Any:
 #: their pickle. Loading one again would only look the same name up again.
 _functions: dict[bytes, Any] = {}
 _FUNCTIONS_MAX = 256
+#: Functions loaded by value, by their pickle: the function and what it was made of.
+_by_value: dict[bytes, tuple[Any, list[object]]] = {}
+_BY_VALUE_LARGEST = 1 << 16
 #: How a pickle of a name ends: STACK_GLOBAL, MEMOIZE, STOP.
 _GLOBAL_END = b"\x93\x94."
 
 
 def _load_function(data: bytes) -> Any:
-    """Unpickle a task's callable: a function sent by reference is looked up once."""
+    """Unpickle a task's callable: a function sent by reference is looked up once,
+    one sent by value is loaded again only when an earlier task changed it."""
     fn = _functions.get(data)
-    if fn is None:
-        fn = _loads(data)
-        # Only a pickle made of a module name and a qualified name, nothing else (a
-        # cloudpickle or a partial makes a new object every time, which a task may
-        # change): reusing what it names is what loading it again does.
-        if _names_only(data):
-            if len(_functions) >= _FUNCTIONS_MAX:
-                _functions.clear()
-            _functions[data] = fn
+    if fn is not None:
+        return fn
+    loaded = _by_value.get(data)
+    if loaded is not None and still_made_of(*loaded):
+        return loaded[0]
+    fn = _loads(data)
+    # Only a pickle made of a module name and a qualified name, nothing else (a
+    # partial makes a new object every time, which a task may change): reusing
+    # what it names is what loading it again does.
+    if _names_only(data):
+        if len(_functions) >= _FUNCTIONS_MAX:
+            _functions.clear()
+        _functions[data] = fn
+    elif len(data) <= _BY_VALUE_LARGEST and (made := made_from(fn)) is not None:
+        # A function by value made of what cannot change in place (as the driver
+        # remembers its pickle): kept while every part of it is still the same
+        # object, so a task that rebinds one of its globals, defaults or attributes
+        # makes the next task load it afresh, as it would without this.
+        if len(_by_value) >= _FUNCTIONS_MAX:
+            _by_value.clear()
+        _by_value[data] = (fn, made)
     return fn
 
 

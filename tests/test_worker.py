@@ -16,6 +16,8 @@ from typing import Any
 from asyncexec._codec import dumps_call, encode_frame, versions
 from asyncexec._messages import Cancel, TaskSpec
 
+from .test_payloads import script
+
 
 def test_version_command() -> None:
     done = subprocess.run(
@@ -66,13 +68,47 @@ def test_a_function_sent_by_reference_is_looked_up_once_and_nothing_else_is_reus
     assert _worker._names_only(by_name)
     assert _worker._load_function(by_name) is json.dumps
     assert _worker._functions[by_name] is json.dumps
-    # A partial loads as a new object every time (a task may change its keywords),
-    # and so does a function cloudpickle sends by value: neither is kept.
-    for fn in (functools.partial(json.dumps, indent=1), lambda: 1):
-        data = dumps_call(fn, (), {})[0]
-        assert not _worker._names_only(data)
-        assert _worker._load_function(data) is not _worker._load_function(data)
-        assert data not in _worker._functions
+    # A partial loads as a new object every time (a task may change its keywords).
+    data = dumps_call(functools.partial(json.dumps, indent=1), (), {})[0]
+    assert not _worker._names_only(data)
+    assert _worker._load_function(data) is not _worker._load_function(data)
+    assert data not in _worker._functions and data not in _worker._by_value
+
+
+def test_a_function_sent_by_value_is_loaded_again_only_when_a_task_changed_it() -> None:
+    from asyncexec import _worker
+
+    namespace = script(
+        """
+        COUNT = 0
+        ITEMS = []
+        def bump():
+            global COUNT
+            COUNT += 1
+            return COUNT
+        def plain(x):
+            return x + COUNT
+        def listed():
+            ITEMS.append(1)
+            return len(ITEMS)
+        """
+    )
+    plain = dumps_call(namespace["plain"], (1,), {})[0]
+    assert _worker._load_function(plain) is _worker._load_function(plain)
+    # A task that rebinds a global of its function's copy: the next one loads afresh,
+    # and sees what was sent, as it would if nothing were kept.
+    bump = dumps_call(namespace["bump"], (), {})[0]
+    first = _worker._load_function(bump)
+    assert first() == 1
+    second = _worker._load_function(bump)
+    assert second is not first and second() == 1
+    third = _worker._load_function(bump)
+    assert third is not second and third() == 1
+    # A global that can change in place: never kept.
+    listed = dumps_call(namespace["listed"], (), {})[0]
+    assert _worker._load_function(listed)() == 1
+    assert _worker._load_function(listed)() == 1
+    assert listed not in _worker._by_value
 
 
 def test_the_channel_reads_what_follows_a_frame_sent_with_file_descriptors() -> None:
