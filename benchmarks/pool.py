@@ -654,12 +654,7 @@ async def warm_up(peer: Peer) -> None:
 
 async def w_throughput(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, Any]:
     await warm_up(peer)
-    cpu = cpu_seconds()
-    start = time.perf_counter()
-    results = await peer.bulk(noop, range(n))
-    seconds = time.perf_counter() - start
-    assert len(results) == n, f"{len(results)} results for {n} tasks"
-    return {"tasks_per_s": n / seconds, "seconds": seconds, **cpu_per_task(cpu, n)}
+    return await all_at_once(peer, noop, n)
 
 
 async def w_script(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, Any]:
@@ -670,6 +665,11 @@ async def w_script(peer: Peer, n: int, params: dict[str, Any]) -> dict[str, Any]
     assert fn.__module__ == "__main__", fn.__module__
     await warm_up(peer)
     await peer.gather([await peer.submit(fn, i) for i in range(20)])
+    return await all_at_once(peer, fn, n)
+
+
+async def all_at_once(peer: Peer, fn: Any, n: int) -> dict[str, Any]:
+    """``fn(i)`` for ``n`` items submitted at once, then all awaited: tasks/s, CPU."""
     cpu = cpu_seconds()
     start = time.perf_counter()
     results = await peer.bulk(fn, range(n))

@@ -6,23 +6,29 @@ installs; the machines are shared and noisy, so the figures are not looked at.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from .cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = (
-    "throughput",
-    "script",
-    "chunked",
-    "latency",
-    "payload",
-    "cold-start",
-    "memory",
-    "cpu",
-)
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """``benchmarks/NAME.py``, imported (for its constants)."""
+    spec = importlib.util.spec_from_file_location(
+        f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+WORKLOADS: tuple[str, ...] = benchmark_module("pool").WORKLOADS
 STDLIB_PEERS = "asyncexec,concurrent.futures,multiprocessing,threads,asyncio-floor,raw-pipe"
 
 
