@@ -89,6 +89,8 @@ PEER_MODULES = {
 }
 # Neither a real peer nor a pool: not candidates for "the best peer".
 REFERENCES = ("threads", "asyncio-floor", "raw-pipe")
+# Workloads that hand every task over at once (through bulk APIs where a peer has one).
+BULK_WORKLOADS = ("throughput", "script", "memory", "cpu")
 
 FULL_SIZES = {
     "throughput": 20_000,
@@ -1532,7 +1534,7 @@ def table(
     for peer in peers:
         status, note = summary[peer]
         cls = PEER_CLASSES.get(peer)
-        uses_bulk = workload in ("throughput", "script", "memory", "cpu")
+        uses_bulk = workload in BULK_WORKLOADS
         bulk = cls.bulk_note if cls is not None and uses_bulk else ""
         note = "; ".join(filter(None, [bulk, note])).replace("|", "/")
         if status != "ok":
@@ -1568,7 +1570,7 @@ def table(
             f"asyncexec / best peer ({best}, {fmt(medians[best][key])} {label}): "
             f"**{ratio(mine_ae[key], medians[best][key])}** ({better} 1: asyncexec is better)"
         )
-        uses_bulk = workload in ("throughput", "script", "memory", "cpu")
+        uses_bulk = workload in BULK_WORKLOADS
         if uses_bulk and PEER_CLASSES[best].bulk_note:
             # The same comparison among the peers that take one task per call.
             one_by_one = [p for p in candidates if not PEER_CLASSES[p].bulk_note]

@@ -557,17 +557,23 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         delay = 0.1
         with anyio.move_on_after(timeout):
             while True:
-                done = await self._run(
-                    "squeue", ["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i"]
-                )
-                stderr = done.stderr.decode(errors="replace")
-                if done.returncode != 0 and "Invalid job id" not in stderr:
-                    raise LaunchError(f"squeue failed: {stderr.strip()}")
-                if not done.stdout.strip():
+                if not await self._squeue(ids):
                     return
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         log.warning("Slurm still lists %s after scancel", ",".join(ids))
+
+    async def _squeue(self, ids: list[str]) -> dict[str, str]:
+        """The state of every array task squeue lists for ``ids`` (arrays or tasks)."""
+        done = await self._run("squeue", ["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T"])
+        stderr = done.stderr.decode(errors="replace")
+        if done.returncode != 0 and "Invalid job id" not in stderr:
+            raise LaunchError(f"squeue failed: {stderr.strip()}")
+        queued: dict[str, str] = {}
+        for line in done.stdout.decode(errors="replace").splitlines():
+            native_id, _, state = line.strip().partition("|")
+            queued[native_id] = state
+        return queued
 
     # -- the seam -------------------------------------------------------------------
 
@@ -918,16 +924,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
     async def _poll(self, live: list[_SlurmJob]) -> bool:
         """One round: squeue, then outcomes (and sacct) for what left the queue."""
         arrays = sorted({job.array_id for job in live}, key=int)  # digits: checked on entry
-        done = await self._run(
-            "squeue", ["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T"]
-        )
-        stderr = done.stderr.decode(errors="replace")
-        if done.returncode != 0 and "Invalid job id" not in stderr:
-            raise LaunchError(f"squeue failed: {stderr.strip()}")
-        queued: dict[str, str] = {}
-        for line in done.stdout.decode(errors="replace").splitlines():
-            native_id, _, state = line.strip().partition("|")
-            queued[native_id] = state
+        queued = await self._squeue(arrays)
         gone: list[_SlurmJob] = []
         marked: list[_SlurmJob] = []  # cancelled inside a running chunk: outcome comes early
         for job in live:
