@@ -1,4 +1,9 @@
-"""Sessions: tests, lint, typecheck, docs. Run `python3 -m nox -s tests` (see README)."""
+"""Sessions: tests, compat, lint, typecheck, docs (CI's), bench, latest, lock.
+
+Every session but ``latest`` installs exactly the versions in ``locks/`` (made
+by ``nox -s lock``), so a fresh clone installs what CI passed with; ``latest``
+runs the suite against the newest releases instead. See README.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,44 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "docs", "tests", "compat"]
 nox.options.reuse_existing_virtualenvs = True
+# uv makes the venvs and installs into them: the locks' versions in seconds.
+nox.options.default_venv_backend = "uv"
 
 LINTED = ("asyncexec", "tests", "docs", "benchmarks", "examples", "scripts", "noxfile.py")
+
+#: Each lock file in locks/ and the extras of pyproject.toml it pins (with
+#: asyncexec's own dependencies), for every Python we support (uv's universal
+#: resolution: markers where versions differ between Pythons).
+LOCKS = {
+    "test": ("test",),
+    "lint": ("lint",),
+    "docs": ("docker", "ssh"),
+    "bench": ("bench",),
+}
+OLDEST_PYTHON = "3.10"
+
+
+def install_locked(session: nox.Session, lock: str) -> None:
+    """Install ``locks/{lock}.txt`` as it is, then asyncexec from this checkout.
+
+    asyncexec is built with the locked setuptools (no build isolation, which
+    would take the newest) and rebuilt every time: uv would otherwise reuse a
+    wheel built before the sources changed.
+    """
+    session.install("-r", f"locks/{lock}.txt")
+    session.install("--no-deps", "--no-build-isolation", "--reinstall-package", "asyncexec", ".")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, every async test on asyncio and trio (and uvloop)."""
-    session.install(".[test]")
+    install_locked(session, "test")
     # pytest exits 5 when it collected no test: nox fails on any non-zero status.
     session.run("pytest", *(session.posargs or ["-q"]))
 
@@ -36,22 +66,57 @@ def interpreter(version: str) -> str:
     return version
 
 
-@nox.session(python=[interpreter("3.10"), interpreter("3.13")])
+@nox.session(python=[interpreter(OLDEST_PYTHON), interpreter("3.13")])
 def compat(session: nox.Session) -> None:
     """The test suite on the oldest and the newest Python we support, on asyncio.
 
     (The tests session runs every async test on trio and uvloop too; what differs
     between Pythons shows on one event loop, in half the time.)
     """
-    session.install(".[test]")
+    install_locked(session, "test")
     session.env["ASYNCEXEC_TEST_LOOPS"] = "asyncio"
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
 @nox.session
+def latest(session: nox.Session) -> None:
+    """The test suite against the newest release of every dependency (not the locks).
+
+    Not one of CI's sessions: an upstream release that breaks us shows here, as
+    a failing session to look into, and never turns main red. ``nox -s lock``
+    then takes the new releases into the locks once the suite passes on them.
+    """
+    session.install("--upgrade", "--reinstall-package", "asyncexec", ".[test]")
+    session.run("python", "-c", _PRINT_VERSIONS)
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+_PRINT_VERSIONS = (
+    "import importlib.metadata as m; "
+    "print(' '.join(sorted(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions())))"
+)
+
+
+@nox.session(venv_backend="none")
+def lock(session: nox.Session) -> None:
+    """Refresh every file in locks/ to the newest releases pyproject.toml allows.
+
+    Run it, then the sessions, and commit the locks with what the new releases
+    needed: ``python3 -m nox -s lock && python3 -m nox``.
+    """
+    compile_ = [sys.executable, "-m", "uv", "pip", "compile", "--quiet", "--universal"]
+    compile_ += ["--upgrade", "--python-version", OLDEST_PYTHON]
+    compile_ += ["--custom-compile-command", "python3 -m nox -s lock"]
+    for name, extras in LOCKS.items():
+        options = [option for extra in extras for option in ("--extra", extra)]
+        session.run(*compile_, "pyproject.toml", *options, "-o", f"locks/{name}.txt")
+    session.run(*compile_, "locks/tools.in", "-o", "locks/tools.txt")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
-    session.install("ruff>=0.6")
+    session.install("-c", "locks/lint.txt", "ruff")
     session.run("ruff", "check", *LINTED)
     session.run("ruff", "format", "--check", *LINTED)
 
@@ -59,7 +124,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package and the tests."""
-    session.install(".[lint]")
+    install_locked(session, "lint")
     session.run("mypy", "--strict")
 
 
@@ -69,7 +134,7 @@ def bench(session: nox.Session) -> None:
 
     `nox -s bench -- --smoke` checks the harnesses only, in seconds.
     """
-    session.install(".[bench]")
+    install_locked(session, "bench")
     # benchmarks/docker.py needs the engine and this interpreter's test image;
     # benchmarks/slurm.py the cluster, its sshd and a venv for this Python.
     session.run("bash", "scripts/docker-up.sh", "python", external=True)
@@ -81,7 +146,7 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Run every example in the README and docs/, as users would."""
-    session.install(".[docker,ssh]")
+    install_locked(session, "docs")
     # docs/docker.md's example runs in this interpreter's test image, docs/slurm.md's
     # on the test cluster.
     session.run("bash", "scripts/docker-up.sh", "python", external=True)

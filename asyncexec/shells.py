@@ -15,6 +15,7 @@ import shlex
 import signal
 import subprocess
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -149,9 +150,17 @@ _MAX_NOISE_LINES = 200
 DEFAULT_CHANNELS_PER_CONNECTION = 6
 
 
+#: The warning cryptography (48 and later) raises when asyncssh, importing its DSA
+#: support, merely names the DSA classes: nothing a user can act on. A DSA key in
+#: use still warns, from where it is used.
+_DSA_WARNING = r"DSA is deprecated"
+
+
 def _import_asyncssh() -> Any:
     try:
-        import asyncssh
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_DSA_WARNING, category=UserWarning)
+            import asyncssh
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("SSH needs asyncssh: pip install 'asyncexec[ssh]'") from exc
     return asyncssh

@@ -7,10 +7,11 @@ overrides ``asyncexec-test``), is made from local files only (``docker import``
 of a root filesystem): this interpreter's binary, its standard library and the
 shared libraries ``ldd`` names, all at the same absolute paths as on the host
 (pyenv builds have their prefix and rpath baked in), plus asyncexec from this
-checkout and its runtime dependencies, installed with this interpreter's pip
-into the interpreter's own site-packages inside the image. cloudpickle is
-pinned to the version this interpreter has, if any, so the worker in the
-container matches a driver run by it.
+checkout and its runtime dependencies at the versions of ``locks/test.txt``,
+installed with the base interpreter's pip into the interpreter's own
+site-packages inside the image. cloudpickle is pinned to the version this
+interpreter has, if it has one asyncexec can use (3 or later), so the worker in
+the container matches a driver run by it.
 
 The image carries a label with a hash of what went into it (interpreter,
 asyncexec's sources, pyproject.toml, this script): when it matches, nothing is
@@ -52,6 +53,8 @@ EXCLUDED = {
 PINNED = ("cloudpickle",)
 # What `pip install` of the checkout needs besides asyncexec/.
 PROJECT_FILES = ("pyproject.toml", "README.md")
+# The versions of asyncexec's dependencies the image gets (those CI passed with).
+LOCK = "locks/test.txt"
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 )
@@ -92,12 +95,22 @@ def site_packages() -> str:
 
 
 def pins() -> list[str]:
-    """``name==version`` for each of PINNED this interpreter has installed."""
+    """``name==version`` for each of PINNED this interpreter has installed, in a
+    version asyncexec can use (3 or later: a system's old cloudpickle is not pinned)."""
     found = []
     for name in PINNED:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found.append(f"{name}=={importlib.metadata.version(name)}")
+            version = importlib.metadata.version(name)
+            if int(version.split(".")[0]) >= 3:
+                found.append(f"{name}=={version}")
     return found
+
+
+def constraints(root: Path, pinned: Iterable[str]) -> str:
+    """The lock's lines, less those of the pinned distributions."""
+    names = {pin.split("==")[0] for pin in pinned}
+    lines = (root / LOCK).read_text().splitlines()
+    return "".join(f"{line}\n" for line in lines if line.split("==")[0] not in names)
 
 
 def source_hash(root: Path, binary: str, pinned: Iterable[str]) -> str:
@@ -105,7 +118,7 @@ def source_hash(root: Path, binary: str, pinned: Iterable[str]) -> str:
     digest = hashlib.sha256()
     for part in (sys.version, binary, site_packages(), *pinned):
         digest.update(part.encode() + b"\0")
-    files = [*sorted(root.glob("asyncexec/**/*.py")), root / "pyproject.toml"]
+    files = [*sorted(root.glob("asyncexec/**/*.py")), root / "pyproject.toml", root / LOCK]
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
@@ -245,18 +258,24 @@ def snapshot(destination: Path) -> None:
         destination / "asyncexec",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    for name in PROJECT_FILES:
+    for name in (*PROJECT_FILES, LOCK):
+        (destination / name).parent.mkdir(exist_ok=True)
         shutil.copy2(REPO / name, destination / name)
 
 
-def pip_install(source: Path, target: Path, pinned: list[str]) -> None:
+def pip_install(source: Path, target: Path, binary: str, pinned: list[str]) -> None:
+    """Install the snapshot at ``source`` into ``target`` with ``binary``'s pip (a
+    venv's python may have none, as uv's venvs), at the lock's versions."""
     environment = dict(
         os.environ,
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         PIP_ROOT_USER_ACTION="ignore",
         PIP_NO_INPUT="1",
     )
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target)]
+    locked = source / "constraints.txt"
+    locked.write_text(constraints(source, pinned))
+    command = [binary, "-m", "pip", "install", "--quiet", "--target", str(target)]
+    command += ["--constraint", str(locked)]
     subprocess.run([*command, str(source), *pinned], check=True, env=environment)
     # Console scripts whose #! names the host's python: of no use in the image.
     shutil.rmtree(target / "bin", ignore_errors=True)
@@ -299,7 +318,7 @@ def build(tag: str, binary: str, pinned: list[str]) -> None:
         skeleton(rootfs, binary)
         target = inside(rootfs, site_packages())
         make_dir(target)
-        pip_install(source, target, pinned)
+        pip_install(source, target, binary, pinned)
         files = [binary, *(f for f in extensions(dynload) if "_tkinter" not in f)]
         for library in sorted(shared_libraries(files + extensions(target))):
             mirror(rootfs, library)

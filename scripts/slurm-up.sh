@@ -116,18 +116,20 @@ try:
     pinned = cloudpickle.__version__
 except ImportError:
     pinned = ""
+if pinned and int(pinned.split(".")[0]) < 3:
+    pinned = ""  # not one asyncexec can use: the lock says which
 executable = getattr(sys, "_base_executable", "") or sys.executable
 print("%d.%d" % sys.version_info[:2], "%d.%d.%d" % sys.version_info[:3],
       os.path.realpath(sys.base_prefix), os.path.realpath(executable), pinned, sep="\n")
 '
 SYSTEM_SHORT=$(readlink -f /usr/bin/python3 2>/dev/null || true)
 SYSTEM_SHORT=${SYSTEM_SHORT##*/python}
-# Hash of what a venv is made of: asyncexec/**/*.py and pyproject.toml under $1, the pin $2,
+# Hash of what a venv is made of: asyncexec/**/*.py, pyproject.toml and the lock under $1, the pin $2,
 # the interpreter $3 the venv is made from, and this script.
 source_hash() {
     {
         (cd "$1" && find asyncexec -type f -name '*.py' -print0 | sort -z \
-            | xargs -0 sha256sum && sha256sum pyproject.toml)
+            | xargs -0 sha256sum && sha256sum pyproject.toml locks/test.txt)
         printf 'cloudpickle=%s\ninterpreter=%s\n' "$2" "$3"
         sha256sum <"$SELF"
     } | sha256sum | cut -c1-16
@@ -466,11 +468,14 @@ for python in "${pythons[@]}"; do
         snapshot=$(mktemp -d)
         trap 'rm -rf "$snapshot"' EXIT
         (cd "$REPO" && tar -c --exclude=__pycache__ --exclude='*.pyc' asyncexec pyproject.toml \
-            README.md) | tar -x -C "$snapshot"
+            README.md locks/test.txt) | tar -x -C "$snapshot"
         pins=()
         [ -z "$pinned" ] || pins=("cloudpickle==$pinned")
+        # The lock's versions (those CI passed with), less the pinned cloudpickle's.
+        grep -v '^cloudpickle==' "$snapshot/locks/test.txt" >"$snapshot/constraints.txt"
         PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_INPUT=1 \
-            "$venv/bin/python" -m pip install --no-cache-dir "$snapshot" "${pins[@]}" \
+            "$venv/bin/python" -m pip install --no-cache-dir -c "$snapshot/constraints.txt" \
+            "$snapshot" "${pins[@]}" \
             >"$LOGS/pip-$short.log" 2>&1 \
             || { tail -n 20 "$LOGS/pip-$short.log" >&2; die "pip install into $venv failed"; }
         chmod -R a+rX "$venv"

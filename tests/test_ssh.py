@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +33,27 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_importing_the_ssh_backend_prints_no_warning_a_user_cannot_act_on() -> None:
+    """cryptography 48+ warns that DSA is deprecated whenever asyncssh is imported;
+    asyncexec hides exactly that warning, at import, and nothing more."""
+    probe = (
+        "import warnings\n"
+        "from asyncexec.shells import _import_asyncssh\n"
+        "before = list(warnings.filters)\n"
+        "_import_asyncssh()\n"
+        "assert warnings.filters == before, 'the filter leaked'\n"
+        "from cryptography.utils import CryptographyDeprecationWarning as W\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    warnings.warn('DSA is deprecated, from a key in use', W)\n"
+        "assert len(seen) == 1, seen\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", probe], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
 # -- SSHShell ---------------------------------------------------------------------
