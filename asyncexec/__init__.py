@@ -16,8 +16,11 @@ from ._exceptions import ExecutorClosed as ExecutorClosed
 from ._exceptions import LaunchError as LaunchError
 from ._exceptions import RemoteError as RemoteError
 from ._exceptions import SerializationError as SerializationError
+from ._exceptions import TaskBackendUnavailable as TaskBackendUnavailable
 from ._exceptions import TaskCancelled as TaskCancelled
 from ._exceptions import TaskFailed as TaskFailed
+from ._exceptions import TaskLaunchError as TaskLaunchError
+from ._exceptions import TaskSerializationError as TaskSerializationError
 from ._exceptions import TaskTimeout as TaskTimeout
 from ._exceptions import WorkerLost as WorkerLost
 from ._version import __version__ as __version__
@@ -29,6 +32,7 @@ if _typing.TYPE_CHECKING:
     from ._future import AsyncResult as AsyncResult
     from ._future import Future as Future
     from ._future import FutureState as FutureState
+    from ._future import InvalidStateError as InvalidStateError
     from ._future import TaskInfo as TaskInfo
     from ._messages import JobRef as JobRef
     from ._messages import Outcome as Outcome
@@ -53,6 +57,7 @@ _LAZY = {
     "AsyncResult": "._future",
     "Future": "._future",
     "FutureState": "._future",
+    "InvalidStateError": "._future",
     "TaskInfo": "._future",
     "JobRef": "._messages",
     "Outcome": "._messages",
@@ -96,6 +101,7 @@ __all__ = [
     "ExecutorClosed",
     "Future",
     "FutureState",
+    "InvalidStateError",
     "JobRef",
     "LaunchError",
     "LocalShell",
@@ -108,10 +114,13 @@ __all__ = [
     "SerializationError",
     "SlurmConfig",
     "SlurmExecutor",
+    "TaskBackendUnavailable",
     "TaskCancelled",
     "TaskFailed",
     "TaskInfo",
+    "TaskLaunchError",
     "TaskOptions",
+    "TaskSerializationError",
     "TaskSpec",
     "TaskTimeout",
     "ThreadExecutor",

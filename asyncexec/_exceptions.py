@@ -3,15 +3,26 @@
 Every error asyncexec raises derives from :class:`AsyncExecError`::
 
     AsyncExecError
-    ├── ExecutorClosed          submit() after aclose()
+    ├── ExecutorClosed          submit() after aclose() (also a RuntimeError)
     ├── SerializationError      the task or its result cannot be pickled/decoded
     ├── LaunchError             the backend refused the task
     │   └── BackendUnavailable  the backend cannot be reached at all
-    └── TaskFailed              the task produced no value
+    └── TaskFailed              the task produced no value: every failed future raises one
         ├── RemoteError         user code raised (also an instance of the original class)
         ├── WorkerLost          the worker died without an outcome (.exit_code, .state)
         ├── TaskTimeout         time_limit passed and the work was killed (also a TimeoutError)
-        └── TaskCancelled       the task was cancelled
+        ├── TaskCancelled       the task was cancelled
+        ├── TaskSerializationError   its result (or the task, where it ran) could not be
+        │                            pickled or unpickled (also a SerializationError)
+        └── TaskLaunchError     the backend refused or lost the task after submit
+            │                   (also a LaunchError)
+            └── TaskBackendUnavailable   ... because it could not be reached (also a
+                                         BackendUnavailable)
+
+``submit`` itself raises the plain ``SerializationError`` (an argument that
+cannot be pickled), ``LaunchError`` (a request the backend cannot honour) and
+``ExecutorClosed``; once a future exists, ``except TaskFailed`` around
+``await fut`` catches every way it can fail, whatever the backend.
 
 Library errors are translated where a backend meets the executor
 (``raise LaunchError(...) from exc``). The host's own cancellation exception
@@ -30,8 +41,11 @@ __all__ = [
     "LaunchError",
     "RemoteError",
     "SerializationError",
+    "TaskBackendUnavailable",
     "TaskCancelled",
     "TaskFailed",
+    "TaskLaunchError",
+    "TaskSerializationError",
     "TaskTimeout",
     "WorkerLost",
 ]
@@ -41,8 +55,11 @@ class AsyncExecError(Exception):
     """Base class of every error raised by asyncexec."""
 
 
-class ExecutorClosed(AsyncExecError):
-    """The executor was closed; it accepts no more tasks."""
+class ExecutorClosed(AsyncExecError, RuntimeError):
+    """The executor was closed; it accepts no more tasks.
+
+    Also a ``RuntimeError``, which ``concurrent.futures`` raises after shutdown.
+    """
 
 
 class SerializationError(AsyncExecError):
@@ -67,6 +84,39 @@ class TaskCancelled(TaskFailed):
 
 class TaskTimeout(TaskFailed, TimeoutError):
     """The task ran past its ``time_limit`` and its work was killed."""
+
+
+class TaskSerializationError(TaskFailed, SerializationError):
+    """The task's result could not be pickled where it ran or unpickled here (or the
+    task itself could not be unpickled where it ran)."""
+
+
+class TaskLaunchError(TaskFailed, LaunchError):
+    """The backend refused or lost the task after ``submit`` returned its future."""
+
+
+class TaskBackendUnavailable(TaskLaunchError, BackendUnavailable):
+    """The backend could not be reached to start, follow or finish the task."""
+
+
+def as_task_failure(error: BaseException) -> BaseException:
+    """The error a failed future raises for ``error``: a :class:`TaskFailed` for an
+    asyncexec error (the specific class kept as a base, the original as the cause),
+    anything else as it is."""
+    if isinstance(error, TaskFailed) or not isinstance(error, AsyncExecError):
+        return error
+    kind: type[TaskFailed]
+    if isinstance(error, BackendUnavailable):
+        kind = TaskBackendUnavailable
+    elif isinstance(error, LaunchError):
+        kind = TaskLaunchError
+    elif isinstance(error, SerializationError):
+        kind = TaskSerializationError
+    else:
+        kind = TaskFailed
+    failure = kind(*error.args)
+    failure.__cause__ = error
+    return failure
 
 
 class WorkerLost(TaskFailed):

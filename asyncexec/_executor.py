@@ -41,8 +41,11 @@ from ._exceptions import (
     RemoteError,
     SerializationError,
     TaskCancelled,
+    TaskLaunchError,
+    TaskSerializationError,
     TaskTimeout,
     WorkerLost,
+    as_task_failure,
 )
 from ._future import AsyncException, AsyncResult, Future, FutureState, TaskInfo
 from ._messages import JobRef, Outcome, TaskSpec
@@ -402,7 +405,7 @@ class BaseExecutor:
         except Exception as exc:  # a bug: fail the task, not the launcher that called
             log.exception("could not settle task %s", task.future.task_id)
             if not task.future.ready():
-                error = LaunchError(f"asyncexec could not settle the task: {exc}")
+                error = TaskLaunchError(f"asyncexec could not settle the task: {exc}")
                 self._finish(task, FutureState.FAILED, error=error)
         finally:
             self._release()
@@ -509,17 +512,17 @@ class BaseExecutor:
                 else:
                     future = await completion.next()
                     in_flight.remove(future)
-                value = await future
+                # Nothing here keeps a value once yielded: the caller's to keep or drop.
+                values = [await future] if chunksize == 1 else (await future)[::-1]
+                del future
                 for call, args in itertools.islice(calls, 1):
                     following = await self._submit(call, args, {}, options)
                     in_flight.append(following)
                     if not ordered:
                         completion.add(following)
-                if chunksize == 1:
-                    yield value
-                else:
-                    for item in value:
-                        yield item
+                    del following
+                while values:  # (in reverse order)
+                    yield values.pop()
         finally:
             completion.close()
             unfinished = [future for future in in_flight if not future.ready()]
@@ -575,11 +578,20 @@ class BaseExecutor:
         return [future._value for future in pending]
 
     async def as_completed(self, futures: Iterable[Future[T]]) -> AsyncIterator[Future[T]]:
-        """Yield each of ``futures`` as it finishes (an async iterator)."""
-        watched = list(futures)
-        completion = _Completion(watched)
+        """Yield each of ``futures`` as it finishes (an async iterator).
+
+        A future given more than once is yielded once, and a yielded future is
+        not kept: once the caller drops it, it can be collected while the loop
+        goes on (as ``concurrent.futures.as_completed`` does).
+        """
+        unique = dict.fromkeys(futures)
+        del futures  # (a list made for this call would keep every future alive)
+        remaining = len(unique)
+        completion = _Completion(unique)
+        del unique
         try:
-            for _ in range(len(watched)):
+            while remaining:
+                remaining -= 1
                 yield await completion.next()
         finally:
             completion.close()
@@ -706,6 +718,7 @@ class BaseExecutor:
                 self._finish(task, FutureState.DONE, value=value)
                 return
         assert error is not None
+        error = as_task_failure(error)  # what retry_on is matched against, as awaited
         if self._should_retry(task, error):
             delay = task.options.backoff(task.attempt)
             log.info(
@@ -766,6 +779,8 @@ class BaseExecutor:
         self._tasks.pop(future._task_id, None)
         info = future._info
         info.finished = info.finished or time.time()
+        if error is not None:
+            error = as_task_failure(error)  # every failed future raises a TaskFailed
         future._settle(state, value, error)
 
     def _interpret(self, outcome: Outcome, info: TaskInfo) -> tuple[Any, BaseException | None]:
@@ -787,7 +802,7 @@ class BaseExecutor:
             try:
                 return loads(outcome.value or b""), None
             except SerializationError as exc:
-                return None, SerializationError(f"cannot unpickle the task's result: {exc}")
+                return None, TaskSerializationError(f"cannot unpickle the task's result: {exc}")
         if status == "raised" and detail is not None:
             original: BaseException | None = None
             if detail.pickled is not None:
@@ -799,13 +814,16 @@ class BaseExecutor:
                 detail.type_name, detail.message, detail.traceback, original
             )
         if status == "unpicklable":
-            return None, SerializationError(detail.message if detail else "serialization failed")
+            message = detail.message if detail else "serialization failed"
+            return None, TaskSerializationError(message)
         if status == "timeout":
             return None, TaskTimeout(f"task {outcome.task_id} was stopped at its time limit")
         if status == "cancelled":
             return None, TaskCancelled(f"task {outcome.task_id} was cancelled where it ran")
         if status == "refused":
-            return None, LaunchError(detail.message if detail else "the worker refused the task")
+            return None, TaskLaunchError(
+                detail.message if detail else "the worker refused the task"
+            )
         message = detail.message if detail else "the worker died without reporting an outcome"
         return None, WorkerLost(
             f"task {outcome.task_id}: {message}", exit_code=outcome.exit_code, state=outcome.state
@@ -844,8 +862,8 @@ def _cancelled(task: _Task) -> TaskCancelled:
     return TaskCancelled(f"task {task.future.task_id} was cancelled")
 
 
-def _launch_error(launcher: Launcher, method: str, exc: Exception) -> LaunchError:
-    error = LaunchError(f"{type(launcher).__name__}.{method} failed: {type_name(exc)}: {exc}")
+def _launch_error(launcher: Launcher, method: str, exc: Exception) -> TaskLaunchError:
+    error = TaskLaunchError(f"{type(launcher).__name__}.{method} failed: {type_name(exc)}: {exc}")
     error.__cause__ = exc
     return error
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import enum
@@ -19,11 +21,29 @@ from ._messages import JobRef
 if TYPE_CHECKING:
     from ._executor import BaseExecutor
 
-__all__ = ["AsyncException", "AsyncResult", "Future", "FutureState", "TaskInfo"]
+__all__ = [
+    "AsyncException",
+    "AsyncResult",
+    "Future",
+    "FutureState",
+    "InvalidStateError",
+    "TaskInfo",
+]
 
 T = TypeVar("T")
 
 log = logging.getLogger("asyncexec")
+
+
+class InvalidStateError(
+    asyncio.InvalidStateError, concurrent.futures.InvalidStateError, ValueError
+):
+    """A finished task's value or error was asked for before it finished.
+
+    Also asyncio's and ``concurrent.futures``' ``InvalidStateError`` (what their
+    futures raise), and a ``ValueError`` (what ``exception()`` and
+    ``successful()`` raised before).
+    """
 
 
 class FutureState(enum.Enum):
@@ -124,16 +144,37 @@ class Future(Generic[T]):
         return self._ready
 
     def successful(self) -> bool:
-        """True if the task produced a value. Raises ValueError if not ready."""
-        if not self.ready():
-            raise ValueError(f"task {self._task_id} is not finished")
+        """True if the task produced a value. Raises InvalidStateError if not ready."""
+        self._check_ready()
         return self._state is FutureState.DONE
 
+    def result(self) -> T:
+        """The task's value, without waiting (as asyncio's ``Future.result``).
+
+        For done callbacks and code that knows the task is finished.
+
+        Raises:
+            InvalidStateError: the task is not finished.
+            TaskFailed: the error the task ended with (``TaskCancelled`` if cancelled).
+        """
+        self._check_ready()
+        if self._state is FutureState.DONE:
+            return self._value  # type: ignore[no-any-return]
+        assert self._error is not None
+        raise self._error.with_traceback(self._error_tb)
+
     def exception(self) -> BaseException | None:
-        """The error the task ended with, or None. Raises ValueError if not ready."""
-        if not self.ready():
-            raise ValueError(f"task {self._task_id} is not finished")
+        """The error the task ended with, or None (as asyncio's ``Future.exception``,
+        but a cancelled task's is its ``TaskCancelled``, returned, not raised).
+
+        Raises InvalidStateError if the task is not finished.
+        """
+        self._check_ready()
         return self._error
+
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise InvalidStateError(f"task {self._task_id} is not finished")
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until the task is finished or ``timeout`` seconds pass.
@@ -165,11 +206,8 @@ class Future(Generic[T]):
         """
         if not self.ready() and not await self.wait(timeout):
             raise TimeoutError(f"task {self._task_id} did not finish within {timeout} s")
-        if self._state is FutureState.DONE:
-            return self._value  # type: ignore[no-any-return]
-        assert self._error is not None
-        # Re-raise with the traceback it settled with: awaiting again must not grow it.
-        raise self._error.with_traceback(self._error_tb)
+        # (Re-raised with the traceback it settled with: awaiting again must not grow it.)
+        return self.result()
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.get().__await__()

@@ -14,8 +14,11 @@ from asyncexec import (
     LaunchError,
     RemoteError,
     SerializationError,
+    TaskBackendUnavailable,
     TaskCancelled,
     TaskFailed,
+    TaskLaunchError,
+    TaskSerializationError,
     TaskTimeout,
     WorkerLost,
     handle_err,
@@ -39,10 +42,47 @@ def test_the_tree() -> None:
     for branch in branches:
         assert issubclass(branch, AsyncExecError)
     assert issubclass(BackendUnavailable, LaunchError)
-    leaves: tuple[type[Exception], ...] = (RemoteError, WorkerLost, TaskTimeout, TaskCancelled)
+    leaves: tuple[type[Exception], ...] = (
+        RemoteError,
+        WorkerLost,
+        TaskTimeout,
+        TaskCancelled,
+        TaskSerializationError,
+        TaskLaunchError,
+        TaskBackendUnavailable,
+    )
     for leaf in leaves:
         assert issubclass(leaf, TaskFailed)
     assert issubclass(TaskTimeout, TimeoutError)
+    # What a failed future raises is a TaskFailed that is also the specific error.
+    assert issubclass(TaskSerializationError, SerializationError)
+    assert issubclass(TaskLaunchError, LaunchError)
+    assert issubclass(TaskBackendUnavailable, BackendUnavailable)
+    assert issubclass(TaskBackendUnavailable, TaskLaunchError)
+    # concurrent.futures code catches RuntimeError after shutdown.
+    assert issubclass(ExecutorClosed, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (LaunchError("sbatch: error: refused"), TaskLaunchError),
+        (BackendUnavailable("no daemon"), TaskBackendUnavailable),
+        (SerializationError("cannot unpickle"), TaskSerializationError),
+    ],
+)
+def test_a_failed_future_raises_a_task_failed_that_is_also_the_error(
+    raised: Exception, expected: type[TaskFailed]
+) -> None:
+    from asyncexec._exceptions import as_task_failure
+
+    failure = as_task_failure(raised)
+    assert type(failure) is expected and isinstance(failure, type(raised))
+    assert str(failure) == str(raised) and failure.__cause__ is raised
+    again = pickle.loads(pickle.dumps(failure))
+    assert type(again) is expected and str(again) == str(raised)
+    already = TaskTimeout("late")
+    assert as_task_failure(already) is already
 
 
 def test_remote_error_combines_with_the_original_class() -> None:

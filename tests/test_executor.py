@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import gc
 import os
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +21,24 @@ from asyncexec import (
     AsyncException,
     AsyncResult,
     BaseExecutor,
+    DockerExecutor,
     ExecutorClosed,
+    Future,
     FutureState,
+    InvalidStateError,
+    LaunchError,
+    ProcessExecutor,
     RemoteError,
     SerializationError,
+    SlurmExecutor,
     TaskCancelled,
     TaskFailed,
+    TaskLaunchError,
     TaskOptions,
+    TaskSerializationError,
     ThreadExecutor,
 )
-from asyncexec.testing import InlineLauncher
+from asyncexec.testing import InlineLauncher, assert_heartbeat_stopped, heartbeat
 
 pytestmark = pytest.mark.anyio
 
@@ -79,6 +92,43 @@ def inline() -> BaseExecutor:
     return BaseExecutor(2, launcher=InlineLauncher())
 
 
+class Box:
+    """A value whose collection a test can watch (with a weakref)."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+def make_box(i: int) -> Box:
+    return Box(i)
+
+
+def _explode() -> None:
+    raise RuntimeError("this value cannot be rebuilt here")
+
+
+class Unloadable:
+    """Pickles fine where it is made; fails to unpickle."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_explode, ())
+
+
+def return_unloadable() -> Unloadable:
+    return Unloadable()
+
+
+def return_lock() -> object:
+    return threading.Lock()
+
+
+def beat_unless_zero(i: int, directory: str) -> int:
+    """0 at once; any other item beats in ``directory/<i>.beat`` forever."""
+    if i:
+        heartbeat(os.path.join(directory, f"{i}.beat"))
+    return 0
+
+
 # -- lifecycle -------------------------------------------------------------------
 
 
@@ -95,6 +145,25 @@ async def test_submit_after_close_raises_executor_closed() -> None:
         await ex.submit(square, 2)
     with pytest.raises(ExecutorClosed):
         await ex.run(square, 2)
+    with pytest.raises(RuntimeError, match="closed"):  # what concurrent.futures code catches
+        await ex.submit(square, 2)
+
+
+def test_zero_workers_is_refused_everywhere_and_none_is_the_default() -> None:
+    makers: dict[str, Callable[[int | None], BaseExecutor]] = {
+        "ThreadExecutor": lambda n: ThreadExecutor(n),
+        "ProcessExecutor": lambda n: ProcessExecutor(n),
+        "DockerExecutor": lambda n: DockerExecutor("some-image", n),
+        "SlurmExecutor": lambda n: SlurmExecutor(n_workers=n),
+        "BaseExecutor": lambda n: BaseExecutor(n, launcher=InlineLauncher()),  # type: ignore[arg-type]
+    }
+    for name, make in makers.items():
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match="n_workers"):
+                make(bad)
+        if name != "BaseExecutor":
+            assert make(None).n_workers >= 1, name
+    assert ProcessExecutor(None).n_workers == (os.cpu_count() or 1)
 
 
 async def test_aclose_inside_block_then_exit() -> None:
@@ -201,6 +270,56 @@ async def test_unpicklable_function_fails_at_submit() -> None:
 # -- futures ----------------------------------------------------------------------
 
 
+async def test_every_failed_future_raises_a_task_failed() -> None:
+    """`except TaskFailed` around `await fut` catches every failure, whatever it is;
+    the error is also the specific one (SerializationError, LaunchError)."""
+    async with ProcessExecutor(1) as ex:
+        for fn in (return_unloadable, return_lock):  # unpicklable here, or there
+            with pytest.raises(TaskFailed) as failed:
+                await ex.run(fn)
+            assert isinstance(failed.value, SerializationError), fn
+            assert isinstance(failed.value, TaskSerializationError), fn
+        assert await ex.run(square, 5) == 25
+    async with ProcessExecutor(1, python="/nonexistent/python3", eager=False) as ex:
+        future = await ex.submit(square, 2)  # accepted: the pool starts workers on need
+        with pytest.raises(TaskFailed, match="/nonexistent/python3") as refused:
+            await future
+        assert isinstance(refused.value, LaunchError)
+        assert isinstance(refused.value, TaskLaunchError)
+        assert isinstance(future.exception(), TaskFailed)
+
+
+async def test_done_callbacks_read_the_value_without_waiting() -> None:
+    async with inline() as ex:
+        seen: list[object] = []
+
+        def on_done(future: Future[Any]) -> None:
+            try:
+                seen.append(future.result())
+            except TaskFailed as exc:
+                seen.append(type(exc))
+
+        good = await ex.submit(square, 4)
+        good.add_done_callback(on_done)
+        bad = await ex.submit(fail_on, 1, 1)
+        bad.add_done_callback(on_done)
+        await ex.wait([good])
+        with pytest.raises(KeyError):
+            await bad
+        assert len(seen) == 2 and 16 in seen and type(bad.exception()) in seen
+        assert good.result() == 16
+        with pytest.raises(KeyError):
+            bad.result()
+    async with ThreadExecutor(1) as ex:
+        blocker = await ex.submit(slow_square, 1, 0.5)
+        queued = await ex.submit(square, 2)
+        await ex.cancel(queued)
+        with pytest.raises(TaskCancelled):
+            queued.result()
+        assert isinstance(queued.exception(), TaskCancelled)
+        assert await blocker == 1
+
+
 async def test_future_api(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     async with ThreadExecutor(2) as ex:
@@ -209,6 +328,13 @@ async def test_future_api(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="not finished"):
             future.successful()
         with pytest.raises(ValueError, match="not finished"):
+            future.exception()
+        # As asyncio's futures: result() never waits.
+        with pytest.raises(asyncio.InvalidStateError, match="not finished"):
+            future.result()
+        with pytest.raises(concurrent.futures.InvalidStateError):
+            future.result()
+        with pytest.raises(InvalidStateError):
             future.exception()
         with pytest.raises(TimeoutError) as timeout:
             await future.get(timeout=0.05)
@@ -360,14 +486,58 @@ async def test_map_checks_the_function_at_once(chunksize: int) -> None:
                 ex.with_options(name="x").map(fn, [1], chunksize=chunksize)  # type: ignore[arg-type]
 
 
-async def test_map_stopped_early_cancels_what_is_in_flight() -> None:
-    async with ThreadExecutor(2) as ex:
-        iterator = ex.map(slow_square, range(100), [0.02] * 100)
+async def test_map_stopped_early_cancels_what_is_in_flight(tmp_path: Path) -> None:
+    # Item 0 returns at once; every other item beats in a file until it is killed.
+    # map keeps 2 * n_workers tasks in flight: items 1-4 once 0 is yielded.
+    async with ProcessExecutor(2, prefetch=0) as ex:
+        iterator = ex.map(beat_unless_zero, range(100), [str(tmp_path)] * 100)
         async for value in iterator:
             assert value == 0
+            with anyio.fail_after(30):  # items 1 and 2 run, one on each worker
+                while len(list(tmp_path.glob("*.beat"))) < 2:
+                    await anyio.sleep(0.02)
             break
-        await iterator.aclose()  # type: ignore[attr-defined]
-        # Everything still in flight was cancelled: the executor closes promptly.
+        with anyio.fail_after(30):
+            await iterator.aclose()  # type: ignore[attr-defined]
+        beating = sorted(int(path.stem) for path in tmp_path.glob("*.beat"))
+        assert beating == [1, 2], f"map ran ahead of its window: {beating}"
+        for item in beating:  # the running ones were killed...
+            await assert_heartbeat_stopped(str(tmp_path / f"{item}.beat"))
+        # ...and the queued ones dropped: both workers are free for new work at once.
+        with anyio.fail_after(30):
+            assert await ex.run(square, 7) == 49
+            assert await ex.run(square, 8) == 64
+        await anyio.sleep(0.5)
+        assert sorted(int(path.stem) for path in tmp_path.glob("*.beat")) == beating
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_map_keeps_no_yielded_value(ordered: bool, chunksize: int) -> None:
+    """A value the caller dropped can be collected while the loop goes on (as
+    CPython made concurrent.futures' map do)."""
+    async with inline() as ex:
+        seen: list[weakref.ref[Box]] = []
+        async for box in ex.map(make_box, range(30), ordered=ordered, chunksize=chunksize):
+            seen.append(weakref.ref(box))
+            del box
+            gc.collect()
+            assert all(ref() is None for ref in seen), [ref() for ref in seen]
+        assert len(seen) == 30
+
+
+async def test_as_completed_keeps_no_yielded_future_and_yields_each_once() -> None:
+    async with inline() as ex:
+        seen: list[weakref.ref[Future[Box]]] = []
+        async for future in ex.as_completed([await ex.submit(make_box, i) for i in range(20)]):
+            seen.append(weakref.ref(future))
+            del future
+            gc.collect()
+            assert all(ref() is None for ref in seen)
+        assert len(seen) == 20
+        once = await ex.submit(square, 3)
+        twice = [future async for future in ex.as_completed([once, once, once])]
+        assert twice == [once]
 
 
 # -- cancelling and backpressure --------------------------------------------------

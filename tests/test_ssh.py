@@ -12,7 +12,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asyncexec import BackendUnavailable, SSHExecutor, SSHShell, TaskTimeout, WorkerLost
+from asyncexec import (
+    BackendUnavailable,
+    SSHExecutor,
+    SSHShell,
+    TaskBackendUnavailable,
+    TaskFailed,
+    TaskTimeout,
+    WorkerLost,
+)
 from asyncexec.launchers.ssh import SSHLauncher
 from asyncexec.testing import assert_heartbeat_stopped, check_launcher, conformance_cases, heartbeat
 
@@ -165,6 +173,13 @@ async def test_nothing_listening_is_backend_unavailable(cluster: Cluster) -> Non
     shell = SSHShell("127.0.0.1", port=1, connect_options={"known_hosts": cluster.known_hosts})
     with pytest.raises(BackendUnavailable, match="cannot connect"):
         await shell.run(["true"])
+    # Through a future, it is a TaskFailed too (the host is reached on need).
+    async with SSHExecutor([shell]) as ex:
+        future = await ex.submit(os.getpid)
+        with pytest.raises(TaskFailed, match="cannot connect") as failed:
+            await future
+        assert isinstance(failed.value, BackendUnavailable)
+        assert isinstance(failed.value, TaskBackendUnavailable)
 
 
 def test_skipping_host_key_checks_is_explicit_and_secrets_stay_hidden() -> None:

@@ -218,7 +218,9 @@ class ProcessExecutor(BaseExecutor):
         options: TaskOptions | None = None,
         max_pending: int | None = None,
     ) -> None:
-        super().__init__(n_workers or os.cpu_count() or 1, options=options, max_pending=max_pending)
+        if n_workers is None:
+            n_workers = os.cpu_count() or 1
+        super().__init__(n_workers, options=options, max_pending=max_pending)
         # Made (and so validated) now rather than on entering the pool.
         self._process_launcher = ProcessLauncher(
             self.n_workers,

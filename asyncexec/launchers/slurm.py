@@ -1093,7 +1093,7 @@ class SlurmExecutor(BaseExecutor):
             login node, ``SSHShell(host, ...)`` from anywhere else.
         config: how array tasks are submitted (:class:`SlurmConfig`).
         n_workers: tasks handed to Slurm at once at most (pending or running
-            there); ``config.max_concurrent`` limits how many run.
+            there; default 1000); ``config.max_concurrent`` limits how many run.
         staging_dir: where tasks and outcomes live on the cluster's shared
             file system (default ``$HOME/.asyncexec/slurm``).
         batch_window: seconds submissions are gathered into one array.
@@ -1111,7 +1111,7 @@ class SlurmExecutor(BaseExecutor):
         self,
         shell: Shell | None = None,
         config: SlurmConfig | None = None,
-        n_workers: int = 1000,
+        n_workers: int | None = None,
         *,
         staging_dir: str | None = None,
         batch_window: float = 0.05,
@@ -1119,7 +1119,9 @@ class SlurmExecutor(BaseExecutor):
         options: TaskOptions | None = None,
         max_pending: int | None = None,
     ) -> None:
-        super().__init__(n_workers, options=options, max_pending=max_pending)
+        super().__init__(
+            1000 if n_workers is None else n_workers, options=options, max_pending=max_pending
+        )
         if shell is None:
             shell = LocalShell()
         self.slurm = SlurmLauncher(
