@@ -19,7 +19,10 @@ times an array. This runner imports ``_pickle``, ``threading`` and little else
 worker's msgspec, cloudpickle, argparse and the package cost about 60 ms more
 per start on the project's machine. Travelling with the job, it also needs no
 asyncexec on the cluster: a Python of the driver's minor version, plus
-cloudpickle for callables defined in a script.
+cloudpickle for what a script defines that the runner cannot load alone
+(functions from a driver with cloudpickle 3 it can: see the reconstructors
+below). What of asyncexec a task names (``map``'s :func:`run_chunk`), it
+takes from this very file: see :class:`TaskUnpickler`.
 
 The pool worker (:mod:`asyncexec._worker`) shares its primitives: output
 capture, environment, memory limit. The file keeps to syntax older Pythons
@@ -302,8 +305,20 @@ class _Refused(Exception):
     """A task this node cannot load (cloudpickle missing or of another version)."""
 
 
+#: This file's name in the package: a pickle made on the driver names its functions so.
+PACKAGE_MODULE = "asyncexec._oneshot"
+
+
 class TaskUnpickler(_pickle.Unpickler):
-    """Loads functions sent by value without cloudpickle where it can."""
+    """Loads functions sent by value without cloudpickle where it can, and this file's
+    own functions (``map``'s :func:`run_chunk`) from this file, without asyncexec.
+
+    The driver pickles ``run_chunk`` by reference, as ``asyncexec._oneshot.run_chunk``
+    (a name: a few bytes, no cloudpickle needed to load it); a cluster job runs this
+    file as ``_asyncexec_oneshot`` on a node that may have no asyncexec (or another
+    version of it), so such names are resolved in this file, which travels with every
+    job. In the pool worker this file is ``asyncexec._oneshot``: the same objects.
+    """
 
     def __init__(
         self,
@@ -318,6 +333,10 @@ class TaskUnpickler(_pickle.Unpickler):
         self.needs_cloudpickle = needs_cloudpickle
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == PACKAGE_MODULE:
+            own = globals().get(name)
+            if own is not None:
+                return own
         if module.partition(".")[0] == "cloudpickle":
             if self.known and name in _CLOUDPICKLE:
                 return _CLOUDPICKLE[name]

@@ -11,7 +11,8 @@
 #    restarted when their generated config changed. Then the cluster user slurmuser and
 #    an sshd with its own config, keys and known_hosts on 127.0.0.1:$ASYNCEXEC_SSH_PORT.
 # 3. For each PYTHON: a world-readable venv /opt/asyncexec-cluster/venv-X.Y holding
-#    asyncexec from this checkout, cloudpickle pinned to PYTHON's, that slurmuser's jobs run.
+#    asyncexec from this checkout, cloudpickle pinned to PYTHON's, that slurmuser's jobs run;
+#    and a bare interpreter of X.Y without asyncexec (what the venv is made from, checked).
 # 4. $ASYNCEXEC_CLUSTER_DIR/cluster.json for the tests; if anything was started or changed,
 #    a job submitted over ssh must complete and show up in sacct.
 # Not root and something is missing (a laptop): say why and exit 0, or 1 when CI=true.
@@ -448,6 +449,25 @@ check_version() {
     fi
     echo "$got"
 }
+# Sets bare: an interpreter of PYTHON's version the cluster user runs without asyncexec,
+# for the tests of what a node needs (nothing but Python): the one the venv is made from
+# ($src), or else, if that one finds an asyncexec, an empty venv made from it (a venv sees
+# neither the base's site-packages nor the user's).
+find_bare() {
+    local probe='import importlib.util as u; print(u.find_spec("asyncexec") is None)'
+    bare=$src
+    [ "$(as_user "$bare" -c "$probe" 2>&1)" != True ] || return 0
+    bare=$OPT/bare-$short
+    if ! grep -qxF "home = $(dirname "$src")" "$bare/pyvenv.cfg" 2>/dev/null; then
+        say "$src finds an asyncexec: making $bare from it"
+        rm -rf "$bare"
+        "$src" -m venv --without-pip "$bare" && chmod -R a+rX "$bare" \
+            || die "$src -m venv --without-pip $bare failed"
+    fi
+    [ "$(as_user "$bare/bin/python" -c "$probe" 2>&1)" = True ] \
+        || die "$bare/bin/python still finds an asyncexec (or does not run)"
+    bare=$bare/bin/python
+}
 entries=()
 for python in "${pythons[@]}"; do
     inspect_python "$python"
@@ -490,8 +510,10 @@ for python in "${pythons[@]}"; do
     else
         step "$venv current for $python"
     fi
-    entries+=("$short" "$venv/bin/python")
+    find_bare
+    entries+=("$short" "$venv/bin/python" "$bare")
 done
+step "bare interpreters without asyncexec checked"
 
 # 8. cluster.json ----------------------------------------------------------------------------
 state=$(/usr/bin/python3 - "$DIR/cluster.json" "$SSH_PORT" "$CLUSTER_USER" "$DIR" "$user_home" \
@@ -502,10 +524,12 @@ path, port, user, directory, home, node, pid_file, partition, cpus, *entries = s
 try:
     with open(path) as file:
         old_text = file.read()
-    pythons = json.loads(old_text).get("pythons", {})
+    old = json.loads(old_text)
+    pythons, bare = old.get("pythons", {}), old.get("bare_pythons", {})
 except (OSError, ValueError, AttributeError):
-    old_text, pythons = None, {}
-pythons.update(zip(entries[::2], entries[1::2]))
+    old_text, pythons, bare = None, {}, {}
+pythons.update(zip(entries[::3], entries[1::3]))
+bare.update(zip(entries[::3], entries[2::3]))
 version = lambda item: tuple(int(part) for part in item[0].split("."))
 data = {
     "host": "127.0.0.1",
@@ -521,6 +545,11 @@ data = {
     "pythons": {
         short: python
         for short, python in sorted(pythons.items(), key=version)
+        if os.access(python, os.X_OK)
+    },
+    "bare_pythons": {
+        short: python
+        for short, python in sorted(bare.items(), key=version)
         if os.access(python, os.X_OK)
     },
 }

@@ -2,7 +2,8 @@
 
 ``scripts/slurm-up.sh`` starts (idempotently) a single-node Slurm cluster with
 accounting and an sshd on 127.0.0.1, and a venv of this interpreter's minor
-version for the cluster user's jobs; ``cluster.json`` says where everything is.
+version for the cluster user's jobs (and names a bare interpreter of that
+version, without asyncexec); ``cluster.json`` says where everything is.
 In CI (``CI=true``) a missing cluster fails the tests; elsewhere they are
 skipped with the reason.
 """
@@ -46,6 +47,17 @@ class Cluster:
     home: str
     node: str
     python: str  # the venv of this interpreter's minor version, readable by the jobs
+    # An interpreter of that version the jobs run without asyncexec (None: none named).
+    bare: str | None = None
+
+    @property
+    def bare_python(self) -> str:
+        """The bare interpreter: what a node with nothing but Python runs."""
+        if self.bare is None:
+            missing(
+                f"cluster.json names no bare Python {PY} (run scripts/slurm-up.sh {sys.executable})"
+            )
+        return self.bare
 
     def shell(self, **overrides: Any) -> SSHShell:
         options: dict[str, Any] = {
@@ -93,6 +105,7 @@ def cluster() -> Cluster:
         home=described["home"],
         node=described["node"],
         python=python,
+        bare=described.get("bare_pythons", {}).get(PY),
     )
 
 

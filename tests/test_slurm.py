@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import math
+import operator
 import os
 import signal
 import subprocess
@@ -20,12 +23,14 @@ from asyncexec import (
     FutureState,
     LaunchError,
     LocalShell,
+    RemoteError,
     SlurmConfig,
     SlurmExecutor,
     TaskCancelled,
     TaskTimeout,
     WorkerLost,
 )
+from asyncexec._oneshot import run_chunk
 from asyncexec.launchers.slurm import SlurmLauncher, judge_accounting, parse_time
 from asyncexec.testing import (
     add,
@@ -38,6 +43,7 @@ from asyncexec.testing import (
 )
 
 from .cluster import Cluster, bring_up, squeue, stop_sshd
+from .test_oneshot import command, outcomes, spec, stage, value, write_batch
 
 pytestmark = pytest.mark.anyio
 
@@ -552,3 +558,64 @@ async def test_closing_while_sbatch_runs_leaves_no_job(cluster: Cluster) -> None
     assert all(future.state is FutureState.CANCELLED for future in futures)
     listed = await anyio.run_process(["squeue", "-h", "-r", "-n", name, "-o", "%i"])
     assert listed.stdout.decode().split() == []
+
+
+# -- a node with nothing but Python -----------------------------------------------------
+
+
+def test_map_chunks_run_where_python_has_nothing_else(tmp_path: Path) -> None:
+    """No cluster needed: the runner as a job runs it, by an interpreter with neither
+    asyncexec nor site-packages (so no cloudpickle), loads map's chunks."""
+    offset = 10
+
+    def shifted(x: int, y: int) -> int:  # defined here: pickled by value
+        return x * y + offset
+
+    workdir = stage(tmp_path)
+    write_batch(
+        workdir,
+        [
+            spec("by-reference", run_chunk, operator.neg, [1, 2, 3]),
+            spec("by-value", run_chunk, shifted, (1, 2), (3, 4)),
+            spec("raised", run_chunk, math.sqrt, [4.0, -1.0]),
+        ],
+    )
+    bare = [sys.executable, "-I", "-S"]  # no site-packages, PYTHON* variables or cwd
+    for module in ("asyncexec", "cloudpickle"):
+        probe = subprocess.run(
+            [*bare, "-c", f"import {module}"], capture_output=True, timeout=60, cwd=tmp_path
+        )
+        assert b"ModuleNotFoundError" in probe.stderr, probe
+    done = subprocess.run(
+        [*bare, *command(workdir)[1:]], capture_output=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    found = outcomes(workdir)
+    assert value(found["by-reference"]) == [-1, -2, -3]
+    assert value(found["by-value"]) == [13, 18]
+    raised = found["raised"]
+    assert raised.status == "raised" and raised.error is not None, raised
+    assert raised.error.type_name == "ValueError" and "math domain error" in raised.error.message
+
+
+async def test_map_in_chunks_runs_on_a_python_without_asyncexec(cluster: Cluster) -> None:
+    """Nodes need only Python: the one-shot runner travels with the job and runs map's
+    chunks (asyncexec's chunk runner travels by reference) with no asyncexec there."""
+    offset = 10
+
+    def shifted(x: int, y: int) -> int:  # defined here: pickled by value
+        return x * y + offset
+
+    cfg = config(cluster, python=cluster.bare_python)
+    async with SlurmExecutor(cluster.shell(), cfg) as ex:
+        # Not vacuous: this interpreter's jobs cannot import asyncexec.
+        assert await ex.run(importlib.util.find_spec, "asyncexec") is None
+        negated = [value async for value in ex.map(operator.neg, range(10), chunksize=4)]
+        assert negated == [-i for i in range(10)]
+        pairs = ex.map(shifted, range(7), range(7, 14), chunksize=3)
+        assert [value async for value in pairs] == [x * (x + 7) + 10 for x in range(7)]
+        # A chunk's failure comes back as the original exception, from the bare node.
+        with pytest.raises(RemoteError, match="math domain error") as caught:
+            async for _ in ex.map(math.sqrt, [4.0, 1.0, 9.0, -1.0], chunksize=2):
+                pass
+        assert isinstance(caught.value, ValueError)
