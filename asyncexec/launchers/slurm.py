@@ -133,9 +133,11 @@ class SlurmConfig:
         modules: ``module load`` these first.
         conda_env: ``conda activate`` this environment.
         venv: ``source <venv>/bin/activate``; its python runs the worker.
-        python: the interpreter that runs the worker (default ``python3``, or
-            the venv's). It needs asyncexec and cloudpickle, of the driver's
-            Python minor version.
+        python: the interpreter that runs the one-shot runner (default
+            ``python3``, or the venv's): a Python of the driver's minor version.
+            asyncexec is not needed; cloudpickle (of the driver's version) only
+            for classes and other objects defined in a script, or for functions
+            defined there when the driver's cloudpickle is not 3.x.
         setup: shell lines run before the worker (after modules and envs).
         extra_sbatch: more ``sbatch`` options, each one word (``"--exclusive"``,
             ``"--constraint=haswell"``).
