@@ -125,7 +125,13 @@ def dumps_call(
     :func:`_made_from`.
     """
     remembered = _by_reference.get(id(fn))
-    if remembered is not None and remembered[0] is fn and not _names_by_value(remembered[1]):
+    if (
+        remembered is not None
+        and remembered[0] is fn
+        # Its name may name another object now (rebound, reloaded): see named().
+        and _lookup(remembered[2], remembered[3]) is fn
+        and not _names_by_value(remembered[1])
+    ):
         fn_bytes = remembered[1]
     elif (by_value := _remembered_by_value(fn)) is not None:
         fn_bytes = by_value
@@ -138,7 +144,9 @@ def dumps_call(
             if _is_plain_function(fn):
                 if len(_by_reference) >= _BY_REFERENCE_MAX:
                     _by_reference.clear()
-                _by_reference[id(fn)] = (fn, fast)
+                module = getattr(fn, "__module__", None) or ""
+                path = tuple(getattr(fn, "__qualname__", "").split("."))
+                _by_reference[id(fn)] = (fn, fast, module, path)
     if not kwargs:
         if not args:
             return fn_bytes, _NO_ARGUMENTS, ()
@@ -207,7 +215,8 @@ def _collect(buffers: list[bytes]) -> Callable[[PickleBuffer], bool]:
 
 
 #: Plain functions pickled by reference, by id (the function kept, so the id stays its).
-_by_reference: dict[int, tuple[object, bytes]] = {}
+#: With each, its module's name and its qualified name's parts (see :func:`named`).
+_by_reference: dict[int, tuple[object, bytes, str, tuple[str, ...]]] = {}
 _BY_REFERENCE_MAX = 1024
 
 
@@ -400,11 +409,26 @@ def _pickled_by_name(obj: object) -> bool:
     data = known[1]
     if data is None or _names_by_value(data):
         return False
-    # Still what its module holds under its name (a module reloaded holds another).
-    found: object = sys.modules.get(getattr(obj, "__module__", None) or "")
-    for part in getattr(obj, "__qualname__", "").split("."):
+    return named(obj)
+
+
+def named(obj: object) -> bool:
+    """Whether ``obj``'s module still holds it under its qualified name.
+
+    What a pickle by reference (a name) loads, and so what it runs: a function
+    whose name was rebound since (monkeypatched, or its module reloaded) must
+    travel some other way.
+    """
+    module = getattr(obj, "__module__", None) or ""
+    return _lookup(module, getattr(obj, "__qualname__", "").split(".")) is obj
+
+
+def _lookup(module: str, path: Sequence[str]) -> object:
+    """What the module named ``module`` holds at ``path`` (None if nothing)."""
+    found: object = sys.modules.get(module)
+    for part in path:
         found = getattr(found, part, None)
-    return found is obj
+    return found
 
 
 def _global_names(code: types.CodeType) -> tuple[str, ...]:

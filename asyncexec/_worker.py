@@ -38,6 +38,7 @@ from ._codec import (
     encode_frame,
     hostname,
     made_from,
+    named,
     still_made_of,
     take_frames,
     type_name,
@@ -183,7 +184,7 @@ def _load_function(data: bytes) -> Any:
     """Unpickle a task's callable: a function sent by reference is looked up once,
     one sent by value is loaded again only when an earlier task changed it."""
     fn = _functions.get(data)
-    if fn is not None:
+    if fn is not None and named(fn):  # (a task may have rebound the name since)
         return fn
     loaded = _by_value.get(data)
     if loaded is not None and still_made_of(*loaded):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import mmap
 import os
+import sys
 import textwrap
+import types
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from asyncexec import _codec
+from asyncexec import ProcessExecutor, ThreadExecutor, _codec
 from asyncexec._codec import dumps_call, loads
 from asyncexec.launchers._shared import SharedArena
 
@@ -306,3 +311,83 @@ def test_large_pickles_are_not_remembered() -> None:
     namespace = script("def big(data=bytes(100_000)):\n    return len(data)")
     assert call(namespace["big"]) == 100_000
     assert id(namespace["big"]) not in _codec._by_value
+
+
+# -- a function's name rebound: the caches never change what runs --------------------
+
+REBIND_MODULE = """
+def f():
+    return "{version}"
+
+
+def g():
+    return "replacement"
+
+
+def rebind():
+    global f
+    f = g
+"""
+
+
+@pytest.fixture
+def rebind_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+    """A module of this test's own (``ae_rebind_<n>``), importable by workers too."""
+    name = f"ae_rebind_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(REBIND_MODULE.format(version="original"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    yield module
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.anyio
+async def test_a_rebound_or_reloaded_name_never_runs_another_function(
+    rebind_module: Any,
+) -> None:
+    """The driver remembers the pickle of a function sent by reference (its name);
+    once that name holds another object, the function goes by value, as cloudpickle
+    would send it. (In threads the name is looked up in this very process.)"""
+    original = rebind_module.f
+    async with ThreadExecutor(1) as ex:
+        assert await ex.run(original) == "original"  # remembered by reference
+        rebind_module.f = rebind_module.g  # as monkeypatch.setattr does
+        assert await ex.run(original) == "original"
+        assert await ex.run(rebind_module.f) == "replacement"
+        rebind_module.f = original
+        assert await ex.run(original) == "original"
+        # A reload: the module holds a new f, of another body.
+        Path(rebind_module.__file__ or "").write_text(REBIND_MODULE.format(version="reloaded"))
+        importlib.invalidate_caches()
+        reloaded = importlib.reload(rebind_module)
+        assert await ex.run(original) == "original"
+        assert await ex.run(reloaded.f) == "reloaded"
+
+
+def test_a_function_whose_name_was_rebound_is_pickled_as_cloudpickle_would(
+    rebind_module: Any,
+) -> None:
+    import cloudpickle
+
+    original = rebind_module.f
+    by_name = dumps_call(original, (), {})[0]
+    assert by_name == cloudpickle.dumps(original, protocol=5) and len(by_name) < 100
+    rebind_module.f = rebind_module.g
+    try:
+        moved = dumps_call(original, (), {})[0]
+        assert moved == cloudpickle.dumps(original, protocol=5) != by_name
+        assert loads(moved)() == "original"
+    finally:
+        rebind_module.f = original
+    assert dumps_call(original, (), {})[0] == by_name
+
+
+@pytest.mark.anyio
+async def test_a_worker_runs_what_a_name_holds_now(rebind_module: Any) -> None:
+    """A worker looks a function sent by reference up once, and again when a task
+    rebound the name in the worker since: what loading the name gives now."""
+    async with ProcessExecutor(1) as ex:
+        assert await ex.run(rebind_module.f) == "original"
+        await ex.run(rebind_module.rebind)  # in the worker only
+        assert await ex.run(rebind_module.f) == "replacement"
+        assert rebind_module.f() == "original"  # (the driver's module is as it was)
