@@ -26,8 +26,10 @@ _S = TypeVar("_S", bound="Shell")
 class Launcher(abc.ABC):
     """Moves tasks to where they run. Used as an async context manager by executors.
 
-    Class attributes say what a backend can do (the conformance suite of
-    :mod:`asyncexec.testing` checks exactly these):
+    Attributes say what a backend can do (the conformance suite of
+    :mod:`asyncexec.testing` checks exactly these). The class sets the
+    defaults; an instance may differ (a Slurm launcher that runs tasks in chunks
+    does not isolate crashes), so read them from the instance:
 
     * ``can_kill``: running work can be stopped (time limits, cancellation).
     * ``isolates_crashes``: a task that kills its process fails alone.

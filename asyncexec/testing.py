@@ -7,7 +7,8 @@
   value, exception with traceback, unpicklable result, crash, timeout,
   cancellation of queued and running tasks, 10 MB payloads both ways, 1,000
   concurrent tasks, captured output. Which cases apply follows the launcher's
-  ``can_kill`` and ``isolates_crashes``.
+  ``can_kill`` and ``isolates_crashes``, read from the instance (a launcher may
+  set them per instance: Slurm arrays in chunks do not isolate crashes).
 """
 
 from __future__ import annotations
@@ -299,13 +300,18 @@ CONFORMANCE_CASES: dict[str, tuple[Case, bool, bool]] = {
 }
 
 
-def conformance_cases(launcher_class: type[Launcher]) -> list[str]:
-    """The names of the cases that apply to launchers of this class."""
+def conformance_cases(launcher: Launcher | type[Launcher]) -> list[str]:
+    """The names of the cases that apply to ``launcher``.
+
+    Capabilities are read from what is given: pass the launcher itself (as
+    :func:`check_launcher` does) where they may differ per instance; a class
+    gives its defaults.
+    """
     return [
         name
         for name, (_, needs_kill, needs_isolation) in CONFORMANCE_CASES.items()
-        if (launcher_class.can_kill or not needs_kill)
-        and (launcher_class.isolates_crashes or not needs_isolation)
+        if (launcher.can_kill or not needs_kill)
+        and (launcher.isolates_crashes or not needs_isolation)
     ]
 
 
@@ -334,7 +340,7 @@ async def check_launcher(
             another user (``0o777`` for a cluster's user).
     """
     probe = make_launcher()
-    applicable = conformance_cases(type(probe))
+    applicable = conformance_cases(probe)
     names = applicable if only is None else list(only)
     for name in names:
         if name not in applicable:

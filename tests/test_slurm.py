@@ -160,6 +160,19 @@ async def test_conformance_over_ssh(cluster: Cluster, scratch: str, case: str) -
     await check_launcher(make, only=[case], tmp_root=scratch, workdir_mode=0o777, n_workers=4)
 
 
+async def test_conformance_in_chunks(cluster: Cluster, scratch: str) -> None:
+    """Tasks in chunks of 3 per array task: the cases that apply to such a launcher
+    (read from the instance: a crash takes its chunk's other tasks with it)."""
+
+    def make() -> SlurmLauncher:
+        return SlurmLauncher(cluster.shell(), config(cluster, chunk_size=3))
+
+    cases = conformance_cases(make())
+    assert "crash" not in cases
+    only = [case for case in cases if case != "many_concurrent"]
+    await check_launcher(make, only=only, tmp_root=scratch, workdir_mode=0o777, n_workers=4)
+
+
 def test_conformance_on_the_login_node_as_the_cluster_user(cluster: Cluster, scratch: str) -> None:
     """LocalShell, as a user on the login node would: the suite runs as the cluster user."""
     script = Path(scratch) / "conformance.py"
