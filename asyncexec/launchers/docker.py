@@ -672,7 +672,11 @@ class DockerLauncher(PoolLauncher):
             with anyio.CancelScope(shield=True):
                 await self._remove(container, name)
             if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
-                raise _engine_error(f"start container {name}", exc) from exc
+                doing = f"start container {name}"
+                if "DeviceRequests" in config["HostConfig"]:  # the likeliest reason, where none
+                    gpus = config["HostConfig"]["DeviceRequests"][0]["Count"]
+                    doing += f" with the {gpus} GPU(s) its task asks for (Resources(gpus={gpus}))"
+                raise _engine_error(doing, exc) from exc
             raise
         return _Container(self, container, stream, name)
 
