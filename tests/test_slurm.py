@@ -342,12 +342,15 @@ async def test_each_tasks_cpus_and_gpus_reach_sbatch_in_arrays_of_their_own(
         two = ex.with_options(resources=Resources(cpus=1.5))
         plain = [await ex.submit(cpus_per_task), await ex.submit(cpus_per_task)]
         pinned = await two.submit(cpus_per_task)
+        whole = await ex.with_options(resources=Resources(cpus=2)).submit(cpus_per_task)
         wants_gpu = await ex.with_options(resources=Resources(gpus=1)).submit(add, 1, 2)
         with pytest.raises(LaunchError, match="sbatch refused 1 task") as caught:
             await wants_gpu
         assert await ex.wait(plain) == ["1", "1"]  # SlurmConfig.cpus
         assert await pinned == "2"  # 1.5, rounded up
+        assert await whole == "2"
         assert len(arrays_of(plain)) == 1 and arrays_of(plain) != arrays_of([pinned])
+        assert arrays_of([pinned, whole]) == arrays_of([pinned])  # the same whole CPUs
         assert wants_gpu.info.job_ref is None
     assert "gres" in str(caught.value).lower(), caught.value  # sbatch's own words
     # The refused task left no job: sacct knows the other two arrays of that name only.

@@ -733,9 +733,11 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
     async def _submit(self, batch: list[_Pending]) -> None:
         size = self.config.chunk_size
         # An array's tasks share its --cpus-per-task and --gres: one group per request.
-        groups: dict[tuple[float | None, int | None], list[_Pending]] = {}
+        groups: dict[tuple[int | None, int | None], list[_Pending]] = {}
         for pending in batch:
-            groups.setdefault((pending.task.cpus, pending.task.gpus), []).append(pending)
+            cpus, gpus = pending.task.cpus, pending.task.gpus
+            key = (None if cpus is None else math.ceil(cpus), gpus)
+            groups.setdefault(key, []).append(pending)
         per_array = min(self.max_array_size, self.config.max_array_size or self.max_array_size)
         self._submitting += 1
         try:
@@ -827,7 +829,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         array = f"0-{len(chunks) - 1}"
         if config.max_concurrent is not None:
             array += f"%{config.max_concurrent}"
-        first = chunks[0][0].task  # every task of an array asks for the same resources
+        first = chunks[0][0].task  # every task of an array asks for the same (whole) CPUs, GPUs
         header = [
             f"--array={array}",
             f"--output={workdir}/log/%a.out",
