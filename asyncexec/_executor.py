@@ -132,6 +132,7 @@ class BaseExecutor:
         self._blocked: _Task | None = None  # the launcher was full: nothing passes this one
         self._tg: TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._resources_checked: TaskOptions | None = None  # the launcher honours its resources
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} n_workers={self.n_workers} {self._state}>"
@@ -231,12 +232,14 @@ class BaseExecutor:
             TypeError: ``fn`` is not callable.
             SerializationError: ``fn`` or an argument cannot be pickled (the
                 message names its type).
+            LaunchError: the backend cannot honour the task's ``resources``
+                (see :class:`~asyncexec.Resources`).
             ExecutorClosed: the executor is closed.
 
         Cancellation: while waiting for room (``max_pending``), nothing is submitted.
         """
         if self._pending_slots is None:  # nothing to wait for: no coroutine more per task
-            return self._accept(self._prepare(fn, args, kwargs), self.options, False)
+            return self._accept(self._prepare(fn, args, kwargs, self.options), self.options, False)
         return await self._submit(fn, args, kwargs, self.options)
 
     def can_attach(self, ref: JobRef) -> bool:
@@ -281,7 +284,7 @@ class BaseExecutor:
         kwargs: dict[str, Any],
         options: TaskOptions,
     ) -> Future[T]:
-        call = self._prepare(fn, args, kwargs)
+        call = self._prepare(fn, args, kwargs, options)
         holds_slot = False
         if self._pending_slots is not None:
             await self._pending_slots.acquire()
@@ -292,16 +295,39 @@ class BaseExecutor:
         return self._accept(call, options, holds_slot)
 
     def _prepare(
-        self, fn: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
     ) -> tuple[bytes, bytes, tuple[bytes, ...]]:
         """Check and pickle a call (before waiting for room: a bad one fails at once)."""
         if self._state != "open":
             self._check_open()
+        if options is not self._resources_checked:  # once per options object, not per task
+            self._check_resources(options)
         _check_function(fn)
         launcher = self._launcher
         return dumps_call(
             fn, args, kwargs, out_of_band=launcher is not None and launcher.takes_buffers
         )
+
+    def _check_resources(self, options: TaskOptions) -> None:
+        """Refuse resources the launcher cannot honour, rather than drop them."""
+        launcher = self._launcher
+        assert launcher is not None
+        resources = options.resources
+        problem = launcher.check_resources(resources)
+        if problem is not None:
+            asked = ", ".join(
+                f"{name}={getattr(resources, name)!r}"
+                for name in resources.__struct_fields__
+                if getattr(resources, name) is not None
+            )
+            raise LaunchError(
+                f"{type(self).__name__} cannot run a task with Resources({asked}): {problem}"
+            )
+        self._resources_checked = options
 
     def _accept(
         self, call: tuple[bytes, bytes, tuple[bytes, ...]], options: TaskOptions, holds_slot: bool
@@ -309,6 +335,7 @@ class BaseExecutor:
         """Take a pickled call as a task: its future, the task queued (or handed over)."""
         task_id = f"{self._prefix}-{next(self._ids)}"
         fn_bytes, args_bytes, buffers = call
+        resources = options.resources
         spec = TaskSpec(
             task_id=task_id,
             fn=fn_bytes,
@@ -319,9 +346,12 @@ class BaseExecutor:
             stdout_path=str(options.log_stdout) if options.log_stdout else None,
             stderr_path=str(options.log_stderr) if options.log_stderr else None,
             env=dict(options.env) if options.env else _NO_ENV,
-            memory_mb=options.resources.memory_mb,
+            memory_mb=resources.memory_mb,
             name=options.name,
         )
+        if resources.cpus is not None or resources.gpus is not None:  # (rare: no keywords)
+            spec.cpus = resources.cpus
+            spec.gpus = resources.gpus
         tags = dict(options.tags) if options.tags else {}
         info = TaskInfo(name=options.name, tags=tags, submitted=time.time())
         future: Future[Any] = Future(self, task_id, info)
@@ -918,7 +948,8 @@ class ConfiguredExecutor:
         """As :meth:`BaseExecutor.submit`, with these options."""
         executor = self.executor
         if executor._pending_slots is None:
-            return executor._accept(executor._prepare(fn, args, kwargs), self.options, False)
+            call = executor._prepare(fn, args, kwargs, self.options)
+            return executor._accept(call, self.options, False)
         return await executor._submit(fn, args, kwargs, self.options)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

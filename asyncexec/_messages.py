@@ -32,7 +32,41 @@ __all__ = [
 
 
 class Resources(msgspec.Struct, gc=False, frozen=True, kw_only=True):
-    """What one task may use. ``None`` means no limit is asked for."""
+    """What one task may use (``TaskOptions.resources``). ``None``: nothing is asked for.
+
+    Each backend honours what it can and refuses the rest: ``submit`` raises
+    :class:`~asyncexec.LaunchError` for a request its launcher cannot honour
+    (``Launcher.honours_resources``); a request is never dropped silently.
+
+    ========================== ============================ ================= ==========
+    backend                    ``cpus``                     ``memory_mb``     ``gpus``
+    ========================== ============================ ================= ==========
+    ThreadExecutor             refused                      refused           refused
+    ProcessExecutor            pinned (affinity)            RLIMIT_AS         refused
+    SSHExecutor                pinned (affinity)            RLIMIT_AS         refused
+    DockerExecutor, one-shot   the container's NanoCpus     RLIMIT_AS         DeviceRequests
+    DockerExecutor, warm       pinned (affinity)            RLIMIT_AS         refused
+    SlurmExecutor              ``--cpus-per-task``          RLIMIT_AS         ``--gres=gpu:N``
+    ========================== ============================ ================= ==========
+
+    Attributes:
+        cpus: CPUs for the task. Pinned (the pool family: process pool, SSH
+            hosts, warm containers), the worker runs the task on that many
+            whole CPUs of those it may use (``os.sched_setaffinity``; a
+            fraction is rounded up), chosen apart from the CPUs of tasks
+            running on the same machine's other workers where there are
+            enough, and gets all of them back once the task ends. More CPUs
+            than the worker may use is refused. A one-shot container gets
+            exactly ``cpus`` (fractions too); a Slurm array task
+            ``--cpus-per-task`` rounded up.
+        memory_mb: megabytes the task may add to its worker's address space
+            (``RLIMIT_AS``, lifted when it ends): an allocation beyond it fails
+            with ``MemoryError``.
+        gpus: GPUs for the task: a one-shot container's device request, a
+            Slurm array task's ``--gres=gpu:N``. Where the place has none, the
+            task fails with the engine's or ``sbatch``'s refusal
+            (:class:`~asyncexec.LaunchError`).
+    """
 
     cpus: float | None = None
     memory_mb: int | None = None
@@ -79,6 +113,11 @@ class TaskSpec(msgspec.Struct, gc=False, tag="task", array_like=True):
     #: file passed with this frame (a local pool's large arguments).
     outside: list[int] | None = None
     outside_at: int | None = None
+    #: ``TaskOptions.resources``: CPUs (a fraction is fine) and GPUs asked for.
+    cpus: float | None = None
+    gpus: int | None = None
+    #: The CPUs a pool chose for a task with ``cpus`` (the worker pins it to them).
+    affinity: list[int] | None = None
 
 
 class ErrorInfo(msgspec.Struct, gc=False, array_like=True):
@@ -124,6 +163,8 @@ class Hello(msgspec.Struct, gc=False, tag="hello", array_like=True):
     versions: Versions
     pid: int
     host: str
+    #: The CPUs the worker may use (``os.sched_getaffinity``); None where unknown.
+    affinity: list[int] | None = None
 
 
 class Setup(msgspec.Struct, gc=False, tag="setup", array_like=True):

@@ -31,8 +31,14 @@ class TaskOptions:
         log_stdout: a file the task's whole stdout is appended to (implies capture).
         log_stderr: a file the task's whole stderr is appended to (implies capture).
         env: environment variables set while the task runs.
-        resources: cpus, memory_mb, gpus. Locally ``memory_mb`` caps the worker's
-            address space growth with an rlimit.
+        resources: what the task may use: :class:`~asyncexec.Resources` (cpus,
+            memory_mb, gpus). Each backend honours what it can (its executor's
+            docstring says how) and ``submit`` raises :class:`LaunchError` for
+            the rest; a request is never dropped. ``cpus``: pinned to whole CPUs
+            (process pool, SSH hosts, warm containers), a one-shot container's
+            exact CPU quota, Slurm's ``--cpus-per-task``. ``memory_mb``: what
+            the task may add to its worker's address space (RLIMIT_AS),
+            everywhere but threads. ``gpus``: one-shot containers and Slurm only.
         name: a human name for the task, shown in ``info`` and logs.
         tags: free-form labels kept in ``info``.
     """

@@ -23,13 +23,14 @@ from __future__ import annotations
 import _pickle
 import _socket
 import contextlib
+import math
 import os
 import select
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._codec import (
@@ -111,12 +112,20 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         return outcome
     wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path
     value = None
-    if not (wants_capture or spec.env or spec.memory_mb is not None):
+    if not (wants_capture or spec.env or spec.memory_mb is not None or spec.cpus is not None):
         # Nothing to set up: no context managers (most tasks; they cost microseconds).
         return _finish(outcome, _call(outcome, fn, args, kwargs))
+    if spec.cpus is not None:
+        refusal = cpus_refusal(spec.cpus)
+        if refusal is not None:
+            outcome.status = "refused"
+            outcome.error = ErrorInfo(type_name="LaunchError", message=refusal, traceback="")
+            outcome.finished = time.time()
+            return outcome
     capturing = (capture or _fd_capture)(spec) if wants_capture else contextlib.nullcontext(None)
+    pinning = pinned(spec.cpus, spec.affinity) if spec.cpus is not None else _NOT_PINNED
     try:
-        with environment(spec.env), memory_limit(spec.memory_mb), capturing as tails:
+        with environment(spec.env), memory_limit(spec.memory_mb), pinning, capturing as tails:
             value = _call(outcome, fn, args, kwargs)
         if tails is not None:
             outcome.stdout, outcome.stderr = tails()
@@ -125,6 +134,67 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         outcome.error = describe_exception(exc)
         value = None
     return _finish(outcome, value)
+
+
+def cpus_refusal(cpus: float) -> str | None:
+    """Why this worker cannot pin a task to ``cpus`` CPUs; None if it can."""
+    if not hasattr(os, "sched_setaffinity"):
+        return (
+            f"the task asks for Resources(cpus={cpus!r}), but the worker on {_HOST} cannot pin "
+            f"a task to CPUs on {sys.platform} (no os.sched_setaffinity)"
+        )
+    usable = os.sched_getaffinity(0)
+    if math.ceil(cpus) > len(usable):
+        return (
+            f"the task asks for Resources(cpus={cpus!r}) ({math.ceil(cpus)} whole CPUs), but "
+            f"the worker on {_HOST} may use {len(usable)}: {_cpu_list(usable)}"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def pinned(cpus: float, chosen: list[int] | None) -> Iterator[None]:
+    """Run the worker on ``ceil(cpus)`` of the CPUs it may use while the task runs.
+
+    ``chosen`` are those the pool picked (apart from the other workers' tasks);
+    without them, or where they are not the worker's, the first ones it may use.
+    Every thread of the worker is pinned (a library's thread pool made by an
+    earlier task too), and given back what the worker had before once the task
+    ends. :func:`cpus_refusal` said yes first.
+    """
+    usable = os.sched_getaffinity(0)
+    wanted = math.ceil(cpus)
+    cpu_set = {cpu for cpu in chosen or () if cpu in usable}
+    for cpu in sorted(usable):
+        if len(cpu_set) >= wanted:
+            break
+        cpu_set.add(cpu)
+    while len(cpu_set) > wanted:
+        cpu_set.remove(max(cpu_set))
+    _set_affinity(cpu_set)
+    try:
+        yield
+    finally:
+        _set_affinity(usable)
+
+
+def _set_affinity(cpu_set: set[int]) -> None:
+    """Pin every thread of this process to ``cpu_set`` (the calling thread first)."""
+    os.sched_setaffinity(0, cpu_set)
+    try:
+        threads = os.listdir("/proc/self/task")
+    except OSError:
+        return
+    for thread in threads:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            os.sched_setaffinity(int(thread), cpu_set)
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    return "CPU " + ", ".join(map(str, sorted(cpus)))
+
+
+_NOT_PINNED = contextlib.nullcontext()
 
 
 def _call(outcome: Outcome, fn: Any, args: Any, kwargs: Any) -> Any:
@@ -410,7 +480,8 @@ def serve(fd: int | None = None) -> int:
     """
     channel = _stdio_channel() if fd is None else _Channel(fd, fd, is_socket=True)
     _die_with_parent(or_session=fd is None)
-    channel.send([encode_frame(Hello(versions=versions(), pid=os.getpid(), host=hostname()))])
+    hello = Hello(versions=versions(), pid=os.getpid(), host=hostname(), affinity=_affinity())
+    channel.send([encode_frame(hello)])
     queue: deque[TaskSpec] = deque()
     out: list[bytes] = []  # frames to send, written together
     # Held here but while a task runs: then the watcher may use the channel.
@@ -439,6 +510,13 @@ def serve(fd: int | None = None) -> int:
         if failed:  # the watcher could not read: this task's outcome goes first
             channel.send(out)
             raise failed[0]
+
+
+def _affinity() -> list[int] | None:
+    """The CPUs this worker may use, where it can pin tasks to some of them."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    return sorted(os.sched_getaffinity(0))
 
 
 def _handle(messages: list[Any], queue: deque[TaskSpec], out: list[bytes]) -> None:

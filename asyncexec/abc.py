@@ -15,7 +15,7 @@ from typing import TypeVar
 import msgspec
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-from ._messages import JobRef, Outcome, TaskSpec
+from ._messages import JobRef, Outcome, Resources, TaskSpec
 
 __all__ = ["Completed", "Launcher", "Shell", "SpawnedProcess"]
 
@@ -50,6 +50,14 @@ class Launcher(abc.ABC):
     ``prefetch`` is how many tasks per worker the launcher takes beyond those
     running (waiting in the worker's queue): an executor with ``n_workers``
     keeps ``n_workers * (1 + prefetch)`` tasks handed to it.
+
+    ``honours_resources`` names the fields of :class:`~asyncexec.Resources`
+    (``"cpus"``, ``"memory_mb"``, ``"gpus"``) the launcher gives a task when
+    its ``TaskSpec`` asks (``TaskSpec.cpus``, ``.memory_mb``, ``.gpus``). It
+    is read from the instance (a Docker launcher's depends on its mode). The
+    executor asks :meth:`check_resources` at ``submit`` and refuses with
+    :class:`LaunchError` what the launcher cannot honour: a request is never
+    dropped silently.
     """
 
     can_kill: bool = True
@@ -61,6 +69,7 @@ class Launcher(abc.ABC):
     #: What the JobRefs this launcher hands out say in ``kind``.
     kind: str = "local"
     prefetch: int = 0
+    honours_resources: frozenset[str] = frozenset()
 
     async def __aenter__(self: _L) -> _L:
         """Acquire what the launcher needs (background tasks, connections)."""
@@ -73,6 +82,24 @@ class Launcher(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    def check_resources(self, resources: Resources) -> str | None:
+        """Why this launcher cannot give one task ``resources``: None if it can.
+
+        The executor calls it at ``submit`` (once per ``TaskOptions`` object,
+        not per task) and raises :class:`LaunchError` with the reason. The
+        default refuses each field that is asked for and not in
+        ``honours_resources``; a launcher that must also check the values (more
+        CPUs than its workers may use) extends it. Called once the launcher is
+        open.
+        """
+        for name in Resources.__struct_fields__:
+            if getattr(resources, name) is not None and name not in self.honours_resources:
+                return (
+                    f"{type(self).__name__} does not honour Resources.{name} "
+                    f"(it honours {_names(self.honours_resources)}); {_HONOURED_BY[name]}"
+                )
+        return None
 
     def can_follow(self, ref: JobRef) -> bool:
         """Whether ``wait`` and ``cancel`` can take ``ref``, made by another launcher."""
@@ -129,6 +156,18 @@ class Launcher(abc.ABC):
 
         Idempotent. Called after the executor has settled every task.
         """
+
+
+#: Where each field of Resources is honoured, for the message that refuses it.
+_HONOURED_BY = {
+    "cpus": "ProcessExecutor, SSHExecutor, DockerExecutor and SlurmExecutor honour it",
+    "memory_mb": "ProcessExecutor, SSHExecutor, DockerExecutor and SlurmExecutor honour it",
+    "gpus": "DockerExecutor (mode='oneshot') and SlurmExecutor honour it",
+}
+
+
+def _names(fields: frozenset[str]) -> str:
+    return ", ".join(sorted(fields)) or "none of them"
 
 
 class Completed(msgspec.Struct, frozen=True):

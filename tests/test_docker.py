@@ -27,6 +27,7 @@ from asyncexec import (
     BackendUnavailable,
     FutureState,
     LaunchError,
+    Resources,
     TaskCancelled,
     TaskTimeout,
     WorkerLost,
@@ -200,6 +201,12 @@ def hostname() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def cpus_seen(seconds: float = 0.0) -> dict[str, Any]:
+    """The task's CPU affinity (after ``seconds``) and its container's CPU quota."""
+    time.sleep(seconds)
+    return {"affinity": sorted(os.sched_getaffinity(0)), **cgroup_limits()}
 
 
 # Functions of this module travel by value: the image cannot import the tests.
@@ -381,6 +388,70 @@ async def test_resources_and_labels_reach_the_container(image: str, shared_dir: 
     assert labels["team"] == "bench"
     assert config["HostConfig"]["NetworkMode"] == "none"
     assert config["HostConfig"]["NanoCpus"] == 500_000_000
+
+
+def containers_of_task(task_id: str) -> list[str]:
+    listed = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=asyncexec.task={task_id}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()
+
+
+async def test_oneshot_cpus_are_the_tasks_containers_nanocpus(image: str, shared_dir: str) -> None:
+    beat = os.path.join(shared_dir, "nanocpus.beat")
+    async with DockerExecutor(image, n_workers=2, cpus=1, volumes={shared_dir: shared_dir}) as ex:
+        half = await ex.with_options(resources=Resources(cpus=0.5)).run(cpus_seen)
+        default = await ex.run(cpus_seen)
+        running = await ex.with_options(resources=Resources(cpus=1.5)).submit(heartbeat, beat)
+        await until_exists(beat)
+        [container] = containers_of_task(running.task_id)
+        config = inspect(container)
+        await running.cancel()
+        # More than the engine has: refused at submit, no container made.
+        with pytest.raises(LaunchError, match="the Docker engine has"):
+            await ex.with_options(resources=Resources(cpus=1000)).submit(add, 1, 1)
+    assert half["cpu"] in ("50000", "50000 100000"), half  # the task's, not cpus=1
+    assert default["cpu"] in ("100000", "100000 100000"), default
+    assert config["HostConfig"]["NanoCpus"] == 1_500_000_000
+    assert half["affinity"] == default["affinity"]  # a quota, not a pinning
+    assert containers_of(ex.executor_id) == []
+
+
+async def test_oneshot_gpus_without_a_gpu_fail_with_the_engines_refusal(image: str) -> None:
+    async with DockerExecutor(image, n_workers=2) as ex:
+        plain = await ex.submit(add, 1, 2)
+        wants_gpu = await ex.with_options(resources=Resources(gpus=1)).submit(add, 1, 2)
+        with pytest.raises(LaunchError) as caught:
+            await wants_gpu
+        assert containers_of_task(wants_gpu.task_id) == []  # removed before the task failed
+        assert await plain == 3
+        assert await ex.run(add, 2, 2) == 4
+    message = str(caught.value)
+    assert "cannot start container" in message and "Resources(gpus=1)" in message, message
+    assert "capabilities: [[gpu]]" in message, message  # the engine's own words
+    assert containers_of(ex.executor_id) == []
+
+
+async def test_warm_cpus_pin_the_task_and_gpus_are_refused_at_submit(image: str) -> None:
+    async with DockerExecutor(image, n_workers=2, mode="warm", cpus=1.5) as ex:
+        one = ex.with_options(resources=Resources(cpus=1))
+        together = await ex.wait([await one.submit(cpus_seen, 0.5) for _ in range(2)])
+        after = await ex.run(cpus_seen)
+        with pytest.raises(LaunchError, match="mode='oneshot'") as gpus:
+            await ex.with_options(resources=Resources(gpus=1)).submit(add, 1, 1)
+        with pytest.raises(LaunchError, match=r"cpus=1\.5 each") as cpus:
+            await ex.with_options(resources=Resources(cpus=2)).submit(add, 1, 1)
+    assert "DockerLauncher does not honour Resources.gpus" in str(gpus.value)
+    assert "DockerExecutor cannot run a task with Resources(cpus=2)" in str(cpus.value)
+    first, second = (seen["affinity"] for seen in together)
+    assert len(first) == len(second) == 1, together
+    if len(after["affinity"]) > 1:
+        assert first != second, together  # two CPUs for two tasks at once
+    assert set(first) | set(second) <= set(after["affinity"])
+    assert containers_of(ex.executor_id) == []
 
 
 async def test_two_executors_never_touch_each_others_containers(

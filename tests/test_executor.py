@@ -634,6 +634,55 @@ async def test_thread_refuses_env_and_memory_limits() -> None:
             await ex.with_options(resources=asyncexec.Resources(memory_mb=10)).run(square, 1)
 
 
+async def test_thread_refuses_every_resource_at_submit() -> None:
+    async with ThreadExecutor(1) as ex:
+        for asked, field in [
+            (asyncexec.Resources(cpus=1), "cpus"),
+            (asyncexec.Resources(memory_mb=10), "memory_mb"),
+            (asyncexec.Resources(gpus=1), "gpus"),
+        ]:
+            with pytest.raises(asyncexec.LaunchError) as caught:
+                await ex.with_options(resources=asked).submit(square, 1)  # not even accepted
+            message = str(caught.value)
+            assert message.startswith("ThreadExecutor cannot run a task with Resources(")
+            assert f"ThreadLauncher does not honour Resources.{field}" in message
+            assert "SlurmExecutor honour it" in message
+
+
+class CountingLauncher(InlineLauncher):
+    """Honours cpus (as far as these tests go: its tasks never ask), counting the checks."""
+
+    honours_resources = frozenset({"cpus"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks = 0
+
+    def check_resources(self, resources: asyncexec.Resources) -> str | None:
+        self.checks += 1
+        return super().check_resources(resources)
+
+
+async def test_resources_are_checked_once_per_options_object_and_refusals_every_time() -> None:
+    launcher = CountingLauncher()
+    async with BaseExecutor(2, launcher=launcher) as ex:
+        await ex.wait([await ex.submit(square, i) for i in range(20)])
+        assert launcher.checks == 1
+        named = ex.with_options(name="n")
+        await ex.wait([await named.submit(square, i) for i in range(20)])
+        assert await ex.run(square, 3) == 9
+        assert launcher.checks == 3  # (the executor's options were checked again after named's)
+        refused = ex.with_options(resources=asyncexec.Resources(gpus=2))
+        for _ in range(2):
+            with pytest.raises(asyncexec.LaunchError, match=r"Resources\(gpus=2\)"):
+                await refused.submit(square, 1)
+        with pytest.raises(asyncexec.LaunchError, match="gpus"):
+            async for _ in refused.map(square, [1, 2]):
+                pass
+        assert launcher.checks == 6
+        assert not ex._tasks  # nothing refused was accepted
+
+
 # -- regressions ------------------------------------------------------------------
 
 

@@ -366,6 +366,66 @@ async def test_memory_limit_stops_a_hungry_task() -> None:
         assert await ex.run(allocate, 256) == 256 * 2**20  # the limit was per task
 
 
+# -- Resources(cpus=...): the worker pinned while the task runs ---------------------------
+
+USABLE = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+needs_two_cpus = pytest.mark.skipif(len(USABLE) < 2, reason="pinning needs 2 usable CPUs")
+
+
+def thread_affinities(seconds: float = 0.0, start_thread: bool = False) -> list[list[int]]:
+    """The CPUs of every thread of the worker (the task's first), after ``seconds``;
+    with ``start_thread``, of a thread the task starts too (left running after it)."""
+    if start_thread:
+        threading.Thread(target=time.sleep, args=(2,), daemon=True).start()
+    time.sleep(seconds)
+    tids = [threading.get_native_id()]
+    tids += [int(t) for t in os.listdir("/proc/self/task") if int(t) != tids[0]]
+    affinities = []
+    for tid in tids:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            affinities.append(sorted(os.sched_getaffinity(tid)))
+    return affinities
+
+
+@needs_two_cpus
+async def test_cpus_pin_every_thread_of_the_worker_and_are_given_back() -> None:
+    async with ProcessExecutor(1) as ex:
+        one = ex.with_options(resources=Resources(cpus=1))
+        pinned = await one.run(thread_affinities, 0, True)
+        after = await ex.run(thread_affinities)  # the same worker, the thread it left too
+        rounded_up = await ex.with_options(resources=Resources(cpus=1.2)).run(thread_affinities)
+        half = await ex.with_options(resources=Resources(cpus=0.5)).run(thread_affinities)
+    assert len(pinned) >= 3  # the task's thread, the worker's own, the one it started
+    assert all(cpus == pinned[0] for cpus in pinned) and len(pinned[0]) == 1, pinned
+    assert len(after) == len(pinned)
+    assert all(cpus == USABLE for cpus in after), after
+    assert all(len(cpus) == 2 for cpus in rounded_up), rounded_up
+    assert all(len(cpus) == 1 for cpus in half), half
+
+
+@needs_two_cpus
+async def test_pinned_tasks_running_together_get_different_cpus() -> None:
+    async with ProcessExecutor(2) as ex:
+        one = ex.with_options(resources=Resources(cpus=1))
+        together = await ex.wait([await one.submit(thread_affinities, 0.5) for _ in range(2)])
+        # One at a time, each may have the lowest: nothing else is pinned then.
+        apart = [await one.run(thread_affinities) for _ in range(2)]
+    first, second = (affinities[0] for affinities in together)
+    assert len(first) == len(second) == 1 and first != second, together
+    assert apart[0][0] == apart[1][0] == USABLE[:1], apart
+
+
+async def test_resources_the_pool_cannot_honour_are_refused_at_submit() -> None:
+    async with ProcessExecutor(1) as ex:
+        with pytest.raises(LaunchError, match=r"ProcessExecutor .*Resources\(gpus=1\).*gpus"):
+            await ex.with_options(resources=Resources(gpus=1)).submit(identity, 1)
+        too_many = Resources(cpus=len(USABLE) + 0.5)
+        with pytest.raises(LaunchError, match="cpus") as caught:
+            await ex.with_options(resources=too_many).submit(identity, 1)
+        assert f"may use {len(USABLE)}" in str(caught.value)
+        assert await ex.with_options(resources=Resources(cpus=len(USABLE))).run(identity, 2) == 2
+
+
 async def test_max_tasks_per_worker_recycles_without_losing_tasks() -> None:
     async with ProcessExecutor(2, max_tasks_per_worker=2) as ex:
         pids = await ex.wait([await ex.submit(pid) for _ in range(12)])

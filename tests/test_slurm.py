@@ -24,6 +24,7 @@ from asyncexec import (
     LaunchError,
     LocalShell,
     RemoteError,
+    Resources,
     SlurmConfig,
     SlurmExecutor,
     TaskCancelled,
@@ -145,6 +146,15 @@ def test_sbatch_options() -> None:
     assert "--time=17" in options  # 1000 s: 17 minutes, more than the 10 configured
     assert {"--partition=debug", "--cpus-per-task=2", "--mem=4G", "--gres=gpu:1"} <= set(options)
     assert options[-1] == "--exclusive" and "--no-requeue" in options
+
+
+def test_a_tasks_resources_replace_the_configs_cpus_and_gpus() -> None:
+    cfg = SlurmConfig(cpus=4, gpus=1)
+    options = cfg.sbatch_options(time_seconds=None, cpus=1.5, gpus=2)
+    assert "--cpus-per-task=2" in options and "--gres=gpu:2" in options  # rounded up
+    assert "--cpus-per-task=4" not in options and "--gres=gpu:1" not in options
+    assert {"--cpus-per-task=4", "--gres=gpu:1"} <= set(cfg.sbatch_options(time_seconds=None))
+    assert not any(o.startswith("--gres") for o in SlurmConfig().sbatch_options(time_seconds=None))
 
 
 # -- the conformance suite -------------------------------------------------------------
@@ -322,6 +332,53 @@ async def test_sbatch_refusal_is_a_launch_error(cluster: Cluster) -> None:
     async with SlurmExecutor(cluster.shell(), cfg) as ex:
         with pytest.raises(LaunchError, match=r"sbatch refused.*partition"):
             await (await ex.submit(add, 1, 1))
+
+
+def sacct_jobs_named(name: str) -> set[str]:
+    """The ids of the jobs (arrays) of every user that sacct knows by this job name."""
+    listed = subprocess.run(
+        ["sacct", "-a", "-X", "-n", "-P", "--name", name, "-S", "now-1hour", "-o", "JobID"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {line.split("_")[0] for line in listed.stdout.split()}
+
+
+def queued_named(name: str) -> list[str]:
+    listed = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True)
+    return listed.stdout.splitlines()
+
+
+async def test_each_tasks_cpus_and_gpus_reach_sbatch_in_arrays_of_their_own(
+    cluster: Cluster,
+) -> None:
+    def cpus_per_task() -> str | None:  # (by value: the nodes cannot import the tests)
+        return os.environ.get("SLURM_CPUS_PER_TASK")
+
+    name = f"asyncexec-res-{os.getpid()}-{time.monotonic_ns()}"
+    async with SlurmExecutor(cluster.shell(), config(cluster, job_name=name)) as ex:
+        two = ex.with_options(resources=Resources(cpus=1.5))
+        plain = [await ex.submit(cpus_per_task), await ex.submit(cpus_per_task)]
+        pinned = await two.submit(cpus_per_task)
+        whole = await ex.with_options(resources=Resources(cpus=2)).submit(cpus_per_task)
+        wants_gpu = await ex.with_options(resources=Resources(gpus=1)).submit(add, 1, 2)
+        with pytest.raises(LaunchError, match="sbatch refused 1 task") as caught:
+            await wants_gpu
+        assert await ex.wait(plain) == ["1", "1"]  # SlurmConfig.cpus
+        assert await pinned == "2"  # 1.5, rounded up
+        assert await whole == "2"
+        assert len(arrays_of(plain)) == 1 and arrays_of(plain) != arrays_of([pinned])
+        assert arrays_of([pinned, whole]) == arrays_of([pinned])  # the same whole CPUs
+        assert wants_gpu.info.job_ref is None
+    assert "gres" in str(caught.value).lower(), caught.value  # sbatch's own words
+    # The refused task left no job: sacct knows the other two arrays of that name only.
+    expected = arrays_of(plain) | arrays_of([pinned])
+    with anyio.fail_after(60):
+        while (known := sacct_jobs_named(name)) != expected:
+            assert known <= expected, known
+            await anyio.sleep(0.5)
+    assert queued_named(name) == []
 
 
 # -- cancellation ---------------------------------------------------------------------

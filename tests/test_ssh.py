@@ -14,6 +14,8 @@ import pytest
 
 from asyncexec import (
     BackendUnavailable,
+    LaunchError,
+    Resources,
     SSHExecutor,
     SSHShell,
     TaskBackendUnavailable,
@@ -228,6 +230,30 @@ async def test_slots_per_host(cluster: Cluster) -> None:
         pids = await ex.wait([await ex.submit(os.getpid) for _ in range(60)])
         assert len(set(pids)) == 6
         assert [len(shell._connections) for shell in shells] == [1, 1]
+
+
+async def test_cpus_pin_the_hosts_worker_and_gpus_are_refused_at_submit(cluster: Cluster) -> None:
+    def affinity(seconds: float) -> list[int]:  # (by value: the host cannot import the tests)
+        time.sleep(seconds)
+        return sorted(os.sched_getaffinity(0))
+
+    async with SSHExecutor([cluster.shell()], slots=2, python=cluster.python) as ex:
+        usable = await ex.run(affinity, 0)
+        one = ex.with_options(resources=Resources(cpus=1))
+        together = await ex.wait([await one.submit(affinity, 1.0) for _ in range(2)])
+        after = await ex.wait([await ex.submit(affinity, 0.3) for _ in range(2)])
+        with pytest.raises(LaunchError, match=r"SSHExecutor .*Resources\.gpus"):
+            await ex.with_options(resources=Resources(gpus=1)).submit(affinity, 0)
+        # The host's CPUs are known where the worker runs: refused there, not at submit.
+        too_many = await ex.with_options(resources=Resources(cpus=len(usable) + 1)).submit(
+            affinity, 0
+        )
+        with pytest.raises(LaunchError, match=f"may use {len(usable)}"):
+            await too_many
+    assert [len(cpus) for cpus in together] == [1, 1], together
+    if len(usable) > 1:
+        assert together[0] != together[1], together  # apart, while both ran
+    assert after == [usable, usable]  # both workers got all of them back
 
 
 async def test_a_dropped_connection_fails_only_its_tasks(cluster: Cluster, scratch: str) -> None:

@@ -11,12 +11,18 @@ running: the oldest it had not answered. The others never started, and go to
 another worker. A task still queued is cancelled with a :class:`Cancel`
 message; the running one by killing its worker. Subclasses only start, kill
 and reap workers.
+
+A task with ``Resources(cpus=...)`` goes to an idle worker only (it starts when
+handed over), with the CPUs to pin it to (``TaskSpec.affinity``): of those the
+worker may use (its :class:`Hello` says), the ones least taken by the pinned
+tasks that other workers of the same place (machine) run now.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import math
 import os
 import socket
 import sys
@@ -194,6 +200,7 @@ class PoolJob(LocalJob):
         "frame",
         "outside",
         "region",
+        "request",
         "task",
         "worker",
     )
@@ -201,14 +208,17 @@ class PoolJob(LocalJob):
     def __init__(self, task_id: str, frame: bytes | None, exclusive: bool) -> None:
         super().__init__(task_id)
         self.frame = frame  # kept: should its worker die first, another worker takes it
-        #: Or (large arguments) the task, its frame made when it is first handed over:
-        #: its arguments then go outside the frame, as many bytes as ``outside``.
+        #: Or the task, its frame made when it is first handed over: with large
+        #: arguments (then outside the frame, as many bytes as ``outside``), or
+        #: pinned to CPUs (chosen for the worker it goes to).
         self.task: TaskSpec | None = None
         self.outside = 0
         self.fd: int | None = None  # in a memory file sent with the frame (and kept too)...
         self.arena: SharedArena | None = None  # ...or in the pool's shared memory,
         self.region: int | None = None  # there (kept until it ends, for the same reason)
-        self.exclusive = exclusive  # never queued behind another task (it has a time limit)
+        self.exclusive = exclusive  # never queued behind another task (time limit, cpus)
+        #: The CPUs and GPUs a launcher gives the task's worker itself (a one-shot container).
+        self.request: tuple[float | None, int | None] | None = None
         self.worker: PoolWorker | None = None
         self.changed: anyio.Event | None = None  # set when it ends or may have started
 
@@ -244,6 +254,14 @@ class PoolWorker(abc.ABC):
     #: The channel's non-blocking socket, when there is one: frames are written to it
     #: at once when nothing else is being written (no event-loop turn in between).
     raw_socket: socket.socket | None = None
+    #: The CPUs the worker may use (its Hello says), where it can pin tasks to some.
+    affinity: list[int] | None = None
+    #: The machine it runs on, as far as the pool tells places apart: workers of one
+    #: place share its CPUs.
+    place: object = None
+    #: The task pinned to CPUs it was last handed, and those CPUs (while the task is
+    #: among its jobs, it holds them).
+    pinned: tuple[str, list[int]] | None = None
 
     def __init__(self, sender: ByteSendStream, receiver: ByteReceiveStream) -> None:
         self.sender = sender
@@ -378,6 +396,8 @@ class PoolLauncher(LocalLauncher[PoolJob]):
     #: The ``kind`` of the JobRefs this launcher hands out.
     kind = "pool"
     fast_start = True  # try_start hands a task to a worker with room
+    #: The worker pins a task to its CPUs and caps its address space (RLIMIT_AS).
+    honours_resources = frozenset({"cpus", "memory_mb"})
 
     def __init__(
         self,
@@ -484,7 +504,9 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
 
     def _new_job(self, task: TaskSpec) -> PoolJob:
-        exclusive = task.time_limit is not None
+        exclusive = task.time_limit is not None or task.cpus is not None
+        if task.gpus is not None and "gpus" not in self.honours_resources:
+            raise LaunchError(f"{type(self).__name__} cannot give a task GPUs")
         if self.fd_payloads:
             size = len(task.args) + sum(map(len, task.buffers)) if task.buffers else len(task.args)
             if size >= FD_PAYLOAD:  # placed outside the frame when handed to a worker
@@ -492,7 +514,46 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                 job.task = task
                 job.outside = size
                 return job
+        if task.cpus is not None:  # its CPUs are chosen when it is handed to a worker
+            job = PoolJob(task.task_id, None, exclusive)
+            job.task = task
+            return job
         return PoolJob(task.task_id, encode_frame(task), exclusive)
+
+    def _make_frame(self, job: PoolJob, worker: PoolWorker) -> None:
+        """Make the frame of a job handed to ``worker`` now (see ``PoolJob.task``)."""
+        task = job.task
+        assert task is not None
+        if task.cpus is not None:
+            affinity = self._choose_cpus(worker, task.cpus)
+            worker.pinned = (job.task_id, affinity or [])
+            job.task = task = msgspec.structs.replace(task, affinity=affinity)
+        if job.outside:
+            self._place(job)
+        else:
+            job.frame = encode_frame(task)
+            job.task = None
+
+    def _choose_cpus(self, worker: PoolWorker, cpus: float) -> list[int] | None:
+        """The ``ceil(cpus)`` CPUs of ``worker`` least taken by the pinned tasks running
+        on the other workers of its place (lowest first among equals); None where the
+        worker cannot pin, or has too few CPUs (it then refuses the task itself)."""
+        usable = worker.affinity
+        wanted = math.ceil(cpus)
+        if not usable or wanted > len(usable):
+            return None
+        taken: dict[int, int] = {}
+        for other in self._workers:
+            pinned = other.pinned
+            if (
+                other is not worker
+                and pinned is not None
+                and pinned[0] in other.jobs  # (it stops holding them once it ended)
+                and other.place == worker.place
+            ):
+                for cpu in pinned[1]:
+                    taken[cpu] = taken.get(cpu, 0) + 1
+        return sorted(sorted(usable, key=lambda cpu: (taken.get(cpu, 0), cpu))[:wanted])
 
     def _place(self, job: PoolJob) -> None:
         """Put a job's large arguments outside its frame, and make the frame.
@@ -541,7 +602,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
     def try_start(self, task: TaskSpec, on_outcome: Callable[[Outcome], None]) -> JobRef | None:
         if self._closed or not self.fast_start:
             return None
-        exclusive = task.time_limit is not None
+        exclusive = task.time_limit is not None or task.cpus is not None
         worker, spawn = self._pick(exclusive)
         if worker is None or spawn:
             return None  # start() waits for room, or for the worker it starts
@@ -568,7 +629,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             # runs, and where its arguments were may already hold another task's.
             return
         if job.frame is None:
-            self._place(job)
+            self._make_frame(job, worker)
         job.worker = worker
         worker.jobs[job.task_id] = job
         worker.tasks_sent += 1
@@ -722,6 +783,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         if not isinstance(hello, Hello):
             raise LaunchError(f"the worker spoke first with {type(hello).__name__}, not Hello")
         worker.pid = hello.pid
+        worker.affinity = hello.affinity
         mismatch = version_mismatch(versions(), hello.versions)
         if mismatch is not None:
             raise LaunchError(f"{self._where()} cannot run our tasks: {mismatch}")

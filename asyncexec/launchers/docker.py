@@ -20,6 +20,16 @@ Every container carries the labels ``asyncexec.executor=<executor id>`` and
 mode), and is removed when its work ends, whatever ends it; :func:`prune_containers`
 (``asyncexec docker prune``) removes what a killed driver could not.
 
+Resources (``TaskOptions.resources``): a one-shot container gets the task's
+``cpus`` exactly (``NanoCpus``, over the launcher's ``cpus=``) and its ``gpus``
+(a ``DeviceRequests`` entry for that many GPUs: an engine without them refuses
+to start the container, and the task fails with that refusal, a
+:class:`~asyncexec.LaunchError`). In a warm container ``cpus`` pins the worker
+to whole CPUs while the task runs, as in the process pool, and ``gpus`` is
+refused at ``submit``. ``memory_mb`` caps what the task may add to its worker's
+address space in both modes (``RLIMIT_AS``), under the container's own
+``memory_mb=``.
+
 Docker is reached with aiodocker, which runs on asyncio only.
 """
 
@@ -29,6 +39,7 @@ import codecs
 import contextlib
 import itertools
 import logging
+import math
 import os
 import re
 import sys
@@ -38,10 +49,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
+import msgspec
 
 from .._aio import require_asyncio
 from .._exceptions import BackendUnavailable, LaunchError, describe_exit
 from .._executor import BaseExecutor
+from .._messages import Resources, TaskSpec
 from .._options import TaskOptions
 from ..abc import Launcher
 from ._pool import PoolJob, PoolLauncher, PoolWorker
@@ -339,7 +352,8 @@ class DockerLauncher(PoolLauncher):
         n_workers: warm containers (``mode="warm"``).
         mode: ``"oneshot"`` (a container per task) or ``"warm"``.
         python: the interpreter inside the image.
-        cpus: CPUs per container (a fraction is fine).
+        cpus: CPUs per container (a fraction is fine); in one-shot mode a
+            task's ``Resources(cpus=...)`` replaces it for its container.
         memory_mb: memory per container, swap included; a task that passes
             it is killed by the kernel and fails with ``WorkerLost``
             (state ``"OOMKilled"``).
@@ -360,6 +374,11 @@ class DockerLauncher(PoolLauncher):
         max_tasks_per_worker: replace a warm container after this many tasks.
         startup_timeout: seconds a container may take to start its worker.
         executor_id: the ``asyncexec.executor`` label (default: a new id).
+
+    ``honours_resources``: ``cpus``, ``memory_mb`` and, in one-shot mode,
+    ``gpus`` (see the module's documentation). :meth:`check_resources` also
+    refuses more CPUs than the engine has, and in warm mode more than each
+    container's ``cpus=``.
     """
 
     kind = "docker"
@@ -409,6 +428,9 @@ class DockerLauncher(PoolLauncher):
         self.image = image
         self.mode: Mode = mode
         self.fast_start = mode == "warm"  # one-shot: every task waits for its container
+        if mode == "oneshot":  # each task's container gets its CPUs and GPUs
+            self.honours_resources = frozenset({"cpus", "memory_mb", "gpus"})
+        self._engine_cpus: int | None = None  # how many the engine has (read on opening)
         self.memory_mb = memory_mb
         if executor_id is not None and not _NAME.fullmatch(executor_id):
             raise ValueError(
@@ -451,7 +473,37 @@ class DockerLauncher(PoolLauncher):
         require_asyncio("the Docker backend", _AIOHTTP)
         self._docker = await _open_engine(self.url, self._n_workers)
         await self._check_image()
+        with contextlib.suppress(Exception), anyio.fail_after(_CALL_TIMEOUT):
+            cpus = (await self._docker.system.info()).get("NCPU")
+            self._engine_cpus = cpus if isinstance(cpus, int) and cpus > 0 else None
         await super()._open()
+
+    def check_resources(self, resources: Resources) -> str | None:
+        problem = super().check_resources(resources)
+        cpus = resources.cpus
+        if problem is not None or cpus is None:
+            return problem
+        engine = self._engine_cpus
+        if self.mode == "oneshot":
+            if engine is not None and cpus > engine:
+                return (
+                    f"DockerLauncher gives a one-shot container Resources.cpus={cpus:g} CPUs "
+                    f"(NanoCpus), and the Docker engine has {engine}; ask for at most {engine}"
+                )
+            return None
+        if engine is not None and math.ceil(cpus) > engine:
+            return (
+                f"DockerLauncher pins a task in a warm container to whole CPUs, and "
+                f"Resources.cpus asks for {math.ceil(cpus)} (rounded up) where the Docker "
+                f"engine has {engine}; ask for at most {engine}"
+            )
+        if self._cpus is not None and cpus > self._cpus:
+            return (
+                f"DockerLauncher's warm containers may use cpus={self._cpus:g} each, fewer than "
+                f"Resources.cpus={cpus:g}; raise the executor's cpus=, or use mode='oneshot' "
+                "(a container with the task's own cpus)"
+            )
+        return None
 
     async def _check_image(self) -> None:
         assert self._docker is not None
@@ -533,15 +585,34 @@ class DockerLauncher(PoolLauncher):
         if self._tg is not None:
             self._tg.start_soon(fn)
 
-    def _config(self, name: str, task_id: str | None) -> dict[str, Any]:
+    def _new_job(self, task: TaskSpec) -> PoolJob:
+        if self.mode == "warm" or (task.cpus is None and task.gpus is None):
+            return super()._new_job(task)
+        # Its own container gets its CPUs and GPUs: its worker has nothing to pin.
+        job = super()._new_job(msgspec.structs.replace(task, cpus=None, gpus=None))
+        job.request = (task.cpus, task.gpus)
+        return job
+
+    def _config(
+        self,
+        name: str,
+        task_id: str | None,
+        request: tuple[float | None, int | None] | None = None,
+    ) -> dict[str, Any]:
+        """A container's configuration; ``request``: its one task's CPUs and GPUs."""
         labels = {**self._labels, EXECUTOR_LABEL: self.executor_id, WORKER_LABEL: name}
         if task_id is not None:
             labels[TASK_LABEL] = task_id
+        cpus, gpus = request or (None, None)
+        if cpus is None:
+            cpus = self._cpus
         host: dict[str, Any] = {"NetworkMode": self._network, "Binds": self._binds}
         if self.memory_mb is not None:
             host["Memory"] = host["MemorySwap"] = self.memory_mb * 2**20
-        if self._cpus is not None:
-            host["NanoCpus"] = int(self._cpus * 1e9)
+        if cpus is not None:
+            host["NanoCpus"] = round(cpus * 1e9)
+        if gpus is not None:
+            host["DeviceRequests"] = [{"Driver": "", "Count": gpus, "Capabilities": [["gpu"]]}]
         if self._pids_limit is not None:
             host["PidsLimit"] = self._pids_limit
         if self._read_only:
@@ -574,7 +645,8 @@ class DockerLauncher(PoolLauncher):
         if self._docker is None:
             raise LaunchError("the Docker launcher is not open")
         name = f"asyncexec-{self.executor_id}-{self._token}-{next(self._names)}"
-        config = self._config(name, task_id)
+        job = self._jobs.get(task_id) if task_id is not None else None
+        config = self._config(name, task_id, job.request if job is not None else None)
         try:
             # Shielded: a request cancelled midway may still create the container, and
             # we would not know its id. A cancellation is seen at the next await below.
@@ -600,7 +672,11 @@ class DockerLauncher(PoolLauncher):
             with anyio.CancelScope(shield=True):
                 await self._remove(container, name)
             if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
-                raise _engine_error(f"start container {name}", exc) from exc
+                doing = f"start container {name}"
+                if "DeviceRequests" in config["HostConfig"]:  # the likeliest reason, where none
+                    gpus = config["HostConfig"]["DeviceRequests"][0]["Count"]
+                    doing += f" with the {gpus} GPU(s) its task asks for (Resources(gpus={gpus}))"
+                raise _engine_error(doing, exc) from exc
             raise
         return _Container(self, container, stream, name)
 
@@ -708,6 +784,20 @@ class DockerExecutor(BaseExecutor):
     ``read_only``, ``user``, ``env``, ``volumes``, ``labels``, ``workdir``,
     ``pull``, ``url``, ``initializer``, ``max_tasks_per_worker``,
     ``startup_timeout``, ``executor_id``.
+
+    Resources (``TaskOptions.resources``):
+
+    * ``cpus``: one-shot, the task's container gets exactly that many
+      (``NanoCpus``; fractions too), instead of ``cpus=``; warm, the worker is
+      pinned to ``ceil(cpus)`` CPUs while the task runs, as in
+      :class:`ProcessExecutor`. More than the engine has (warm: more than
+      ``cpus=``) is refused at ``submit`` (:class:`LaunchError`).
+    * ``memory_mb``: what the task may add to its worker's address space
+      (``RLIMIT_AS``), within the container's ``memory_mb=``.
+    * ``gpus``: one-shot, the container asks the engine for that many GPUs
+      (``DeviceRequests``, capability ``gpu``); an engine without them refuses
+      to start it and the task fails with that :class:`LaunchError` (no
+      container is left). Warm: refused at ``submit``.
     """
 
     def __init__(

@@ -6,11 +6,17 @@ length-framed msgpack over a private socket pair, so the task's stdout and
 stderr stay the driver's own. A worker that dies fails only the task it
 held; killing a task kills its worker's whole process group, and a new worker
 takes its place.
+
+``Resources(cpus=n)`` pins the worker to ``ceil(n)`` CPUs while the task runs
+(``os.sched_setaffinity``, Linux), chosen apart from the CPUs of the tasks other
+workers run pinned; ``memory_mb`` caps what the task may add to its worker's
+address space (``RLIMIT_AS``); ``gpus`` is refused at ``submit``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -26,7 +32,7 @@ import asyncexec
 
 from .._exceptions import LaunchError
 from .._executor import BaseExecutor
-from .._messages import Setup
+from .._messages import Resources, Setup
 from .._options import TaskOptions
 from ..abc import Launcher
 from ._pool import PoolLauncher, PoolWorker
@@ -103,8 +109,12 @@ class ProcessLauncher(PoolLauncher):
             stderr are the driver's) or ``"stdio"`` (the worker's stdin and
             stdout, as over SSH; the task's stdout goes to stderr).
         prefetch: tasks queued at each busy worker behind the one it runs, so
-            it never waits for a round trip (tasks with a time limit always
-            wait for an idle worker).
+            it never waits for a round trip (tasks with a time limit or
+            ``cpus`` always wait for an idle worker).
+
+    ``honours_resources``: ``cpus`` (where ``os.sched_setaffinity`` exists) and
+    ``memory_mb``; :meth:`check_resources` refuses more CPUs than the workers
+    may use (the driver's own affinity, which they inherit).
     """
 
     kind = "process"
@@ -136,12 +146,27 @@ class ProcessLauncher(PoolLauncher):
         self._env = dict(env or {})
         self._transport = transport
         self.fd_payloads = transport == "socket" and hasattr(os, "memfd_create")
+        if not hasattr(os, "sched_setaffinity"):  # (not Linux) nothing to pin a task with
+            self.honours_resources = frozenset({"memory_mb"})
 
     def __repr__(self) -> str:
         return f"<ProcessLauncher {len(self._workers)}/{self._n_workers} workers>"
 
     def _where(self) -> str:
         return self._python
+
+    def check_resources(self, resources: Resources) -> str | None:
+        problem = super().check_resources(resources)
+        if problem is None and resources.cpus is not None:
+            usable = os.sched_getaffinity(0)  # the workers' too: they inherit it
+            if math.ceil(resources.cpus) > len(usable):
+                return (
+                    f"ProcessLauncher pins a task to whole CPUs, and Resources.cpus asks for "
+                    f"{math.ceil(resources.cpus)} (rounded up) where its workers may use "
+                    f"{len(usable)} (os.sched_getaffinity); ask for at most {len(usable)}, or "
+                    "use a larger machine (SSHExecutor, SlurmExecutor)"
+                )
+        return problem
 
     def _setup(self) -> Setup:
         return Setup(sys_path=[entry for entry in sys.path if entry], initializer=self._initializer)
@@ -200,9 +225,22 @@ class ProcessExecutor(BaseExecutor):
         prefetch: tasks queued at each busy worker behind the one it runs, so
             that it never waits for the driver between tasks (0: hand a task
             only to an idle worker). Tasks with a time limit always wait for an
-            idle worker, so their clock starts when they start.
+            idle worker, so their clock starts when they start; so do tasks
+            pinned to CPUs, so their CPUs are chosen when they start.
         options: default :class:`TaskOptions`.
         max_pending: queued tasks at most before ``submit`` waits.
+
+    Resources (``TaskOptions.resources``):
+
+    * ``cpus``: the worker runs the task pinned to ``ceil(cpus)`` of the CPUs
+      it may use (``os.sched_setaffinity``, all its threads; Linux only) and
+      gets them all back when the task ends. Tasks that run at the same time on
+      different workers get different CPUs where there are enough. More CPUs
+      than the process may use is refused at ``submit``
+      (:class:`LaunchError`).
+    * ``memory_mb``: what the task may add to its worker's address space
+      (``RLIMIT_AS``): past it, allocations fail with ``MemoryError``.
+    * ``gpus``: refused at ``submit`` (:class:`LaunchError`).
     """
 
     def __init__(

@@ -21,6 +21,11 @@ scheduler gently:
   ``max_poll_interval`` while nothing changes.
 * **Time limits** become ``--time`` (Slurm counts in whole minutes) and the
   worker's own limit, which stops the task on time and reports it.
+* **Resources.** A task's ``Resources(cpus=...)`` becomes its array's
+  ``--cpus-per-task`` (rounded up) and ``gpus`` its ``--gres=gpu:N``, over
+  :class:`SlurmConfig`'s; tasks asking for different ones never share an
+  array. ``memory_mb`` is the runner's (``RLIMIT_AS`` on what the task adds to
+  its process), not ``--mem``, which stays ``SlurmConfig.memory``.
 * **Cancellation** is ``scancel`` of exactly the array task (all cancels
   made together share one call); when the array task runs other live tasks
   of its chunk, a marker file tells the worker to skip or interrupt only
@@ -121,9 +126,9 @@ class SlurmConfig:
         time: ``--time`` of every array task, a Slurm time string (``"30"``,
             ``"1:00:00"``, ``"2-00"``). Tasks with a time limit get at least
             what their chunk needs, rounded up to whole minutes.
-        cpus: ``--cpus-per-task``.
+        cpus: ``--cpus-per-task`` (a task's ``Resources(cpus=...)`` replaces it).
         memory: ``--mem``: megabytes, or a string such as ``"4G"``.
-        gpus: ``--gres=gpu:N``.
+        gpus: ``--gres=gpu:N`` (a task's ``Resources(gpus=...)`` replaces it).
         account: ``--account``.
         qos: ``--qos``.
         max_concurrent: array tasks of one array running at once (``%N``).
@@ -212,9 +217,17 @@ class SlurmConfig:
             if value is not None and (not value or any(c.isspace() for c in value)):
                 raise ValueError(f"SlurmConfig.{name} must be one word, got {value!r}")
 
-    def sbatch_options(self, *, time_seconds: int | None) -> list[str]:
-        """The ``#SBATCH`` options of an array task (but --array, --output, --error)."""
-        options = [f"--job-name={self.job_name}", f"--cpus-per-task={self.cpus}"]
+    def sbatch_options(
+        self, *, time_seconds: int | None, cpus: float | None = None, gpus: int | None = None
+    ) -> list[str]:
+        """The ``#SBATCH`` options of an array task (but --array, --output, --error).
+
+        ``cpus`` and ``gpus`` (a task's ``Resources``) replace ``self.cpus`` and
+        ``self.gpus``; ``cpus`` is rounded up to whole CPUs.
+        """
+        cpus_per_task = self.cpus if cpus is None else math.ceil(cpus)
+        gpus = self.gpus if gpus is None else gpus
+        options = [f"--job-name={self.job_name}", f"--cpus-per-task={cpus_per_task}"]
         if self.partition:
             options.append(f"--partition={self.partition}")
         minutes = None
@@ -230,8 +243,8 @@ class SlurmConfig:
             options.append(f"--time={self.time}")
         if self.memory is not None:
             options.append(f"--mem={self.memory}")
-        if self.gpus is not None:
-            options.append(f"--gres=gpu:{self.gpus}")
+        if gpus is not None:
+            options.append(f"--gres=gpu:{gpus}")
         if self.account:
             options.append(f"--account={self.account}")
         if self.qos:
@@ -435,6 +448,8 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
     kind = "slurm"
     enforces_time_limit = True
     reattachable = True
+    #: ``--cpus-per-task`` and ``--gres=gpu:N`` per array; the runner's RLIMIT_AS.
+    honours_resources = frozenset({"cpus", "memory_mb", "gpus"})
 
     def __init__(
         self,
@@ -719,13 +734,20 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
 
     async def _submit(self, batch: list[_Pending]) -> None:
         size = self.config.chunk_size
-        chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+        # An array's tasks share its --cpus-per-task and --gres: one group per request.
+        groups: dict[tuple[int | None, int | None], list[_Pending]] = {}
+        for pending in batch:
+            cpus, gpus = pending.task.cpus, pending.task.gpus
+            key = (None if cpus is None else math.ceil(cpus), gpus)
+            groups.setdefault(key, []).append(pending)
         per_array = min(self.max_array_size, self.config.max_array_size or self.max_array_size)
         self._submitting += 1
         try:
             async with anyio.create_task_group() as tg:
-                for start in range(0, len(chunks), per_array):
-                    tg.start_soon(self._submit_array, chunks[start : start + per_array])
+                for group in groups.values():
+                    chunks = [group[i : i + size] for i in range(0, len(group), size)]
+                    for start in range(0, len(chunks), per_array):
+                        tg.start_soon(self._submit_array, chunks[start : start + per_array])
         finally:
             self._submitting -= 1
             if not self._submitting:
@@ -809,11 +831,12 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         array = f"0-{len(chunks) - 1}"
         if config.max_concurrent is not None:
             array += f"%{config.max_concurrent}"
+        first = chunks[0][0].task  # every task of an array asks for the same (whole) CPUs, GPUs
         header = [
             f"--array={array}",
             f"--output={workdir}/log/%a.out",
             f"--error={workdir}/log/%a.err",
-            *config.sbatch_options(time_seconds=time_seconds),
+            *config.sbatch_options(time_seconds=time_seconds, cpus=first.cpus, gpus=first.gpus),
         ]
         runner = shlex.join([config.interpreter(), "-c", _oneshot.BOOT, workdir])
         script = "\n".join(
@@ -1107,6 +1130,17 @@ class SlurmExecutor(BaseExecutor):
     minutes as Slurm counts, and the worker's own limit, which stops the task
     on time: the clock starts when the task starts, not while it waits in
     Slurm's queue.
+
+    Resources (``TaskOptions.resources``), per task, over ``config``'s:
+
+    * ``cpus``: the array task's ``--cpus-per-task``, rounded up to whole CPUs.
+    * ``gpus``: its ``--gres=gpu:N``. A cluster without them makes ``sbatch``
+      refuse: the task fails with :class:`LaunchError` quoting it, and no job
+      is left.
+    * ``memory_mb``: what the task may add to the runner's address space
+      (``RLIMIT_AS``); the job's ``--mem`` is ``config.memory``.
+
+    Tasks that ask for different ``cpus`` or ``gpus`` go in different arrays.
     """
 
     def __init__(

@@ -7,6 +7,12 @@ prints arrive on the channel's stderr and are copied to the driver's.
 
 A connection that drops fails only the tasks its workers were running, with
 :class:`~asyncexec.WorkerLost`; the next task reconnects.
+
+``Resources(cpus=n)`` pins the task's worker to ``ceil(n)`` of the CPUs it may
+use on its host while the task runs (the process pool's worker code), chosen
+apart from the CPUs of the tasks the host's other workers run pinned;
+``memory_mb`` caps what it may add to its worker's address space; ``gpus`` is
+refused at ``submit``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class _RemoteWorker(PoolWorker):
         super().__init__(process.stdin, process.stdout)
         self._launcher = launcher
         self.shell = shell
+        self.place = shell  # the host: its workers share its CPUs
         self.process = process
         self.pid = getattr(process, "pid", None)
         self._closed = False
@@ -73,6 +80,12 @@ class SSHLauncher(PoolLauncher):
             asyncexec and cloudpickle installed).
         initializer, max_tasks_per_worker, eager, startup_timeout, prefetch:
             as for the process pool.
+
+    ``honours_resources``: ``cpus`` and ``memory_mb``, as the process pool's.
+    A host's CPUs are known only once a worker runs there: a task asking for
+    more CPUs than its worker may use (or a host without
+    ``os.sched_setaffinity``) fails with :class:`LaunchError` when it reaches
+    the worker, not at ``submit``.
     """
 
     kind = "ssh"
@@ -198,6 +211,17 @@ class SSHExecutor(BaseExecutor):
             time, so a dropped connection fails only the tasks that ran).
         options: default :class:`TaskOptions` for every task.
         max_pending: queued tasks at most before ``submit`` waits.
+
+    Resources (``TaskOptions.resources``), as for :class:`ProcessExecutor`:
+
+    * ``cpus``: the task's worker is pinned to ``ceil(cpus)`` of the CPUs it
+      may use on its host while the task runs (Linux hosts), apart from the
+      CPUs of the host's other pinned tasks where there are enough. A request
+      for more CPUs than the worker may use, or a host that cannot pin, fails
+      the task with :class:`LaunchError` once it reaches the worker (a host's
+      CPUs are not known at ``submit``).
+    * ``memory_mb``: what the task may add to its worker's address space.
+    * ``gpus``: refused at ``submit`` (:class:`LaunchError`).
     """
 
     def __init__(

@@ -1,7 +1,8 @@
 """Threads in this process: :class:`ThreadLauncher` and :class:`ThreadExecutor`.
 
 Threads share the process, so a crash takes the driver with it, ``env`` and
-memory limits cannot be per task (they are refused), and stopping a running
+``Resources`` (cpus, memory_mb, gpus) cannot be per task (they are refused:
+``Resources`` at ``submit``), and stopping a running
 task is best effort: an exception is raised inside its thread (with stopit's
 ``async_raise``), which interrupts Python code at its next bytecode but not a
 call blocked in C (``time.sleep(60)`` ends first). The future is settled at
@@ -56,6 +57,8 @@ class ThreadLauncher(LocalLauncher[_Job]):
 
     can_kill = True  # Python code only; see the module docstring
     isolates_crashes = False
+    #: None: threads share their process's CPUs, address space and devices.
+    honours_resources: frozenset[str] = frozenset()
 
     def __init__(self, n_workers: int) -> None:
         super().__init__()
@@ -71,6 +74,11 @@ class ThreadLauncher(LocalLauncher[_Job]):
         if task.memory_mb is not None:
             raise LaunchError(
                 "threads share one address space: use ProcessExecutor for memory limits"
+            )
+        if task.cpus is not None or task.gpus is not None:
+            raise LaunchError(
+                "threads share their process's CPUs and devices: use ProcessExecutor for "
+                "cpus, DockerExecutor or SlurmExecutor for gpus"
             )
         if self._tg is None:
             raise LaunchError("ThreadLauncher is not open")
@@ -128,6 +136,10 @@ class ThreadExecutor(BaseExecutor):
 
     Useful for I/O-bound functions and for code that releases the GIL. Tasks
     are still pickled, so what works here works on every other backend.
+
+    ``Resources`` (cpus, memory_mb, gpus) are refused: ``submit`` raises
+    :class:`~asyncexec.LaunchError` (threads share one process), as ``env``
+    makes the task fail with one.
 
     Args:
         n_workers: threads at once (default: ``min(32, cpu_count + 4)``).
