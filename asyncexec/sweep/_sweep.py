@@ -42,15 +42,16 @@ def sweep(parameters: Mapping[str, Any], *, strict: bool = False) -> list[Hashab
 
     As execo's: a factor with no level is left out, a level given twice gives
     its combinations twice, a sub-sweep's factor overrides a factor of the same
-    name, and a string's characters are its levels. Unlike execo's, levels may
-    also be any iterable (a generator).
+    name (in place, as ``dict.update``), a string's characters are its levels,
+    and factors need not be strings. Unlike execo's, levels may also be any
+    iterable (a generator).
 
     Args:
         parameters: factor -> levels (a sequence, or a dict of level -> sub-sweep).
         strict: refuse, instead of execo's silent handling, a factor that is not
             a string, levels that are a string or not a list or dict, no level,
-            an unhashable level, a level given twice, a sub-sweep that is not a
-            dict, and a factor given twice (in a sub-sweep and outside it).
+            an unhashable level, a level given twice, and a factor given twice
+            (in a sub-sweep and outside it).
 
     Raises:
         TypeError: ``parameters`` or a sub-sweep is not a dict, or levels are
