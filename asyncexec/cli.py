@@ -286,7 +286,8 @@ def _status(directory: str) -> int:
             by_status["failed"],
             by_status["running"],
             by_status["done"],
-        )
+        ),
+        all_levels=True,
     )
     table = [
         [

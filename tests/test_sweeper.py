@@ -5,9 +5,15 @@ execo_engine itself only ever runs in subprocesses (see test_sweep.py for why).
 
 from __future__ import annotations
 
+import decimal
+import enum
+import fractions
 import gc
+import hashlib
+import inspect
+import io
 import json
-import os
+import pickle
 import random
 import signal
 import sqlite3
@@ -18,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import pytest
@@ -343,9 +349,15 @@ def test_get_sweeps_and_set_sweeps(tmp_path: Path) -> None:
         assert sweeper.get_skipped() == []  # 9 left the sweeps
         assert ids(sweeper.get_remaining()) == [4, 6]
         assert ids(sweeper.get_next_batch(10)) == [4, 6]
-        sweeper.set_sweeps([])
+        with pytest.raises(SweeperError, match="no saved sweeps"):
+            sweeper.set_sweeps([])  # as execo: empty means the saved ones; none: no change
+        assert ids(sweeper.get_sweeps()) == [3, 4, 5, 6]
+        sweeper.set_sweeps(iter([]))  # an empty iterator (execo: true): empty sweeps
         assert sweeper.get_sweeps() == [] and sweeper.get_next() is None
         assert sweeper.get_done() == [] and sweeper.get_inprogress() == []
+        sweeper.set_sweeps(combos(10))
+        assert ids(sweeper.get_skipped()) == [9]  # skipped before: skipped again
+        assert ids(sweeper.get_done()) == [5]
 
 
 def test_instances_with_different_sweeps_share_state(tmp_path: Path) -> None:
@@ -523,6 +535,407 @@ def test_saved_sweeps_reload_in_the_order_saved(tmp_path: Path) -> None:
         assert saver.get_sweeps() == order
     with ParamSweeper(tmp_path / "sweeps") as reloaded:
         assert reloaded.get_sweeps() == order
+
+
+# -- against execo_engine's ParamSweeper, step by step --------------------------------
+
+
+def play(
+    sweeper_class: Any, combination_class: Any, directory: str, ops: list[Any], fresh: bool
+) -> list[Any]:
+    """Run ``ops`` on ParamSweepers of ``sweeper_class`` sharing ``directory``.
+
+    Returns, for each op, what it returned (or the type of what it raised) and
+    the state every instance reports (stats() as sorted ids, and str()). With
+    ``fresh``, every instance re-reads the shared state (full_update) before each
+    op and each report: execo's views are otherwise those of its own last
+    operation (ours always read the database). Self-contained: its source is
+    run in the process that imports execo_engine.
+    """
+
+    def combination(i: Any) -> Any:
+        return combination_class(i=i)
+
+    def ids(part: Any) -> list[Any]:
+        return sorted(c["i"] for c in part)
+
+    def first(remaining: Any) -> list[Any]:  # both pick the same ones: the smallest
+        return sorted(remaining, key=lambda c: c["i"])
+
+    instances: dict[int, Any] = {}
+    steps: list[Any] = []
+    for op in ops:
+        name, k, *args = op
+        if fresh:
+            for instance in instances.values():
+                instance.full_update()
+        try:
+            result: Any = None
+            if name == "new":
+                sweeps = None if args[0] is None else [combination(i) for i in args[0]]
+                instances[k] = sweeper_class(directory, sweeps, args[1])
+            elif name == "set_sweeps":
+                sweeps = None if args[0] is None else [combination(i) for i in args[0]]
+                instances[k].set_sweeps(sweeps, args[1])
+            elif name == "get_next":
+                got = instances[k].get_next(first)
+                result = None if got is None else got["i"]
+            elif name == "get_next_batch":
+                result = [c["i"] for c in instances[k].get_next_batch(args[0], first)]
+            elif name in ("done", "skip", "cancel"):
+                getattr(instances[k], name)(combination(args[0]))
+            elif name in ("done_batch", "skip_batch", "cancel_batch"):
+                getattr(instances[k], name)([combination(i) for i in args[0]])
+            elif name in ("done_held", "skip_held", "cancel_held"):  # one it was handed
+                held = ids(instances[k].get_inprogress())
+                if held:
+                    getattr(instances[k], name[: -len("_held")])(combination(held[0]))
+            elif name == "reset":
+                instances[k].reset(args[0])
+            else:  # update, full_update
+                getattr(instances[k], name)()
+            outcome = ["returned", result]
+        except Exception as exc:
+            outcome = ["raised", type(exc).__name__]
+        if fresh:
+            for instance in instances.values():
+                instance.full_update()
+        names = ("sweeps", "remaining", "skipped", "inprogress", "done")
+        state = {
+            str(key): {
+                **{n: ids(part) for n, part in zip(names, instance.stats(), strict=True)},
+                "str": str(instance),
+            }
+            for key, instance in sorted(instances.items())
+        }
+        steps.append([op, outcome, state])
+    for instance in instances.values():
+        if hasattr(instance, "close"):  # execo's has none
+            instance.close()
+    return steps
+
+
+EXECO_PLAYER = """
+from __future__ import annotations
+import json, sys, warnings
+from typing import Any
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from execo_engine import HashableDict, ParamSweeper
+
+{source}
+
+with open(sys.argv[1]) as source:
+    plans = json.load(source)
+print(json.dumps([play(ParamSweeper, HashableDict, *plan) for plan in plans]))
+"""
+
+
+def random_ops(rng: random.Random, count: int = 40) -> list[Any]:
+    """Any operation on any combination, by one or two instances: odd uses included
+    (skipping or cancelling what was not handed out, 1.0 and True for 1, ...)."""
+    size = 8
+    values: list[Any] = [*range(size + 2), 1.0, True, 2.0]
+
+    def some() -> list[Any]:
+        return rng.sample(values, rng.randint(0, size))
+
+    ops: list[Any] = [["new", 0, list(range(size)), rng.random() < 0.3]]
+    if rng.random() < 0.5:
+        ops.append(["new", 1, some() or [0], False])
+    instances = sorted({op[1] for op in ops})
+    kinds = ["get_next"] * 4 + ["get_next_batch", "done", "skip", "cancel", "reset"]
+    kinds += ["done_batch", "skip_batch", "cancel_batch", "set_sweeps", "update", "full_update"]
+    for _ in range(count):
+        k, kind = rng.choice(instances), rng.choice(kinds)
+        if kind == "get_next_batch":
+            ops.append([kind, k, rng.randint(0, 3)])
+        elif kind.endswith("_batch"):
+            ops.append([kind, k, rng.sample(values, rng.randint(0, 3))])
+        elif kind in ("done", "skip", "cancel"):
+            ops.append([kind, k, rng.choice(values)])
+        elif kind == "reset":
+            ops.append([kind, k, rng.random() < 0.5])
+        elif kind == "set_sweeps":
+            ops.append([kind, k, rng.choice([some(), some(), None, []]), rng.random() < 0.3])
+        else:
+            ops.append([kind, k])
+    return ops
+
+
+def natural_ops(rng: random.Random, count: int = 40) -> list[Any]:
+    """One instance used as execo's docs say: mark what get_next handed out."""
+    ops: list[Any] = [["new", 0, list(range(10)), False]]
+    kinds = [["get_next", 0], ["get_next", 0], ["get_next_batch", 0, 2], ["reset", 0, False]]
+    kinds += [["done_held", 0], ["skip_held", 0], ["cancel_held", 0]]
+    for _ in range(count):
+        if rng.random() < 0.1:
+            ops.append(["set_sweeps", 0, sorted(rng.sample(range(12), 9)), False])
+        else:
+            ops.append(rng.choice(kinds))
+    return ops
+
+
+# name -> (ops, fresh, directory suffix)
+PLANS: dict[str, tuple[list[Any], bool, str]] = {
+    "set_sweeps keeps what was skipped": (
+        [
+            ["new", 0, [0, 1, 2, 3, 4, 5], False],
+            ["get_next_batch", 0, 2],
+            ["skip", 0, 0],  # handed out, then skipped
+            ["skip", 0, 7],  # outside the sweeps
+            ["skip_batch", 0, [8]],
+            ["set_sweeps", 0, [2, 3, 4], False],
+            ["set_sweeps", 0, [0, 1, 2, 3, 4, 5, 6, 7, 8], False],
+            ["get_next_batch", 0, 10],
+            ["reset", 0, False],
+            ["get_next_batch", 0, 10],
+        ],
+        False,
+        "",
+    ),
+    "done after skip stays skipped": (
+        [
+            ["new", 0, [0, 1, 2, 3], False],
+            ["get_next", 0],
+            ["skip", 0, 0],
+            ["done", 0, 0],
+            ["get_next_batch", 0, 10],
+        ],
+        False,
+        "",
+    ),
+    "equal combinations are one": (
+        [
+            ["new", 0, [0, 1, 1.0, True, 2, 2.0, 3, 4], False],
+            ["done", 0, 1.0],
+            ["get_next_batch", 0, 3],
+            ["skip", 0, 2.0],
+            ["cancel", 0, 3.0],
+            ["done_batch", 0, [0.0]],
+            ["get_next_batch", 0, 10],
+        ],
+        False,
+        "",
+    ),
+    "empty sweeps load the saved ones": (
+        [
+            ["new", 0, [0, 1, 2, 3], True],
+            ["set_sweeps", 0, [5, 6], False],
+            ["set_sweeps", 0, [], False],
+            ["new", 1, [], False],
+            ["set_sweeps", 1, [7], True],
+            ["set_sweeps", 0, None, False],
+        ],
+        False,
+        "",
+    ),
+    "no saved sweeps: nothing changes": (
+        [
+            ["new", 0, [0, 1, 2], False],
+            ["get_next", 0],
+            ["set_sweeps", 0, [], False],
+            ["set_sweeps", 0, None, True],
+            ["get_next", 0],
+        ],
+        False,
+        "",
+    ),
+    "named after the directory as given": (
+        [["new", 0, [0, 1], False], ["get_next", 0]],
+        False,
+        "/",
+    ),
+}
+PLANS.update({f"random {seed}": (random_ops(random.Random(seed)), True, "") for seed in range(25)})
+PLANS.update(
+    {f"natural {seed}": (natural_ops(random.Random(seed)), False, "") for seed in range(10)}
+)
+
+
+@pytest.fixture(scope="module")
+def execo_plays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
+    """What execo_engine's ParamSweeper does for every plan of PLANS, in one subprocess."""
+    root = tmp_path_factory.mktemp("execo-plays")
+    plans = [
+        [f"{root / str(n) / 'sw'}{suffix}", ops, fresh]
+        for n, (ops, fresh, suffix) in enumerate(PLANS.values())
+    ]
+    (root / "plans.json").write_text(json.dumps(plans))
+    code = EXECO_PLAYER.format(source=inspect.getsource(play))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root / "plans.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(zip(PLANS, json.loads(done.stdout), strict=True))
+
+
+def same_steps(ours: list[Any], theirs: list[Any]) -> None:
+    """Step by step, the same results and states; errors need only be errors in both."""
+    assert len(ours) == len(theirs)
+    for (op, outcome, state), (_, expected_outcome, expected_state) in zip(
+        ours, theirs, strict=True
+    ):
+        if outcome[0] == expected_outcome[0] == "raised":
+            expected_outcome = outcome  # execo: EOFError for no saved sweeps; ours SweeperError
+        assert (outcome, state) == (expected_outcome, expected_state), op
+
+
+def play_ours(name: str, tmp_path: Path) -> list[Any]:
+    ops, fresh, suffix = PLANS[name]
+    directory = f"{tmp_path / 'sw'}{suffix}"
+    # JSON round trip: the same values as execo's player got (tuples become lists).
+    return list(json.loads(json.dumps(play(ParamSweeper, HashableDict, directory, ops, fresh))))
+
+
+@pytest.mark.parametrize("name", [n for n in PLANS if not n.startswith(("random", "natural"))])
+def test_scenarios_as_execo(name: str, tmp_path: Path, execo_plays: dict[str, Any]) -> None:
+    same_steps(play_ours(name, tmp_path), execo_plays[name])
+
+
+def test_set_sweeps_keeps_what_was_skipped(tmp_path: Path) -> None:
+    # What test_scenarios_as_execo checks against execo, spelled out.
+    with ParamSweeper(tmp_path / "sweeps", combos(6)) as sweeper:
+        assert ids(sweeper.get_next_batch(2)) == [0, 1]
+        sweeper.skip(HashableDict(i=0))
+        sweeper.skip(HashableDict(i=7))  # not in the sweeps: not listed, but remembered
+        assert ids(sweeper.get_skipped()) == [0]
+        sweeper.set_sweeps(combos(3, start=2))
+        assert sweeper.get_skipped() == []
+        sweeper.set_sweeps(combos(9))
+        assert ids(sweeper.get_skipped()) == [0, 7]
+        assert ids(sweeper.get_next_batch(10)) == [2, 3, 4, 5, 6, 8]
+        sweeper.done(HashableDict(i=7))  # done after skipped: listed in both, as execo
+        assert ids(sweeper.get_skipped()) == [0, 7] and ids(sweeper.get_done()) == [7]
+        assert str(sweeper) == "sweeps <9 total, 1 done, 2 skipped, 7 in progress, 0 remaining>"
+        sweeper.reset()
+        assert ids(sweeper.get_remaining()) == [0]
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_random_operations_as_execo(seed: int, tmp_path: Path, execo_plays: dict[str, Any]) -> None:
+    # Any operation, by one or two instances, odd uses included; execo re-reads the
+    # shared state before each step (see play).
+    same_steps(play_ours(f"random {seed}", tmp_path), execo_plays[f"random {seed}"])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_natural_use_as_execo(seed: int, tmp_path: Path, execo_plays: dict[str, Any]) -> None:
+    # One instance used as execo's docs say; execo as it is, with no full_update.
+    same_steps(play_ours(f"natural {seed}", tmp_path), execo_plays[f"natural {seed}"])
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+class Color(str, enum.Enum):
+    RED = "red"
+
+
+class Size(enum.IntEnum):
+    BIG = 2
+
+
+@pytest.mark.parametrize(
+    ("given", "equal"),
+    [
+        pytest.param(1, 1.0, id="int-float"),
+        pytest.param(1, True, id="int-bool"),
+        pytest.param(0.5, fractions.Fraction(1, 2), id="float-fraction"),
+        pytest.param(0.5, decimal.Decimal("0.5"), id="float-decimal"),
+        pytest.param(2, Size.BIG, id="int-intenum"),
+        pytest.param("red", Color.RED, id="str-strenum"),
+        pytest.param((1, 2), Point(1, 2), id="tuple-namedtuple"),
+        pytest.param(frozenset({1, 2}), frozenset({1.0, 2}), id="frozensets"),
+        pytest.param((1, (2.0, "x")), (1.0, (2, "x")), id="nested"),
+    ],
+)
+def test_equal_combinations_are_one(tmp_path: Path, given: Any, equal: Any) -> None:
+    # execo keeps combinations in sets: == and the same hash make them one.
+    assert HashableDict(a=given) == HashableDict(a=equal)
+    assert hash(HashableDict(a=given)) == hash(HashableDict(a=equal))
+    with ParamSweeper(tmp_path / "sweeps", [HashableDict(a=given), HashableDict(a=equal)]) as s:
+        assert s.get_sweeps() == [HashableDict(a=given)]
+        s.done(HashableDict(a=equal))
+        assert s.get_done() == [HashableDict(a=given)] and s.get_next() is None
+    assert Point(1, 2) != (1, 3) and decimal.Decimal("0.1") != 0.1  # unequal stay apart
+    with ParamSweeper(tmp_path / "other", [HashableDict(a=0.1), HashableDict(a=(1, 3))]) as s:
+        s.done_batch([HashableDict(a=decimal.Decimal("0.1")), HashableDict(a=Point(1, 2))])
+        assert s.get_done() == [] and len(s.get_remaining()) == 2
+
+
+def format_1_key(combination: Any) -> str:
+    """The key format 1 gave a combination (exact types, a namedtuple's own name)."""
+
+    def canonical(value: Any) -> Any:
+        if isinstance(value, dict):
+            return ("__dict__", tuple(sorted((repr(k), canonical(v)) for k, v in value.items())))
+        if isinstance(value, (set, frozenset)):
+            return ("__set__", tuple(sorted(repr(canonical(v)) for v in value)))
+        if isinstance(value, (list, tuple)):
+            return (type(value).__name__, tuple(canonical(v) for v in value))
+        return value
+
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=4)
+    pickler.fast = True
+    pickler.dump(canonical(combination))
+    return hashlib.blake2b(buffer.getvalue(), digest_size=16).hexdigest()
+
+
+def test_a_format_1_database_is_migrated(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    old = [HashableDict(x=1.0), HashableDict(x=2), HashableDict(x=True), HashableDict(x=3.5)]
+    with ParamSweeper(directory, old, save_sweeps=True) as sweeper:
+        sweeper.done(HashableDict(x=1.0))
+        assert sweeper.get_next() == {"x": 2}  # held
+    # As format 1 stored it: x=1.0 and x=True were two rows, with keys of their own.
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db, db:
+        rows = db.execute("SELECT key, data FROM items").fetchall()
+        for key, data in rows:
+            db.execute(
+                "UPDATE items SET key = ? WHERE key = ?", (format_1_key(pickle.loads(data)), key)
+            )
+        db.execute(
+            "INSERT INTO items (key, seq, data, status, saved) VALUES (?, 10, ?, 'todo', 9)",
+            (format_1_key(HashableDict(x=True)), pickle.dumps(HashableDict(x=True))),
+        )
+        db.execute("UPDATE meta SET value = 'asyncexec-paramsweeper-1' WHERE key = 'format'")
+        assert db.execute("SELECT COUNT(*) FROM items").fetchone() == (4,)
+    with ParamSweeper(directory) as sweeper:
+        assert sweeper.get_sweeps() == [{"x": 1.0}, {"x": 2}, {"x": 3.5}]  # True is 1.0
+        assert sweeper.get_done() == [{"x": 1.0}]  # done wins over the todo True row
+        assert sweeper.get_inprogress() == [{"x": 2}]
+        assert sweeper.get_next() == {"x": 3.5}
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (
+            "asyncexec-paramsweeper-2",
+        )
+        assert db.execute("SELECT COUNT(*) FROM items").fetchone() == (3,)
+
+
+def test_a_format_1_database_of_strings_keeps_its_rows(tmp_path: Path) -> None:
+    # The experiment runner's sweeps are strings: their keys did not change.
+    directory = tmp_path / "sweeps"
+    names = [f"run-{i}" for i in range(5)]
+    with ParamSweeper(directory, names) as sweeper:
+        sweeper.done("run-3")
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db, db:
+        db.execute("UPDATE meta SET value = 'asyncexec-paramsweeper-1' WHERE key = 'format'")
+        rows = db.execute("SELECT * FROM items ORDER BY seq").fetchall()
+    with ParamSweeper(directory, names) as sweeper:
+        assert sweeper.get_done() == ["run-3"]
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db:
+        assert db.execute("SELECT * FROM items ORDER BY seq").fetchall() == rows
+        assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (
+            "asyncexec-paramsweeper-2",
+        )
 
 
 # -- leases -----------------------------------------------------------------------------
@@ -744,56 +1157,101 @@ async def test_async_tasks_share_one_instance(tmp_path: Path) -> None:
         assert len(sweeper.get_done()) == count
 
 
-# -- bad directories --------------------------------------------------------------------
+# -- directories ------------------------------------------------------------------------
 
 EXECO_RUN = r"""
-import sys, warnings
+import json, sys, warnings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from execo_engine import HashableDict, ParamSweeper
 
-sweeper = ParamSweeper(sys.argv[1], [HashableDict(i=i) for i in range(5)], save_sweeps=True)
-sweeper.done(sweeper.get_next())
-sweeper.get_next()
+directory, count, plan = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+sweeper = ParamSweeper(directory, [HashableDict(i=i) for i in range(count)], save_sweeps=True)
+for op, times in plan:
+    for _ in range(times):
+        combination = sweeper.get_next()
+        if op == "done":
+            sweeper.done(combination)
+names = ("sweeps", "remaining", "skipped", "inprogress", "done")
+print(json.dumps({n: sorted(c["i"] for c in part) for n, part in zip(names, sweeper.stats())}))
 """
 
 
-def test_execo_directory_is_refused_and_left_alone(tmp_path: Path) -> None:
-    directory = tmp_path / "execo"
-    subprocess.run(
-        [sys.executable, "-c", EXECO_RUN, str(directory)],
+def run_execo(directory: Path, count: int, plan: Plan) -> dict[str, list[int]]:
+    """execo_engine's ParamSweeper on ``directory``: ``plan`` is ("done" | "hold", times)."""
+    done = subprocess.run(
+        [sys.executable, "-c", EXECO_RUN, str(directory), str(count), json.dumps(plan)],
         check=True,
         capture_output=True,
+        text=True,
         timeout=120,
     )
-    before = snapshot(directory)
-    assert {"done", "inprogress", "sweeps"} <= set(before)
-    with pytest.raises(SweeperError, match="execo"):
-        ParamSweeper(directory, combos(5))
-    with pytest.raises(SweeperError, match="execo"):
-        ParamSweeper(directory)
-    assert snapshot(directory) == before
-    assert sorted(os.listdir(directory)) == sorted(before)
+    state: dict[str, list[int]] = json.loads(done.stdout)
+    return state
+
+
+def execo_files(directory: Path) -> dict[str, bytes]:
+    return {k: v for k, v in snapshot(directory).items() if not k.startswith("sweeper.sqlite")}
+
+
+def test_execo_directory_is_continued_and_left_alone(tmp_path: Path) -> None:
+    # A port of an execo script, run on the directory of an execo run, goes on
+    # from where execo left; the directory also holds other files (execo uses it).
+    directory = tmp_path / "execo"
+    directory.mkdir()
+    (directory / "notes.txt").write_bytes(b"my notes")
+    first = run_execo(directory, 8, [("done", 3), ("hold", 1)])
+    assert len(first["done"]) == 3 and len(first["inprogress"]) == 1
+    before = execo_files(directory)
+    assert {"done", "inprogress", "sweeps", "notes.txt"} <= set(before)
+
+    with ParamSweeper(directory, combos(8)) as sweeper:
+        assert sorted(ids(sweeper.get_done())) == first["done"]
+        # execo's inprogress: no lease tells whether its holder lives; todo again.
+        assert ids(sweeper.get_remaining()) == sorted(first["remaining"] + first["inprogress"])
+        mine = sweeper.get_next()["i"]
+        sweeper.done(HashableDict(i=mine))
+    with ParamSweeper(directory) as loaded:  # no sweeps: execo's saved ones
+        assert sorted(ids(loaded.get_sweeps())) == list(range(8))
+        assert len(loaded.get_done()) == 4
+    assert execo_files(directory) == before  # execo's files are only read
+
+    # execo goes on there (it knows nothing of ours), then the port again: it sees
+    # what execo appended, and what it did itself.
+    second = run_execo(directory, 8, [("done", 2)])
+    assert len(second["done"]) == 5
+    with open(directory / "done", "ab") as done_file:
+        done_file.write(b"\x80\x04\x95\x00")  # a half-written last entry (a crash)
+    expected = sorted({*second["done"], mine})
+    with ParamSweeper(directory, combos(8)) as sweeper:
+        assert sorted(ids(sweeper.get_done())) == expected
+    with ParamSweeper(directory, combos(8)) as again:  # read from where it stopped
+        assert sorted(ids(again.get_done())) == expected
 
 
 @pytest.mark.parametrize(
     "files",
     [
-        pytest.param({"done": b"\x80\x04K\x01."}, id="execo-done-file"),
         pytest.param({"notes.txt": b"my notes"}, id="other-file"),
         pytest.param({"results/out.csv": b"a,b\n"}, id="sub-directory"),
+        pytest.param({"stdout": b"log\n", "stderr": b""}, id="execo-engine-outputs"),
+        pytest.param({"done": b"not a pickle", "sweeps": b""}, id="not-execo-files"),
     ],
 )
-def test_directory_with_other_files_is_refused(tmp_path: Path, files: dict[str, bytes]) -> None:
+def test_directory_with_other_files_is_used(tmp_path: Path, files: dict[str, bytes]) -> None:
     directory = tmp_path / "sweeps"
     for name, content in files.items():
         (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_bytes(content)
-    with pytest.raises(SweeperError, match="not a ParamSweeper directory"):
-        ParamSweeper(directory, combos(3))
-    assert snapshot(directory) == files
-    assert not (directory / "sweeper.sqlite").exists()
+    with ParamSweeper(directory, combos(3)) as sweeper:
+        sweeper.done(sweeper.get_next())
+    with ParamSweeper(directory, combos(3)) as again:
+        assert ids(again.get_done()) == [0]
+        assert ids(again.get_next_batch(5)) == [1, 2]
+    with pytest.raises(SweeperError, match="no saved sweeps"):
+        ParamSweeper(directory)
+    assert execo_files(directory) == files
 
 
 def test_directory_with_only_hidden_files_is_accepted(tmp_path: Path) -> None:
@@ -843,7 +1301,8 @@ def test_database_of_another_format_is_refused(tmp_path: Path) -> None:
 
 def test_a_failed_constructor_leaves_nothing_behind(tmp_path: Path) -> None:
     # Nothing may go wrong later either, when the half-built instance is collected.
-    (tmp_path / "notes.txt").write_bytes(b"not a sweeper")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "sweeper.sqlite").write_bytes(b"not a database" * 1000)
     problems: list[str] = []
     previous = sys.unraisablehook
 
@@ -852,11 +1311,14 @@ def test_a_failed_constructor_leaves_nothing_behind(tmp_path: Path) -> None:
 
     sys.unraisablehook = hook
     try:
-        for attempt in range(3):
-            directory = tmp_path / "fine" if attempt == 2 else tmp_path
-            lease = 0 if attempt == 2 else 60
+        attempts: list[tuple[Path, list[HashableDict] | None, float]] = [
+            (tmp_path / "damaged", combos(1), 60),
+            (tmp_path / "nothing-saved", None, 60),  # fails with its database open
+            (tmp_path / "fine", combos(1), 0),
+        ]
+        for directory, sweeps, lease in attempts:
             with pytest.raises((SweeperError, ValueError)):
-                ParamSweeper(directory, combos(1), lease=lease)
+                ParamSweeper(directory, sweeps, lease=lease)
             gc.collect()
     finally:
         sys.unraisablehook = previous

@@ -88,7 +88,7 @@ class Experiment:
         self.repeats = repeats
         self.options = options
         if isinstance(params, Mapping):
-            combinations = sweep(params)
+            combinations = sweep(params, strict=True)
         else:
             combinations = []
             for entry in params:

@@ -6,14 +6,21 @@ number of threads and processes. ``done`` persists; ``inprogress`` persists as
 of a holder that died come back by themselves once its lease expires;
 ``skipped`` is kept by each ParamSweeper alone (a relaunch retries them).
 Every operation costs the same whether 10 or 10 million combinations are done.
+
+The directory may hold anything else (execo's does). The combinations that
+execo_engine's own ParamSweeper marked done there (its ``done`` file) are done
+here too, so a port continues an execo run; execo's files are only read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import decimal
+import fractions
 import hashlib
 import io
 import logging
+import numbers
 import os
 import pickle
 import socket
@@ -22,19 +29,23 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Sized
+from typing import IO, Any
 
 import anyio
 
 from .._exceptions import AsyncExecError
 from .._sqlite import Transaction, connect
+from ._sweep import HashableDict
 
 __all__ = ["ParamSweeper", "SweeperError"]
 
 log = logging.getLogger("asyncexec")
 
-_FORMAT = "asyncexec-paramsweeper-1"
+_FORMAT = "asyncexec-paramsweeper-2"
+# Format 1 told 1, 1.0 and True apart (and a namedtuple from its tuple): opened,
+# its keys are computed again (see _migrate_from_format_1).
+_FORMAT_1 = "asyncexec-paramsweeper-1"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
@@ -57,7 +68,7 @@ _CHUNK = 10_000  # combinations written per transaction
 
 
 class SweeperError(AsyncExecError):
-    """The persistence directory is not a ParamSweeper's, or is damaged."""
+    """The persistence database is not a ParamSweeper's or is damaged, or no sweeps were saved."""
 
 
 def _canonical(value: Any) -> Any:
@@ -70,16 +81,58 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def _by_equality(value: Any) -> Any:
+    """``value`` in a form that pickles alike exactly when values compare equal.
+
+    execo keeps combinations in sets: one is another when they are ``==``. So
+    1, 1.0, True, ``Fraction(1)`` and ``numpy.int64(1)`` are one level, a
+    namedtuple is its tuple, a ``StrEnum`` member is its string. (Format 1 keys
+    came from ``_canonical``, which the experiment runner's fingerprints still use.)
+    """
+    if isinstance(value, dict):
+        items = ((repr(_by_equality(k)), _by_equality(v)) for k, v in value.items())
+        return ("__dict__", tuple(sorted(items, key=lambda item: item[0])))
+    if isinstance(value, (set, frozenset)):
+        return ("__set__", tuple(sorted(repr(_by_equality(v)) for v in value)))
+    if isinstance(value, tuple):
+        return ("tuple", tuple(_by_equality(v) for v in value))
+    if isinstance(value, list):
+        return ("list", tuple(_by_equality(v) for v in value))
+    if isinstance(value, str):
+        return str.__str__(value)  # a str subclass's value, as a plain str
+    if isinstance(value, bytes):
+        return bytes(value)
+    if isinstance(value, (numbers.Real, decimal.Decimal)):
+        return _number(value)
+    return value
+
+
+def _number(value: Any) -> Any:
+    """One form for all equal numbers: an int if integral, else a float if one is
+    equal, else the exact fraction."""
+    with contextlib.suppress(Exception):  # NaN, infinities, signalling decimals
+        if value == int(value):
+            return int(value)
+    with contextlib.suppress(Exception):
+        if float(value) == value:
+            return float(value)
+    with contextlib.suppress(Exception):
+        exact = fractions.Fraction(value)
+        return ("__fraction__", exact.numerator, exact.denominator)
+    return value
+
+
 def combination_key(combination: Hashable) -> str:
     """A stable identity for a combination, the same in every process and run.
 
+    Equal combinations (``==``, as execo's sets see them) have the same key.
     Pickled without the memo: a value used twice must encode like two equal values.
     """
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=4)
     pickler.fast = True  # no memo: equal values, equal bytes
     try:
-        pickler.dump(_canonical(combination))
+        pickler.dump(_by_equality(combination))
         pickle.dumps(combination, protocol=4)  # it must also be storable as it is
     except Exception as exc:
         raise TypeError(f"cannot persist the combination {combination!r}: {exc}") from exc
@@ -92,18 +145,24 @@ class ParamSweeper:
     Each element is *todo*, *inprogress*, *done* or *skipped*. ``get_next``
     hands out the next *todo* one (and holds it *inprogress*); mark it with
     ``done``, ``skip`` (retried by a later run) or ``cancel`` (back to *todo*).
+    As execo's, *skipped* is this instance's record of what it skipped: an
+    element skipped, then marked done, is listed in both.
 
     Args:
-        persistence_dir: where the state lives (created if missing).
+        persistence_dir: where the state lives (created if missing; it may hold
+            other files, which are left alone).
         sweeps: the combinations (any hashable, picklable values, typically from
-            :func:`sweep`); None loads those saved by an earlier ``save_sweeps``.
+            :func:`sweep`); as execo, None or empty loads the saved ones (see
+            :meth:`set_sweeps`).
         save_sweeps: remember ``sweeps`` in ``persistence_dir`` for later loading.
-        name: a name for logs and ``str()``.
+        name: a name for logs and ``str()``; by default, as execo, the last
+            component of ``persistence_dir``.
         lease: seconds an *inprogress* element stays held without a heartbeat;
             the holder renews its leases every ``lease / 3`` seconds.
 
     Raises:
-        SweeperError: ``persistence_dir`` holds something else, or a damaged database.
+        SweeperError: ``sweeper.sqlite`` in ``persistence_dir`` is damaged or not a
+            ParamSweeper's, or ``sweeps`` is empty and none were saved.
     """
 
     def __init__(
@@ -120,7 +179,7 @@ class ParamSweeper:
         if lease <= 0:
             raise ValueError(f"lease must be positive, got {lease!r}")
         self._dir = os.fspath(persistence_dir)
-        self._name = name or os.path.basename(os.path.abspath(self._dir))
+        self._name = name or os.path.basename(self._dir)
         self._lease = lease
         # Whose process this is, precisely enough to tell, from another process,
         # that the holder is gone: same host, same boot, same pid namespace.
@@ -128,10 +187,13 @@ class ParamSweeper:
         self._holder = f"{self._machine}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._lock = threading.RLock()
         self._sweeps: dict[str, Any] = {}
+        # Everything this instance skipped, in or out of its sweeps (execo's
+        # __skipped): a later set_sweeps that brings one back finds it skipped.
         self._skipped: dict[str, Any] = {}
         self._held: set[str] = set()
         self._reclaimed_at = 0.0  # expired leases are looked for every lease/10 s at most
         self._db = _open(self._dir)
+        self._read_execo_done()
         self.set_sweeps(sweeps, save_sweeps)
 
     @property
@@ -197,25 +259,77 @@ class ParamSweeper:
     def set_sweeps(
         self, sweeps: Iterable[Hashable] | None = None, save_sweeps: bool = False
     ) -> None:
-        """Change what to iterate on (None: load the saved sweeps)."""
+        """Change what to iterate on.
+
+        As execo's: ``sweeps`` None or empty loads the sweeps saved with
+        ``save_sweeps=True`` (or else those execo_engine's ParamSweeper saved in
+        the directory), and ``save_sweeps`` is then ignored; an empty iterator
+        (not a sized collection) gives empty sweeps. What was skipped stays
+        skipped, also when it comes back after sweeps without it.
+
+        Raises:
+            SweeperError: the saved sweeps are wanted and there are none (nothing
+                changed).
+            TypeError: a combination cannot be persisted (nothing changed).
+        """
         with self._lock:
-            if sweeps is None:
-                rows = self._db.execute(
-                    "SELECT key, data FROM items WHERE saved > 0 ORDER BY saved"
-                )
-                self._sweeps = {key: pickle.loads(data) for key, data in rows}
-                if not self._sweeps:
-                    raise SweeperError(
-                        f"{self._dir} has no saved sweeps: pass sweeps=..., "
-                        "with save_sweeps=True to load them later without"
-                    )
+            if sweeps is None or (isinstance(sweeps, Sized) and len(sweeps) == 0):
+                chosen = self._saved_sweeps()
             else:
-                chosen: dict[str, Any] = {}  # all checked before anything changes
+                chosen = {}  # all checked before anything changes
                 for combination in sweeps:
                     chosen.setdefault(combination_key(combination), combination)
                 self._store_sweeps(chosen, save_sweeps)
-                self._sweeps = chosen
-            self._skipped = {k: v for k, v in self._skipped.items() if k in self._sweeps}
+            self._sweeps = chosen
+
+    def _saved_sweeps(self) -> dict[str, Any]:
+        rows = self._db.execute("SELECT key, data FROM items WHERE saved > 0 ORDER BY saved")
+        saved = {key: pickle.loads(data) for key, data in rows}
+        if not saved:
+            for combination in self._read_execo_sweeps():
+                saved.setdefault(combination_key(combination), combination)
+            if saved:
+                self._store_sweeps(saved, save=False)
+        if not saved:
+            raise SweeperError(
+                f"{self._dir} has no saved sweeps: pass sweeps=..., "
+                "with save_sweeps=True to load them later without"
+            )
+        return saved
+
+    # -- execo_engine's files (read, never written) -----------------------------------
+
+    def _read_execo_done(self) -> None:
+        """Mark done what execo_engine's ParamSweeper marked done in this directory."""
+        path = os.path.join(self._dir, "done")
+        if not os.path.isfile(path):
+            return
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'execo-done'").fetchone()
+        last = None if row is None else str(row[0])
+        try:
+            with open(path, "rb") as file:
+                combinations, reached = _new_execo_done(file, last, self._name)
+        except OSError as exc:
+            log.warning("%s: cannot read execo's done file: %r", self._name, exc)
+            return
+        if combinations:
+            self.done_batch(combinations)
+        if reached != last:
+            self._write(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('execo-done', ?)", (reached,)
+            )
+
+    def _read_execo_sweeps(self) -> list[Any]:
+        """The sweeps execo_engine's ParamSweeper saved in this directory (a pickled set)."""
+        try:
+            with open(os.path.join(self._dir, "sweeps"), "rb") as file:
+                saved = _load_execo_pickle(file)
+        except (FileNotFoundError, EOFError):  # execo leaves an empty file when it found none
+            return []
+        except Exception as exc:
+            log.warning("%s: execo's sweeps file is unreadable: %r", self._name, exc)
+            return []
+        return list(saved) if isinstance(saved, (set, frozenset, list, tuple)) else []
 
     def _store_sweeps(self, sweeps: dict[str, Any], save: bool) -> None:
         """Add the combinations not stored yet, in short transactions.
@@ -359,7 +473,6 @@ class ParamSweeper:
                 if cursor.rowcount == 0:  # not in any sweep yet: remember it done all the same
                     unknown.append((key, combination))
                 self._held.discard(key)
-                self._skipped.pop(key, None)
             if unknown:
                 (start,) = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM items").fetchone()
                 db.executemany(
@@ -371,7 +484,11 @@ class ParamSweeper:
                 )
 
     def skip(self, combination: Hashable) -> None:
-        """Mark ``combination`` *skipped*: not handed out again by this ParamSweeper."""
+        """Mark ``combination`` *skipped*: not handed out again by this ParamSweeper.
+
+        As execo's, this is remembered also for a combination outside the sweeps:
+        skipped if a later ``set_sweeps`` brings it in.
+        """
         self.skip_batch([combination])
 
     def skip_batch(self, combinations: Iterable[Hashable]) -> None:
@@ -379,8 +496,7 @@ class ParamSweeper:
         with self._lock:
             self._release([key for key, _ in items])
             for key, combination in items:
-                if key in self._sweeps:
-                    self._skipped[key] = combination
+                self._skipped.setdefault(key, combination)
 
     def cancel(self, combination: Hashable) -> None:
         """Give ``combination`` back: it is *todo* again."""
@@ -446,9 +562,9 @@ class ParamSweeper:
         return self._with_status("inprogress")
 
     def get_skipped(self) -> list[Any]:
-        """The combinations this ParamSweeper skipped."""
+        """The combinations (of our sweeps) this ParamSweeper skipped, done or not."""
         with self._lock:
-            return list(self._skipped.values())
+            return [self._sweeps[key] for key in self._skipped if key in self._sweeps]
 
     def get_remaining(self) -> list[Any]:
         """The *todo* combinations (an expired lease counts as *todo*)."""
@@ -544,20 +660,89 @@ def _alive(pid: int) -> bool:
         return True
 
 
+class _ExecoUnpickler(pickle.Unpickler):
+    """Reads execo_engine's pickles, also where it is not installed: its HashableDict is ours."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("execo_engine.sweep", "HashableDict"):
+            return HashableDict
+        return super().find_class(module, name)
+
+
+def _load_execo_pickle(file: IO[bytes]) -> Any:
+    return _ExecoUnpickler(file).load()
+
+
+def _new_execo_done(file: IO[bytes], last: str | None, name: str) -> tuple[list[Any], str]:
+    """The combinations execo appended to its ``done`` file since ``last`` was reached.
+
+    execo appends each one, pickled: the file is read from where the last reading
+    stopped (from the start again if it shrank or was replaced) up to the first
+    entry that cannot be read (execo's half-written last one). Returns them and
+    where the reading stopped (``device:inode:offset``).
+    """
+    status = os.fstat(file.fileno())
+    identity = f"{status.st_dev}:{status.st_ino}:"
+    start = 0
+    if last is not None and last.startswith(identity):
+        start = int(last[len(identity) :])
+    if start > status.st_size:
+        start = 0
+    file.seek(start)
+    combinations: list[Any] = []
+    end = start
+    while end < status.st_size:
+        try:
+            combinations.append(_load_execo_pickle(file))
+        except Exception as exc:
+            log.warning("%s: execo's done file is unreadable from byte %d: %r", name, end, exc)
+            break
+        end = file.tell()
+    return combinations, f"{identity}{end}"
+
+
+_STATUS_RANK = {"todo": 0, "inprogress": 1, "done": 2}
+
+
+def _migrate_from_format_1(db: sqlite3.Connection) -> None:
+    """Compute every key again (format 2's); rows of combinations now equal become one.
+
+    The merged row keeps the first one's place and data, the most advanced
+    status (done, then inprogress with its holder, then todo) and the earliest
+    place in the saved sweeps. A row whose data cannot be loaded keeps its key.
+    """
+    with Transaction(db):
+        row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        if row is None or row[0] != _FORMAT_1:
+            return  # another process migrated it meanwhile
+        merged: dict[str, list[Any]] = {}
+        changed = False
+        query = "SELECT key, seq, data, status, holder, lease_until, saved FROM items ORDER BY seq"
+        for old, seq, data, status, holder, lease_until, saved in db.execute(query).fetchall():
+            key = old
+            with contextlib.suppress(Exception):  # its class is gone: it keeps its old key
+                key = combination_key(pickle.loads(data))
+            changed = changed or key != old or key in merged
+            first = merged.setdefault(key, [key, seq, data, status, holder, lease_until, saved])
+            if _STATUS_RANK[status] > _STATUS_RANK[first[3]]:
+                first[3:6] = [status, holder, lease_until]
+            if saved and (not first[6] or saved < first[6]):
+                first[6] = saved
+        if changed:  # most sweeps (strings, ints, fractional floats) keep every key
+            db.execute("DELETE FROM items")
+            db.executemany(
+                "INSERT INTO items (key, seq, data, status, holder, lease_until, saved) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                merged.values(),
+            )
+            db.execute("DELETE FROM meta WHERE key LIKE 'stored:%'")  # digests of the old keys
+        db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (_FORMAT,))
+
+
 def _open(directory: str) -> sqlite3.Connection:
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "sweeper.sqlite")
     fresh = not os.path.exists(path)
-    if fresh and any(
-        not entry.startswith((".", "sweeper.sqlite")) for entry in os.listdir(directory)
-    ):
-        # A directory with other things in it is not ours to write into.
-        legacy = {"done", "inprogress", "sweeps"} & set(os.listdir(directory))
-        hint = " (it looks like execo_engine's)" if legacy else ""
-        raise SweeperError(
-            f"{directory} is not a ParamSweeper directory{hint}: it has files but no "
-            "sweeper.sqlite; choose an empty or new directory"
-        )
     try:
         db = connect(path, _SCHEMA)
     except sqlite3.DatabaseError as exc:
@@ -568,6 +753,8 @@ def _open(directory: str) -> sqlite3.Connection:
             if not fresh and db.execute("SELECT COUNT(*) FROM items").fetchone()[0]:
                 raise SweeperError(f"{path} has no format marker: not a ParamSweeper database")
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (_FORMAT,))
+        elif row[0] == _FORMAT_1:
+            _migrate_from_format_1(db)
         elif row[0] != _FORMAT:
             raise SweeperError(f"{path} holds format {row[0]!r}, not {_FORMAT!r}")
     except BaseException as exc:
