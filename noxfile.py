@@ -19,6 +19,9 @@ nox.options.sessions = ["lint", "typecheck", "docs", "tests", "compat"]
 nox.options.reuse_existing_virtualenvs = True
 # uv makes the venvs and installs into them: the locks' versions in seconds.
 nox.options.default_venv_backend = "uv"
+# An interpreter that is missing is missing (a failure on CI): never downloaded.
+nox.options.download_python = "never"
+os.environ["UV_PYTHON_DOWNLOADS"] = "never"
 
 LINTED = ("asyncexec", "tests", "docs", "benchmarks", "examples", "scripts", "noxfile.py")
 
@@ -38,8 +41,9 @@ def install_locked(session: nox.Session, lock: str) -> None:
     """Install ``locks/{lock}.txt`` as it is, then asyncexec from this checkout.
 
     asyncexec is built with the locked setuptools (no build isolation, which
-    would take the newest) and rebuilt every time: uv would otherwise reuse a
-    wheel built before the sources changed.
+    would take the newest; every lock has it, a dependency of asyncexec's own)
+    and rebuilt every time: uv would otherwise reuse a wheel built before the
+    sources changed.
     """
     session.install("-r", f"locks/{lock}.txt")
     session.install("--no-deps", "--no-build-isolation", "--reinstall-package", "asyncexec", ".")
@@ -85,6 +89,8 @@ def latest(session: nox.Session) -> None:
     Not one of CI's sessions: an upstream release that breaks us shows here, as
     a failing session to look into, and never turns main red. ``nox -s lock``
     then takes the new releases into the locks once the suite passes on them.
+    (The driver's side only: the Docker test image and the cluster's job venvs
+    keep the locked versions but for cloudpickle, pinned to the driver's.)
     """
     session.install("--upgrade", "--reinstall-package", "asyncexec", ".[test]")
     session.run("python", "-c", _PRINT_VERSIONS)

@@ -129,7 +129,7 @@ def dumps_call(
         remembered is not None
         and remembered[0] is fn
         # Its name may name another object now (rebound, reloaded): see named().
-        and _lookup(remembered[2], remembered[3]) is fn
+        and lookup(remembered[2], remembered[3]) is fn
         and not _names_by_value(remembered[1])
     ):
         fn_bytes = remembered[1]
@@ -420,10 +420,10 @@ def named(obj: object) -> bool:
     travel some other way.
     """
     module = getattr(obj, "__module__", None) or ""
-    return _lookup(module, getattr(obj, "__qualname__", "").split(".")) is obj
+    return lookup(module, getattr(obj, "__qualname__", "").split(".")) is obj
 
 
-def _lookup(module: str, path: Sequence[str]) -> object:
+def lookup(module: str, path: Sequence[str]) -> object:
     """What the module named ``module`` holds at ``path`` (None if nothing)."""
     found: object = sys.modules.get(module)
     for part in path:

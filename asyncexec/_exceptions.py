@@ -101,22 +101,51 @@ class TaskBackendUnavailable(TaskLaunchError, BackendUnavailable):
 
 def as_task_failure(error: BaseException) -> BaseException:
     """The error a failed future raises for ``error``: a :class:`TaskFailed` for an
-    asyncexec error (the specific class kept as a base, the original as the cause),
-    anything else as it is."""
+    asyncexec error, anything else as it is.
+
+    The failure is also an instance of the error's own class (a launcher's
+    ``LaunchError`` subclass too, made on the fly as for :class:`RemoteError`),
+    with its arguments and attributes; the error itself is its ``__cause__``.
+    """
     if isinstance(error, TaskFailed) or not isinstance(error, AsyncExecError):
         return error
-    kind: type[TaskFailed]
-    if isinstance(error, BackendUnavailable):
-        kind = TaskBackendUnavailable
-    elif isinstance(error, LaunchError):
-        kind = TaskLaunchError
-    elif isinstance(error, SerializationError):
-        kind = TaskSerializationError
-    else:
-        kind = TaskFailed
-    failure = kind(*error.args)
+    kind = _failure_class(type(error))
+    failure = Exception.__new__(kind)  # (no __init__: the error's own may want other args)
+    failure.args = error.args
+    failure.__dict__.update(getattr(error, "__dict__", {}))
     failure.__cause__ = error
     return failure
+
+
+#: The TaskFailed classes for errors of asyncexec's tree (those of other classes are
+#: made once, on first need).
+_FAILURES: dict[type[BaseException], type[TaskFailed]] = {
+    AsyncExecError: TaskFailed,
+    LaunchError: TaskLaunchError,
+    BackendUnavailable: TaskBackendUnavailable,
+    SerializationError: TaskSerializationError,
+}
+
+
+def _failure_class(cls: type[BaseException]) -> type[TaskFailed]:
+    known = _FAILURES.get(cls)
+    if known is None:
+        base = next(_FAILURES[ancestor] for ancestor in cls.__mro__ if ancestor in _FAILURES)
+        try:
+            known = type(
+                f"{base.__name__}[{cls.__name__}]",
+                (base, cls),
+                {"__module__": __name__, "__reduce__": _reduce_failure},
+            )
+        except TypeError:  # a layout that cannot combine
+            known = base
+        _FAILURES[cls] = known
+    return known
+
+
+def _reduce_failure(failure: BaseException) -> tuple[Any, ...]:
+    # A class made on the fly cannot be pickled by name: it is made again from the cause.
+    return (as_task_failure, (failure.__cause__,))
 
 
 class WorkerLost(TaskFailed):

@@ -50,7 +50,7 @@ from ._exceptions import (
 from ._future import AsyncException, AsyncResult, Future, FutureState, TaskInfo
 from ._messages import JobRef, Outcome, TaskSpec
 from ._oneshot import run_chunk
-from ._options import TaskOptions
+from ._options import TaskOptions, check_workers
 from .abc import Launcher
 
 __all__ = ["BaseExecutor", "ConfiguredExecutor"]
@@ -111,8 +111,7 @@ class BaseExecutor:
         max_pending: int | None = None,
         launcher: Launcher | None = None,
     ) -> None:
-        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-            raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+        check_workers(n_workers)
         if max_pending is not None and (not isinstance(max_pending, int) or max_pending < 1):
             raise ValueError(f"max_pending must be a positive integer or None, got {max_pending!r}")
         self.n_workers = n_workers

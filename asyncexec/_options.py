@@ -10,7 +10,14 @@ from typing import Any
 
 from ._messages import Resources
 
-__all__ = ["TaskOptions"]
+__all__ = ["TaskOptions", "check_workers"]
+
+
+def check_workers(n_workers: object) -> None:
+    """Refuse a worker count that is not a positive integer (0 included: the
+    executors take None for their default)."""
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,8 +38,8 @@ from ._codec import (
     describe_exception,
     encode_frame,
     hostname,
+    lookup,
     made_from,
-    named,
     still_made_of,
     take_frames,
     type_name,
@@ -159,9 +159,11 @@ def pinned(cpus: float, chosen: list[int] | None) -> Iterator[None]:
     ``chosen`` are those the pool picked (apart from the other workers' tasks);
     without them, or where they are not the worker's, the first ones it may use.
     Every thread of the worker is pinned (a library's thread pool made by an
-    earlier task too), and given back what the worker had before once the task
-    ends. :func:`cpus_refusal` said yes first.
+    earlier task too), and each given back what it had before once the task
+    ends (a thread started meanwhile, what the worker had). :func:`cpus_refusal`
+    said yes first.
     """
+    before = _affinities()
     usable = os.sched_getaffinity(0)
     wanted = math.ceil(cpus)
     cpu_set = {cpu for cpu in chosen or () if cpu in usable}
@@ -171,23 +173,37 @@ def pinned(cpus: float, chosen: list[int] | None) -> Iterator[None]:
         cpu_set.add(cpu)
     while len(cpu_set) > wanted:
         cpu_set.remove(max(cpu_set))
-    _set_affinity(cpu_set)
+    os.sched_setaffinity(0, cpu_set)  # (the calling thread first)
+    for thread in before:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            os.sched_setaffinity(thread, cpu_set)
     try:
         yield
     finally:
-        _set_affinity(usable)
+        # Each thread gets back what it had (one started meanwhile, the worker's);
+        # one that cannot be (its cgroup shrank) must not fail the task's outcome.
+        for thread in before.keys() | _threads():
+            try:
+                os.sched_setaffinity(thread, before.get(thread, usable))
+            except OSError:
+                continue
 
 
-def _set_affinity(cpu_set: set[int]) -> None:
-    """Pin every thread of this process to ``cpu_set`` (the calling thread first)."""
-    os.sched_setaffinity(0, cpu_set)
+def _threads() -> list[int]:
+    """The ids of this process's threads (none where /proc cannot tell)."""
     try:
-        threads = os.listdir("/proc/self/task")
+        return [int(thread) for thread in os.listdir("/proc/self/task")]
     except OSError:
-        return
-    for thread in threads:
+        return []
+
+
+def _affinities() -> dict[int, set[int]]:
+    """Each thread of this process and the CPUs it may use now."""
+    found: dict[int, set[int]] = {}
+    for thread in _threads():
         with contextlib.suppress(OSError):  # it ended meanwhile
-            os.sched_setaffinity(int(thread), cpu_set)
+            found[thread] = os.sched_getaffinity(thread)
+    return found
 
 
 def _cpu_list(cpus: set[int]) -> str:
@@ -241,7 +257,8 @@ def _loads(data: bytes, buffers: tuple[bytes, ...] = ()) -> Any:
 
 #: Functions loaded by reference (a module's function: its pickle is its name), by
 #: their pickle. Loading one again would only look the same name up again.
-_functions: dict[bytes, Any] = {}
+#: With each, where its name leads (its module's name and its qualified name's parts).
+_functions: dict[bytes, tuple[Any, str, tuple[str, ...]]] = {}
 _FUNCTIONS_MAX = 256
 #: Functions loaded by value, by their pickle: the function and what it was made of.
 _by_value: dict[bytes, tuple[Any, list[object]]] = {}
@@ -253,9 +270,9 @@ _GLOBAL_END = b"\x93\x94."
 def _load_function(data: bytes) -> Any:
     """Unpickle a task's callable: a function sent by reference is looked up once,
     one sent by value is loaded again only when an earlier task changed it."""
-    fn = _functions.get(data)
-    if fn is not None and named(fn):  # (a task may have rebound the name since)
-        return fn
+    known = _functions.get(data)
+    if known is not None and lookup(known[1], known[2]) is known[0]:
+        return known[0]  # (unless a task rebound the name since: then loaded again)
     loaded = _by_value.get(data)
     if loaded is not None and still_made_of(*loaded):
         return loaded[0]
@@ -264,9 +281,12 @@ def _load_function(data: bytes) -> Any:
     # partial makes a new object every time, which a task may change): reusing
     # what it names is what loading it again does.
     if _names_only(data):
-        if len(_functions) >= _FUNCTIONS_MAX:
-            _functions.clear()
-        _functions[data] = fn
+        module = getattr(fn, "__module__", None) or ""
+        path = tuple(getattr(fn, "__qualname__", "").split("."))
+        if lookup(module, path) is fn:  # else the name leads elsewhere: load it each time
+            if len(_functions) >= _FUNCTIONS_MAX:
+                _functions.clear()
+            _functions[data] = (fn, module, path)
     elif len(data) <= _BY_VALUE_LARGEST and (made := made_from(fn)) is not None:
         # A function by value made of what cannot change in place (as the driver
         # remembers its pickle): kept while every part of it is still the same

@@ -97,7 +97,8 @@ class Launcher(abc.ABC):
             if getattr(resources, name) is not None and name not in self.honours_resources:
                 return (
                     f"{type(self).__name__} does not honour Resources.{name} "
-                    f"(it honours {_names(self.honours_resources)}); {_HONOURED_BY[name]}"
+                    f"(it honours {_names(self.honours_resources)}); the Resources "
+                    "docstring says which backends do"
                 )
         return None
 
@@ -156,14 +157,6 @@ class Launcher(abc.ABC):
 
         Idempotent. Called after the executor has settled every task.
         """
-
-
-#: Where each field of Resources is honoured, for the message that refuses it.
-_HONOURED_BY = {
-    "cpus": "ProcessExecutor, SSHExecutor, DockerExecutor and SlurmExecutor honour it",
-    "memory_mb": "ProcessExecutor, SSHExecutor, DockerExecutor and SlurmExecutor honour it",
-    "gpus": "DockerExecutor (mode='oneshot') and SlurmExecutor honour it",
-}
 
 
 def _names(fields: frozenset[str]) -> str:

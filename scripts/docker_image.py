@@ -266,16 +266,18 @@ def snapshot(destination: Path) -> None:
 def pip_install(source: Path, target: Path, binary: str, pinned: list[str]) -> None:
     """Install the snapshot at ``source`` into ``target`` with ``binary``'s pip (a
     venv's python may have none, as uv's venvs), at the lock's versions."""
+    locked = source / "constraints.txt"
+    locked.write_text(constraints(source, pinned))
     environment = dict(
         os.environ,
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         PIP_ROOT_USER_ACTION="ignore",
         PIP_NO_INPUT="1",
+        # (Not --constraint: as an environment variable it binds the isolated build
+        # of the snapshot too, so setuptools is the lock's.)
+        PIP_CONSTRAINT=str(locked),
     )
-    locked = source / "constraints.txt"
-    locked.write_text(constraints(source, pinned))
     command = [binary, "-m", "pip", "install", "--quiet", "--target", str(target)]
-    command += ["--constraint", str(locked)]
     subprocess.run([*command, str(source), *pinned], check=True, env=environment)
     # Console scripts whose #! names the host's python: of no use in the image.
     shutil.rmtree(target / "bin", ignore_errors=True)

@@ -491,11 +491,16 @@ for python in "${pythons[@]}"; do
             README.md locks/test.txt) | tar -x -C "$snapshot"
         pins=()
         [ -z "$pinned" ] || pins=("cloudpickle==$pinned")
-        # The lock's versions (those CI passed with), less the pinned cloudpickle's.
-        grep -v '^cloudpickle==' "$snapshot/locks/test.txt" >"$snapshot/constraints.txt"
+        # The lock's versions (those CI passed with), less the pinned cloudpickle's; as
+        # PIP_CONSTRAINT they bind the build of the snapshot (setuptools) too.
+        if [ -n "$pinned" ]; then
+            grep -v '^cloudpickle==' "$snapshot/locks/test.txt" >"$snapshot/constraints.txt"
+        else
+            cp "$snapshot/locks/test.txt" "$snapshot/constraints.txt"
+        fi
         PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_INPUT=1 \
-            "$venv/bin/python" -m pip install --no-cache-dir -c "$snapshot/constraints.txt" \
-            "$snapshot" "${pins[@]}" \
+            PIP_CONSTRAINT="$snapshot/constraints.txt" \
+            "$venv/bin/python" -m pip install --no-cache-dir "$snapshot" "${pins[@]}" \
             >"$LOGS/pip-$short.log" 2>&1 \
             || { tail -n 20 "$LOGS/pip-$short.log" >&2; die "pip install into $venv failed"; }
         chmod -R a+rX "$venv"

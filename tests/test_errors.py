@@ -145,3 +145,23 @@ def test_handle_err() -> None:
     assert "test_handle_err" in record["traceback"]
     remote = RemoteError.build("KeyError", "'k'", "remote tb", KeyError("k"))
     assert handle_err(remote) == {"type": "KeyError", "message": "'k'", "traceback": "remote tb"}
+
+
+class QuotaExceeded(LaunchError):
+    """A launcher's own refusal, with an __init__ of its own."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"quota of {limit} exceeded")
+        self.limit = limit
+
+
+def test_a_failure_keeps_the_class_of_a_launchers_own_error() -> None:
+    """`except QuotaExceeded` (and retry_on) still match the future's error."""
+    from asyncexec._exceptions import as_task_failure
+
+    failure = as_task_failure(QuotaExceeded(3))
+    assert isinstance(failure, QuotaExceeded) and isinstance(failure, TaskLaunchError)
+    assert failure.limit == 3 and str(failure) == "quota of 3 exceeded"
+    assert type(as_task_failure(QuotaExceeded(4))) is type(failure)  # made once
+    again = pickle.loads(pickle.dumps(failure))
+    assert isinstance(again, QuotaExceeded) and isinstance(again, TaskFailed)

@@ -164,6 +164,19 @@ def test_zero_workers_is_refused_everywhere_and_none_is_the_default() -> None:
         if name != "BaseExecutor":
             assert make(None).n_workers >= 1, name
     assert ProcessExecutor(None).n_workers == (os.cpu_count() or 1)
+    # The launchers under them, too (a pool of no worker would wait forever).
+    from asyncexec.launchers import ProcessLauncher, ThreadLauncher
+    from asyncexec.launchers.docker import DockerLauncher
+
+    launchers: list[Callable[[int], object]] = [
+        ProcessLauncher,
+        ThreadLauncher,
+        lambda n: DockerLauncher("some-image", n, mode="warm"),
+        lambda n: DockerLauncher("some-image", n),
+    ]
+    for make_launcher in launchers:
+        with pytest.raises(ValueError, match="n_workers"):
+            make_launcher(0)
 
 
 async def test_aclose_inside_block_then_exit() -> None:
@@ -646,7 +659,7 @@ async def test_thread_refuses_every_resource_at_submit() -> None:
             message = str(caught.value)
             assert message.startswith("ThreadExecutor cannot run a task with Resources(")
             assert f"ThreadLauncher does not honour Resources.{field}" in message
-            assert "SlurmExecutor honour it" in message
+            assert "the Resources docstring says which backends do" in message
 
 
 class CountingLauncher(InlineLauncher):

@@ -67,7 +67,7 @@ def test_a_function_sent_by_reference_is_looked_up_once_and_nothing_else_is_reus
     by_name = dumps_call(json.dumps, (), {})[0]
     assert _worker._names_only(by_name)
     assert _worker._load_function(by_name) is json.dumps
-    assert _worker._functions[by_name] is json.dumps
+    assert _worker._functions[by_name][0] is json.dumps
     # A partial loads as a new object every time (a task may change its keywords).
     data = dumps_call(functools.partial(json.dumps, indent=1), (), {})[0]
     assert not _worker._names_only(data)

@@ -47,6 +47,7 @@ from .._messages import (
     SharedMemory,
     TaskSpec,
 )
+from .._options import check_workers
 from .._worker import version_mismatch
 from ._local import LocalJob, LocalLauncher
 from ._shared import SharedArena
@@ -409,6 +410,7 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         startup_timeout: float = 60.0,
         prefetch: int = 0,
     ) -> None:
+        check_workers(n_workers)
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch must be an integer >= 0, got {prefetch!r}")
         if max_tasks_per_worker is not None and max_tasks_per_worker < 1:

@@ -26,7 +26,7 @@ from .._codec import describe_exception
 from .._exceptions import LaunchError
 from .._executor import BaseExecutor
 from .._messages import JobRef, Outcome, TaskSpec
-from .._options import TaskOptions
+from .._options import TaskOptions, check_workers
 from .._stopit import async_raise
 from .._worker import TAIL_BYTES, execute
 from ..abc import Launcher
@@ -61,6 +61,7 @@ class ThreadLauncher(LocalLauncher[_Job]):
     honours_resources: frozenset[str] = frozenset()
 
     def __init__(self, n_workers: int) -> None:
+        check_workers(n_workers)
         super().__init__()
         self._n_workers = n_workers
         self._limiter: anyio.CapacityLimiter | None = None  # made on entry, in the event loop
