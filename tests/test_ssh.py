@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import stat
 import subprocess
@@ -64,6 +65,12 @@ def test_importing_the_ssh_backend_prints_no_warning_a_user_cannot_act_on() -> N
         [sys.executable, "-W", "error", "-c", probe], capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
+    if int(importlib.metadata.version("cryptography").split(".")[0]) >= 48:
+        # Not vacuous: asyncssh imported bare does warn with this cryptography.
+        bare = subprocess.run(
+            [sys.executable, "-W", "error", "-c", "import asyncssh"], capture_output=True, text=True
+        )
+        assert bare.returncode != 0 and "DSA is deprecated" in bare.stderr
 
 
 # -- SSHShell ---------------------------------------------------------------------
