@@ -480,6 +480,8 @@ class DockerLauncher(PoolLauncher):
 
     def check_resources(self, resources: Resources) -> str | None:
         problem = super().check_resources(resources)
+        if problem is not None and resources.gpus is not None and self.mode == "warm":
+            return f"{problem}: in mode='oneshot' it does (a container per task, with its GPUs)"
         cpus = resources.cpus
         if problem is not None or cpus is None:
             return problem
