@@ -74,12 +74,15 @@ def interpreter(version: str) -> str:
 def compat(session: nox.Session) -> None:
     """The test suite on the oldest and the newest Python we support, on asyncio.
 
-    (The tests session runs every async test on trio and uvloop too; what differs
-    between Pythons shows on one event loop, in half the time.)
+    (The tests session runs every async test on trio and uvloop too, and the
+    tests marked ``infra``, which exercise an engine or the cluster rather than
+    the interpreter: what differs between Pythons shows without them, in half
+    the time. The backends' conformance suites still run here, on this
+    Python's test image and cluster venvs.)
     """
     install_locked(session, "test")
     session.env["ASYNCEXEC_TEST_LOOPS"] = "asyncio"
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("pytest", *(session.posargs or ["-q", "-m", "not infra"]))
 
 
 @nox.session

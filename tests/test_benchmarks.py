@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from .cluster import Cluster
+
+# The harnesses run the same on every Python: once per CI run, in the tests session.
+pytestmark = pytest.mark.infra
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -256,6 +256,7 @@ def test_every_case_applies_to_docker() -> None:
 # -- scale, cleanup, limits ----------------------------------------------------------
 
 
+@pytest.mark.infra
 async def test_fifty_concurrent_tasks(image: str) -> None:
     async with DockerExecutor(image, n_workers=50) as ex:
         futures = [await ex.submit(add, i, 1) for i in range(50)]
@@ -276,6 +277,7 @@ async def test_warm_containers_are_reused(image: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.infra
 async def test_cancel_and_timeout_leave_no_container(
     image: str, shared_dir: str, mode: Mode
 ) -> None:
@@ -618,6 +620,7 @@ async def test_check_image_function(image: str) -> None:
     assert "asyncexec" in described
 
 
+@pytest.mark.infra
 def test_prune_removes_what_a_killed_driver_left(image: str, tmp_path: Path) -> None:
     driver = tmp_path / "driver.py"
     beat = tmp_path / "killed.beat"
@@ -677,6 +680,7 @@ def _engine(command: str) -> None:
     not (IN_CI or os.environ.get("ASYNCEXEC_TEST_RESTART_DOCKER") == "1"),
     reason="restarts dockerd (needs root): runs in CI, or with ASYNCEXEC_TEST_RESTART_DOCKER=1",
 )
+@pytest.mark.infra
 async def test_engine_stopped_mid_run_and_started_again(image: str, shared_dir: str) -> None:
     beat = os.path.join(shared_dir, "engine.beat")
     for mode in MODES:

@@ -170,6 +170,7 @@ async def test_conformance_over_ssh(cluster: Cluster, scratch: str, case: str) -
     await check_launcher(make, only=[case], tmp_root=scratch, workdir_mode=0o777, n_workers=4)
 
 
+@pytest.mark.infra
 async def test_conformance_in_chunks(cluster: Cluster, scratch: str) -> None:
     """Tasks in chunks of 3 per array task: the cases that apply to such a launcher
     (read from the instance: a crash takes its chunk's other tasks with it)."""
@@ -183,6 +184,7 @@ async def test_conformance_in_chunks(cluster: Cluster, scratch: str) -> None:
     await check_launcher(make, only=only, tmp_root=scratch, workdir_mode=0o777, n_workers=4)
 
 
+@pytest.mark.infra
 def test_conformance_on_the_login_node_as_the_cluster_user(cluster: Cluster, scratch: str) -> None:
     """LocalShell, as a user on the login node would: the suite runs as the cluster user."""
     script = Path(scratch) / "conformance.py"
@@ -221,6 +223,7 @@ def test_conformance_on_the_login_node_as_the_cluster_user(cluster: Cluster, scr
 # -- batching and polling -------------------------------------------------------------
 
 
+@pytest.mark.infra
 async def test_1000_tasks_take_two_sbatch_calls_and_polls_bounded_by_time(
     cluster: Cluster,
 ) -> None:
@@ -239,6 +242,7 @@ async def test_1000_tasks_take_two_sbatch_calls_and_polls_bounded_by_time(
     assert len(refs) == 100  # chunks of ten
 
 
+@pytest.mark.infra
 async def test_arrays_are_split_at_max_array_size(cluster: Cluster) -> None:
     cfg = config(cluster, max_array_size=3)
     async with SlurmExecutor(cluster.shell(), cfg) as ex:
@@ -255,6 +259,7 @@ async def test_cluster_max_array_size_is_read(cluster: Cluster) -> None:
         assert launcher.max_array_size == 100001  # from scontrol show config
 
 
+@pytest.mark.infra
 async def test_throttle_and_private_staging(cluster: Cluster, scratch: str) -> None:
     cfg = config(cluster, max_concurrent=2)
     async with SlurmExecutor(cluster.shell(), cfg, keep_staging=True) as ex:
@@ -305,6 +310,7 @@ async def test_per_task_output_and_info(cluster: Cluster) -> None:
     assert future.info.host == cluster.node
 
 
+@pytest.mark.infra
 async def test_time_limit_is_the_workers_and_rounds_up_to_minutes(
     cluster: Cluster, scratch: str
 ) -> None:
@@ -350,6 +356,7 @@ def queued_named(name: str) -> list[str]:
     return listed.stdout.splitlines()
 
 
+@pytest.mark.infra
 async def test_each_tasks_cpus_and_gpus_reach_sbatch_in_arrays_of_their_own(
     cluster: Cluster,
 ) -> None:
@@ -384,6 +391,7 @@ async def test_each_tasks_cpus_and_gpus_reach_sbatch_in_arrays_of_their_own(
 # -- cancellation ---------------------------------------------------------------------
 
 
+@pytest.mark.infra
 async def test_cancel_running_scancels_exactly_that_array_task(
     cluster: Cluster, scratch: str
 ) -> None:
@@ -401,6 +409,7 @@ async def test_cancel_running_scancels_exactly_that_array_task(
         assert ex.slurm.calls["scancel"] == 1
 
 
+@pytest.mark.infra
 async def test_cancel_inside_a_chunk_spares_its_siblings(cluster: Cluster, scratch: str) -> None:
     beat = f"{scratch}/beat"
     cfg = config(cluster, chunk_size=3)
@@ -437,6 +446,7 @@ async def test_aclose_cancel_pending_leaves_no_job(cluster: Cluster) -> None:
 # -- failures of the cluster ------------------------------------------------------------
 
 
+@pytest.mark.infra
 async def test_node_down_mid_run_is_worker_lost(cluster: Cluster, scratch: str) -> None:
     beat = f"{scratch}/beat"
     async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
@@ -458,6 +468,7 @@ async def test_node_down_mid_run_is_worker_lost(cluster: Cluster, scratch: str) 
             assert await (await ex.submit(add, 2, 3)) == 5
 
 
+@pytest.mark.infra
 async def test_sshd_restarted_mid_run(cluster: Cluster) -> None:
     """The poller rides out a dead sshd; the tasks finish and are collected after."""
     async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
@@ -504,6 +515,7 @@ asyncio.run(main())
 )
 
 
+@pytest.mark.infra
 async def test_a_new_executor_reattaches_to_a_killed_drivers_jobs(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -559,6 +571,7 @@ asyncio.run(main())
 )
 
 
+@pytest.mark.infra
 async def test_an_experiment_resumes_by_reattaching_to_running_jobs(
     cluster: Cluster, tmp_path: Path
 ) -> None:
