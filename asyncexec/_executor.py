@@ -47,7 +47,7 @@ from ._exceptions import (
     WorkerLost,
     as_task_failure,
 )
-from ._future import AsyncException, AsyncResult, Future, FutureState, TaskInfo
+from ._future import AsyncException, AsyncResult, Future, FutureState, TaskInfo, running_loop
 from ._messages import JobRef, Outcome, TaskSpec
 from ._oneshot import run_chunk
 from ._options import TaskOptions, check_workers
@@ -131,6 +131,7 @@ class BaseExecutor:
         self._blocked: _Task | None = None  # the launcher was full: nothing passes this one
         self._tg: TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._loop: object = None  # the event loop it runs in: its futures are waited there
         self._resources_checked: TaskOptions | None = None  # the launcher honours its resources
 
     def __repr__(self) -> str:
@@ -157,6 +158,7 @@ class BaseExecutor:
                 self._pending_slots = anyio.Semaphore(self.max_pending)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._stack = stack.pop_all()
+        self._loop = running_loop()
         self._state = "open"
         return self
 
@@ -269,7 +271,7 @@ class BaseExecutor:
             raise ValueError(f"task {task_id} is already followed by this executor")
         spec = TaskSpec(task_id=task_id, fn=b"", args=b"", name=name)
         info = TaskInfo(name=name, tags={}, submitted=time.time())
-        future: Future[Any] = Future(self, task_id, info)
+        future: Future[Any] = Future(self, task_id, info, self._loop)
         task = _Task(future, spec, self.options.replace(retries=0))
         task.attached = ref
         self._tasks[task_id] = task
@@ -353,7 +355,7 @@ class BaseExecutor:
             spec.gpus = resources.gpus
         tags = dict(options.tags) if options.tags else {}
         info = TaskInfo(name=options.name, tags=tags, submitted=time.time())
-        future: Future[Any] = Future(self, task_id, info)
+        future: Future[Any] = Future(self, task_id, info, self._loop)
         task = _Task(future, spec, options)
         task.holds_slot = holds_slot
         self._tasks[task_id] = task

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import sys
 import traceback
 from collections.abc import Callable, Generator
 from types import TracebackType
@@ -104,14 +105,18 @@ class Future(Generic[T]):
         "_event",
         "_executor",
         "_info",
+        "_loop",
         "_ready",
         "_state",
         "_task_id",
         "_value",
     )
 
-    def __init__(self, executor: BaseExecutor, task_id: str, info: TaskInfo) -> None:
+    def __init__(
+        self, executor: BaseExecutor, task_id: str, info: TaskInfo, loop: object = None
+    ) -> None:
         self._executor = executor
+        self._loop = loop  # the event loop its executor runs in (see running_loop())
         self._task_id = task_id
         self._state = FutureState.PENDING
         self._ready = False  # the state is final (a flag: hashing an enum member is slow)
@@ -185,6 +190,12 @@ class Future(Generic[T]):
         """
         if self._ready:
             return True
+        if self._loop is not None and running_loop() is not self._loop:
+            raise RuntimeError(
+                f"task {self._task_id} belongs to an executor running in another event loop "
+                "(another thread's, or another library's): wait for it there, or hand the "
+                "waiting over to that loop (asyncio.run_coroutine_threadsafe, anyio.from_thread)"
+            )
         if self._event is None:
             self._event = anyio.Event()
         if timeout is None:
@@ -285,6 +296,21 @@ class Future(Generic[T]):
             return AsyncResult(self, self._value)
         assert self._error is not None
         return AsyncException(self, self._error, _traceback_text(self._error))
+
+
+def running_loop() -> object:
+    """The event loop running in this thread: asyncio's loop, trio's token, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+    return None
 
 
 def _traceback_text(error: BaseException) -> str:

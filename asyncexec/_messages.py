@@ -75,8 +75,16 @@ class Resources(msgspec.Struct, gc=False, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         for name in ("cpus", "memory_mb", "gpus"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"Resources.{name} must be positive, got {value!r}")
+            if value is None:
+                continue
+            # Checked here, not by a worker decoding the task later (msgspec checks
+            # types when it decodes, not when a Struct is made).
+            integer = name != "cpus"
+            if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+                kind = "an integer" if integer else "a number"
+                raise TypeError(f"Resources.{name} must be {kind}, got {value!r}")
+            if not value > 0 or value == float("inf"):  # (nan is not > 0)
+                raise ValueError(f"Resources.{name} must be positive and finite, got {value!r}")
 
 
 class Versions(msgspec.Struct, gc=False, frozen=True, array_like=True):

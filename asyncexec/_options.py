@@ -10,7 +10,7 @@ from typing import Any
 
 from ._messages import Resources
 
-__all__ = ["TaskOptions", "check_workers"]
+__all__ = ["TaskOptions", "check_env", "check_workers"]
 
 
 def check_workers(n_workers: object) -> None:
@@ -18,6 +18,29 @@ def check_workers(n_workers: object) -> None:
     executors take None for their default)."""
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+
+
+def check_env(env: Mapping[str, str] | None, what: str = "env") -> dict[str, str]:
+    """``env`` as a dict, refused unless it maps str to str (a worker or a container
+    could not take anything else, and would fail later, far from the mistake)."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise TypeError(f"{what} must be a mapping of str to str, got {type(env).__name__}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"{what} must map str to str, got {key!r}: {value!r}")
+    return dict(env)
+
+
+def _check_number(name: str, value: object, *, integer: bool = False) -> None:
+    """A number (an ``int`` where ``integer``; never a bool), finite."""
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):  # type: ignore[arg-type]
+        raise ValueError(f"{name} must be finite, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,24 +87,33 @@ class TaskOptions:
     tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.time_limit is not None and not (
-            self.time_limit > 0 and math.isfinite(self.time_limit)
-        ):
-            raise ValueError(
-                f"time_limit must be a positive number of seconds, got {self.time_limit!r}"
-            )
+        if self.time_limit is not None:
+            _check_number("time_limit", self.time_limit)
+            if self.time_limit <= 0:
+                raise ValueError(
+                    f"time_limit must be a positive number of seconds, got {self.time_limit!r}"
+                )
+        _check_number("retries", self.retries, integer=True)
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries!r}")
-        if self.retry_backoff < 0 or self.retry_backoff_max < 0:
-            raise ValueError("retry_backoff and retry_backoff_max must be >= 0")
-        if isinstance(self.retry_on, type):
-            object.__setattr__(self, "retry_on", (self.retry_on,))
-        for entry in self.retry_on:
+        for name in ("retry_backoff", "retry_backoff_max"):
+            _check_number(name, getattr(self, name))
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        retry_on = self.retry_on
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        elif not isinstance(retry_on, (tuple, list)):
+            raise TypeError(
+                f"retry_on must be an exception class or a tuple of them, got {retry_on!r}"
+            )
+        for entry in retry_on:
             if not (isinstance(entry, type) and issubclass(entry, BaseException)):
                 raise TypeError(f"retry_on must hold exception classes, got {entry!r}")
-        for key, value in self.env.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(f"env must map str to str, got {key!r}: {value!r}")
+        object.__setattr__(self, "retry_on", tuple(retry_on))
+        check_env(self.env)
+        if not isinstance(self.resources, Resources):
+            raise TypeError(f"resources must be a Resources, got {self.resources!r}")
 
     def replace(self, **changes: Any) -> TaskOptions:
         """A copy with some fields changed (validated like the original)."""

@@ -149,6 +149,40 @@ async def test_submit_after_close_raises_executor_closed() -> None:
         await ex.submit(square, 2)
 
 
+BAD_INPUT: list[tuple[Callable[[], object], type[Exception], str]] = [
+    (lambda: asyncexec.Resources(memory_mb=1.5), TypeError, "memory_mb"),  # type: ignore[arg-type]
+    (lambda: asyncexec.Resources(memory_mb=float("nan")), TypeError, "memory_mb"),  # type: ignore[arg-type]
+    (lambda: asyncexec.Resources(memory_mb="100"), TypeError, "memory_mb"),  # type: ignore[arg-type]
+    (lambda: asyncexec.Resources(cpus=float("nan")), ValueError, "cpus"),
+    (lambda: asyncexec.Resources(gpus=True), TypeError, "gpus"),
+    (lambda: TaskOptions(time_limit="1"), TypeError, "time_limit"),  # type: ignore[arg-type]
+    (lambda: TaskOptions(time_limit=float("inf")), ValueError, "time_limit"),
+    (lambda: TaskOptions(retries=1.5), TypeError, "retries"),  # type: ignore[arg-type]
+    (lambda: TaskOptions(retries="2"), TypeError, "retries"),  # type: ignore[arg-type]
+    (lambda: TaskOptions(retry_on=ValueError("x")), TypeError, "retry_on"),  # type: ignore[arg-type]
+    (lambda: TaskOptions(retry_backoff="1"), TypeError, "retry_backoff"),  # type: ignore[arg-type]
+    (lambda: TaskOptions(resources={"cpus": 1}), TypeError, "resources"),  # type: ignore[arg-type]
+    (lambda: TaskOptions(env={"A": 1}), TypeError, "env"),  # type: ignore[dict-item]
+    (lambda: ProcessExecutor(env={"A": 1}), TypeError, "env"),  # type: ignore[dict-item]
+    (lambda: DockerExecutor("some-image", env={"A": 1}), TypeError, "env"),  # type: ignore[dict-item]
+]
+
+
+@pytest.mark.parametrize(("make", "error", "field"), BAD_INPUT)
+def test_bad_input_is_refused_at_construction_naming_the_field(
+    make: Callable[[], object], error: type[Exception], field: str
+) -> None:
+    """Never accepted to kill a worker later (a float memory_mb made it die decoding)."""
+    with pytest.raises(error, match=field):
+        make()
+
+
+def test_retry_on_may_be_a_list_and_good_input_is_kept() -> None:
+    options = TaskOptions(retry_on=[KeyError, OSError], time_limit=2, retries=1)  # type: ignore[arg-type]
+    assert options.retry_on == (KeyError, OSError) and options.time_limit == 2
+    assert asyncexec.Resources(cpus=0.5, memory_mb=64, gpus=1).cpus == 0.5
+
+
 def test_zero_workers_is_refused_everywhere_and_none_is_the_default() -> None:
     makers: dict[str, Callable[[int | None], BaseExecutor]] = {
         "ThreadExecutor": lambda n: ThreadExecutor(n),
@@ -300,6 +334,47 @@ async def test_every_failed_future_raises_a_task_failed() -> None:
         assert isinstance(refused.value, LaunchError)
         assert isinstance(refused.value, TaskLaunchError)
         assert isinstance(future.exception(), TaskFailed)
+
+
+def test_a_future_awaited_from_another_event_loop_fails_at_once(tmp_path: Path) -> None:
+    """Another thread's loop, or trio awaiting an asyncio-made future: a clear
+    RuntimeError at once, never a hang; the owning loop still gets the value."""
+    import trio
+
+    gate = tmp_path / "gate"
+    shared: dict[str, Any] = {}
+    handed = threading.Event()
+
+    async def owner() -> None:
+        async with ThreadExecutor(1) as ex:
+            future = await ex.submit(wait_for_file, str(gate))
+            shared["future"] = future
+            handed.set()
+            shared["value"] = await future  # the owning loop waits too
+
+    thread = threading.Thread(target=anyio.run, args=(owner,))  # on asyncio
+    thread.start()
+    try:
+        assert handed.wait(30)
+        future = shared["future"]
+
+        async def from_asyncio() -> None:
+            await asyncio.wait_for(future.wait(), 10)
+
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(from_asyncio())
+
+        async def from_trio() -> None:
+            with trio.fail_after(10):
+                await future
+
+        with pytest.raises(RuntimeError, match="another event loop"):
+            trio.run(from_trio)
+        assert not future.ready()
+    finally:
+        gate.touch()
+        thread.join(30)
+    assert shared["value"] == str(gate)
 
 
 async def test_done_callbacks_read_the_value_without_waiting() -> None:

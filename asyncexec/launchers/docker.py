@@ -55,7 +55,7 @@ from .._aio import require_asyncio
 from .._exceptions import BackendUnavailable, LaunchError, describe_exit
 from .._executor import BaseExecutor
 from .._messages import Resources, TaskSpec
-from .._options import TaskOptions
+from .._options import TaskOptions, check_env
 from ..abc import Launcher
 from ._pool import PoolJob, PoolLauncher, PoolWorker
 
@@ -445,7 +445,7 @@ class DockerLauncher(PoolLauncher):
         self._network = network
         self._read_only = read_only
         self._user = user
-        self._env = {str(key): str(value) for key, value in (env or {}).items()}
+        self._env = check_env(env)
         self._binds = _binds(volumes)
         self._labels = {str(key): str(value) for key, value in (labels or {}).items()}
         for reserved in (EXECUTOR_LABEL, WORKER_LABEL, TASK_LABEL):

@@ -33,7 +33,7 @@ import asyncexec
 from .._exceptions import LaunchError
 from .._executor import BaseExecutor
 from .._messages import Resources, Setup
-from .._options import TaskOptions
+from .._options import TaskOptions, check_env
 from ..abc import Launcher
 from ._pool import PoolLauncher, PoolWorker
 
@@ -143,7 +143,7 @@ class ProcessLauncher(PoolLauncher):
             prefetch=prefetch,
         )
         self._python = python
-        self._env = dict(env or {})
+        self._env = check_env(env)
         self._transport = transport
         self.fd_payloads = transport == "socket" and hasattr(os, "memfd_create")
         if not hasattr(os, "sched_setaffinity"):  # (not Linux) nothing to pin a task with
