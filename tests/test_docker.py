@@ -787,3 +787,17 @@ async def test_a_failed_replacement_is_one_line_with_the_traceback_at_debug(
         assert "\n" not in record.getMessage() and "python-nowhere" in record.getMessage()
     assert any(r.levelno == logging.DEBUG and r.exc_info for r in replaced), replaced
     assert containers_of(ex.executor_id) == []
+
+
+async def test_a_container_that_cannot_start_is_removed_at_once(image: str) -> None:
+    # The engine creates the container and refuses to start it (no such interpreter);
+    # cancelled or not, its removal must not wait for the executor's closing sweep.
+    async with DockerExecutor(image, n_workers=1, python="python-nowhere") as ex:
+        for delay in (None, 0.0, 0.01, 0.03, 0.08, 0.15):
+            with anyio.move_on_after(1e9 if delay is None else delay):
+                with pytest.raises(LaunchError, match="python-nowhere"):
+                    await ex.run(add, 1, 1)
+            with anyio.fail_after(10):
+                while containers_of(ex.executor_id):
+                    await anyio.sleep(0.1)
+    assert containers_of(ex.executor_id) == []
