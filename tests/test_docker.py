@@ -9,6 +9,7 @@ skipped with the reason.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -722,3 +723,81 @@ def test_benchmark_smoke(image: str) -> None:
         "oneshot, 8 at once",
         "warm, 2 containers",
     ], done.stdout
+
+
+# -- leftovers and faults (issue: "no hang, the right error, nothing left behind") ----
+
+
+_BLOCKED_IMPORT = """
+import sys
+sys.modules[{name!r}] = None  # as if it were not installed: importing it fails
+import anyio
+from asyncexec.launchers.docker import DockerExecutor, prune_containers
+
+async def main():
+    try:
+        async with DockerExecutor("anything", n_workers=1):
+            pass
+    except ImportError as exc:
+        print("executor:", type(exc).__name__, exc)
+    try:
+        await prune_containers(every=True)
+    except ImportError as exc:
+        print("prune:", type(exc).__name__, exc)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("name", ["aiohttp", "aiodocker"])
+def test_a_missing_client_library_gives_the_install_hint(name: str) -> None:
+    # Needs no engine: the hint comes before any connection is tried.
+    done = subprocess.run(
+        [sys.executable, "-c", _BLOCKED_IMPORT.format(name=name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    hint = "pip install 'asyncexec[docker]'"
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["executor", "prune"], done.stdout
+    for line in lines:
+        assert ": ImportError " in line and hint in line, line
+
+
+async def test_a_failed_replacement_is_one_line_with_the_traceback_at_debug(
+    image: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asyncexec")
+    async with DockerExecutor(image, n_workers=1, mode="warm") as ex:
+        # From now on the engine refuses to start a container (no such interpreter):
+        # replacing the one that dies fails for real.
+        ex._docker_launcher._python = "python-nowhere"
+        with pytest.raises(WorkerLost):
+            await ex.run(exit_hard, 3)
+        with anyio.fail_after(60):
+            while not [r for r in caplog.records if "replace" in r.getMessage()]:
+                await anyio.sleep(0.1)
+    replaced = [r for r in caplog.records if "replace" in r.getMessage()]
+    warnings = [r for r in replaced if r.levelno == logging.WARNING]
+    assert warnings, replaced
+    for record in warnings:
+        assert record.exc_info is None and not record.exc_text, record
+        assert "\n" not in record.getMessage() and "python-nowhere" in record.getMessage()
+    assert any(r.levelno == logging.DEBUG and r.exc_info for r in replaced), replaced
+    assert containers_of(ex.executor_id) == []
+
+
+async def test_a_container_that_cannot_start_is_removed_at_once(image: str) -> None:
+    # The engine creates the container and refuses to start it (no such interpreter);
+    # cancelled or not, its removal must not wait for the executor's closing sweep.
+    async with DockerExecutor(image, n_workers=1, python="python-nowhere") as ex:
+        for delay in (None, 0.0, 0.01, 0.03, 0.08, 0.15):
+            with anyio.move_on_after(1e9 if delay is None else delay):
+                with pytest.raises(LaunchError, match="python-nowhere"):
+                    await ex.run(add, 1, 1)
+            with anyio.fail_after(10):
+                while containers_of(ex.executor_id):
+                    await anyio.sleep(0.1)
+    assert containers_of(ex.executor_id) == []

@@ -7,6 +7,7 @@ import importlib.util
 import math
 import operator
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -702,3 +703,35 @@ async def test_map_in_chunks_runs_on_a_python_without_asyncexec(cluster: Cluster
             async for _ in ex.map(math.sqrt, [4.0, 1.0, 9.0, -1.0], chunksize=2):
                 pass
         assert isinstance(caught.value, ValueError)
+
+
+# -- leftovers (issue: "no hang, the right error, nothing left behind") --------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "resources", "match"),
+    [
+        ({}, Resources(gpus=1), "gres"),  # this cluster has no GPU
+        ({"extra_sbatch": ["--no-such-sbatch-option"]}, None, "no-such-sbatch-option"),
+    ],
+    ids=["gpus", "bad-extra-sbatch"],
+)
+async def test_a_refused_sbatch_leaves_no_staging_directory(
+    cluster: Cluster, changes: dict[str, Any], resources: Resources | None, match: str
+) -> None:
+    staging = f"{cluster.home}/.asyncexec/refused-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        async with SlurmExecutor(
+            cluster.shell(), config(cluster, **changes), staging_dir=staging
+        ) as ex:
+            refused = ex if resources is None else ex.with_options(resources=resources)
+            with pytest.raises(LaunchError, match="sbatch refused") as caught:
+                await (await refused.submit(add, 1, 1))
+            assert match in str(caught.value).lower(), caught.value
+            # What it staged (job.sh, the pickled task) went with the refusal, at once.
+            assert os.listdir(staging) == []
+            if resources is not None:  # the executor still runs what the cluster accepts
+                assert await ex.run(add, 2, 2) == 4
+        assert os.listdir(staging) == []
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

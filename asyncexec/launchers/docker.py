@@ -94,11 +94,14 @@ _CALL_TIMEOUT = 60.0
 
 
 def _import_aiodocker() -> Any:
+    """aiodocker, or the install hint when it or aiohttp (its transport) is missing."""
     try:
         import aiodocker
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+        import aiohttp  # noqa: F401  (aiodocker imports it too: either missing lands here)
+    except ImportError as exc:
         raise ImportError(
-            "the Docker backend needs aiodocker: pip install 'asyncexec[docker]'"
+            f"the Docker backend needs aiodocker and aiohttp ({exc}): "
+            "pip install 'asyncexec[docker]'"
         ) from exc
     return aiodocker
 
@@ -128,9 +131,9 @@ async def _open_engine(url: str | None, connections: int = 0) -> aiodocker.Docke
     client must allow ``connections`` of them beside its API calls: aiohttp's
     default cap of 100 would deadlock a pool of 100 containers.
     """
+    module = _import_aiodocker()  # the install hint when aiodocker or aiohttp is missing
     import aiohttp
 
-    module = _import_aiodocker()
     timeout = aiohttp.ClientTimeout(connect=_CONNECT_TIMEOUT, sock_connect=_CONNECT_TIMEOUT)
     where = url or os.environ.get("DOCKER_HOST") or "the local socket"
     try:
@@ -580,6 +583,25 @@ class DockerLauncher(PoolLauncher):
             worker.kill()
             return
         self._hand(job, worker)
+
+    async def _replace(self) -> None:
+        """Replace a dead warm container; a failure is one line (the traceback at DEBUG).
+
+        While the engine is down every replacement fails the same way: a traceback
+        each time would drown the log. The next ``start`` tries again and reports it.
+        """
+        if len(self._workers) + self._spawning >= self._n_workers or self._closed:
+            return
+        try:
+            await self._spawn_idle()
+        except Exception as exc:
+            if not self._closed:
+                log.warning(
+                    "could not replace a container of executor %s: %s",
+                    self.executor_id,
+                    " ".join(str(exc).split()) or type(exc).__name__,
+                )
+                log.debug("could not replace a container of %s", self.executor_id, exc_info=True)
 
     # -- containers -----------------------------------------------------------------
 

@@ -291,11 +291,13 @@ _LOG_TAIL = 2000
 # tasks), submit, and keep the job id beside them. umask 077 keeps everything,
 # the Slurm logs included (sbatch passes the umask on), private to the user.
 # Idempotent: run again after a dropped connection, it answers the job id it gave.
+# Refused (sbatch, or the unpacking before it), it removes what it staged and exits
+# with that status: a refusal leaves nothing behind (no job ran from it).
 _SUBMIT = (
     'umask 077 && mkdir -p "$1" && cd "$1" && '
     "if [ -s job_id ]; then cat >/dev/null; cat job_id; exit 0; fi && "
-    "tar -x -f - && mkdir -p out cancel log && sbatch --parsable job.sh > job_id.tmp "
-    "&& mv job_id.tmp job_id && cat job_id"
+    "if tar -x -f - && mkdir -p out cancel log && sbatch --parsable job.sh > job_id.tmp; "
+    'then mv job_id.tmp job_id && cat job_id; else rc=$?; cd / && rm -rf -- "$1"; exit $rc; fi'
 )
 #: Seconds closing waits for Slurm to confirm that the tasks it scancelled are gone.
 _CLOSE_CONFIRM = 60.0
