@@ -970,10 +970,21 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         job.notify()
 
     async def _replace(self) -> None:
+        """Replace a dead worker; a failure is one line (the traceback at DEBUG).
+
+        While the place is unreachable (an engine down, a host gone) every
+        replacement fails the same way: a traceback each time would drown the
+        log. Never raises: the next ``start`` tries again and reports it.
+        """
         if len(self._workers) + self._spawning >= self._n_workers or self._closed:
             return
         try:
             await self._spawn_idle()
-        except Exception:  # never escape: the next start() tries again and reports it
+        except Exception as exc:
             if not self._closed:
-                log.warning("could not replace a worker", exc_info=True)
+                log.warning(
+                    "could not replace a worker of %s: %s",
+                    self._where(),
+                    " ".join(str(exc).split()) or type(exc).__name__,
+                )
+                log.debug("could not replace a worker of %s", self._where(), exc_info=True)

@@ -584,25 +584,6 @@ class DockerLauncher(PoolLauncher):
             return
         self._hand(job, worker)
 
-    async def _replace(self) -> None:
-        """Replace a dead warm container; a failure is one line (the traceback at DEBUG).
-
-        While the engine is down every replacement fails the same way: a traceback
-        each time would drown the log. The next ``start`` tries again and reports it.
-        """
-        if len(self._workers) + self._spawning >= self._n_workers or self._closed:
-            return
-        try:
-            await self._spawn_idle()
-        except Exception as exc:
-            if not self._closed:
-                log.warning(
-                    "could not replace a container of executor %s: %s",
-                    self.executor_id,
-                    " ".join(str(exc).split()) or type(exc).__name__,
-                )
-                log.debug("could not replace a container of %s", self.executor_id, exc_info=True)
-
     # -- containers -----------------------------------------------------------------
 
     def _background(self, fn: Callable[[], Any]) -> None:
