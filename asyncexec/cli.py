@@ -11,27 +11,56 @@
     asyncexec docker prune --executor ID | --all
     asyncexec worker ...          (the worker itself; see `asyncexec worker -h`)
 
-Exit status: 0 when every run is done, 1 when some failed, 2 for bad usage
-or a bad directory, 130 when interrupted (Ctrl-C, SIGTERM, `asyncexec cancel`).
+Exit status:
+
+* 0: every run is done (``run``), or the command did what it was asked;
+* 1: some runs failed (``run``), or a Docker check or prune failed;
+* 2: bad usage (a bad option or target), or a directory that is not a usable
+  experiment directory (not a directory, cannot be made, another
+  experiment's, a damaged results or sweeper database);
+* 3: the system refused: disk full, I/O error, permission denied;
+* 4: an unexpected error inside asyncexec (a bug: please report it with the
+  ``--debug`` traceback);
+* 130: interrupted (Ctrl-C, SIGTERM, ``asyncexec cancel``). A second Ctrl-C
+  while the first one is being handled exits at once: runs left running are
+  taken up again by ``run --continue``.
+
+Errors are reported as one ``asyncexec: ...`` line on stderr; ``--debug`` (or
+the environment variable ``ASYNCEXEC_DEBUG=1``) also prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
+import math
 import os
 import signal
+import sqlite3
 import statistics
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from ._version import __version__
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 __all__ = ["main"]
 
 BACKENDS = ("process", "thread")
+
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SYSTEM, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EPILOG = """exit status: 0 all done; 1 some runs failed; 2 bad usage or a bad or damaged
+experiment directory; 3 the system refused (disk full, I/O error, permission
+denied); 4 an unexpected error (a bug: report it with --debug); 130 interrupted
+(Ctrl-C, SIGTERM, asyncexec cancel; a second Ctrl-C exits at once).
+Errors are one "asyncexec: ..." line; --debug or ASYNCEXEC_DEBUG=1 adds the traceback."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,34 +71,99 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(args[1:])
     options = _parser().parse_args(args)
+    debug = getattr(options, "debug", False) or os.environ.get("ASYNCEXEC_DEBUG", "") not in (
+        "",
+        "0",
+    )
+    try:
+        return _command(options)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        code, message = _explain(exc, getattr(options, "where", None))
+        if debug:
+            traceback.print_exception(exc)
+        elif code == EXIT_BUG:
+            message += " (run with --debug for the traceback)"
+        print(f"asyncexec: {message}", file=sys.stderr, flush=True)
+        return code
+
+
+def _command(options: argparse.Namespace) -> int:
+    if options.command == "run":
+        return _run(options)
+    if options.command == "status":
+        options.where = options.directory
+        return _status(options.directory)
+    if options.command == "results":
+        options.where = options.directory
+        return _results(options.directory, options.format)
+    if options.command == "cancel":
+        options.where = options.directory
+        return _cancel(options.directory)
+    if options.command == "docker":
+        return _docker(options)
+    raise AssertionError(options.command)
+
+
+def _explain(exc: BaseException, where: str | None) -> tuple[int, str]:
+    """The exit status and the one-line message for an error that ended a command."""
     from .experiment import StoreError
     from .sweep import SweeperError
 
-    try:
-        if options.command == "run":
-            return _run(options)
-        if options.command == "status":
-            return _status(options.directory)
-        if options.command == "results":
-            return _results(options.directory, options.format)
-        if options.command == "cancel":
-            return _cancel(options.directory)
-        if options.command == "docker":
-            return _docker(options)
-    except (StoreError, SweeperError, _UsageError) as exc:
-        print(f"asyncexec: {exc}", file=sys.stderr)
-        return 2
-    raise AssertionError(options.command)
+    inside = f" (in {where})" if where else ""
+    while isinstance(exc, BaseExceptionGroup):  # tasks that failed together: the first says
+        exc = exc.exceptions[0]
+    if isinstance(exc, (StoreError, SweeperError, _UsageError)):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, sqlite3.DatabaseError):
+        text = " ".join(str(exc).split())
+        text = text if len(text) <= 160 else text[:157] + "..."
+        if isinstance(exc, sqlite3.OperationalError) and any(
+            word in text for word in ("full", "disk I/O", "readonly", "unable to open")
+        ):
+            return EXIT_SYSTEM, f"cannot write the experiment's database{inside}: {text}"
+        return EXIT_USAGE, (
+            f"an experiment database is damaged{inside}: {text}; "
+            "move the directory aside and run again, or recover it with sqlite3's .recover"
+        )
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return EXIT_SYSTEM, f"disk full{inside}: {exc}"
+        return EXIT_SYSTEM, str(exc)
+    return EXIT_BUG, f"unexpected error: {type(exc).__name__}: {exc}"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asyncexec",
         description="Run experiments (a function over a parameter grid) on any executor.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asyncexec {__version__}")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the traceback of an error (also: ASYNCEXEC_DEBUG=1)",
+    )
+    parser.add_argument("--debug", action="store_true", default=False, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run (or continue) an experiment")
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=[debug],
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
+
+    run = command("run", help="run (or continue) an experiment")
     run.add_argument("target", help="FILE.py:NAME or package.module:NAME of an Experiment")
     run.add_argument("--backend", choices=BACKENDS, default="process")
     run.add_argument("--workers", type=int, default=None, help="default: one per CPU")
@@ -90,12 +184,12 @@ def _parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds before another runner may take a silent runner's runs",
     )
-    status = commands.add_parser("status", help="counts by state, per parameter")
+    status = command("status", help="counts by state, per parameter")
     status.add_argument("directory")
-    results = commands.add_parser("results", help="the runs and their values")
+    results = command("results", help="the runs and their values")
     results.add_argument("directory")
     results.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    cancel = commands.add_parser("cancel", help="stop the runner working on DIR")
+    cancel = command("cancel", help="stop the runner working on DIR")
     cancel.add_argument("directory")
     commands.add_parser("worker", help="the worker (python -m asyncexec.worker)")
     docker = commands.add_parser("docker", help="check an image, remove leftover containers")
@@ -185,8 +279,11 @@ def load_experiment(target: str) -> Any:
 def _run(options: argparse.Namespace) -> int:
     import anyio
 
+    if not math.isfinite(options.lease) or options.lease <= 0:
+        raise _UsageError(f"--lease must be a positive number of seconds, got {options.lease}")
     experiment = load_experiment(options.target)
     directory = options.dir or os.path.join("asyncexec-runs", experiment.name)
+    options.where = directory
     if os.path.exists(os.path.join(directory, "results.sqlite")) and not options.resume:
         raise _UsageError(
             f"{directory} already holds results: pass --continue to continue it, "
@@ -229,16 +326,23 @@ async def _run_async(experiment: Any, directory: str, options: argparse.Namespac
         options.workers
     )
     summary = None  # stays None when a signal interrupts the run
-    async with executor as ex, anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signals, tg.cancel_scope)
-        summary = await experiment.run(
-            ex,
-            directory,
-            retry_failed=options.retry_failed,
-            progress=False if options.no_progress else None,
-            lease=options.lease,
-        )
-        tg.cancel_scope.cancel()  # the signal watcher
+    run_scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        # The watcher outlives the run's scope: a second signal, while the first is
+        # being handled, must not fall back on Python's handler (a traceback).
+        tg.start_soon(_stop_on_signals, run_scope)
+        try:
+            with run_scope:
+                async with executor as ex:
+                    summary = await experiment.run(
+                        ex,
+                        directory,
+                        retry_failed=options.retry_failed,
+                        progress=False if options.no_progress else None,
+                        lease=options.lease,
+                    )
+        finally:
+            tg.cancel_scope.cancel()  # the signal watcher
     return summary
 
 
@@ -247,12 +351,24 @@ async def _stop_on_signals(scope: Any) -> None:
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
+            name = signal.Signals(signum).name
+            if not scope.cancel_called:
+                print(
+                    f"\nasyncexec: {name}: stopping, cancelling running tasks "
+                    "(again to exit at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                scope.cancel()
+                continue
+            # Stop now: what is left running is taken up again by `run --continue`
+            # (the sweeper sees this process gone; the workers die with it).
             print(
-                f"\nasyncexec: {signal.Signals(signum).name}: stopping, cancelling running tasks",
+                f"{name} again: exiting now; `asyncexec run --continue` takes up what was left",
                 file=sys.stderr,
+                flush=True,
             )
-            scope.cancel()
-            return
+            os._exit(EXIT_INTERRUPTED)
 
 
 # -- status, results, cancel ----------------------------------------------------------
@@ -261,8 +377,10 @@ async def _stop_on_signals(scope: Any) -> None:
 def _open(directory: str) -> Any:
     from .experiment import ResultsStore
 
-    if not os.path.isdir(directory):
+    if not os.path.exists(directory):
         raise _UsageError(f"no such directory: {directory}")
+    if not os.path.isdir(directory):
+        raise _UsageError(f"not a directory: {directory}")
     return ResultsStore(directory, create=False)
 
 

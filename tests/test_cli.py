@@ -245,3 +245,144 @@ def test_interrupting_a_run_stops_it_cleanly(
     # The two running and the two queued in the dispatch window were cancelled.
     assert counts["running"] == 0 and counts["cancelled"] == 4, counts
     assert counts["cancelled"] + counts["pending"] == 12
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_deleted_results_with_the_sweeper_left_run_again(
+    experiment_file: Path, tmp_path: Path, resume: bool
+) -> None:
+    """Deleting results.sqlite to start over runs everything again; it used to hang, silent."""
+    log, directory = tmp_path / "log", tmp_path / "runs"
+    run = ("run", f"{experiment_file}:squares", "--dir", str(directory), "--backend", "thread")
+    code, _, err = finish(asyncexec(*run, log=log, seconds=0.0), timeout=60)
+    assert code == 0, err
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{directory / 'results.sqlite'}{suffix}").unlink(missing_ok=True)
+    again = (*run, "--continue") if resume else run
+    code, out, err = finish(asyncexec(*again, log=log, seconds=0.0), timeout=60)
+    assert code == 0, err
+    assert "12 done, 0 failed of 12 runs (12 run now" in out
+    assert "have no result" in err and "running them again" in err
+    assert len([line for line in log.read_text().splitlines() if line.startswith("end")]) == 24
+
+
+def one_error(code: int, err: str, expected: int, *words: str) -> None:
+    assert code == expected, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("asyncexec: ")]
+    assert len(lines) == 1, err
+    for word in words:
+        assert word in lines[0], err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--lease", "-5"), ("--lease",)),
+        (("--lease", "nan"), ("--lease",)),
+        (("--dir", "/etc/passwd"), ("/etc/passwd", "not a directory")),
+        (("--dir", "/proc/nope"), ("/proc/nope", "cannot make")),
+    ],
+)
+def test_bad_options_are_one_line_and_status_two(
+    experiment_file: Path, tmp_path: Path, args: tuple[str, ...], words: tuple[str, ...]
+) -> None:
+    argv = ["run", f"{experiment_file}:flakes", "--backend", "thread", *args]
+    if "--dir" not in args:
+        argv += ["--dir", str(tmp_path / "d")]
+    code, _, err = finish(asyncexec(*argv, log=tmp_path / "log"), timeout=60)
+    one_error(code, err, 2, *words)
+    code, _, err = finish(asyncexec(*argv, "--debug", log=tmp_path / "log"), timeout=60)
+    assert code == 2 and "Traceback" in err, err
+    assert not (tmp_path / "d").exists() or "--lease" in args
+
+
+def test_status_of_a_file_is_one_line(tmp_path: Path) -> None:
+    code, _, err = finish(asyncexec("status", "/etc/passwd", log=tmp_path / "log"), timeout=60)
+    one_error(code, err, 2, "not a directory", "/etc/passwd")
+
+
+def test_a_damaged_page_is_one_line_and_status_two(experiment_file: Path, tmp_path: Path) -> None:
+    log, directory = tmp_path / "log", tmp_path / "runs"
+    run = ("run", f"{experiment_file}:squares", "--dir", str(directory), "--backend", "thread")
+    code, _, err = finish(asyncexec(*run, log=log, seconds=0.0), timeout=60)
+    assert code == 0, err
+    with ResultsStore(directory, create=False) as store:  # many pages, checkpointed
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    path = directory / "results.sqlite"
+    data = bytearray(path.read_bytes())
+    pages = len(data) // 4096
+    assert pages >= 3
+    for page in range(1, pages):  # every page header but the first: the tables' b-trees
+        data[page * 4096 : page * 4096 + 12] = b"\xde\xad\xbe\xef" * 3
+    path.write_bytes(bytes(data))
+    for argv in (("status", str(directory)), ("results", str(directory)), (*run, "--continue")):
+        code, _, err = finish(asyncexec(*argv, log=log, seconds=0.0), timeout=60)
+        one_error(code, err, 2, "damaged")
+    code, _, err = finish(asyncexec("status", str(directory), log=log), timeout=60)
+    env_debug = subprocess.run(
+        [sys.executable, "-m", "asyncexec", "status", str(directory)],
+        env={**os.environ, "ASYNCEXEC_DEBUG": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert env_debug.returncode == 2 and "Traceback" in env_debug.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounts a tmpfs")
+def test_a_full_disk_is_one_line_and_status_three(tmp_path: Path) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        script = tmp_path / "big.py"
+        script.write_text(
+            "from asyncexec.experiment import Experiment\n"
+            "def big(x: int) -> str:\n"
+            "    return 'v' * 100_000 + str(x)\n"
+            "bigs = Experiment(big, {'x': list(range(40))})\n"
+        )
+        argv = ("run", f"{script}:bigs", "--dir", str(mount / "d"), "--backend", "thread")
+        code, _, err = finish(asyncexec(*argv, log=tmp_path / "log"), timeout=120)
+        one_error(code, err, 3, "full")
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_second_ctrl_c_exits_at_once_without_a_traceback(
+    experiment_file: Path, tmp_path: Path
+) -> None:
+    log, directory = tmp_path / "log", tmp_path / "runs"
+    driver = asyncexec(
+        "run",
+        f"{experiment_file}:squares",
+        "--dir",
+        str(directory),
+        "--workers",
+        "2",
+        log=log,
+        seconds=30,
+    )
+    wait_for_lines(log, "start", 2)
+    driver.send_signal(signal.SIGINT)
+    driver.send_signal(signal.SIGINT)
+    code, _, err = finish(driver, timeout=60)
+    assert code == 130, err
+    assert "Traceback" not in err, err
+    code, _, err = finish(
+        asyncexec(
+            "run",
+            f"{experiment_file}:squares",
+            "--dir",
+            str(directory),
+            "--continue",
+            "--workers",
+            "2",
+            log=log,
+            seconds=0.0,
+        ),
+        timeout=120,
+    )
+    assert code == 0, err

@@ -245,3 +245,66 @@ async def test_other_runs_in_the_store_do_not_count(tmp_path: Path) -> None:
             ex, tmp_path, progress=False
         )
     assert (smaller.total, smaller.done, smaller.ran) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied", "rows-lost", "sweeper-ahead-failed"])
+async def test_store_behind_the_sweeper_runs_again_instead_of_hanging(
+    tmp_path: Path, how: str
+) -> None:
+    """The sweeper says done, the store has no result: those runs run again."""
+    log = tmp_path / "log"
+    experiment = Experiment(logged, {"x": [1, 2, 3], "log": [str(log)]})
+    directory = tmp_path / "exp"
+    async with ThreadExecutor(2) as ex:
+        with anyio.fail_after(30):
+            await experiment.run(ex, directory, progress=False)
+        results = directory / "results.sqlite"
+        if how == "deleted":
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{results}{suffix}").unlink(missing_ok=True)
+        elif how == "emptied":
+            for suffix in ("-wal", "-shm"):
+                Path(f"{results}{suffix}").unlink(missing_ok=True)
+            results.write_bytes(b"")
+        else:
+            with sqlite3.connect(results) as db:
+                if how == "rows-lost":  # a crash between the sweeper's write and the store's
+                    db.execute("DELETE FROM runs WHERE params_json LIKE '%\"x\":2%'")
+                else:
+                    db.execute(
+                        "UPDATE runs SET status = 'failed' WHERE params_json LIKE '%\"x\":2%'"
+                    )
+            db.close()
+        with anyio.fail_after(30):  # a regression fails here instead of hanging
+            summary = await experiment.run(ex, directory, progress=False, retry_failed=True)
+    assert (summary.total, summary.done, summary.failed) == (3, 3, 0)
+    again = {"deleted": 3, "emptied": 3, "rows-lost": 1, "sweeper-ahead-failed": 1}[how]
+    assert summary.ran == again
+    assert len(log.read_text().split()) == 3 + again
+    with ResultsStore(directory, create=False) as store:
+        assert store.counts()["done"] == 3
+
+
+async def test_sweeper_behind_the_store_converges(tmp_path: Path) -> None:
+    """The store has a result the sweeper never heard of (todo, inprogress): nothing reruns."""
+    log = tmp_path / "log"
+    experiment = Experiment(logged, {"x": [1, 2, 3], "log": [str(log)]})
+    directory = tmp_path / "exp"
+    async with ThreadExecutor(2) as ex:
+        with anyio.fail_after(30):
+            await experiment.run(ex, directory, progress=False)
+        with sqlite3.connect(directory / "sweeper" / "sweeper.sqlite") as db:
+            keys = [key for (key,) in db.execute("SELECT key FROM items ORDER BY seq")]
+            db.execute("UPDATE items SET status = 'todo' WHERE key = ?", (keys[0],))
+            db.execute(  # held by a runner that is gone (no such pid here)
+                "UPDATE items SET status = 'inprogress', holder = ?, lease_until = ? WHERE key = ?",
+                ("nohost:1:x", 0.0, keys[1]),
+            )
+        db.close()
+        with anyio.fail_after(30):
+            summary = await experiment.run(ex, directory, progress=False, lease=3)
+    assert (summary.done, summary.ran) == (3, 0)
+    assert len(log.read_text().split()) == 3
+    with sqlite3.connect(directory / "sweeper" / "sweeper.sqlite") as db:
+        assert {s for (s,) in db.execute("SELECT status FROM items")} == {"done"}
+    db.close()

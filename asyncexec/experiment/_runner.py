@@ -270,6 +270,8 @@ class _Dispatch:
                 self.window.release()
                 if await self._all_finished():
                     break
+                if await anyio.to_thread.run_sync(self._reopen_lost):
+                    continue
                 # The rest is held, by us or by others: wait for one of ours to finish,
                 # or a while for the others (or for their leases to expire).
                 self.recorded = anyio.Event()
@@ -340,6 +342,29 @@ class _Dispatch:
         self.progress.changed()
         self.recorded.set()
         assert status in ("done", "failed", "cancelled")
+
+    def _reopen_lost(self) -> int:
+        """Runs the sweeper has done but the store has no result for: make them todo again.
+
+        The store is the truth: its results may have been deleted (to start over) or
+        lost in a crash, while ``sweeper/`` remains. (A run is recorded in the store
+        before the sweeper marks it done, so this never undoes a run in progress.)
+        """
+        done = self.sweeper.get_done()  # first: what it says done is in the store by now
+        statuses = self.store.statuses(self.fingerprints)
+        lost = [fingerprint for fingerprint in done if statuses.get(fingerprint) != "done"]
+        if not lost:
+            return 0
+        reopened = self.sweeper._reopen_batch(lost)
+        if reopened:
+            log.warning(
+                "%s: %d run(s) done for %s have no result in %s: running them again",
+                self.experiment.name,
+                reopened,
+                os.path.join(self.store.directory, "sweeper"),
+                self.store.path,
+            )
+        return reopened
 
     async def _all_finished(self) -> bool:
         counts = await anyio.to_thread.run_sync(self.store.counts, self.fingerprints)

@@ -106,6 +106,8 @@ class ResultsStore:
         self._db = self._open(experiment, create)
 
     def _open(self, experiment: str | None, create: bool) -> sqlite3.Connection:
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise StoreError(f"{self.directory} is not a directory: choose a directory for --dir")
         exists = os.path.exists(self.path)
         if not exists:
             if not create:
@@ -120,7 +122,12 @@ class ResultsStore:
                     f"{self.directory} is not an asyncexec experiment directory: it has files "
                     "but no results.sqlite; choose an empty or new directory"
                 )
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            try:
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot make the experiment directory {self.directory}: {exc.strerror or exc}"
+                ) from exc
         try:
             db = connect(self.path, _SCHEMA)
         except sqlite3.DatabaseError as exc:
@@ -304,6 +311,12 @@ class ResultsStore:
                 "SELECT status FROM runs WHERE fingerprint = ?", (fingerprint,)
             ).fetchone()
         return None if row is None else str(row[0])
+
+    def statuses(self, fingerprints: Collection[str]) -> dict[str, str]:
+        """The status of each of ``fingerprints`` the store has a row for."""
+        with self._lock:
+            rows = self._db.execute("SELECT fingerprint, status FROM runs").fetchall()
+        return {str(f): str(s) for f, s in rows if f in fingerprints}
 
     def counts(self, fingerprints: Collection[str] | None = None) -> dict[str, int]:
         """How many runs are in each status (of ``fingerprints`` only, if given)."""

@@ -515,6 +515,21 @@ class ParamSweeper:
             )
         self._held.difference_update(keys)
 
+    def _reopen_batch(self, combinations: Iterable[Hashable]) -> int:
+        """Make *done* combinations *todo* again (their results were lost); return how many.
+
+        For the experiment runner, whose results store is the truth about what is done.
+        """
+        with self._lock, self._transaction() as db:
+            reopened = 0
+            for combination in combinations:
+                reopened += db.execute(
+                    "UPDATE items SET status = 'todo', holder = NULL, lease_until = NULL "
+                    "WHERE key = ? AND status = 'done'",
+                    (combination_key(combination),),
+                ).rowcount
+            return reopened
+
     def reset(self, reset_inprogress: bool = False) -> None:
         """Forget *skipped* (iteration starts over); *done* stays done.
 
