@@ -369,7 +369,10 @@ async def test_memory_limit_stops_a_hungry_task() -> None:
 # -- Resources(cpus=...): the worker pinned while the task runs ---------------------------
 
 USABLE = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-needs_two_cpus = pytest.mark.skipif(len(USABLE) < 2, reason="pinning needs 2 usable CPUs")
+needs_two_cpus = pytest.mark.skipif(
+    len(USABLE) < 2 and os.environ.get("CI") != "true",
+    reason="pinning needs 2 usable CPUs (CI's machines have them: there this runs)",
+)
 
 
 def thread_affinities(seconds: float = 0.0, start_thread: bool = False) -> list[list[int]]:

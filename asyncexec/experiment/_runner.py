@@ -355,7 +355,7 @@ class _Dispatch:
         lost = [fingerprint for fingerprint in done if statuses.get(fingerprint) != "done"]
         if not lost:
             return 0
-        reopened = self.sweeper._reopen_batch(lost)
+        reopened = self.sweeper.reopen_batch(lost)
         if reopened:
             log.warning(
                 "%s: %d run(s) done for %s have no result in %s: running them again",

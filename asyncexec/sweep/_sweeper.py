@@ -515,10 +515,12 @@ class ParamSweeper:
             )
         self._held.difference_update(keys)
 
-    def _reopen_batch(self, combinations: Iterable[Hashable]) -> int:
+    def reopen_batch(self, combinations: Iterable[Hashable]) -> int:
         """Make *done* combinations *todo* again (their results were lost); return how many.
 
-        For the experiment runner, whose results store is the truth about what is done.
+        Not one of execo's methods: for a caller that keeps its results elsewhere
+        and finds some gone (the experiment runner, whose results store is the
+        truth about what is done).
         """
         with self._lock, self._transaction() as db:
             reopened = 0
