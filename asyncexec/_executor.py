@@ -701,8 +701,10 @@ class BaseExecutor:
                     error = _launch_error(launcher, "start", exc)
                 else:
                     info.job_ref = ref
-                    info.started = time.time()
-                    future._set_running()
+                    future._set_accepted()
+                    # RUNNING once the task runs: a batch system's queue comes first.
+                    running = functools.partial(self._on_running, task, task.attempt)
+                    launcher.on_running(ref, running)
                     self._unblock(task)
                     try:
                         if task.spec.time_limit is None or launcher.enforces_time_limit:
@@ -728,6 +730,13 @@ class BaseExecutor:
             task.scope = None
             if not future.ready() and not task.retry_scheduled:
                 self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
+
+    def _on_running(self, task: _Task, attempt: int) -> None:
+        """The launcher says the task runs (not while it waits in a queue). Never raises."""
+        future = task.future
+        if task.attempt == attempt and not future.ready() and not task.retry_scheduled:
+            future._info.started = time.time()
+            future._set_running()
 
     def _conclude(
         self,

@@ -256,9 +256,14 @@ class Future(Generic[T]):
             if self._accepted is not None:
                 self._accepted.set()
 
+    def _set_accepted(self) -> None:
+        """The backend accepted the task (``info.job_ref`` is set); it may still wait there."""
+        if self._accepted is not None:
+            self._accepted.set()
+
     async def _until_accepted(self) -> None:
         """Wait until the backend has accepted the task (``info.job_ref`` is set) or it ended."""
-        if self._state is not FutureState.PENDING:
+        if self._state is not FutureState.PENDING or self._info.job_ref is not None:
             return
         if self._accepted is None:
             self._accepted = anyio.Event()

@@ -135,6 +135,17 @@ class Launcher(abc.ABC):
         """
         return None
 
+    def on_running(self, ref: JobRef, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the task ``start`` accepted really runs.
+
+        The executor keeps the future PENDING until then. The default calls it at
+        once: most backends run a task as soon as they accept it. A launcher whose
+        tasks wait in a queue first (a batch system) calls it, from the event loop,
+        when the task leaves that queue to run, and never for a task that ended
+        without running. Must not raise.
+        """
+        callback()
+
     @abc.abstractmethod
     async def wait(self, ref: JobRef) -> Outcome:
         """Wait until the task ends and return its outcome.
