@@ -12,6 +12,13 @@ pickled dict of builtins, renamed into place), so that what finished survives
 the array task being killed later. A file ``cancel/<task id>`` skips that
 task, or interrupts it while it runs.
 
+Time limits: SIGALRM raises inside a task at its limit. A batch with a time
+limit runs its tasks in a forked child, watched by the process the job
+started (the supervisor), which needs neither the GIL nor the task's help:
+a task still running :data:`STUCK_GRACE` seconds past its limit (stuck in C,
+or ignoring the signal) is killed with its process group, its timeout
+outcome written, and a new child goes on with the chunk's next task.
+
 Why a file of its own: an array task is a fresh interpreter, and what it
 imports before the first task runs is paid once per array task, hundreds of
 times an array. This runner imports ``_pickle``, ``threading`` and little else
@@ -60,10 +67,13 @@ __all__ = [
     "dumps_value",
     "environment",
     "fd_capture",
+    "keep_outcome",
     "main",
+    "make_outcome",
     "memory_limit",
     "problem",
     "run_chunk",
+    "supervise",
     "type_name",
 ]
 
@@ -97,8 +107,9 @@ OUTCOME_FIELDS = (
 TAIL_BYTES = 64 * 1024
 #: Seconds between looks for cancel markers while a task runs.
 WATCH_PERIOD = 0.5
-#: Seconds past a task's time limit after which a task stuck in C ends the runner.
-STUCK_GRACE = 10.0
+#: Seconds past a task's time limit after which the supervisor kills a task that did not
+#: stop (stuck in C, holding the GIL, or ignoring the signal) and reports its timeout.
+STUCK_GRACE = 1.0
 
 
 class SoftTimeout(BaseException):
@@ -404,8 +415,14 @@ def problem(message: str, exc: BaseException | None = None) -> dict[str, Any]:
 class Runner:
     """Runs a batch's tasks in this process, one outcome file each."""
 
-    def __init__(self, output_dir: str, cancel_dir: str | None) -> None:
+    def __init__(
+        self, output_dir: str, cancel_dir: str | None, report_fd: int | None = None
+    ) -> None:
         self.output_dir = output_dir
+        # To the supervisor: "S <index> <limit>" as a timed task starts, "E <index>" once
+        # its outcome is written (see supervise()).
+        self.report_fd = report_fd
+        self.index = 0  # of the task running, in the batch
         self.cancel_dir = cancel_dir
         self.host = os.uname().nodename
         self.pid = os.getpid()
@@ -435,18 +452,22 @@ class Runner:
                 f"version mismatch: python {batch['python']} on the driver"
                 f" but {self.python} on the worker"
             )
-        for task in tasks:
+        first = int(batch.get("first", 0))  # the supervisor's next child starts there
+        for index in range(first, len(tasks)):
+            task = tasks[index]
+            self.index = index
             if refusal is not None:
                 self.keep(self.outcome(task["task_id"], "refused", error=problem(refusal)))
             else:
                 self.keep(self.run_task(task, batch.get("cloudpickle")))
+            self.report(f"E {index}")
+
+    def report(self, line: str) -> None:
+        if self.report_fd is not None:
+            os.write(self.report_fd, line.encode() + b"\n")
 
     def outcome(self, task_id: str, status: str, **fields: Any) -> dict[str, Any]:
-        outcome: dict[str, Any] = dict.fromkeys(OUTCOME_FIELDS)
-        outcome.update(task_id=task_id, status=status, pid=self.pid, host=self.host)
-        outcome.update(stdout="", stderr="")
-        outcome.update(fields)
-        return outcome
+        return make_outcome(task_id, status, pid=self.pid, host=self.host, **fields)
 
     def keep(self, outcome: dict[str, Any]) -> None:
         """Write an outcome file where the poller looks, whole or not at all.
@@ -456,17 +477,7 @@ class Runner:
         its running tasks with it either way (an unreadable outcome counts as
         none, and Slurm's NODE_FAIL says what happened).
         """
-        data = _pickle.dumps(outcome, protocol=5)
-        path = os.path.join(self.output_dir, outcome["task_id"] + ".bin")
-        temporary = os.path.join(self.output_dir, f".tmp-{outcome['task_id']}-{self.pid}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        keep_outcome(self.output_dir, outcome)
 
     def needs_cloudpickle(self, wanted: str | None) -> str | None:
         """Import cloudpickle for a callable pickled by value; why not, if it cannot be."""
@@ -555,14 +566,16 @@ class Runner:
         if marker is not None:
             self.watch(marker)
         if time_limit is not None:
-            # Code stuck in C never sees the alarm: end the runner a while later.
+            # Code stuck in C never sees the alarm: the supervisor kills it after the
+            # grace; just before, the log shows where it was stuck.
             faulthandler.dump_traceback_later(
-                time_limit + self.stuck_grace, exit=True, file=self.log_fd
+                time_limit + self.stuck_grace / 2, exit=False, file=self.log_fd
             )
         try:
             try:
                 self.running = task_id
                 if time_limit is not None:
+                    self.report(f"S {self.index} {time_limit!r}")
                     signal.setitimer(signal.ITIMER_REAL, time_limit)
                 return "ok", fn(*args, **kwargs), None
             finally:
@@ -616,6 +629,128 @@ class Runner:
                     signal.pthread_kill(main_thread, signal.SIGUSR2)
 
 
+def make_outcome(task_id: str, status: str, **fields: Any) -> dict[str, Any]:
+    """An outcome file's dict: every field of :data:`OUTCOME_FIELDS`, these set."""
+    outcome: dict[str, Any] = dict.fromkeys(OUTCOME_FIELDS)
+    outcome.update(task_id=task_id, status=status, stdout="", stderr="")
+    outcome.update(fields)
+    return outcome
+
+
+def keep_outcome(output_dir: str, outcome: dict[str, Any]) -> None:
+    """Write an outcome file, renamed into place: whole or not at all."""
+    data = _pickle.dumps(outcome, protocol=5)
+    path = os.path.join(output_dir, outcome["task_id"] + ".bin")
+    temporary = os.path.join(output_dir, f".tmp-{outcome['task_id']}-{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def supervise(batch: dict[str, Any], output_dir: str, cancel_dir: str | None) -> int:
+    """Run the batch in forked children; kill one whose task outlives its limit.
+
+    Each child runs the tasks from ``first`` on and reports on a pipe when a timed
+    task starts and when its outcome is written. A task not done :data:`STUCK_GRACE`
+    seconds past its limit is killed with the child's process group (SIGKILL needs no
+    GIL and no cooperation), gets a ``timeout`` outcome, and a new child goes on with
+    the next task. Returns the exit status of the last child (a child killed by a
+    signal, for another reason than a time limit, is mirrored: Slurm sees the crash).
+    """
+    tasks: list[dict[str, Any]] = batch["tasks"]
+    grace = float(batch.get("stuck_grace", STUCK_GRACE))
+    first = 0
+    while True:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: run the tasks
+            code = 1
+            try:
+                os.close(read_fd)
+                os.setpgid(0, 0)  # what the task starts dies with it
+                Runner(output_dir, cancel_dir, report_fd=write_fd).run(dict(batch, first=first))
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        os.close(write_fd)
+        try:
+            exited, index, started = _watch(pid, read_fd, grace)
+        finally:
+            os.close(read_fd)
+        if exited:
+            status = index
+            break
+        task_id = tasks[index]["task_id"]
+        if not os.path.exists(os.path.join(output_dir, task_id + ".bin")):
+            timeout = make_outcome(
+                task_id,
+                "timeout",
+                started=started,
+                finished=time.time(),
+                pid=pid,
+                host=os.uname().nodename,
+            )
+            keep_outcome(output_dir, timeout)
+        first = index + 1
+        if first >= len(tasks):
+            return 0
+    if os.WIFSIGNALED(status):  # a crash: Slurm sees the same
+        signum = os.WTERMSIG(status)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return 128 + signum
+    return os.waitstatus_to_exitcode(status)
+
+
+def _watch(pid: int, read_fd: int, grace: float) -> tuple[bool, int, float]:
+    """Follow child ``pid``'s reports until it exits: ``(True, wait status, 0.0)``; or
+    until one of its tasks outlives its limit by ``grace``: then kill the child and
+    answer ``(False, the task's index, its start time)``."""
+    import select
+
+    running: tuple[int, float, float] | None = None  # index, start time, deadline
+    pending = b""
+    reading = True
+    while True:
+        wait = 0.5 if running is None else min(0.5, max(0.0, running[2] - time.monotonic()))
+        if reading and select.select([read_fd], [], [], wait)[0]:
+            data = os.read(read_fd, 4096)
+            reading = bool(data)  # end of file: the child is exiting
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                kind, _, rest = line.decode().partition(" ")
+                if kind == "S":
+                    index, _, limit = rest.partition(" ")
+                    deadline = time.monotonic() + float(limit) + grace
+                    running = (int(index), time.time(), deadline)
+                elif kind == "E":
+                    running = None
+        elif not reading:
+            time.sleep(wait)
+        if running is not None and time.monotonic() >= running[2]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return False, running[0], running[1]
+        if not reading:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return True, status, 0.0
+
+
 def main(argv: list[str]) -> int:
     """``BATCH OUTPUT_DIR [CANCEL_DIR]``: run a batch file's tasks, one outcome file each."""
     if len(argv) not in (2, 3):
@@ -623,7 +758,10 @@ def main(argv: list[str]) -> int:
         return 2
     with open(argv[0], "rb") as file:
         batch = _pickle.load(file)
-    Runner(argv[1], argv[2] if len(argv) == 3 else None).run(batch)
+    cancel_dir = argv[2] if len(argv) == 3 else None
+    if any(task.get("time_limit") is not None for task in batch["tasks"]):
+        return supervise(batch, argv[1], cancel_dir)
+    Runner(argv[1], cancel_dir).run(batch)
     return 0
 
 

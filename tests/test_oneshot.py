@@ -204,16 +204,44 @@ def test_the_time_limit_stops_the_function_not_the_pickling(tmp_path: Path) -> N
     assert value(found["quick"]) == 3 and value(found["slow"]) == 7
 
 
-def test_a_task_stuck_in_c_ends_the_runner_after_a_grace(tmp_path: Path) -> None:
-    def stuck() -> None:  # the time limit's SIGALRM never gets through
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-        time.sleep(60)
+def stuck_in_c() -> None:  # the time limit's SIGALRM never gets through
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(60)
 
+
+def stuck_holding_the_gil(child_marker: str) -> None:
+    """A C call that never returns and holds the GIL (a mutex locked twice), a child beside."""
+    import ctypes
+
+    subprocess.Popen(["sleep", "300", child_marker])
+    libc = ctypes.PyDLL(None)
+    mutex = ctypes.create_string_buffer(64)
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+
+
+def test_tasks_stuck_past_their_limit_are_killed_and_time_out(tmp_path: Path) -> None:
     workdir = stage(tmp_path)
-    done = run(workdir, [spec("stuck", stuck, time_limit=0.5)], stuck_grace=1.0)
-    assert done.returncode != 0
-    assert b"Timeout" in done.stderr and b"stuck" in done.stderr  # faulthandler's traceback
-    assert outcomes(workdir) == {}  # Slurm's state and this log tell the driver
+    marker = f"asyncexec-stuck-child-{os.getpid()}-{time.monotonic_ns()}"
+    began = time.monotonic()
+    done = run(
+        workdir,
+        [
+            spec("blocked", stuck_in_c, time_limit=0.5),
+            spec("gil", stuck_holding_the_gil, marker, time_limit=0.5),
+            spec("after", add, 2, 3),
+        ],
+        stuck_grace=1.0,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert time.monotonic() - began < 20  # not the minutes they would spin
+    assert b"Timeout" in done.stderr and b"stuck_in_c" in done.stderr  # where it was stuck
+    found = outcomes(workdir)
+    assert found["blocked"].status == "timeout" and found["gil"].status == "timeout"
+    assert value(found["after"]) == 5  # the chunk goes on in a new child
+    assert found["blocked"].pid != found["after"].pid
+    listed = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    assert listed.stdout == "", "the stuck task's child outlived it"
 
 
 def test_cancel_markers_skip_or_interrupt_one_task(tmp_path: Path) -> None:
