@@ -28,6 +28,9 @@ OPT=/opt/asyncexec-cluster
 CLUSTER_USER=slurmuser
 CLUSTER=localcluster
 PARTITION=debug
+# A second partition on the same node, with a one-minute MaxTime: what a job asking for
+# more time than its partition allows does (PartitionTimeLimit). Jobs go to $PARTITION.
+SHORT_PARTITION=short
 NODE_CPUS=32
 JOB_PATH=/usr/local/bin:/usr/bin:/bin
 PACKAGES=(openssh-server munge slurmctld slurmd slurm-client slurmdbd mariadb-server
@@ -106,7 +109,7 @@ install_if_changed() {
     mv "$1" "$2"
 }
 node_ready() {
-    [[ "$(sinfo -h -n "$NODE" -o %T 2>/dev/null)" =~ ^(idle|mixed|allocated|completing)$ ]]
+    [[ "$(sinfo -h -p "$PARTITION" -n "$NODE" -o %T 2>/dev/null)" =~ ^(idle|mixed|allocated|completing)$ ]]
 }
 
 # What a PYTHON is: X.Y, X.Y.Z, base prefix, base executable, cloudpickle version (or "").
@@ -322,6 +325,7 @@ KillWait=5
 InactiveLimit=0
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$NODE_CPUS RealMemory=$memory State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=$SHORT_PARTITION Nodes=ALL Default=NO MaxTime=1 State=UP
 EOF
 if install_if_changed /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf; then
     stop "$SLURMD_PID" slurmd
@@ -349,7 +353,7 @@ if ! node_ready; then
         wait_for 15 node_ready || { sinfo -N -l >&2; fail slurmd "$LOGS/slurmd.log"; }
     fi
 fi
-step "slurmd up (pid $(pid_of "$SLURMD_PID")), node $NODE $(sinfo -h -n "$NODE" -o '%T, %c CPUs')"
+step "slurmd up (pid $(pid_of "$SLURMD_PID")), node $NODE $(sinfo -h -p "$PARTITION" -n "$NODE" -o '%T, %c CPUs')"
 
 # 6. cluster user + sshd ---------------------------------------------------------------------
 if ! id "$CLUSTER_USER" >/dev/null 2>&1; then
@@ -522,10 +526,10 @@ step "bare interpreters without asyncexec checked"
 
 # 8. cluster.json ----------------------------------------------------------------------------
 state=$(/usr/bin/python3 - "$DIR/cluster.json" "$SSH_PORT" "$CLUSTER_USER" "$DIR" "$user_home" \
-    "$NODE" "$SSHD_PID" "$PARTITION" "$NODE_CPUS" "${entries[@]}" <<'EOF'
+    "$NODE" "$SSHD_PID" "$PARTITION" "$SHORT_PARTITION" "$NODE_CPUS" "${entries[@]}" <<'EOF'
 import json, os, sys
 
-path, port, user, directory, home, node, pid_file, partition, cpus, *entries = sys.argv[1:]
+path, port, user, directory, home, node, pid_file, partition, short, cpus, *entries = sys.argv[1:]
 try:
     with open(path) as file:
         old_text = file.read()
@@ -545,6 +549,7 @@ data = {
     "home": home,
     "node": node,
     "partition": partition,
+    "short_partition": short,
     "cpus": int(cpus),
     "sshd_pid_file": pid_file,
     "pythons": {

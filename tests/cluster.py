@@ -49,6 +49,15 @@ class Cluster:
     python: str  # the venv of this interpreter's minor version, readable by the jobs
     # An interpreter of that version the jobs run without asyncexec (None: none named).
     bare: str | None = None
+    # A partition on the node with a one-minute MaxTime (None: none named).
+    short: str | None = None
+
+    @property
+    def short_partition(self) -> str:
+        """A partition whose MaxTime is one minute."""
+        if self.short is None:
+            missing("cluster.json names no short partition (run scripts/slurm-up.sh)")
+        return self.short
 
     @property
     def bare_python(self) -> str:
@@ -106,6 +115,7 @@ def cluster() -> Cluster:
         node=described["node"],
         python=python,
         bare=described.get("bare_pythons", {}).get(PY),
+        short=described.get("short_partition"),
     )
 
 

@@ -29,11 +29,12 @@ from asyncexec import (
     SlurmConfig,
     SlurmExecutor,
     TaskCancelled,
+    TaskFailed,
     TaskTimeout,
     WorkerLost,
 )
 from asyncexec._oneshot import run_chunk
-from asyncexec.launchers.slurm import SlurmLauncher, judge_accounting, parse_time
+from asyncexec.launchers.slurm import SlurmLauncher, judge_accounting, never_runs, parse_time
 from asyncexec.testing import (
     add,
     assert_heartbeat_stopped,
@@ -42,6 +43,7 @@ from asyncexec.testing import (
     heartbeat,
     print_both,
     sleep_for,
+    touch,
 )
 
 from .cluster import Cluster, bring_up, squeue, stop_sshd
@@ -732,6 +734,233 @@ async def test_a_refused_sbatch_leaves_no_staging_directory(
             assert os.listdir(staging) == []
             if resources is not None:  # the executor still runs what the cluster accepts
                 assert await ex.run(add, 2, 2) == 4
+        assert os.listdir(staging) == []
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# -- faults: a job that can never run, code stuck past its limit, a failing setup ---------
+
+
+def staging_for(cluster: Cluster, what: str) -> str:
+    return f"{cluster.home}/.asyncexec/{what}-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def array_of(future: Future[Any]) -> str | None:
+    ref = future.info.job_ref
+    return None if ref is None else ref.native_id.split("_")[0]
+
+
+def in_queue(cluster: Cluster, array: str | None) -> list[str]:
+    return [line for line in squeue(cluster.user) if line.split("_")[0] == array]
+
+
+def processes_naming(text: str) -> list[str]:
+    """The live processes (zombies are dead) whose command line names ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z" and entry.name != str(os.getpid()):
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def partition_total_cpus(partition: str | None = None) -> int:
+    """What the (default) partition really has: its TotalCPUs."""
+    listed = subprocess.run(
+        ["scontrol", "-o", "show", "partition", *([partition] if partition else [])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for line in listed.stdout.splitlines():
+        fields = dict(item.partition("=")[::2] for item in line.split())
+        if partition or fields.get("Default") == "YES":
+            return int(fields["TotalCPUs"])
+    raise AssertionError(f"no default partition in {listed.stdout!r}")
+
+
+async def states_until_done(future: Future[Any], timeout: float = 120.0) -> set[FutureState]:
+    """The states the future shows, once Slurm accepted its task, until it is done."""
+    seen: set[FutureState] = set()
+    with anyio.fail_after(timeout):
+        while not future.ready():
+            if future.info.job_ref is not None:
+                seen.add(future.state)
+            await anyio.sleep(0.05)
+    return seen
+
+
+def test_pending_reasons_that_never_clear() -> None:
+    for reason in (
+        "PartitionConfig",
+        "PartitionTimeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+        "QOSMaxCpuPerJobLimit",
+        "QOSMaxWallDurationPerJobLimit",
+        "QOSMaxMemoryPerNode",
+        "AssocMaxNodesPerJobLimit",
+        "QOSMinCpuNotSatisfied",
+    ):
+        assert never_runs(reason), reason
+    for reason in (
+        "Resources",
+        "Priority",
+        "None",
+        "JobHeldUser",
+        "BeginTime",
+        "ReqNodeNotAvail, UnavailableNodes:vm",
+        "QOSGrpCpuLimit",
+        "AssocGrpJobsLimit",
+        "QOSMaxJobsPerUserLimit",
+        "QOSMaxCpuPerUserLimit",
+        "AssocMaxJobsLimit",
+    ):
+        assert not never_runs(reason), reason
+    # Also said while the partition's nodes are down: final only beyond its node count.
+    assert never_runs("PartitionNodeLimit", nodes=2, partition_nodes=1)
+    assert not never_runs("PartitionNodeLimit", nodes=1, partition_nodes=1)
+    assert not never_runs("PartitionNodeLimit")
+
+
+@pytest.mark.parametrize(
+    "case", ["cpus", "time", "nodes", "nodelist"], ids=lambda case: f"beyond-{case}"
+)
+async def test_a_job_that_can_never_run_fails_with_slurms_reason_and_leaves_nothing(
+    cluster: Cluster, case: str
+) -> None:
+    cpus = partition_total_cpus()
+    cases: dict[str, tuple[dict[str, Any], str]] = {
+        "cpus": ({"cpus": 2 * cpus}, "PartitionConfig"),
+        "time": ({"partition": cluster.short_partition, "time": "5"}, "PartitionTimeLimit"),
+        "nodes": ({"extra_sbatch": ["--nodes=2"]}, "PartitionNodeLimit"),
+        # sbatch itself refuses a node that does not exist.
+        "nodelist": ({"extra_sbatch": ["--nodelist=nosuchnode"]}, "Invalid node name"),
+    }
+    changes, reason = cases[case]
+    staging = staging_for(cluster, "never")
+    try:
+        async with SlurmExecutor(
+            cluster.shell(), config(cluster, **changes), staging_dir=staging
+        ) as ex:
+            future = await ex.submit(add, 1, 1)
+            states = await states_until_done(future, timeout=90)
+            with pytest.raises(LaunchError) as caught:
+                await future
+            assert isinstance(caught.value, TaskFailed)
+            assert reason in str(caught.value), caught.value
+            # Never RUNNING: it waited in the queue (or never got there).
+            assert states <= {FutureState.PENDING}, states
+            if case != "nodelist":
+                assert states == {FutureState.PENDING}
+                assert "cancelled" in str(caught.value)
+            assert in_queue(cluster, array_of(future)) == []
+        assert os.listdir(staging) == []
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+async def test_a_job_held_in_the_queue_is_pending_until_it_runs(cluster: Cluster) -> None:
+    """A reason that can clear (a hold) is waited out; the future says PENDING meanwhile."""
+    async with SlurmExecutor(cluster.shell(), config(cluster, extra_sbatch=["--hold"])) as ex:
+        future = await ex.submit(sleep_for, 2.0)
+        with anyio.fail_after(60):
+            while future.info.job_ref is None:
+                await anyio.sleep(0.05)
+        await anyio.sleep(3.0)  # several polls see it held (JobHeldUser)
+        assert future.state is FutureState.PENDING and not future.ready()
+        assert future.info.started is None
+        await anyio.run_process(["scontrol", "release", array_of(future) or "?"])
+        with anyio.fail_after(60):
+            while future.state is FutureState.PENDING:
+                await anyio.sleep(0.05)
+        assert future.state is FutureState.RUNNING or future.ready()
+        assert await future == 2.0 and future.info.started is not None
+
+
+@pytest.mark.parametrize("how", ["gil-holding-c-call", "signal-ignoring-spin"])
+async def test_code_stuck_past_its_time_limit_is_killed_as_a_timeout(
+    cluster: Cluster, how: str
+) -> None:
+    # Defined here, so pickled by value: the nodes cannot import the tests.
+    def stuck_in_c_holding_the_gil(marker: str) -> None:
+        """A C call that never returns, holding the GIL: a mutex locked twice (``re``
+        and big-int arithmetic check for signals, so they would not do)."""
+        import ctypes
+        import subprocess
+
+        subprocess.Popen(["sleep", "600", marker])
+        libc = ctypes.PyDLL(None)  # PyDLL: the GIL stays held during the call
+        mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER
+        libc.pthread_mutex_lock(mutex)
+        libc.pthread_mutex_lock(mutex)  # deadlocks; signals do not end the wait
+
+    def spin_ignoring_signals(marker: str) -> None:
+        """A loop that ignores SIGTERM, SIGINT and the time limit's SIGALRM."""
+        import signal
+        import subprocess
+
+        subprocess.Popen(["sleep", "600", marker])
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+            signal.signal(signum, signal.SIG_IGN)
+        while True:
+            pass
+
+    stuck = stuck_in_c_holding_the_gil if how == "gil-holding-c-call" else spin_ignoring_signals
+    marker = f"asyncexec-stuck-{os.getpid()}-{time.monotonic_ns()}"
+    staging = staging_for(cluster, "stuck")
+    try:
+        async with SlurmExecutor(cluster.shell(), config(cluster), staging_dir=staging) as ex:
+            future = await ex.with_options(time_limit=3).submit(stuck, marker)
+            began = time.monotonic()
+            with pytest.raises(TimeoutError) as caught:
+                await future
+            took = time.monotonic() - began
+            assert isinstance(caught.value, TaskTimeout), caught.value
+            assert took < 12, took  # it was 15 s and a WorkerLost; ~3-5 s now (noisy)
+            assert in_queue(cluster, array_of(future)) == []
+            assert processes_naming(marker) == [] and processes_naming(staging) == []
+            assert await ex.run(add, 2, 2) == 4
+        assert os.listdir(staging) == []
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("changes", "failing", "said"),
+    [
+        ({"modules": ["nosuchmodule"]}, "module load nosuchmodule", "command not found"),
+        (
+            {"setup": ["export A=1", "ls /nonexistent-asyncexec-dir", "export B=2"]},
+            "ls /nonexistent-asyncexec-dir",
+            "No such file or directory",
+        ),
+    ],
+    ids=["modules", "setup"],
+)
+async def test_a_failing_setup_line_fails_the_task_without_running_it(
+    cluster: Cluster, scratch: str, changes: dict[str, Any], failing: str, said: str
+) -> None:
+    ran = f"{scratch}/ran"
+    staging = staging_for(cluster, "setup")
+    try:
+        async with SlurmExecutor(
+            cluster.shell(), config(cluster, **changes), staging_dir=staging
+        ) as ex:
+            future = await ex.submit(touch, ran)
+            with anyio.fail_after(120), pytest.raises(LaunchError) as caught:
+                await future
+            assert isinstance(caught.value, TaskFailed)
+            message = str(caught.value)
+            assert failing in message and said in message, message
+            assert not os.path.exists(ran)  # the function never ran
+            assert in_queue(cluster, array_of(future)) == []
         assert os.listdir(staging) == []
     finally:
         shutil.rmtree(staging, ignore_errors=True)

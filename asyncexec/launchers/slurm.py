@@ -18,9 +18,23 @@ scheduler gently:
   every live job, ``sacct --parsable2`` only for array tasks that left the
   queue without an outcome, and fetches the outcomes of finished tasks in one
   archive. The interval starts at ``poll_interval`` and grows towards
-  ``max_poll_interval`` while nothing changes.
+  ``max_poll_interval`` while nothing changes. A task's future is PENDING until
+  ``squeue`` shows its array task running (:meth:`SlurmLauncher.on_running`).
+* **Never-running jobs.** The same ``squeue`` call reads why pending tasks
+  wait; a reason that no other job's end clears (:func:`never_runs`:
+  ``PartitionConfig``, ``PartitionTimeLimit``, per-job limits...), lasting
+  5 s, fails the task with a ``LaunchError`` quoting it, and the array task is
+  cancelled (``scancel``): nothing waits for ever, nothing is left in the queue.
+* **Setup.** ``modules``, ``venv``, ``conda_env`` and ``setup`` run under a
+  bash ``ERR`` trap: a line that fails ends the array task before the runner
+  starts, and its tasks fail with a ``LaunchError`` quoting the line, its
+  status and the end of the array task's stderr.
 * **Time limits** become ``--time`` (Slurm counts in whole minutes) and the
-  worker's own limit, which stops the task on time and reports it.
+  worker's own limit, which stops the task on time and reports it: an
+  exception in the task at its limit, and for code that does not stop (stuck
+  in C with the GIL, ignoring signals) a SIGKILL from the runner's parent
+  process a second later (:func:`asyncexec._oneshot.supervise`). Either way
+  the task fails with ``TaskTimeout``.
 * **Resources.** A task's ``Resources(cpus=...)`` becomes its array's
   ``--cpus-per-task`` (rounded up) and ``gpus`` its ``--gres=gpu:N``, over
   :class:`SlurmConfig`'s; tasks asking for different ones never share an
@@ -53,7 +67,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import msgspec
@@ -135,7 +149,9 @@ class SlurmConfig:
         max_array_size: array tasks per array at most (the cluster's
             ``MaxArraySize`` caps it anyway).
         chunk_size: tasks run one after the other by each array task.
-        modules: ``module load`` these first.
+        modules: ``module load`` these first. A module that does not load (or
+            no ``module`` command) fails the task with a ``LaunchError``, as does
+            any failing line of ``setup`` or activation: the function never runs.
         conda_env: ``conda activate`` this environment.
         venv: ``source <venv>/bin/activate``; its python runs the worker.
         python: the interpreter that runs the one-shot runner (default
@@ -339,6 +355,53 @@ def judge_accounting(
     return None
 
 
+#: States of an array task that has not started yet (the future stays PENDING).
+_WAITING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}
+#: Pending reasons that no other job's end can clear: only an administrator changing the
+#: cluster, or a different request. (Limits on what a user or an account runs at once,
+#: ``Resources``, ``Priority``, ``ReqNodeNotAvail`` for a node that is down or busy, held
+#: jobs... clear by themselves or by a release, and are waited out.)
+_NEVER_REASONS = {
+    "PartitionConfig",  # more CPUs, memory... than the partition has
+    "PartitionTimeLimit",  # more time than the partition's MaxTime
+    "BadConstraints",  # features no node has
+    "InvalidAccount",
+    "InvalidQOS",
+    "AccountNotAllowed",  # the partition's AllowAccounts/DenyAccounts
+    "QOSNotAllowed",  # the partition's AllowQos/DenyQos
+    "DependencyNeverSatisfied",
+}
+#: A QOS's or an association's limit on one job (or on one job's share of a node): the
+#: job exceeds it, or asks for less than a QOS's minimum, whatever else runs.
+_NEVER_LIMIT = re.compile(r"(QOS|Assoc)Max\w*Per(Job|Node)\w*|QOSMin\w*")
+#: Seconds the partitions' node counts are kept (PartitionNodeLimit is doubtful without).
+_PARTITIONS_TTL = 60.0
+#: Seconds a final-looking reason must last before the task is refused: Slurm first says
+#: PartitionConfig for any partition limit and names the right one at its next pass.
+_NEVER_CONFIRM = 5.0
+
+
+def never_runs(reason: str, nodes: int | None = None, partition_nodes: int | None = None) -> bool:
+    """Whether a pending array task with squeue's ``reason`` can never start by itself.
+
+    ``PartitionNodeLimit`` also shows while the partition's nodes are down: it is
+    final only when the task asks for more ``nodes`` than the partition can ever
+    give (``partition_nodes``: the lesser of its ``MaxNodes`` and ``TotalNodes``).
+    """
+    if reason == "PartitionNodeLimit":
+        return nodes is not None and partition_nodes is not None and nodes > partition_nodes
+    return reason in _NEVER_REASONS or _NEVER_LIMIT.fullmatch(reason) is not None
+
+
+class _Queued(NamedTuple):
+    """What squeue says of an array task still in the queue."""
+
+    state: str
+    reason: str
+    nodes: int | None
+    partition: str
+
+
 # -- what the one-shot runner reads and writes ---------------------------------------
 
 #: The runner's source, shipped with every array (read once).
@@ -388,6 +451,9 @@ class _SlurmJob(LocalJob):
         "logs",
         "marked",
         "missing_since",
+        "never_since",
+        "on_running",
+        "started",
         "workdir",
     )
 
@@ -402,6 +468,16 @@ class _SlurmJob(LocalJob):
         self.marked = False  # its cancel marker is written: the worker skips or stops it
         self.missing_since: float | None = None  # left the queue; no outcome, no sacct yet
         self.logs: tuple[str | None, str | None] = (None, None)  # log_stdout, log_stderr here
+        self.started = False  # squeue saw it run (or it ended)
+        self.never_since: float | None = None  # pending for a reason that looks final
+        self.on_running: Callable[[], None] | None = None  # the executor's, until it runs
+
+    def mark_started(self) -> None:
+        """It runs: tell the executor, once."""
+        self.started = True
+        callback, self.on_running = self.on_running, None
+        if callback is not None:
+            callback()
 
     def remote_log(self, stream: int) -> str:
         """Where the worker writes the task's whole stdout (1) or stderr (2)."""
@@ -491,6 +567,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self._submitting = 0  # sbatch calls in flight
         self._submitted = anyio.Event()  # set when none is
         self._background: list[tuple[anyio.CancelScope, anyio.Event]] = []
+        self._partitions: tuple[float, dict[str, int]] | None = None  # when read, nodes
         self._closed = False
 
     def __repr__(self) -> str:
@@ -582,17 +659,39 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 delay = min(delay * 2, 2.0)
         log.warning("Slurm still lists %s after scancel", ",".join(ids))
 
-    async def _squeue(self, ids: list[str]) -> dict[str, str]:
-        """The state of every array task squeue lists for ``ids`` (arrays or tasks)."""
-        done = await self._run("squeue", ["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T"])
+    async def _squeue(self, ids: list[str]) -> dict[str, _Queued]:
+        """State, reason, nodes and partition of every array task squeue lists for ``ids``
+        (arrays or tasks): one call for all."""
+        done = await self._run(
+            "squeue", ["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r|%D|%P"]
+        )
         stderr = done.stderr.decode(errors="replace")
         if done.returncode != 0 and "Invalid job id" not in stderr:
             raise LaunchError(f"squeue failed: {stderr.strip()}")
-        queued: dict[str, str] = {}
+        queued: dict[str, _Queued] = {}
         for line in done.stdout.decode(errors="replace").splitlines():
-            native_id, _, state = line.strip().partition("|")
-            queued[native_id] = state
+            native_id, state, reason, nodes, partition = (line.strip().split("|", 4) + [""] * 4)[:5]
+            count = int(nodes) if nodes.isdigit() else None
+            queued[native_id] = _Queued(state, reason, count, partition)
         return queued
+
+    async def _partition_nodes(self) -> dict[str, int]:
+        """The most nodes a job of each partition can have (MaxNodes, TotalNodes)."""
+        now = time.monotonic()
+        if self._partitions is not None and now - self._partitions[0] < _PARTITIONS_TTL:
+            return self._partitions[1]
+        done = await self._run("scontrol", ["scontrol", "-o", "show", "partition"])
+        found: dict[str, int] = {}
+        for line in done.stdout.decode(errors="replace").splitlines():
+            fields = dict(item.partition("=")[::2] for item in line.split() if "=" in item)
+            total = fields.get("TotalNodes", "")
+            if "PartitionName" in fields and total.isdigit():
+                most = int(total)
+                if fields.get("MaxNodes", "").isdigit():
+                    most = min(most, int(fields["MaxNodes"]))
+                found[fields["PartitionName"]] = most
+        self._partitions = (now, found)
+        return found
 
     # -- the seam -------------------------------------------------------------------
 
@@ -625,6 +724,20 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self._jobs.pop(task_id, None)
         assert job.outcome is not None
         return job.outcome
+
+    def on_running(self, ref: JobRef, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once squeue shows the task's array task running (or ended)."""
+        job = self._jobs.get(ref.task_id or ref.native_id)
+        if job is None:
+            try:
+                job = self._adopt(ref)
+            except LaunchError:
+                callback()  # wait() says what is wrong with the ref
+                return
+        if job.started:
+            callback()
+        else:
+            job.on_running = callback
 
     async def cancel(self, ref: JobRef) -> None:
         job = self._jobs.get(ref.task_id or ref.native_id)
@@ -841,12 +954,18 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             *config.sbatch_options(time_seconds=time_seconds, cpus=first.cpus, gpus=first.gpus),
         ]
         runner = shlex.join([config.interpreter(), "-c", _oneshot.BOOT, workdir])
+        # A failing setup line (module load, activate, the user's own) ends the script
+        # before the runner starts, and says which line failed where the poller looks.
+        setup_failed = shlex.quote(f"{workdir}/log/") + '"$SLURM_ARRAY_TASK_ID.setup"'
+        on_error = f'rc=$?; printf "%s\\t%s\\n" "$rc" "$BASH_COMMAND" > {setup_failed}; exit $rc'
         script = "\n".join(
             [
                 "#!/bin/bash",
                 *(f"#SBATCH {shlex.quote(option)}" for option in header),
+                f"trap {shlex.quote(on_error)} ERR",
                 "umask 077",
                 *config.prologue(),
+                "trap - ERR",
                 f'exec {runner} {shlex.quote(workdir + "/in/")}"$SLURM_ARRAY_TASK_ID.bin" '
                 f"{shlex.quote(workdir + '/out')} {shlex.quote(workdir + '/cancel')}",
                 "",
@@ -954,15 +1073,30 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         queued = await self._squeue(arrays)
         gone: list[_SlurmJob] = []
         marked: list[_SlurmJob] = []  # cancelled inside a running chunk: outcome comes early
+        stuck: list[tuple[_SlurmJob, _Queued]] = []  # pending for a reason that may be final
         for job in live:
-            if job.native_id not in queued:
+            seen = queued.get(job.native_id)
+            if seen is None:
                 gone.append(job)
-            else:
-                job.missing_since = None  # back in the queue (requeued), or sacct lagged
-                if job.marked:
-                    marked.append(job)
+                continue
+            job.missing_since = None  # back in the queue (requeued), or sacct lagged
+            if seen.state not in _WAITING_STATES:
+                if not job.started:
+                    job.mark_started()
+            elif seen.state == "PENDING" and not job.cancel_requested:
+                if seen.reason == "PartitionNodeLimit" or never_runs(seen.reason):
+                    now = time.monotonic()
+                    if job.never_since is None:
+                        job.never_since = now
+                    elif now - job.never_since >= _NEVER_CONFIRM:
+                        stuck.append((job, seen))
+                else:
+                    job.never_since = None
+            if job.marked:
+                marked.append(job)
+        refused = await self._refuse_never_running(stuck) if stuck else False
         if not gone and not marked:
-            return False
+            return refused
         files = await self._fetch(gone + marked, logs={job.native_id: job for job in gone})
         changed = False
         vanished: list[_SlurmJob] = []
@@ -976,6 +1110,8 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                     log.warning(
                         "unreadable outcome of task %s in %s: %s", job.task_id, job.workdir, exc
                     )
+            if outcome is None and job.native_id not in queued:
+                outcome = self._setup_failure(job, files)
             if outcome is not None:
                 await self._copy_logs(job, files)
                 self._settle(job, outcome)
@@ -986,12 +1122,41 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             changed |= await self._account(vanished, files)
         return changed
 
+    async def _refuse_never_running(self, stuck: list[tuple[_SlurmJob, _Queued]]) -> bool:
+        """Fail and scancel the array tasks whose pending reason can never clear."""
+        limits: dict[str, int] = {}
+        if any(seen.reason == "PartitionNodeLimit" for _, seen in stuck):
+            limits = await self._partition_nodes()
+        doomed: list[tuple[_SlurmJob, _Queued]] = []
+        for job, seen in stuck:
+            most = [limits[name] for name in seen.partition.split(",") if name in limits]
+            if never_runs(seen.reason, seen.nodes, max(most) if most else None):
+                doomed.append((job, seen))
+        if not doomed:
+            return False
+        ids = sorted({job.native_id for job, _ in doomed})
+        done = await self._run("scancel", ["scancel", *ids])
+        if done.returncode != 0:
+            raise LaunchError(f"scancel failed: {done.stderr.decode(errors='replace').strip()}")
+        await self._until_gone(ids, _CLOSE_CONFIRM)
+        for job, seen in doomed:
+            message = (
+                f"Slurm can never start array task {job.native_id}: it is pending with reason "
+                f"{seen.reason} (partition {seen.partition or '?'}), which no other job's end "
+                "clears; ask for what the partition allows. It was cancelled (scancel)."
+            )
+            error = ErrorInfo(type_name="LaunchError", message=message, traceback="")
+            outcome = Outcome(task_id=job.task_id, status="refused", state="PENDING", error=error)
+            self._settle(job, outcome)
+        return True
+
     async def _fetch(self, jobs: list[_SlurmJob], logs: dict[str, _SlurmJob]) -> dict[str, bytes]:
         """The outcome files of ``jobs`` (and stderr logs of array tasks), in one archive."""
         names = [f"{job.workdir}/out/{job.task_id}.bin" for job in jobs]
         for job in jobs:
             names += [job.remote_log(n + 1) for n, local in enumerate(job.logs) if local]
-        names += [f"{job.workdir}/log/{job.index}.err" for job in logs.values()]
+        for job in logs.values():
+            names += [f"{job.workdir}/log/{job.index}.err", f"{job.workdir}/log/{job.index}.setup"]
         done = await self._run("fetch", ["sh", "-c", _FETCH], input="\n".join(names).encode())
         files: dict[str, bytes] = {}
         if not done.stdout:
@@ -1072,6 +1237,25 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             return self._lost(job, state, exit_code, files, how)
         return Outcome(task_id=job.task_id, status=status, state=state, exit_code=exit_code)
 
+    def _setup_failure(self, job: _SlurmJob, files: dict[str, bytes]) -> Outcome | None:
+        """A refusal if the job script's setup failed (the runner never started), else None."""
+        marker = files.get(f"{job.workdir}/log/{job.index}.setup")
+        if marker is None:
+            return None
+        status, _, command = marker.decode(errors="replace").strip().partition("\t")
+        message = (
+            f"the setup of Slurm array task {job.native_id} failed, so the task did not run: "
+            f"`{command}` exited with status {status}"
+        )
+        tail = files.get(f"{job.workdir}/log/{job.index}.err", b"")[-_LOG_TAIL:]
+        if tail.strip():
+            message += ": " + tail.decode(errors="replace").strip()
+        error = ErrorInfo(type_name="LaunchError", message=message, traceback="")
+        exit_code = int(status) if status.isdigit() else None
+        return Outcome(
+            task_id=job.task_id, status="refused", state="FAILED", exit_code=exit_code, error=error
+        )
+
     def _lost(
         self,
         job: _SlurmJob,
@@ -1096,6 +1280,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
     def _settle(self, job: _SlurmJob, outcome: Outcome) -> None:
         if job.finished:
             return
+        job.on_running = None  # ended: the future leaves PENDING for its final state
         job.settle(outcome)
         workdir = job.workdir
         if job.adopted:
@@ -1130,8 +1315,11 @@ class SlurmExecutor(BaseExecutor):
 
     ``time_limit`` becomes the array task's ``--time``, rounded up to whole
     minutes as Slurm counts, and the worker's own limit, which stops the task
-    on time: the clock starts when the task starts, not while it waits in
-    Slurm's queue.
+    on time (a task stuck in C or ignoring signals is killed a second past it):
+    the clock starts when the task starts, not while it waits in Slurm's queue,
+    and the future is PENDING while it waits there. A task Slurm can never
+    start (more CPUs or time than its partition has...) fails with a
+    ``LaunchError`` quoting Slurm's pending reason, and its job is cancelled.
 
     Resources (``TaskOptions.resources``), per task, over ``config``'s:
 
