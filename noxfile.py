@@ -148,6 +148,7 @@ def bench(session: nox.Session) -> None:
     # benchmarks/slurm.py the cluster, its sshd and a venv for this Python.
     session.run("bash", "scripts/docker-up.sh", "python", external=True)
     session.run("bash", "scripts/slurm-up.sh", "python", external=True)
+    session.run("bash", "scripts/submitit-up.sh", external=True)  # the Slurm peer's venv
     for script in sorted(glob.glob("benchmarks/*.py")):
         session.run("python", script, *session.posargs)
 
