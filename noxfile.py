@@ -38,14 +38,26 @@ OLDEST_PYTHON = "3.10"
 
 
 def install_locked(session: nox.Session, lock: str) -> None:
-    """Install ``locks/{lock}.txt`` as it is, then asyncexec from this checkout.
+    """Make the venv hold ``locks/{lock}.txt`` exactly, then asyncexec from this checkout.
 
     asyncexec is built with the locked setuptools (no build isolation, which
     would take the newest; every lock has it, a dependency of asyncexec's own)
     and rebuilt every time: uv would otherwise reuse a wheel built before the
     sources changed.
     """
-    session.install("-r", f"locks/{lock}.txt")
+    # sync, not install: a reused venv (`nox -r`) ends up exactly as locked, too.
+    python = os.path.join(session.virtualenv.location, "bin", "python")
+    session.run_install(
+        sys.executable,
+        "-m",
+        "uv",
+        "pip",
+        "sync",
+        "--python",
+        python,
+        f"locks/{lock}.txt",
+        external=True,
+    )
     session.install("--no-deps", "--no-build-isolation", "--reinstall-package", "asyncexec", ".")
 
 
@@ -148,6 +160,7 @@ def bench(session: nox.Session) -> None:
     # benchmarks/slurm.py the cluster, its sshd and a venv for this Python.
     session.run("bash", "scripts/docker-up.sh", "python", external=True)
     session.run("bash", "scripts/slurm-up.sh", "python", external=True)
+    session.run("bash", "scripts/submitit-up.sh", external=True)  # the Slurm peer's venv
     for script in sorted(glob.glob("benchmarks/*.py")):
         session.run("python", script, *session.posargs)
 

@@ -34,11 +34,10 @@ progress to stderr.
     python benchmarks/slurm.py --ways asyncexec,"sbatch --array" --repeats 5
 
 The cluster is the one ``cluster.json`` describes (``$ASYNCEXEC_CLUSTER_DIR``,
-default ``/var/tmp/asyncexec-cluster``). The submitit venv is not made by
-``slurm-up.sh``: without it the submitit rows say so. To make it (as root):
-``/usr/bin/python3 -m venv /opt/asyncexec-cluster/bench-venv &&
-/opt/asyncexec-cluster/bench-venv/bin/pip install submitit && chmod -R a+rX
-/opt/asyncexec-cluster/bench-venv``.
+default ``/var/tmp/asyncexec-cluster``). submitit runs from a venv of the cluster's
+Python that ``bash scripts/submitit-up.sh`` makes (as root, idempotently, submitit
+at the version of ``locks/bench.txt``; ``nox -s bench`` runs it): without it the
+submitit rows say so.
 Exit status: 0, 1 when a measurement failed, 2 for bad arguments.
 """
 

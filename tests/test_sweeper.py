@@ -167,6 +167,19 @@ def test_get_next_with_filter(tmp_path: Path) -> None:
         assert ids(sweeper.get_inprogress()) == [1, 4, 7, 9]
         assert ids(sweeper.get_remaining()) == [3, 5, 6, 8]
         assert sweeper.get_next() == {"i": 3}  # no filter: back to the order
+        # A filter may repeat a combination (taken once), never invent or revive one:
+        # neither a done, held or skipped combination is handed out again.
+        twice = sweeper.get_next_batch(3, lambda r: [HashableDict(i=5)] * 2)
+        assert twice == [{"i": 5}]
+        for stranger in (0, 1, 2, 42):
+
+            def invent(remaining: Iterable[Any], i: int = stranger) -> list[Any]:
+                return [HashableDict(i=i)]
+
+            with pytest.raises(ValueError, match="not one of the remaining"):
+                sweeper.get_next(invent)
+        assert ids(sweeper.get_inprogress()) == [1, 3, 4, 5, 7, 9]
+        assert ids(sweeper.get_remaining()) == [6, 8]
 
 
 def test_get_next_batch(tmp_path: Path) -> None:

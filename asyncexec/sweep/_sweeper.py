@@ -375,7 +375,9 @@ class ParamSweeper:
         """The next *todo* combination, now *inprogress* (held by us), or None.
 
         ``filtr`` receives the remaining combinations and returns some of them, in
-        the order wanted; it costs a scan of all remaining ones.
+        the order wanted; it costs a scan of all remaining ones. One it returns
+        twice is taken once; one that is not remaining (done, held, skipped or
+        not in the sweep) is a ``ValueError``.
         """
         batch = self.get_next_batch(1, filtr)
         return batch[0] if batch else None
@@ -391,12 +393,22 @@ class ParamSweeper:
             if filtr is None:
                 keys = self._next_todo(db, num_combs)
             else:
-                remaining = [self._sweeps[key] for key in self._todo_keys(db)]
-                keys = []
+                todo = self._todo_keys(db)
+                remaining = [self._sweeps[key] for key in todo]
+                allowed, keys = set(todo), []
                 for combination in filtr(remaining):
                     if len(keys) >= num_combs:
                         break
-                    keys.append(combination_key(combination))
+                    key = combination_key(combination)
+                    if key not in allowed:
+                        if key in self._sweeps and key in keys:
+                            continue  # given twice: taken once
+                        raise ValueError(
+                            f"the filter returned {combination!r}, which is not one of the "
+                            "remaining combinations it was given"
+                        )
+                    allowed.discard(key)
+                    keys.append(key)
             db.executemany(
                 "UPDATE items SET status = 'inprogress', holder = ?, lease_until = ? "
                 "WHERE key = ? AND status = 'todo'",
