@@ -8,6 +8,7 @@ skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
+import anyio.abc
 import pytest
 
 from asyncexec import (
@@ -800,4 +802,105 @@ async def test_a_container_that_cannot_start_is_removed_at_once(image: str) -> N
             with anyio.fail_after(10):
                 while containers_of(ex.executor_id):
                     await anyio.sleep(0.1)
+    assert containers_of(ex.executor_id) == []
+
+
+class _LosingProxy:
+    """A real relay to the engine's socket that loses the engine's answer to the
+    first ``lose`` container creations: the engine creates the container, and the
+    client's connection is cut before the answer (with its id) reaches it."""
+
+    def __init__(self, path: str, lose: int) -> None:
+        self.path = path
+        self.lose = lose
+        self.lost = 0
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        listener = await anyio.create_unix_listener(self.path)
+        task_status.started()
+        async with listener:
+            await listener.serve(self._relay)
+
+    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+        engine = await anyio.connect_unix("/var/run/docker.sock")
+        cut = anyio.Event()
+        losing = False
+
+        async def upstream() -> None:
+            nonlocal losing
+            async for data in client:
+                if self.lost < self.lose and b"/containers/create" in data.split(b"\r\n", 1)[0]:
+                    self.lost += 1
+                    losing = True
+                await engine.send(data)
+
+        async def downstream() -> None:
+            async for data in engine:
+                if losing:  # the engine answered (it made the container): cut here
+                    cut.set()
+                    return
+                await client.send(data)
+
+        async with client, engine, anyio.create_task_group() as tg:
+            for direction in (upstream, downstream):
+                tg.start_soon(_until_either_ends, direction, tg.cancel_scope)
+            await cut.wait()
+            tg.cancel_scope.cancel()
+
+
+async def _until_either_ends(fn: Any, scope: anyio.CancelScope) -> None:
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        await fn()
+    scope.cancel()
+
+
+@pytest.mark.parametrize("python", ["python3", "python-nowhere"])
+async def test_a_lost_create_answer_leaves_no_container(
+    image: str, tmp_path: Path, python: str
+) -> None:
+    # The engine made the container but its answer (the id) never arrived: the
+    # container must be found by its name and removed while the executor is open.
+    proxy = _LosingProxy(str(tmp_path / "engine.sock"), lose=1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        async with DockerExecutor(
+            image, n_workers=1, python=python, url=f"unix://{proxy.path}"
+        ) as ex:
+            with pytest.raises(LaunchError, match="create a container"):
+                await ex.run(add, 1, 1)
+            assert proxy.lost == 1
+            with anyio.fail_after(30):
+                while containers_of(ex.executor_id):
+                    await anyio.sleep(0.1)
+            if python == "python3":
+                assert await ex.run(add, 1, 2) == 3  # the engine is still there
+        assert containers_of(ex.executor_id) == []
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("python", ["python3", "python-nowhere"])
+async def test_cancelled_at_any_point_of_its_launch_leaves_no_container(
+    image: str, shared_dir: str, python: str
+) -> None:
+    beat = os.path.join(shared_dir, f"launch-{python}.beat")
+    async with DockerExecutor(
+        image, n_workers=2, python=python, volumes={shared_dir: shared_dir}
+    ) as ex:
+        began = time.monotonic()
+        with contextlib.suppress(LaunchError):
+            await ex.run(add, 1, 1)
+        launch = time.monotonic() - began  # (only to spread the cancels over a launch)
+        for step in range(30):
+            delay = launch * 1.5 * step / 30
+            futures = [await ex.submit(heartbeat, beat) for _ in range(2)]
+            await anyio.sleep(delay)
+            await ex.cancel(futures)
+            assert all(future.state is not FutureState.RUNNING for future in futures)
+            with anyio.fail_after(30):  # removed while the executor is open
+                while containers_of(ex.executor_id):
+                    await anyio.sleep(0.05)
+        # Closing while containers are being created.
+        await ex.submit(heartbeat, beat)
+        await ex.submit(heartbeat, beat)
+        await ex.aclose(cancel_pending=True)
     assert containers_of(ex.executor_id) == []

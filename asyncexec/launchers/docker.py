@@ -91,6 +91,8 @@ _CONFLICT = 409
 #: Seconds to connect to the engine, and to wait for one API call that cleans up.
 _CONNECT_TIMEOUT = 30.0
 _CALL_TIMEOUT = 60.0
+#: Times to ask again while the engine says another removal is under way (~1 min).
+_CONFLICT_RETRIES = 64
 
 
 def _import_aiodocker() -> Any:
@@ -109,6 +111,12 @@ def _import_aiodocker() -> Any:
 def _docker_error_status(exc: BaseException) -> int | None:
     status = getattr(exc, "status", None)
     return status if isinstance(status, int) else None
+
+
+def _answered(exc: BaseException) -> bool:
+    """Whether a Docker error is the engine's own answer (an HTTP status it sent)."""
+    status = _docker_error_status(exc)
+    return status is not None and status < 900  # aiodocker's 900: no answer at all
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -299,9 +307,11 @@ class _Container(PoolWorker):
             return
         self._removal = anyio.Event()
         try:
-            if not await self.launcher._remove(self.container, self.name):
-                with contextlib.suppress(Exception):
-                    await self.stream.close()
+            # Shielded: a removal cut short by a cancellation would leave the container.
+            with anyio.CancelScope(shield=True):
+                if not await self.launcher._remove(self.container, self.name):
+                    with contextlib.suppress(Exception):
+                        await self.stream.close()
         finally:
             self._removal.set()
 
@@ -660,7 +670,9 @@ class DockerLauncher(PoolLauncher):
         except Exception as exc:
             if _docker_error_status(exc) == _NOT_FOUND:
                 raise LaunchError(f"the Docker engine has no image {self.image!r}") from exc
-            if isinstance(exc, TimeoutError):  # it may exist all the same: by name
+            if not _answered(exc):
+                # No answer (a timeout, a connection lost after the request was sent):
+                # the engine may have made it all the same. Its name finds it.
                 with anyio.CancelScope(shield=True):
                     await self._remove(self._docker.containers.container(name), name)
             raise _engine_error(f"create a container from {self.image!r}", exc) from exc
@@ -690,19 +702,28 @@ class DockerLauncher(PoolLauncher):
 
         What could not be removed is remembered for the sweep at close.
         """
-        for attempt in range(3):
+        failures = 0
+        conflicts = 0
+        while True:
             try:
                 with anyio.fail_after(_CALL_TIMEOUT):
                     await container.delete(force=True, v=True)
             except Exception as exc:
                 status = _docker_error_status(exc)
-                if status in (_NOT_FOUND, _CONFLICT):  # gone, or being removed already
+                if status == _NOT_FOUND:  # gone
                     break
                 log.debug("could not remove container %s: %s", name, exc)
-                if _unreachable(exc) or attempt == 2:
+                if status == _CONFLICT and conflicts < _CONFLICT_RETRIES:
+                    # Another removal is under way (ours, from elsewhere): it may fail,
+                    # so "gone" is only what the engine says once it is over.
+                    conflicts += 1
+                    await anyio.sleep(min(0.05 * 2**conflicts, 1.0))
+                    continue
+                failures += 1
+                if _unreachable(exc) or failures == 3 or status == _CONFLICT:
                     self._leftovers[container.id] = name
                     return False
-                await anyio.sleep(0.5 * (attempt + 1))
+                await anyio.sleep(0.5 * failures)
             else:
                 break
         self._leftovers.pop(container.id, None)
