@@ -904,3 +904,170 @@ async def test_cancelled_at_any_point_of_its_launch_leaves_no_container(
         await ex.submit(heartbeat, beat)
         await ex.aclose(cancel_pending=True)
     assert containers_of(ex.executor_id) == []
+
+
+_RUNNER = """
+import asyncio, sys
+from asyncexec.experiment import Experiment
+from asyncexec.launchers.docker import DockerExecutor
+
+def work(x, log):
+    import time
+    with open(log, "a") as out:
+        out.write(f"start {{x}}\\n")
+    time.sleep(0.2 if x < 2 else 15)
+    with open(log, "a") as out:
+        out.write(f"end {{x}}\\n")
+    return x * x
+
+experiment = Experiment(work, {{"x": [0, 1, 2, 3], "log": [{log!r}]}})
+
+async def main():
+    async with DockerExecutor(
+        {image!r}, 4, executor_id=sys.argv[2], volumes={{{shared!r}: {shared!r}}}
+    ) as ex:
+        summary = await experiment.run(ex, sys.argv[1], lease=2, progress=False)
+    print("reattached", summary.reattached, "done", summary.done, flush=True)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def _lines(log: Path, word: str) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith(word)]
+
+
+@pytest.mark.infra
+def test_a_killed_runners_oneshot_containers_are_collected_not_rerun(
+    image: str, tmp_path: Path
+) -> None:
+    """A runner SIGKILLed while two runs are in one-shot containers: those finish there,
+    and the next runner collects their results instead of running them again."""
+    import sqlite3
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    # The runs write their logs in the directory: the containers see it at the same path.
+    log, directory = shared / "log", str(shared / "experiment")
+    script = tmp_path / "runner.py"
+    script.write_text(_RUNNER.format(image=image, log=str(log), shared=str(shared)))
+    killed, resumed = f"killed-runner-{os.getpid()}", f"resumed-runner-{os.getpid()}"
+    runner = subprocess.Popen([sys.executable, str(script), directory, killed], cwd=ROOT)
+
+    def runs(status: str) -> list[str | None]:
+        try:
+            with contextlib.closing(
+                sqlite3.connect(os.path.join(directory, "results.sqlite"))
+            ) as db:
+                rows = db.execute("SELECT job_ref FROM runs WHERE status = ?", (status,))
+                return [ref for (ref,) in rows.fetchall()]
+        except sqlite3.Error:
+            return []
+
+    def followed() -> int:
+        return sum(1 for ref in runs("running") if ref)
+
+    try:
+        # The two short runs are done and their containers gone; the two long ones run.
+        deadline = time.monotonic() + 120
+        while (
+            not log.exists()
+            or len(_lines(log, "start")) < 4
+            or len(runs("done")) < 2
+            or len(containers_of(killed)) != 2
+        ):
+            assert time.monotonic() < deadline, "the runner never started its runs"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5  # (their JobRefs are recorded as they start)
+        while followed() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    assert len(containers_of(killed, running=True)) == 2  # the long runs go on without it
+    again = subprocess.run(
+        [sys.executable, str(script), directory, resumed],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split() == ["reattached", "2", "done", "4"], again.stdout
+    # Each run ran once: the two in flight were collected from their containers.
+    starts = sorted(_lines(log, "start"))
+    assert starts == [f"start {x}" for x in range(4)], starts
+    from asyncexec.experiment import ResultsStore
+
+    with ResultsStore(directory, create=False) as store:
+        rows = store.rows()
+    assert {row["params"]["x"]: (row["status"], row["value"]) for row in rows} == {
+        x: ("done", x * x) for x in range(4)
+    }, rows
+    assert containers_of(killed) == [] and containers_of(resumed) == []
+
+
+_SUBMITTER = """
+import asyncio, sys
+from asyncexec.launchers.docker import DockerExecutor
+from asyncexec.testing import sleep_for
+
+async def main():
+    async with DockerExecutor({image!r}, 3, executor_id=sys.argv[1]) as ex:
+        futures = [await ex.submit(sleep_for, 3), await ex.submit(sleep_for, 600)]
+        for future in futures:
+            while future.info.job_ref is None:  # set once its container runs it
+                await asyncio.sleep(0.05)
+            print(future.info.job_ref.native_id, future.info.job_ref.task_id,
+                  future.info.job_ref.host, flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _refs_then_killed(script: Path, executor_id: str) -> list[list[str]]:
+    """Run the submitter until it printed its two tasks' JobRefs, then SIGKILL it."""
+    driver = subprocess.Popen(
+        [sys.executable, str(script), executor_id], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert driver.stdout is not None
+        return [driver.stdout.readline().split() for _ in range(2)]
+    finally:
+        driver.kill()
+        driver.wait()
+        if driver.stdout is not None:
+            driver.stdout.close()
+
+
+async def test_attach_collects_cancels_or_reports_a_killed_drivers_oneshot_container(
+    image: str, tmp_path: Path
+) -> None:
+    from asyncexec import JobRef
+
+    script = tmp_path / "submitter.py"
+    script.write_text(_SUBMITTER.format(image=image))
+    killed = f"killed-submitter-{os.getpid()}"
+    lines = await anyio.to_thread.run_sync(_refs_then_killed, script, killed)
+    refs = [
+        JobRef(kind="docker", native_id=name, task_id=task_id, host=host)
+        for name, task_id, host in lines
+    ]
+    async with DockerExecutor(image, 1) as ex:
+        assert all(ex.can_attach(ref) for ref in refs)
+        short, long = [await ex.attach(ref) for ref in refs]
+        assert await short == 3  # sleep_for's value, read from the container it ran in
+        assert await long.cancel() is True  # kills the killed driver's container
+        with pytest.raises(TaskCancelled):
+            await long
+        # A container that is gone: the task is lost, not waited for.
+        with pytest.raises(WorkerLost, match="is gone"):
+            await (await ex.attach(refs[0]))
+        # Not this engine's, or not a one-shot container: not followed.
+        assert not ex.can_attach(JobRef(kind="docker", native_id=refs[0].native_id, host="x"))
+    async with DockerExecutor(image, 1, mode="warm") as warm:
+        assert not warm.can_attach(refs[0])
+    assert containers_of(killed) == [] and containers_of(ex.executor_id) == []

@@ -11,7 +11,10 @@ Two modes:
 
 * ``"oneshot"`` (the default): a new container for every task, killed and
   removed as soon as its outcome is read. The strongest isolation: nothing a
-  task leaves behind reaches another.
+  task leaves behind reaches another. Re-attachable: the task's JobRef names
+  its container, which outlives a killed driver and keeps the outcome in its
+  log (the engine's ``local`` driver), where another driver's ``attach``
+  reads it before removing the container.
 * ``"warm"``: ``n_workers`` long-lived containers, each running one task at a
   time, as the process pool does; starting a container is paid once.
 
@@ -52,9 +55,10 @@ import anyio.abc
 import msgspec
 
 from .._aio import require_asyncio
+from .._codec import take_frames
 from .._exceptions import BackendUnavailable, LaunchError, describe_exit
 from .._executor import BaseExecutor
-from .._messages import Resources, TaskSpec
+from .._messages import ErrorInfo, JobRef, Outcome, Resources, TaskSpec
 from .._options import TaskOptions, check_env
 from ..abc import Launcher
 from ._pool import PoolJob, PoolLauncher, PoolWorker
@@ -444,6 +448,11 @@ class DockerLauncher(PoolLauncher):
         if mode == "oneshot":  # each task's container gets its CPUs and GPUs
             self.honours_resources = frozenset({"cpus", "memory_mb", "gpus"})
         self._engine_cpus: int | None = None  # how many the engine has (read on opening)
+        self._engine_id: str | None = None  # the engine's own ID (read on opening)
+        # A one-shot container outlives a killed driver, and keeps the task's Outcome:
+        # another driver can collect it (see ``wait``).
+        self.reattachable = mode == "oneshot"
+        self._container_of: dict[str, str] = {}  # task id -> its one-shot container's name
         self.memory_mb = memory_mb
         if executor_id is not None and not _NAME.fullmatch(executor_id):
             raise ValueError(
@@ -487,8 +496,11 @@ class DockerLauncher(PoolLauncher):
         self._docker = await _open_engine(self.url, self._n_workers)
         await self._check_image()
         with contextlib.suppress(Exception), anyio.fail_after(_CALL_TIMEOUT):
-            cpus = (await self._docker.system.info()).get("NCPU")
+            info = await self._docker.system.info()
+            cpus = info.get("NCPU")
             self._engine_cpus = cpus if isinstance(cpus, int) and cpus > 0 else None
+            engine = info.get("ID")
+            self._engine_id = engine if isinstance(engine, str) and engine else None
         await super()._open()
 
     def check_resources(self, resources: Resources) -> str | None:
@@ -589,10 +601,91 @@ class DockerLauncher(PoolLauncher):
         assert job.frame is not None
         # A container for this task alone; should it die first, its reader moves the job.
         worker = await self._spawn(job.task_id)
+        assert isinstance(worker, _Container)
+        self._container_of[job.task_id] = worker.name
         if job.finished:  # cancelled while its container started
             worker.kill()
             return
         self._hand(job, worker)
+
+    async def start(self, task: TaskSpec) -> JobRef:
+        """Start the task; one-shot, the JobRef names its container (re-attachable)."""
+        ref = await super().start(task)
+        if self.mode == "warm":
+            return ref
+        name = self._container_of.get(task.task_id, task.task_id)
+        return JobRef(kind=self.kind, native_id=name, host=self._engine_id, task_id=task.task_id)
+
+    def can_follow(self, ref: JobRef) -> bool:
+        """Whether ``ref`` names a one-shot container of ours on this engine (re-attach)."""
+        return (
+            super().can_follow(ref)
+            and ref.task_id is not None
+            and ref.host is not None
+            and ref.host == self._engine_id
+            and ref.native_id.startswith("asyncexec-")
+        )
+
+    def _local(self, ref: JobRef) -> JobRef | None:
+        """The pool's ref of a one-shot task of this launcher still in its hands."""
+        if self.mode == "warm" or ref.task_id is None or ref.task_id not in self._jobs:
+            return None
+        return JobRef(kind=self.kind, native_id=ref.task_id, host=ref.host)
+
+    async def wait(self, ref: JobRef) -> Outcome:
+        """The task's outcome; for a container another driver started, read from it.
+
+        Cancellation: stops the waiting only.
+        """
+        local = self._local(ref)
+        if local is not None:
+            outcome = await super().wait(local)
+            self._container_of.pop(ref.task_id or "", None)
+            return outcome
+        if self.mode == "oneshot" and self.can_follow(ref):
+            return await self._collect(ref)
+        return await super().wait(ref)
+
+    async def cancel(self, ref: JobRef) -> None:
+        """Kill the task; a container another driver started is removed (idempotent)."""
+        local = self._local(ref)
+        if local is not None:
+            self._container_of.pop(ref.task_id or "", None)
+            await super().cancel(local)
+        elif self.mode == "oneshot" and self.can_follow(ref) and self._docker is not None:
+            await self._remove(self._docker.containers.container(ref.native_id), ref.native_id)
+        else:
+            await super().cancel(ref)
+
+    async def _collect(self, ref: JobRef) -> Outcome:
+        """Wait for a one-shot container another driver started, read the task's
+        Outcome from its stdout (its log), then remove it."""
+        if self._docker is None:
+            raise LaunchError("the Docker launcher is not open")
+        name, task_id = ref.native_id, ref.task_id
+        assert task_id is not None
+        container = self._docker.containers.container(name)
+        try:
+            status = await container.wait()
+        except Exception as exc:
+            if _docker_error_status(exc) != _NOT_FOUND:
+                raise _engine_error(f"wait for container {name}", exc) from exc
+            return _lost(task_id, f"container {name} is gone, and its outcome with it", None)
+        # Shielded: once read, the outcome is the caller's; only then does its container go.
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(_CALL_TIMEOUT):
+                    output = await _stdout_of(self._docker, name)
+            except Exception as exc:
+                raise _engine_error(f"read the output of container {name}", exc) from exc
+            await self._remove(container, name)
+        outcome = _outcome_in(output, task_id)
+        if outcome is not None:
+            return outcome
+        code = status.get("StatusCode")
+        code = code if isinstance(code, int) else None
+        text = f"container {name} ended (status {code}) without the task's outcome"
+        return _lost(task_id, text, code)
 
     # -- containers -----------------------------------------------------------------
 
@@ -630,6 +723,11 @@ class DockerLauncher(PoolLauncher):
             host["DeviceRequests"] = [{"Driver": "", "Count": gpus, "Capabilities": [["gpu"]]}]
         if self._pids_limit is not None:
             host["PidsLimit"] = self._pids_limit
+        if task_id is not None:
+            # The engine keeps what the worker writes to stdout (the protocol, the Outcome
+            # included) byte for byte in a "local" log (json-file's mangles what is not
+            # UTF-8): should the driver die, another collects the Outcome there.
+            host["LogConfig"] = {"Type": "local", "Config": {}}
         if self._read_only:
             host["ReadonlyRootfs"] = True
             host["Tmpfs"] = {"/tmp": "rw,exec,mode=1777"}
@@ -728,6 +826,39 @@ class DockerLauncher(PoolLauncher):
                 break
         self._leftovers.pop(container.id, None)
         return True
+
+
+async def _stdout_of(docker: aiodocker.Docker, name: str) -> bytes:
+    """What a container wrote to its stdout, from its log (the engine's multiplexed stream)."""
+    async with docker._query(
+        f"containers/{name}/logs", params={"stdout": "1", "stderr": "0"}
+    ) as response:
+        data = await response.read()
+    out = bytearray()
+    at = 0
+    while at + 8 <= len(data):  # frames: stream (1 byte), 3 zero bytes, size (4, big-endian)
+        size = int.from_bytes(data[at + 4 : at + 8], "big")
+        if data[at] == 1:
+            out += data[at + 8 : at + 8 + size]
+        at += 8 + size
+    return bytes(out)
+
+
+def _outcome_in(output: bytes, task_id: str) -> Outcome | None:
+    """The Outcome of ``task_id`` among a worker's frames (None: not there, or cut short)."""
+    try:
+        messages = take_frames(bytearray(output))
+    except Exception:  # a log cut by rotation: not frames from the start
+        return None
+    for message in messages:
+        if isinstance(message, Outcome) and message.task_id == task_id:
+            return message
+    return None
+
+
+def _lost(task_id: str, text: str, exit_code: int | None) -> Outcome:
+    error = ErrorInfo(type_name="WorkerLost", message=text, traceback="")
+    return Outcome(task_id=task_id, status="lost", error=error, exit_code=exit_code)
 
 
 async def prune_containers(
