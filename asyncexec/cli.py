@@ -38,6 +38,7 @@ the environment variable ``ASYNCEXEC_DEBUG=1``) also prints the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import importlib.util
@@ -97,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(exc)
         elif code == EXIT_BUG:
             message += " (run with --debug for the traceback)"
-        _SIGNALS.exiting(code)
-        print(f"asyncexec: {message}", file=sys.stderr, flush=True)
+        _SIGNALS.exiting(code, f"asyncexec: {message}")
         return code
     _SIGNALS.exiting(code)
     return code
@@ -124,19 +124,36 @@ class _SignalHandling:
         self.first: str | None = None  # the signal that stopped the command
         self.code: int | None = None  # the command's status, once it said how it ends
         self.debug = False
+        self.saying = False  # the last line is being written
+        self.pending = False  # a signal came meanwhile
 
     def install(self) -> None:
         """(Re)install the handlers: at start, and when an event loop gives them back."""
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._handle)
 
-    def exiting(self, code: int) -> None:
+    def exiting(self, code: int, line: str | None = None) -> None:
+        """The command ends with ``code``, after saying ``line`` on stderr.
+
+        A signal while the line is written waits for it, then ends the process.
+        """
         self.code = code
+        self.saying = line is not None
+        try:
+            if line is not None:
+                print(line, file=sys.stderr, flush=True)
+        finally:
+            self.saying = False
+        if self.pending:
+            _exit_now(code)
 
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
+        if self.saying:
+            self.pending = True
+            return
         if self.code is not None:
-            os._exit(self.code)
+            _exit_now(self.code)
         if self.first is not None:
             self.again(name)
         self.first = name
@@ -145,7 +162,7 @@ class _SignalHandling:
     def received(self, name: str, note: str) -> None:
         """A signal reached the event loop: the first is told with ``note``, a second exits."""
         if self.code is not None:
-            os._exit(self.code)
+            _exit_now(self.code)
         if self.first is not None:
             self.again(name)
         self.first = name
@@ -163,7 +180,15 @@ class _SignalHandling:
             file=sys.stderr,
             flush=True,
         )
-        os._exit(EXIT_INTERRUPTED)
+        _exit_now(EXIT_INTERRUPTED)
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once (no cleanup that could be interrupted), output flushed."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
 
 
 _SIGNALS = _SignalHandling()
@@ -382,13 +407,11 @@ def _run(options: argparse.Namespace) -> int:
     if summary is None or summary.cancelled:
         with _open(directory) as store:
             counts = store.counts({run.fingerprint for run in experiment.runs})
-        _SIGNALS.exiting(EXIT_INTERRUPTED)
-        print(
+        _SIGNALS.exiting(
+            EXIT_INTERRUPTED,
             f"asyncexec: {experiment.name}: interrupted with {counts['done']} done and "
             f"{counts['failed']} failed of {len(experiment.runs)} runs; run it again with "
             "--continue to finish",
-            file=sys.stderr,
-            flush=True,
         )
         return EXIT_INTERRUPTED
     print(
