@@ -117,10 +117,19 @@ def _docker_error_status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def _answered(exc: BaseException) -> bool:
-    """Whether a Docker error is the engine's own answer (an HTTP status it sent)."""
+def _maybe_done(exc: BaseException) -> bool:
+    """Whether the engine may have done what a call that raised ``exc`` asked.
+
+    Not when it answered (an HTTP status), nor when no connection was made; yes
+    when the request may have reached it and its answer did not reach us (a
+    timeout, a connection lost midway: aiodocker's status 900 for those too).
+    """
+    import aiohttp
+
     status = _docker_error_status(exc)
-    return status is not None and status < 900  # aiodocker's 900: no answer at all
+    if status is not None and status < 900:
+        return False
+    return not isinstance(exc.__context__, aiohttp.ClientConnectorError)
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -579,6 +588,10 @@ class DockerLauncher(PoolLauncher):
         else:
             for container in found:
                 await self._remove(container, container.id[:12])
+            # Named, never seen (a create whose answer was lost): gone now, or removed now.
+            for key, name in list(self._leftovers.items()):
+                if key == name:
+                    await self._remove(self._docker.containers.container(name), name)
             problem = "the engine refused"
         if self._leftovers:
             log.warning(
@@ -768,7 +781,7 @@ class DockerLauncher(PoolLauncher):
         except Exception as exc:
             if _docker_error_status(exc) == _NOT_FOUND:
                 raise LaunchError(f"the Docker engine has no image {self.image!r}") from exc
-            if not _answered(exc):
+            if _maybe_done(exc):
                 # No answer (a timeout, a connection lost after the request was sent):
                 # the engine may have made it all the same. Its name finds it.
                 with anyio.CancelScope(shield=True):
