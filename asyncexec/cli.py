@@ -31,8 +31,9 @@ the command then ends with its one ``asyncexec:`` line. A second one says
 stack first) and exits with 130. A signal once the last line is printed ends
 the process silently with the status it announced.
 
-Errors are reported as one ``asyncexec: ...`` line on stderr; ``--debug`` (or
-the environment variable ``ASYNCEXEC_DEBUG=1``) also prints the traceback.
+Errors, bad usage included, are reported as one ``asyncexec: ...`` line on
+stderr; ``--debug`` (or the environment variable ``ASYNCEXEC_DEBUG=1``) also
+prints the traceback.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import statistics
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 
@@ -85,16 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     _SIGNALS = _SignalHandling()
     _SIGNALS.debug = os.environ.get("ASYNCEXEC_DEBUG", "") not in ("", "0")
     _SIGNALS.install()
-    options = _parser().parse_args(args)
-    debug = _SIGNALS.debug = getattr(options, "debug", False) or _SIGNALS.debug
+    options: argparse.Namespace | None = None
     try:
+        options = _parser().parse_args(args)
+        _SIGNALS.debug = getattr(options, "debug", False) or _SIGNALS.debug
         code = _command(options)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             _SIGNALS.exiting(exc.code if isinstance(exc.code, int) else EXIT_FAILED)
             raise
         code, message = _explain(exc, getattr(options, "where", None))
-        if debug:
+        if _SIGNALS.debug:
             traceback.print_exception(exc)
         elif code == EXIT_BUG:
             message += " (run with --debug for the traceback)"
@@ -241,15 +243,24 @@ def _explain(exc: BaseException, where: str | None) -> tuple[int, str]:
     return EXIT_BUG, f"unexpected error: {type(exc).__name__}: {exc}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one ``asyncexec:`` line too (status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("asyncexec").strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USAGE, f"asyncexec: {where}{message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="asyncexec",
         description="Run experiments (a function over a parameter grid) on any executor.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asyncexec {__version__}")
-    debug = argparse.ArgumentParser(add_help=False)
+    debug = _Parser(add_help=False)
     debug.add_argument(
         "--debug",
         action="store_true",

@@ -433,3 +433,24 @@ def test_a_second_ctrl_c_exits_at_once_with_one_line(
         timeout=120,
     )
     assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["run"], ["run: ", "required: target", "`asyncexec run --help`"]),
+        (["run", "x.py:y", "--workers", "two"], ["run: ", "--workers", "'two'"]),
+        (["bogus"], ["invalid choice: 'bogus'", "`asyncexec --help`"]),
+        (["docker", "prune"], ["docker prune: ", "--executor --all"]),
+        ([], ["required: command"]),
+    ],
+)
+def test_a_usage_error_is_one_line_and_status_2(
+    tmp_path: Path, argv: list[str], words: list[str]
+) -> None:
+    code, out, err = finish(asyncexec(*argv, log=tmp_path / "log"))
+    assert code == 2 and out == "", (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("asyncexec: "), err
+    for word in words:
+        assert word in lines[0], err
