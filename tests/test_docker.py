@@ -808,12 +808,19 @@ async def test_a_container_that_cannot_start_is_removed_at_once(image: str) -> N
 class _LosingProxy:
     """A real relay to the engine's socket that loses the engine's answer to the
     first ``lose`` container creations: the engine creates the container, and the
-    client's connection is cut before the answer (with its id) reaches it."""
+    client's connection is cut before the answer (with its id) reaches it.
 
-    def __init__(self, path: str, lose: int) -> None:
+    With ``delay``, the connection is cut as soon as the request is in, and the
+    engine gets it ``delay`` seconds later (as when the engine takes longer than
+    the client waits): the container appears after the client gave up on it.
+    """
+
+    def __init__(self, path: str, lose: int, delay: float = 0.0) -> None:
         self.path = path
         self.lose = lose
+        self.delay = delay
         self.lost = 0
+        self.answered = anyio.Event()  # the engine answered a create whose answer is lost
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         listener = await anyio.create_unix_listener(self.path)
@@ -831,12 +838,20 @@ class _LosingProxy:
             async for data in client:
                 if self.lost < self.lose and b"/containers/create" in data.split(b"\r\n", 1)[0]:
                     self.lost += 1
+                    request = await _whole_request(data, client)
+                    if self.delay:
+                        await client.aclose()
+                        await anyio.sleep(self.delay)
                     losing = True
+                    await engine.send(request)
+                    await cut.wait()
+                    return
                 await engine.send(data)
 
         async def downstream() -> None:
             async for data in engine:
                 if losing:  # the engine answered (it made the container): cut here
+                    self.answered.set()
                     cut.set()
                     return
                 await client.send(data)
@@ -846,6 +861,21 @@ class _LosingProxy:
                 tg.start_soon(_until_either_ends, direction, tg.cancel_scope)
             await cut.wait()
             tg.cancel_scope.cancel()
+
+
+async def _whole_request(data: bytes, client: anyio.abc.SocketStream) -> bytes:
+    """The HTTP request that starts with ``data``, its body (Content-Length) included."""
+    while b"\r\n\r\n" not in data:
+        data += await client.receive()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += await client.receive()
+    return head + b"\r\n\r\n" + body
 
 
 async def _until_either_ends(fn: Any, scope: anyio.CancelScope) -> None:
@@ -874,6 +904,25 @@ async def test_a_lost_create_answer_leaves_no_container(
                     await anyio.sleep(0.1)
             if python == "python3":
                 assert await ex.run(add, 1, 2) == 3  # the engine is still there
+        assert containers_of(ex.executor_id) == []
+        tg.cancel_scope.cancel()
+
+
+async def test_a_create_the_engine_finishes_after_the_client_gave_up_leaves_no_container(
+    image: str, tmp_path: Path
+) -> None:
+    # The engine makes the container seconds after the executor lost the call (as when
+    # the engine is slower than the client's timeout), and the executor closes meanwhile.
+    proxy = _LosingProxy(str(tmp_path / "engine.sock"), lose=1, delay=3.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        url = f"unix://{proxy.path}"
+        async with DockerExecutor(image, n_workers=1, url=url) as ex:
+            with pytest.raises(LaunchError, match="create a container"):
+                await ex.run(add, 1, 1)
+        with anyio.fail_after(120):
+            await proxy.answered.wait()  # the container exists from here on, unless removed
+        await anyio.sleep(1)  # (time for a removal racing the answer to show up)
         assert containers_of(ex.executor_id) == []
         tg.cancel_scope.cancel()
 

@@ -488,6 +488,10 @@ class DockerLauncher(PoolLauncher):
         self._token = uuid.uuid4().hex[:6]  # a reused executor_id never clashes with old names
         self._docker: aiodocker.Docker | None = None
         self._leftovers: dict[str, str] = {}  # container id -> name, not yet removed
+        #: Names of containers whose create call lost its answer -> until when the
+        #: engine may still make them (watched, and removed if it does).
+        self._unsure: dict[str, float] = {}
+        self._unsure_done: anyio.Event | None = None  # set when none is watched
 
     def __repr__(self) -> str:
         return (
@@ -568,6 +572,10 @@ class DockerLauncher(PoolLauncher):
         with anyio.CancelScope(shield=True):
             try:
                 await super().aclose()
+                while self._unsure and self._docker is not None:  # (for a minute at most)
+                    if self._unsure_done is None or self._unsure_done.is_set():
+                        self._unsure_done = anyio.Event()
+                    await self._unsure_done.wait()
                 if self._docker is not None:
                     await self._sweep()
             finally:
@@ -783,9 +791,12 @@ class DockerLauncher(PoolLauncher):
                 raise LaunchError(f"the Docker engine has no image {self.image!r}") from exc
             if _maybe_done(exc):
                 # No answer (a timeout, a connection lost after the request was sent):
-                # the engine may have made it all the same. Its name finds it.
+                # the engine may have made it all the same, or make it later still.
+                # Its name finds it: removed now, and watched for a while.
                 with anyio.CancelScope(shield=True):
-                    await self._remove(self._docker.containers.container(name), name)
+                    if not await self._remove_made(name):
+                        self._unsure[name] = anyio.current_time() + _CALL_TIMEOUT
+                        self._background(lambda: self._watch(name))
             raise _engine_error(f"create a container from {self.image!r}", exc) from exc
         try:
             stream = _attach(self._docker, container)
@@ -807,6 +818,39 @@ class DockerLauncher(PoolLauncher):
                 raise _engine_error(doing, exc) from exc
             raise
         return _Container(self, container, stream, name)
+
+    async def _remove_made(self, name: str) -> bool:
+        """Remove the container named ``name``: True if the engine had made it."""
+        assert self._docker is not None
+        container = self._docker.containers.container(name)
+        try:
+            with anyio.fail_after(_CALL_TIMEOUT):
+                await container.delete(force=True, v=True)
+        except Exception as exc:
+            if _docker_error_status(exc) == _NOT_FOUND:
+                return False  # not made, or not yet
+            await self._remove(container, name)  # (retried, or left to the closing sweep)
+        return True
+
+    async def _watch(self, name: str) -> None:
+        """Remove the container named ``name`` should the engine make it after its
+        create call lost its answer, until the engine could still be making it."""
+        try:
+            while anyio.current_time() < self._unsure[name] and self._docker is not None:
+                await anyio.sleep(0.5)
+                try:
+                    with anyio.fail_after(_CALL_TIMEOUT):
+                        await self._docker.containers.container(name).show()
+                except Exception as exc:
+                    log.debug("watching for container %s: %s", name, exc)
+                    continue  # not made (yet), or the engine is away: look again
+                with anyio.CancelScope(shield=True):
+                    await self._remove(self._docker.containers.container(name), name)
+                return
+        finally:
+            del self._unsure[name]
+            if not self._unsure and self._unsure_done is not None:
+                self._unsure_done.set()
 
     async def _remove(self, container: DockerContainer, name: str) -> bool:
         """Kill and remove a container (a forced removal). False when that failed.
