@@ -25,13 +25,21 @@ Exit status:
   while the first one is being handled exits at once: runs left running are
   taken up again by ``run --continue``.
 
-Errors are reported as one ``asyncexec: ...`` line on stderr; ``--debug`` (or
-the environment variable ``ASYNCEXEC_DEBUG=1``) also prints the traceback.
+Interrupts: ``asyncexec: SIGINT: stopping, ...`` says the first was received;
+the command then ends with its one ``asyncexec:`` line. A second one says
+``asyncexec: SIGINT again: exiting now; ...`` (``--debug``: every thread's
+stack first) and exits with 130. A signal once the last line is printed ends
+the process silently with the status it announced.
+
+Errors, bad usage included, are reported as one ``asyncexec: ...`` line on
+stderr; ``--debug`` (or the environment variable ``ASYNCEXEC_DEBUG=1``) also
+prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import importlib.util
@@ -43,7 +51,7 @@ import statistics
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 
@@ -64,29 +72,128 @@ Errors are one "asyncexec: ..." line; --debug or ASYNCEXEC_DEBUG=1 adds the trac
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``asyncexec`` command."""
+    """Entry point of the ``asyncexec`` command.
+
+    It answers SIGINT and SIGTERM itself from here until the process ends (see
+    :class:`_SignalHandling`): call it as a program, not from a library.
+    """
+    global _SIGNALS
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "worker":
         from ._worker import main as worker_main
 
         return worker_main(args[1:])
-    options = _parser().parse_args(args)
-    debug = getattr(options, "debug", False) or os.environ.get("ASYNCEXEC_DEBUG", "") not in (
-        "",
-        "0",
-    )
+    _SIGNALS = _SignalHandling()
+    _SIGNALS.debug = os.environ.get("ASYNCEXEC_DEBUG", "") not in ("", "0")
+    _SIGNALS.install()
+    options: argparse.Namespace | None = None
     try:
-        return _command(options)
+        options = _parser().parse_args(args)
+        _SIGNALS.debug = getattr(options, "debug", False) or _SIGNALS.debug
+        code = _command(options)
     except BaseException as exc:
         if isinstance(exc, SystemExit):
+            _SIGNALS.exiting(exc.code if isinstance(exc.code, int) else EXIT_FAILED)
             raise
         code, message = _explain(exc, getattr(options, "where", None))
-        if debug:
+        if _SIGNALS.debug:
             traceback.print_exception(exc)
         elif code == EXIT_BUG:
             message += " (run with --debug for the traceback)"
-        print(f"asyncexec: {message}", file=sys.stderr, flush=True)
+        _SIGNALS.exiting(code, f"asyncexec: {message}")
         return code
+    _SIGNALS.exiting(code)
+    return code
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived while no event loop was watching for it."""
+
+
+class _SignalHandling:
+    """What SIGINT and SIGTERM do, from the command's start until the process ends.
+
+    The first one stops the command: inside ``run``'s event loop by cancelling
+    the run (``_stop_on_signals``), elsewhere by raising :class:`_Interrupted`;
+    either way the command ends with one ``asyncexec:`` line and status 130.
+    A second one, while the first is being handled, exits at once, with one
+    ``asyncexec:`` line saying so. Once the command has said how it ends, a
+    signal ends the process at once, silently, with that status (interpreter
+    shutdown included: never a raw traceback).
+    """
+
+    def __init__(self) -> None:
+        self.first: str | None = None  # the signal that stopped the command
+        self.code: int | None = None  # the command's status, once it said how it ends
+        self.debug = False
+        self.saying = False  # the last line is being written
+        self.pending = False  # a signal came meanwhile
+
+    def install(self) -> None:
+        """(Re)install the handlers: at start, and when an event loop gives them back."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def exiting(self, code: int, line: str | None = None) -> None:
+        """The command ends with ``code``, after saying ``line`` on stderr.
+
+        A signal while the line is written waits for it, then ends the process.
+        """
+        self.code = code
+        self.saying = line is not None
+        try:
+            if line is not None:
+                print(line, file=sys.stderr, flush=True)
+        finally:
+            self.saying = False
+        if self.pending:
+            _exit_now(code)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.saying:
+            self.pending = True
+            return
+        if self.code is not None:
+            _exit_now(self.code)
+        if self.first is not None:
+            self.again(name)
+        self.first = name
+        raise _Interrupted(name)
+
+    def received(self, name: str, note: str) -> None:
+        """A signal reached the event loop: the first is told with ``note``, a second exits."""
+        if self.code is not None:
+            _exit_now(self.code)
+        if self.first is not None:
+            self.again(name)
+        self.first = name
+        print(f"asyncexec: {name}: {note}", file=sys.stderr, flush=True)
+
+    def again(self, name: str) -> None:
+        """A second signal: exit now (the sweeper sees this process gone; workers die with it)."""
+        if self.debug:  # where the command was when it was told to stop
+            import faulthandler
+
+            faulthandler.dump_traceback(all_threads=True)
+        print(
+            f"asyncexec: {name} again: exiting now; `asyncexec run --continue` takes up "
+            "what was left",
+            file=sys.stderr,
+            flush=True,
+        )
+        _exit_now(EXIT_INTERRUPTED)
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once (no cleanup that could be interrupted), output flushed."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
+
+
+_SIGNALS = _SignalHandling()
 
 
 def _command(options: argparse.Namespace) -> int:
@@ -117,7 +224,7 @@ def _explain(exc: BaseException, where: str | None) -> tuple[int, str]:
     if isinstance(exc, (StoreError, SweeperError, _UsageError)):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "interrupted"
+        return EXIT_INTERRUPTED, f"interrupted by {_SIGNALS.first or 'SIGINT'}{inside}"
     if isinstance(exc, sqlite3.DatabaseError):
         text = " ".join(str(exc).split())
         text = text if len(text) <= 160 else text[:157] + "..."
@@ -136,15 +243,24 @@ def _explain(exc: BaseException, where: str | None) -> tuple[int, str]:
     return EXIT_BUG, f"unexpected error: {type(exc).__name__}: {exc}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one ``asyncexec:`` line too (status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("asyncexec").strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USAGE, f"asyncexec: {where}{message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="asyncexec",
         description="Run experiments (a function over a parameter grid) on any executor.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asyncexec {__version__}")
-    debug = argparse.ArgumentParser(add_help=False)
+    debug = _Parser(add_help=False)
     debug.add_argument(
         "--debug",
         action="store_true",
@@ -302,12 +418,13 @@ def _run(options: argparse.Namespace) -> int:
     if summary is None or summary.cancelled:
         with _open(directory) as store:
             counts = store.counts({run.fingerprint for run in experiment.runs})
-        print(
-            f"{experiment.name}: interrupted with {counts['done']} done and {counts['failed']} "
-            f"failed of {len(experiment.runs)} runs; run it again with --continue to finish",
-            file=sys.stderr,
+        _SIGNALS.exiting(
+            EXIT_INTERRUPTED,
+            f"asyncexec: {experiment.name}: interrupted with {counts['done']} done and "
+            f"{counts['failed']} failed of {len(experiment.runs)} runs; run it again with "
+            "--continue to finish",
         )
-        return 130
+        return EXIT_INTERRUPTED
     print(
         f"{summary.experiment}: {summary.done} done, {summary.failed} failed of "
         f"{summary.total} runs ({summary.ran} run now in {summary.elapsed:.1f} s); "
@@ -330,7 +447,9 @@ async def _run_async(experiment: Any, directory: str, options: argparse.Namespac
     async with anyio.create_task_group() as tg:
         # The watcher outlives the run's scope: a second signal, while the first is
         # being handled, must not fall back on Python's handler (a traceback).
-        tg.start_soon(_stop_on_signals, run_scope)
+        # (On a terminal the progress bar holds the line: the notice starts a new one.)
+        newline = not options.no_progress and sys.stderr.isatty()
+        tg.start_soon(_stop_on_signals, run_scope, newline)
         try:
             with run_scope:
                 async with executor as ex:
@@ -346,29 +465,23 @@ async def _run_async(experiment: Any, directory: str, options: argparse.Namespac
     return summary
 
 
-async def _stop_on_signals(scope: Any) -> None:
+async def _stop_on_signals(scope: Any, newline: bool) -> None:
     import anyio
 
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if not scope.cancel_called:
-                print(
-                    f"\nasyncexec: {name}: stopping, cancelling running tasks "
-                    "(again to exit at once)",
-                    file=sys.stderr,
-                    flush=True,
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if newline:
+                    print(file=sys.stderr)
+                # A second one exits at once: what is left running is taken up again
+                # by `run --continue` (the sweeper sees this process gone).
+                _SIGNALS.received(
+                    signal.Signals(signum).name,
+                    "stopping, cancelling running tasks (again to exit at once)",
                 )
                 scope.cancel()
-                continue
-            # Stop now: what is left running is taken up again by `run --continue`
-            # (the sweeper sees this process gone; the workers die with it).
-            print(
-                f"{name} again: exiting now; `asyncexec run --continue` takes up what was left",
-                file=sys.stderr,
-                flush=True,
-            )
-            os._exit(EXIT_INTERRUPTED)
+    finally:
+        _SIGNALS.install()  # the loop restored Python's defaults: a late signal is ours too
 
 
 # -- status, results, cancel ----------------------------------------------------------

@@ -7,11 +7,13 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from asyncexec.experiment import ResultsStore
@@ -51,13 +53,12 @@ def asyncexec(
     *args: str, log: Path, seconds: float = 0.3, **kwargs: object
 ) -> subprocess.Popen[str]:
     env = {**os.environ, "AE_TEST_LOG": str(log), "AE_TEST_SECONDS": str(seconds)}
-    return subprocess.Popen(  # type: ignore[no-any-return]
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
+    return subprocess.Popen(  # type: ignore[no-any-return,call-overload]
         [sys.executable, "-m", "asyncexec", *args],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
         text=True,
-        **kwargs,  # type: ignore[call-overload]
+        **streams,
     )
 
 
@@ -237,7 +238,13 @@ def test_interrupting_a_run_stops_it_cleanly(
         assert code == 0 and "cancel requested" in out
     code, _, err = finish(driver, timeout=60)
     assert code == 130, err
-    assert "--continue" in err
+    lines = [line for line in err.splitlines() if not line.startswith("[slow_square]")]
+    stopped = [f"asyncexec: SIGINT: {STOPPING}"] if how == "sigint" else []
+    assert lines == [
+        *stopped,
+        "asyncexec: slow_square: interrupted with 0 done and 0 failed of 12 runs; "
+        "run it again with --continue to finish",
+    ], err
     with ResultsStore(directory, create=False) as store:
         counts = store.counts()
     # The two running and the two queued in the dispatch window were cancelled.
@@ -354,17 +361,63 @@ def test_a_full_disk_is_one_line_and_status_three(tmp_path: Path) -> None:
         subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_a_second_ctrl_c_exits_at_once_without_a_traceback(
-    experiment_file: Path, tmp_path: Path
+STOPPING = "stopping, cancelling running tasks (again to exit at once)"
+
+
+def wait_for_stderr(path: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert time.monotonic() < deadline, f"never saw {text!r} on stderr: {path.read_text()}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_second_ctrl_c_exits_at_once_with_one_line(
+    experiment_file: Path, tmp_path: Path, debug: bool
 ) -> None:
-    log, directory = tmp_path / "log", tmp_path / "runs"
-    driver = run_squares(experiment_file, directory, log, 30)
+    log, directory, stderr = tmp_path / "log", tmp_path / "runs", tmp_path / "stderr"
+    with stderr.open("w") as err_file:
+        driver = asyncexec(
+            "run",
+            f"{experiment_file}:squares",
+            "--dir",
+            str(directory),
+            "--workers",
+            "2",
+            "--no-progress",
+            *(["--debug"] if debug else []),
+            log=log,
+            seconds=30,
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+        )
     wait_for_lines(log, "start", 2)
-    driver.send_signal(signal.SIGINT)
-    driver.send_signal(signal.SIGINT)
-    code, _, err = finish(driver, timeout=60)
-    assert code == 130, err
-    assert "Traceback" not in err, err
+    workers = psutil.Process(driver.pid).children(recursive=True)
+    assert len(workers) >= 2, workers
+    # Another process holds the results' write lock: the runner's stop, which records
+    # the cancelled runs, takes as long as it holds it. Meanwhile a second Ctrl-C comes.
+    holder = sqlite3.connect(directory / "results.sqlite", timeout=60, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        driver.send_signal(signal.SIGINT)
+        wait_for_stderr(stderr, STOPPING)  # the first was received
+        driver.send_signal(signal.SIGINT)
+        code = driver.wait(timeout=60)
+    finally:
+        holder.close()
+    lines = stderr.read_text().splitlines()
+    assert code == 130, lines
+    expected = [
+        f"asyncexec: SIGINT: {STOPPING}",
+        "asyncexec: SIGINT again: exiting now; `asyncexec run --continue` takes up what was left",
+    ]
+    if debug:  # where it was when told to stop: every thread's stack, then the line
+        assert lines[0] == expected[0] and lines[-1] == expected[1], lines
+        assert any(line.startswith("Thread 0x") for line in lines), lines
+    else:
+        assert lines == expected
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == [], alive  # the workers died with the runner
     code, _, err = finish(
         asyncexec(
             "run",
@@ -380,3 +433,24 @@ def test_a_second_ctrl_c_exits_at_once_without_a_traceback(
         timeout=120,
     )
     assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["run"], ["run: ", "required: target", "`asyncexec run --help`"]),
+        (["run", "x.py:y", "--workers", "two"], ["run: ", "--workers", "'two'"]),
+        (["bogus"], ["invalid choice: 'bogus'", "`asyncexec --help`"]),
+        (["docker", "prune"], ["docker prune: ", "--executor --all"]),
+        ([], ["required: command"]),
+    ],
+)
+def test_a_usage_error_is_one_line_and_status_2(
+    tmp_path: Path, argv: list[str], words: list[str]
+) -> None:
+    code, out, err = finish(asyncexec(*argv, log=tmp_path / "log"))
+    assert code == 2 and out == "", (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("asyncexec: "), err
+    for word in words:
+        assert word in lines[0], err

@@ -8,6 +8,7 @@ skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
+import anyio.abc
 import pytest
 
 from asyncexec import (
@@ -801,3 +803,320 @@ async def test_a_container_that_cannot_start_is_removed_at_once(image: str) -> N
                 while containers_of(ex.executor_id):
                     await anyio.sleep(0.1)
     assert containers_of(ex.executor_id) == []
+
+
+class _LosingProxy:
+    """A real relay to the engine's socket that loses the engine's answer to the
+    first ``lose`` container creations: the engine creates the container, and the
+    client's connection is cut before the answer (with its id) reaches it.
+
+    With ``delay``, the connection is cut as soon as the request is in, and the
+    engine gets it ``delay`` seconds later (as when the engine takes longer than
+    the client waits): the container appears after the client gave up on it.
+    """
+
+    def __init__(self, path: str, lose: int, delay: float = 0.0) -> None:
+        self.path = path
+        self.lose = lose
+        self.delay = delay
+        self.lost = 0
+        self.answered = anyio.Event()  # the engine answered a create whose answer is lost
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        listener = await anyio.create_unix_listener(self.path)
+        task_status.started()
+        async with listener:
+            await listener.serve(self._relay)
+
+    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+        engine = await anyio.connect_unix("/var/run/docker.sock")
+        cut = anyio.Event()
+        losing = False
+
+        async def upstream() -> None:
+            nonlocal losing
+            async for data in client:
+                if self.lost < self.lose and b"/containers/create" in data.split(b"\r\n", 1)[0]:
+                    self.lost += 1
+                    request = await _whole_request(data, client)
+                    if self.delay:
+                        await client.aclose()
+                        await anyio.sleep(self.delay)
+                    losing = True
+                    await engine.send(request)
+                    await cut.wait()
+                    return
+                await engine.send(data)
+
+        async def downstream() -> None:
+            async for data in engine:
+                if losing:  # the engine answered (it made the container): cut here
+                    self.answered.set()
+                    cut.set()
+                    return
+                await client.send(data)
+
+        async with client, engine, anyio.create_task_group() as tg:
+            for direction in (upstream, downstream):
+                tg.start_soon(_until_either_ends, direction, tg.cancel_scope)
+            await cut.wait()
+            tg.cancel_scope.cancel()
+
+
+async def _whole_request(data: bytes, client: anyio.abc.SocketStream) -> bytes:
+    """The HTTP request that starts with ``data``, its body (Content-Length) included."""
+    while b"\r\n\r\n" not in data:
+        data += await client.receive()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += await client.receive()
+    return head + b"\r\n\r\n" + body
+
+
+async def _until_either_ends(fn: Any, scope: anyio.CancelScope) -> None:
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        await fn()
+    scope.cancel()
+
+
+@pytest.mark.parametrize("python", ["python3", "python-nowhere"])
+async def test_a_lost_create_answer_leaves_no_container(
+    image: str, tmp_path: Path, python: str
+) -> None:
+    # The engine made the container but its answer (the id) never arrived: the
+    # container must be found by its name and removed while the executor is open.
+    proxy = _LosingProxy(str(tmp_path / "engine.sock"), lose=1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        async with DockerExecutor(
+            image, n_workers=1, python=python, url=f"unix://{proxy.path}"
+        ) as ex:
+            with pytest.raises(LaunchError, match="create a container"):
+                await ex.run(add, 1, 1)
+            assert proxy.lost == 1
+            with anyio.fail_after(30):
+                while containers_of(ex.executor_id):
+                    await anyio.sleep(0.1)
+            if python == "python3":
+                assert await ex.run(add, 1, 2) == 3  # the engine is still there
+        assert containers_of(ex.executor_id) == []
+        tg.cancel_scope.cancel()
+
+
+async def test_a_create_the_engine_finishes_after_the_client_gave_up_leaves_no_container(
+    image: str, tmp_path: Path
+) -> None:
+    # The engine makes the container seconds after the executor lost the call (as when
+    # the engine is slower than the client's timeout), and the executor closes meanwhile.
+    proxy = _LosingProxy(str(tmp_path / "engine.sock"), lose=1, delay=3.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        url = f"unix://{proxy.path}"
+        async with DockerExecutor(image, n_workers=1, url=url) as ex:
+            with pytest.raises(LaunchError, match="create a container"):
+                await ex.run(add, 1, 1)
+        with anyio.fail_after(120):
+            await proxy.answered.wait()  # the container exists from here on, unless removed
+        await anyio.sleep(1)  # (time for a removal racing the answer to show up)
+        assert containers_of(ex.executor_id) == []
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("python", ["python3", "python-nowhere"])
+async def test_cancelled_at_any_point_of_its_launch_leaves_no_container(
+    image: str, shared_dir: str, python: str
+) -> None:
+    beat = os.path.join(shared_dir, f"launch-{python}.beat")
+    async with DockerExecutor(
+        image, n_workers=2, python=python, volumes={shared_dir: shared_dir}
+    ) as ex:
+        began = time.monotonic()
+        with contextlib.suppress(LaunchError):
+            await ex.run(add, 1, 1)
+        launch = time.monotonic() - began  # (only to spread the cancels over a launch)
+        for step in range(30):
+            delay = launch * 1.5 * step / 30
+            futures = [await ex.submit(heartbeat, beat) for _ in range(2)]
+            await anyio.sleep(delay)
+            await ex.cancel(futures)
+            assert all(future.state is not FutureState.RUNNING for future in futures)
+            with anyio.fail_after(30):  # removed while the executor is open
+                while containers_of(ex.executor_id):
+                    await anyio.sleep(0.05)
+        # Closing while containers are being created.
+        await ex.submit(heartbeat, beat)
+        await ex.submit(heartbeat, beat)
+        await ex.aclose(cancel_pending=True)
+    assert containers_of(ex.executor_id) == []
+
+
+_RUNNER = """
+import asyncio, sys
+from asyncexec.experiment import Experiment
+from asyncexec.launchers.docker import DockerExecutor
+
+def work(x, log):
+    import time
+    with open(log, "a") as out:
+        out.write(f"start {{x}}\\n")
+    time.sleep(0.2 if x < 2 else 15)
+    with open(log, "a") as out:
+        out.write(f"end {{x}}\\n")
+    return x * x
+
+experiment = Experiment(work, {{"x": [0, 1, 2, 3], "log": [{log!r}]}})
+
+async def main():
+    async with DockerExecutor(
+        {image!r}, 4, executor_id=sys.argv[2], volumes={{{shared!r}: {shared!r}}}
+    ) as ex:
+        summary = await experiment.run(ex, sys.argv[1], lease=2, progress=False)
+    print("reattached", summary.reattached, "done", summary.done, flush=True)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def _lines(log: Path, word: str) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith(word)]
+
+
+@pytest.mark.infra
+def test_a_killed_runners_oneshot_containers_are_collected_not_rerun(
+    image: str, tmp_path: Path
+) -> None:
+    """A runner SIGKILLed while two runs are in one-shot containers: those finish there,
+    and the next runner collects their results instead of running them again."""
+    import sqlite3
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    # The runs write their logs in the directory: the containers see it at the same path.
+    log, directory = shared / "log", str(shared / "experiment")
+    script = tmp_path / "runner.py"
+    script.write_text(_RUNNER.format(image=image, log=str(log), shared=str(shared)))
+    killed, resumed = f"killed-runner-{os.getpid()}", f"resumed-runner-{os.getpid()}"
+    runner = subprocess.Popen([sys.executable, str(script), directory, killed], cwd=ROOT)
+
+    def runs(status: str) -> list[str | None]:
+        try:
+            with contextlib.closing(
+                sqlite3.connect(os.path.join(directory, "results.sqlite"))
+            ) as db:
+                rows = db.execute("SELECT job_ref FROM runs WHERE status = ?", (status,))
+                return [ref for (ref,) in rows.fetchall()]
+        except sqlite3.Error:
+            return []
+
+    def followed() -> int:
+        return sum(1 for ref in runs("running") if ref)
+
+    try:
+        # The two short runs are done and their containers gone; the two long ones run.
+        deadline = time.monotonic() + 120
+        while (
+            not log.exists()
+            or len(_lines(log, "start")) < 4
+            or len(runs("done")) < 2
+            or len(containers_of(killed)) != 2
+        ):
+            assert time.monotonic() < deadline, "the runner never started its runs"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5  # (their JobRefs are recorded as they start)
+        while followed() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    assert len(containers_of(killed, running=True)) == 2  # the long runs go on without it
+    again = subprocess.run(
+        [sys.executable, str(script), directory, resumed],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split() == ["reattached", "2", "done", "4"], again.stdout
+    # Each run ran once: the two in flight were collected from their containers.
+    starts = sorted(_lines(log, "start"))
+    assert starts == [f"start {x}" for x in range(4)], starts
+    from asyncexec.experiment import ResultsStore
+
+    with ResultsStore(directory, create=False) as store:
+        rows = store.rows()
+    assert {row["params"]["x"]: (row["status"], row["value"]) for row in rows} == {
+        x: ("done", x * x) for x in range(4)
+    }, rows
+    assert containers_of(killed) == [] and containers_of(resumed) == []
+
+
+_SUBMITTER = """
+import asyncio, sys
+from asyncexec.launchers.docker import DockerExecutor
+from asyncexec.testing import sleep_for
+
+async def main():
+    async with DockerExecutor({image!r}, 3, executor_id=sys.argv[1]) as ex:
+        futures = [await ex.submit(sleep_for, 3), await ex.submit(sleep_for, 600)]
+        for future in futures:
+            while future.info.job_ref is None:  # set once its container runs it
+                await asyncio.sleep(0.05)
+            print(future.info.job_ref.native_id, future.info.job_ref.task_id,
+                  future.info.job_ref.host, flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _refs_then_killed(script: Path, executor_id: str) -> list[list[str]]:
+    """Run the submitter until it printed its two tasks' JobRefs, then SIGKILL it."""
+    driver = subprocess.Popen(
+        [sys.executable, str(script), executor_id], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert driver.stdout is not None
+        return [driver.stdout.readline().split() for _ in range(2)]
+    finally:
+        driver.kill()
+        driver.wait()
+        if driver.stdout is not None:
+            driver.stdout.close()
+
+
+async def test_attach_collects_cancels_or_reports_a_killed_drivers_oneshot_container(
+    image: str, tmp_path: Path
+) -> None:
+    from asyncexec import JobRef
+
+    script = tmp_path / "submitter.py"
+    script.write_text(_SUBMITTER.format(image=image))
+    killed = f"killed-submitter-{os.getpid()}"
+    lines = await anyio.to_thread.run_sync(_refs_then_killed, script, killed)
+    refs = [
+        JobRef(kind="docker", native_id=name, task_id=task_id, host=host)
+        for name, task_id, host in lines
+    ]
+    async with DockerExecutor(image, 1) as ex:
+        assert all(ex.can_attach(ref) for ref in refs)
+        short, long = [await ex.attach(ref) for ref in refs]
+        assert await short == 3  # sleep_for's value, read from the container it ran in
+        assert await long.cancel() is True  # kills the killed driver's container
+        with pytest.raises(TaskCancelled):
+            await long
+        # A container that is gone: the task is lost, not waited for.
+        with pytest.raises(WorkerLost, match="is gone"):
+            await (await ex.attach(refs[0]))
+        # Not this engine's, or not a one-shot container: not followed.
+        assert not ex.can_attach(JobRef(kind="docker", native_id=refs[0].native_id, host="x"))
+    async with DockerExecutor(image, 1, mode="warm") as warm:
+        assert not warm.can_attach(refs[0])
+    assert containers_of(killed) == [] and containers_of(ex.executor_id) == []

@@ -11,7 +11,10 @@ Two modes:
 
 * ``"oneshot"`` (the default): a new container for every task, killed and
   removed as soon as its outcome is read. The strongest isolation: nothing a
-  task leaves behind reaches another.
+  task leaves behind reaches another. Re-attachable: the task's JobRef names
+  its container, which outlives a killed driver and keeps the outcome in its
+  log (the engine's ``local`` driver), where another driver's ``attach``
+  reads it before removing the container.
 * ``"warm"``: ``n_workers`` long-lived containers, each running one task at a
   time, as the process pool does; starting a container is paid once.
 
@@ -52,9 +55,10 @@ import anyio.abc
 import msgspec
 
 from .._aio import require_asyncio
+from .._codec import take_frames
 from .._exceptions import BackendUnavailable, LaunchError, describe_exit
 from .._executor import BaseExecutor
-from .._messages import Resources, TaskSpec
+from .._messages import ErrorInfo, JobRef, Outcome, Resources, TaskSpec
 from .._options import TaskOptions, check_env
 from ..abc import Launcher
 from ._pool import PoolJob, PoolLauncher, PoolWorker
@@ -91,6 +95,8 @@ _CONFLICT = 409
 #: Seconds to connect to the engine, and to wait for one API call that cleans up.
 _CONNECT_TIMEOUT = 30.0
 _CALL_TIMEOUT = 60.0
+#: Times to ask again while the engine says another removal is under way (~1 min).
+_CONFLICT_RETRIES = 64
 
 
 def _import_aiodocker() -> Any:
@@ -109,6 +115,21 @@ def _import_aiodocker() -> Any:
 def _docker_error_status(exc: BaseException) -> int | None:
     status = getattr(exc, "status", None)
     return status if isinstance(status, int) else None
+
+
+def _maybe_done(exc: BaseException) -> bool:
+    """Whether the engine may have done what a call that raised ``exc`` asked.
+
+    Not when it answered (an HTTP status), nor when no connection was made; yes
+    when the request may have reached it and its answer did not reach us (a
+    timeout, a connection lost midway: aiodocker's status 900 for those too).
+    """
+    import aiohttp
+
+    status = _docker_error_status(exc)
+    if status is not None and status < 900:
+        return False
+    return not isinstance(exc.__context__, aiohttp.ClientConnectorError)
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -299,9 +320,11 @@ class _Container(PoolWorker):
             return
         self._removal = anyio.Event()
         try:
-            if not await self.launcher._remove(self.container, self.name):
-                with contextlib.suppress(Exception):
-                    await self.stream.close()
+            # Shielded: a removal cut short by a cancellation would leave the container.
+            with anyio.CancelScope(shield=True):
+                if not await self.launcher._remove(self.container, self.name):
+                    with contextlib.suppress(Exception):
+                        await self.stream.close()
         finally:
             self._removal.set()
 
@@ -434,6 +457,11 @@ class DockerLauncher(PoolLauncher):
         if mode == "oneshot":  # each task's container gets its CPUs and GPUs
             self.honours_resources = frozenset({"cpus", "memory_mb", "gpus"})
         self._engine_cpus: int | None = None  # how many the engine has (read on opening)
+        self._engine_id: str | None = None  # the engine's own ID (read on opening)
+        # A one-shot container outlives a killed driver, and keeps the task's Outcome:
+        # another driver can collect it (see ``wait``).
+        self.reattachable = mode == "oneshot"
+        self._container_of: dict[str, str] = {}  # task id -> its one-shot container's name
         self.memory_mb = memory_mb
         if executor_id is not None and not _NAME.fullmatch(executor_id):
             raise ValueError(
@@ -460,6 +488,10 @@ class DockerLauncher(PoolLauncher):
         self._token = uuid.uuid4().hex[:6]  # a reused executor_id never clashes with old names
         self._docker: aiodocker.Docker | None = None
         self._leftovers: dict[str, str] = {}  # container id -> name, not yet removed
+        #: Names of containers whose create call lost its answer -> until when the
+        #: engine may still make them (watched, and removed if it does).
+        self._unsure: dict[str, float] = {}
+        self._unsure_done: anyio.Event | None = None  # set when none is watched
 
     def __repr__(self) -> str:
         return (
@@ -477,8 +509,11 @@ class DockerLauncher(PoolLauncher):
         self._docker = await _open_engine(self.url, self._n_workers)
         await self._check_image()
         with contextlib.suppress(Exception), anyio.fail_after(_CALL_TIMEOUT):
-            cpus = (await self._docker.system.info()).get("NCPU")
+            info = await self._docker.system.info()
+            cpus = info.get("NCPU")
             self._engine_cpus = cpus if isinstance(cpus, int) and cpus > 0 else None
+            engine = info.get("ID")
+            self._engine_id = engine if isinstance(engine, str) and engine else None
         await super()._open()
 
     def check_resources(self, resources: Resources) -> str | None:
@@ -537,6 +572,10 @@ class DockerLauncher(PoolLauncher):
         with anyio.CancelScope(shield=True):
             try:
                 await super().aclose()
+                while self._unsure and self._docker is not None:  # (for a minute at most)
+                    if self._unsure_done is None or self._unsure_done.is_set():
+                        self._unsure_done = anyio.Event()
+                    await self._unsure_done.wait()
                 if self._docker is not None:
                     await self._sweep()
             finally:
@@ -557,6 +596,10 @@ class DockerLauncher(PoolLauncher):
         else:
             for container in found:
                 await self._remove(container, container.id[:12])
+            # Named, never seen (a create whose answer was lost): gone now, or removed now.
+            for key, name in list(self._leftovers.items()):
+                if key == name:
+                    await self._remove(self._docker.containers.container(name), name)
             problem = "the engine refused"
         if self._leftovers:
             log.warning(
@@ -579,10 +622,91 @@ class DockerLauncher(PoolLauncher):
         assert job.frame is not None
         # A container for this task alone; should it die first, its reader moves the job.
         worker = await self._spawn(job.task_id)
+        assert isinstance(worker, _Container)
+        self._container_of[job.task_id] = worker.name
         if job.finished:  # cancelled while its container started
             worker.kill()
             return
         self._hand(job, worker)
+
+    async def start(self, task: TaskSpec) -> JobRef:
+        """Start the task; one-shot, the JobRef names its container (re-attachable)."""
+        ref = await super().start(task)
+        if self.mode == "warm":
+            return ref
+        name = self._container_of.get(task.task_id, task.task_id)
+        return JobRef(kind=self.kind, native_id=name, host=self._engine_id, task_id=task.task_id)
+
+    def can_follow(self, ref: JobRef) -> bool:
+        """Whether ``ref`` names a one-shot container of ours on this engine (re-attach)."""
+        return (
+            super().can_follow(ref)
+            and ref.task_id is not None
+            and ref.host is not None
+            and ref.host == self._engine_id
+            and ref.native_id.startswith("asyncexec-")
+        )
+
+    def _local(self, ref: JobRef) -> JobRef | None:
+        """The pool's ref of a one-shot task of this launcher still in its hands."""
+        if self.mode == "warm" or ref.task_id is None or ref.task_id not in self._jobs:
+            return None
+        return JobRef(kind=self.kind, native_id=ref.task_id, host=ref.host)
+
+    async def wait(self, ref: JobRef) -> Outcome:
+        """The task's outcome; for a container another driver started, read from it.
+
+        Cancellation: stops the waiting only.
+        """
+        local = self._local(ref)
+        if local is not None:
+            outcome = await super().wait(local)
+            self._container_of.pop(ref.task_id or "", None)
+            return outcome
+        if self.mode == "oneshot" and self.can_follow(ref):
+            return await self._collect(ref)
+        return await super().wait(ref)
+
+    async def cancel(self, ref: JobRef) -> None:
+        """Kill the task; a container another driver started is removed (idempotent)."""
+        local = self._local(ref)
+        if local is not None:
+            self._container_of.pop(ref.task_id or "", None)
+            await super().cancel(local)
+        elif self.mode == "oneshot" and self.can_follow(ref) and self._docker is not None:
+            await self._remove(self._docker.containers.container(ref.native_id), ref.native_id)
+        else:
+            await super().cancel(ref)
+
+    async def _collect(self, ref: JobRef) -> Outcome:
+        """Wait for a one-shot container another driver started, read the task's
+        Outcome from its stdout (its log), then remove it."""
+        if self._docker is None:
+            raise LaunchError("the Docker launcher is not open")
+        name, task_id = ref.native_id, ref.task_id
+        assert task_id is not None
+        container = self._docker.containers.container(name)
+        try:
+            status = await container.wait()
+        except Exception as exc:
+            if _docker_error_status(exc) != _NOT_FOUND:
+                raise _engine_error(f"wait for container {name}", exc) from exc
+            return _lost(task_id, f"container {name} is gone, and its outcome with it", None)
+        # Shielded: once read, the outcome is the caller's; only then does its container go.
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(_CALL_TIMEOUT):
+                    output = await _stdout_of(self._docker, name)
+            except Exception as exc:
+                raise _engine_error(f"read the output of container {name}", exc) from exc
+            await self._remove(container, name)
+        outcome = _outcome_in(output, task_id)
+        if outcome is not None:
+            return outcome
+        code = status.get("StatusCode")
+        code = code if isinstance(code, int) else None
+        text = f"container {name} ended (status {code}) without the task's outcome"
+        return _lost(task_id, text, code)
 
     # -- containers -----------------------------------------------------------------
 
@@ -620,6 +744,11 @@ class DockerLauncher(PoolLauncher):
             host["DeviceRequests"] = [{"Driver": "", "Count": gpus, "Capabilities": [["gpu"]]}]
         if self._pids_limit is not None:
             host["PidsLimit"] = self._pids_limit
+        if task_id is not None:
+            # The engine keeps what the worker writes to stdout (the protocol, the Outcome
+            # included) byte for byte in a "local" log (json-file's mangles what is not
+            # UTF-8): should the driver die, another collects the Outcome there.
+            host["LogConfig"] = {"Type": "local", "Config": {}}
         if self._read_only:
             host["ReadonlyRootfs"] = True
             host["Tmpfs"] = {"/tmp": "rw,exec,mode=1777"}
@@ -660,9 +789,14 @@ class DockerLauncher(PoolLauncher):
         except Exception as exc:
             if _docker_error_status(exc) == _NOT_FOUND:
                 raise LaunchError(f"the Docker engine has no image {self.image!r}") from exc
-            if isinstance(exc, TimeoutError):  # it may exist all the same: by name
+            if _maybe_done(exc):
+                # No answer (a timeout, a connection lost after the request was sent):
+                # the engine may have made it all the same, or make it later still.
+                # Its name finds it: removed now, and watched for a while.
                 with anyio.CancelScope(shield=True):
-                    await self._remove(self._docker.containers.container(name), name)
+                    if not await self._remove_made(name):
+                        self._unsure[name] = anyio.current_time() + _CALL_TIMEOUT
+                        self._background(lambda: self._watch(name))
             raise _engine_error(f"create a container from {self.image!r}", exc) from exc
         try:
             stream = _attach(self._docker, container)
@@ -685,28 +819,103 @@ class DockerLauncher(PoolLauncher):
             raise
         return _Container(self, container, stream, name)
 
+    async def _remove_made(self, name: str) -> bool:
+        """Remove the container named ``name``: True if the engine had made it."""
+        assert self._docker is not None
+        container = self._docker.containers.container(name)
+        try:
+            with anyio.fail_after(_CALL_TIMEOUT):
+                await container.delete(force=True, v=True)
+        except Exception as exc:
+            if _docker_error_status(exc) == _NOT_FOUND:
+                return False  # not made, or not yet
+            await self._remove(container, name)  # (retried, or left to the closing sweep)
+        return True
+
+    async def _watch(self, name: str) -> None:
+        """Remove the container named ``name`` should the engine make it after its
+        create call lost its answer, until the engine could still be making it."""
+        try:
+            while anyio.current_time() < self._unsure[name] and self._docker is not None:
+                await anyio.sleep(0.5)
+                try:
+                    with anyio.fail_after(_CALL_TIMEOUT):
+                        await self._docker.containers.container(name).show()
+                except Exception as exc:
+                    log.debug("watching for container %s: %s", name, exc)
+                    continue  # not made (yet), or the engine is away: look again
+                with anyio.CancelScope(shield=True):
+                    await self._remove(self._docker.containers.container(name), name)
+                return
+        finally:
+            del self._unsure[name]
+            if not self._unsure and self._unsure_done is not None:
+                self._unsure_done.set()
+
     async def _remove(self, container: DockerContainer, name: str) -> bool:
         """Kill and remove a container (a forced removal). False when that failed.
 
         What could not be removed is remembered for the sweep at close.
         """
-        for attempt in range(3):
+        failures = 0
+        conflicts = 0
+        while True:
             try:
                 with anyio.fail_after(_CALL_TIMEOUT):
                     await container.delete(force=True, v=True)
             except Exception as exc:
                 status = _docker_error_status(exc)
-                if status in (_NOT_FOUND, _CONFLICT):  # gone, or being removed already
+                if status == _NOT_FOUND:  # gone
                     break
                 log.debug("could not remove container %s: %s", name, exc)
-                if _unreachable(exc) or attempt == 2:
+                if status == _CONFLICT and conflicts < _CONFLICT_RETRIES:
+                    # Another removal is under way (ours, from elsewhere): it may fail,
+                    # so "gone" is only what the engine says once it is over.
+                    conflicts += 1
+                    await anyio.sleep(min(0.05 * 2**conflicts, 1.0))
+                    continue
+                failures += 1
+                if _unreachable(exc) or failures == 3 or status == _CONFLICT:
                     self._leftovers[container.id] = name
                     return False
-                await anyio.sleep(0.5 * (attempt + 1))
+                await anyio.sleep(0.5 * failures)
             else:
                 break
         self._leftovers.pop(container.id, None)
         return True
+
+
+async def _stdout_of(docker: aiodocker.Docker, name: str) -> bytes:
+    """What a container wrote to its stdout, from its log (the engine's multiplexed stream)."""
+    async with docker._query(
+        f"containers/{name}/logs", params={"stdout": "1", "stderr": "0"}
+    ) as response:
+        data = await response.read()
+    out = bytearray()
+    at = 0
+    while at + 8 <= len(data):  # frames: stream (1 byte), 3 zero bytes, size (4, big-endian)
+        size = int.from_bytes(data[at + 4 : at + 8], "big")
+        if data[at] == 1:
+            out += data[at + 8 : at + 8 + size]
+        at += 8 + size
+    return bytes(out)
+
+
+def _outcome_in(output: bytes, task_id: str) -> Outcome | None:
+    """The Outcome of ``task_id`` among a worker's frames (None: not there, or cut short)."""
+    try:
+        messages = take_frames(bytearray(output))
+    except Exception:  # a log cut by rotation: not frames from the start
+        return None
+    for message in messages:
+        if isinstance(message, Outcome) and message.task_id == task_id:
+            return message
+    return None
+
+
+def _lost(task_id: str, text: str, exit_code: int | None) -> Outcome:
+    error = ErrorInfo(type_name="WorkerLost", message=text, traceback="")
+    return Outcome(task_id=task_id, status="lost", error=error, exit_code=exit_code)
 
 
 async def prune_containers(
