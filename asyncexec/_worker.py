@@ -11,6 +11,12 @@
     for a task still queued drops it, with a ``cancelled`` Outcome (a thread
     reads messages while a task runs). Output can also be captured per task.
 
+    The driver closes the channel only when the worker is idle: the channel
+    ending while a task runs means the driver is gone (killed, or its
+    connection dropped), and so does a local or SSH worker's parent changing.
+    Either way, and whenever it exits, the worker kills every process its
+    tasks started (its descendants, and what is left in its process group).
+
 ``version``
     Prints the versions a driver must match.
 
@@ -514,6 +520,7 @@ def serve(fd: int | None = None) -> int:
             out = []
         messages = channel.take(wait=not queue)
         if messages is None:
+            _kill_tree()  # what earlier tasks left running goes with the worker
             return 0
         _handle(messages, queue, out)
         if out or not queue:
@@ -575,7 +582,10 @@ def _watch_while_running(
             try:
                 messages = channel.take(wait=False)
                 if messages is None:
-                    return  # input ended: the main loop sees it too
+                    # The driver closes the channel of idle workers only: it is gone,
+                    # and the running task (with all it started) goes with this worker.
+                    _kill_tree()
+                    os._exit(1)
                 out: list[bytes] = []
                 _handle(messages, queue, out)
                 if out:
@@ -615,14 +625,16 @@ def _setup(message: Setup) -> Ready:
 
 
 def _die_with_parent(period: float = 0.5, *, or_session: bool = False) -> None:
-    """Exit when the driver dies, even in the middle of a task, so none is left behind.
+    """Exit when the driver dies, even in the middle of a task, so none is left behind:
+    the worker's tasks and every process they started (:func:`_kill_tree`).
 
     The driver names itself in ``ASYNCEXEC_PARENT_PID`` (local pools). With
     ``or_session`` (a worker on stdin and stdout), the parent it has now stands
     for the driver: over SSH that is sshd's session process, which ends when
     the connection drops. (Linux's PR_SET_PDEATHSIG would be cheaper but
     follows the *thread* that spawned us, and trio spawns from worker threads
-    that come and go.)
+    that come and go.) A worker in a container has an init for parent: there
+    the end of its input says the driver is gone (see ``serve``).
     """
     parent = os.environ.get("ASYNCEXEC_PARENT_PID")
     if parent is not None:
@@ -635,9 +647,65 @@ def _die_with_parent(period: float = 0.5, *, or_session: bool = False) -> None:
     def watch() -> None:
         while os.getppid() == expected:
             time.sleep(period)
+        _kill_tree()
         os._exit(1)
 
     threading.Thread(target=watch, name="asyncexec-parent-watch", daemon=True).start()
+
+
+def _kill_tree() -> None:
+    """SIGKILL every process the worker's tasks started: its descendants, and the
+    orphans still in its process group (the worker leads one: a session of its own
+    locally and over SSH, its own group under a container's init).
+
+    A process that left both (a new session of its own whose parent exited) is
+    out of reach. Without ``/proc``, the worker's whole group is killed, the
+    worker with it.
+    """
+    import signal  # only here: the module's enums would slow every worker's start
+
+    me = os.getpid()
+    for _ in range(2):  # again: what forked while the first pass killed
+        try:
+            targets = _tree(me)
+        except OSError:
+            if os.getpgrp() == me:
+                os.killpg(me, signal.SIGKILL)
+            return
+        if not targets:
+            return
+        for pid in targets:
+            with contextlib.suppress(OSError):  # exited meanwhile
+                os.kill(pid, signal.SIGKILL)
+
+
+def _tree(root: int) -> set[int]:
+    """The processes descending from ``root``, and those in its process group (if it
+    leads one), ``root`` excepted, from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    group: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                line = stat.read()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = line[line.rfind(b")") + 2 :].split()
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        if int(fields[2]) == root:
+            group.add(pid)
+    found = group
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.add(child)
+            stack.append(child)
+    found.discard(root)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

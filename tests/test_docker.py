@@ -210,6 +210,28 @@ def cpus_seen(seconds: float = 0.0) -> dict[str, Any]:
     return {"affinity": sorted(os.sched_getaffinity(0)), **cgroup_limits()}
 
 
+def kill_own_process(then_sleep: float) -> int:
+    """SIGKILL the worker running this task; what follows runs only if that did nothing
+    (as for a PID 1 without a handler)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(then_sleep)
+    return os.getpid()
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def count_start_and_die_at(path: str, doomed: int) -> None:
+    """An initializer: counts the workers started (in ``path``); the ``doomed``-th
+    is killed, before its handshake ends."""
+    with open(path, "a") as starts:
+        starts.write("x")
+    with open(path) as starts:
+        if len(starts.read()) == doomed:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 # Functions of this module travel by value: the image cannot import the tests.
 import cloudpickle  # noqa: E402
 
@@ -549,6 +571,47 @@ async def test_closing_while_a_dead_warm_container_is_replaced(image: str) -> No
         assert containers_of(ex.executor_id) == []
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_worker_is_not_pid_1_a_task_killing_it_is_worker_lost(
+    image: str, mode: Mode
+) -> None:
+    """The worker runs under an init: PID 1 would ignore the SIGKILL a task sends it
+    (no handler) and the task would go on. It is lost, and a warm pool replaces it."""
+    async with DockerExecutor(image, n_workers=1, mode=mode) as ex:
+        assert await ex.run(worker_pid) != 1
+        before = await ex.run(hostname)
+        with anyio.fail_after(60), pytest.raises(WorkerLost, match="SIGKILL"):
+            await ex.run(kill_own_process, 30)
+        assert await ex.run(hostname) != before  # another container
+    assert containers_of(ex.executor_id) == []
+
+
+async def test_a_task_whose_warm_container_dies_while_starting_runs_on_the_next(
+    image: str, shared_dir: str
+) -> None:
+    """Issue 17, item 5, on warm containers: the container started for a waiting task
+    dies before its handshake ends; the task never reached it, and runs on the next."""
+    import functools
+
+    starts = os.path.join(shared_dir, f"starts-{os.getpid()}-{time.monotonic_ns()}")
+    initializer = functools.partial(count_start_and_die_at, starts, 2)
+    async with DockerExecutor(
+        image,
+        n_workers=1,
+        mode="warm",
+        initializer=initializer,
+        volumes={shared_dir: shared_dir},
+    ) as ex:
+        crash = await ex.submit(exit_hard, 3)
+        waiting = await ex.submit(hostname)  # waits for the one container
+        with pytest.raises(WorkerLost):
+            await crash
+        assert await waiting.get(timeout=120)
+        assert waiting.info.attempts == 1
+        assert Path(starts).read_text() == "xxx"
+    assert containers_of(ex.executor_id) == []
+
+
 async def test_cancelling_while_containers_are_created(image: str, shared_dir: str) -> None:
     beat = os.path.join(shared_dir, "create.beat")
     async with DockerExecutor(image, n_workers=4, volumes={shared_dir: shared_dir}) as ex:
@@ -654,11 +717,16 @@ def test_prune_removes_what_a_killed_driver_left(image: str, tmp_path: Path) -> 
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    # Nobody removed them. The idle one saw its input end and exited; the busy ones run on.
-    deadline = time.monotonic() + 30
-    while len(containers_of(executor_id, running=True)) != 2:
-        assert time.monotonic() < deadline, "the idle container did not exit with its driver"
+    # Nobody removed them, but none runs on: each worker saw its input end and exited,
+    # the busy ones killing their task (issue 17, item 6), and each container with it.
+    deadline = time.monotonic() + 60
+    while containers_of(executor_id, running=True):
+        running = containers_of(executor_id, running=True)
+        assert time.monotonic() < deadline, f"containers outlived their driver: {running}"
         time.sleep(0.1)
+    stopped = beat.read_text()
+    time.sleep(1)
+    assert beat.read_text() == stopped, "a task still runs"
     assert len(containers_of(executor_id)) == 3
     done = _cli("docker", "prune", "--executor", executor_id)
     assert done.returncode == 0, done.stderr
