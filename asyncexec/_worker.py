@@ -513,7 +513,8 @@ def serve(fd: int | None = None) -> int:
     # Held here but while a task runs: then the watcher may use the channel.
     between_tasks = threading.Lock()
     between_tasks.acquire()
-    failed = _watch_while_running(channel, queue, between_tasks)
+    limited = [False]  # a task with a memory limit runs: the watcher reads nothing then
+    failed = _watch_while_running(channel, queue, between_tasks, limited)
     while True:
         if out:  # before the next task starts, which may take long
             channel.send(out)
@@ -531,7 +532,9 @@ def serve(fd: int | None = None) -> int:
             outcome = execute(spec)
             between_tasks.acquire()
         else:  # the task's limit binds the whole process: the watcher would allocate
+            limited[0] = True
             outcome = execute(spec)
+            limited[0] = False
         out.append(encode_frame(outcome))
         del spec, outcome
         if failed:  # the watcher could not read: this task's outcome goes first
@@ -562,22 +565,32 @@ _WATCH_PERIOD = 0.05
 
 
 def _watch_while_running(
-    channel: _Channel, queue: deque[TaskSpec], lock: threading.Lock
+    channel: _Channel, queue: deque[TaskSpec], lock: threading.Lock, limited: list[bool]
 ) -> list[BaseException]:
     """Read the channel while a task runs, so a Cancel for a task queued behind it is
     answered at once, not once the running one ends (which may take hours).
 
     The lock is free only while a task runs: the watcher then reads and answers in
     the main loop's stead, and holds the lock meanwhile. It never blocks on input.
-    Returns where it puts what it raised, if it does: the main loop raises it once
-    the running task's outcome is sent (that task is not lost).
+    While a task with a memory limit runs (``limited``), the main loop keeps the
+    lock and the watcher only asks whether the driver hung up (the channel's peer
+    is gone), reading nothing. Returns where it puts what it raised, if it does:
+    the main loop raises it once the running task's outcome is sent (that task is
+    not lost).
     """
     failed: list[BaseException] = []
+    # Its own poll object (the main loop's may be in use); with no event asked for,
+    # poll still reports POLLHUP: a pipe without writers, a socket whose peer closed.
+    hangups = select.poll()
+    hangups.register(channel.read_fd, 0)
 
     def watch() -> None:
         while True:
             time.sleep(_WATCH_PERIOD)
             if not lock.acquire(blocking=False):
+                if limited[0] and _hung_up(hangups):
+                    _kill_tree()  # the driver is gone (see serve)
+                    os._exit(1)
                 continue  # between tasks: the main loop reads
             try:
                 messages = channel.take(wait=False)
@@ -598,6 +611,14 @@ def _watch_while_running(
 
     threading.Thread(target=watch, name="asyncexec-watch", daemon=True).start()
     return failed
+
+
+def _hung_up(poller: select.poll) -> bool:
+    """Whether the channel's peer is gone (never reading from it)."""
+    try:
+        return any(events & select.POLLHUP for _, events in poller.poll(0))
+    except MemoryError:  # at the task's memory limit: ask again later
+        return False
 
 
 def _drop(queue: deque[TaskSpec], task_id: str) -> list[bytes]:

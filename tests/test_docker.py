@@ -693,6 +693,7 @@ def test_prune_removes_what_a_killed_driver_left(image: str, tmp_path: Path) -> 
         textwrap.dedent(
             f"""
             import asyncio
+            from asyncexec import Resources
             from asyncexec.launchers.docker import DockerExecutor
             from asyncexec.testing import heartbeat
 
@@ -701,7 +702,12 @@ def test_prune_removes_what_a_killed_driver_left(image: str, tmp_path: Path) -> 
                     {image!r}, 3, mode="warm", executor_id="killed-driver-{os.getpid()}",
                     volumes={{{str(tmp_path)!r}: {str(tmp_path)!r}}},
                 ) as ex:
-                    await ex.wait([await ex.submit(heartbeat, {str(beat)!r}) for _ in range(2)])
+                    # One of them memory-limited: its worker reads nothing while it runs.
+                    limited = ex.with_options(resources=Resources(memory_mb=512))
+                    await ex.wait([
+                        await ex.submit(heartbeat, {str(beat)!r}),
+                        await limited.submit(heartbeat, {str(beat)!r}),
+                    ])
 
             asyncio.run(main())
             """
@@ -717,17 +723,23 @@ def test_prune_removes_what_a_killed_driver_left(image: str, tmp_path: Path) -> 
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    # Nobody removed them, but none runs on: each worker saw its input end and exited,
-    # the busy ones killing their task (issue 17, item 6), and each container with it.
-    deadline = time.monotonic() + 60
-    while containers_of(executor_id, running=True):
-        running = containers_of(executor_id, running=True)
-        assert time.monotonic() < deadline, f"containers outlived their driver: {running}"
-        time.sleep(0.1)
-    stopped = beat.read_text()
-    time.sleep(1)
-    assert beat.read_text() == stopped, "a task still runs"
-    assert len(containers_of(executor_id)) == 3
+    try:
+        # Nobody removed them, but none runs on: each worker saw its input end and
+        # exited, the busy ones killing their task (issue 17, item 6), the memory-limited
+        # one too, and each container with it.
+        deadline = time.monotonic() + 60
+        while containers_of(executor_id, running=True):
+            running = containers_of(executor_id, running=True)
+            assert time.monotonic() < deadline, f"containers outlived their driver: {running}"
+            time.sleep(0.1)
+        stopped = beat.read_text()
+        time.sleep(1)
+        assert beat.read_text() == stopped, "a task still runs"
+        assert len(containers_of(executor_id)) == 3
+    except BaseException:
+        if containers_of(executor_id):  # never leave them to the next run
+            subprocess.run(["docker", "rm", "-f", *containers_of(executor_id)], check=False)
+        raise
     done = _cli("docker", "prune", "--executor", executor_id)
     assert done.returncode == 0, done.stderr
     assert "removed 3 container(s)" in done.stdout, done.stdout
