@@ -851,8 +851,8 @@ async def test_a_failed_replacement_is_one_line_with_the_traceback_at_debug(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="asyncexec")
     async with DockerExecutor(image, n_workers=1, mode="warm") as ex:
-        # From now on the engine refuses to start a container (no such interpreter):
-        # replacing the one that dies fails for real.
+        # From now on a container's worker cannot start (no such interpreter: its init
+        # exits with 127): replacing the one that dies fails for real.
         ex._docker_launcher._python = "python-nowhere"
         with pytest.raises(WorkerLost):
             await ex.run(exit_hard, 3)
@@ -870,8 +870,9 @@ async def test_a_failed_replacement_is_one_line_with_the_traceback_at_debug(
 
 
 async def test_a_container_that_cannot_start_is_removed_at_once(image: str) -> None:
-    # The engine creates the container and refuses to start it (no such interpreter);
-    # cancelled or not, its removal must not wait for the executor's closing sweep.
+    # The engine creates the container, whose init finds no such interpreter (exit 127;
+    # without an init the engine itself refused to start it); cancelled or not, its
+    # removal must not wait for the executor's closing sweep.
     async with DockerExecutor(image, n_workers=1, python="python-nowhere") as ex:
         for delay in (None, 0.0, 0.01, 0.03, 0.08, 0.15):
             with anyio.move_on_after(1e9 if delay is None else delay):
