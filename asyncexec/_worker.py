@@ -500,6 +500,10 @@ def _stdio_channel() -> _Channel:
 def serve(fd: int | None = None) -> int:
     """Run the TaskSpecs received, in order, until the driver closes the channel.
 
+    Meant to be the whole of a process (``python -m asyncexec.worker serve``): when
+    it ends, or the driver goes, every process descending from this one (and the
+    rest of its process group, if it leads one) is killed (:func:`_kill_tree`).
+
     Args:
         fd: a connected socket to speak on; None: stdin and stdout (for SSH
             channels and attached containers), with the task's stdout sent to stderr.
