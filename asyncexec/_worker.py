@@ -11,6 +11,12 @@
     for a task still queued drops it, with a ``cancelled`` Outcome (a thread
     reads messages while a task runs). Output can also be captured per task.
 
+    The driver closes the channel only when the worker is idle: the channel
+    ending while a task runs means the driver is gone (killed, or its
+    connection dropped), and so does a local or SSH worker's parent changing.
+    Either way, and whenever it exits, the worker kills every process its
+    tasks started (its descendants, and what is left in its process group).
+
 ``version``
     Prints the versions a driver must match.
 
@@ -494,6 +500,10 @@ def _stdio_channel() -> _Channel:
 def serve(fd: int | None = None) -> int:
     """Run the TaskSpecs received, in order, until the driver closes the channel.
 
+    Meant to be the whole of a process (``python -m asyncexec.worker serve``): when
+    it ends, or the driver goes, every process descending from this one (and the
+    rest of its process group, if it leads one) is killed (:func:`_kill_tree`).
+
     Args:
         fd: a connected socket to speak on; None: stdin and stdout (for SSH
             channels and attached containers), with the task's stdout sent to stderr.
@@ -507,13 +517,15 @@ def serve(fd: int | None = None) -> int:
     # Held here but while a task runs: then the watcher may use the channel.
     between_tasks = threading.Lock()
     between_tasks.acquire()
-    failed = _watch_while_running(channel, queue, between_tasks)
+    limited = [False]  # a task with a memory limit runs: the watcher reads nothing then
+    failed = _watch_while_running(channel, queue, between_tasks, limited)
     while True:
         if out:  # before the next task starts, which may take long
             channel.send(out)
             out = []
         messages = channel.take(wait=not queue)
         if messages is None:
+            _kill_tree()  # what earlier tasks left running goes with the worker
             return 0
         _handle(messages, queue, out)
         if out or not queue:
@@ -524,7 +536,9 @@ def serve(fd: int | None = None) -> int:
             outcome = execute(spec)
             between_tasks.acquire()
         else:  # the task's limit binds the whole process: the watcher would allocate
+            limited[0] = True
             outcome = execute(spec)
+            limited[0] = False
         out.append(encode_frame(outcome))
         del spec, outcome
         if failed:  # the watcher could not read: this task's outcome goes first
@@ -555,27 +569,40 @@ _WATCH_PERIOD = 0.05
 
 
 def _watch_while_running(
-    channel: _Channel, queue: deque[TaskSpec], lock: threading.Lock
+    channel: _Channel, queue: deque[TaskSpec], lock: threading.Lock, limited: list[bool]
 ) -> list[BaseException]:
     """Read the channel while a task runs, so a Cancel for a task queued behind it is
     answered at once, not once the running one ends (which may take hours).
 
     The lock is free only while a task runs: the watcher then reads and answers in
     the main loop's stead, and holds the lock meanwhile. It never blocks on input.
-    Returns where it puts what it raised, if it does: the main loop raises it once
-    the running task's outcome is sent (that task is not lost).
+    While a task with a memory limit runs (``limited``), the main loop keeps the
+    lock and the watcher only asks whether the driver hung up (the channel's peer
+    is gone), reading nothing. Returns where it puts what it raised, if it does:
+    the main loop raises it once the running task's outcome is sent (that task is
+    not lost).
     """
     failed: list[BaseException] = []
+    # Its own poll object (the main loop's may be in use); with no event asked for,
+    # poll still reports POLLHUP: a pipe without writers, a socket whose peer closed.
+    hangups = select.poll()
+    hangups.register(channel.read_fd, 0)
 
     def watch() -> None:
         while True:
             time.sleep(_WATCH_PERIOD)
             if not lock.acquire(blocking=False):
+                if limited[0] and _hung_up(hangups):
+                    _kill_tree()  # the driver is gone (see serve)
+                    os._exit(1)
                 continue  # between tasks: the main loop reads
             try:
                 messages = channel.take(wait=False)
                 if messages is None:
-                    return  # input ended: the main loop sees it too
+                    # The driver closes the channel of idle workers only: it is gone,
+                    # and the running task (with all it started) goes with this worker.
+                    _kill_tree()
+                    os._exit(1)
                 out: list[bytes] = []
                 _handle(messages, queue, out)
                 if out:
@@ -588,6 +615,14 @@ def _watch_while_running(
 
     threading.Thread(target=watch, name="asyncexec-watch", daemon=True).start()
     return failed
+
+
+def _hung_up(poller: select.poll) -> bool:
+    """Whether the channel's peer is gone (never reading from it)."""
+    try:
+        return any(events & select.POLLHUP for _, events in poller.poll(0))
+    except MemoryError:  # at the task's memory limit: ask again later
+        return False
 
 
 def _drop(queue: deque[TaskSpec], task_id: str) -> list[bytes]:
@@ -615,14 +650,16 @@ def _setup(message: Setup) -> Ready:
 
 
 def _die_with_parent(period: float = 0.5, *, or_session: bool = False) -> None:
-    """Exit when the driver dies, even in the middle of a task, so none is left behind.
+    """Exit when the driver dies, even in the middle of a task, so none is left behind:
+    the worker's tasks and every process they started (:func:`_kill_tree`).
 
     The driver names itself in ``ASYNCEXEC_PARENT_PID`` (local pools). With
     ``or_session`` (a worker on stdin and stdout), the parent it has now stands
     for the driver: over SSH that is sshd's session process, which ends when
     the connection drops. (Linux's PR_SET_PDEATHSIG would be cheaper but
     follows the *thread* that spawned us, and trio spawns from worker threads
-    that come and go.)
+    that come and go.) A worker in a container has an init for parent: there
+    the end of its input says the driver is gone (see ``serve``).
     """
     parent = os.environ.get("ASYNCEXEC_PARENT_PID")
     if parent is not None:
@@ -635,9 +672,65 @@ def _die_with_parent(period: float = 0.5, *, or_session: bool = False) -> None:
     def watch() -> None:
         while os.getppid() == expected:
             time.sleep(period)
+        _kill_tree()
         os._exit(1)
 
     threading.Thread(target=watch, name="asyncexec-parent-watch", daemon=True).start()
+
+
+def _kill_tree() -> None:
+    """SIGKILL every process the worker's tasks started: its descendants, and the
+    orphans still in its process group (the worker leads one: a session of its own
+    locally and over SSH, its own group under a container's init).
+
+    A process that left both (a new session of its own whose parent exited) is
+    out of reach. Without ``/proc``, the worker's whole group is killed, the
+    worker with it.
+    """
+    import signal  # only here: the module's enums would slow every worker's start
+
+    me = os.getpid()
+    for _ in range(2):  # again: what forked while the first pass killed
+        try:
+            targets = _tree(me)
+        except OSError:
+            if os.getpgrp() == me:
+                os.killpg(me, signal.SIGKILL)
+            return
+        if not targets:
+            return
+        for pid in targets:
+            with contextlib.suppress(OSError):  # exited meanwhile
+                os.kill(pid, signal.SIGKILL)
+
+
+def _tree(root: int) -> set[int]:
+    """The processes descending from ``root``, and those in its process group (if it
+    leads one), ``root`` excepted, from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    group: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                line = stat.read()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = line[line.rfind(b")") + 2 :].split()
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        if int(fields[2]) == root:
+            group.add(pid)
+    found = group
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.add(child)
+            stack.append(child)
+    found.discard(root)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,10 @@
 # 2. For each PYTHON: build or refresh asyncexec-test:pyX.Y with scripts/docker_image.py
 #    (no registry needed; a no-op when up to date).
 # 3. Smoke test each image: the worker's version line in a container must equal the one
-#    `PYTHONPATH=<repo> PYTHON -m asyncexec.worker version` prints, and a non-root user on a
-#    read-only root must be able to import asyncexec and its dependencies.
+#    `PYTHONPATH=<repo> PYTHON -m asyncexec.worker version` prints, a non-root user on a
+#    read-only root must be able to import asyncexec and its dependencies, and the engine
+#    must run a container under its init (`--init`: docker-init, which Debian's docker.io
+#    takes from the tini package it depends on), as asyncexec runs every worker.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -120,6 +122,10 @@ for index in "${!tags[@]}"; do
     docker run --rm --network none --user 65534:65534 --read-only "$tag" \
         python3 -c 'import asyncexec, cloudpickle, msgspec' \
         || die "$tag: user 65534 on a read-only root cannot import asyncexec"
+    init_pid=$(docker run --rm --init --network none "$tag" python3 -c 'import os; print(os.getpid())') \
+        || die "$tag: the engine cannot run a container under its init (--init, docker-init;" \
+            "on Debian: apt-get install tini); asyncexec's workers need it"
+    [ "$init_pid" != 1 ] || die "$tag: under --init the worker is still PID 1"
     say "$tag OK: $got ($(since "$t"))"
 done
 say "done in $(since "$STARTED")"

@@ -212,6 +212,28 @@ def cpus_seen(seconds: float = 0.0) -> dict[str, Any]:
     return {"affinity": sorted(os.sched_getaffinity(0)), **cgroup_limits()}
 
 
+def kill_own_process(then_sleep: float) -> int:
+    """SIGKILL the worker running this task; what follows runs only if that did nothing
+    (as for a PID 1 without a handler)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(then_sleep)
+    return os.getpid()
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def count_start_and_die_at(path: str, doomed: int) -> None:
+    """An initializer: counts the workers started (in ``path``); the ``doomed``-th
+    is killed, before its handshake ends."""
+    with open(path, "a") as starts:
+        starts.write("x")
+    with open(path) as starts:
+        if len(starts.read()) == doomed:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 # Functions of this module travel by value: the image cannot import the tests.
 import cloudpickle  # noqa: E402
 
@@ -551,6 +573,47 @@ async def test_closing_while_a_dead_warm_container_is_replaced(image: str) -> No
         assert containers_of(ex.executor_id) == []
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_worker_is_not_pid_1_a_task_killing_it_is_worker_lost(
+    image: str, mode: Mode
+) -> None:
+    """The worker runs under an init: PID 1 would ignore the SIGKILL a task sends it
+    (no handler) and the task would go on. It is lost, and a warm pool replaces it."""
+    async with DockerExecutor(image, n_workers=1, mode=mode) as ex:
+        assert await ex.run(worker_pid) != 1
+        before = await ex.run(hostname)
+        with anyio.fail_after(60), pytest.raises(WorkerLost, match="SIGKILL"):
+            await ex.run(kill_own_process, 30)
+        assert await ex.run(hostname) != before  # another container
+    assert containers_of(ex.executor_id) == []
+
+
+async def test_a_task_whose_warm_container_dies_while_starting_runs_on_the_next(
+    image: str, shared_dir: str
+) -> None:
+    """Issue 17, item 5, on warm containers: the container started for a waiting task
+    dies before its handshake ends; the task never reached it, and runs on the next."""
+    import functools
+
+    starts = os.path.join(shared_dir, f"starts-{os.getpid()}-{time.monotonic_ns()}")
+    initializer = functools.partial(count_start_and_die_at, starts, 2)
+    async with DockerExecutor(
+        image,
+        n_workers=1,
+        mode="warm",
+        initializer=initializer,
+        volumes={shared_dir: shared_dir},
+    ) as ex:
+        crash = await ex.submit(exit_hard, 3)
+        waiting = await ex.submit(hostname)  # waits for the one container
+        with pytest.raises(WorkerLost):
+            await crash
+        assert await waiting.get(timeout=120)
+        assert waiting.info.attempts == 1
+        assert Path(starts).read_text() == "xxx"
+    assert containers_of(ex.executor_id) == []
+
+
 async def test_cancelling_while_containers_are_created(image: str, shared_dir: str) -> None:
     beat = os.path.join(shared_dir, "create.beat")
     async with DockerExecutor(image, n_workers=4, volumes={shared_dir: shared_dir}) as ex:
@@ -632,6 +695,7 @@ def test_prune_removes_what_a_killed_driver_left(image: str, tmp_path: Path) -> 
         textwrap.dedent(
             f"""
             import asyncio
+            from asyncexec import Resources
             from asyncexec.launchers.docker import DockerExecutor
             from asyncexec.testing import heartbeat
 
@@ -640,7 +704,12 @@ def test_prune_removes_what_a_killed_driver_left(image: str, tmp_path: Path) -> 
                     {image!r}, 3, mode="warm", executor_id="killed-driver-{os.getpid()}",
                     volumes={{{str(tmp_path)!r}: {str(tmp_path)!r}}},
                 ) as ex:
-                    await ex.wait([await ex.submit(heartbeat, {str(beat)!r}) for _ in range(2)])
+                    # One of them memory-limited: its worker reads nothing while it runs.
+                    limited = ex.with_options(resources=Resources(memory_mb=512))
+                    await ex.wait([
+                        await ex.submit(heartbeat, {str(beat)!r}),
+                        await limited.submit(heartbeat, {str(beat)!r}),
+                    ])
 
             asyncio.run(main())
             """
@@ -656,12 +725,23 @@ def test_prune_removes_what_a_killed_driver_left(image: str, tmp_path: Path) -> 
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    # Nobody removed them. The idle one saw its input end and exited; the busy ones run on.
-    deadline = time.monotonic() + 30
-    while len(containers_of(executor_id, running=True)) != 2:
-        assert time.monotonic() < deadline, "the idle container did not exit with its driver"
-        time.sleep(0.1)
-    assert len(containers_of(executor_id)) == 3
+    try:
+        # Nobody removed them, but none runs on: each worker saw its input end and
+        # exited, the busy ones killing their task (issue 17, item 6), the memory-limited
+        # one too, and each container with it.
+        deadline = time.monotonic() + 60
+        while containers_of(executor_id, running=True):
+            running = containers_of(executor_id, running=True)
+            assert time.monotonic() < deadline, f"containers outlived their driver: {running}"
+            time.sleep(0.1)
+        stopped = beat.read_text()
+        time.sleep(1)
+        assert beat.read_text() == stopped, "a task still runs"
+        assert len(containers_of(executor_id)) == 3
+    except BaseException:
+        if containers_of(executor_id):  # never leave them to the next run
+            subprocess.run(["docker", "rm", "-f", *containers_of(executor_id)], check=False)
+        raise
     done = _cli("docker", "prune", "--executor", executor_id)
     assert done.returncode == 0, done.stderr
     assert "removed 3 container(s)" in done.stdout, done.stdout
@@ -773,8 +853,8 @@ async def test_a_failed_replacement_is_one_line_with_the_traceback_at_debug(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="asyncexec")
     async with DockerExecutor(image, n_workers=1, mode="warm") as ex:
-        # From now on the engine refuses to start a container (no such interpreter):
-        # replacing the one that dies fails for real.
+        # From now on a container's worker cannot start (no such interpreter: its init
+        # exits with 127): replacing the one that dies fails for real.
         ex._docker_launcher._python = "python-nowhere"
         with pytest.raises(WorkerLost):
             await ex.run(exit_hard, 3)
@@ -792,8 +872,9 @@ async def test_a_failed_replacement_is_one_line_with_the_traceback_at_debug(
 
 
 async def test_a_container_that_cannot_start_is_removed_at_once(image: str) -> None:
-    # The engine creates the container and refuses to start it (no such interpreter);
-    # cancelled or not, its removal must not wait for the executor's closing sweep.
+    # The engine creates the container, whose init finds no such interpreter (exit 127;
+    # without an init the engine itself refused to start it); cancelled or not, its
+    # removal must not wait for the executor's closing sweep.
     async with DockerExecutor(image, n_workers=1, python="python-nowhere") as ex:
         for delay in (None, 0.0, 0.01, 0.03, 0.08, 0.15):
             with anyio.move_on_after(1e9 if delay is None else delay):

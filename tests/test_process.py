@@ -1095,3 +1095,140 @@ def test_modules_registered_by_value_are_pickled_by_cloudpickle(
         cloudpickle.unregister_pickle_by_value(module)
     assert b"cloudpickle" in by_value  # the remembered pickle was not used
     assert _codec.dumps_call(module.shout, ("a",), {})[0] == by_reference
+
+
+# -- a task whose new worker dies while starting never ran (issue 17, item 5) -----------
+
+
+def count_start_and_die_at(path: str, doomed: tuple[int, ...]) -> None:
+    """An initializer: counts the workers started (in ``path``); those whose number is in
+    ``doomed`` kill themselves, before their handshake ends."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+    if os.path.getsize(path) in doomed:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "lazy"])
+async def test_a_task_whose_new_worker_dies_while_starting_runs_on_the_next(
+    tmp_path: Path, eager: bool
+) -> None:
+    """The first worker dies running a task; the one started next for the task that
+    waited dies while starting (killed before its handshake ended: no task reached
+    it). That task is not failed and spends no retry: it runs on the worker after."""
+    import functools
+
+    starts = tmp_path / "starts"
+    initializer = functools.partial(count_start_and_die_at, str(starts), (2,))
+    async with ProcessExecutor(1, eager=eager, initializer=initializer) as ex:
+        crash = await ex.submit(hard_exit, 3)
+        waiting = await ex.submit(pid)  # waits for the one worker
+        with pytest.raises(WorkerLost):
+            await crash
+        assert await waiting.get(timeout=60) != crash.info.pid
+        assert waiting.info.attempts == 1  # no retry spent (retries=0: none to spend)
+        assert starts.read_text() == "xxx"
+
+
+async def test_workers_that_always_die_while_starting_fail_the_task_clearly(
+    tmp_path: Path,
+) -> None:
+    """No endless requeue: a few workers in a row die while starting, then the task
+    fails with a LaunchError saying why."""
+    import functools
+
+    starts = tmp_path / "starts"
+    initializer = functools.partial(count_start_and_die_at, str(starts), tuple(range(1, 100)))
+    async with ProcessExecutor(1, eager=False, initializer=initializer) as ex:
+        with anyio.fail_after(120):
+            with pytest.raises(LaunchError, match=r"died while starting.*3 workers in a row"):
+                await ex.run(pid)
+    assert starts.read_text() == "xxx"
+
+
+# -- a killed driver takes every process its tasks started (issue 17, item 6) -----------
+
+TREE_DRIVER = """
+import os, subprocess, sys, time, anyio
+from asyncexec import ProcessExecutor
+
+def start_child(marker, path, then_sleep):
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", marker]
+    )
+    with open(path, "a") as out:
+        out.write(f"{child.pid}\\n")
+    if then_sleep:  # the worker stays busy; else it is idle, its task's child running
+        time.sleep(600)
+    return child.pid
+
+async def main():
+    marker, path = sys.argv[1], sys.argv[2]
+    async with ProcessExecutor(2) as ex:
+        idle = await ex.run(start_child, marker, path, False)
+        print(idle, flush=True)
+        busy = await ex.submit(start_child, marker, path, True)
+        await busy
+
+anyio.run(main, backend=sys.argv[3])
+"""
+
+
+def marked(marker: str) -> list[Any]:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline[-1:] == [marker] and (  # (not the driver: its argv ends otherwise)
+            process.info["status"] != psutil.STATUS_ZOMBIE
+        ):
+            found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_killed_driver_takes_the_processes_its_tasks_started(
+    tmp_path: Path, backend: str
+) -> None:
+    import subprocess
+    import uuid
+
+    marker = f"asyncexec-tree-{uuid.uuid4().hex}"
+    pids = tmp_path / "pids"
+    driver = subprocess.Popen([sys.executable, "-c", TREE_DRIVER, marker, str(pids), backend])
+    try:
+        try:
+            deadline = time.monotonic() + 60
+            while not (pids.exists() and len(pids.read_text().split()) == 2):
+                assert time.monotonic() < deadline, "the driver never started its tasks"
+                assert driver.poll() is None, "the driver ended early"
+                time.sleep(0.05)
+            assert len(marked(marker)) == 2
+        finally:
+            driver.kill()  # SIGKILL: no cleanup code of the driver's runs
+            driver.wait()
+        deadline = time.monotonic() + 30  # generous: the workers poll every 0.5 s
+        while marked(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [(process.pid, process.ppid()) for process in marked(marker)]
+        assert not left, f"processes started by tasks outlived their driver: {left}"
+    finally:
+        for process in marked(marker):
+            with contextlib.suppress(Exception):
+                process.kill()
+
+
+def exit_while_starting() -> None:
+    os._exit(3)
+
+
+async def test_a_worker_that_exits_while_starting_fails_the_task_at_once() -> None:
+    """Exiting by itself with a status is no accident (a broken environment): the next
+    worker would do the same, so none is started for the task."""
+    async with ProcessExecutor(1, eager=False, initializer=exit_while_starting) as ex:
+        with pytest.raises(LaunchError, match=r"died while starting.*status 3$"):
+            await ex.run(pid)

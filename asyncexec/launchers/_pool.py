@@ -12,6 +12,10 @@ another worker. A task still queued is cancelled with a :class:`Cancel`
 message; the running one by killing its worker. Subclasses only start, kill
 and reap workers.
 
+A task is handed to a worker only once its handshake is over: a new worker
+killed before that had no task, and the task it was started for waits for the
+next one, still on its first attempt (up to ``STARTS_PER_TASK`` workers).
+
 A task with ``Resources(cpus=...)`` goes to an idle worker only (it starts when
 handed over), with the CPUs to pin it to (``TaskSpec.affinity``): of those the
 worker may use (its :class:`Hello` says), the ones least taken by the pinned
@@ -188,6 +192,10 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+class _DiedStarting(LaunchError):
+    """A worker was killed before its handshake ended: it had been sent no task."""
 
 
 class PoolJob(LocalJob):
@@ -385,6 +393,10 @@ class PoolLauncher(LocalLauncher[PoolJob]):
 
     #: Seconds of work to keep queued at a busy worker (see ``prefetch``).
     QUEUED_WORK = 0.01
+    #: Workers started, at most, for a task whose new workers are killed while
+    #: starting (before their handshake ends, so before they were sent any task):
+    #: then the task fails with :class:`LaunchError`, having never run.
+    STARTS_PER_TASK = 3
 
     #: Whether the workers take file descriptors over ``raw_socket`` (a local
     #: socket pair on Linux): then arguments of FD_PAYLOAD bytes or more travel
@@ -670,13 +682,28 @@ class PoolLauncher(LocalLauncher[PoolJob]):
     # -- workers --------------------------------------------------------------------
 
     async def _checkout(self, exclusive: bool) -> PoolWorker:
-        """An idle worker; else (unless ``exclusive``) the least loaded with room."""
+        """An idle worker; else (unless ``exclusive``) the least loaded with room.
+
+        A worker started for the caller that is killed before its handshake ends
+        was never handed a task: another is started in its place, up to
+        :attr:`STARTS_PER_TASK` in all, and the last one's death is raised.
+        """
+        died = 0
         while True:
             if self._closed:
                 raise LaunchError(f"the {self.kind} pool is closed")
             best, spawn = self._pick(exclusive)
             if spawn:
-                return await self._spawn()  # a new worker rather than a queue
+                try:
+                    return await self._spawn()  # a new worker rather than a queue
+                except _DiedStarting as exc:
+                    died += 1
+                    if died >= self.STARTS_PER_TASK:
+                        raise LaunchError(
+                            f"{exc} ({died} workers in a row died while starting)"
+                        ) from None
+                    log.info("%s; starting another", exc)
+                    continue
             if best is not None:
                 return best
             if self._capacity is None or self._capacity.is_set():
@@ -738,8 +765,14 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             self._workers[worker] = None
             self._tg.start_soon(self._read_loop, worker)
             self._tg.start_soon(self._write_loop, worker)
-        finally:
+        except BaseException:
             self._spawning -= 1
+            # Tasks that waited for this worker (a replacement) start one of their own.
+            self._wake()
+            raise
+        else:
+            self._spawning -= 1
+        finally:
             if not self._spawning and self._spawns_done is not None:
                 self._spawns_done.set()
         return worker
@@ -767,9 +800,14 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                 exit_code = reaped if exit_code is None else exit_code
                 await worker.aclose()
             if isinstance(exc, (anyio.EndOfStream, anyio.BrokenResourceError)):
-                text, _ = worker.describe_exit(exit_code)
+                text, state = worker.describe_exit(exit_code)
+                # Killed (a signal, the OOM killer) or gone unseen: another may start.
+                # One that exited by itself (a broken interpreter or environment) would
+                # again.
+                killed = state is not None or exit_code is None
+                error = _DiedStarting if killed else LaunchError
                 where = self._where()
-                raise LaunchError(f"a worker died while starting ({where}): {text}") from None
+                raise error(f"a worker died while starting ({where}): {text}") from None
             if isinstance(exc, TimeoutError):
                 raise LaunchError(too_slow) from None
             if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
@@ -963,10 +1001,14 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             return
         try:
             await self._dispatch(job)
-        except Exception as exc:  # the pool is closing: it never ran
+        except Exception as exc:  # it never ran
             text = f"the {self.kind} pool could not run it: {exc}"
-            lost = ErrorInfo(type_name="WorkerLost", message=text, traceback="")
-            job.settle(Outcome(task_id=job.task_id, status="lost", error=lost))
+            if self._closed:  # (as a task that was running when the pool closed)
+                lost = ErrorInfo(type_name="WorkerLost", message=text, traceback="")
+                job.settle(Outcome(task_id=job.task_id, status="lost", error=lost))
+            else:  # no worker could start: as start() would have said
+                refused = ErrorInfo(type_name="LaunchError", message=text, traceback="")
+                job.settle(Outcome(task_id=job.task_id, status="refused", error=refused))
         job.notify()
 
     async def _replace(self) -> None:

@@ -359,6 +359,14 @@ class _Container(PoolWorker):
         if exit_code > 128:  # the shell's convention: 128 + the signal
             _, name = describe_exit(128 - exit_code)
             return f"container {self.name} was killed by {name} (exit {exit_code})", name
+        if exit_code in (126, 127):  # its init could not run the worker's interpreter
+            python = self.launcher._python
+            why = "not found" if exit_code == 127 else "not executable"
+            return (
+                f"the worker in container {self.name} could not start: {python!r} is "
+                f"{why} in the image (exit {exit_code}; see python=)",
+                None,
+            )
         return f"the worker in container {self.name} exited with status {exit_code}", None
 
     async def aclose(self) -> None:
@@ -735,7 +743,9 @@ class DockerLauncher(PoolLauncher):
         cpus, gpus = request or (None, None)
         if cpus is None:
             cpus = self._cpus
-        host: dict[str, Any] = {"NetworkMode": self._network, "Binds": self._binds}
+        # Init: the worker runs under the engine's init (docker-init, tini), not as PID 1,
+        # which ignores signals it has no handler for (a task's SIGKILL to itself).
+        host: dict[str, Any] = {"NetworkMode": self._network, "Binds": self._binds, "Init": True}
         if self.memory_mb is not None:
             host["Memory"] = host["MemorySwap"] = self.memory_mb * 2**20
         if cpus is not None:
@@ -762,7 +772,7 @@ class DockerLauncher(PoolLauncher):
             "AttachStderr": True,
             "OpenStdin": True,
             # When the driver's connection goes (a killed driver), the worker reads
-            # the end of its input and exits once its task is done.
+            # the end of its input and exits, killing the task it runs: the container ends.
             "StdinOnce": True,
             "Tty": False,
             "HostConfig": host,
