@@ -1,6 +1,6 @@
 """The one worker of pools, run as ``python -m asyncexec.worker``.
 
-``serve --fd N`` or ``serve --stdio``
+``serve --fd N`` or ``serve --stdio [--finish]``
     Long-lived. Speaks length-framed msgpack over the socket ``N`` (the task's
     stdout and stderr stay the worker's own) or over stdin and stdout (for SSH
     channels and attached containers; the task's stdout then goes to stderr).
@@ -16,6 +16,9 @@
     connection dropped), and so does a local or SSH worker's parent changing.
     Either way, and whenever it exits, the worker kills every process its
     tasks started (its descendants, and what is left in its process group).
+    With ``--finish`` (one-shot containers, whose output the engine keeps) the
+    task running when the driver goes finishes first, and its Outcome is
+    written out for another driver to collect.
 
 ``version``
     Prints the versions a driver must match.
@@ -497,7 +500,7 @@ def _stdio_channel() -> _Channel:
     return _Channel(reader, writer)
 
 
-def serve(fd: int | None = None) -> int:
+def serve(fd: int | None = None, *, finish: bool = False) -> int:
     """Run the TaskSpecs received, in order, until the driver closes the channel.
 
     Meant to be the whole of a process (``python -m asyncexec.worker serve``): when
@@ -507,6 +510,10 @@ def serve(fd: int | None = None) -> int:
     Args:
         fd: a connected socket to speak on; None: stdin and stdout (for SSH
             channels and attached containers), with the task's stdout sent to stderr.
+        finish: the channel ending while a task runs does not kill it: the task
+            finishes and its outcome is written out before the worker exits (a
+            one-shot container, whose output the engine keeps for another driver
+            to collect: ``serve --stdio --finish``).
     """
     channel = _stdio_channel() if fd is None else _Channel(fd, fd, is_socket=True)
     _die_with_parent(or_session=fd is None)
@@ -518,7 +525,7 @@ def serve(fd: int | None = None) -> int:
     between_tasks = threading.Lock()
     between_tasks.acquire()
     limited = [False]  # a task with a memory limit runs: the watcher reads nothing then
-    failed = _watch_while_running(channel, queue, between_tasks, limited)
+    failed = _watch_while_running(channel, queue, between_tasks, limited, finish)
     while True:
         if out:  # before the next task starts, which may take long
             channel.send(out)
@@ -569,7 +576,11 @@ _WATCH_PERIOD = 0.05
 
 
 def _watch_while_running(
-    channel: _Channel, queue: deque[TaskSpec], lock: threading.Lock, limited: list[bool]
+    channel: _Channel,
+    queue: deque[TaskSpec],
+    lock: threading.Lock,
+    limited: list[bool],
+    finish: bool = False,
 ) -> list[BaseException]:
     """Read the channel while a task runs, so a Cancel for a task queued behind it is
     answered at once, not once the running one ends (which may take hours).
@@ -578,7 +589,8 @@ def _watch_while_running(
     the main loop's stead, and holds the lock meanwhile. It never blocks on input.
     While a task with a memory limit runs (``limited``), the main loop keeps the
     lock and the watcher only asks whether the driver hung up (the channel's peer
-    is gone), reading nothing. Returns where it puts what it raised, if it does:
+    is gone), reading nothing. The driver gone, the running task is killed, unless
+    ``finish`` (see :func:`serve`). Returns where it puts what it raised, if it does:
     the main loop raises it once the running task's outcome is sent (that task is
     not lost).
     """
@@ -592,13 +604,15 @@ def _watch_while_running(
         while True:
             time.sleep(_WATCH_PERIOD)
             if not lock.acquire(blocking=False):
-                if limited[0] and _hung_up(hangups):
+                if limited[0] and not finish and _hung_up(hangups):
                     _kill_tree()  # the driver is gone (see serve)
                     os._exit(1)
                 continue  # between tasks: the main loop reads
             try:
                 messages = channel.take(wait=False)
                 if messages is None:
+                    if finish:
+                        return  # the main loop sends the outcome, then sees the end
                     # The driver closes the channel of idle workers only: it is gone,
                     # and the running task (with all it started) goes with this worker.
                     _kill_tree()
@@ -738,6 +752,8 @@ def main(argv: list[str] | None = None) -> int:
     # What launchers run, parsed without argparse (about 6 ms of every start).
     if args == ["serve", "--stdio"]:
         return serve(None)
+    if args == ["serve", "--stdio", "--finish"]:
+        return serve(None, finish=True)
     if len(args) == 3 and args[:2] == ["serve", "--fd"] and args[2].isdigit():
         return serve(int(args[2]))
     import argparse
@@ -748,10 +764,15 @@ def main(argv: list[str] | None = None) -> int:
     channel = serve_parser.add_mutually_exclusive_group(required=True)
     channel.add_argument("--fd", type=int, help="speak on this connected socket")
     channel.add_argument("--stdio", action="store_true", help="speak on stdin and stdout")
+    serve_parser.add_argument(
+        "--finish",
+        action="store_true",
+        help="a task running when the driver goes finishes, and its outcome is written out",
+    )
     commands.add_parser("version", help="print the versions a driver must match")
     options = parser.parse_args(args)
     if options.command == "serve":
-        return serve(None if options.stdio else options.fd)
+        return serve(None if options.stdio else options.fd, finish=options.finish)
     current = versions()
     print(
         f"python {current.python} cloudpickle {current.cloudpickle} asyncexec {current.asyncexec}"

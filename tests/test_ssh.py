@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import stat
@@ -300,3 +301,80 @@ def test_slots_must_leave_a_channel_to_kill_with() -> None:
     with pytest.raises(ValueError, match="max_connections"):
         SSHExecutor([shell], slots=6)
     SSHExecutor([shell], slots=5)
+
+
+# -- a killed driver takes every process its tasks started (issue 17, item 6) -----------
+
+SSH_TREE_DRIVER = """
+import json, subprocess, sys, time, asyncio
+from asyncexec import SSHExecutor, SSHShell
+
+def start_child(marker, then_sleep):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", marker])
+    if then_sleep:  # the worker stays busy; else it is idle, its task's child running
+        time.sleep(600)
+    return child.pid
+
+async def main():
+    c = json.loads(sys.argv[2])
+    shell = SSHShell(
+        c["host"], port=c["port"], username=c["user"],
+        connect_options={"client_keys": [c["client_key"]], "known_hosts": c["known_hosts"]},
+    )
+    async with SSHExecutor([shell], slots=2, python=c["python"]) as ex:
+        print(await ex.run(start_child, sys.argv[1], False), flush=True)
+        busy = await ex.submit(start_child, sys.argv[1], True)
+        print("busy", flush=True)
+        await busy
+
+asyncio.run(main())
+"""
+
+
+def _marked(marker: str) -> list[int]:
+    import psutil
+
+    return [
+        process.pid
+        for process in psutil.process_iter(["cmdline", "status"])
+        if (process.info["cmdline"] or [])[-1:] == [marker]
+        and process.info["status"] != psutil.STATUS_ZOMBIE
+    ]
+
+
+def test_a_killed_driver_takes_the_processes_its_tasks_started_on_the_host(
+    cluster: Cluster,
+) -> None:
+    import dataclasses
+    import json
+    import signal
+    import uuid
+
+    marker = f"asyncexec-ssh-tree-{uuid.uuid4().hex}"
+    described = json.dumps(dataclasses.asdict(cluster))
+    driver = subprocess.Popen(
+        [sys.executable, "-c", SSH_TREE_DRIVER, marker, described],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        try:
+            assert driver.stdout is not None
+            assert driver.stdout.readline().strip().isdigit()  # the idle worker's child
+            assert driver.stdout.readline().strip() == "busy"
+            deadline = time.monotonic() + 60
+            while len(_marked(marker)) < 2:
+                assert time.monotonic() < deadline, "the tasks never started their children"
+                assert driver.poll() is None, "the driver ended early"
+                time.sleep(0.05)
+        finally:
+            driver.kill()  # SIGKILL: no cleanup code of the driver's runs
+            driver.communicate()
+        deadline = time.monotonic() + 30  # generous: sshd notices the lost connection
+        while _marked(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _marked(marker), "processes started by tasks on the host outlived the driver"
+    finally:
+        for pid in _marked(marker):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

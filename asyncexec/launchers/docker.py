@@ -764,7 +764,15 @@ class DockerLauncher(PoolLauncher):
             host["Tmpfs"] = {"/tmp": "rw,exec,mode=1777"}
         config: dict[str, Any] = {
             "Image": self.image,
-            "Cmd": [self._python, "-m", "asyncexec.worker", "serve", "--stdio"],
+            # One-shot, the task outlives a killed driver (--finish), for another to collect.
+            "Cmd": [
+                self._python,
+                "-m",
+                "asyncexec.worker",
+                "serve",
+                "--stdio",
+                *(["--finish"] if task_id is not None else []),
+            ],
             "Env": [f"{key}={value}" for key, value in self._env.items()],
             "Labels": labels,
             "AttachStdin": True,
@@ -772,7 +780,8 @@ class DockerLauncher(PoolLauncher):
             "AttachStderr": True,
             "OpenStdin": True,
             # When the driver's connection goes (a killed driver), the worker reads
-            # the end of its input and exits, killing the task it runs: the container ends.
+            # the end of its input and exits: a warm one killing the task it runs, a
+            # one-shot one once its task's outcome is written out (--finish).
             "StdinOnce": True,
             "Tty": False,
             "HostConfig": host,
