@@ -63,9 +63,15 @@ def asyncexec(
 
 
 def run_squares(
-    experiment_file: Path, directory: Path, log: Path, seconds: float
+    experiment_file: Path,
+    directory: Path,
+    log: Path,
+    seconds: float,
+    *extra: str,
+    **streams: object,
 ) -> subprocess.Popen[str]:
-    """``asyncexec run`` of the squares experiment on 2 workers, each run ``seconds`` long."""
+    """``asyncexec run`` of the squares experiment on 2 workers, each run ``seconds`` long
+    (``extra``: more options)."""
     return asyncexec(
         "run",
         f"{experiment_file}:squares",
@@ -73,8 +79,10 @@ def run_squares(
         str(directory),
         "--workers",
         "2",
+        *extra,
         log=log,
         seconds=seconds,
+        **streams,
     )
 
 
@@ -377,17 +385,13 @@ def test_a_second_ctrl_c_exits_at_once_with_one_line(
 ) -> None:
     log, directory, stderr = tmp_path / "log", tmp_path / "runs", tmp_path / "stderr"
     with stderr.open("w") as err_file:
-        driver = asyncexec(
-            "run",
-            f"{experiment_file}:squares",
-            "--dir",
-            str(directory),
-            "--workers",
-            "2",
+        driver = run_squares(
+            experiment_file,
+            directory,
+            log,
+            30,
             "--no-progress",
             *(["--debug"] if debug else []),
-            log=log,
-            seconds=30,
             stdout=subprocess.DEVNULL,
             stderr=err_file,
         )

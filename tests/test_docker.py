@@ -965,6 +965,7 @@ async def _until_either_ends(fn: Any, scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
+@pytest.mark.infra
 @pytest.mark.parametrize("python", ["python3", "python-nowhere"])
 async def test_a_lost_create_answer_leaves_no_container(
     image: str, tmp_path: Path, python: str
@@ -989,6 +990,7 @@ async def test_a_lost_create_answer_leaves_no_container(
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.infra
 async def test_a_create_the_engine_finishes_after_the_client_gave_up_leaves_no_container(
     image: str, tmp_path: Path
 ) -> None:
@@ -1008,6 +1010,7 @@ async def test_a_create_the_engine_finishes_after_the_client_gave_up_leaves_no_c
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.infra
 @pytest.mark.parametrize("python", ["python3", "python-nowhere"])
 async def test_cancelled_at_any_point_of_its_launch_leaves_no_container(
     image: str, shared_dir: str, python: str
@@ -1173,6 +1176,7 @@ def _refs_then_killed(script: Path, executor_id: str) -> list[list[str]]:
             driver.stdout.close()
 
 
+@pytest.mark.infra
 async def test_attach_collects_cancels_or_reports_a_killed_drivers_oneshot_container(
     image: str, tmp_path: Path
 ) -> None:

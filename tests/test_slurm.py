@@ -279,13 +279,16 @@ async def test_throttle_and_private_staging(cluster: Cluster, scratch: str) -> N
         ref = futures[0].info.job_ref
     assert ref is not None and ref.workdir is not None
     workdir = Path(ref.workdir)
-    assert (workdir / "job.sh").read_text().count("--array=0-5%2") == 1
-    for path in [workdir, *workdir.rglob("*")]:
-        mode = path.stat().st_mode & 0o777
-        assert mode == (0o700 if path.is_dir() or path.name == "job.sh" else 0o600), (
-            path,
-            oct(mode),
-        )
+    try:
+        assert (workdir / "job.sh").read_text().count("--array=0-5%2") == 1
+        for path in [workdir, *workdir.rglob("*")]:
+            mode = path.stat().st_mode & 0o777
+            assert mode == (0o700 if path.is_dir() or path.name == "job.sh" else 0o600), (
+                path,
+                oct(mode),
+            )
+    finally:
+        shutil.rmtree(workdir)  # kept for the test only
 
 
 async def test_finished_staging_directories_are_removed(cluster: Cluster) -> None:
@@ -325,9 +328,13 @@ async def test_time_limit_is_the_workers_and_rounds_up_to_minutes(
         await assert_heartbeat_stopped(beat)
     ref = future.info.job_ref
     assert ref is not None and ref.workdir is not None
-    assert "#SBATCH --time=1\n" in Path(ref.workdir, "job.sh").read_text()
+    try:
+        assert "#SBATCH --time=1\n" in Path(ref.workdir, "job.sh").read_text()
+    finally:
+        shutil.rmtree(ref.workdir)  # kept for the test only
 
 
+@pytest.mark.infra
 async def test_a_worker_that_cannot_start_is_lost_with_its_log(cluster: Cluster) -> None:
     cfg = config(cluster, python="/nonexistent/python3")
     async with SlurmExecutor(cluster.shell(), cfg) as ex:
@@ -550,6 +557,8 @@ async def test_a_new_executor_reattaches_to_a_killed_drivers_jobs(
         assert ex.slurm.calls.get("sbatch", 0) == 0  # nothing ran twice
     async with SlurmExecutor(cluster.shell(), config(cluster), staging_dir=staging) as ex:
         assert await ex.slurm.find_refs() == []  # collected and cleaned up
+    assert os.listdir(staging) == []
+    os.rmdir(staging)  # the staging root itself is the user's, here the test's
 
 
 async def test_a_login_node_without_slurm_is_a_launch_error(tmp_path: Path) -> None:
@@ -829,6 +838,7 @@ def test_pending_reasons_that_never_clear() -> None:
     assert not never_runs("PartitionNodeLimit")
 
 
+@pytest.mark.infra
 @pytest.mark.parametrize(
     "case", ["cpus", "time", "nodes", "nodelist"], ids=lambda case: f"beyond-{case}"
 )
@@ -866,6 +876,7 @@ async def test_a_job_that_can_never_run_fails_with_slurms_reason_and_leaves_noth
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@pytest.mark.infra
 async def test_a_job_held_in_the_queue_is_pending_until_it_runs(cluster: Cluster) -> None:
     """A reason that can clear (a hold) is waited out; the future says PENDING meanwhile."""
     async with SlurmExecutor(cluster.shell(), config(cluster, extra_sbatch=["--hold"])) as ex:
@@ -884,6 +895,7 @@ async def test_a_job_held_in_the_queue_is_pending_until_it_runs(cluster: Cluster
         assert await future == 2.0 and future.info.started is not None
 
 
+@pytest.mark.infra
 @pytest.mark.parametrize("how", ["gil-holding-c-call", "signal-ignoring-spin"])
 async def test_code_stuck_past_its_time_limit_is_killed_as_a_timeout(
     cluster: Cluster, how: str
@@ -932,6 +944,7 @@ async def test_code_stuck_past_its_time_limit_is_killed_as_a_timeout(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@pytest.mark.infra
 @pytest.mark.parametrize(
     ("changes", "failing", "said"),
     [

@@ -264,6 +264,7 @@ async def test_cpus_pin_the_hosts_worker_and_gpus_are_refused_at_submit(cluster:
     assert after == [usable, usable]  # both workers got all of them back
 
 
+@pytest.mark.infra
 async def test_a_dropped_connection_fails_only_its_tasks(cluster: Cluster, scratch: str) -> None:
     """sshd killed with every session: the running task is lost, later ones reconnect."""
     beat = f"{scratch}/beat"
