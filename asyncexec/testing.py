@@ -68,10 +68,10 @@ class InlineLauncher(Launcher):
         return JobRef(kind="inline", native_id=task.task_id)
 
     async def wait(self, ref: JobRef) -> Outcome:
+        await anyio.lowlevel.checkpoint()  # first: a cancelled wait leaves the task there
         spec = self._specs.pop(ref.native_id, None)
         if spec is None:
             raise LaunchError(f"unknown or cancelled task {ref.native_id}")
-        await anyio.lowlevel.checkpoint()
         from .launchers.thread import _thread_capture
 
         return execute(spec, capture=_thread_capture)

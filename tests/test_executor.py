@@ -843,3 +843,20 @@ async def test_thread_tasks_cancelled_right_after_submit_never_run(tmp_path: Pat
             assert future.state is FutureState.CANCELLED
         await anyio.sleep(0.5)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_the_inline_launchers_cancelled_wait_leaves_its_task_to_wait_for() -> None:
+    """The seam's contract: cancelling ``wait`` only stops waiting (it lost the task)."""
+    from asyncexec import TaskSpec
+    from asyncexec._codec import dumps_call
+    from asyncexec.testing import add
+
+    launcher = InlineLauncher()
+    fn, args, _ = dumps_call(add, (1, 2), {})
+    ref = await launcher.start(TaskSpec(task_id="t1", fn=fn, args=args))
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await launcher.wait(ref)
+    assert scope.cancelled_caught
+    outcome = await launcher.wait(ref)
+    assert outcome.status == "ok", outcome

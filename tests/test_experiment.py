@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -152,6 +153,60 @@ def _sleep_then_return(x: int) -> int:
 
     time.sleep(1.0)
     return x
+
+
+def _sleep_then_touch(path: str) -> None:
+    import time
+
+    time.sleep(3.0)
+    Path(path).touch()
+
+
+async def test_a_runner_cancelled_as_it_submits_cancels_and_records_that_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancellation comes as the executor accepts a run's task: the run is cancelled
+    and recorded so, not left pending while its task runs to its end unfollowed."""
+    from asyncexec import ConfiguredExecutor
+
+    marker = tmp_path / "finished"
+    original = ConfiguredExecutor.submit
+
+    async def submit_then_cancel(self: ConfiguredExecutor, *args: Any, **kwargs: Any) -> Any:
+        future = await original(self, *args, **kwargs)
+        scope.cancel()
+        return future
+
+    monkeypatch.setattr(ConfiguredExecutor, "submit", submit_then_cancel)
+    experiment = Experiment(_sleep_then_touch, {"path": [str(marker)]})
+    async with ProcessExecutor(1) as ex:
+        with anyio.CancelScope() as scope:
+            await experiment.run(ex, tmp_path / "runs", progress=False)
+        assert scope.cancelled_caught
+    with ResultsStore(tmp_path / "runs", create=False) as store:
+        assert [row["status"] for row in store.rows()] == ["cancelled"]
+    assert not marker.exists(), "the cancelled run's task ran to its end"
+
+
+async def test_a_cancelled_runner_closes_its_sweeper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncexec.sweep import ParamSweeper
+
+    closed: list[bool] = []
+    original = ParamSweeper.close
+
+    def spy(self: ParamSweeper) -> None:
+        closed.append(True)
+        original(self)
+
+    monkeypatch.setattr(ParamSweeper, "close", spy)
+    experiment = Experiment(_sleep_then_return, {"x": [1, 2, 3]})
+    async with ThreadExecutor(2) as ex:
+        with anyio.move_on_after(0.3) as scope:
+            await experiment.run(ex, tmp_path, progress=False)
+    assert scope.cancelled_caught
+    assert closed == [True]  # its heartbeat thread and connection do not linger
 
 
 async def test_two_runners_on_one_store_never_run_a_run_twice(tmp_path: Path) -> None:

@@ -163,7 +163,8 @@ class Experiment:
                 dispatch = _Dispatch(self, executor, store, sweeper, retry_failed)
                 cancelled = await dispatch.run(progress, progress_interval)
             finally:
-                await anyio.to_thread.run_sync(sweeper.close)
+                with anyio.CancelScope(shield=True):  # its heartbeat thread, its connection
+                    await anyio.to_thread.run_sync(sweeper.close)
             counts = await anyio.to_thread.run_sync(store.counts, dispatch.fingerprints)
         finally:
             store.close()
@@ -246,6 +247,8 @@ class _Dispatch:
         async def collect(fingerprint: str, future: Future[Any]) -> None:
             nonlocal in_flight, all_collected
             try:
+                with anyio.CancelScope(shield=True):  # recorded running before its end
+                    await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
                 await future._until_accepted()
                 ref = future.info.job_ref
                 if ref is not None and not future.ready() and self.executor.can_attach(ref):
@@ -287,12 +290,13 @@ class _Dispatch:
                 self.window.release()
                 continue
             future = await self._follow_or_submit(fingerprint, status)
+            # No checkpoint from here to start_soon: a cancellation cannot come between
+            # the task's submission and the collector that cancels and records it.
             self.held.discard(fingerprint)
             in_flight += 1
             all_collected = anyio.Event()
             self.progress.running += 1
             self.progress.changed()
-            await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
             tg.start_soon(collect, fingerprint, future)
         await all_collected.wait()
 
