@@ -975,11 +975,7 @@ class ConfiguredExecutor:
         return ConfiguredExecutor(self.executor, self.options.replace(**changes))
 
     async def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        """As :meth:`BaseExecutor.submit`, with these options.
-
-        Cancellation: as ``submit``: while waiting for room (``max_pending``),
-        nothing is submitted.
-        """
+        """As :meth:`BaseExecutor.submit`, with these options."""
         executor = self.executor
         if executor._pending_slots is None:
             call = executor._prepare(fn, args, kwargs, self.options)

@@ -11,7 +11,9 @@ process) are covered by the ABC they implement (``SpawnedProcess``).
 Inheritance: the docstring read is ``inspect.getdoc``'s, so an override
 *without* a docstring inherits its base's (an implementation of a seam
 behaves as the seam says); an override *with* its own docstring must say
-``Cancellation:`` itself.
+``Cancellation:`` itself, unless it starts with ``As :meth:`Class.method```
+(a delegate, such as ``ConfiguredExecutor.submit``): then the named method's
+paragraph applies.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ BEING_REMOVED = {
     for method in ("read_bytes", "write_bytes")
 }
 PARAGRAPH = re.compile(r"(^|\n\s*\n|\.\s+)Cancellation:", re.MULTILINE)
+DELEGATE = re.compile(r"As :meth:`~?([\w.]+)`")
 
 
 def is_async(obj: Any) -> bool:
@@ -101,11 +104,21 @@ def test_the_walk_finds_the_seams() -> None:
         assert expected in found
 
 
+def says_cancellation(func: Any, by_qualname: dict[str, Any]) -> bool:
+    doc = inspect.getdoc(func) or ""
+    delegate = DELEGATE.match(doc)
+    if delegate is not None and delegate.group(1) in by_qualname:
+        doc = inspect.getdoc(by_qualname[delegate.group(1)]) or ""
+    return PARAGRAPH.search(doc) is not None
+
+
 def test_every_public_coroutine_documents_cancellation() -> None:
+    walked = list(public_coroutines())
+    by_qualname = {func.__qualname__: func for _, func in walked}
     missing = [
         name
-        for name, func in public_coroutines()
-        if name not in BEING_REMOVED and not PARAGRAPH.search(inspect.getdoc(func) or "")
+        for name, func in walked
+        if name not in BEING_REMOVED and not says_cancellation(func, by_qualname)
     ]
     assert not missing, f"{len(missing)} without a 'Cancellation:' paragraph:\n" + "\n".join(
         missing
