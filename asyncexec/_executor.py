@@ -147,6 +147,13 @@ class BaseExecutor:
     # -- lifecycle ------------------------------------------------------------------
 
     async def __aenter__(self: _E) -> _E:
+        """Open the launcher (workers, connections) and start accepting tasks.
+
+        Cancellation: the launcher releases what it had acquired before the
+        cancellation propagates, and the executor stays unopened: entering it
+        again makes a new launcher (one given as ``launcher=`` has closed
+        itself, and a pool's does not reopen).
+        """
         if self._state != "new":
             raise RuntimeError(f"{type(self).__name__} can be entered only once")
         async with contextlib.AsyncExitStack() as stack:
@@ -168,6 +175,13 @@ class BaseExecutor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Let the tasks finish (cancel them if the block raised), release the backend.
+
+        Cancellation: (of the block, or of the wait for its tasks) the tasks
+        still queued or running are cancelled, shielded (their work killed, as
+        :meth:`cancel` does), and the launcher closed before the cancellation
+        propagates; nothing is left.
+        """
         try:
             if exc_type is None:
                 try:
@@ -262,6 +276,9 @@ class BaseExecutor:
             ExecutorClosed: the executor is closed.
             LaunchError: this executor's backend cannot follow ``ref``
                 (see :meth:`can_attach`).
+
+        Cancellation: never waits, so never interrupted: the future is made
+        (and followed) whatever the caller's state.
         """
         self._check_open()
         if not self.can_attach(ref):
@@ -614,6 +631,9 @@ class BaseExecutor:
         A future given more than once is yielded once, and a yielded future is
         not kept: once the caller drops it, it can be collected while the loop
         goes on (as ``concurrent.futures.as_completed`` does).
+
+        Cancellation: stops the waiting; the tasks go on. Leaving the loop (or
+        closing the iterator) stops watching the futures not yet yielded.
         """
         unique = dict.fromkeys(futures)
         del futures  # (a list made for this call would keep every future alive)
@@ -963,7 +983,11 @@ class ConfiguredExecutor:
         return await executor._submit(fn, args, kwargs, self.options)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """As :meth:`BaseExecutor.run`, with these options."""
+        """As :meth:`BaseExecutor.run`, with these options.
+
+        Cancellation: as ``run``: cancelling the caller cancels the task and
+        kills its work before the cancellation propagates.
+        """
         return await self.executor._run_call(fn, args, kwargs, self.options)
 
     def map(

@@ -185,8 +185,9 @@ class Future(Generic[T]):
         """Wait until the task is finished or ``timeout`` seconds pass.
 
         Returns:
-            Whether the task is finished. Cancelling the caller stops the waiting
-            only; the task goes on.
+            Whether the task is finished.
+
+        Cancellation: stops the waiting only; the task goes on.
         """
         if self._ready:
             return True
@@ -212,8 +213,8 @@ class Future(Generic[T]):
             TimeoutError: (the builtin) the task was not finished in time; it goes on.
             TaskFailed: the task failed, was cancelled or timed out.
 
-        Cancelling the caller stops the waiting only; use ``executor.run`` or
-        ``await fut.cancel()`` to stop the work too.
+        Cancellation: stops the waiting only; the task goes on. Use
+        ``executor.run`` or ``await fut.cancel()`` to stop the work too.
         """
         if not self.ready() and not await self.wait(timeout):
             raise TimeoutError(f"task {self._task_id} did not finish within {timeout} s")
@@ -228,6 +229,10 @@ class Future(Generic[T]):
 
         Returns once the work is stopped. Returns False if the task had already
         finished.
+
+        Cancellation: stops the waiting only; the cancellation already asked
+        for goes on (the task ends ``CANCELLED`` unless it finished first),
+        and calling it again waits for it.
         """
         if self.ready():
             return False

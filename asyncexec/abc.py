@@ -72,7 +72,12 @@ class Launcher(abc.ABC):
     honours_resources: frozenset[str] = frozenset()
 
     async def __aenter__(self: _L) -> _L:
-        """Acquire what the launcher needs (background tasks, connections)."""
+        """Acquire what the launcher needs (background tasks, connections).
+
+        Cancellation: what was acquired is released before the cancellation
+        propagates, as for any other error (``LocalLauncher`` closes itself,
+        shielded); the launcher is then closed: make a new one to try again.
+        """
         return self
 
     async def __aexit__(
@@ -81,6 +86,12 @@ class Launcher(abc.ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Call :meth:`aclose`.
+
+        Cancellation: this default does not shield ``aclose``, so a launcher
+        whose ``aclose`` awaits must shield it itself or override this (as
+        ``LocalLauncher``, the base of asyncexec's launchers, does).
+        """
         await self.aclose()
 
     def check_resources(self, resources: Resources) -> str | None:
@@ -160,6 +171,10 @@ class Launcher(abc.ABC):
         """Kill the task's work wherever it runs; return once it is stopped.
 
         Idempotent: cancelling a finished or unknown task does nothing.
+
+        Cancellation: stops the waiting for the work to stop; the kill already
+        asked for goes on. The executor always calls it shielded. Each
+        launcher says whether calling it again finishes the job.
         """
 
     @abc.abstractmethod
@@ -167,6 +182,11 @@ class Launcher(abc.ABC):
         """Release everything; no process, container or job of ours is left.
 
         Idempotent. Called after the executor has settled every task.
+
+        Cancellation: may stop part-way, with workers, containers or jobs
+        still to reap; calling it again finishes the release. Leaving ``async
+        with`` a ``LocalLauncher`` (the base of asyncexec's launchers) calls it
+        shielded.
         """
 
 
@@ -199,15 +219,28 @@ class SpawnedProcess(abc.ABC):
 
     @abc.abstractmethod
     async def wait(self) -> int:
-        """Wait for the process to exit; return its exit status."""
+        """Wait for the process to exit; return its exit status.
+
+        Cancellation: stops the waiting only; the process goes on, and ``wait``
+        may be called again.
+        """
 
     @abc.abstractmethod
     async def kill(self) -> None:
-        """Kill the process (and what it started, where the shell can)."""
+        """Kill the process (and what it started, where the shell can).
+
+        Cancellation: the kill is not interrupted (a signal sent at once
+        locally; over SSH a shielded ``kill`` command, bounded by the connect
+        timeout).
+        """
 
     @abc.abstractmethod
     async def aclose(self) -> None:
-        """Close the streams, kill the process if it still runs, and reap it."""
+        """Close the streams, kill the process if it still runs, and reap it.
+
+        Cancellation: shielded: it finishes (over SSH, the wait for the channel
+        to close is bounded at 10 s) before the cancellation propagates.
+        """
 
 
 class Shell(abc.ABC):
@@ -226,7 +259,13 @@ class Shell(abc.ABC):
 
     @abc.abstractmethod
     async def spawn(self, argv: Sequence[str]) -> SpawnedProcess:
-        """Start ``argv`` with piped stdin, stdout and stderr."""
+        """Start ``argv`` with piped stdin, stdout and stderr.
+
+        Cancellation: no process is left unseen: what was being started is
+        killed, or its channel closed, and nothing is handed back; or, where
+        starting cannot be interrupted (``LocalShell`` on trio), the process
+        is handed back and the caller sees the cancellation at its next await.
+        """
 
     @abc.abstractmethod
     async def read_bytes(self, path: str) -> bytes:
@@ -237,9 +276,17 @@ class Shell(abc.ABC):
         """Write ``data`` to ``path`` atomically, private to the user by default."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Release connections. Idempotent."""
+        """Release connections. Idempotent.
+
+        Cancellation: shielded where there is something to release (SSH: every
+        connection is closed, the wait for each bounded at 5 s).
+        """
 
     async def __aenter__(self: _S) -> _S:
+        """Return the shell (it connects on first use).
+
+        Cancellation: never waits, so never interrupted.
+        """
         return self
 
     async def __aexit__(
@@ -248,4 +295,9 @@ class Shell(abc.ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Call :meth:`aclose`.
+
+        Cancellation: as :meth:`aclose` (shielded where there is something to
+        release).
+        """
         await self.aclose()

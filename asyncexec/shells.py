@@ -73,7 +73,11 @@ class LocalShell(Shell):
         return "LocalShell()"
 
     async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> Completed:
-        """Run ``argv``; cancellation kills it (and its process group)."""
+        """Run ``argv`` to completion and collect its output.
+
+        Cancellation: the command's process group is killed (SIGKILL) and
+        reaped, shielded, before the cancellation propagates.
+        """
         process = await anyio.open_process(
             list(argv),
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
@@ -102,6 +106,13 @@ class LocalShell(Shell):
         )
 
     async def spawn(self, argv: Sequence[str]) -> SpawnedProcess:
+        """Start ``argv`` in a session of its own, with piped streams.
+
+        Cancellation: on asyncio, a process being started is killed and reaped
+        (by asyncio's subprocess transport). On trio, starting it cannot be
+        interrupted: the process is handed back (to close), and the caller sees
+        the cancellation at its next await.
+        """
         process = await anyio.open_process(
             list(argv), env=self._env, cwd=self._cwd, start_new_session=True
         )
@@ -363,11 +374,17 @@ class SSHShell(Shell):
     # -- the seam ---------------------------------------------------------------------
 
     async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> Completed:
-        """Run ``argv`` remotely; cancellation kills it (and its process group).
+        """Run ``argv`` remotely to completion and collect its output.
 
         Raises:
             BackendUnavailable: the host cannot be reached, or the connection
                 dropped while the command ran (it may or may not have run).
+
+        Cancellation: once the command has announced its process id, its
+        process group is killed (shielded, over a channel of its own) and the
+        channel closed before the cancellation propagates. Cancelled before
+        that, the channel is closed only: the command loses its input and
+        output, and is not killed by id.
         """
         connection, process, pid = await self._start(argv)
         try:
@@ -402,7 +419,12 @@ class SSHShell(Shell):
         )
 
     async def spawn(self, argv: Sequence[str]) -> SpawnedProcess:
-        """Start ``argv`` remotely with piped streams; it holds a channel until closed."""
+        """Start ``argv`` remotely with piped streams; it holds a channel until closed.
+
+        Cancellation: nothing is handed back; a channel opened for the command
+        is closed and given back (the command loses its input and output, and
+        is not killed by id: its id was not known yet).
+        """
         connection, process, pid = await self._start(argv)
         return _SSHProcess(self, connection, process, pid)
 
@@ -439,7 +461,11 @@ class SSHShell(Shell):
                 raise
 
     async def aclose(self) -> None:
-        """Close every connection. Idempotent; the shell reconnects if used again."""
+        """Close every connection. Idempotent; the shell reconnects if used again.
+
+        Cancellation: shielded: every connection is closed (the wait for each
+        bounded at 5 s) before the cancellation propagates.
+        """
         connections, self._connections = self._connections, []
         with anyio.CancelScope(shield=True):
             for connection in connections:

@@ -77,9 +77,17 @@ class InlineLauncher(Launcher):
         return execute(spec, capture=_thread_capture)
 
     async def cancel(self, ref: JobRef) -> None:
+        """Forget the task: it never runs (a running one cannot be stopped).
+
+        Cancellation: never waits, so never interrupted.
+        """
         self._specs.pop(ref.native_id, None)
 
     async def aclose(self) -> None:
+        """Forget every task not yet run.
+
+        Cancellation: never waits, so never interrupted.
+        """
         self._specs.clear()
 
 
@@ -154,7 +162,10 @@ async def _read_beat(path: str) -> str:
 
 
 async def assert_heartbeat_stopped(path: str) -> None:
-    """Assert the :func:`heartbeat` at ``path`` no longer changes: the work really stopped."""
+    """Assert the :func:`heartbeat` at ``path`` no longer changes: the work really stopped.
+
+    Cancellation: it only sleeps and reads the file: nothing is left.
+    """
     await anyio.sleep(0.3)
     before = await _read_beat(path)
     await anyio.sleep(0.5)
@@ -338,6 +349,11 @@ async def check_launcher(
             directory, for containers and clusters).
         workdir_mode: the scratch directories' mode, when tasks run as
             another user (``0o777`` for a cluster's user).
+
+    Cancellation: the running case's executor is left as a cancelled
+    ``async with`` leaves it (its tasks cancelled, the launcher closed,
+    shielded) and its scratch directory removed; the cases after it do not
+    run.
     """
     probe = make_launcher()
     applicable = conformance_cases(probe)

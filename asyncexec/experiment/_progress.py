@@ -103,7 +103,11 @@ class Progress:
             )
 
     async def report_periodically(self) -> None:
-        """Print a plain line every ``interval`` seconds (when no bar is shown)."""
+        """Print a plain line every ``interval`` seconds (when no bar is shown).
+
+        Cancellation: how it stops (it never returns); nothing is left half
+        done, a line being printed is printed whole.
+        """
         if self._bar is not None or not self._enabled:
             await anyio.sleep_forever()
         while True:

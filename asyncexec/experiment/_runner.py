@@ -129,9 +129,11 @@ class Experiment:
         directory) may work on one experiment at once: none runs a run twice.
         Returns when every run is finished, by this runner or another.
 
-        Cancellation (or ``asyncexec cancel DIR``): stops dispatching, cancels the
-        runs in flight (they are recorded ``cancelled`` and run again next time)
-        and leaves the store consistent.
+        Cancellation: (as ``asyncexec cancel DIR``, which then returns a
+        summary with ``cancelled=True``) stops dispatching; the runs in flight
+        are cancelled, shielded (they are recorded ``cancelled`` and run again
+        next time), and the runs taken but not yet submitted are given back;
+        the store is left consistent. Calling it again resumes.
 
         Args:
             executor: an entered executor.

@@ -71,6 +71,12 @@ class LocalLauncher(Launcher, Generic[J]):
         """Acquire what the launcher needs once its task group runs."""
 
     async def __aenter__(self: _L) -> _L:
+        """Start the task group, then :meth:`_open` what the launcher needs.
+
+        Cancellation: as for an error in ``_open``, :meth:`aclose` runs
+        shielded before the cancellation propagates: no worker or job started
+        so far is left. The launcher is then closed.
+        """
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -90,6 +96,11 @@ class LocalLauncher(Launcher, Generic[J]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close the launcher (:meth:`aclose`), then leave its task group.
+
+        Cancellation: ``aclose`` runs shielded, so nothing is left; the
+        background tasks still running afterwards are cancelled, not awaited.
+        """
         with anyio.CancelScope(shield=True):
             await self.aclose()
         if self._tg is not None:

@@ -479,7 +479,12 @@ class PoolLauncher(LocalLauncher[PoolJob]):
                     spawners.start_soon(self._spawn_idle)
 
     async def aclose(self) -> None:
-        """Ask idle workers to exit, kill the rest after a grace period, reap all."""
+        """Ask idle workers to exit, kill the rest after a grace period, reap all.
+
+        Cancellation: not shielded here (``__aexit__`` shields it): it may stop
+        with workers not yet told to exit, or not yet reaped. The pool takes no
+        task any more; calling it again finishes the job.
+        """
         self._closed = True
         self._wake()
         while self._spawning:  # a worker being started now is disposed of by _spawn
@@ -658,6 +663,15 @@ class PoolLauncher(LocalLauncher[PoolJob]):
         worker.post(job.frame, now=now, fd=job.fd)  # type: ignore[arg-type]
 
     async def cancel(self, ref: JobRef) -> None:
+        """Drop the task if it is queued at its worker, else kill that worker.
+
+        Cancellation: a running task's worker is killed all the same (the kill
+        is sent before the first wait). A queued one is dropped by its worker,
+        unless the worker started it meanwhile: with nobody left to kill the
+        worker, that task then runs to its end. The task is forgotten at once:
+        a second ``cancel`` does nothing, and ``wait`` raises ``LaunchError``.
+        The executor always calls it shielded.
+        """
         job = self._jobs.pop(ref.native_id, None)
         if job is None:
             return

@@ -574,8 +574,8 @@ class DockerLauncher(PoolLauncher):
     async def aclose(self) -> None:
         """Kill and remove every container of ours, then close the connection.
 
-        Shielded: a cancelled close must not strand containers. Every engine call
-        in it is bounded in time.
+        Cancellation: shielded: a cancelled close must not strand containers.
+        Every engine call in it is bounded in time.
         """
         with anyio.CancelScope(shield=True):
             try:
@@ -638,7 +638,13 @@ class DockerLauncher(PoolLauncher):
         self._hand(job, worker)
 
     async def start(self, task: TaskSpec) -> JobRef:
-        """Start the task; one-shot, the JobRef names its container (re-attachable)."""
+        """Start the task; one-shot, the JobRef names its container (re-attachable).
+
+        Cancellation: the task is not handed over, and no container made for
+        it is left: one being created or started is removed (shielded); one
+        whose create lost its answer is watched and removed should the engine
+        make it later. Warm, a worker started meanwhile joins the pool.
+        """
         ref = await super().start(task)
         if self.mode == "warm":
             return ref
@@ -676,7 +682,13 @@ class DockerLauncher(PoolLauncher):
         return await super().wait(ref)
 
     async def cancel(self, ref: JobRef) -> None:
-        """Kill the task; a container another driver started is removed (idempotent)."""
+        """Kill the task; a container another driver started is removed (idempotent).
+
+        Cancellation: for a task of this launcher, as ``PoolLauncher.cancel``
+        (its container is removed all the same once the kill is under way).
+        For a re-attached container, the removal may be cut short and the
+        container left; calling ``cancel`` again removes it.
+        """
         local = self._local(ref)
         if local is not None:
             self._container_of.pop(ref.task_id or "", None)
@@ -952,6 +964,10 @@ async def prune_containers(
         ValueError: neither ``executor_id`` nor ``every`` was given.
         BackendUnavailable: the engine cannot be reached.
         LaunchError: the engine refused to list or remove containers.
+
+    Cancellation: stops the removals where they are: the containers removed
+    so far stay removed (their names are not returned), the others stay; the
+    engine client is closed. Safe to call again (what is gone is skipped).
     """
     if (executor_id is None) == (not every):
         raise ValueError("name one executor_id, or pass every=True for all of asyncexec's")
@@ -986,6 +1002,10 @@ async def check_image(image: str, *, python: str = "python3", url: str | None = 
     Returns a one-line description (the image's Python and where it is).
     Raises :class:`LaunchError` saying what is wrong (no such image, no Python,
     no asyncexec, a version mismatch...).
+
+    Cancellation: as leaving a cancelled :class:`DockerExecutor`: the probe
+    task is cancelled and its container removed (shielded) before the
+    cancellation propagates.
     """
     async with DockerExecutor(image, n_workers=1, python=python, url=url) as executor:
         return str(await executor.run(_describe_interpreter))

@@ -615,7 +615,13 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self._tg.start_soon(run)
 
     async def aclose(self) -> None:
-        """Cancel what nobody waits for any more, stop the background tasks, clean up."""
+        """Cancel what nobody waits for any more, stop the background tasks, clean up.
+
+        Cancellation: shielded, and every step is bounded in time (ten minutes
+        for a submission under way, then ``scancel``, the staging clean-up and
+        closing the shell): it finishes before the cancellation propagates. A
+        second call returns at once.
+        """
         if self._closed:
             return
         self._closed = True
@@ -740,6 +746,14 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             job.on_running = callback
 
     async def cancel(self, ref: JobRef) -> None:
+        """Have the background canceller ``scancel`` the task (or mark it in its
+        chunk), then wait until Slurm confirms its end, for at most
+        ``max_poll_interval`` plus a minute of accounting grace.
+
+        Cancellation: stops the waiting only: the cancel is asked for before
+        the first wait and goes on in the background; calling it again waits
+        for it again.
+        """
         job = self._jobs.get(ref.task_id or ref.native_id)
         if job is None or job.finished:
             return
@@ -782,6 +796,9 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         What a driver killed before it read all outcomes leaves there: pass
         them to ``executor.attach`` to collect their outcomes (or to wait for
         those still running).
+
+        Cancellation: the ``find`` command is killed and nothing is returned;
+        it only reads, so nothing changes and it is safe to call again.
         """
         if self.staging_dir is None:
             raise LaunchError("the Slurm launcher is not open")

@@ -146,7 +146,13 @@ class SSHLauncher(PoolLauncher):
             self._tg.start_soon(run)
 
     async def aclose(self) -> None:
-        """Stop the workers, then close every host's connections."""
+        """Stop the workers, then close every host's connections.
+
+        Cancellation: stopping the workers may be cut short (as
+        ``PoolLauncher.aclose``; ``__aexit__`` shields it), but the connections
+        are closed all the same, shielded, and a worker whose input ends exits
+        and kills the task it runs. Calling it again finishes the job.
+        """
         try:
             await super().aclose()
         finally:

@@ -102,6 +102,14 @@ class ThreadLauncher(LocalLauncher[_Job]):
         job.settle(Outcome(task_id=job.task_id, status="cancelled"))
 
     async def cancel(self, ref: JobRef) -> None:
+        """Stop the task's thread (an exception raised in it), and stop waiting for it.
+
+        A thread cannot be killed: one blocked in C code (``time.sleep``, a
+        system call) runs on until it returns to Python; the outcome is
+        ``cancelled`` without waiting for it all the same.
+
+        Cancellation: never waits, so never interrupted.
+        """
         job = self._jobs.pop(ref.native_id, None)
         if job is None:
             return
@@ -114,6 +122,10 @@ class ThreadLauncher(LocalLauncher[_Job]):
             job.scope.cancel()
 
     async def aclose(self) -> None:
+        """Cancel every task still here (see :meth:`cancel`).
+
+        Cancellation: never waits, so never interrupted.
+        """
         # The task group wraps the caller's code until __aexit__: cancel the jobs, not it.
         for native_id in list(self._jobs):
             await self.cancel(JobRef(kind="thread", native_id=native_id))

@@ -630,19 +630,55 @@ class ParamSweeper:
     # -- async ----------------------------------------------------------------------
 
     async def aget_next(self, filtr: Filter | None = None) -> Any:
-        """``get_next`` in a worker thread: the event loop never waits on SQLite."""
+        """``get_next`` in a worker thread: the event loop never waits on SQLite.
+
+        Cancellation: the call is not interrupted: either it is not made
+        (cancelled before it starts) or it runs to its end in its thread, one
+        SQLite transaction, and returns; the caller sees the cancellation at
+        its next await. What it returns is held by the caller then: give it
+        back with ``acancel`` if it will not run.
+        """
         return await anyio.to_thread.run_sync(self.get_next, filtr)
 
     async def aget_next_batch(self, num_combs: int, filtr: Filter | None = None) -> list[Any]:
+        """``get_next_batch`` in a worker thread.
+
+        Cancellation: the call is not interrupted: either it is not made
+        (cancelled before it starts) or it runs to its end in its thread, one
+        SQLite transaction, and returns; the caller sees the cancellation at
+        its next await. What it returns is held by the caller then: give it
+        back with ``acancel`` if it will not run.
+        """
         return await anyio.to_thread.run_sync(self.get_next_batch, num_combs, filtr)
 
     async def adone(self, combination: Hashable) -> None:
+        """``done`` in a worker thread.
+
+        Cancellation: the call is not interrupted: either it is not made
+        (cancelled before it starts) or it runs to its end in its thread, one
+        SQLite transaction, and returns; the caller sees the cancellation at
+        its next await.
+        """
         await anyio.to_thread.run_sync(self.done, combination)
 
     async def askip(self, combination: Hashable) -> None:
+        """``skip`` in a worker thread.
+
+        Cancellation: the call is not interrupted: either it is not made
+        (cancelled before it starts) or it runs to its end in its thread, one
+        SQLite transaction, and returns; the caller sees the cancellation at
+        its next await.
+        """
         await anyio.to_thread.run_sync(self.skip, combination)
 
     async def acancel(self, combination: Hashable) -> None:
+        """``cancel`` in a worker thread.
+
+        Cancellation: the call is not interrupted: either it is not made
+        (cancelled before it starts) or it runs to its end in its thread, one
+        SQLite transaction, and returns; the caller sees the cancellation at
+        its next await.
+        """
         await anyio.to_thread.run_sync(self.cancel, combination)
 
 
