@@ -182,13 +182,6 @@ class Completed(msgspec.Struct, frozen=True):
     stdout: bytes
     stderr: bytes
 
-    def check(self) -> Completed:
-        """Return self, or raise CalledProcessError-like ``OSError`` on failure."""
-        if self.returncode != 0:
-            detail = self.stderr.decode("utf-8", "replace").strip()
-            raise OSError(f"{self.argv[0]} exited with status {self.returncode}: {detail}")
-        return self
-
 
 class SpawnedProcess(abc.ABC):
     """A process started by :meth:`Shell.spawn`, with byte streams."""
@@ -211,7 +204,7 @@ class SpawnedProcess(abc.ABC):
 
 
 class Shell(abc.ABC):
-    """How to reach a machine: run commands, spawn processes, move bytes.
+    """How to reach a machine: run commands and spawn processes.
 
     Kept deliberately small: the same launcher runs on a login node with
     :class:`~asyncexec.shells.LocalShell` or from a laptop over SSH.
@@ -227,14 +220,6 @@ class Shell(abc.ABC):
     @abc.abstractmethod
     async def spawn(self, argv: Sequence[str]) -> SpawnedProcess:
         """Start ``argv`` with piped stdin, stdout and stderr."""
-
-    @abc.abstractmethod
-    async def read_bytes(self, path: str) -> bytes:
-        """The contents of ``path`` (FileNotFoundError if missing)."""
-
-    @abc.abstractmethod
-    async def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
-        """Write ``data`` to ``path`` atomically, private to the user by default."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent."""

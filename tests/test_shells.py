@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from pathlib import Path
 
@@ -21,10 +20,8 @@ async def test_run_collects_output_and_status() -> None:
         [sys.executable, "-c", "import os,sys; print(os.environ['AE_SHELL']); sys.exit(4)"]
     )
     assert done.returncode == 4 and done.stdout == b"yes\n"
-    with pytest.raises(OSError, match="status 4"):
-        done.check()
     echoed = await shell.run(["cat"], input=b"through stdin")
-    assert echoed.check().stdout == b"through stdin"
+    assert (echoed.returncode, echoed.stdout) == (0, b"through stdin")
 
 
 async def test_cancelled_run_kills_the_command(tmp_path: Path) -> None:
@@ -35,16 +32,6 @@ async def test_cancelled_run_kills_the_command(tmp_path: Path) -> None:
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-
-
-async def test_files_are_written_atomically_and_privately(tmp_path: Path) -> None:
-    shell = LocalShell()
-    target = str(tmp_path / "payload.bin")
-    await shell.write_bytes(target, b"secret")
-    assert await shell.read_bytes(target) == b"secret"
-    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
-    with pytest.raises(FileNotFoundError):
-        await shell.read_bytes(str(tmp_path / "missing"))
 
 
 async def test_spawn_streams() -> None:
