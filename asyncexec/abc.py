@@ -190,6 +190,15 @@ class SpawnedProcess(abc.ABC):
     stdout: ByteReceiveStream
     stderr: ByteReceiveStream
 
+    @property
+    def pid(self) -> int | None:
+        """The process id on the machine it runs on (its shell's ``host``); None if unknown.
+
+        A remote process's id is known once its command has announced it; the
+        default says it is not.
+        """
+        return None
+
     @abc.abstractmethod
     async def wait(self) -> int:
         """Wait for the process to exit; return its exit status."""
@@ -209,6 +218,15 @@ class Shell(abc.ABC):
     Kept deliberately small: the same launcher runs on a login node with
     :class:`~asyncexec.shells.LocalShell` or from a laptop over SSH.
     """
+
+    @property
+    def host(self) -> str | None:
+        """The machine the commands run on: a host name, or None for this machine.
+
+        Launchers put it in the JobRefs they make (``JobRef.host``), so that work
+        started through one shell is followed only through a shell to the same host.
+        """
+        return None
 
     @abc.abstractmethod
     async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> Completed:

@@ -38,6 +38,10 @@ class _LocalProcess(SpawnedProcess):
         self.stdout = process.stdout
         self.stderr = process.stderr
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     async def wait(self) -> int:
         return await self._process.wait()
 
@@ -230,11 +234,16 @@ class _SSHProcess(SpawnedProcess):
         self._shell = shell
         self._connection = connection
         self._process = process
-        self.pid = pid
+        self._pid = pid
         self.stdin = _SSHSend(process.stdin)
         self.stdout = _SSHReceive(process.stdout)
         self.stderr = _SSHReceive(process.stderr)
         self._released = False
+
+    @property
+    def pid(self) -> int | None:
+        """The remote process id, as its command announced it (None if it did not)."""
+        return self._pid
 
     async def wait(self) -> int:
         await self._process.wait_closed()
@@ -323,7 +332,7 @@ class SSHShell(Shell):
         for name in env or {}:
             if not name or "=" in name or not name.replace("_", "a").isalnum():
                 raise ValueError(f"not an environment variable name: {name!r}")
-        self.host = host
+        self._host = host
         self.port = port
         self.username = username
         self._options = options
@@ -339,6 +348,11 @@ class SSHShell(Shell):
 
     def __repr__(self) -> str:
         return f"SSHShell({self._target()!r})"
+
+    @property
+    def host(self) -> str:
+        """The host name or address commands run on, as given."""
+        return self._host
 
     @property
     def channel_capacity(self) -> int:

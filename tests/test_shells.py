@@ -48,3 +48,18 @@ async def test_spawn_streams() -> None:
         assert await process.wait() == 0
     finally:
         await process.aclose()
+
+
+async def test_host_and_pid_are_on_the_seam() -> None:
+    """A local shell's host is None; a spawned process knows its own pid."""
+    shell = LocalShell()
+    assert shell.host is None
+    process = await shell.spawn([sys.executable, "-c", "import os; print(os.getpid())"])
+    try:
+        received = b""
+        async for chunk in process.stdout:
+            received += chunk
+        assert process.pid == int(received)
+        assert await process.wait() == 0
+    finally:
+        await process.aclose()

@@ -93,6 +93,7 @@ async def test_run_and_spawn(cluster: Cluster) -> None:
                 received += chunk
             assert received == b"SHOUT"
             assert await process.wait() == 0
+            assert shell.host == cluster.host and isinstance(process.pid, int)
         finally:
             await process.aclose()
 

@@ -41,7 +41,7 @@ class _RemoteWorker(PoolWorker):
         self.shell = shell
         self.place = shell  # the host: its workers share its CPUs
         self.process = process
-        self.pid = getattr(process, "pid", None)
+        self.pid = process.pid
         self._closed = False
         self._exit_code: int | None = None
         self._reaped = anyio.Event()
