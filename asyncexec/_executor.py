@@ -956,11 +956,7 @@ class ConfiguredExecutor:
 
     async def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """As :meth:`BaseExecutor.submit`, with these options."""
-        executor = self.executor
-        if executor._pending_slots is None:
-            call = executor._prepare(fn, args, kwargs, self.options)
-            return executor._accept(call, self.options, False)
-        return await executor._submit(fn, args, kwargs, self.options)
+        return await self.executor._submit(fn, args, kwargs, self.options)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """As :meth:`BaseExecutor.run`, with these options."""
