@@ -72,10 +72,9 @@ from typing import Any, NamedTuple
 import anyio
 import msgspec
 
-from .. import _oneshot
+from .. import BaseExecutor, _oneshot
 from .._codec import versions
 from .._exceptions import BackendUnavailable, LaunchError
-from .._executor import BaseExecutor
 from .._messages import ErrorInfo, JobRef, Outcome, OutcomeStatus, TaskSpec
 from .._options import TaskOptions
 from ..abc import Launcher, Shell

@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
+from .. import BaseExecutor
 from .._exceptions import BackendUnavailable, LaunchError
-from .._executor import BaseExecutor
 from .._options import TaskOptions
 from ..abc import Launcher, Shell, SpawnedProcess
 from ._pool import PoolLauncher, PoolWorker
