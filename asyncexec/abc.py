@@ -8,6 +8,7 @@ for its outcome, and kills it. How to reach a machine is a :class:`Shell`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -17,19 +18,49 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ._messages import JobRef, Outcome, Resources, TaskSpec
 
-__all__ = ["Completed", "Launcher", "Shell", "SpawnedProcess"]
+__all__ = ["Capabilities", "Completed", "Launcher", "Shell", "SpawnedProcess"]
 
 _L = TypeVar("_L", bound="Launcher")
 _S = TypeVar("_S", bound="Shell")
 
 
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a launcher can do, as one value: ``launcher.capabilities``.
+
+    Read it from the instance, once it is made: an instance may differ from
+    its class (a Slurm launcher that runs tasks in chunks does not isolate
+    crashes, a Docker launcher's depend on its mode). The executor reads it
+    when it opens the launcher; the conformance suite of
+    :mod:`asyncexec.testing` picks its cases by it. The fields are those of
+    the :class:`Launcher` attributes of the same names, documented there.
+    """
+
+    can_kill: bool = True
+    isolates_crashes: bool = True
+    reattachable: bool = False
+    enforces_time_limit: bool = False
+    fast_start: bool = False
+    takes_buffers: bool = False
+    honours_resources: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_attributes(cls, launcher: Launcher | type[Launcher]) -> Capabilities:
+        """The capabilities a launcher's attributes say (a class gives its defaults)."""
+        return cls(**{field.name: getattr(launcher, field.name) for field in _FIELDS})
+
+
+_FIELDS = dataclasses.fields(Capabilities)
+
+
 class Launcher(abc.ABC):
     """Moves tasks to where they run. Used as an async context manager by executors.
 
-    Attributes say what a backend can do (the conformance suite of
-    :mod:`asyncexec.testing` checks exactly these). The class sets the
-    defaults; an instance may differ (a Slurm launcher that runs tasks in chunks
-    does not isolate crashes), so read them from the instance:
+    Attributes say what a backend can do; :attr:`capabilities` gathers them in
+    one value, which the executor and the conformance suite of
+    :mod:`asyncexec.testing` read. The class sets the defaults; an instance may
+    differ (a Slurm launcher that runs tasks in chunks does not isolate
+    crashes), set in its ``__init__``:
 
     * ``can_kill``: running work can be stopped (time limits, cancellation).
     * ``isolates_crashes``: a task that kills its process fails alone.
@@ -70,6 +101,11 @@ class Launcher(abc.ABC):
     kind: str = "local"
     prefetch: int = 0
     honours_resources: frozenset[str] = frozenset()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this launcher can do, read from its attributes (see the class docstring)."""
+        return Capabilities.from_attributes(self)
 
     async def __aenter__(self: _L) -> _L:
         """Acquire what the launcher needs (background tasks, connections)."""
