@@ -10,47 +10,22 @@ cluster node imports none of them.
 import importlib as _importlib
 import typing as _typing
 
-from ._exceptions import AsyncExecError as AsyncExecError
-from ._exceptions import BackendUnavailable as BackendUnavailable
-from ._exceptions import ExecutorClosed as ExecutorClosed
-from ._exceptions import LaunchError as LaunchError
-from ._exceptions import RemoteError as RemoteError
-from ._exceptions import SerializationError as SerializationError
-from ._exceptions import TaskBackendUnavailable as TaskBackendUnavailable
-from ._exceptions import TaskCancelled as TaskCancelled
-from ._exceptions import TaskFailed as TaskFailed
-from ._exceptions import TaskLaunchError as TaskLaunchError
-from ._exceptions import TaskSerializationError as TaskSerializationError
-from ._exceptions import TaskTimeout as TaskTimeout
-from ._exceptions import WorkerLost as WorkerLost
-from ._version import __version__ as __version__
-
-if _typing.TYPE_CHECKING:
-    from ._executor import BaseExecutor as BaseExecutor
-    from ._executor import ConfiguredExecutor as ConfiguredExecutor
-    from ._future import AsyncException as AsyncException
-    from ._future import AsyncResult as AsyncResult
-    from ._future import Future as Future
-    from ._future import FutureState as FutureState
-    from ._future import InvalidStateError as InvalidStateError
-    from ._future import TaskInfo as TaskInfo
-    from ._messages import JobRef as JobRef
-    from ._messages import Outcome as Outcome
-    from ._messages import Resources as Resources
-    from ._messages import TaskSpec as TaskSpec
-    from ._options import TaskOptions as TaskOptions
-    from ._timed import handle_err as handle_err
-    from ._timed import timed_run as timed_run
-    from .launchers.docker import DockerExecutor as DockerExecutor
-    from .launchers.process import ProcessExecutor as ProcessExecutor
-    from .launchers.slurm import SlurmConfig as SlurmConfig
-    from .launchers.slurm import SlurmExecutor as SlurmExecutor
-    from .launchers.ssh import SSHExecutor as SSHExecutor
-    from .launchers.thread import ThreadExecutor as ThreadExecutor
-    from .shells import LocalShell as LocalShell
-    from .shells import SSHShell as SSHShell
-
-_LAZY = {
+#: Every public name and the module that defines it: the one list. ``__all__``,
+#: ``dir()`` and the lazy loading are derived from it.
+_PUBLIC: dict[str, str] = {
+    "AsyncExecError": "._exceptions",
+    "BackendUnavailable": "._exceptions",
+    "ExecutorClosed": "._exceptions",
+    "LaunchError": "._exceptions",
+    "RemoteError": "._exceptions",
+    "SerializationError": "._exceptions",
+    "TaskBackendUnavailable": "._exceptions",
+    "TaskCancelled": "._exceptions",
+    "TaskFailed": "._exceptions",
+    "TaskLaunchError": "._exceptions",
+    "TaskSerializationError": "._exceptions",
+    "TaskTimeout": "._exceptions",
+    "WorkerLost": "._exceptions",
     "BaseExecutor": "._executor",
     "ConfiguredExecutor": "._executor",
     "AsyncException": "._future",
@@ -66,6 +41,7 @@ _LAZY = {
     "TaskOptions": "._options",
     "handle_err": "._timed",
     "timed_run": "._timed",
+    "__version__": "._version",
     "DockerExecutor": ".launchers.docker",
     "ProcessExecutor": ".launchers.process",
     "SlurmConfig": ".launchers.slurm",
@@ -75,10 +51,58 @@ _LAZY = {
     "LocalShell": ".shells",
     "SSHShell": ".shells",
 }
+#: Modules loaded with the package (cheap, and what every failure raises).
+_EAGER = frozenset({"._exceptions", "._version"})
+
+if _typing.TYPE_CHECKING:
+    # The same names for type checkers, which cannot follow __getattr__:
+    # tests/test_all_attributes.py keeps these imports and _PUBLIC equal.
+    from ._exceptions import AsyncExecError as AsyncExecError
+    from ._exceptions import BackendUnavailable as BackendUnavailable
+    from ._exceptions import ExecutorClosed as ExecutorClosed
+    from ._exceptions import LaunchError as LaunchError
+    from ._exceptions import RemoteError as RemoteError
+    from ._exceptions import SerializationError as SerializationError
+    from ._exceptions import TaskBackendUnavailable as TaskBackendUnavailable
+    from ._exceptions import TaskCancelled as TaskCancelled
+    from ._exceptions import TaskFailed as TaskFailed
+    from ._exceptions import TaskLaunchError as TaskLaunchError
+    from ._exceptions import TaskSerializationError as TaskSerializationError
+    from ._exceptions import TaskTimeout as TaskTimeout
+    from ._exceptions import WorkerLost as WorkerLost
+    from ._executor import BaseExecutor as BaseExecutor
+    from ._executor import ConfiguredExecutor as ConfiguredExecutor
+    from ._future import AsyncException as AsyncException
+    from ._future import AsyncResult as AsyncResult
+    from ._future import Future as Future
+    from ._future import FutureState as FutureState
+    from ._future import InvalidStateError as InvalidStateError
+    from ._future import TaskInfo as TaskInfo
+    from ._messages import JobRef as JobRef
+    from ._messages import Outcome as Outcome
+    from ._messages import Resources as Resources
+    from ._messages import TaskSpec as TaskSpec
+    from ._options import TaskOptions as TaskOptions
+    from ._timed import handle_err as handle_err
+    from ._timed import timed_run as timed_run
+    from ._version import __version__ as __version__
+    from .launchers.docker import DockerExecutor as DockerExecutor
+    from .launchers.process import ProcessExecutor as ProcessExecutor
+    from .launchers.slurm import SlurmConfig as SlurmConfig
+    from .launchers.slurm import SlurmExecutor as SlurmExecutor
+    from .launchers.ssh import SSHExecutor as SSHExecutor
+    from .launchers.thread import ThreadExecutor as ThreadExecutor
+    from .shells import LocalShell as LocalShell
+    from .shells import SSHShell as SSHShell
+else:
+    for _name, _module in _PUBLIC.items():
+        if _module in _EAGER:
+            globals()[_name] = getattr(_importlib.import_module(_module, __name__), _name)
+    del _name, _module
 
 
 def __getattr__(name: str) -> _typing.Any:
-    module = _LAZY.get(name)
+    module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'asyncexec' has no attribute {name!r}")
     value = getattr(_importlib.import_module(module, __name__), name)
@@ -87,45 +111,7 @@ def __getattr__(name: str) -> _typing.Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_PUBLIC))
 
 
-__all__ = [
-    "AsyncException",
-    "AsyncExecError",
-    "AsyncResult",
-    "BackendUnavailable",
-    "BaseExecutor",
-    "ConfiguredExecutor",
-    "DockerExecutor",
-    "ExecutorClosed",
-    "Future",
-    "FutureState",
-    "InvalidStateError",
-    "JobRef",
-    "LaunchError",
-    "LocalShell",
-    "Outcome",
-    "ProcessExecutor",
-    "RemoteError",
-    "Resources",
-    "SSHExecutor",
-    "SSHShell",
-    "SerializationError",
-    "SlurmConfig",
-    "SlurmExecutor",
-    "TaskBackendUnavailable",
-    "TaskCancelled",
-    "TaskFailed",
-    "TaskInfo",
-    "TaskLaunchError",
-    "TaskOptions",
-    "TaskSerializationError",
-    "TaskSpec",
-    "TaskTimeout",
-    "ThreadExecutor",
-    "WorkerLost",
-    "__version__",
-    "handle_err",
-    "timed_run",
-]
+__all__ = sorted(_PUBLIC)

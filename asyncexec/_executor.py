@@ -128,6 +128,8 @@ class BaseExecutor:
         self._active = 0  # tasks in the launcher's hands (or being handed over)
         self._limit = 0  # ... at most: set on entry
         self._try_start = False  # the launcher can take a task without a coroutine
+        self._takes_buffers = False  # ... moves out-of-band buffers (set on entry)
+        self._enforces_time_limit = False  # ... stops a task at its time limit itself
         self._blocked: _Task | None = None  # the launcher was full: nothing passes this one
         self._tg: TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -159,8 +161,11 @@ class BaseExecutor:
         async with contextlib.AsyncExitStack() as stack:
             launcher = self._given_launcher or self._create_launcher()
             self._launcher = await stack.enter_async_context(launcher)
+            capabilities = launcher.capabilities
             self._limit = self.n_workers * (1 + launcher.prefetch)
-            self._try_start = launcher.fast_start
+            self._try_start = capabilities.fast_start
+            self._takes_buffers = capabilities.takes_buffers
+            self._enforces_time_limit = capabilities.enforces_time_limit
             if self.max_pending is not None:
                 self._pending_slots = anyio.Semaphore(self.max_pending)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -325,10 +330,7 @@ class BaseExecutor:
         if options is not self._resources_checked:  # once per options object, not per task
             self._check_resources(options)
         _check_function(fn)
-        launcher = self._launcher
-        return dumps_call(
-            fn, args, kwargs, out_of_band=launcher is not None and launcher.takes_buffers
-        )
+        return dumps_call(fn, args, kwargs, out_of_band=self._takes_buffers)
 
     def _check_resources(self, options: TaskOptions) -> None:
         """Refuse resources the launcher cannot honour, rather than drop them."""
@@ -418,9 +420,7 @@ class BaseExecutor:
         """Whether the task can run with no coroutine: nothing to wait for but its outcome."""
         if task.attached is not None:
             return False
-        launcher = self._launcher
-        assert launcher is not None
-        return task.spec.time_limit is None or launcher.enforces_time_limit
+        return task.spec.time_limit is None or self._enforces_time_limit
 
     def _start_now(self, task: _Task) -> bool:
         """Hand the task over with ``try_start``: whether the launcher took it."""
@@ -727,7 +727,7 @@ class BaseExecutor:
                     launcher.on_running(ref, running)
                     self._unblock(task)
                     try:
-                        if task.spec.time_limit is None or launcher.enforces_time_limit:
+                        if task.spec.time_limit is None or self._enforces_time_limit:
                             outcome = await launcher.wait(ref)
                         else:
                             with anyio.move_on_after(task.spec.time_limit) as deadline:
@@ -976,11 +976,7 @@ class ConfiguredExecutor:
 
     async def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """As :meth:`BaseExecutor.submit`, with these options."""
-        executor = self.executor
-        if executor._pending_slots is None:
-            call = executor._prepare(fn, args, kwargs, self.options)
-            return executor._accept(call, self.options, False)
-        return await executor._submit(fn, args, kwargs, self.options)
+        return await self.executor._submit(fn, args, kwargs, self.options)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """As :meth:`BaseExecutor.run`, with these options.

@@ -239,6 +239,24 @@ class Future(Generic[T]):
         await self._executor.cancel(self)
         return self._state is FutureState.CANCELLED
 
+    async def accepted(self) -> JobRef | None:
+        """Wait until the backend has accepted the task, or it ended; return its JobRef.
+
+        The JobRef (``info.job_ref``) names the work where it runs: a driver
+        that keeps it can follow the work after a crash (``executor.attach``).
+        A task may wait in the backend's queue after this (a Slurm job): the
+        future is RUNNING only once it runs. None if the task ended before a
+        backend took it (cancelled while queued, refused).
+
+        Cancellation: cancelling the caller stops the waiting only; the task
+        goes on.
+        """
+        if self._state is FutureState.PENDING and self._info.job_ref is None:
+            if self._accepted is None:
+                self._accepted = anyio.Event()
+            await self._accepted.wait()
+        return self._info.job_ref
+
     def add_done_callback(self, callback: Callable[[Future[T]], object]) -> None:
         """Call ``callback(future)`` once finished (at once if it already is)."""
         if self.ready():
@@ -265,14 +283,6 @@ class Future(Generic[T]):
         """The backend accepted the task (``info.job_ref`` is set); it may still wait there."""
         if self._accepted is not None:
             self._accepted.set()
-
-    async def _until_accepted(self) -> None:
-        """Wait until the backend has accepted the task (``info.job_ref`` is set) or it ended."""
-        if self._state is not FutureState.PENDING or self._info.job_ref is not None:
-            return
-        if self._accepted is None:
-            self._accepted = anyio.Event()
-        await self._accepted.wait()
 
     def _set_pending(self) -> None:
         if not self.ready():

@@ -8,6 +8,7 @@ for its outcome, and kills it. How to reach a machine is a :class:`Shell`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -17,19 +18,49 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ._messages import JobRef, Outcome, Resources, TaskSpec
 
-__all__ = ["Completed", "Launcher", "Shell", "SpawnedProcess"]
+__all__ = ["Capabilities", "Completed", "Launcher", "Shell", "SpawnedProcess"]
 
 _L = TypeVar("_L", bound="Launcher")
 _S = TypeVar("_S", bound="Shell")
 
 
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a launcher can do, as one value: ``launcher.capabilities``.
+
+    Read it from the instance, once it is made: an instance may differ from
+    its class (a Slurm launcher that runs tasks in chunks does not isolate
+    crashes, a Docker launcher's depend on its mode). The executor reads it
+    when it opens the launcher; the conformance suite of
+    :mod:`asyncexec.testing` picks its cases by it. The fields are those of
+    the :class:`Launcher` attributes of the same names, documented there.
+    """
+
+    can_kill: bool = True
+    isolates_crashes: bool = True
+    reattachable: bool = False
+    enforces_time_limit: bool = False
+    fast_start: bool = False
+    takes_buffers: bool = False
+    honours_resources: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_attributes(cls, launcher: Launcher | type[Launcher]) -> Capabilities:
+        """The capabilities a launcher's attributes say (a class gives its defaults)."""
+        return cls(**{field.name: getattr(launcher, field.name) for field in _FIELDS})
+
+
+_FIELDS = dataclasses.fields(Capabilities)
+
+
 class Launcher(abc.ABC):
     """Moves tasks to where they run. Used as an async context manager by executors.
 
-    Attributes say what a backend can do (the conformance suite of
-    :mod:`asyncexec.testing` checks exactly these). The class sets the
-    defaults; an instance may differ (a Slurm launcher that runs tasks in chunks
-    does not isolate crashes), so read them from the instance:
+    Attributes say what a backend can do; :attr:`capabilities` gathers them in
+    one value, which the executor and the conformance suite of
+    :mod:`asyncexec.testing` read. The class sets the defaults; an instance may
+    differ (a Slurm launcher that runs tasks in chunks does not isolate
+    crashes), set in its ``__init__``:
 
     * ``can_kill``: running work can be stopped (time limits, cancellation).
     * ``isolates_crashes``: a task that kills its process fails alone.
@@ -70,6 +101,11 @@ class Launcher(abc.ABC):
     kind: str = "local"
     prefetch: int = 0
     honours_resources: frozenset[str] = frozenset()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this launcher can do, read from its attributes (see the class docstring)."""
+        return Capabilities.from_attributes(self)
 
     async def __aenter__(self: _L) -> _L:
         """Acquire what the launcher needs (background tasks, connections).
@@ -202,13 +238,6 @@ class Completed(msgspec.Struct, frozen=True):
     stdout: bytes
     stderr: bytes
 
-    def check(self) -> Completed:
-        """Return self, or raise CalledProcessError-like ``OSError`` on failure."""
-        if self.returncode != 0:
-            detail = self.stderr.decode("utf-8", "replace").strip()
-            raise OSError(f"{self.argv[0]} exited with status {self.returncode}: {detail}")
-        return self
-
 
 class SpawnedProcess(abc.ABC):
     """A process started by :meth:`Shell.spawn`, with byte streams."""
@@ -216,6 +245,15 @@ class SpawnedProcess(abc.ABC):
     stdin: ByteSendStream
     stdout: ByteReceiveStream
     stderr: ByteReceiveStream
+
+    @property
+    def pid(self) -> int | None:
+        """The process id on the machine it runs on (its shell's ``host``); None if unknown.
+
+        A remote process's id is known once its command has announced it; the
+        default says it is not.
+        """
+        return None
 
     @abc.abstractmethod
     async def wait(self) -> int:
@@ -244,11 +282,20 @@ class SpawnedProcess(abc.ABC):
 
 
 class Shell(abc.ABC):
-    """How to reach a machine: run commands, spawn processes, move bytes.
+    """How to reach a machine: run commands and spawn processes.
 
     Kept deliberately small: the same launcher runs on a login node with
     :class:`~asyncexec.shells.LocalShell` or from a laptop over SSH.
     """
+
+    @property
+    def host(self) -> str | None:
+        """The machine the commands run on: a host name, or None for this machine.
+
+        Launchers put it in the JobRefs they make (``JobRef.host``), so that work
+        started through one shell is followed only through a shell to the same host.
+        """
+        return None
 
     @abc.abstractmethod
     async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> Completed:
@@ -266,14 +313,6 @@ class Shell(abc.ABC):
         starting cannot be interrupted (``LocalShell`` on trio), the process
         is handed back and the caller sees the cancellation at its next await.
         """
-
-    @abc.abstractmethod
-    async def read_bytes(self, path: str) -> bytes:
-        """The contents of ``path`` (FileNotFoundError if missing)."""
-
-    @abc.abstractmethod
-    async def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
-        """Write ``data`` to ``path`` atomically, private to the user by default."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Idempotent.

@@ -53,7 +53,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ._version import __version__
+from . import __version__
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     global _SIGNALS
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "worker":
-        from ._worker import main as worker_main
+        from .worker import main as worker_main
 
         return worker_main(args[1:])
     _SIGNALS = _SignalHandling()
@@ -336,7 +336,7 @@ class _UsageError(Exception):
 def _docker(options: argparse.Namespace) -> int:
     import asyncio
 
-    from ._exceptions import LaunchError
+    from . import LaunchError
     from .launchers.docker import check_image, prune_containers
 
     try:
@@ -408,13 +408,12 @@ def _run(options: argparse.Namespace) -> int:
     if options.workers is not None and options.workers < 1:
         raise _UsageError("--workers must be at least 1")
     from .experiment import ResultsStore
-    from .launchers._local import _single
 
     ResultsStore(directory, experiment=experiment.name).close()  # a bad directory fails now
     try:
         summary = anyio.run(_run_async, experiment, directory, options)
     except BaseException as exc:
-        raise _single(exc) from None
+        raise _alone(exc) from None
     if summary is None or summary.cancelled:
         with _open(directory) as store:
             counts = store.counts({run.fingerprint for run in experiment.runs})
@@ -432,6 +431,13 @@ def _run(options: argparse.Namespace) -> int:
     )
     _print_summary(directory)
     return 0 if summary.failed == 0 else 1
+
+
+def _alone(exc: BaseException) -> BaseException:
+    """The one error inside a task group's exception group, if it is alone."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _run_async(experiment: Any, directory: str, options: argparse.Namespace) -> Any:

@@ -7,16 +7,13 @@ another one, over a small pool of SSH connections (asyncssh).
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
 import logging
 import os
 import shlex
 import signal
 import subprocess
-import uuid
 import warnings
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,7 +22,6 @@ from anyio.abc import Process
 
 from ._aio import require_asyncio
 from ._exceptions import BackendUnavailable
-from ._files import write_atomically
 from .abc import Completed, Shell, SpawnedProcess
 
 if TYPE_CHECKING:
@@ -41,6 +37,10 @@ class _LocalProcess(SpawnedProcess):
         self.stdin = process.stdin
         self.stdout = process.stdout
         self.stderr = process.stderr
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     async def wait(self) -> int:
         return await self._process.wait()
@@ -118,12 +118,6 @@ class LocalShell(Shell):
         )
         return _LocalProcess(process)
 
-    async def read_bytes(self, path: str) -> bytes:
-        return await anyio.Path(path).read_bytes()
-
-    async def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
-        await anyio.to_thread.run_sync(functools.partial(write_atomically, path, data, mode=mode))
-
 
 class _Reaper:
     """Kill (on error or cancellation) and reap a process when the block ends."""
@@ -157,7 +151,7 @@ _ANNOUNCE_PID = 'echo "asyncexec-pid $$"; exec "$@"'
 _MAX_NOISE_LINES = 200
 
 # What sshd's default of 10 sessions per connection leaves room for: login nodes
-# often count more than the channels we open (an SFTP session, agent forwarding).
+# often count more than the channels we open (agent forwarding, a user's own sessions).
 DEFAULT_CHANNELS_PER_CONNECTION = 6
 
 
@@ -191,9 +185,8 @@ class _Connection:
 
     def __init__(self, conn: asyncssh.SSHClientConnection, limit: int) -> None:
         self.conn = conn
-        self.used = 0  # channels open, the SFTP session's included
+        self.used = 0  # channels open
         self.limit = limit  # lowered when the server refuses a channel
-        self.sftp: asyncssh.SFTPClient | None = None
         self.broken = False
 
     @property
@@ -252,11 +245,16 @@ class _SSHProcess(SpawnedProcess):
         self._shell = shell
         self._connection = connection
         self._process = process
-        self.pid = pid
+        self._pid = pid
         self.stdin = _SSHSend(process.stdin)
         self.stdout = _SSHReceive(process.stdout)
         self.stderr = _SSHReceive(process.stderr)
         self._released = False
+
+    @property
+    def pid(self) -> int | None:
+        """The remote process id, as its command announced it (None if it did not)."""
+        return self._pid
 
     async def wait(self) -> int:
         await self._process.wait_closed()
@@ -345,7 +343,7 @@ class SSHShell(Shell):
         for name in env or {}:
             if not name or "=" in name or not name.replace("_", "a").isalnum():
                 raise ValueError(f"not an environment variable name: {name!r}")
-        self.host = host
+        self._host = host
         self.port = port
         self.username = username
         self._options = options
@@ -361,6 +359,11 @@ class SSHShell(Shell):
 
     def __repr__(self) -> str:
         return f"SSHShell({self._target()!r})"
+
+    @property
+    def host(self) -> str:
+        """The host name or address commands run on, as given."""
+        return self._host
 
     @property
     def channel_capacity(self) -> int:
@@ -427,38 +430,6 @@ class SSHShell(Shell):
         """
         connection, process, pid = await self._start(argv)
         return _SSHProcess(self, connection, process, pid)
-
-    async def read_bytes(self, path: str) -> bytes:
-        """The remote file's contents, over SFTP (FileNotFoundError if missing)."""
-        asyncssh = _import_asyncssh()
-        async with self._sftp() as sftp:
-            try:
-                async with sftp.open(path, "rb") as file:
-                    data: bytes = await file.read()
-                    return data
-            except asyncssh.SFTPNoSuchFile:
-                raise FileNotFoundError(errno.ENOENT, "no such remote file", path) from None
-
-    async def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
-        """Write a remote file atomically over SFTP, created with ``mode`` (private)."""
-        asyncssh = _import_asyncssh()
-        temporary = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-        async with self._sftp() as sftp:
-            try:
-                attrs = asyncssh.SFTPAttrs(permissions=mode)
-                async with sftp.open(temporary, "wb", attrs) as file:
-                    await file.write(data)
-                    await file.chmod(mode)  # the server's umask applies at creation
-                try:
-                    await sftp.posix_rename(temporary, path)
-                except asyncssh.SFTPOpUnsupported:
-                    with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                        await sftp.remove(path)
-                    await sftp.rename(temporary, path)
-            except BaseException:
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await sftp.remove(temporary)
-                raise
 
     async def aclose(self) -> None:
         """Close every connection. Idempotent; the shell reconnects if used again.
@@ -571,27 +542,6 @@ class SSHShell(Shell):
                 process.close()
                 self._release(connection)
 
-    # -- SFTP -----------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _sftp(self) -> AsyncIterator[asyncssh.SFTPClient]:
-        """An SFTP session, one per connection, kept open (it holds one channel)."""
-        connection = await self._acquire()
-        try:
-            if connection.sftp is None:
-                connection.sftp = await connection.conn.start_sftp_client()
-                connection.used += 1  # for good: the session stays open
-            yield connection.sftp
-        except Exception as exc:
-            if _connection_failure(exc):
-                connection.broken = True
-                raise self._unavailable(
-                    "the connection dropped during a file transfer", exc
-                ) from exc
-            raise
-        finally:
-            self._release(connection)
-
     # -- the pool ---------------------------------------------------------------------
 
     async def _acquire(self) -> _Connection:
@@ -621,7 +571,7 @@ class SSHShell(Shell):
 
     def _release(self, connection: _Connection) -> None:
         connection.used -= 1
-        if connection.broken and connection.used <= (1 if connection.sftp else 0):
+        if connection.broken and connection.used <= 0:
             connection.conn.close()
         self._wake()
 

@@ -7,8 +7,9 @@
   value, exception with traceback, unpicklable result, crash, timeout,
   cancellation of queued and running tasks, 10 MB payloads both ways, 1,000
   concurrent tasks, captured output. Which cases apply follows the launcher's
-  ``can_kill`` and ``isolates_crashes``, read from the instance (a launcher may
-  set them per instance: Slurm arrays in chunks do not isolate crashes).
+  ``capabilities`` (``can_kill``, ``isolates_crashes``), read from the instance
+  (a launcher may set them per instance: Slurm arrays in chunks do not isolate
+  crashes).
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ from ._exceptions import (
 )
 from ._executor import BaseExecutor
 from ._future import AsyncException, FutureState
-from ._messages import JobRef, Outcome, TaskSpec
+from ._messages import JobRef, Outcome, Resources, TaskSpec
 from ._worker import execute
-from .abc import Launcher
+from .abc import Capabilities, Launcher
 
 __all__ = [
     "CONFORMANCE_CASES",
     "InlineLauncher",
     "assert_heartbeat_stopped",
+    "check_capabilities",
     "check_launcher",
     "conformance_cases",
     "heartbeat",
@@ -318,12 +320,36 @@ def conformance_cases(launcher: Launcher | type[Launcher]) -> list[str]:
     :func:`check_launcher` does) where they may differ per instance; a class
     gives its defaults.
     """
+    capabilities = (
+        Capabilities.from_attributes(launcher)
+        if isinstance(launcher, type)
+        else launcher.capabilities
+    )
     return [
         name
         for name, (_, needs_kill, needs_isolation) in CONFORMANCE_CASES.items()
-        if (launcher.can_kill or not needs_kill)
-        and (launcher.isolates_crashes or not needs_isolation)
+        if (capabilities.can_kill or not needs_kill)
+        and (capabilities.isolates_crashes or not needs_isolation)
     ]
+
+
+def check_capabilities(launcher: Launcher) -> None:
+    """Check that ``launcher.capabilities`` is a consistent :class:`Capabilities`.
+
+    :func:`check_launcher` calls it first. Raises AssertionError naming what
+    does not hold.
+    """
+    capabilities = launcher.capabilities
+    name = type(launcher).__name__
+    assert isinstance(capabilities, Capabilities), f"{name}.capabilities is {capabilities!r}"
+    unknown = capabilities.honours_resources - set(Resources.__struct_fields__)
+    assert not unknown, f"{name} honours unknown Resources fields {sorted(unknown)}"
+    if capabilities.fast_start:
+        assert type(launcher).try_start is not Launcher.try_start, (
+            f"{name} says fast_start but does not implement try_start"
+        )
+    if capabilities.enforces_time_limit:
+        assert capabilities.can_kill, f"{name} enforces time limits but cannot kill"
 
 
 async def check_launcher(
@@ -356,6 +382,7 @@ async def check_launcher(
     run.
     """
     probe = make_launcher()
+    check_capabilities(probe)
     applicable = conformance_cases(probe)
     names = applicable if only is None else list(only)
     for name in names:

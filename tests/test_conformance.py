@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
 
-from asyncexec import LocalShell, SlurmConfig
-from asyncexec.abc import Launcher
+from asyncexec import BaseExecutor, JobRef, LocalShell, SlurmConfig, TaskSpec
+from asyncexec.abc import Capabilities, Launcher
 from asyncexec.launchers import ProcessLauncher, ThreadLauncher
 from asyncexec.launchers.slurm import SlurmLauncher
-from asyncexec.testing import InlineLauncher, check_launcher, conformance_cases
+from asyncexec.testing import (
+    InlineLauncher,
+    check_capabilities,
+    check_launcher,
+    conformance_cases,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -53,3 +59,50 @@ async def test_check_launcher_reads_the_capabilities_of_the_instance() -> None:
 
     with pytest.raises(ValueError, match="'crash' does not apply to SlurmLauncher"):
         await check_launcher(chunked, only=["crash"])
+
+
+def test_capabilities_are_one_frozen_value_read_from_the_instance() -> None:
+    chunked = SlurmLauncher(LocalShell(), SlurmConfig(chunk_size=4)).capabilities
+    assert isinstance(chunked, Capabilities)
+    assert not chunked.isolates_crashes and chunked.reattachable and chunked.enforces_time_limit
+    assert SlurmLauncher(LocalShell(), SlurmConfig()).capabilities.isolates_crashes
+    assert Capabilities.from_attributes(ThreadLauncher) == ThreadLauncher(1).capabilities
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        chunked.can_kill = False  # type: ignore[misc]
+    for make in LAUNCHERS.values():
+        check_capabilities(make())
+
+
+def test_inconsistent_capabilities_are_caught() -> None:
+    class SaysFastStart(InlineLauncher):
+        fast_start = True
+
+    class TimesOutWithoutKilling(InlineLauncher):
+        enforces_time_limit = True
+
+    with pytest.raises(AssertionError, match="does not implement try_start"):
+        check_capabilities(SaysFastStart())
+    with pytest.raises(AssertionError, match="cannot kill"):
+        check_capabilities(TimesOutWithoutKilling())
+
+
+async def test_the_executor_reads_capabilities_from_the_instance() -> None:
+    """A launcher may compute its capabilities: the executor reads the property."""
+
+    seen: list[int] = []
+
+    class Recording(InlineLauncher):
+        async def start(self, task: TaskSpec) -> JobRef:
+            seen.append(len(task.buffers))
+            return await super().start(task)
+
+    class TakesBuffers(Recording):
+        @property
+        def capabilities(self) -> Capabilities:
+            return dataclasses.replace(super().capabilities, takes_buffers=True)
+
+    payload = b"x" * 1_000_000
+    for launcher in (Recording(), TakesBuffers()):
+        async with BaseExecutor(1, launcher=launcher) as executor:
+            assert await executor.run(len, payload) == len(payload)
+    assert seen == [0, 1]  # the large argument left out of the pickle only when asked

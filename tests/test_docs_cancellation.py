@@ -43,11 +43,6 @@ PUBLIC_MODULES = (
 DUNDERS = ("__aenter__", "__aexit__")
 #: Dead SFTP methods that issue 18's seams branch removes: left alone here so that
 #: the two branches merge cleanly (drop this set once both are in).
-BEING_REMOVED = {
-    f"asyncexec.{cls}.{method}"
-    for cls in ("abc.Shell", "shells.LocalShell", "shells.SSHShell")
-    for method in ("read_bytes", "write_bytes")
-}
 PARAGRAPH = re.compile(r"(^|\n\s*\n|\.\s+)Cancellation:", re.MULTILINE)
 DELEGATE = re.compile(r"As :meth:`~?([\w.]+)`")
 
@@ -115,11 +110,7 @@ def says_cancellation(func: Any, by_qualname: dict[str, Any]) -> bool:
 def test_every_public_coroutine_documents_cancellation() -> None:
     walked = list(public_coroutines())
     by_qualname = {func.__qualname__: func for _, func in walked}
-    missing = [
-        name
-        for name, func in walked
-        if name not in BEING_REMOVED and not says_cancellation(func, by_qualname)
-    ]
+    missing = [name for name, func in walked if not says_cancellation(func, by_qualname)]
     assert not missing, f"{len(missing)} without a 'Cancellation:' paragraph:\n" + "\n".join(
         missing
     )

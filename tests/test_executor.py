@@ -443,6 +443,25 @@ async def test_future_api(tmp_path: Path) -> None:
         assert await future.cancel() is False  # already finished
 
 
+async def test_accepted_gives_the_job_ref_once_a_backend_took_the_task(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    async with ThreadExecutor(1) as ex:
+        running = await ex.submit(wait_for_file, str(gate))
+        queued = await ex.submit(square, 3)
+        with anyio.fail_after(10):
+            ref = await running.accepted()
+        assert ref is not None and ref == running.info.job_ref
+        assert queued.info.job_ref is None  # waits for the one worker: not handed over
+        with anyio.move_on_after(0.1):  # cancelling the caller stops the waiting only
+            await queued.accepted()
+        assert not queued.ready()
+        assert await queued.cancel() is True
+        assert await queued.accepted() is None  # ended before a backend took it
+        gate.touch()
+        assert await running == str(gate)
+        assert await running.accepted() == ref
+
+
 async def test_remote_error_is_the_original_class_too() -> None:
     async with inline() as ex:
         future = await ex.submit(raise_custom, 42)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sqlite3
 from pathlib import Path
@@ -266,6 +267,16 @@ def test_explicit_parameter_lists_and_stable_fingerprints() -> None:
     second = Experiment(power, [{"exponent": 3, "base": 2}, {"base": 5, "exponent": 1}])
     assert [r.fingerprint for r in first.runs] == [r.fingerprint for r in second.runs]
     assert len({r.fingerprint for r in first.runs}) == 2
+
+
+def test_fingerprints_never_change() -> None:
+    """Results stores on disk are keyed by them: a change would run everything again."""
+    params = {"base": 2, "tags": frozenset({"b", "a"}), "xs": [1.5, (2, {"k": None})]}
+    runs = Experiment(math.hypot, [params], repeats=2).runs
+    assert [run.fingerprint for run in runs] == [
+        "456fa9ca4f16d0dfa5215177",
+        "aee18cc797b44d969b518a15",
+    ]
 
 
 class _Terminal(io.StringIO):

@@ -20,11 +20,8 @@ from typing import Any
 import anyio
 import msgspec
 
-from .._executor import BaseExecutor, ConfiguredExecutor
-from .._future import Future, FutureState
-from .._options import TaskOptions
+from .. import BaseExecutor, ConfiguredExecutor, Future, FutureState, TaskOptions
 from ..sweep import HashableDict, ParamSweeper, slugify, sweep
-from ..sweep._sweeper import _canonical
 from ._progress import Progress
 from ._store import ResultsStore, RunSpec
 
@@ -251,8 +248,7 @@ class _Dispatch:
             try:
                 with anyio.CancelScope(shield=True):  # recorded running before its end
                     await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
-                await future._until_accepted()
-                ref = future.info.job_ref
+                ref = await future.accepted()
                 if ref is not None and not future.ready() and self.executor.can_attach(ref):
                     # The work outlives us: a runner resuming after a crash follows it.
                     await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
@@ -400,6 +396,17 @@ def _takes_repeat(fn: Callable[..., Any]) -> bool:
 def _fingerprint(identity: str, params: Mapping[str, Any], repeat: int, version: str) -> str:
     data = msgspec.msgpack.encode([identity, repr(_canonical(dict(params))), repeat, version])
     return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with its dicts and sets in a fixed order: fingerprints must never change."""
+    if isinstance(value, dict):
+        return ("__dict__", tuple(sorted((repr(k), _canonical(v)) for k, v in value.items())))
+    if isinstance(value, (set, frozenset)):
+        return ("__set__", tuple(sorted(repr(_canonical(v)) for v in value)))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_canonical(v) for v in value))
+    return value
 
 
 def _log_name(run: RunSpec) -> str:

@@ -21,9 +21,7 @@ from typing import Any
 
 import msgspec
 
-from .._exceptions import AsyncExecError, RemoteError
-from .._future import Future, FutureState
-from .._messages import JobRef
+from .. import AsyncExecError, Future, FutureState, JobRef, RemoteError
 from .._sqlite import Transaction, connect
 
 __all__ = ["ResultsStore", "RunSpec", "StoreError"]
@@ -234,7 +232,7 @@ class ResultsStore:
         value_pickle: bytes | None = None
         error_type = error_message = trace = None
         if status == "done":
-            value = future._value
+            value = future.result()
             value_json = _json_or_none(value)
             if value_json is None:
                 value_pickle = pickle.dumps(value, protocol=4)

@@ -54,10 +54,10 @@ import anyio
 import anyio.abc
 import msgspec
 
+from .. import BaseExecutor
 from .._aio import require_asyncio
 from .._codec import take_frames
 from .._exceptions import BackendUnavailable, LaunchError, describe_exit
-from .._executor import BaseExecutor
 from .._messages import ErrorInfo, JobRef, Outcome, Resources, TaskSpec
 from .._options import TaskOptions, check_env
 from ..abc import Launcher

@@ -30,8 +30,8 @@ from anyio.abc import Process, SocketAttribute, UNIXSocketStream
 
 import asyncexec
 
+from .. import BaseExecutor
 from .._exceptions import LaunchError
-from .._executor import BaseExecutor
 from .._messages import Resources, Setup
 from .._options import TaskOptions, check_env
 from ..abc import Launcher

@@ -72,10 +72,9 @@ from typing import Any, NamedTuple
 import anyio
 import msgspec
 
-from .. import _oneshot
+from .. import BaseExecutor, _oneshot
 from .._codec import versions
 from .._exceptions import BackendUnavailable, LaunchError
-from .._executor import BaseExecutor
 from .._messages import ErrorInfo, JobRef, Outcome, OutcomeStatus, TaskSpec
 from .._options import TaskOptions
 from ..abc import Launcher, Shell
@@ -786,9 +785,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
 
     def can_follow(self, ref: JobRef) -> bool:
         """Whether ``ref`` is a task of this cluster (re-attach)."""
-        host = getattr(self.shell, "host", None)
-        here = host if isinstance(host, str) else None
-        return super().can_follow(ref) and ref.host == here
+        return super().can_follow(ref) and ref.host == self.shell.host
 
     async def find_refs(self) -> list[JobRef]:
         """JobRefs of every task whose array is still in the staging directory.
@@ -821,11 +818,10 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         return refs
 
     def _ref(self, array_id: str, index: int, task_id: str, workdir: str) -> JobRef:
-        host = getattr(self.shell, "host", None)
         return JobRef(
             kind=self.kind,
             native_id=f"{array_id}_{index}",
-            host=host if isinstance(host, str) else None,
+            host=self.shell.host,
             workdir=workdir,
             task_id=task_id,
         )

@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
+from .. import BaseExecutor
 from .._exceptions import BackendUnavailable, LaunchError
-from .._executor import BaseExecutor
 from .._options import TaskOptions
 from ..abc import Launcher, Shell, SpawnedProcess
 from ._pool import PoolLauncher, PoolWorker
@@ -41,7 +41,7 @@ class _RemoteWorker(PoolWorker):
         self.shell = shell
         self.place = shell  # the host: its workers share its CPUs
         self.process = process
-        self.pid = getattr(process, "pid", None)
+        self.pid = process.pid
         self._closed = False
         self._exit_code: int | None = None
         self._reaped = anyio.Event()

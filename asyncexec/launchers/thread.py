@@ -22,9 +22,9 @@ from typing import IO, Any
 
 import anyio
 
+from .. import BaseExecutor
 from .._codec import describe_exception
 from .._exceptions import LaunchError
-from .._executor import BaseExecutor
 from .._messages import JobRef, Outcome, TaskSpec
 from .._options import TaskOptions, check_workers
 from .._stopit import async_raise

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import anyio
 
-from .._exceptions import AsyncExecError
+from .. import AsyncExecError
 from .._sqlite import Transaction, connect
 from ._sweep import HashableDict
 
@@ -71,23 +71,13 @@ class SweeperError(AsyncExecError):
     """The persistence database is not a ParamSweeper's or is damaged, or no sweeps were saved."""
 
 
-def _canonical(value: Any) -> Any:
-    if isinstance(value, dict):
-        return ("__dict__", tuple(sorted((repr(k), _canonical(v)) for k, v in value.items())))
-    if isinstance(value, (set, frozenset)):
-        return ("__set__", tuple(sorted(repr(_canonical(v)) for v in value)))
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, tuple(_canonical(v) for v in value))
-    return value
-
-
 def _by_equality(value: Any) -> Any:
     """``value`` in a form that pickles alike exactly when values compare equal.
 
     execo keeps combinations in sets: one is another when they are ``==``. So
     1, 1.0, True, ``Fraction(1)`` and ``numpy.int64(1)`` are one level, a
     namedtuple is its tuple, a ``StrEnum`` member is its string. (Format 1 keys
-    came from ``_canonical``, which the experiment runner's fingerprints still use.)
+    came from the experiment runner's ``_canonical``, which its fingerprints still use.)
     """
     if isinstance(value, dict):
         items = ((repr(_by_equality(k)), _by_equality(v)) for k, v in value.items())
