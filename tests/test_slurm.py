@@ -436,6 +436,32 @@ async def test_cancel_inside_a_chunk_spares_its_siblings(cluster: Cluster, scrat
         assert ex.slurm.calls.get("scancel", 0) == 0
 
 
+@pytest.mark.infra
+async def test_cancelling_a_task_of_a_chunk_not_started_returns_at_once(
+    cluster: Cluster, scratch: str
+) -> None:
+    """Its marker is written while squeue says the chunk waits: the runner will skip it,
+    so the future is cancelled then, not when the chunk runs (up to a minute later)."""
+    cfg = config(cluster, chunk_size=3, extra_sbatch=["--hold"])
+    async with SlurmExecutor(cluster.shell(), cfg) as ex:
+        first = await ex.submit(add, 1, 1)
+        second = await ex.submit(touch, f"{scratch}/never")
+        third = await ex.submit(add, 2, 2)
+        with anyio.fail_after(60):
+            while third.info.job_ref is None:
+                await anyio.sleep(0.05)
+        assert len(arrays_of([first, second, third])) == 1
+        began = time.monotonic()
+        await ex.cancel(second)
+        assert time.monotonic() - began < 15  # 62 s before (the grace for sacct)
+        assert second.state is FutureState.CANCELLED
+        assert first.state is FutureState.PENDING and third.state is FutureState.PENDING
+        await anyio.run_process(["scontrol", "release", array_of(first) or "?"])
+        assert await first == 2 and await third == 4
+        assert ex.slurm.calls.get("scancel", 0) == 0
+    assert not os.path.exists(f"{scratch}/never")  # skipped by the runner
+
+
 async def test_aclose_cancel_pending_leaves_no_job(cluster: Cluster) -> None:
     cfg = config(cluster, max_concurrent=2)
     ex = SlurmExecutor(cluster.shell(), cfg)

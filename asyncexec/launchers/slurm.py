@@ -450,6 +450,7 @@ class _SlurmJob(LocalJob):
         "index",
         "logs",
         "marked",
+        "marked_at",
         "missing_since",
         "never_since",
         "on_running",
@@ -466,6 +467,7 @@ class _SlurmJob(LocalJob):
         self.cancel_requested = False
         self.adopted = False  # re-attached: started by another launcher
         self.marked = False  # its cancel marker is written: the worker skips or stops it
+        self.marked_at = 0.0  # time.monotonic() once the marker is written
         self.missing_since: float | None = None  # left the queue; no outcome, no sacct yet
         self.logs: tuple[str | None, str | None] = (None, None)  # log_stdout, log_stderr here
         self.started = False  # squeue saw it run (or it ended)
@@ -1027,8 +1029,10 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 markers.append(f"{job.workdir}/cancel/{job.task_id}")
         if markers:
             await self._run("touch", ["touch", "--", *markers])
+            written = time.monotonic()
             for job in jobs:
                 job.marked = job.native_id not in whole
+                job.marked_at = written
         if whole:
             done = await self._run("scancel", ["scancel", *sorted(whole)])
             if done.returncode != 0:
@@ -1070,9 +1074,11 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
     async def _poll(self, live: list[_SlurmJob]) -> bool:
         """One round: squeue, then outcomes (and sacct) for what left the queue."""
         arrays = sorted({job.array_id for job in live}, key=int)  # digits: checked on entry
+        asked = time.monotonic()
         queued = await self._squeue(arrays)
         gone: list[_SlurmJob] = []
         marked: list[_SlurmJob] = []  # cancelled inside a running chunk: outcome comes early
+        skipped = False  # marked in a chunk that has not started: settled now
         stuck: list[tuple[_SlurmJob, _Queued]] = []  # pending for a reason that may be final
         for job in live:
             seen = queued.get(job.native_id)
@@ -1093,8 +1099,15 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 else:
                     job.never_since = None
             if job.marked:
-                marked.append(job)
+                if seen.state in _WAITING_STATES and job.marked_at < asked:
+                    # Its marker was written before squeue said the chunk still waits: the
+                    # runner, once it starts, skips the task without running it.
+                    self._settle(job, Outcome(task_id=job.task_id, status="cancelled"))
+                    skipped = True
+                else:
+                    marked.append(job)
         refused = await self._refuse_never_running(stuck) if stuck else False
+        refused |= skipped
         if not gone and not marked:
             return refused
         files = await self._fetch(gone + marked, logs={job.native_id: job for job in gone})
