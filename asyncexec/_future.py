@@ -62,7 +62,9 @@ class TaskInfo:
     """What is known about where and how a task ran. Filled in as it runs.
 
     Times are ``time.time()`` seconds. ``stdout``/``stderr`` hold the captured
-    tails (when output capture was asked for).
+    tails (when output capture was asked for). ``job_ref`` names the current
+    attempt's work (None while a retry waits to be accepted): the one to store
+    for a re-attach. ``job_refs`` holds every attempt's, oldest first.
     """
 
     name: str | None = None
@@ -78,6 +80,7 @@ class TaskInfo:
     stdout: str = ""
     stderr: str = ""
     job_ref: JobRef | None = None
+    job_refs: list[JobRef] = dataclasses.field(default_factory=list)
 
     @property
     def duration(self) -> float | None:
@@ -261,13 +264,16 @@ class Future(Generic[T]):
         if self._accepted is not None:
             self._accepted.set()
 
-    async def _until_accepted(self) -> None:
-        """Wait until the backend has accepted the task (``info.job_ref`` is set) or it ended."""
-        if self._state is not FutureState.PENDING or self._info.job_ref is not None:
-            return
-        if self._accepted is None:
-            self._accepted = anyio.Event()
-        await self._accepted.wait()
+    async def _until_accepted(self, other_than: JobRef | None = None) -> None:
+        """Wait until the backend has accepted the task (``info.job_ref`` is set, and is
+        not ``other_than``: a retry's attempt) or it ended."""
+        while not self.ready():
+            ref = self._info.job_ref
+            if ref is not None and ref != other_than:
+                return
+            if self._accepted is None or self._accepted.is_set():
+                self._accepted = anyio.Event()
+            await self._accepted.wait()
 
     def _set_pending(self) -> None:
         if not self.ready():

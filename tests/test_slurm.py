@@ -436,6 +436,27 @@ async def test_cancel_inside_a_chunk_spares_its_siblings(cluster: Cluster, scrat
         assert ex.slurm.calls.get("scancel", 0) == 0
 
 
+async def test_every_attempts_job_ref_is_kept(cluster: Cluster, scratch: str) -> None:
+    """A retry runs in a new array task: info.job_ref is the current attempt's, and
+    info.job_refs holds every attempt's, in order."""
+
+    def crash_once(marker: str) -> int:
+        if not os.path.exists(marker):
+            Path(marker).touch()
+            os._exit(3)  # no outcome: WorkerLost, retried
+        return 7
+
+    async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
+        future = await ex.with_options(retries=1).submit(crash_once, f"{scratch}/crashed")
+        assert await future == 7
+    info = future.info
+    assert info.attempts == 2
+    assert len(info.job_refs) == 2, info.job_refs
+    first, last = info.job_refs
+    assert first.native_id != last.native_id
+    assert info.job_ref == last  # the attempt that succeeded
+
+
 @pytest.mark.infra
 async def test_cancelling_a_task_of_a_chunk_not_started_returns_at_once(
     cluster: Cluster, scratch: str

@@ -249,11 +249,15 @@ class _Dispatch:
             try:
                 with anyio.CancelScope(shield=True):  # recorded running before its end
                     await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
-                await future._until_accepted()
-                ref = future.info.job_ref
-                if ref is not None and not future.ready() and self.executor.can_attach(ref):
-                    # The work outlives us: a runner resuming after a crash follows it.
-                    await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
+                ref = None
+                while True:  # each attempt's ref in turn (a retry runs in new work)
+                    await future._until_accepted(other_than=ref)
+                    ref = future.info.job_ref
+                    if ref is None or future.ready():
+                        break
+                    if self.executor.can_attach(ref):
+                        # The work outlives us: a runner resuming after a crash follows it.
+                        await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
                 await future.wait()
             finally:
                 with anyio.CancelScope(shield=True):
