@@ -291,6 +291,39 @@ async def test_throttle_and_private_staging(cluster: Cluster, scratch: str) -> N
         shutil.rmtree(workdir)  # kept for the test only
 
 
+@pytest.mark.infra
+async def test_max_concurrent_bounds_the_executor_across_its_arrays(cluster: Cluster) -> None:
+    """Three batches of two, three arrays: never more than max_concurrent (3) of their
+    array tasks run at once. The second array gets what is left (%1), raised as the first
+    ends (scontrol update); the third waits in the driver until there is room."""
+    name = f"ae-bound-{os.getpid()}-{time.monotonic_ns()}"
+    cfg = config(cluster, job_name=name, max_concurrent=3)
+    most: list[str] = []
+
+    async def watch() -> None:
+        while True:
+            listed = await anyio.run_process(["squeue", "-h", "-r", "-n", name, "-o", "%i %T"])
+            lines = listed.stdout.decode().splitlines()
+            running = [line for line in lines if line.endswith("RUNNING")]
+            if len(running) > len(most):
+                most[:] = running
+            await anyio.sleep(0.1)
+
+    async with SlurmExecutor(cluster.shell(), cfg) as ex, anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        futures = []
+        seconds = [2.0, 6.0, 6.0]  # the first array ends well before the second's first task
+        for duration in seconds:  # past batch_window: an array each
+            futures += [await ex.submit(sleep_for, duration) for _ in range(2)]
+            await anyio.sleep(0.5)
+        assert await ex.wait(futures) == [d for d in seconds for _ in range(2)]
+        tg.cancel_scope.cancel()
+        updates = ex.slurm.calls["scontrol"] - 1  # the first read the configuration
+    assert 2 <= len(most) <= 3, most  # before: each array its own %3, 6 at once
+    assert len(arrays_of(futures)) == 3
+    assert updates >= 1
+
+
 async def test_finished_staging_directories_are_removed(cluster: Cluster) -> None:
     """As soon as every outcome of an array is read, not only when the executor closes."""
     async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
