@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import operator
@@ -488,6 +489,55 @@ async def test_every_attempts_job_ref_is_kept(cluster: Cluster, scratch: str) ->
     first, last = info.job_refs
     assert first.native_id != last.native_id
     assert info.job_ref == last  # the attempt that succeeded
+
+
+@pytest.mark.infra
+async def test_an_experiment_stores_the_job_ref_of_a_retried_tasks_live_attempt(
+    cluster: Cluster, scratch: str, tmp_path: Path
+) -> None:
+    """What a resuming runner re-attaches to is the attempt that runs, not the first."""
+    import json
+    import sqlite3
+
+    from asyncexec import TaskOptions
+    from asyncexec.experiment import Experiment
+
+    def crash_then_wait(scratch: str) -> int:
+        if not os.path.exists(f"{scratch}/crashed"):
+            Path(f"{scratch}/crashed").touch()
+            os._exit(3)
+        Path(f"{scratch}/second").touch()
+        deadline = time.time() + 120
+        while not os.path.exists(f"{scratch}/release") and time.time() < deadline:
+            time.sleep(0.1)
+        return 7
+
+    results = str(tmp_path / "experiment" / "results.sqlite")
+
+    def stored() -> str | None:
+        try:
+            with contextlib.closing(sqlite3.connect(results)) as db:
+                row = db.execute("SELECT job_ref FROM runs WHERE status = 'running'").fetchone()
+        except sqlite3.Error:
+            return None  # not made yet
+        return None if row is None or not row[0] else str(json.loads(row[0])["native_id"])
+
+    experiment = Experiment(crash_then_wait, {"scratch": [scratch]})
+    options = TaskOptions(retries=1)
+    ex = SlurmExecutor(cluster.shell(), config(cluster), options=options)
+    async with ex, anyio.create_task_group() as tg:
+        tg.start_soon(
+            functools.partial(experiment.run, ex, str(tmp_path / "experiment"), progress=False)
+        )
+        await until_exists(f"{scratch}/second")
+        with anyio.fail_after(30):
+            while True:
+                ref = await anyio.to_thread.run_sync(stored)
+                running = [line.split()[0] for line in squeue(cluster.user)]
+                if ref is not None and ref in running:
+                    break  # before: the first attempt's, long gone from the queue
+                await anyio.sleep(0.2)
+        Path(f"{scratch}/release").touch()
 
 
 @pytest.mark.infra
