@@ -764,6 +764,13 @@ async def test_an_experiment_resumes_by_reattaching_to_running_jobs(
     assert summary.ran == 4 - done_before, summary
     if done_before + left_running == 4:
         assert calls.get("sbatch", 0) == 0, calls
+    # The killed runner's array directory goes too: every task in it has an outcome,
+    # some read by the killed runner, the rest by this one (it was left before).
+    with contextlib.closing(sqlite3.connect(results)) as db:
+        refs = [json.loads(ref) for (ref,) in db.execute("SELECT job_ref FROM runs")]
+    workdirs = {ref["workdir"] for ref in refs if ref}
+    assert workdirs
+    assert [workdir for workdir in workdirs if os.path.exists(workdir)] == []
 
 
 def test_staging_dir_must_be_absolute() -> None:

@@ -325,6 +325,8 @@ _COMMAND_TIMEOUT = 120.0
 _SUBMIT_TIMEOUT = 600.0
 # Outcomes (and logs) named on stdin, one archive on stdout; missing files are skipped.
 _FETCH = "tar -c -f - -P --ignore-failed-read -T - 2>/dev/null; true"
+# A re-attached array's directory: its tasks.json, then the outcome files there.
+_LIST = 'cd "$1" 2>/dev/null || exit 0; cat tasks.json; echo; ls out; true'
 # What a killed driver left: one line per array, "<dir>\t<job id>\t<tasks.json>".
 _FIND = (
     'cd "$1" 2>/dev/null || exit 0; for d in */; do d=${d%/}; '
@@ -577,6 +579,8 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self._dir_sizes: dict[str, int] = {}  # tasks in staging dirs found by find_refs
         self._read_in_dir: dict[str, int] = {}  # of those, outcomes read here
         self._adopted_chunks: dict[str, list[_SlurmJob]] = {}  # by array task, re-attached
+        self._adopted_open: collections.Counter[str] = collections.Counter()  # by workdir
+        self._to_sweep: dict[str, str] = {}  # re-attached dirs all read here: their array
         self._finished_dirs: list[str] = []
         self._submitting = 0  # sbatch calls in flight
         self._submitted = anyio.Event()  # set when none is
@@ -655,6 +659,9 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 pending.done.set()
             self._pending = []
             with contextlib.suppress(Exception), anyio.move_on_after(_COMMAND_TIMEOUT):
+                if self._to_sweep:  # array tasks that wrote their outcomes are ending
+                    await self._until_gone(sorted(set(self._to_sweep.values())), 10.0)
+                    await self._sweep()
                 await self._clean_up()
             self._submit_wanted.set()
             self._cancel_wanted.set()
@@ -780,6 +787,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         siblings.append(job)
         job.chunk = siblings
         job.adopted = True
+        self._adopted_open[job.workdir] += 1
         self._jobs[job.task_id] = job
         self._poll_wanted.set()
         return job
@@ -841,6 +849,25 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self.calls[name] += 1
         with anyio.fail_after(timeout):
             return await self.shell.run(argv, input=input)
+
+    async def _sweep(self) -> None:
+        """Remove the re-attached directories whose every task (tasks.json) has an outcome
+        file and whose array has left the queue; keep looking while it is in the queue."""
+        queued = await self._squeue(sorted(set(self._to_sweep.values()), key=int))
+        in_queue = {native_id.partition("_")[0] for native_id in queued}
+        for workdir, array_id in list(self._to_sweep.items()):
+            if array_id in in_queue:
+                continue  # still ending, or running tasks nobody here follows
+            done = await self._run("find", ["sh", "-c", _LIST, "asyncexec-list", workdir])
+            listing, _, names = done.stdout.decode(errors="replace").partition("\n")
+            try:
+                tasks = json.loads(listing) if listing.strip() else None
+            except ValueError:
+                tasks = None
+            files = set(names.split())
+            if tasks and all(f"{task_id}.bin" in files for task_id, _ in tasks):
+                self._finished_dirs.append(workdir)
+            del self._to_sweep[workdir]  # looked at once it left the queue: done
 
     async def _clean_up(self) -> None:
         """Remove the staging directories whose every outcome was read."""
@@ -1107,7 +1134,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         while not self._closed:
             live = [job for job in self._jobs.values() if not job.finished]
             ending = any(0 in array.open.values() for array in self._arrays.values())
-            if not live and not ending:
+            if not live and not ending and not self._to_sweep:
                 await self._poll_wanted.wait()
                 self._poll_wanted = anyio.Event()
                 interval = self.config.poll_interval
@@ -1133,6 +1160,9 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 except Exception as exc:
                     log.warning("raising an array's throttle failed (%s); again", exc)
                     self._freed = True
+            if self._to_sweep:
+                with contextlib.suppress(Exception):
+                    await self._sweep()
             if self._finished_dirs:
                 with contextlib.suppress(Exception):
                     await self._clean_up()
@@ -1379,8 +1409,13 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         if job.adopted:
             # Re-attached: the directory goes once every task find_refs saw in it was read.
             read = self._read_in_dir[workdir] = self._read_in_dir.get(workdir, 0) + 1
+            self._adopted_open[workdir] -= 1
             if read == self._dir_sizes.get(workdir):
                 self._finished_dirs.append(workdir)
+            elif workdir not in self._dir_sizes and self._adopted_open[workdir] <= 0:
+                # Re-attached without find_refs (by stored JobRefs): the other tasks may
+                # have been read by the driver that died. Looked at by _sweep.
+                self._to_sweep[workdir] = job.array_id
             return
         array = self._arrays.get(job.array_id)
         if array is not None:
