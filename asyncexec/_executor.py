@@ -439,6 +439,7 @@ class BaseExecutor:
         task.ref = ref
         info = task.future._info
         info.job_ref = ref
+        info.job_refs.append(ref)
         info.started = time.time()
         task.future._set_running()
         return True
@@ -721,6 +722,7 @@ class BaseExecutor:
                     error = _launch_error(launcher, "start", exc)
                 else:
                     info.job_ref = ref
+                    info.job_refs.append(ref)
                     future._set_accepted()
                     # RUNNING once the task runs: a batch system's queue comes first.
                     running = functools.partial(self._on_running, task, task.attempt)

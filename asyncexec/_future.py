@@ -62,7 +62,9 @@ class TaskInfo:
     """What is known about where and how a task ran. Filled in as it runs.
 
     Times are ``time.time()`` seconds. ``stdout``/``stderr`` hold the captured
-    tails (when output capture was asked for).
+    tails (when output capture was asked for). ``job_ref`` names the current
+    attempt's work (None while a retry waits to be accepted): the one to store
+    for a re-attach. ``job_refs`` holds every attempt's, oldest first.
     """
 
     name: str | None = None
@@ -78,6 +80,7 @@ class TaskInfo:
     stdout: str = ""
     stderr: str = ""
     job_ref: JobRef | None = None
+    job_refs: list[JobRef] = dataclasses.field(default_factory=list)
 
     @property
     def duration(self) -> float | None:
@@ -239,20 +242,25 @@ class Future(Generic[T]):
         await self._executor.cancel(self)
         return self._state is FutureState.CANCELLED
 
-    async def accepted(self) -> JobRef | None:
+    async def accepted(self, other_than: JobRef | None = None) -> JobRef | None:
         """Wait until the backend has accepted the task, or it ended; return its JobRef.
 
         The JobRef (``info.job_ref``) names the work where it runs: a driver
         that keeps it can follow the work after a crash (``executor.attach``).
         A task may wait in the backend's queue after this (a Slurm job): the
         future is RUNNING only once it runs. None if the task ended before a
-        backend took it (cancelled while queued, refused).
+        backend took it (cancelled while queued, refused). With ``other_than``
+        (the JobRef of an attempt seen before), wait for another attempt's: a
+        retry runs in new work (every attempt's is in ``info.job_refs``).
 
         Cancellation: cancelling the caller stops the waiting only; the task
         goes on.
         """
-        if self._state is FutureState.PENDING and self._info.job_ref is None:
-            if self._accepted is None:
+        while not self.ready():
+            ref = self._info.job_ref
+            if ref is not None and ref != other_than:
+                return ref
+            if self._accepted is None or self._accepted.is_set():
                 self._accepted = anyio.Event()
             await self._accepted.wait()
         return self._info.job_ref

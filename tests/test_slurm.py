@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import math
 import operator
@@ -291,6 +292,39 @@ async def test_throttle_and_private_staging(cluster: Cluster, scratch: str) -> N
         shutil.rmtree(workdir)  # kept for the test only
 
 
+@pytest.mark.infra
+async def test_max_concurrent_bounds_the_executor_across_its_arrays(cluster: Cluster) -> None:
+    """Three batches of two, three arrays: never more than max_concurrent (3) of their
+    array tasks run at once. The second array gets what is left (%1), raised as the first
+    ends (scontrol update); the third waits in the driver until there is room."""
+    name = f"ae-bound-{os.getpid()}-{time.monotonic_ns()}"
+    cfg = config(cluster, job_name=name, max_concurrent=3)
+    most: list[str] = []
+
+    async def watch() -> None:
+        while True:
+            listed = await anyio.run_process(["squeue", "-h", "-r", "-n", name, "-o", "%i %T"])
+            lines = listed.stdout.decode().splitlines()
+            running = [line for line in lines if line.endswith("RUNNING")]
+            if len(running) > len(most):
+                most[:] = running
+            await anyio.sleep(0.1)
+
+    async with SlurmExecutor(cluster.shell(), cfg) as ex, anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        futures = []
+        seconds = [2.0, 6.0, 6.0]  # the first array ends well before the second's first task
+        for duration in seconds:  # past batch_window: an array each
+            futures += [await ex.submit(sleep_for, duration) for _ in range(2)]
+            await anyio.sleep(0.5)
+        assert await ex.wait(futures) == [d for d in seconds for _ in range(2)]
+        tg.cancel_scope.cancel()
+        updates = ex.slurm.calls["scontrol"] - 1  # the first read the configuration
+    assert 2 <= len(most) <= 3, most  # before: each array its own %3, 6 at once
+    assert len(arrays_of(futures)) == 3
+    assert updates >= 1
+
+
 async def test_finished_staging_directories_are_removed(cluster: Cluster) -> None:
     """As soon as every outcome of an array is read, not only when the executor closes."""
     async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
@@ -434,6 +468,102 @@ async def test_cancel_inside_a_chunk_spares_its_siblings(cluster: Cluster, scrat
         await assert_heartbeat_stopped(beat)
         assert await second == 2 and await third == 4
         assert ex.slurm.calls.get("scancel", 0) == 0
+
+
+async def test_every_attempts_job_ref_is_kept(cluster: Cluster, scratch: str) -> None:
+    """A retry runs in a new array task: info.job_ref is the current attempt's, and
+    info.job_refs holds every attempt's, in order."""
+
+    def crash_once(marker: str) -> int:
+        if not os.path.exists(marker):
+            Path(marker).touch()
+            os._exit(3)  # no outcome: WorkerLost, retried
+        return 7
+
+    async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
+        future = await ex.with_options(retries=1).submit(crash_once, f"{scratch}/crashed")
+        assert await future == 7
+    info = future.info
+    assert info.attempts == 2
+    assert len(info.job_refs) == 2, info.job_refs
+    first, last = info.job_refs
+    assert first.native_id != last.native_id
+    assert info.job_ref == last  # the attempt that succeeded
+
+
+@pytest.mark.infra
+async def test_an_experiment_stores_the_job_ref_of_a_retried_tasks_live_attempt(
+    cluster: Cluster, scratch: str, tmp_path: Path
+) -> None:
+    """What a resuming runner re-attaches to is the attempt that runs, not the first."""
+    import json
+    import sqlite3
+
+    from asyncexec import TaskOptions
+    from asyncexec.experiment import Experiment
+
+    def crash_then_wait(scratch: str) -> int:
+        if not os.path.exists(f"{scratch}/crashed"):
+            Path(f"{scratch}/crashed").touch()
+            os._exit(3)
+        Path(f"{scratch}/second").touch()
+        deadline = time.time() + 120
+        while not os.path.exists(f"{scratch}/release") and time.time() < deadline:
+            time.sleep(0.1)
+        return 7
+
+    results = str(tmp_path / "experiment" / "results.sqlite")
+
+    def stored() -> str | None:
+        try:
+            with contextlib.closing(sqlite3.connect(results)) as db:
+                row = db.execute("SELECT job_ref FROM runs WHERE status = 'running'").fetchone()
+        except sqlite3.Error:
+            return None  # not made yet
+        return None if row is None or not row[0] else str(json.loads(row[0])["native_id"])
+
+    experiment = Experiment(crash_then_wait, {"scratch": [scratch]})
+    options = TaskOptions(retries=1)
+    ex = SlurmExecutor(cluster.shell(), config(cluster), options=options)
+    async with ex, anyio.create_task_group() as tg:
+        tg.start_soon(
+            functools.partial(experiment.run, ex, str(tmp_path / "experiment"), progress=False)
+        )
+        await until_exists(f"{scratch}/second")
+        with anyio.fail_after(30):
+            while True:
+                ref = await anyio.to_thread.run_sync(stored)
+                running = [line.split()[0] for line in squeue(cluster.user)]
+                if ref is not None and ref in running:
+                    break  # before: the first attempt's, long gone from the queue
+                await anyio.sleep(0.2)
+        Path(f"{scratch}/release").touch()
+
+
+@pytest.mark.infra
+async def test_cancelling_a_task_of_a_chunk_not_started_returns_at_once(
+    cluster: Cluster, scratch: str
+) -> None:
+    """Its marker is written while squeue says the chunk waits: the runner will skip it,
+    so the future is cancelled then, not when the chunk runs (up to a minute later)."""
+    cfg = config(cluster, chunk_size=3, extra_sbatch=["--hold"])
+    async with SlurmExecutor(cluster.shell(), cfg) as ex:
+        first = await ex.submit(add, 1, 1)
+        second = await ex.submit(touch, f"{scratch}/never")
+        third = await ex.submit(add, 2, 2)
+        with anyio.fail_after(60):
+            while third.info.job_ref is None:
+                await anyio.sleep(0.05)
+        assert len(arrays_of([first, second, third])) == 1
+        began = time.monotonic()
+        await ex.cancel(second)
+        assert time.monotonic() - began < 15  # 62 s before (the grace for sacct)
+        assert second.state is FutureState.CANCELLED
+        assert first.state is FutureState.PENDING and third.state is FutureState.PENDING
+        await anyio.run_process(["scontrol", "release", array_of(first) or "?"])
+        assert await first == 2 and await third == 4
+        assert ex.slurm.calls.get("scancel", 0) == 0
+    assert not os.path.exists(f"{scratch}/never")  # skipped by the runner
 
 
 async def test_aclose_cancel_pending_leaves_no_job(cluster: Cluster) -> None:
@@ -634,6 +764,13 @@ async def test_an_experiment_resumes_by_reattaching_to_running_jobs(
     assert summary.ran == 4 - done_before, summary
     if done_before + left_running == 4:
         assert calls.get("sbatch", 0) == 0, calls
+    # The killed runner's array directory goes too: every task in it has an outcome,
+    # some read by the killed runner, the rest by this one (it was left before).
+    with contextlib.closing(sqlite3.connect(results)) as db:
+        refs = [json.loads(ref) for (ref,) in db.execute("SELECT job_ref FROM runs")]
+    workdirs = {ref["workdir"] for ref in refs if ref}
+    assert workdirs
+    assert [workdir for workdir in workdirs if os.path.exists(workdir)] == []
 
 
 def test_staging_dir_must_be_absolute() -> None:

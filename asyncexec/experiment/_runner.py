@@ -248,10 +248,14 @@ class _Dispatch:
             try:
                 with anyio.CancelScope(shield=True):  # recorded running before its end
                     await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
-                ref = await future.accepted()
-                if ref is not None and not future.ready() and self.executor.can_attach(ref):
-                    # The work outlives us: a runner resuming after a crash follows it.
-                    await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
+                ref = None
+                while True:  # each attempt's ref in turn (a retry runs in new work)
+                    ref = await future.accepted(other_than=ref)
+                    if ref is None or future.ready():
+                        break
+                    if self.executor.can_attach(ref):
+                        # The work outlives us: a runner resuming after a crash follows it.
+                        await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
                 await future.wait()
             finally:
                 with anyio.CancelScope(shield=True):

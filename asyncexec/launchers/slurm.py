@@ -144,7 +144,9 @@ class SlurmConfig:
         gpus: ``--gres=gpu:N`` (a task's ``Resources(gpus=...)`` replaces it).
         account: ``--account``.
         qos: ``--qos``.
-        max_concurrent: array tasks of one array running at once (``%N``).
+        max_concurrent: array tasks of the executor running at once, across all
+            its arrays (each array's ``%N`` is what the others leave, raised as
+            they end; a batch waits in the driver while there is no room).
         max_array_size: array tasks per array at most (the cluster's
             ``MaxArraySize`` caps it anyway).
         chunk_size: tasks run one after the other by each array task.
@@ -322,6 +324,8 @@ _COMMAND_TIMEOUT = 120.0
 _SUBMIT_TIMEOUT = 600.0
 # Outcomes (and logs) named on stdin, one archive on stdout; missing files are skipped.
 _FETCH = "tar -c -f - -P --ignore-failed-read -T - 2>/dev/null; true"
+# A re-attached array's directory: its tasks.json, then the outcome files there.
+_LIST = 'cd "$1" 2>/dev/null || exit 0; cat tasks.json; echo; ls out; true'
 # What a killed driver left: one line per array, "<dir>\t<job id>\t<tasks.json>".
 _FIND = (
     'cd "$1" 2>/dev/null || exit 0; for d in */; do d=${d%/}; '
@@ -449,6 +453,7 @@ class _SlurmJob(LocalJob):
         "index",
         "logs",
         "marked",
+        "marked_at",
         "missing_since",
         "never_since",
         "on_running",
@@ -465,6 +470,7 @@ class _SlurmJob(LocalJob):
         self.cancel_requested = False
         self.adopted = False  # re-attached: started by another launcher
         self.marked = False  # its cancel marker is written: the worker skips or stops it
+        self.marked_at = 0.0  # time.monotonic() once the marker is written
         self.missing_since: float | None = None  # left the queue; no outcome, no sacct yet
         self.logs: tuple[str | None, str | None] = (None, None)  # log_stdout, log_stderr here
         self.started = False  # squeue saw it run (or it ended)
@@ -490,11 +496,19 @@ class _SlurmJob(LocalJob):
 class _Array:
     """An array job submitted here: its staging directory and its unsettled tasks."""
 
-    __slots__ = ("remaining", "workdir")
+    __slots__ = ("open", "remaining", "throttle", "workdir")
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, throttle: int | None = None) -> None:
         self.workdir = workdir
         self.remaining = 0
+        # Unsettled tasks by array task (chunk) index; with a throttle, 0 until squeue no
+        # longer lists it (an array task still ending counts against max_concurrent).
+        self.open: dict[int, int] = {}
+        self.throttle = throttle  # its %N: array tasks running at once at most
+
+    def may_run(self) -> int:
+        """How many of its array tasks may run at once now."""
+        return len(self.open) if self.throttle is None else min(self.throttle, len(self.open))
 
 
 class _Pending:
@@ -559,9 +573,13 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self._cancel_wanted = anyio.Event()
         self._poll_wanted = anyio.Event()
         self._arrays: dict[str, _Array] = {}  # by array job id, until all its tasks settle
+        self._reserved = 0  # of max_concurrent, for arrays being submitted
+        self._freed = False  # an array task of ours ended: max_concurrent has room again
         self._dir_sizes: dict[str, int] = {}  # tasks in staging dirs found by find_refs
         self._read_in_dir: dict[str, int] = {}  # of those, outcomes read here
         self._adopted_chunks: dict[str, list[_SlurmJob]] = {}  # by array task, re-attached
+        self._adopted_open: collections.Counter[str] = collections.Counter()  # by workdir
+        self._to_sweep: dict[str, str] = {}  # re-attached dirs all read here: their array
         self._finished_dirs: list[str] = []
         self._submitting = 0  # sbatch calls in flight
         self._submitted = anyio.Event()  # set when none is
@@ -646,6 +664,9 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 pending.done.set()
             self._pending = []
             with contextlib.suppress(Exception), anyio.move_on_after(_COMMAND_TIMEOUT):
+                if self._to_sweep:  # array tasks that wrote their outcomes are ending
+                    await self._until_gone(sorted(set(self._to_sweep.values())), 10.0)
+                    await self._sweep()
                 await self._clean_up()
             self._submit_wanted.set()
             self._cancel_wanted.set()
@@ -779,6 +800,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         siblings.append(job)
         job.chunk = siblings
         job.adopted = True
+        self._adopted_open[job.workdir] += 1
         self._jobs[job.task_id] = job
         self._poll_wanted.set()
         return job
@@ -841,6 +863,25 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         with anyio.fail_after(timeout):
             return await self.shell.run(argv, input=input)
 
+    async def _sweep(self) -> None:
+        """Remove the re-attached directories whose every task (tasks.json) has an outcome
+        file and whose array has left the queue; keep looking while it is in the queue."""
+        queued = await self._squeue(sorted(set(self._to_sweep.values()), key=int))
+        in_queue = {native_id.partition("_")[0] for native_id in queued}
+        for workdir, array_id in list(self._to_sweep.items()):
+            if array_id in in_queue:
+                continue  # still ending, or running tasks nobody here follows
+            done = await self._run("find", ["sh", "-c", _LIST, "asyncexec-list", workdir])
+            listing, _, names = done.stdout.decode(errors="replace").partition("\n")
+            try:
+                tasks = json.loads(listing) if listing.strip() else None
+            except ValueError:
+                tasks = None
+            files = set(names.split())
+            if tasks and all(f"{task_id}.bin" in files for task_id, _ in tasks):
+                self._finished_dirs.append(workdir)
+            del self._to_sweep[workdir]  # looked at once it left the queue: done
+
     async def _clean_up(self) -> None:
         """Remove the staging directories whose every outcome was read."""
         if self._finished_dirs and not self._keep_staging:
@@ -872,17 +913,66 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         self._submitting += 1
         try:
             async with anyio.create_task_group() as tg:
+                held: list[_Pending] = []
                 for group in groups.values():
                     chunks = [group[i : i + size] for i in range(0, len(group), size)]
                     for start in range(0, len(chunks), per_array):
-                        tg.start_soon(self._submit_array, chunks[start : start + per_array])
+                        part = chunks[start : start + per_array]
+                        throttle = self._throttle_for(len(part))
+                        if throttle == 0:  # max_concurrent of ours may run already
+                            held += [pending for chunk in part for pending in chunk]
+                            continue
+                        tg.start_soon(self._submit_array, part, throttle)
+                if held:  # submitted once one of our array tasks ends
+                    self._pending[:0] = held
         finally:
             self._submitting -= 1
             if not self._submitting:
                 self._submitted.set()
                 self._submitted = anyio.Event()
 
-    async def _submit_array(self, chunks: list[list[_Pending]]) -> None:
+    def _throttle_for(self, chunks: int) -> int | None:
+        """The %N of a new array of ``chunks`` array tasks, reserved: what is left of
+        ``max_concurrent`` once every array of ours may run what its own %N lets it
+        (0: nothing is left; None: no bound)."""
+        bound = self.config.max_concurrent
+        if bound is None:
+            return None
+        used = self._reserved + sum(array.may_run() for array in self._arrays.values())
+        throttle = max(0, min(bound - used, chunks))
+        self._reserved += throttle
+        return throttle
+
+    async def _rebalance(self) -> None:
+        """Give the room of ended array tasks to arrays throttled below their open tasks
+        (``scontrol update ArrayTaskThrottle``), oldest first, then to held submissions."""
+        bound = self.config.max_concurrent
+        if bound is None:
+            return
+        room = bound - self._reserved - sum(array.may_run() for array in self._arrays.values())
+        for array_id, array in sorted(self._arrays.items(), key=lambda item: int(item[0])):
+            if room <= 0:
+                break
+            if array.throttle is None or array.throttle >= len(array.open):
+                continue
+            raised = min(len(array.open), array.throttle + room)
+            update = ["scontrol", "update", f"JobId={array_id}", f"ArrayTaskThrottle={raised}"]
+            done = await self._run("scontrol", update)
+            if done.returncode != 0:  # it ended meanwhile, say: the bound holds anyway
+                log.warning("scontrol update: %s", done.stderr.decode(errors="replace").strip())
+                continue
+            room -= raised - array.throttle
+            array.throttle = raised
+        if room > 0 and self._pending:
+            self._submit_wanted.set()
+
+    async def _submit_array(self, chunks: list[list[_Pending]], throttle: int | None) -> None:
+        try:
+            await self._submit_throttled(chunks, throttle)
+        finally:
+            self._reserved -= throttle or 0
+
+    async def _submit_throttled(self, chunks: list[list[_Pending]], throttle: int | None) -> None:
         assert self.staging_dir is not None
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         workdir = f"{self.staging_dir}/{name}"
@@ -901,7 +991,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                     stderr_path=f"{stem}.stderr" if task.stderr_path else None,
                 )
         try:
-            archive = self._archive(workdir, chunks)
+            archive = self._archive(workdir, chunks, throttle)
             command = ["sh", "-c", _SUBMIT, "asyncexec-submit", workdir]
             for attempt in range(3):
                 try:
@@ -928,8 +1018,9 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 pending.done.set()
             return
         log.debug("submitted %d task(s) as Slurm array %s", len(everyone), array_id)
-        array = self._arrays.setdefault(array_id, _Array(workdir))
+        array = self._arrays.setdefault(array_id, _Array(workdir, throttle))
         for index, chunk in enumerate(chunks):
+            array.open[index] = len(chunk)
             siblings: list[_SlurmJob] = []
             for pending in chunk:
                 job = _SlurmJob(pending.task.task_id, array_id, index, workdir)
@@ -946,7 +1037,7 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                     self._cancel_wanted.set()
         self._poll_wanted.set()
 
-    def _archive(self, workdir: str, chunks: list[list[_Pending]]) -> bytes:
+    def _archive(self, workdir: str, chunks: list[list[_Pending]], throttle: int | None) -> bytes:
         """The tar archive of an array: its job script, its tasks, and their index."""
         config = self.config
         limits = [
@@ -957,8 +1048,8 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         # The worker stops a task at its limit and its watchdog the worker 10 s later.
         time_seconds = None if unlimited else math.ceil(max(limits) + 30)
         array = f"0-{len(chunks) - 1}"
-        if config.max_concurrent is not None:
-            array += f"%{config.max_concurrent}"
+        if throttle is not None:
+            array += f"%{throttle}"
         first = chunks[0][0].task  # every task of an array asks for the same (whole) CPUs, GPUs
         header = [
             f"--array={array}",
@@ -1040,8 +1131,10 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 markers.append(f"{job.workdir}/cancel/{job.task_id}")
         if markers:
             await self._run("touch", ["touch", "--", *markers])
+            written = time.monotonic()
             for job in jobs:
                 job.marked = job.native_id not in whole
+                job.marked_at = written
         if whole:
             done = await self._run("scancel", ["scancel", *sorted(whole)])
             if done.returncode != 0:
@@ -1053,7 +1146,8 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         interval = self.config.poll_interval
         while not self._closed:
             live = [job for job in self._jobs.values() if not job.finished]
-            if not live:
+            ending = any(0 in array.open.values() for array in self._arrays.values())
+            if not live and not ending and not self._to_sweep:
                 await self._poll_wanted.wait()
                 self._poll_wanted = anyio.Event()
                 interval = self.config.poll_interval
@@ -1072,6 +1166,16 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
             except Exception:
                 log.exception("polling Slurm failed; trying again")
                 changed = False
+            if self._freed:
+                self._freed = False
+                try:
+                    await self._rebalance()
+                except Exception as exc:
+                    log.warning("raising an array's throttle failed (%s); again", exc)
+                    self._freed = True
+            if self._to_sweep:
+                with contextlib.suppress(Exception):
+                    await self._sweep()
             if self._finished_dirs:
                 with contextlib.suppress(Exception):
                     await self._clean_up()
@@ -1081,11 +1185,23 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 interval = min(interval * 1.5, self.config.max_poll_interval)
 
     async def _poll(self, live: list[_SlurmJob]) -> bool:
-        """One round: squeue, then outcomes (and sacct) for what left the queue."""
-        arrays = sorted({job.array_id for job in live}, key=int)  # digits: checked on entry
+        """One round: squeue, then outcomes (and sacct) for what left the queue, and
+        the room under ``max_concurrent`` that array tasks leaving it make."""
+        ending = [a for a, array in self._arrays.items() if 0 in array.open.values()]
+        arrays = sorted({job.array_id for job in live} | set(ending), key=int)  # digits
+        asked = time.monotonic()
         queued = await self._squeue(arrays)
+        for array_id in ending:  # all its tasks settled: room once it left the queue
+            array = self._arrays[array_id]
+            for index in [i for i, n in array.open.items() if n <= 0]:
+                if f"{array_id}_{index}" not in queued:
+                    del array.open[index]
+                    self._freed = True
+            if array.remaining <= 0 and not array.open:
+                del self._arrays[array_id]
         gone: list[_SlurmJob] = []
         marked: list[_SlurmJob] = []  # cancelled inside a running chunk: outcome comes early
+        skipped = False  # marked in a chunk that has not started: settled now
         stuck: list[tuple[_SlurmJob, _Queued]] = []  # pending for a reason that may be final
         for job in live:
             seen = queued.get(job.native_id)
@@ -1106,8 +1222,15 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                 else:
                     job.never_since = None
             if job.marked:
-                marked.append(job)
+                if seen.state in _WAITING_STATES and job.marked_at < asked:
+                    # Its marker was written before squeue said the chunk still waits: the
+                    # runner, once it starts, skips the task without running it.
+                    self._settle(job, Outcome(task_id=job.task_id, status="cancelled"))
+                    skipped = True
+                else:
+                    marked.append(job)
         refused = await self._refuse_never_running(stuck) if stuck else False
+        refused |= skipped
         if not gone and not marked:
             return refused
         files = await self._fetch(gone + marked, logs={job.native_id: job for job in gone})
@@ -1299,15 +1422,25 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
         if job.adopted:
             # Re-attached: the directory goes once every task find_refs saw in it was read.
             read = self._read_in_dir[workdir] = self._read_in_dir.get(workdir, 0) + 1
+            self._adopted_open[workdir] -= 1
             if read == self._dir_sizes.get(workdir):
                 self._finished_dirs.append(workdir)
+            elif workdir not in self._dir_sizes and self._adopted_open[workdir] <= 0:
+                # Re-attached without find_refs (by stored JobRefs): the other tasks may
+                # have been read by the driver that died. Looked at by _sweep.
+                self._to_sweep[workdir] = job.array_id
             return
         array = self._arrays.get(job.array_id)
         if array is not None:
+            if job.index in array.open:
+                array.open[job.index] -= 1
+                if array.open[job.index] <= 0 and array.throttle is None:
+                    del array.open[job.index]
             array.remaining -= 1
-            if array.remaining <= 0:
-                del self._arrays[job.array_id]
+            if array.remaining == 0:
                 self._finished_dirs.append(workdir)
+                if not array.open:
+                    del self._arrays[job.array_id]
 
 
 class SlurmExecutor(BaseExecutor):
