@@ -568,19 +568,24 @@ async def test_cancelling_a_task_of_a_chunk_not_started_returns_at_once(
 
 async def test_aclose_cancel_pending_leaves_no_job(cluster: Cluster) -> None:
     cfg = config(cluster, max_concurrent=2)
-    ex = SlurmExecutor(cluster.shell(), cfg)
-    async with ex:
-        futures = [await ex.submit(sleep_for, 60) for _ in range(8)]
-        with anyio.fail_after(60):
-            while not any(future.state is FutureState.RUNNING for future in futures):
+    staging = staging_for(cluster, "aclose")
+    try:
+        ex = SlurmExecutor(cluster.shell(), cfg, staging_dir=staging)
+        async with ex:
+            futures = [await ex.submit(sleep_for, 60) for _ in range(8)]
+            with anyio.fail_after(60):
+                while not any(future.state is FutureState.RUNNING for future in futures):
+                    await anyio.sleep(0.2)
+                await anyio.sleep(1.0)
+            await ex.aclose(cancel_pending=True)
+        assert all(future.state is FutureState.CANCELLED for future in futures)
+        with anyio.fail_after(30):
+            while any(line.split("_")[0] in arrays_of(futures) for line in squeue(cluster.user)):
                 await anyio.sleep(0.2)
-            await anyio.sleep(1.0)
-        await ex.aclose(cancel_pending=True)
-    assert all(future.state is FutureState.CANCELLED for future in futures)
-    with anyio.fail_after(30):
-        while any(line.split("_")[0] in arrays_of(futures) for line in squeue(cluster.user)):
-            await anyio.sleep(0.2)
-    assert ex.slurm.calls["scancel"] == 1  # all cancels in one call
+        assert ex.slurm.calls["scancel"] == 1  # all cancels in one call
+        assert os.listdir(staging) == []  # nor a staging directory
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # -- failures of the cluster ------------------------------------------------------------
@@ -781,15 +786,20 @@ def test_staging_dir_must_be_absolute() -> None:
 async def test_closing_while_sbatch_runs_leaves_no_job(cluster: Cluster) -> None:
     """Cancelled starts whose sbatch was already on its way are scancelled on close."""
     name = f"ae-close-{os.getpid()}-{time.monotonic_ns()}"
+    staging = staging_for(cluster, "close")
     cfg = config(cluster, job_name=name, max_concurrent=1)
-    ex = SlurmExecutor(cluster.shell(), cfg, batch_window=0)
-    async with ex:
-        futures = [await ex.submit(sleep_for, 60) for _ in range(50)]
-        await anyio.sleep(0.05)  # the submission is under way
-        await ex.aclose(cancel_pending=True)
-    assert all(future.state is FutureState.CANCELLED for future in futures)
-    listed = await anyio.run_process(["squeue", "-h", "-r", "-n", name, "-o", "%i"])
-    assert listed.stdout.decode().split() == []
+    try:
+        ex = SlurmExecutor(cluster.shell(), cfg, batch_window=0, staging_dir=staging)
+        async with ex:
+            futures = [await ex.submit(sleep_for, 60) for _ in range(50)]
+            await anyio.sleep(0.05)  # the submission is under way
+            await ex.aclose(cancel_pending=True)
+        assert all(future.state is FutureState.CANCELLED for future in futures)
+        listed = await anyio.run_process(["squeue", "-h", "-r", "-n", name, "-o", "%i"])
+        assert listed.stdout.decode().split() == []
+        assert os.listdir(staging) == []  # nor the array's staging directory
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # -- a node with nothing but Python -----------------------------------------------------

@@ -659,6 +659,10 @@ class SlurmLauncher(LocalLauncher[_SlurmJob]):
                     await self._until_gone(ids, _CLOSE_CONFIRM)
             for job in live:
                 job.settle(Outcome(task_id=job.task_id, status="cancelled"))
+                # Its array is over: its directory goes with the others' (a re-attached
+                # task's may hold tasks followed by nobody: it stays, for find_refs).
+                if not job.adopted and self._arrays.pop(job.array_id, None) is not None:
+                    self._finished_dirs.append(job.workdir)
             for pending in self._pending:
                 pending.error = LaunchError("the Slurm launcher closed")
                 pending.done.set()
