@@ -1,9 +1,10 @@
 """The Docker backend, on a real Docker Engine with an image built from local files.
 
-The session fixture runs ``scripts/docker-up.sh`` for this interpreter (it
-starts the engine if needed and builds or refreshes ``asyncexec-test:pyX.Y``).
-In CI (``CI=true``) a missing engine fails these tests; elsewhere they are
-skipped with the reason.
+``scripts/docker-up.sh``, run by the nox sessions before pytest, starts the
+engine if needed and builds or refreshes ``asyncexec-test:pyX.Y`` for this
+interpreter; the session fixture only checks that the image is there and built
+from this checkout (see tests/services.py). In CI (``CI=true``) a missing engine
+or image fails these tests; elsewhere they are skipped with the command to run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -54,13 +55,14 @@ from asyncexec.testing import (
     sleep_for,
 )
 
-pytestmark = pytest.mark.anyio
+from .services import IN_CI, check_docker_image
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get(
     "ASYNCEXEC_TEST_IMAGE", "asyncexec-test:py{}.{}".format(*sys.version_info[:2])
 )
-IN_CI = os.environ.get("CI") == "true"
 
 
 @pytest.fixture
@@ -69,28 +71,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _missing(reason: str) -> NoReturn:
-    if IN_CI:
-        pytest.fail(f"CI needs a Docker engine: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def image() -> str:
-    """The test image, made and checked by the project's own bring-up script."""
-    if os.environ.get("ASYNCEXEC_TEST_IMAGE") is None:
-        done = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "docker-up.sh"), sys.executable],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if done.returncode != 0:
-            _missing(f"scripts/docker-up.sh failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    inspected = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True)
-    if inspected.returncode != 0:
-        _missing(f"no Docker engine with the image {IMAGE} (run scripts/docker-up.sh)")
-    return IMAGE
+    """The test image, made by scripts/docker-up.sh before pytest: checked only."""
+    return check_docker_image(IMAGE, built_here="ASYNCEXEC_TEST_IMAGE" not in os.environ)
 
 
 @pytest.fixture(scope="session")

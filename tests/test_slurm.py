@@ -49,7 +49,7 @@ from asyncexec.testing import (
 from .cluster import Cluster, bring_up, squeue, stop_sshd
 from .test_oneshot import command, outcomes, spec, stage, value, write_batch
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slurm, pytest.mark.ssh]
 
 
 @pytest.fixture
