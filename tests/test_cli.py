@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -332,9 +333,9 @@ def test_a_damaged_page_is_one_line_and_status_two(experiment_file: Path, tmp_pa
     run = ("run", f"{experiment_file}:squares", "--dir", str(directory), "--backend", "thread")
     code, _, err = finish(asyncexec(*run, log=log, seconds=0.0), timeout=60)
     assert code == 0, err
-    with ResultsStore(directory, create=False) as store:  # many pages, checkpointed
-        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     path = directory / "results.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db:  # many pages, checkpointed
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(path.read_bytes())
     pages = len(data) // 4096
     assert pages >= 3
