@@ -61,10 +61,28 @@ def install_locked(session: nox.Session, lock: str) -> None:
     session.install("--no-deps", "--no-build-isolation", "--reinstall-package", "asyncexec", ".")
 
 
+def bring_up(session: nox.Session, *services: str) -> None:
+    """Bring up the real services (scripts/README.md) for the session's Python, before
+    pytest or the examples run: tests never start a service, they only check for it.
+
+    ``docker``: the engine and this interpreter's test image; ``slurm``: the cluster,
+    its sshd and this Python's job venv; ``submitit``: the Slurm benchmark's peer venv.
+    Each script is a no-op when everything is up and current; as root on a laptop it
+    starts what is missing, not root it says why and exits 0 (1 when ``CI=true``).
+    """
+    for service in services:
+        args = ["python"] if service in ("docker", "slurm") else []
+        session.run("bash", f"scripts/{service}-up.sh", *args, external=True)
+
+
+TEST_SERVICES = ("docker", "slurm", "submitit")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, every async test on asyncio and trio (and uvloop)."""
     install_locked(session, "test")
+    bring_up(session, *TEST_SERVICES)
     # pytest exits 5 when it collected no test: nox fails on any non-zero status.
     session.run("pytest", *(session.posargs or ["-q"]))
 
@@ -93,6 +111,7 @@ def compat(session: nox.Session) -> None:
     Python's test image and cluster venvs.)
     """
     install_locked(session, "test")
+    bring_up(session, *TEST_SERVICES)  # this Python's test image and cluster venv
     session.env["ASYNCEXEC_TEST_LOOPS"] = "asyncio"
     session.run("pytest", *(session.posargs or ["-q", "-m", "not infra"]))
 
@@ -109,6 +128,7 @@ def latest(session: nox.Session) -> None:
     """
     session.install("--upgrade", "--reinstall-package", "asyncexec", ".[test]")
     session.run("python", "-c", _PRINT_VERSIONS)
+    bring_up(session, *TEST_SERVICES)
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
@@ -157,10 +177,8 @@ def bench(session: nox.Session) -> None:
     """
     install_locked(session, "bench")
     # benchmarks/docker.py needs the engine and this interpreter's test image;
-    # benchmarks/slurm.py the cluster, its sshd and a venv for this Python.
-    session.run("bash", "scripts/docker-up.sh", "python", external=True)
-    session.run("bash", "scripts/slurm-up.sh", "python", external=True)
-    session.run("bash", "scripts/submitit-up.sh", external=True)  # the Slurm peer's venv
+    # benchmarks/slurm.py the cluster, its sshd, a venv for this Python and submitit's.
+    bring_up(session, "docker", "slurm", "submitit")
     for script in sorted(glob.glob("benchmarks/*.py")):
         session.run("python", script, *session.posargs)
 
@@ -171,6 +189,5 @@ def docs(session: nox.Session) -> None:
     install_locked(session, "docs")
     # docs/docker.md's example runs in this interpreter's test image, docs/slurm.md's
     # on the test cluster.
-    session.run("bash", "scripts/docker-up.sh", "python", external=True)
-    session.run("bash", "scripts/slurm-up.sh", "python", external=True)
+    bring_up(session, "docker", "slurm")
     session.run("python", "docs/check_examples.py")

@@ -1,40 +1,33 @@
 """The real cluster the SSH and Slurm tests run against, started by the project's script.
 
-``scripts/slurm-up.sh`` starts (idempotently) a single-node Slurm cluster with
-accounting and an sshd on 127.0.0.1, and a venv of this interpreter's minor
-version for the cluster user's jobs (and names a bare interpreter of that
-version, without asyncexec); ``cluster.json`` says where everything is.
-In CI (``CI=true``) a missing cluster fails the tests; elsewhere they are
-skipped with the reason.
+``scripts/slurm-up.sh``, run by the nox sessions before pytest, starts
+(idempotently) a single-node Slurm cluster with accounting and an sshd on
+127.0.0.1, and a venv of this interpreter's minor version for the cluster
+user's jobs (and names a bare interpreter of that version, without asyncexec);
+``cluster.json`` says where everything is. The fixture only checks (see
+tests/services.py): in CI (``CI=true``) a missing or stale cluster fails the
+tests; elsewhere they are skipped with the command to run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from asyncexec import SSHShell
 
-ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI") == "true"
+from .services import PY, ROOT, SLURM_UP, cluster_description, missing
+
 CLUSTER_DIR = Path(os.environ.get("ASYNCEXEC_CLUSTER_DIR", "/var/tmp/asyncexec-cluster"))
-PY = "{}.{}".format(*sys.version_info[:2])
-
-
-def missing(reason: str) -> NoReturn:
-    if IN_CI:
-        pytest.fail(f"CI needs the Slurm cluster and sshd: {reason}")
-    pytest.skip(reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,16 +49,14 @@ class Cluster:
     def short_partition(self) -> str:
         """A partition whose MaxTime is one minute."""
         if self.short is None:
-            missing("cluster.json names no short partition (run scripts/slurm-up.sh)")
+            missing("cluster.json names no short partition", SLURM_UP)
         return self.short
 
     @property
     def bare_python(self) -> str:
         """The bare interpreter: what a node with nothing but Python runs."""
         if self.bare is None:
-            missing(
-                f"cluster.json names no bare Python {PY} (run scripts/slurm-up.sh {sys.executable})"
-            )
+            missing(f"cluster.json names no bare Python {PY}", SLURM_UP)
         return self.bare
 
     def shell(self, **overrides: Any) -> SSHShell:
@@ -84,27 +75,24 @@ class Cluster:
 
 
 def bring_up() -> None:
+    """Start again what a test stopped on purpose (sshd): only such tests call this;
+    the services are up before pytest starts, and the fixtures only check."""
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "slurm-up.sh"), sys.executable],
         capture_output=True,
         text=True,
         timeout=1200,
     )
-    if done.returncode != 0:
-        missing(f"scripts/slurm-up.sh failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    assert done.returncode == 0, (
+        f"scripts/slurm-up.sh could not start again what the test stopped:\n"
+        f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+    )
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
-    """The cluster, brought up (or checked) once per session."""
-    bring_up()
-    try:
-        described = json.loads((CLUSTER_DIR / "cluster.json").read_text())
-    except (OSError, ValueError) as exc:
-        missing(f"no cluster description in {CLUSTER_DIR}: {exc}")
-    python = described.get("pythons", {}).get(PY)
-    if python is None:
-        missing(f"no cluster venv for Python {PY} (run scripts/slurm-up.sh {sys.executable})")
+    """The cluster, checked once per session (brought up before pytest, never here)."""
+    described = cluster_description(CLUSTER_DIR)
     return Cluster(
         host=described["host"],
         port=int(described["port"]),
@@ -113,7 +101,7 @@ def cluster() -> Cluster:
         known_hosts=described["known_hosts"],
         home=described["home"],
         node=described["node"],
-        python=python,
+        python=described["pythons"][PY],
         bare=described.get("bare_pythons", {}).get(PY),
         short=described.get("short_partition"),
     )

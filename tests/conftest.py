@@ -11,6 +11,7 @@ import pytest
 # The real cluster (Slurm and sshd) of the SSH and Slurm tests.
 from .cluster import cluster as cluster
 from .cluster import scratch as scratch
+from .services import MARKER_OF_FIXTURE
 
 ASYNCIO = pytest.param("asyncio", id="asyncio")
 TRIO = pytest.param("trio", id="trio")
@@ -62,3 +63,34 @@ def no_leftover_processes() -> Iterator[None]:
             break
         time.sleep(0.05)
     assert not left, f"processes left behind: {[(p.pid, p.cmdline()) for p in left]}"
+
+
+#: The services' markers (``--strict-markers``: registered here, with ``infra`` in
+#: pyproject.toml). Not in pyproject.toml because that file is hashed into the
+#: Docker test image and the cluster's venvs: a branch that touches it rebuilds
+#: the images and venvs every worktree on the machine shares.
+SERVICE_MARKERS = (
+    "docker: needs a Docker engine and this Python's test image (scripts/docker-up.sh)",
+    "ssh: needs the test sshd and the cluster's venv for this Python (scripts/slurm-up.sh)",
+    "slurm: needs the Slurm cluster (scripts/slurm-up.sh); marked ssh too (the login node)",
+    "azure: needs Azurite and the loopback ARM server (for the Azure backend, to come)",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in SERVICE_MARKERS:
+        config.addinivalue_line("markers", line)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: every test is checked
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that uses a service's fixture must carry that service's marker, so that
+    ``-m "not docker"`` (or ssh, slurm) leaves out every test that needs it."""
+    unmarked = [
+        f"{item.nodeid} uses {name} but is not marked {marker}"
+        for item in items
+        for name, marker in MARKER_OF_FIXTURE.items()
+        if name in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))

@@ -2,7 +2,8 @@
 
 The peers that are not in the standard library come from the locks (submitit, for
 the Slurm harness, in a venv of the cluster's Python that ``scripts/submitit-up.sh``
-makes); the machines are shared and noisy, so the figures are not looked at.
+makes, run by the nox sessions before pytest); the machines are shared and noisy,
+so the figures are not looked at.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from types import ModuleType
 
 import pytest
 
-from .cluster import Cluster, missing
+from .cluster import Cluster
+from .services import check_submitit_venv
 
 # The harnesses run the same on every Python: once per CI run, in the tests session.
 pytestmark = pytest.mark.infra
@@ -95,15 +97,12 @@ def test_sweeper_benchmark_smoke() -> None:
     assert any(line[1:].strip()[:1].isdigit() for line in rows), report
 
 
+@pytest.mark.slurm
+@pytest.mark.ssh
 def test_slurm_benchmark_smoke(cluster: Cluster) -> None:
     """The Slurm harness on 20 tasks: by hand, asyncexec and submitit (from the venv
-    ``scripts/submitit-up.sh`` makes, as ``nox -s bench`` does)."""
-    made = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "submitit-up.sh")], capture_output=True, text=True
-    )
-    assert made.returncode == 0, made.stdout + made.stderr
-    if not Path(benchmark_module("slurm").SUBMITIT_PYTHON).exists():
-        missing(f"no venv for submitit: {made.stdout.strip()}")
+    ``scripts/submitit-up.sh`` makes, as ``nox -s tests`` and ``nox -s bench`` do)."""
+    check_submitit_venv(benchmark_module("slurm").SUBMITIT_PYTHON)
     report = run_benchmark("slurm.py", "--smoke")
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     for way in ("sbatch --array", "asyncexec", "submitit, 1 input per array task"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -103,6 +104,18 @@ def wait_for_lines(log: Path, word: str, count: int, timeout: float = 60) -> Non
     raise AssertionError(f"never saw {count} {word!r} lines in {log}")
 
 
+def wait_for_done_rows(directory: Path, count: int, timeout: float = 60) -> None:
+    """Wait until the experiment store in ``directory`` holds ``count`` finished runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (directory / "results.sqlite").exists():
+            with ResultsStore(directory, create=False) as store:
+                if len(store.rows(status="done")) >= count:
+                    return
+        time.sleep(0.05)
+    raise AssertionError(f"never saw {count} finished runs in {directory}")
+
+
 def test_run_status_results_and_continue(experiment_file: Path, tmp_path: Path) -> None:
     log, directory = tmp_path / "log", tmp_path / "runs"
     code, out, err = finish(
@@ -190,7 +203,7 @@ def test_driver_killed_then_resumed_loses_nothing_and_repeats_nothing_finished(
     driver = run_squares(experiment_file, directory, log, 0.5)
     try:
         wait_for_lines(log, "end", 4)
-        time.sleep(0.2)  # let the driver record what ended
+        wait_for_done_rows(directory, 1)  # the driver recorded some of what ended
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.communicate()
@@ -320,9 +333,9 @@ def test_a_damaged_page_is_one_line_and_status_two(experiment_file: Path, tmp_pa
     run = ("run", f"{experiment_file}:squares", "--dir", str(directory), "--backend", "thread")
     code, _, err = finish(asyncexec(*run, log=log, seconds=0.0), timeout=60)
     assert code == 0, err
-    with ResultsStore(directory, create=False) as store:  # many pages, checkpointed
-        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     path = directory / "results.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db:  # many pages, checkpointed
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(path.read_bytes())
     pages = len(data) // 4096
     assert pages >= 3

@@ -201,6 +201,8 @@ def test_three_runners_on_one_directory_run_each_run_once(tmp_path: Path) -> Non
 
 
 @pytest.mark.infra
+@pytest.mark.slurm
+@pytest.mark.ssh
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # asyncssh: asyncio only
 async def test_an_outside_scancel_cancels_only_that_task(cluster: Cluster, scratch: str) -> None:

@@ -632,6 +632,13 @@ def _queued_at_workers(ex: ProcessExecutor) -> int:
     return sum(len(worker.jobs) for worker in ex._process_launcher._workers)
 
 
+async def _until_queued_at_workers(ex: ProcessExecutor, count: int) -> None:
+    """Wait until ``count`` tasks are at the workers (sent ahead, or running)."""
+    with anyio.fail_after(30):
+        while _queued_at_workers(ex) != count:
+            await anyio.sleep(0.01)
+
+
 async def test_short_tasks_are_queued_at_busy_workers(tmp_path: Path) -> None:
     async with ProcessExecutor(2) as ex:
         await _queue_short_tasks(ex)
@@ -639,9 +646,8 @@ async def test_short_tasks_are_queued_at_busy_workers(tmp_path: Path) -> None:
         blockers = [await ex.submit(mark_then_sleep, str(mark), 0.5) for mark in marks]
         await _until_exists(*marks)
         queued = [await ex.submit(identity, i) for i in range(6)]
-        await anyio.sleep(0.1)
         # Sent ahead: they wait in the workers' queues, not in the executor's.
-        assert _queued_at_workers(ex) == 8
+        await _until_queued_at_workers(ex, 8)
         assert not any(future.ready() for future in queued)
         assert await ex.wait(queued) == list(range(6))
         await ex.wait(blockers)
@@ -656,8 +662,7 @@ async def test_a_queued_task_cancelled_never_runs_and_spares_the_running_one(
         running = await ex.submit(mark_then_sleep, str(started), 0.5)
         await _until_exists(started)
         queued = await ex.submit(touch_after, str(queued_marker), 0.0)
-        await anyio.sleep(0.1)
-        assert _queued_at_workers(ex) == 2  # both sent
+        await _until_queued_at_workers(ex, 2)  # both sent
         assert await queued.cancel() is True
         await running  # its worker was not killed
         await anyio.sleep(0.3)
@@ -676,8 +681,7 @@ async def test_cancelling_a_queued_task_does_not_wait_for_the_running_one(
         running = await ex.submit(mark_then_sleep, str(started), 60)
         await _until_exists(started)
         queued = [await ex.submit(touch_after, str(queued_marker), 0.0) for _ in range(3)]
-        await anyio.sleep(0.1)
-        assert _queued_at_workers(ex) == 4  # all sent: they wait at the busy worker
+        await _until_queued_at_workers(ex, 4)  # all sent: they wait at the busy worker
         with anyio.fail_after(20):
             await ex.cancel(queued[1:])
             assert await queued[0].cancel() is True

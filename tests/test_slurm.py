@@ -50,7 +50,7 @@ from asyncexec.testing import (
 from .cluster import Cluster, bring_up, squeue, stop_sshd
 from .test_oneshot import command, outcomes, spec, stage, value, write_batch
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slurm, pytest.mark.ssh]
 
 
 @pytest.fixture
@@ -268,13 +268,16 @@ async def test_throttle_and_private_staging(cluster: Cluster, scratch: str) -> N
     cfg = config(cluster, max_concurrent=2)
     async with SlurmExecutor(cluster.shell(), cfg, keep_staging=True) as ex:
         futures = [await ex.submit(sleep_for, 1.0) for _ in range(6)]
-        await anyio.sleep(1.0)
-        ours = arrays_of(futures)
-        running = [
-            line
-            for line in squeue(cluster.user)
-            if line.endswith("RUNNING") and line.split("_")[0] in ours
-        ]
+        running: list[str] = []
+        with anyio.fail_after(120):  # looked at while some run, not before
+            while not running:
+                ours = arrays_of(futures)
+                running = [
+                    line
+                    for line in squeue(cluster.user)
+                    if line.endswith("RUNNING") and line.split("_")[0] in ours
+                ]
+                await anyio.sleep(0.1)
         assert len(running) <= 2, running
         await ex.wait(futures)
         ref = futures[0].info.job_ref
@@ -618,7 +621,9 @@ async def test_sshd_restarted_mid_run(cluster: Cluster) -> None:
     """The poller rides out a dead sshd; the tasks finish and are collected after."""
     async with SlurmExecutor(cluster.shell(), config(cluster)) as ex:
         futures = [await ex.submit(sleep_for, 3.0) for _ in range(4)]
-        await anyio.sleep(1.0)
+        with anyio.fail_after(120):  # mid-run: the poller saw every task start
+            while any(future.state is FutureState.PENDING for future in futures):
+                await anyio.sleep(0.05)
         stop_sshd()
         await anyio.sleep(3.0)
         await anyio.to_thread.run_sync(bring_up)
@@ -1031,7 +1036,11 @@ async def test_a_job_held_in_the_queue_is_pending_until_it_runs(cluster: Cluster
         with anyio.fail_after(60):
             while future.info.job_ref is None:
                 await anyio.sleep(0.05)
-        await anyio.sleep(3.0)  # several polls see it held (JobHeldUser)
+        # Several polls see it held (JobHeldUser): the third call started, two ended.
+        polls = ex.slurm.calls["squeue"]
+        with anyio.fail_after(60):
+            while ex.slurm.calls["squeue"] < polls + 3:
+                await anyio.sleep(0.05)
         assert future.state is FutureState.PENDING and not future.ready()
         assert future.info.started is None
         await anyio.run_process(["scontrol", "release", array_of(future) or "?"])

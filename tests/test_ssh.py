@@ -29,7 +29,7 @@ from asyncexec.testing import assert_heartbeat_stopped, check_launcher, conforma
 
 from .cluster import Cluster, bring_up, make_key, stop_sshd
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.ssh]
 
 
 @pytest.fixture
