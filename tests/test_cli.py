@@ -118,18 +118,7 @@ def wait_for_done_rows(directory: Path, count: int, timeout: float = 60) -> None
 
 def test_run_status_results_and_continue(experiment_file: Path, tmp_path: Path) -> None:
     log, directory = tmp_path / "log", tmp_path / "runs"
-    code, out, err = finish(
-        asyncexec(
-            "run",
-            f"{experiment_file}:squares",
-            "--dir",
-            str(directory),
-            "--workers",
-            "2",
-            log=log,
-            seconds=0.0,
-        )
-    )
+    code, out, err = finish(run_squares(experiment_file, directory, log, 0.0))
     assert code == 0, err
     assert "12 done, 0 failed of 12 runs" in out
     assert "value (median)" in out  # the summary table
@@ -211,19 +200,7 @@ def test_driver_killed_then_resumed_loses_nothing_and_repeats_nothing_finished(
         finished_before = {row["params"]["x"] for row in store.rows(status="done")}
     assert finished_before, "nothing was recorded before the kill"
 
-    code, _out, err = finish(
-        asyncexec(
-            "run",
-            f"{experiment_file}:squares",
-            "--dir",
-            str(directory),
-            "--continue",
-            "--workers",
-            "2",
-            log=log,
-            seconds=0.5,
-        )
-    )
+    code, _out, err = finish(run_squares(experiment_file, directory, log, 0.5, "--continue"))
     assert code == 0, err
     with ResultsStore(directory, create=False) as store:
         rows = store.rows()
@@ -436,18 +413,7 @@ def test_a_second_ctrl_c_exits_at_once_with_one_line(
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == [], alive  # the workers died with the runner
     code, _, err = finish(
-        asyncexec(
-            "run",
-            f"{experiment_file}:squares",
-            "--dir",
-            str(directory),
-            "--continue",
-            "--workers",
-            "2",
-            log=log,
-            seconds=0.0,
-        ),
-        timeout=120,
+        run_squares(experiment_file, directory, log, 0.0, "--continue"), timeout=120
     )
     assert code == 0, err
 

@@ -780,13 +780,11 @@ class PoolLauncher(LocalLauncher[PoolJob]):
             self._tg.start_soon(self._read_loop, worker)
             self._tg.start_soon(self._write_loop, worker)
         except BaseException:
-            self._spawning -= 1
             # Tasks that waited for this worker (a replacement) start one of their own.
             self._wake()
             raise
-        else:
-            self._spawning -= 1
         finally:
+            self._spawning -= 1
             if not self._spawning and self._spawns_done is not None:
                 self._spawns_done.set()
         return worker

@@ -391,7 +391,7 @@ class ParamSweeper:
                         break
                     key = combination_key(combination)
                     if key not in allowed:
-                        if key in self._sweeps and key in keys:
+                        if key in keys:
                             continue  # given twice: taken once
                         raise ValueError(
                             f"the filter returned {combination!r}, which is not one of the "
