@@ -111,7 +111,7 @@ class Launcher(abc.ABC):
         """Acquire what the launcher needs (background tasks, connections).
 
         Cancellation: what was acquired is released before the cancellation
-        propagates, as for any other error (``LocalLauncher`` closes itself,
+        propagates, as for any other error (``BaseLauncher`` closes itself,
         shielded); the launcher is then closed: make a new one to try again.
         """
         return self
@@ -126,7 +126,7 @@ class Launcher(abc.ABC):
 
         Cancellation: this default does not shield ``aclose``, so a launcher
         whose ``aclose`` awaits must shield it itself or override this (as
-        ``LocalLauncher``, the base of asyncexec's launchers, does).
+        ``BaseLauncher``, the base of asyncexec's launchers, does).
         """
         await self.aclose()
 
@@ -221,7 +221,7 @@ class Launcher(abc.ABC):
 
         Cancellation: may stop part-way, with workers, containers or jobs
         still to reap; calling it again finishes the release. Leaving ``async
-        with`` a ``LocalLauncher`` (the base of asyncexec's launchers) calls it
+        with`` a ``BaseLauncher`` (the base of asyncexec's launchers) calls it
         shielded.
         """
 

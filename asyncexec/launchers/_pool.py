@@ -53,7 +53,7 @@ from .._messages import (
 )
 from .._options import check_workers
 from .._worker import version_mismatch
-from ._local import LocalJob, LocalLauncher
+from ._base import BaseLauncher, Job
 from ._shared import SharedArena
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class _DiedStarting(LaunchError):
     """A worker was killed before its handshake ended: it had been sent no task."""
 
 
-class PoolJob(LocalJob):
+class PoolJob(Job):
     """A task handed to a pool: queued at a worker, running there, or between workers."""
 
     __slots__ = (
@@ -373,7 +373,7 @@ class PoolWorker(abc.ABC):
             await self.sender.send(frame)
 
 
-class PoolLauncher(LocalLauncher[PoolJob]):
+class PoolLauncher(BaseLauncher[PoolJob]):
     """Runs tasks on up to ``n_workers`` long-lived workers made by :meth:`_connect`.
 
     Args:

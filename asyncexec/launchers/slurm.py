@@ -79,7 +79,7 @@ from .._messages import ErrorInfo, JobRef, Outcome, OutcomeStatus, TaskSpec
 from .._options import TaskOptions
 from ..abc import Launcher, Shell
 from ..shells import LocalShell
-from ._local import LocalJob, LocalLauncher
+from ._base import BaseLauncher, Job
 
 __all__ = ["SlurmConfig", "SlurmExecutor", "SlurmLauncher", "parse_time"]
 
@@ -444,7 +444,7 @@ def read_outcome(data: bytes) -> Outcome:
     return msgspec.convert(row, Outcome)
 
 
-class _SlurmJob(LocalJob):
+class _SlurmJob(Job):
     __slots__ = (
         "adopted",
         "array_id",
@@ -522,7 +522,7 @@ class _Pending:
         self.abandoned = False
 
 
-class SlurmLauncher(LocalLauncher[_SlurmJob]):
+class SlurmLauncher(BaseLauncher[_SlurmJob]):
     """Runs tasks as Slurm array tasks, reached through ``shell``.
 
     Args:

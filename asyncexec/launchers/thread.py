@@ -30,7 +30,7 @@ from .._options import TaskOptions, check_workers
 from .._stopit import async_raise
 from .._worker import TAIL_BYTES, execute
 from ..abc import Launcher
-from ._local import LocalJob, LocalLauncher
+from ._base import BaseLauncher, Job
 
 __all__ = ["ThreadExecutor", "ThreadLauncher"]
 
@@ -39,7 +39,7 @@ class _ThreadStopped(BaseException):
     """Raised inside a thread whose task was cancelled or timed out."""
 
 
-class _Job(LocalJob):
+class _Job(Job):
     __slots__ = ("cancelled", "lock", "running", "scope", "spec", "thread_id")
 
     def __init__(self, spec: TaskSpec) -> None:
@@ -52,7 +52,7 @@ class _Job(LocalJob):
         self.scope: anyio.CancelScope | None = None
 
 
-class ThreadLauncher(LocalLauncher[_Job]):
+class ThreadLauncher(BaseLauncher[_Job]):
     """Runs tasks in up to ``n_workers`` threads of this process."""
 
     can_kill = True  # Python code only; see the module docstring

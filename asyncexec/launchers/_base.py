@@ -1,4 +1,4 @@
-"""What the launchers of this process share: a job table and a task group."""
+"""The base of the launchers whose jobs live in this process: a job table and a task group."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from ..abc import Launcher
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["LocalJob", "LocalLauncher"]
+__all__ = ["BaseLauncher", "Job"]
 
 
-class LocalJob:
+class Job:
     """A task handed to a launcher of this process, until its outcome is read."""
 
     __slots__ = ("_done", "callback", "outcome", "task_id")
@@ -51,11 +51,11 @@ class LocalJob:
                 self.callback(outcome)
 
 
-J = TypeVar("J", bound=LocalJob)
-_L = TypeVar("_L", bound="LocalLauncher[Any]")
+J = TypeVar("J", bound=Job)
+_L = TypeVar("_L", bound="BaseLauncher[Any]")
 
 
-class LocalLauncher(Launcher, Generic[J]):
+class BaseLauncher(Launcher, Generic[J]):
     """A launcher whose jobs live in this process and which runs background tasks.
 
     Its task group is entered in ``__aenter__`` and left in ``__aexit__``, so it
