@@ -83,8 +83,23 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, every async test on asyncio and trio (and uvloop)."""
     install_locked(session, "test")
     bring_up(session, *TEST_SERVICES)
-    # pytest exits 5 when it collected no test: nox fails on any non-zero status.
-    session.run("pytest", *(session.posargs or ["-q"]))
+    run_pytest(session, "")
+
+
+def run_pytest(session: nox.Session, marks: str) -> None:
+    """pytest with the session's arguments, or the suite selected by ``marks``: on two
+    workers (pytest-xdist, a test file per worker), then the tests marked ``alone``
+    (they stop a service the others share) one at a time.
+
+    pytest exits 5 when it collected no test: nox fails on any non-zero status, so
+    either half selecting nothing fails the session.
+    """
+    if session.posargs:
+        session.run("pytest", *session.posargs)
+        return
+    rest = f"({marks}) and not alone" if marks else "not alone"
+    session.run("pytest", "-q", "-n", "2", "--dist", "loadfile", "-m", rest)
+    session.run("pytest", "-q", "-m", f"({marks}) and alone" if marks else "alone")
 
 
 def interpreter(version: str) -> str:
@@ -113,7 +128,7 @@ def compat(session: nox.Session) -> None:
     install_locked(session, "test")
     bring_up(session, *TEST_SERVICES)  # this Python's test image and cluster venv
     session.env["ASYNCEXEC_TEST_LOOPS"] = "asyncio"
-    session.run("pytest", *(session.posargs or ["-q", "-m", "not infra"]))
+    run_pytest(session, "not infra")
 
 
 @nox.session
@@ -129,7 +144,7 @@ def latest(session: nox.Session) -> None:
     session.install("--upgrade", "--reinstall-package", "asyncexec", ".[test]")
     session.run("python", "-c", _PRINT_VERSIONS)
     bring_up(session, *TEST_SERVICES)
-    session.run("pytest", *(session.posargs or ["-q"]))
+    run_pytest(session, "")
 
 
 _PRINT_VERSIONS = (

@@ -77,8 +77,14 @@ SERVICE_MARKERS = (
 )
 
 
+#: Tests that stop a service every other test shares (sshd, dockerd, a node): the
+#: nox sessions run them after the rest, one at a time, not beside other tests
+#: (the rest runs on two pytest-xdist workers).
+ALONE_MARKER = "alone: stops a shared service (sshd, dockerd, a Slurm node); runs apart"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    for line in SERVICE_MARKERS:
+    for line in (*SERVICE_MARKERS, ALONE_MARKER):
         config.addinivalue_line("markers", line)
 
 

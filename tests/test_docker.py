@@ -745,6 +745,7 @@ def _engine(command: str) -> None:
     subprocess.run(["bash", str(script), *args], check=True, capture_output=True, timeout=600)
 
 
+@pytest.mark.alone
 @pytest.mark.skipif(
     not (IN_CI or os.environ.get("ASYNCEXEC_TEST_RESTART_DOCKER") == "1"),
     reason="restarts dockerd (needs root): runs in CI, or with ASYNCEXEC_TEST_RESTART_DOCKER=1",

@@ -594,6 +594,7 @@ async def test_aclose_cancel_pending_leaves_no_job(cluster: Cluster) -> None:
 # -- failures of the cluster ------------------------------------------------------------
 
 
+@pytest.mark.alone
 @pytest.mark.infra
 async def test_node_down_mid_run_is_worker_lost(cluster: Cluster, scratch: str) -> None:
     beat = f"{scratch}/beat"
@@ -616,6 +617,7 @@ async def test_node_down_mid_run_is_worker_lost(cluster: Cluster, scratch: str) 
             assert await (await ex.submit(add, 2, 3)) == 5
 
 
+@pytest.mark.alone
 @pytest.mark.infra
 async def test_sshd_restarted_mid_run(cluster: Cluster) -> None:
     """The poller rides out a dead sshd; the tasks finish and are collected after."""

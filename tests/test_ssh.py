@@ -202,6 +202,7 @@ async def test_trio_is_refused_clearly() -> None:
         await SSHShell("h").run(["true"])
 
 
+@pytest.mark.alone
 async def test_reconnects_after_sshd_restarts(cluster: Cluster) -> None:
     async with cluster.shell() as shell:
         assert (await shell.run(["true"])).returncode == 0
@@ -258,6 +259,7 @@ async def test_cpus_pin_the_hosts_worker_and_gpus_are_refused_at_submit(cluster:
     assert after == [usable, usable]  # both workers got all of them back
 
 
+@pytest.mark.alone
 @pytest.mark.infra
 async def test_a_dropped_connection_fails_only_its_tasks(cluster: Cluster, scratch: str) -> None:
     """sshd killed with every session: the running task is lost, later ones reconnect."""
