@@ -8,7 +8,7 @@ otherwise: a failure in CI (``CI=true``), a skip elsewhere whose reason names
 the command to run. Tests that stop a service on purpose (sshd, dockerd, a
 node) start it again themselves.
 
-Each service has a marker (pyproject.toml): ``docker``, ``ssh``, ``slurm``
+Each service has a marker (registered in conftest.py): ``docker``, ``ssh``, ``slurm``
 (a Slurm test carries ``ssh`` too: the cluster is reached over ssh), ``azure``;
 ``pytest -m "not docker"`` runs the rest on a machine without the engine.
 """
