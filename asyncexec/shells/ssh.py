@@ -6,20 +6,23 @@ first, so that it can be killed with all it started.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import shlex
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
 
 from .._aio import require_asyncio
 from .._exceptions import BackendUnavailable
 from ..abc import Completed, Shell, SpawnedProcess
+from ._asyncssh import (
+    ChannelReceiveStream,
+    ChannelSendStream,
+    connection_failure,
+    import_asyncssh,
+)
 
 if TYPE_CHECKING:
     import asyncssh
@@ -41,31 +44,6 @@ _MAX_NOISE_LINES = 200
 # What sshd's default of 10 sessions per connection leaves room for: login nodes
 # often count more than the channels we open (agent forwarding, a user's own sessions).
 DEFAULT_CHANNELS_PER_CONNECTION = 6
-
-
-#: The warning cryptography (48 and later) raises when asyncssh, importing its DSA
-#: support, merely names the DSA classes: nothing a user can act on. A DSA key in
-#: use still warns, from where it is used.
-_DSA_WARNING = r"DSA is deprecated"
-
-
-def _import_asyncssh() -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_DSA_WARNING, category=UserWarning)
-            import asyncssh
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("SSH needs asyncssh: pip install 'asyncexec[ssh]'") from exc
-    return asyncssh
-
-
-def _connection_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says the connection itself is gone (not a refused channel)."""
-    asyncssh = _import_asyncssh()
-    return isinstance(
-        exc,
-        asyncssh.ConnectionLost | asyncssh.DisconnectError | ConnectionError | EOFError,
-    ) and not isinstance(exc, asyncssh.ChannelOpenError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,44 +79,6 @@ class _Connection:
         return not self.broken and not self.conn.is_closed()
 
 
-class _SSHReceive(anyio.abc.ByteReceiveStream):
-    def __init__(self, reader: asyncssh.SSHReader[bytes]) -> None:
-        self._reader = reader
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        try:
-            data = await self._reader.read(max_bytes)
-        except Exception as exc:
-            if _connection_failure(exc):
-                raise anyio.BrokenResourceError(str(exc)) from exc
-            raise
-        if not data:
-            raise anyio.EndOfStream
-        return data
-
-    async def aclose(self) -> None:
-        pass
-
-
-class _SSHSend(anyio.abc.ByteSendStream):
-    def __init__(self, writer: asyncssh.SSHWriter[bytes]) -> None:
-        self._writer = writer
-
-    async def send(self, item: bytes) -> None:
-        try:
-            self._writer.write(item)
-            await self._writer.drain()
-        except Exception as exc:
-            if _connection_failure(exc) or isinstance(exc, BrokenPipeError):
-                raise anyio.BrokenResourceError(str(exc)) from exc
-            raise
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._writer.can_write_eof():
-                self._writer.write_eof()
-
-
 class _SSHProcess(SpawnedProcess):
     """A command started over SSH: its channel's streams, and its process group."""
 
@@ -153,9 +93,9 @@ class _SSHProcess(SpawnedProcess):
         self._connection = connection
         self._process = process
         self._pid = pid
-        self.stdin = _SSHSend(process.stdin)
-        self.stdout = _SSHReceive(process.stdout)
-        self.stderr = _SSHReceive(process.stderr)
+        self.stdin = ChannelSendStream(process.stdin)
+        self.stdout = ChannelReceiveStream(process.stdout)
+        self.stderr = ChannelReceiveStream(process.stderr)
         self._released = False
 
     @property
@@ -313,7 +253,7 @@ class SSHShell(Shell):
                 process.stdin.write_eof()
                 stdout, stderr = await process.communicate()
             except Exception as exc:
-                if _connection_failure(exc):
+                if connection_failure(exc):
                     connection.broken = True
                     raise self._unavailable(
                         f"the connection dropped running {argv[0]}", exc
@@ -394,10 +334,10 @@ class SSHShell(Shell):
                     break
         except BaseException as exc:
             process.close()
-            if isinstance(exc, Exception) and _connection_failure(exc):
+            if isinstance(exc, Exception) and connection_failure(exc):
                 connection.broken = True
             self._release(connection)
-            if isinstance(exc, Exception) and _connection_failure(exc):
+            if isinstance(exc, Exception) and connection_failure(exc):
                 raise self._unavailable(f"the connection dropped starting {argv[0]}", exc) from exc
             raise
         return connection, process, pid
@@ -405,7 +345,7 @@ class SSHShell(Shell):
     async def _open_channel(
         self, command: str
     ) -> tuple[_Connection, asyncssh.SSHClientProcess[bytes]]:
-        asyncssh = _import_asyncssh()
+        asyncssh = import_asyncssh()
         refused = lost = 0
         while True:
             connection = await self._acquire()
@@ -427,7 +367,7 @@ class SSHShell(Shell):
                 await anyio.sleep(min(0.02 * refused, 0.5))
                 continue
             except BaseException as exc:
-                failed = isinstance(exc, Exception) and _connection_failure(exc)
+                failed = isinstance(exc, Exception) and connection_failure(exc)
                 if failed:
                     connection.broken = True
                 self._release(connection)
@@ -496,7 +436,7 @@ class SSHShell(Shell):
             self._freed.set()
 
     async def _connect(self) -> _Connection:
-        asyncssh = _import_asyncssh()
+        asyncssh = import_asyncssh()
         options = dict(self._options)
         options.setdefault("login_timeout", self._connect_timeout)
         # A link that died silently (NAT, suspend) is noticed within about a minute.
