@@ -80,9 +80,11 @@ class SweeperState:
         self._db = _open(directory)
 
     def close(self) -> None:
+        """Close the connection (our leases run on until they expire)."""
         self._db.close()
 
     def transaction(self) -> Transaction:
+        """BEGIN IMMEDIATE ... COMMIT; the methods called inside it join it."""
         return Transaction(self._db)
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -90,10 +92,12 @@ class SweeperState:
             db.execute(sql, params)
 
     def meta(self, key: str) -> str | None:
+        """A value of the ``meta`` table (the format, where execo's done file was read to)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the ``meta`` table."""
         self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     # -- sweeps ---------------------------------------------------------------------
