@@ -285,7 +285,9 @@ class Shell(abc.ABC):
     """How to reach a machine: run commands and spawn processes.
 
     Kept deliberately small: the same launcher runs on a login node with
-    :class:`~asyncexec.shells.LocalShell` or from a laptop over SSH.
+    :class:`~asyncexec.shells.LocalShell` or from a laptop over SSH. A shell
+    implements ``run`` and ``spawn``; ``host``, ``channel_capacity`` and
+    ``aclose`` have defaults for a shell on this machine with no limit.
     """
 
     @property
@@ -294,6 +296,19 @@ class Shell(abc.ABC):
 
         Launchers put it in the JobRefs they make (``JobRef.host``), so that work
         started through one shell is followed only through a shell to the same host.
+        """
+        return None
+
+    @property
+    def channel_capacity(self) -> int | None:
+        """Commands and processes the shell may have open at once; None if it has no limit.
+
+        A launcher that keeps processes open through the shell (a worker pool
+        on SSH hosts, a channel per worker) checks that they fit, one spare
+        left: killing a remote command takes a command of its own. An
+        :class:`~asyncexec.shells.SSHShell`'s is ``max_connections *
+        channels_per_connection``; a :class:`~asyncexec.shells.LocalShell`
+        has no limit.
         """
         return None
 

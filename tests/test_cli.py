@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.metadata
 import io
 import json
 import os
@@ -61,6 +62,21 @@ def asyncexec(
         text=True,
         **streams,
     )
+
+
+def test_the_console_script_and_python_m_run_the_same_command() -> None:
+    """The ``asyncexec`` script pyproject declares is ``asyncexec.cli:main``, as
+    ``python -m asyncexec`` is."""
+    (script,) = importlib.metadata.entry_points(group="console_scripts", name="asyncexec")
+    assert script.value == "asyncexec.cli:main"
+    entry = f"import sys; from {script.module} import {script.attr}; sys.exit({script.attr}())"
+    outputs = [
+        subprocess.run(
+            [sys.executable, *how, "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        for how in (["-c", entry], ["-m", "asyncexec"])
+    ]
+    assert outputs[0] == outputs[1] and outputs[0].startswith("asyncexec ")
 
 
 def run_squares(

@@ -1,6 +1,6 @@
 """The module graph flows downward only (DESIGN.md, "Layers"), read from the source.
 
-* The executor's core (``asyncexec/_*.py``, ``abc.py``, ``shells.py``) knows no
+* The executor's core (``asyncexec/_*.py``, ``abc.py``, ``shells/``) knows no
   launcher, sweep, experiment or CLI.
 * Launchers (``asyncexec/launchers/``) use the runtime below them (codec,
   messages, worker, options...) but not the executor's internals: no

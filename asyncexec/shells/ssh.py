@@ -1,142 +1,33 @@
-"""Shells: how launchers reach a machine.
+"""SSHShell: the Shell seam on another machine, over a small pool of SSH connections.
 
-:class:`LocalShell` runs commands on this machine; :class:`SSHShell` on
-another one, over a small pool of SSH connections (asyncssh).
+Built on asyncssh (asyncio only). A remote command announces its process id
+first, so that it can be killed with all it started.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
-import os
 import shlex
-import signal
-import subprocess
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
-from anyio.abc import Process
 
-from ._aio import require_asyncio
-from ._exceptions import BackendUnavailable
-from .abc import Completed, Shell, SpawnedProcess
+from .._aio import require_asyncio
+from .._exceptions import BackendUnavailable
+from ..abc import Completed, Shell, SpawnedProcess
+from ._asyncssh import (
+    ChannelReceiveStream,
+    ChannelSendStream,
+    connection_failure,
+    import_asyncssh,
+)
 
 if TYPE_CHECKING:
     import asyncssh
 
-__all__ = ["LocalShell", "SSHShell"]
-
-
-class _LocalProcess(SpawnedProcess):
-    def __init__(self, process: Process) -> None:
-        assert process.stdin and process.stdout and process.stderr
-        self._process = process
-        self.stdin = process.stdin
-        self.stdout = process.stdout
-        self.stderr = process.stderr
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    async def wait(self) -> int:
-        return await self._process.wait()
-
-    async def kill(self) -> None:
-        # Spawned in a session of its own: kill what it started as well.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, signal.SIGKILL)
-
-    async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            if self._process.returncode is None:
-                await self.kill()
-            await self._process.aclose()
-
-
-class LocalShell(Shell):
-    """Run commands on this machine, with anyio (nothing blocks the event loop).
-
-    Args:
-        env: extra environment variables for every command.
-        cwd: working directory for every command.
-    """
-
-    def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None) -> None:
-        self._env = {**os.environ, **env} if env else None
-        self._cwd = cwd
-
-    def __repr__(self) -> str:
-        return "LocalShell()"
-
-    async def run(self, argv: Sequence[str], *, input: bytes | None = None) -> Completed:
-        """Run ``argv`` to completion and collect its output.
-
-        Cancellation: the command's process group is killed (SIGKILL) and
-        reaped, shielded, before the cancellation propagates.
-        """
-        process = await anyio.open_process(
-            list(argv),
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            env=self._env,
-            cwd=self._cwd,
-            start_new_session=True,
-        )
-        async with _Reaper(process):
-            stdout = bytearray()
-            stderr = bytearray()
-
-            async def drain(stream: anyio.abc.ByteReceiveStream, into: bytearray) -> None:
-                async for chunk in stream:
-                    into += chunk
-
-            async with anyio.create_task_group() as tg:
-                assert process.stdout and process.stderr
-                tg.start_soon(drain, process.stdout, stdout)
-                tg.start_soon(drain, process.stderr, stderr)
-                if input is not None and process.stdin is not None:
-                    async with process.stdin:
-                        await process.stdin.send(input)
-            returncode = await process.wait()
-        return Completed(
-            argv=list(argv), returncode=returncode, stdout=bytes(stdout), stderr=bytes(stderr)
-        )
-
-    async def spawn(self, argv: Sequence[str]) -> SpawnedProcess:
-        """Start ``argv`` in a session of its own, with piped streams.
-
-        Cancellation: on asyncio, a process being started is killed and reaped
-        (by asyncio's subprocess transport). On trio, starting it cannot be
-        interrupted: the process is handed back (to close), and the caller sees
-        the cancellation at its next await.
-        """
-        process = await anyio.open_process(
-            list(argv), env=self._env, cwd=self._cwd, start_new_session=True
-        )
-        return _LocalProcess(process)
-
-
-class _Reaper:
-    """Kill (on error or cancellation) and reap a process when the block ends."""
-
-    def __init__(self, process: Process) -> None:
-        self._process = process
-
-    async def __aenter__(self) -> Process:
-        return self._process
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        with anyio.CancelScope(shield=True):
-            if self._process.returncode is None and exc_info[0] is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self._process.pid, signal.SIGKILL)
-            await self._process.aclose()
-
-
-# -- SSH ------------------------------------------------------------------------------
+__all__ = ["DEFAULT_CHANNELS_PER_CONNECTION", "SSHShell", "SSHShellStats"]
 
 log = logging.getLogger("asyncexec")
 
@@ -155,29 +46,23 @@ _MAX_NOISE_LINES = 200
 DEFAULT_CHANNELS_PER_CONNECTION = 6
 
 
-#: The warning cryptography (48 and later) raises when asyncssh, importing its DSA
-#: support, merely names the DSA classes: nothing a user can act on. A DSA key in
-#: use still warns, from where it is used.
-_DSA_WARNING = r"DSA is deprecated"
+@dataclasses.dataclass(frozen=True)
+class SSHShellStats:
+    """What :meth:`SSHShell.stats` says: the shell's connections, oldest first.
 
+    Attributes:
+        connections: connections held: open ones, and dropped ones whose
+            channels are not all closed yet.
+        channels: channels open on each connection (commands running,
+            processes spawned and not closed).
+        channel_limits: channels each connection may carry at once:
+            ``channels_per_connection``, lowered where the server refused one
+            (its ``MaxSessions``).
+    """
 
-def _import_asyncssh() -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_DSA_WARNING, category=UserWarning)
-            import asyncssh
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("SSH needs asyncssh: pip install 'asyncexec[ssh]'") from exc
-    return asyncssh
-
-
-def _connection_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says the connection itself is gone (not a refused channel)."""
-    asyncssh = _import_asyncssh()
-    return isinstance(
-        exc,
-        asyncssh.ConnectionLost | asyncssh.DisconnectError | ConnectionError | EOFError,
-    ) and not isinstance(exc, asyncssh.ChannelOpenError)
+    connections: int
+    channels: tuple[int, ...]
+    channel_limits: tuple[int, ...]
 
 
 class _Connection:
@@ -194,44 +79,6 @@ class _Connection:
         return not self.broken and not self.conn.is_closed()
 
 
-class _SSHReceive(anyio.abc.ByteReceiveStream):
-    def __init__(self, reader: asyncssh.SSHReader[bytes]) -> None:
-        self._reader = reader
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        try:
-            data = await self._reader.read(max_bytes)
-        except Exception as exc:
-            if _connection_failure(exc):
-                raise anyio.BrokenResourceError(str(exc)) from exc
-            raise
-        if not data:
-            raise anyio.EndOfStream
-        return data
-
-    async def aclose(self) -> None:
-        pass
-
-
-class _SSHSend(anyio.abc.ByteSendStream):
-    def __init__(self, writer: asyncssh.SSHWriter[bytes]) -> None:
-        self._writer = writer
-
-    async def send(self, item: bytes) -> None:
-        try:
-            self._writer.write(item)
-            await self._writer.drain()
-        except Exception as exc:
-            if _connection_failure(exc) or isinstance(exc, BrokenPipeError):
-                raise anyio.BrokenResourceError(str(exc)) from exc
-            raise
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._writer.can_write_eof():
-                self._writer.write_eof()
-
-
 class _SSHProcess(SpawnedProcess):
     """A command started over SSH: its channel's streams, and its process group."""
 
@@ -246,9 +93,9 @@ class _SSHProcess(SpawnedProcess):
         self._connection = connection
         self._process = process
         self._pid = pid
-        self.stdin = _SSHSend(process.stdin)
-        self.stdout = _SSHReceive(process.stdout)
-        self.stderr = _SSHReceive(process.stderr)
+        self.stdin = ChannelSendStream(process.stdin)
+        self.stdout = ChannelReceiveStream(process.stdout)
+        self.stderr = ChannelReceiveStream(process.stderr)
         self._released = False
 
     @property
@@ -289,7 +136,7 @@ class SSHShell(Shell):
     nodes count other sessions too), and up to ``max_connections`` are opened
     as work needs them. A refused channel is retried on another connection, a
     connection that dropped is replaced on next use. Commands are killed with
-    their whole process group when cancelled.
+    their whole process group when cancelled. :meth:`stats` shows the pool.
 
     Host keys are verified (``~/.ssh/known_hosts``, or ``known_hosts`` in
     ``connect_options``); ``verify_host_key=False`` is the only way to skip it.
@@ -370,6 +217,15 @@ class SSHShell(Shell):
         """Channels this shell may have open at once, over all its connections."""
         return self._max_connections * self._channels
 
+    def stats(self) -> SSHShellStats:
+        """Its connections now, and the channels open on each (a snapshot)."""
+        held = [c for c in self._connections if c.usable or c.used]
+        return SSHShellStats(
+            connections=len(held),
+            channels=tuple(c.used for c in held),
+            channel_limits=tuple(c.limit for c in held),
+        )
+
     def _target(self) -> str:
         user = f"{self.username}@" if self.username else ""
         return f"{user}{self.host}:{self.port}"
@@ -397,7 +253,7 @@ class SSHShell(Shell):
                 process.stdin.write_eof()
                 stdout, stderr = await process.communicate()
             except Exception as exc:
-                if _connection_failure(exc):
+                if connection_failure(exc):
                     connection.broken = True
                     raise self._unavailable(
                         f"the connection dropped running {argv[0]}", exc
@@ -478,10 +334,10 @@ class SSHShell(Shell):
                     break
         except BaseException as exc:
             process.close()
-            if isinstance(exc, Exception) and _connection_failure(exc):
+            if isinstance(exc, Exception) and connection_failure(exc):
                 connection.broken = True
             self._release(connection)
-            if isinstance(exc, Exception) and _connection_failure(exc):
+            if isinstance(exc, Exception) and connection_failure(exc):
                 raise self._unavailable(f"the connection dropped starting {argv[0]}", exc) from exc
             raise
         return connection, process, pid
@@ -489,7 +345,7 @@ class SSHShell(Shell):
     async def _open_channel(
         self, command: str
     ) -> tuple[_Connection, asyncssh.SSHClientProcess[bytes]]:
-        asyncssh = _import_asyncssh()
+        asyncssh = import_asyncssh()
         refused = lost = 0
         while True:
             connection = await self._acquire()
@@ -511,7 +367,7 @@ class SSHShell(Shell):
                 await anyio.sleep(min(0.02 * refused, 0.5))
                 continue
             except BaseException as exc:
-                failed = isinstance(exc, Exception) and _connection_failure(exc)
+                failed = isinstance(exc, Exception) and connection_failure(exc)
                 if failed:
                     connection.broken = True
                 self._release(connection)
@@ -580,7 +436,7 @@ class SSHShell(Shell):
             self._freed.set()
 
     async def _connect(self) -> _Connection:
-        asyncssh = _import_asyncssh()
+        asyncssh = import_asyncssh()
         options = dict(self._options)
         options.setdefault("login_timeout", self._connect_timeout)
         # A link that died silently (NAT, suspend) is noticed within about a minute.

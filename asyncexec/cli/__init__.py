@@ -1,0 +1,48 @@
+"""The ``asyncexec`` command (also ``python -m asyncexec``).
+
+::
+
+    asyncexec run FILE.py:EXPERIMENT [--backend process|thread] [--workers N]
+                  [--dir DIR] [--continue] [--retry-failed]
+    asyncexec status DIR
+    asyncexec results DIR [--format table|csv|json]
+    asyncexec cancel DIR
+    asyncexec docker check IMAGE  (can IMAGE run our tasks?)
+    asyncexec docker prune --executor ID | --all
+    asyncexec worker ...          (the worker itself; see `asyncexec worker -h`)
+
+Exit status:
+
+* 0: every run is done (``run``), or the command did what it was asked;
+* 1: some runs failed (``run``), or a Docker check or prune failed;
+* 2: bad usage (a bad option or target), or a directory that is not a usable
+  experiment directory (not a directory, cannot be made, another
+  experiment's, a damaged results or sweeper database);
+* 3: the system refused: disk full, I/O error, permission denied;
+* 4: an unexpected error inside asyncexec (a bug: please report it with the
+  ``--debug`` traceback);
+* 130: interrupted (Ctrl-C, SIGTERM, ``asyncexec cancel``). A second Ctrl-C
+  while the first one is being handled exits at once: runs left running are
+  taken up again by ``run --continue``.
+
+Interrupts: ``asyncexec: SIGINT: stopping, ...`` says the first was received;
+the command then ends with its one ``asyncexec:`` line. A second one says
+``asyncexec: SIGINT again: exiting now; ...`` (``--debug``: every thread's
+stack first) and exits with 130. A signal once the last line is printed ends
+the process silently with the status it announced.
+
+Errors, bad usage included, are reported as one ``asyncexec: ...`` line on
+stderr; ``--debug`` (or the environment variable ``ASYNCEXEC_DEBUG=1``) also
+prints the traceback.
+
+Where each part lives: ``_main`` (the entry point), ``_parser`` (the
+arguments), ``_exit`` (how the command ends: exit status, the one-line
+error, signals), ``_run`` (``run``), ``_directory`` (``status``,
+``results``, ``cancel`` and the summary ``run`` prints), ``_docker``
+(``docker check|prune``), ``_output`` (tables and cells).
+"""
+
+from ._main import main as main
+from ._run import load_experiment as load_experiment
+
+__all__ = ["main"]

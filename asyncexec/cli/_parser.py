@@ -1,0 +1,98 @@
+"""The command's arguments: ``asyncexec run|status|results|cancel|docker|worker``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from .. import __version__
+from ._exit import EPILOG, EXIT_USAGE
+
+BACKENDS = ("process", "thread")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one ``asyncexec:`` line too (status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("asyncexec").strip()
+        where = f"{command}: " if command else ""
+        self.exit(EXIT_USAGE, f"asyncexec: {where}{message} (see `{self.prog} --help`)\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The parser of the command line (one subparser per command)."""
+    parser = _Parser(
+        prog="asyncexec",
+        description="Run experiments (a function over a parameter grid) on any executor.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"asyncexec {__version__}")
+    debug = _Parser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the traceback of an error (also: ASYNCEXEC_DEBUG=1)",
+    )
+    parser.add_argument("--debug", action="store_true", default=False, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=[debug],
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
+
+    run = command("run", help="run (or continue) an experiment")
+    run.add_argument("target", help="FILE.py:NAME or package.module:NAME of an Experiment")
+    run.add_argument("--backend", choices=BACKENDS, default="process")
+    run.add_argument("--workers", type=int, default=None, help="default: one per CPU")
+    run.add_argument(
+        "--dir", default=None, help="experiment directory (default: asyncexec-runs/NAME)"
+    )
+    run.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="continue the experiment already in --dir",
+    )
+    run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    run.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        help="seconds before another runner may take a silent runner's runs",
+    )
+    status = command("status", help="counts by state, per parameter")
+    status.add_argument("directory")
+    results = command("results", help="the runs and their values")
+    results.add_argument("directory")
+    results.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    cancel = command("cancel", help="stop the runner working on DIR")
+    cancel.add_argument("directory")
+    commands.add_parser("worker", help="the worker (python -m asyncexec.worker)")
+    docker = commands.add_parser("docker", help="check an image, remove leftover containers")
+    docker_commands = docker.add_subparsers(dest="docker_command", required=True)
+    check = docker_commands.add_parser("check", help="can IMAGE run our tasks? (runs one)")
+    check.add_argument("image")
+    check.add_argument("--python", default="python3", help="the interpreter in the image")
+    check.add_argument("--url", default=None, help="the engine (default: DOCKER_HOST)")
+    prune = docker_commands.add_parser(
+        "prune", help="kill and remove containers asyncexec left (a killed driver's)"
+    )
+    which = prune.add_mutually_exclusive_group(required=True)
+    which.add_argument("--executor", default=None, help="this executor's (its id)")
+    which.add_argument(
+        "--all",
+        dest="every",
+        action="store_true",
+        help="every executor's, running drivers' included",
+    )
+    prune.add_argument("--url", default=None, help="the engine (default: DOCKER_HOST)")
+    return parser

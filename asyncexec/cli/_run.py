@@ -1,0 +1,151 @@
+"""``asyncexec run``: load an experiment, run it on an executor, stop it on a signal."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import math
+import os
+import signal
+import sys
+from typing import Any
+
+from ._directory import open_store, print_summary
+from ._exit import EXIT_INTERRUPTED, UsageError, signal_handling
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+
+def load_experiment(target: str) -> Any:
+    """The Experiment named by ``FILE.py:NAME`` or ``module:NAME``."""
+    import cloudpickle
+
+    from ..experiment import Experiment
+
+    source, sep, name = target.rpartition(":")
+    if not sep or not source or not name:
+        raise UsageError(f"expected FILE.py:NAME or module:NAME, got {target!r}")
+    if source.endswith(".py") or os.path.sep in source:
+        path = os.path.abspath(source)
+        if not os.path.isfile(path):
+            raise UsageError(f"no such file: {source}")
+        module_name = os.path.splitext(os.path.basename(path))[0]
+        sys.path.insert(0, os.path.dirname(path))
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        # Its functions travel by value: workers need not find the file.
+        cloudpickle.register_pickle_by_value(module)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ImportError as exc:
+            raise UsageError(f"cannot import {source}: {exc}") from exc
+    experiment = getattr(module, name, None)
+    if not isinstance(experiment, Experiment):
+        raise UsageError(f"{target} is not an asyncexec.experiment.Experiment")
+    return experiment
+
+
+def run(options: argparse.Namespace) -> int:
+    """``asyncexec run``: run (or continue) an experiment, then print its summary."""
+    import anyio
+
+    if not math.isfinite(options.lease) or options.lease <= 0:
+        raise UsageError(f"--lease must be a positive number of seconds, got {options.lease}")
+    experiment = load_experiment(options.target)
+    directory = options.dir or os.path.join("asyncexec-runs", experiment.name)
+    options.where = directory
+    if os.path.exists(os.path.join(directory, "results.sqlite")) and not options.resume:
+        raise UsageError(
+            f"{directory} already holds results: pass --continue to continue it, "
+            "or choose another --dir"
+        )
+    if options.workers is not None and options.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    from ..experiment import ResultsStore
+
+    ResultsStore(directory, experiment=experiment.name).close()  # a bad directory fails now
+    try:
+        summary = anyio.run(_run_async, experiment, directory, options)
+    except BaseException as exc:
+        raise _alone(exc) from None
+    if summary is None or summary.cancelled:
+        with open_store(directory) as store:
+            counts = store.counts({run.fingerprint for run in experiment.runs})
+        signal_handling().exiting(
+            EXIT_INTERRUPTED,
+            f"asyncexec: {experiment.name}: interrupted with {counts['done']} done and "
+            f"{counts['failed']} failed of {len(experiment.runs)} runs; run it again with "
+            "--continue to finish",
+        )
+        return EXIT_INTERRUPTED
+    print(
+        f"{summary.experiment}: {summary.done} done, {summary.failed} failed of "
+        f"{summary.total} runs ({summary.ran} run now in {summary.elapsed:.1f} s); "
+        f"results in {summary.directory}"
+    )
+    print_summary(directory)
+    return 0 if summary.failed == 0 else 1
+
+
+def _alone(exc: BaseException) -> BaseException:
+    """The one error inside a task group's exception group, if it is alone."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _run_async(experiment: Any, directory: str, options: argparse.Namespace) -> Any:
+    import anyio
+
+    from .. import ProcessExecutor, ThreadExecutor
+
+    executor = (ProcessExecutor if options.backend == "process" else ThreadExecutor)(
+        options.workers
+    )
+    summary = None  # stays None when a signal interrupts the run
+    run_scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        # The watcher outlives the run's scope: a second signal, while the first is
+        # being handled, must not fall back on Python's handler (a traceback).
+        # (On a terminal the progress bar holds the line: the notice starts a new one.)
+        newline = not options.no_progress and sys.stderr.isatty()
+        tg.start_soon(_stop_on_signals, run_scope, newline)
+        try:
+            with run_scope:
+                async with executor as ex:
+                    summary = await experiment.run(
+                        ex,
+                        directory,
+                        retry_failed=options.retry_failed,
+                        progress=False if options.no_progress else None,
+                        lease=options.lease,
+                    )
+        finally:
+            tg.cancel_scope.cancel()  # the signal watcher
+    return summary
+
+
+async def _stop_on_signals(scope: Any, newline: bool) -> None:
+    import anyio
+
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if newline:
+                    print(file=sys.stderr)
+                # A second one exits at once: what is left running is taken up again
+                # by `run --continue` (the sweeper sees this process gone).
+                signal_handling().received(
+                    signal.Signals(signum).name,
+                    "stopping, cancelling running tasks (again to exit at once)",
+                )
+                scope.cancel()
+    finally:
+        # The loop restored Python's defaults: a late signal is ours too.
+        signal_handling().install()
