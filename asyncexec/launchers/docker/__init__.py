@@ -43,8 +43,9 @@ Where each part lives:
 * ``_spec``: labels, :data:`Mode` and :class:`ContainerSpec` (a container's
   create request);
 * ``_container``: one container running the worker, as a pool worker;
-* ``_launcher``: :class:`DockerLauncher`, and the containers' life on the
-  engine (create, remove, watch, sweep);
+* ``_lifecycle``: the containers' life on the engine (create and start
+  attached, remove, watch for what a lost create made, sweep at close);
+* ``_launcher``: :class:`DockerLauncher`, warm and one-shot;
 * ``_reattach``: collecting a one-shot container another driver started;
 * ``_executor``: :class:`DockerExecutor`, :func:`check_image`,
   :func:`prune_containers`.

@@ -66,7 +66,7 @@ class ContainerWorker(PoolWorker):
         try:
             # Shielded: a removal cut short by a cancellation would leave the container.
             with anyio.CancelScope(shield=True):
-                if not await self.launcher._remove(self.container, self.name):
+                if not await self.launcher._containers.remove(self.container, self.name):
                     with contextlib.suppress(Exception):
                         await self.stream.close()
         finally:

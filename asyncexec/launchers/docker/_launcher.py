@@ -6,11 +6,8 @@
 every task gets a container of its own (with its CPUs and GPUs), whose JobRef
 names it so that another driver can collect its outcome (:mod:`._reattach`).
 
-This module also owns the life of the containers on the engine: creating and
-starting one (attached before it starts), removing it (once, shielded, and
-retried while another removal is under way), watching for one whose create
-call lost its answer, and the sweep at close that removes, by label, what
-removal missed.
+Making and removing the containers on the engine is :mod:`._lifecycle`'s;
+what a container's create request holds is :mod:`._spec`'s.
 """
 
 from __future__ import annotations
@@ -33,24 +30,18 @@ from ._container import ContainerWorker
 from ._engine import (
     AIOHTTP,
     CALL_TIMEOUT,
-    CONFLICT,
-    CONFLICT_RETRIES,
     NOT_FOUND,
-    attach,
     close_engine,
     engine_error,
     error_status,
-    log,
-    maybe_done,
     open_engine,
-    unreachable,
 )
+from ._lifecycle import Containers
 from ._reattach import collect
-from ._spec import EXECUTOR_LABEL, NAME, ContainerSpec, Mode
+from ._spec import NAME, ContainerSpec, Mode
 
 if TYPE_CHECKING:
     import aiodocker
-    from aiodocker.containers import DockerContainer
 
 
 class DockerLauncher(PoolLauncher):
@@ -167,11 +158,7 @@ class DockerLauncher(PoolLauncher):
         self._names = itertools.count(1)
         self._token = uuid.uuid4().hex[:6]  # a reused executor_id never clashes with old names
         self._docker: aiodocker.Docker | None = None
-        self._leftovers: dict[str, str] = {}  # container id -> name, not yet removed
-        #: Names of containers whose create call lost its answer -> until when the
-        #: engine may still make them (watched, and removed if it does).
-        self._unsure: dict[str, float] = {}
-        self._unsure_done: anyio.Event | None = None  # set when none is watched
+        self._containers = Containers(self.executor_id, self._background)
 
     def __repr__(self) -> str:
         return (
@@ -203,7 +190,7 @@ class DockerLauncher(PoolLauncher):
 
     async def _open(self) -> None:
         require_asyncio("the Docker backend", AIOHTTP)
-        self._docker = await open_engine(self.url, self.n_workers)
+        self._docker = self._containers.docker = await open_engine(self.url, self.n_workers)
         await self._check_image()
         with contextlib.suppress(Exception), anyio.fail_after(CALL_TIMEOUT):
             info = await self._docker.system.info()
@@ -270,44 +257,12 @@ class DockerLauncher(PoolLauncher):
         with anyio.CancelScope(shield=True):
             try:
                 await super().aclose()
-                while self._unsure and self._docker is not None:  # (for a minute at most)
-                    if self._unsure_done is None or self._unsure_done.is_set():
-                        self._unsure_done = anyio.Event()
-                    await self._unsure_done.wait()
-                if self._docker is not None:
-                    await self._sweep()
+                await self._containers.close()
             finally:
                 docker, self._docker = self._docker, None
+                self._containers.docker = None
                 if docker is not None:
                     await close_engine(docker)
-
-    async def _sweep(self) -> None:
-        """Remove what removal missed (the engine was away): ours by label only."""
-        assert self._docker is not None
-        try:
-            with anyio.fail_after(CALL_TIMEOUT):
-                found = await self._docker.containers.list(
-                    all=True, filters={"label": [f"{EXECUTOR_LABEL}={self.executor_id}"]}
-                )
-        except Exception as exc:
-            problem = str(exc) or type(exc).__name__
-        else:
-            for container in found:
-                await self._remove(container, container.id[:12])
-            # Named, never seen (a create whose answer was lost): gone now, or removed now.
-            for key, name in list(self._leftovers.items()):
-                if key == name:
-                    await self._remove(self._docker.containers.container(name), name)
-            problem = "the engine refused"
-        if self._leftovers:
-            log.warning(
-                "could not remove %d container(s) of executor %s (%s); run "
-                "`asyncexec docker prune --executor %s` once the engine is back",
-                len(self._leftovers),
-                self.executor_id,
-                problem,
-                self.executor_id,
-            )
 
     # -- the seam -------------------------------------------------------------------
 
@@ -371,7 +326,7 @@ class DockerLauncher(PoolLauncher):
             if self._docker is None:
                 raise LaunchError("the Docker launcher is not open")
             assert ref.task_id is not None
-            return await collect(self._docker, ref.native_id, ref.task_id, self._remove)
+            return await collect(self._docker, ref.native_id, ref.task_id, self._containers.remove)
         return await super().wait(ref)
 
     async def cancel(self, ref: JobRef) -> None:
@@ -387,7 +342,8 @@ class DockerLauncher(PoolLauncher):
             self._container_of.pop(ref.task_id or "", None)
             await super().cancel(local)
         elif self.mode == "oneshot" and self.can_follow(ref) and self._docker is not None:
-            await self._remove(self._docker.containers.container(ref.native_id), ref.native_id)
+            container = self._docker.containers.container(ref.native_id)
+            await self._containers.remove(container, ref.native_id)
         else:
             await super().cancel(ref)
 
@@ -412,105 +368,5 @@ class DockerLauncher(PoolLauncher):
         job = self._jobs.get(task_id) if task_id is not None else None
         request = job.request if job is not None else None
         config = self._spec.config(name, self.executor_id, task_id, request)
-        try:
-            # Shielded: a request cancelled midway may still create the container, and
-            # we would not know its id. A cancellation is seen at the next await below.
-            with anyio.CancelScope(shield=True), anyio.fail_after(CALL_TIMEOUT):
-                container = await self._docker.containers.create(config, name=name)
-        except Exception as exc:
-            if error_status(exc) == NOT_FOUND:
-                raise LaunchError(f"the Docker engine has no image {self.image!r}") from exc
-            if maybe_done(exc):
-                # No answer (a timeout, a connection lost after the request was sent):
-                # the engine may have made it all the same, or make it later still.
-                # Its name finds it: removed now, and watched for a while.
-                with anyio.CancelScope(shield=True):
-                    if not await self._remove_made(name):
-                        self._unsure[name] = anyio.current_time() + CALL_TIMEOUT
-                        self._background(lambda: self._watch(name))
-            raise engine_error(f"create a container from {self.image!r}", exc) from exc
-        try:
-            stream = attach(self._docker, container)
-            await stream.__aenter__()  # attached before it starts: no output is missed
-            try:
-                await container.start()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await stream.close()
-                raise
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await self._remove(container, name)
-            if isinstance(exc, Exception) and not isinstance(exc, LaunchError):
-                doing = f"start container {name}"
-                if "DeviceRequests" in config["HostConfig"]:  # the likeliest reason, where none
-                    gpus = config["HostConfig"]["DeviceRequests"][0]["Count"]
-                    doing += f" with the {gpus} GPU(s) its task asks for (Resources(gpus={gpus}))"
-                raise engine_error(doing, exc) from exc
-            raise
+        container, stream = await self._containers.create(name, config)
         return ContainerWorker(self, container, stream, name)
-
-    async def _remove_made(self, name: str) -> bool:
-        """Remove the container named ``name``: True if the engine had made it."""
-        assert self._docker is not None
-        container = self._docker.containers.container(name)
-        try:
-            with anyio.fail_after(CALL_TIMEOUT):
-                await container.delete(force=True, v=True)
-        except Exception as exc:
-            if error_status(exc) == NOT_FOUND:
-                return False  # not made, or not yet
-            await self._remove(container, name)  # (retried, or left to the closing sweep)
-        return True
-
-    async def _watch(self, name: str) -> None:
-        """Remove the container named ``name`` should the engine make it after its
-        create call lost its answer, until the engine could still be making it."""
-        try:
-            while anyio.current_time() < self._unsure[name] and self._docker is not None:
-                await anyio.sleep(0.5)
-                try:
-                    with anyio.fail_after(CALL_TIMEOUT):
-                        await self._docker.containers.container(name).show()
-                except Exception as exc:
-                    log.debug("watching for container %s: %s", name, exc)
-                    continue  # not made (yet), or the engine is away: look again
-                with anyio.CancelScope(shield=True):
-                    await self._remove(self._docker.containers.container(name), name)
-                return
-        finally:
-            del self._unsure[name]
-            if not self._unsure and self._unsure_done is not None:
-                self._unsure_done.set()
-
-    async def _remove(self, container: DockerContainer, name: str) -> bool:
-        """Kill and remove a container (a forced removal). False when that failed.
-
-        What could not be removed is remembered for the sweep at close.
-        """
-        failures = 0
-        conflicts = 0
-        while True:
-            try:
-                with anyio.fail_after(CALL_TIMEOUT):
-                    await container.delete(force=True, v=True)
-            except Exception as exc:
-                status = error_status(exc)
-                if status == NOT_FOUND:  # gone
-                    break
-                log.debug("could not remove container %s: %s", name, exc)
-                if status == CONFLICT and conflicts < CONFLICT_RETRIES:
-                    # Another removal is under way (ours, from elsewhere): it may fail,
-                    # so "gone" is only what the engine says once it is over.
-                    conflicts += 1
-                    await anyio.sleep(min(0.05 * 2**conflicts, 1.0))
-                    continue
-                failures += 1
-                if unreachable(exc) or failures == 3 or status == CONFLICT:
-                    self._leftovers[container.id] = name
-                    return False
-                await anyio.sleep(0.5 * failures)
-            else:
-                break
-        self._leftovers.pop(container.id, None)
-        return True
