@@ -33,6 +33,10 @@ refused at ``submit``. ``memory_mb`` caps what the task may add to its worker's
 address space in both modes (``RLIMIT_AS``), under the container's own
 ``memory_mb=``.
 
+A :class:`DockerExecutor` takes the :class:`DockerLauncher` it runs on,
+configured (``DockerExecutor(launcher=DockerLauncher(image, 4, mode="warm"))``),
+or the same keyword arguments, from which it makes one.
+
 Docker is reached with aiodocker, which runs on asyncio only.
 
 Where each part lives:
