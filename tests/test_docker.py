@@ -10,6 +10,7 @@ or image fails these tests; elsewhere they are skipped with the command to run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from asyncexec import (
     TaskTimeout,
     WorkerLost,
 )
+from asyncexec.launchers import ProcessLauncher
 from asyncexec.launchers.docker import (
     EXECUTOR_LABEL,
     DockerExecutor,
@@ -216,6 +218,13 @@ def count_start_and_die_at(path: str, doomed: int) -> None:
     with open(path) as starts:
         if len(starts.read()) == doomed:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_while_starting_if(path: str) -> None:
+    """An initializer: the worker exits (status 5), before its handshake ends, once
+    ``path`` exists."""
+    if os.path.exists(path):
+        os._exit(5)
 
 
 # Functions of this module travel by value: the image cannot import the tests.
@@ -544,9 +553,11 @@ async def test_a_worker_dying_at_start_says_how(image: str) -> None:
 async def test_a_pool_this_large_has_the_connections_it_needs(image: str) -> None:
     # Each attached container holds a connection to the engine for its whole life;
     # aiohttp's default cap (100) would deadlock a pool of 100 containers.
-    async with DockerExecutor(image, n_workers=150) as ex:
-        docker = ex._docker_launcher._docker
-        assert docker is not None and not docker.connector.limit
+    launcher = DockerLauncher(image, 150)
+    with pytest.raises(RuntimeError, match="not open"):
+        launcher.connection_limit  # noqa: B018  (no client before opening)
+    async with DockerExecutor(launcher=launcher) as ex:
+        assert launcher.connection_limit is None
         assert await ex.run(add, 1, 1) == 2
 
 
@@ -579,8 +590,6 @@ async def test_a_task_whose_warm_container_dies_while_starting_runs_on_the_next(
 ) -> None:
     """Issue 17, item 5, on warm containers: the container started for a waiting task
     dies before its handshake ends; the task never reached it, and runs on the next."""
-    import functools
-
     starts = os.path.join(shared_dir, f"starts-{os.getpid()}-{time.monotonic_ns()}")
     initializer = functools.partial(count_start_and_die_at, starts, 2)
     async with DockerExecutor(
@@ -643,6 +652,50 @@ def test_trio_is_refused_clearly() -> None:
 def test_bad_options_fail_at_construction(arguments: dict[str, Any], message: str) -> None:
     with pytest.raises((ValueError, TypeError), match=message):
         DockerExecutor("some-image", 1, **arguments)
+
+
+def test_a_configured_launcher_is_not_configured_again() -> None:
+    launcher = DockerLauncher("some-image", 3, mode="warm", memory_mb=256)
+    assert DockerExecutor(launcher=launcher).n_workers == 3  # the launcher's
+    assert DockerExecutor(n_workers=3, launcher=launcher).n_workers == 3
+    assert DockerExecutor(launcher=launcher).executor_id == launcher.executor_id
+    with pytest.raises(TypeError, match=r"^memory_mb, pull: the launcher's own"):
+        DockerExecutor(launcher=launcher, memory_mb=128, pull=True)
+    with pytest.raises(TypeError, match=r"^image: the launcher's own"):
+        DockerExecutor("another-image", launcher=launcher)
+    with pytest.raises(ValueError, match=r"n_workers=4 differs from the launcher's n_workers=3"):
+        DockerExecutor(n_workers=4, launcher=launcher)
+    with pytest.raises(TypeError, match="must be a DockerLauncher"):
+        DockerExecutor(launcher=ProcessLauncher(1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs an image"):
+        DockerExecutor()
+
+
+def running_containers_labelled(label: str) -> list[str]:
+    """What `docker ps` lists with the label ``label`` (``key=value``)."""
+    listed = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"label={label}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()
+
+
+async def test_an_executor_runs_on_the_launcher_it_is_given(image: str) -> None:
+    given = f"given-{os.getpid()}-{time.monotonic_ns()}"
+    launcher = DockerLauncher(
+        image, 2, mode="warm", pids_limit=32, labels={"given": given}, executor_id=given
+    )
+    async with DockerExecutor(launcher=launcher) as ex:
+        assert ex.executor_id == given and ex.n_workers == 2
+        assert await ex.run(add, 1, 10) == 11
+        limits = await ex.run(cgroup_limits)
+        labelled = running_containers_labelled(f"given={given}")
+        assert len(labelled) == 2  # the launcher's warm containers, with its labels
+        assert sorted(labelled) == sorted(containers_of(given, running=True))
+    assert limits["pids"] == "32", limits  # the launcher's settings, not defaults
+    assert containers_of(given) == []
 
 
 # -- the command line: check an image, prune what a killed driver left -------------
@@ -836,13 +889,20 @@ def test_a_missing_client_library_gives_the_install_hint(name: str) -> None:
 
 
 async def test_a_failed_replacement_is_one_line_with_the_traceback_at_debug(
-    image: str, caplog: pytest.LogCaptureFixture
+    image: str, shared_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="asyncexec")
-    async with DockerExecutor(image, n_workers=1, mode="warm") as ex:
-        # From now on a container's worker cannot start (no such interpreter: its init
-        # exits with 127): replacing the one that dies fails for real.
-        ex._docker_launcher._python = "python-nowhere"
+    broken = os.path.join(shared_dir, f"broken-{os.getpid()}-{time.monotonic_ns()}")
+    async with DockerExecutor(
+        image,
+        n_workers=1,
+        mode="warm",
+        initializer=functools.partial(exit_while_starting_if, broken),
+        volumes={shared_dir: shared_dir},
+    ) as ex:
+        # From now on a container's worker cannot start (it exits with status 5 while
+        # starting): replacing the one that dies fails for real.
+        Path(broken).touch()
         with pytest.raises(WorkerLost):
             await ex.run(exit_hard, 3)
         with anyio.fail_after(60):
@@ -853,7 +913,7 @@ async def test_a_failed_replacement_is_one_line_with_the_traceback_at_debug(
     assert warnings, replaced
     for record in warnings:
         assert record.exc_info is None and not record.exc_text, record
-        assert "\n" not in record.getMessage() and "python-nowhere" in record.getMessage()
+        assert "\n" not in record.getMessage() and "status 5" in record.getMessage()
     assert any(r.levelno == logging.DEBUG and r.exc_info for r in replaced), replaced
     assert containers_of(ex.executor_id) == []
 
