@@ -47,9 +47,6 @@ from ._codec import (
     describe_exception,
     encode_frame,
     hostname,
-    lookup,
-    made_from,
-    still_made_of,
     take_frames,
     type_name,
     versions,
@@ -75,6 +72,7 @@ from ._oneshot import (
     memory_limit,
     problem,
 )
+from ._pickle_cache import LoadedFunctions
 
 __all__ = ["TAIL_BYTES", "execute", "main", "serve", "version_mismatch"]
 
@@ -112,7 +110,7 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         task_id=spec.task_id, status="ok", started=started, pid=os.getpid(), host=_HOST
     )
     try:
-        fn = _load_function(spec.fn)
+        fn = _functions.load(spec.fn)
         args, kwargs = _loads(spec.args, spec.buffers)
     except SerializationError as exc:
         outcome.status = "unpicklable"
@@ -264,67 +262,12 @@ def _loads(data: bytes, buffers: tuple[bytes, ...] = ()) -> Any:
         raise SerializationError(f"cannot unpickle: {type_name(exc)}: {exc}") from exc
 
 
-#: Functions loaded by reference (a module's function: its pickle is its name), by
-#: their pickle. Loading one again would only look the same name up again.
-#: With each, where its name leads (its module's name and its qualified name's parts).
-_functions: dict[bytes, tuple[Any, str, tuple[str, ...]]] = {}
-_FUNCTIONS_MAX = 256
-#: Functions loaded by value, by their pickle: the function and what it was made of.
-_by_value: dict[bytes, tuple[Any, list[object]]] = {}
-_BY_VALUE_LARGEST = 1 << 16
-#: How a pickle of a name ends: STACK_GLOBAL, MEMOIZE, STOP.
-_GLOBAL_END = b"\x93\x94."
-
-
-def _load_function(data: bytes) -> Any:
-    """Unpickle a task's callable: a function sent by reference is looked up once,
-    one sent by value is loaded again only when an earlier task changed it."""
-    known = _functions.get(data)
-    if known is not None and lookup(known[1], known[2]) is known[0]:
-        return known[0]  # (unless a task rebound the name since: then loaded again)
-    loaded = _by_value.get(data)
-    if loaded is not None and still_made_of(*loaded):
-        return loaded[0]
-    fn = _loads(data)
-    # Only a pickle made of a module name and a qualified name, nothing else (a
-    # partial makes a new object every time, which a task may change): reusing
-    # what it names is what loading it again does.
-    if _names_only(data):
-        module = getattr(fn, "__module__", None) or ""
-        path = tuple(getattr(fn, "__qualname__", "").split("."))
-        if lookup(module, path) is fn:  # else the name leads elsewhere: load it each time
-            if len(_functions) >= _FUNCTIONS_MAX:
-                _functions.clear()
-            _functions[data] = (fn, module, path)
-    elif len(data) <= _BY_VALUE_LARGEST and (made := made_from(fn)) is not None:
-        # A function by value made of what cannot change in place (as the driver
-        # remembers its pickle): kept while every part of it is still the same
-        # object, so a task that rebinds one of its globals, defaults or attributes
-        # makes the next task load it afresh, as it would without this.
-        if len(_by_value) >= _FUNCTIONS_MAX:
-            _by_value.clear()
-        _by_value[data] = (fn, made)
-    return fn
-
-
-def _names_only(data: bytes) -> bool:
-    """Whether a pickle holds a global's two names and nothing else: PROTO, maybe
-    FRAME, two SHORT_BINUNICODE each memoized, then ``_GLOBAL_END``."""
-    if data[:1] != b"\x80":
-        return False
-    at = 11 if data[2:3] == b"\x95" else 2
-    for _ in range(2):
-        if data[at : at + 1] != b"\x8c" or len(data) < at + 2:
-            return False
-        at += 2 + data[at + 1]
-        if data[at : at + 1] != b"\x94":
-            return False
-        at += 1
-    return data[at:] == _GLOBAL_END
-
-
 def _import_cloudpickle(version: str | None) -> None:
     import cloudpickle  # noqa: F401  (the handshake checked its version)
+
+
+#: The task callables this worker loaded, kept while loading again would give the same.
+_functions = LoadedFunctions(_loads)
 
 
 def _dumps(value: object) -> bytes:
