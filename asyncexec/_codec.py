@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import _oneshot
+from . import _runtime
 from ._exceptions import SerializationError
 from ._messages import ErrorInfo, Message, Versions
-from ._oneshot import type_name
 from ._pickle_cache import ATOMS, LARGE, fast_dumps, pickle_function
 from ._pickle_cache import _by_reference as _by_reference  # (looked at by tests)
 from ._pickle_cache import _by_value as _by_value
+from ._runtime import type_name
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -276,7 +276,7 @@ def take_frames(buffer: bytearray) -> list[Message]:
 
 def describe_exception(exc: BaseException, *, skip_frames: int = 0) -> ErrorInfo:
     """Describe an exception so it can be shown where its class does not exist."""
-    return ErrorInfo(**_oneshot.describe_exception(exc, skip_frames=skip_frames))
+    return ErrorInfo(**_runtime.describe_exception(exc, skip_frames=skip_frames))
 
 
 def hostname() -> str:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import SerializationError
-from ._oneshot import type_name
+from ._runtime import type_name
 
 if TYPE_CHECKING:
     from pickle import PickleBuffer  # (at run time _pickle's: pickle costs a worker ~1.4 ms)

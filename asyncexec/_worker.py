@@ -23,8 +23,9 @@
 ``version``
     Prints the versions a driver must match.
 
-Cluster jobs run :mod:`asyncexec._oneshot` instead, a standard-library-only
-runner that starts faster; this worker shares its primitives.
+Each task runs as everywhere else, through :func:`asyncexec._runtime.run_task`;
+cluster jobs run the runner in that same file instead of this worker (it needs
+only the standard library, and starts faster).
 """
 
 from __future__ import annotations
@@ -48,10 +49,8 @@ from ._codec import (
     encode_frame,
     hostname,
     take_frames,
-    type_name,
     versions,
 )
-from ._exceptions import SerializationError
 from ._messages import (
     Cancel,
     ErrorInfo,
@@ -63,18 +62,10 @@ from ._messages import (
     TaskSpec,
     Versions,
 )
-from ._oneshot import (
-    TAIL_BYTES,
-    TaskUnpickler,
-    dumps_value,
-    environment,
-    fd_capture,
-    memory_limit,
-    problem,
-)
 from ._pickle_cache import LoadedFunctions
+from ._runtime import Refused, TaskUnpickler, fd_capture, run_task
 
-__all__ = ["TAIL_BYTES", "execute", "main", "serve", "version_mismatch"]
+__all__ = ["execute", "main", "serve", "version_mismatch"]
 
 _HOST = hostname()
 #: The version the handshake compares with the driver's (cloudpickle not imported).
@@ -100,47 +91,50 @@ def version_mismatch(driver: Versions, worker: Versions) -> str | None:
 def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
     """Run one task and describe what became of it. Never raises for the task's errors.
 
+    The task runs as everywhere else (:func:`asyncexec._runtime.run_task`), pinned
+    to CPUs where it asks for some (:func:`pinned`).
+
     Args:
         spec: the task.
         capture: how to capture output when ``spec.capture_output`` is set;
             by default the process's file descriptors 1 and 2 are redirected.
     """
-    started = time.time()
-    outcome = Outcome(
-        task_id=spec.task_id, status="ok", started=started, pid=os.getpid(), host=_HOST
-    )
-    try:
+
+    def load() -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         fn = _functions.load(spec.fn)
         args, kwargs = _loads(spec.args, spec.buffers)
-    except SerializationError as exc:
-        outcome.status = "unpicklable"
-        outcome.error = _error(exc, f"cannot unpickle the task: {exc}")
-        outcome.finished = time.time()
-        return outcome
+        return fn, args, kwargs
+
     wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path
-    value = None
-    if not (wants_capture or spec.env or spec.memory_mb is not None or spec.cpus is not None):
-        # Nothing to set up: no context managers (most tasks; they cost microseconds).
-        return _finish(outcome, _call(outcome, fn, args, kwargs))
-    if spec.cpus is not None:
-        refusal = cpus_refusal(spec.cpus)
-        if refusal is not None:
-            outcome.status = "refused"
-            outcome.error = ErrorInfo(type_name="LaunchError", message=refusal, traceback="")
-            outcome.finished = time.time()
-            return outcome
-    capturing = (capture or _fd_capture)(spec) if wants_capture else contextlib.nullcontext(None)
-    pinning = pinned(spec.cpus, spec.affinity) if spec.cpus is not None else _NOT_PINNED
-    try:
-        with environment(spec.env), memory_limit(spec.memory_mb), pinning, capturing as tails:
-            value = _call(outcome, fn, args, kwargs)
-        if tails is not None:
-            outcome.stdout, outcome.stderr = tails()
-    except Exception as exc:  # setting the task up failed: a log file that cannot be opened...
-        outcome.status = "raised"
-        outcome.error = describe_exception(exc)
-        value = None
-    return _finish(outcome, value)
+    ran = run_task(
+        load,
+        env=spec.env,
+        memory_mb=spec.memory_mb,
+        capture=(lambda: (capture or _fd_capture)(spec)) if wants_capture else None,
+        pin=(lambda: _pinning(spec)) if spec.cpus is not None else None,
+    )
+    error = ran["error"]
+    return Outcome(
+        task_id=spec.task_id,
+        status=ran["status"],
+        value=ran["value"],
+        error=None if error is None else ErrorInfo(**error),
+        started=ran["started"],
+        finished=ran["finished"],
+        pid=os.getpid(),
+        host=_HOST,
+        stdout=ran["stdout"],
+        stderr=ran["stderr"],
+    )
+
+
+def _pinning(spec: TaskSpec) -> contextlib.AbstractContextManager[None]:
+    """What pins the task to the CPUs it asks for; Refused if this worker cannot."""
+    assert spec.cpus is not None
+    refusal = cpus_refusal(spec.cpus)
+    if refusal is not None:
+        raise Refused(refusal)
+    return pinned(spec.cpus, spec.affinity)
 
 
 def cpus_refusal(cpus: float) -> str | None:
@@ -217,34 +211,6 @@ def _cpu_list(cpus: set[int]) -> str:
     return "CPU " + ", ".join(map(str, sorted(cpus)))
 
 
-_NOT_PINNED = contextlib.nullcontext()
-
-
-def _call(outcome: Outcome, fn: Any, args: Any, kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``; what it raised goes into ``outcome`` (then None)."""
-    try:
-        return fn(*args, **kwargs)
-    except BaseException as exc:  # the task's own errors, SystemExit included
-        outcome.status = "raised"
-        outcome.error = describe_exception(exc, skip_frames=1)  # not _call() itself
-        return None
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-
-
-def _finish(outcome: Outcome, value: object) -> Outcome:
-    """Pickle the value into an outcome that is still ``ok``; stamp the end."""
-    if outcome.status == "ok":
-        try:
-            outcome.value = _dumps(value)
-        except SerializationError as exc:
-            outcome.status = "unpicklable"
-            outcome.error = _error(exc, f"the task's result cannot be pickled: {exc}")
-    outcome.finished = time.time()
-    return outcome
-
-
 def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
     import tempfile  # not at start: it costs a worker's start about 10 ms
 
@@ -253,13 +219,10 @@ def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[]
 
 def _loads(data: bytes, buffers: tuple[bytes, ...] = ()) -> Any:
     """Unpickle a task's part; a function sent by value loads without cloudpickle."""
-    try:
-        # (Scanning costs about 0.5 ms a MiB: large pickles go through the unpickler.)
-        if len(data) <= 65536 and b"cloudpickle" not in data:
-            return _pickle.loads(data, buffers=buffers)
-        return TaskUnpickler(data, _CLOUDPICKLE, _import_cloudpickle, buffers).load()
-    except Exception as exc:
-        raise SerializationError(f"cannot unpickle: {type_name(exc)}: {exc}") from exc
+    # (Scanning costs about 0.5 ms a MiB: large pickles go through the unpickler.)
+    if len(data) <= 65536 and b"cloudpickle" not in data:
+        return _pickle.loads(data, buffers=buffers)
+    return TaskUnpickler(data, _CLOUDPICKLE, _import_cloudpickle, buffers).load()
 
 
 def _import_cloudpickle(version: str | None) -> None:
@@ -268,20 +231,6 @@ def _import_cloudpickle(version: str | None) -> None:
 
 #: The task callables this worker loaded, kept while loading again would give the same.
 _functions = LoadedFunctions(_loads)
-
-
-def _dumps(value: object) -> bytes:
-    """Pickle a result: with pickle, or with cloudpickle when only it can."""
-    try:
-        return dumps_value(value)
-    except Exception as exc:
-        raise SerializationError(
-            f"cannot pickle an object of type {type_name(value)}: {exc}"
-        ) from exc
-
-
-def _error(exc: BaseException, message: str) -> ErrorInfo:
-    return ErrorInfo(**problem(message, exc))
 
 
 # -- long-lived mode -------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 
 from asyncexec._codec import dumps, dumps_call, loads
 from asyncexec._messages import Outcome, TaskSpec
-from asyncexec._oneshot import BOOT, MODULE_FILE, OUTCOME_FIELDS
+from asyncexec._runtime import BOOT, MODULE_FILE, OUTCOME_FIELDS
 from asyncexec.launchers.slurm import _RUNNER_SOURCE, batch_file, read_outcome
 from asyncexec.testing import add, heartbeat, print_both, raise_value_error, touch
 
@@ -291,7 +291,7 @@ def test_functions_sent_by_value_load_as_cloudpickle_loads_them() -> None:
 
     import cloudpickle
 
-    from asyncexec._oneshot import TaskUnpickler
+    from asyncexec._runtime import TaskUnpickler
 
     factor = 3
 
