@@ -16,6 +16,7 @@ from typing import Any
 from asyncexec._codec import dumps_call, encode_frame, loads, versions
 from asyncexec._messages import Cancel, TaskSpec
 from asyncexec._pickle_cache import LoadedFunctions
+from asyncexec._worker_channel import WorkerChannel
 
 from .test_payloads import script
 
@@ -114,11 +115,9 @@ def test_a_function_sent_by_value_is_loaded_again_only_when_a_task_changed_it() 
 def test_the_channel_reads_what_follows_a_frame_sent_with_file_descriptors() -> None:
     """A read stops after data that came with file descriptors: the worker must read on,
     or a Cancel right behind a task would be read only after that task ran."""
-    from asyncexec import _worker
-
     driver, worker = socket.socketpair()
     passed_r, passed_w = os.pipe()
-    channel = _worker._Channel(worker.fileno(), worker.fileno(), is_socket=True)
+    channel = WorkerChannel(worker.fileno(), worker.fileno(), is_socket=True)
     assert channel.socket is not None
     try:
         assert channel.take(wait=False) == []  # nothing yet: no waiting
@@ -140,11 +139,9 @@ def test_the_channel_reads_what_follows_a_frame_sent_with_file_descriptors() -> 
 
 
 def test_the_channel_over_pipes_reads_without_waiting_and_sees_the_end() -> None:
-    from asyncexec import _worker
-
     read_fd, write_fd = os.pipe()
     try:
-        channel = _worker._Channel(read_fd, write_fd)
+        channel = WorkerChannel(read_fd, write_fd)
         assert channel.take(wait=False) == []
         frames = [encode_frame(Cancel(task_id=str(i))) for i in range(3)]
         os.write(write_fd, b"".join(frames))
@@ -246,11 +243,11 @@ def test_the_channel_fails_when_file_descriptors_sent_with_a_frame_are_dropped()
     channel must say so, not hand the next task someone else's memory file."""
     script = r"""
 import os, resource, socket, struct
-from asyncexec import _worker
 from asyncexec._codec import encode_frame
+from asyncexec._worker_channel import WorkerChannel
 from asyncexec._messages import Cancel
 driver, worker = socket.socketpair()
-channel = _worker._Channel(worker.fileno(), worker.fileno(), is_socket=True)
+channel = WorkerChannel(worker.fileno(), worker.fileno(), is_socket=True)
 passed, _ = os.pipe()
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 try:
