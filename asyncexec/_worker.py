@@ -90,7 +90,7 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
     """Run one task and describe what became of it. Never raises for the task's errors.
 
     The task runs as everywhere else (:func:`asyncexec._runtime.run_task`), pinned
-    to CPUs where it asks for some (:func:`pinned`).
+    to CPUs where it asks for some (:func:`asyncexec._affinity.pinned`).
 
     Args:
         spec: the task.
@@ -104,25 +104,24 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         return fn, args, kwargs
 
     wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path
-    ran = run_task(
+    status, value, error, started, finished, stdout, stderr = run_task(
         load,
         env=spec.env,
         memory_mb=spec.memory_mb,
         capture=(lambda: (capture or _fd_capture)(spec)) if wants_capture else None,
         pin=(lambda: _pinning(spec)) if spec.cpus is not None else None,
     )
-    error = ran["error"]
     return Outcome(
         task_id=spec.task_id,
-        status=ran["status"],
-        value=ran["value"],
+        status=status,  # type: ignore[arg-type]  # (one of the statuses: see run_task)
+        value=value,
         error=None if error is None else ErrorInfo(**error),
-        started=ran["started"],
-        finished=ran["finished"],
+        started=started,
+        finished=finished,
         pid=os.getpid(),
         host=_HOST,
-        stdout=ran["stdout"],
-        stderr=ran["stderr"],
+        stdout=stdout,
+        stderr=stderr,
     )
 
 
