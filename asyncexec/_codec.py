@@ -1,27 +1,29 @@
-"""Serialization: cloudpickle for user objects, msgpack frames for envelopes.
+"""Serialization: cloudpickle for callables and values, msgpack frames for envelopes.
 
 A frame is a 4-byte little-endian length followed by one msgpack-encoded
 message. Pickling failures become :class:`SerializationError` naming the type
-of the object that could not be pickled.
+of the object that could not be pickled. Which callables are pickled again and
+which are remembered is :mod:`asyncexec._pickle_cache`'s business.
 """
 
 from __future__ import annotations
 
 import _pickle
-import operator
 import os
 import struct
 import sys
-import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import _oneshot
+from . import _runtime
 from ._exceptions import SerializationError
 from ._messages import ErrorInfo, Message, Versions
-from ._oneshot import type_name
+from ._pickle_cache import ATOMS, LARGE, fast_dumps, pickle_function
+from ._pickle_cache import _by_reference as _by_reference  # (looked at by tests)
+from ._pickle_cache import _by_value as _by_value
+from ._runtime import type_name
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -111,9 +113,9 @@ def dumps_call(
     Returns the callable's pickle, the pickle of ``(args, kwargs)`` and its
     out-of-band buffers. What pickles the same with the standard library as
     with cloudpickle goes through ``_pickle`` (several times faster: no
-    cloudpickle Pickler per call; see :func:`_fast_dumps`), and a plain function
-    pickled by reference (a module's function: its pickle is its name) is
-    pickled once and remembered.
+    cloudpickle Pickler per call; see :func:`asyncexec._pickle_cache.fast_dumps`),
+    and a plain function pickled by reference (a module's function: its pickle
+    is its name) is pickled once and remembered.
 
     With ``out_of_band``, an argument that is a large ``bytes`` object (``bytes``
     only: it cannot change) is not copied into the pickle: the object itself is
@@ -122,31 +124,9 @@ def dumps_call(
 
     A function cloudpickle pickles by value (one of ``__main__``, a lambda, a
     closure) is pickled again only when what its pickle is made of changed: see
-    :func:`_made_from`.
+    :mod:`asyncexec._pickle_cache`.
     """
-    remembered = _by_reference.get(id(fn))
-    if (
-        remembered is not None
-        and remembered[0] is fn
-        # Its name may name another object now (rebound, reloaded): see named().
-        and lookup(remembered[2], remembered[3]) is fn
-        and not _names_by_value(remembered[1])
-    ):
-        fn_bytes = remembered[1]
-    elif (by_value := _remembered_by_value(fn)) is not None:
-        fn_bytes = by_value
-    else:
-        fast = _fast_dumps(fn)
-        if fast is None:
-            fn_bytes = _pickle_by_value(fn)
-        else:
-            fn_bytes = fast
-            if _is_plain_function(fn):
-                if len(_by_reference) >= _BY_REFERENCE_MAX:
-                    _by_reference.clear()
-                module = getattr(fn, "__module__", None) or ""
-                path = tuple(getattr(fn, "__qualname__", "").split("."))
-                _by_reference[id(fn)] = (fn, fast, module, path)
+    fn_bytes = pickle_function(fn)
     if not kwargs:
         if not args:
             return fn_bytes, _NO_ARGUMENTS, ()
@@ -160,7 +140,7 @@ def dumps_call(
         call = (tuple(map(_by_buffer, args)), {key: _by_buffer(v) for key, v in kwargs.items()})
         collect = _collect(buffers)
         large = _large(*call)  # what is left in band
-    args_bytes = None if large else _fast_dumps(call, collect)
+    args_bytes = None if large else fast_dumps(call, collect)
     if args_bytes is None:
         buffers.clear()
         try:
@@ -191,7 +171,7 @@ class _OutOfBand:
 
 def _by_buffer(value: Any) -> Any:
     """A large exact ``bytes`` value wrapped to travel out of band; anything else as is."""
-    if type(value) is bytes and len(value) > _LARGE:
+    if type(value) is bytes and len(value) > LARGE:
         return _OutOfBand(value)
     return value
 
@@ -214,259 +194,17 @@ def _collect(buffers: list[bytes]) -> Callable[[PickleBuffer], bool]:
     return collect
 
 
-#: Plain functions pickled by reference, by id (the function kept, so the id stays its).
-#: With each, its module's name and its qualified name's parts (see :func:`named`).
-_by_reference: dict[int, tuple[object, bytes, str, tuple[str, ...]]] = {}
-_BY_REFERENCE_MAX = 1024
-
-
-def _is_plain_function(fn: object) -> bool:
-    """A function whose pickle by reference holds no state (not a bound method...)."""
-    if isinstance(fn, types.FunctionType):
-        return True
-    return isinstance(fn, types.BuiltinFunctionType) and isinstance(
-        getattr(fn, "__self__", None), types.ModuleType
-    )
-
-
-#: Functions pickled by value, by id: the function, what its pickle was made from
-#: (:func:`_made_from`: the objects themselves, kept, so their ids stay theirs) and
-#: the pickle. Only pickles of up to ``_LARGE`` bytes, ``_BY_VALUE_MAX`` of them.
-_by_value: dict[int, tuple[types.FunctionType, list[object], bytes]] = {}
-_BY_VALUE_MAX = 256
-#: Functions pickled by value whose pickle could not be remembered (a global that can
-#: change in place...), by id: pickled at every call without looking again.
-_unremembered: dict[int, object] = {}
-#: Functions and classes by id: the object and its pickle by reference, or None
-#: where cloudpickle pickles it by value.
-_by_name: dict[int, tuple[object, bytes | None]] = {}
-#: The names the code of a function (and the code nested in it) reads or writes as
-#: globals, as cloudpickle finds them, by code object.
-_code_names: dict[types.CodeType, tuple[str, ...]] = {}
-_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL"})
-#: What cloudpickle takes from a by-value function's globals besides those it reads.
-_BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")
-#: A name the function's globals do not hold (a builtin's).
-_UNBOUND = object()
-#: ``len(sys.modules)`` and an object standing for it (compared by identity): the
-#: submodules cloudpickle sends with a by-value function that uses a package
-#: depend on what is imported.
-_imported: tuple[int, object] = (0, object())
-
-
-def _remembered_by_value(fn: object) -> bytes | None:
-    """The pickle of a function pickled by value earlier, if it would pickle the same."""
-    entry = _by_value.get(id(fn))
-    if entry is None or entry[0] is not fn:
-        return None
-    return entry[2] if still_made_of(entry[0], entry[1]) else None
-
-
-def still_made_of(fn: types.FunctionType, old: list[object]) -> bool:
-    """Whether ``fn`` is made of the very objects :func:`_made_from` found before."""
-    made = _made_from(fn)
-    # (Identity: 1 == True == 1.0, but they pickle apart.)
-    return made is not None and len(made) == len(old) and all(map(operator.is_, made, old))
-
-
-def made_from(fn: object) -> list[object] | None:
-    """What a function is made of (see :func:`_made_from`), or None where that cannot
-    be told or it is no plain function."""
-    return _made_from(fn) if type(fn) is types.FunctionType else None
-
-
-def _pickle_by_value(fn: object) -> bytes:
-    """cloudpickle's pickle of ``fn``, remembered when it can be told when it changes."""
-    made = None
-    if type(fn) is types.FunctionType and _unremembered.get(id(fn)) is not fn:
-        # What it is made of is read first: a thread that rebinds a global meanwhile
-        # makes the next call see a change, never the reverse.
-        made = _made_from(fn)
-        if made is None:  # not to be told again at every call
-            if len(_unremembered) >= _BY_VALUE_MAX:
-                _unremembered.clear()
-            _unremembered[id(fn)] = fn
-    data = _slow_dumps(fn, what=f"the function {fn!r}")
-    if made is not None and len(data) <= _LARGE:
-        if len(_by_value) >= _BY_VALUE_MAX:
-            _by_value.clear()
-        _by_value[id(fn)] = (fn, made, data)  # type: ignore[assignment]
-    return data
-
-
-def _made_from(fn: types.FunctionType) -> list[object] | None:
-    """What cloudpickle's pickle of ``fn`` by value is made of: the same objects (by
-    identity), the same pickle.
-
-    That is the function's code, names, defaults, annotations, attributes and
-    closure, and the globals its code uses, with the same for the functions among
-    them it pickles by value. None where that cannot be told: a value that can
-    change in place (a list, a dict, an instance, a bound method, a class or module
-    pickled by value).
-    """
-    made: list[object] = []
-    return made if _add_function(fn, made, set()) else None
-
-
-def _add_function(fn: types.FunctionType, made: list[object], seen: set[int]) -> bool:
-    made.append(fn)
-    if id(fn) in seen:
-        return True  # recursion: already added
-    seen.add(id(fn))
-    code = fn.__code__
-    made += (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
-    defaults = fn.__defaults__
-    if defaults is not None and not _add_value(defaults, made, seen):
-        return False
-    for mapping in (fn.__kwdefaults__, fn.__annotations__, fn.__dict__):
-        made.append(mapping)
-        if mapping:
-            for key, value in mapping.items():
-                made.append(key)
-                if not _add_value(value, made, seen):
-                    return False
-    closure = fn.__closure__
-    if closure is not None:
-        for cell in closure:
-            try:
-                value = cell.cell_contents
-            except ValueError:  # not bound yet
-                value = _UNBOUND
-            if not _add_value(value, made, seen):
-                return False
-    names = _code_names.get(code)
-    if names is None:
-        if len(_code_names) >= _BY_REFERENCE_MAX:
-            _code_names.clear()
-        names = _code_names[code] = _global_names(code)
-    namespace = fn.__globals__
-    for name in _BASE_GLOBALS:
-        if name in namespace and not _add_value(namespace[name], made, seen):
-            return False
-    for name in names:
-        value = namespace.get(name, _UNBOUND)
-        if type(value) in _ATOMS or value is _UNBOUND:
-            made.append(value)
-        elif not _add_value(value, made, seen):
-            return False
-    return True
-
-
-def _add_value(value: object, made: list[object], seen: set[int]) -> bool:
-    """Add what ``value``'s pickle is made of, or say it cannot be told (False)."""
-    global _imported
-    kind = type(value)
-    made.append(value)
-    if kind in _ATOMS or kind is complex or value is _UNBOUND:
-        return True
-    if kind is tuple or kind is frozenset:
-        for item in value:  # type: ignore[attr-defined]
-            if type(item) in _ATOMS:
-                made.append(item)
-            elif not _add_value(item, made, seen):
-                return False
-        return True
-    if kind is types.ModuleType:
-        name = value.__name__  # type: ignore[attr-defined]
-        if sys.modules.get(name) is not value or _registered_by_value(name):
-            return False  # pickled by value, its dict with it
-        count = len(sys.modules)
-        if _imported[0] != count:
-            _imported = (count, object())
-        made.append(_imported[1])
-        return True
-    if kind is types.BuiltinFunctionType:
-        owner = getattr(value, "__self__", None)
-        if owner is not None and type(owner) is not types.ModuleType:
-            return False  # a bound method (dict.get, random.random): its object goes too
-        return _pickled_by_name(value)
-    if kind is types.FunctionType:
-        if _pickled_by_name(value):
-            return True
-        return _add_function(value, made, seen)  # type: ignore[arg-type]
-    if isinstance(value, type):
-        return _pickled_by_name(value)
-    return False
-
-
-def _registered_by_value(module: str) -> bool:
-    """Whether cloudpickle pickles ``module`` (or a package of it) by value."""
-    cloudpickle = sys.modules.get("cloudpickle.cloudpickle")
-    registered = getattr(cloudpickle, "_PICKLE_BY_VALUE_MODULES", None)
-    if not registered:
-        return False
-    return any(module == name or module.startswith(name + ".") for name in registered)
-
-
-def _pickled_by_name(obj: object) -> bool:
-    """Whether cloudpickle pickles a function or class by reference (its name): the
-    standard library pickles it as the object its module holds under its name."""
-    known = _by_name.get(id(obj))
-    if known is None or known[0] is not obj:
-        if len(_by_name) >= _BY_REFERENCE_MAX:
-            _by_name.clear()
-        known = _by_name[id(obj)] = (obj, _fast_dumps(obj))
-    data = known[1]
-    if data is None or _names_by_value(data):
-        return False
-    return named(obj)
-
-
-def named(obj: object) -> bool:
-    """Whether ``obj``'s module still holds it under its qualified name.
-
-    What a pickle by reference (a name) loads, and so what it runs: a function
-    whose name was rebound since (monkeypatched, or its module reloaded) must
-    travel some other way.
-    """
-    module = getattr(obj, "__module__", None) or ""
-    return lookup(module, getattr(obj, "__qualname__", "").split(".")) is obj
-
-
-def lookup(module: str, path: Sequence[str]) -> object:
-    """What the module named ``module`` holds at ``path`` (None if nothing)."""
-    found: object = sys.modules.get(module)
-    for part in path:
-        found = getattr(found, part, None)
-    return found
-
-
-def _global_names(code: types.CodeType) -> tuple[str, ...]:
-    """The names ``code`` and the code nested in it read or write as globals."""
-    import dis
-
-    names = dict.fromkeys(
-        instruction.argval
-        for instruction in dis.get_instructions(code)
-        if instruction.opname in _GLOBAL_OPS
-    )
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names.update(dict.fromkeys(_global_names(const)))
-    return tuple(names)
-
-
-#: Bytes beyond which an argument goes straight to cloudpickle: looking for
-#: ``__main__`` in its pickle would cost as much as pickling it (~0.5 ms a MiB).
-_LARGE = 1 << 16
-
-
 #: The pickle of a call without arguments.
 _NO_ARGUMENTS = _pickle.dumps(((), {}), protocol=5)
 #: Types that have no ``nbytes`` (asking would raise and catch an AttributeError).
 _NO_NBYTES = frozenset({int, float, bool, type(None), complex, tuple, list, dict, set, frozenset})
 
 
-#: Exact types whose values pickle the same with ``_pickle`` and cloudpickle (no
-#: reference to look for in the pickle), when not large.
-_ATOMS = frozenset({int, float, bool, type(None), str, bytes})
-
-
 def _all_atoms(args: Sequence[Any]) -> bool:
     """Whether every argument is a number, None, or a short ``str`` or ``bytes``."""
     for value in args:
         kind = type(value)
-        if kind not in _ATOMS or ((kind is str or kind is bytes) and len(value) > _LARGE):
+        if kind not in ATOMS or ((kind is str or kind is bytes) and len(value) > LARGE):
             return False
     return True
 
@@ -477,50 +215,11 @@ def _large(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
         if type(value) in _NO_NBYTES:
             continue
         if isinstance(value, (bytes, bytearray, memoryview, str)):
-            if len(value) > _LARGE:
+            if len(value) > LARGE:
                 return True
-        elif (getattr(value, "nbytes", 0) or 0) > _LARGE:
+        elif (getattr(value, "nbytes", 0) or 0) > LARGE:
             return True
     return False
-
-
-def _fast_dumps(
-    obj: object, buffer_callback: Callable[[PickleBuffer], bool] | None = None
-) -> bytes | None:
-    """``_pickle.dumps(obj)``, or None where cloudpickle would pickle differently.
-
-    cloudpickle pickles by value what the standard library pickles by reference
-    only when it lives in ``__main__`` (or in a module registered to be pickled
-    by value): such pickles name ``__main__`` and are left to cloudpickle. What
-    the standard library cannot pickle at all (lambdas, local functions,
-    modules...) is left to cloudpickle too.
-    """
-    try:
-        data = _pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
-    except Exception:
-        return None
-    return None if b"__main__" in data or _names_by_value(data) else data
-
-
-def _names_by_value(data: bytes) -> bool:
-    """Whether a pickle names a module registered with ``register_pickle_by_value``.
-
-    (Or a submodule of one, or merely the same text: then cloudpickle pickles it.)
-    """
-    cloudpickle = sys.modules.get("cloudpickle.cloudpickle")
-    if cloudpickle is None:
-        return False  # not imported: nothing can be registered
-    registered: set[str] = getattr(cloudpickle, "_PICKLE_BY_VALUE_MODULES", None) or set()
-    return bool(registered) and any(name.encode() in data for name in registered)
-
-
-def _slow_dumps(obj: object, *, what: str) -> bytes:
-    import cloudpickle
-
-    try:
-        return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
-    except Exception as exc:
-        raise SerializationError(f"cannot pickle {what} of type {type_name(obj)}: {exc}") from exc
 
 
 def _check_picklable(value: object, what: str) -> None:
@@ -577,7 +276,7 @@ def take_frames(buffer: bytearray) -> list[Message]:
 
 def describe_exception(exc: BaseException, *, skip_frames: int = 0) -> ErrorInfo:
     """Describe an exception so it can be shown where its class does not exist."""
-    return ErrorInfo(**_oneshot.describe_exception(exc, skip_frames=skip_frames))
+    return ErrorInfo(**_runtime.describe_exception(exc, skip_frames=skip_frames))
 
 
 def hostname() -> str:

@@ -49,8 +49,8 @@ from ._exceptions import (
 )
 from ._future import AsyncException, AsyncResult, Future, FutureState, TaskInfo, running_loop
 from ._messages import JobRef, Outcome, TaskSpec
-from ._oneshot import run_chunk
 from ._options import TaskOptions, check_workers
+from ._runtime import run_chunk
 from .abc import Launcher
 
 __all__ = ["BaseExecutor", "ConfiguredExecutor"]

@@ -23,38 +23,32 @@
 ``version``
     Prints the versions a driver must match.
 
-Cluster jobs run :mod:`asyncexec._oneshot` instead, a standard-library-only
-runner that starts faster; this worker shares its primitives.
+Each task runs as everywhere else, through :func:`asyncexec._runtime.run_task`;
+cluster jobs run the runner in that same file instead of this worker (it needs
+only the standard library, and starts faster).
 """
 
 from __future__ import annotations
 
 import _pickle
-import _socket
 import contextlib
-import math
 import os
 import select
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+from ._affinity import cpus_refusal, pinned, usable_cpus
 from ._codec import (
     cloudpickle_version,
     describe_exception,
     encode_frame,
     hostname,
-    lookup,
-    made_from,
-    still_made_of,
-    take_frames,
-    type_name,
     versions,
 )
-from ._exceptions import SerializationError
 from ._messages import (
     Cancel,
     ErrorInfo,
@@ -62,21 +56,14 @@ from ._messages import (
     Outcome,
     Ready,
     Setup,
-    SharedMemory,
     TaskSpec,
     Versions,
 )
-from ._oneshot import (
-    TAIL_BYTES,
-    TaskUnpickler,
-    dumps_value,
-    environment,
-    fd_capture,
-    memory_limit,
-    problem,
-)
+from ._pickle_cache import LoadedFunctions
+from ._runtime import Refused, TaskUnpickler, fd_capture, run_task
+from ._worker_channel import WorkerChannel, stdio_channel
 
-__all__ = ["TAIL_BYTES", "execute", "main", "serve", "version_mismatch"]
+__all__ = ["execute", "main", "serve", "version_mismatch"]
 
 _HOST = hostname()
 #: The version the handshake compares with the driver's (cloudpickle not imported).
@@ -102,149 +89,49 @@ def version_mismatch(driver: Versions, worker: Versions) -> str | None:
 def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
     """Run one task and describe what became of it. Never raises for the task's errors.
 
+    The task runs as everywhere else (:func:`asyncexec._runtime.run_task`), pinned
+    to CPUs where it asks for some (:func:`asyncexec._affinity.pinned`).
+
     Args:
         spec: the task.
         capture: how to capture output when ``spec.capture_output`` is set;
             by default the process's file descriptors 1 and 2 are redirected.
     """
-    started = time.time()
-    outcome = Outcome(
-        task_id=spec.task_id, status="ok", started=started, pid=os.getpid(), host=_HOST
-    )
-    try:
-        fn = _load_function(spec.fn)
+
+    def load() -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        fn = _functions.load(spec.fn)
         args, kwargs = _loads(spec.args, spec.buffers)
-    except SerializationError as exc:
-        outcome.status = "unpicklable"
-        outcome.error = _error(exc, f"cannot unpickle the task: {exc}")
-        outcome.finished = time.time()
-        return outcome
+        return fn, args, kwargs
+
     wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path
-    value = None
-    if not (wants_capture or spec.env or spec.memory_mb is not None or spec.cpus is not None):
-        # Nothing to set up: no context managers (most tasks; they cost microseconds).
-        return _finish(outcome, _call(outcome, fn, args, kwargs))
-    if spec.cpus is not None:
-        refusal = cpus_refusal(spec.cpus)
-        if refusal is not None:
-            outcome.status = "refused"
-            outcome.error = ErrorInfo(type_name="LaunchError", message=refusal, traceback="")
-            outcome.finished = time.time()
-            return outcome
-    capturing = (capture or _fd_capture)(spec) if wants_capture else contextlib.nullcontext(None)
-    pinning = pinned(spec.cpus, spec.affinity) if spec.cpus is not None else _NOT_PINNED
-    try:
-        with environment(spec.env), memory_limit(spec.memory_mb), pinning, capturing as tails:
-            value = _call(outcome, fn, args, kwargs)
-        if tails is not None:
-            outcome.stdout, outcome.stderr = tails()
-    except Exception as exc:  # setting the task up failed: a log file that cannot be opened...
-        outcome.status = "raised"
-        outcome.error = describe_exception(exc)
-        value = None
-    return _finish(outcome, value)
+    status, value, error, started, finished, stdout, stderr = run_task(
+        load,
+        env=spec.env,
+        memory_mb=spec.memory_mb,
+        capture=(lambda: (capture or _fd_capture)(spec)) if wants_capture else None,
+        pin=(lambda: _pinning(spec)) if spec.cpus is not None else None,
+    )
+    return Outcome(
+        task_id=spec.task_id,
+        status=status,  # type: ignore[arg-type]  # (one of the statuses: see run_task)
+        value=value,
+        error=None if error is None else ErrorInfo(**error),
+        started=started,
+        finished=finished,
+        pid=os.getpid(),
+        host=_HOST,
+        stdout=stdout,
+        stderr=stderr,
+    )
 
 
-def cpus_refusal(cpus: float) -> str | None:
-    """Why this worker cannot pin a task to ``cpus`` CPUs; None if it can."""
-    if not hasattr(os, "sched_setaffinity"):
-        return (
-            f"the task asks for Resources(cpus={cpus!r}), but the worker on {_HOST} cannot pin "
-            f"a task to CPUs on {sys.platform} (no os.sched_setaffinity)"
-        )
-    usable = os.sched_getaffinity(0)
-    if math.ceil(cpus) > len(usable):
-        return (
-            f"the task asks for Resources(cpus={cpus!r}) ({math.ceil(cpus)} whole CPUs), but "
-            f"the worker on {_HOST} may use {len(usable)}: {_cpu_list(usable)}"
-        )
-    return None
-
-
-@contextlib.contextmanager
-def pinned(cpus: float, chosen: list[int] | None) -> Iterator[None]:
-    """Run the worker on ``ceil(cpus)`` of the CPUs it may use while the task runs.
-
-    ``chosen`` are those the pool picked (apart from the other workers' tasks);
-    without them, or where they are not the worker's, the first ones it may use.
-    Every thread of the worker is pinned (a library's thread pool made by an
-    earlier task too), and each given back what it had before once the task
-    ends (a thread started meanwhile, what the worker had). :func:`cpus_refusal`
-    said yes first.
-    """
-    before = _affinities()
-    usable = os.sched_getaffinity(0)
-    wanted = math.ceil(cpus)
-    cpu_set = {cpu for cpu in chosen or () if cpu in usable}
-    for cpu in sorted(usable):
-        if len(cpu_set) >= wanted:
-            break
-        cpu_set.add(cpu)
-    while len(cpu_set) > wanted:
-        cpu_set.remove(max(cpu_set))
-    os.sched_setaffinity(0, cpu_set)  # (the calling thread first)
-    for thread in before:
-        with contextlib.suppress(OSError):  # it ended meanwhile
-            os.sched_setaffinity(thread, cpu_set)
-    try:
-        yield
-    finally:
-        # Each thread gets back what it had (one started meanwhile, the worker's);
-        # one that cannot be (its cgroup shrank) must not fail the task's outcome.
-        for thread in before.keys() | _threads():
-            try:
-                os.sched_setaffinity(thread, before.get(thread, usable))
-            except OSError:
-                continue
-
-
-def _threads() -> list[int]:
-    """The ids of this process's threads (none where /proc cannot tell)."""
-    try:
-        return [int(thread) for thread in os.listdir("/proc/self/task")]
-    except OSError:
-        return []
-
-
-def _affinities() -> dict[int, set[int]]:
-    """Each thread of this process and the CPUs it may use now."""
-    found: dict[int, set[int]] = {}
-    for thread in _threads():
-        with contextlib.suppress(OSError):  # it ended meanwhile
-            found[thread] = os.sched_getaffinity(thread)
-    return found
-
-
-def _cpu_list(cpus: set[int]) -> str:
-    return "CPU " + ", ".join(map(str, sorted(cpus)))
-
-
-_NOT_PINNED = contextlib.nullcontext()
-
-
-def _call(outcome: Outcome, fn: Any, args: Any, kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``; what it raised goes into ``outcome`` (then None)."""
-    try:
-        return fn(*args, **kwargs)
-    except BaseException as exc:  # the task's own errors, SystemExit included
-        outcome.status = "raised"
-        outcome.error = describe_exception(exc, skip_frames=1)  # not _call() itself
-        return None
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-
-
-def _finish(outcome: Outcome, value: object) -> Outcome:
-    """Pickle the value into an outcome that is still ``ok``; stamp the end."""
-    if outcome.status == "ok":
-        try:
-            outcome.value = _dumps(value)
-        except SerializationError as exc:
-            outcome.status = "unpicklable"
-            outcome.error = _error(exc, f"the task's result cannot be pickled: {exc}")
-    outcome.finished = time.time()
-    return outcome
+def _pinning(spec: TaskSpec) -> contextlib.AbstractContextManager[None]:
+    """What pins the task to the CPUs it asks for; Refused if this worker cannot."""
+    assert spec.cpus is not None
+    refusal = cpus_refusal(spec.cpus)
+    if refusal is not None:
+        raise Refused(refusal)
+    return pinned(spec.cpus, spec.affinity)
 
 
 def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
@@ -255,249 +142,21 @@ def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[]
 
 def _loads(data: bytes, buffers: tuple[bytes, ...] = ()) -> Any:
     """Unpickle a task's part; a function sent by value loads without cloudpickle."""
-    try:
-        # (Scanning costs about 0.5 ms a MiB: large pickles go through the unpickler.)
-        if len(data) <= 65536 and b"cloudpickle" not in data:
-            return _pickle.loads(data, buffers=buffers)
-        return TaskUnpickler(data, _CLOUDPICKLE, _import_cloudpickle, buffers).load()
-    except Exception as exc:
-        raise SerializationError(f"cannot unpickle: {type_name(exc)}: {exc}") from exc
-
-
-#: Functions loaded by reference (a module's function: its pickle is its name), by
-#: their pickle. Loading one again would only look the same name up again.
-#: With each, where its name leads (its module's name and its qualified name's parts).
-_functions: dict[bytes, tuple[Any, str, tuple[str, ...]]] = {}
-_FUNCTIONS_MAX = 256
-#: Functions loaded by value, by their pickle: the function and what it was made of.
-_by_value: dict[bytes, tuple[Any, list[object]]] = {}
-_BY_VALUE_LARGEST = 1 << 16
-#: How a pickle of a name ends: STACK_GLOBAL, MEMOIZE, STOP.
-_GLOBAL_END = b"\x93\x94."
-
-
-def _load_function(data: bytes) -> Any:
-    """Unpickle a task's callable: a function sent by reference is looked up once,
-    one sent by value is loaded again only when an earlier task changed it."""
-    known = _functions.get(data)
-    if known is not None and lookup(known[1], known[2]) is known[0]:
-        return known[0]  # (unless a task rebound the name since: then loaded again)
-    loaded = _by_value.get(data)
-    if loaded is not None and still_made_of(*loaded):
-        return loaded[0]
-    fn = _loads(data)
-    # Only a pickle made of a module name and a qualified name, nothing else (a
-    # partial makes a new object every time, which a task may change): reusing
-    # what it names is what loading it again does.
-    if _names_only(data):
-        module = getattr(fn, "__module__", None) or ""
-        path = tuple(getattr(fn, "__qualname__", "").split("."))
-        if lookup(module, path) is fn:  # else the name leads elsewhere: load it each time
-            if len(_functions) >= _FUNCTIONS_MAX:
-                _functions.clear()
-            _functions[data] = (fn, module, path)
-    elif len(data) <= _BY_VALUE_LARGEST and (made := made_from(fn)) is not None:
-        # A function by value made of what cannot change in place (as the driver
-        # remembers its pickle): kept while every part of it is still the same
-        # object, so a task that rebinds one of its globals, defaults or attributes
-        # makes the next task load it afresh, as it would without this.
-        if len(_by_value) >= _FUNCTIONS_MAX:
-            _by_value.clear()
-        _by_value[data] = (fn, made)
-    return fn
-
-
-def _names_only(data: bytes) -> bool:
-    """Whether a pickle holds a global's two names and nothing else: PROTO, maybe
-    FRAME, two SHORT_BINUNICODE each memoized, then ``_GLOBAL_END``."""
-    if data[:1] != b"\x80":
-        return False
-    at = 11 if data[2:3] == b"\x95" else 2
-    for _ in range(2):
-        if data[at : at + 1] != b"\x8c" or len(data) < at + 2:
-            return False
-        at += 2 + data[at + 1]
-        if data[at : at + 1] != b"\x94":
-            return False
-        at += 1
-    return data[at:] == _GLOBAL_END
+    # (Scanning costs about 0.5 ms a MiB: large pickles go through the unpickler.)
+    if len(data) <= 65536 and b"cloudpickle" not in data:
+        return _pickle.loads(data, buffers=buffers)
+    return TaskUnpickler(data, _CLOUDPICKLE, _import_cloudpickle, buffers).load()
 
 
 def _import_cloudpickle(version: str | None) -> None:
     import cloudpickle  # noqa: F401  (the handshake checked its version)
 
 
-def _dumps(value: object) -> bytes:
-    """Pickle a result: with pickle, or with cloudpickle when only it can."""
-    try:
-        return dumps_value(value)
-    except Exception as exc:
-        raise SerializationError(
-            f"cannot pickle an object of type {type_name(value)}: {exc}"
-        ) from exc
-
-
-def _error(exc: BaseException, message: str) -> ErrorInfo:
-    return ErrorInfo(**problem(message, exc))
+#: The task callables this worker loaded, kept while loading again would give the same.
+_functions = LoadedFunctions(_loads)
 
 
 # -- long-lived mode -------------------------------------------------------------
-
-
-class _Channel:
-    """Frames over a pair of blocking file descriptors (one socket, or stdin and stdout).
-
-    On a socket, the driver may pass file descriptors with the frames, arriving
-    no later than their frames: the pool's shared memory (:class:`SharedMemory`),
-    and memory files holding a task's arguments (``TaskSpec.outside``). A task's
-    arguments are copied out of either when its frame arrives.
-    """
-
-    def __init__(self, read_fd: int, write_fd: int, *, is_socket: bool = False) -> None:
-        self.read_fd = read_fd
-        self.write_fd = write_fd
-        self.buffer = bytearray()
-        self.ended = False
-        self.drained = False  # the last read took all there was
-        self.fds: deque[int] = deque()  # received, not yet claimed by a message
-        self.shared: Any = None  # the pool's shared memory, mapped (an mmap.mmap)
-        # _socket, not socket: the module's enums would slow every worker's start.
-        self.socket = _socket.socket(fileno=os.dup(read_fd)) if is_socket else None
-        # Is there input? A poll object asks with one cheap system call (select builds
-        # its sets each time; a read that finds nothing raises).
-        self.poller = select.poll()
-        self.poller.register(read_fd, select.POLLIN)
-        self.chunk = memoryview(bytearray(_READ_SIZE))  # reads land here (not a new 1 MiB)
-
-    def _read(self, block: bool) -> int | None:
-        """Add what arrived to ``buffer``: how many bytes (0: the input ended); None if
-        nothing has and not ``block``.
-
-        Sets ``drained``: whether it took all there was (a short read; but a read
-        stops after data that came with file descriptors, whatever follows).
-        """
-        if not block and not self.poller.poll(0):
-            return None
-        chunk = self.chunk
-        if self.socket is None:
-            size = os.readv(self.read_fd, [chunk])
-            self.drained = size < _READ_SIZE
-            self.buffer += chunk[:size]
-            return size
-        size, ancillary, flags, _ = self.socket.recvmsg_into([chunk], _ANCILLARY)
-        for level, kind, payload in ancillary:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                usable = len(payload) - len(payload) % 4
-                for start in range(0, usable, 4):
-                    fd = int.from_bytes(payload[start : start + 4], sys.byteorder, signed=True)
-                    self.fds.append(fd)
-        if flags & _socket.MSG_CTRUNC:
-            # Tasks would then take each other's memory files: end here instead.
-            raise OSError(
-                "file descriptors sent with a task were dropped on arrival "
-                "(is the worker out of file descriptors?)"
-            )
-        self.drained = size < _READ_SIZE and not ancillary
-        self.buffer += chunk[:size]
-        return size
-
-    def take(self, wait: bool) -> list[Any] | None:
-        """The messages that have arrived (at least one if ``wait``); None once input ended."""
-        messages = self._frames()
-        while not self.ended:
-            size = self._read(block=wait and not messages)
-            if size is None:
-                break  # nothing more for now
-            if not size:
-                self.ended = True
-                break
-            messages.extend(self._frames())
-            if self.drained and messages:
-                break  # it read all there was (what comes next is read before the next task)
-        if not messages and self.ended:
-            return None
-        return messages
-
-    def _frames(self) -> list[Any]:
-        if not self.buffer:
-            return []
-        messages = take_frames(self.buffer)
-        for message in messages:
-            if isinstance(message, TaskSpec) and message.outside is not None:
-                self._take_outside(message)
-            elif isinstance(message, SharedMemory):
-                self._map_shared(message.size)
-        return messages
-
-    def _take_outside(self, spec: TaskSpec) -> None:
-        """Copy a task's arguments (and buffers) from where the driver put them."""
-        sizes = spec.outside
-        assert sizes is not None
-        if spec.outside_at is None:
-            parts = _read_memory_file(self.fds.popleft(), sizes)
-        elif self.shared is None:
-            raise ValueError("a task points into shared memory that was never sent")
-        else:
-            parts = []
-            start = spec.outside_at
-            for size in sizes:
-                parts.append(self.shared[start : start + size])
-                start += size
-        spec.args, spec.buffers = parts[0], tuple(parts[1:])
-
-    def _map_shared(self, size: int) -> None:
-        import mmap  # only where a pool sends shared memory
-
-        fd = self.fds.popleft()
-        try:
-            self.shared = mmap.mmap(fd, size, access=mmap.ACCESS_READ)  # tasks cannot write
-        finally:
-            os.close(fd)
-
-    def send(self, frames: list[bytes]) -> None:
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        written = os.write(self.write_fd, data)
-        if written < len(data):
-            with memoryview(data) as view:
-                view = view[written:]
-                while view:
-                    view = view[os.write(self.write_fd, view) :]
-
-
-_READ_SIZE = 1 << 20
-#: Room for the file descriptors passed with one read (Linux passes at most 253 a message).
-_ANCILLARY = _socket.CMSG_SPACE(4 * 256)
-
-
-def _read_memory_file(fd: int, sizes: list[int]) -> list[bytes]:
-    """The parts, of these sizes, of a memory file the driver passed; the fd is closed."""
-    try:
-        parts = []
-        offset = 0
-        for size in sizes:
-            part = os.pread(fd, size, offset)
-            while len(part) < size:  # a read of over 2 GiB stops short
-                more = os.pread(fd, size - len(part), offset + len(part))
-                if not more:
-                    raise EOFError(f"a task's memory file ends at {offset + len(part)} bytes")
-                part += more
-            parts.append(part)
-            offset += size
-        return parts
-    finally:
-        os.close(fd)
-
-
-def _stdio_channel() -> _Channel:
-    """Take stdin/stdout for the protocol; the task's prints then go to stderr."""
-    sys.stdout.flush()
-    reader = os.dup(0)
-    writer = os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    os.dup2(2, 1)
-    return _Channel(reader, writer)
 
 
 def serve(fd: int | None = None, *, finish: bool = False) -> int:
@@ -515,9 +174,9 @@ def serve(fd: int | None = None, *, finish: bool = False) -> int:
             one-shot container, whose output the engine keeps for another driver
             to collect: ``serve --stdio --finish``).
     """
-    channel = _stdio_channel() if fd is None else _Channel(fd, fd, is_socket=True)
+    channel = stdio_channel() if fd is None else WorkerChannel(fd, fd, is_socket=True)
     _die_with_parent(or_session=fd is None)
-    hello = Hello(versions=versions(), pid=os.getpid(), host=hostname(), affinity=_affinity())
+    hello = Hello(versions=versions(), pid=os.getpid(), host=hostname(), affinity=usable_cpus())
     channel.send([encode_frame(hello)])
     queue: deque[TaskSpec] = deque()
     out: list[bytes] = []  # frames to send, written together
@@ -553,13 +212,6 @@ def serve(fd: int | None = None, *, finish: bool = False) -> int:
             raise failed[0]
 
 
-def _affinity() -> list[int] | None:
-    """The CPUs this worker may use, where it can pin tasks to some of them."""
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    return sorted(os.sched_getaffinity(0))
-
-
 def _handle(messages: list[Any], queue: deque[TaskSpec], out: list[bytes]) -> None:
     """Take what the driver sent: tasks join the queue; answers go to ``out``."""
     for message in messages:
@@ -576,7 +228,7 @@ _WATCH_PERIOD = 0.05
 
 
 def _watch_while_running(
-    channel: _Channel,
+    channel: WorkerChannel,
     queue: deque[TaskSpec],
     lock: threading.Lock,
     limited: list[bool],

@@ -3,7 +3,7 @@
 ``serve --fd N`` (local pools) or ``serve --stdio`` (SSH hosts, containers)
 is the long-lived mode; ``version`` prints what a driver must match. The
 implementation lives in ``asyncexec._worker``; cluster jobs run the
-standard-library-only runner in ``asyncexec._oneshot`` instead.
+standard-library-only runner in ``asyncexec._runtime`` instead.
 """
 
 import sys

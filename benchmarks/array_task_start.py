@@ -35,7 +35,7 @@ from pathlib import Path
 
 from asyncexec._codec import dumps_call
 from asyncexec._messages import TaskSpec
-from asyncexec._oneshot import BOOT, MODULE_FILE
+from asyncexec._runtime import BOOT, MODULE_FILE
 from asyncexec.launchers.slurm import _RUNNER_SOURCE, batch_file, read_outcome
 
 TASKS = 10

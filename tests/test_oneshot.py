@@ -18,9 +18,10 @@ import pytest
 
 from asyncexec._codec import dumps, dumps_call, loads
 from asyncexec._messages import Outcome, TaskSpec
-from asyncexec._oneshot import BOOT, MODULE_FILE, OUTCOME_FIELDS
+from asyncexec._runtime import BOOT, MODULE_FILE, OUTCOME_FIELDS
+from asyncexec._worker import execute
 from asyncexec.launchers.slurm import _RUNNER_SOURCE, batch_file, read_outcome
-from asyncexec.testing import add, heartbeat, print_both, raise_value_error, touch
+from asyncexec.testing import add, heartbeat, print_both, raise_value_error, return_lock, touch
 
 #: This module's functions are pickled by reference: the runner must find ``tests``.
 #: (And bytecode is written, as on a cluster unless the user's environment says otherwise.)
@@ -140,6 +141,37 @@ def test_starts_on_the_standard_library_alone(tmp_path: Path) -> None:
     assert value(found["by-reference"]) == 2
     # The bytecode was cached beside it, for the array's other tasks.
     assert list((workdir / "__pycache__").glob("_asyncexec_oneshot.*.pyc"))
+
+
+def test_the_runner_and_the_pool_worker_run_a_task_alike(tmp_path: Path) -> None:
+    """Both run tasks through the one runtime: what became of a task reads the same."""
+    workdir = stage(tmp_path)
+    missing = str(tmp_path / "no such directory" / "log")
+    tasks = [
+        spec("ok", add, 2, 3),
+        spec("raised", raise_value_error, "alike"),
+        spec("result", return_lock),
+        spec("log", print_both, "x", stdout_path=missing),
+        spec("env", os.getenv, "ASYNCEXEC_ALIKE", env={"ASYNCEXEC_ALIKE": "set"}),
+        TaskSpec(task_id="broken", fn=b"not a pickle", args=dumps(((), {}))),
+    ]
+    run(workdir, tasks)
+    found = outcomes(workdir)
+    for task in tasks:
+        here, there = execute(task), found[task.task_id]
+        assert (here.status, here.value) == (there.status, there.value), task.task_id
+        if here.error is None or there.error is None:
+            assert here.error is there.error is None, task.task_id
+            continue
+        assert here.error.type_name == there.error.type_name, task.task_id
+        assert here.error.message == there.error.message, task.task_id
+    assert [found[name].status for name in ("ok", "raised", "result", "log", "broken")] == [
+        "ok",
+        "raised",
+        "unpicklable",
+        "raised",
+        "unpicklable",
+    ]
 
 
 def test_callables_pickled_by_value_and_results_only_cloudpickle_can_pickle(
@@ -291,7 +323,7 @@ def test_functions_sent_by_value_load_as_cloudpickle_loads_them() -> None:
 
     import cloudpickle
 
-    from asyncexec._oneshot import TaskUnpickler
+    from asyncexec._runtime import TaskUnpickler
 
     factor = 3
 

@@ -34,7 +34,7 @@ from asyncexec import (
     TaskTimeout,
     WorkerLost,
 )
-from asyncexec._oneshot import run_chunk
+from asyncexec._runtime import run_chunk
 from asyncexec.launchers.slurm import SlurmLauncher, judge_accounting, never_runs, parse_time
 from asyncexec.testing import (
     add,

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asyncexec._codec import dumps_call, encode_frame, versions
+from asyncexec._codec import dumps_call, encode_frame, loads, versions
 from asyncexec._messages import Cancel, TaskSpec
+from asyncexec._pickle_cache import LoadedFunctions
+from asyncexec._worker_channel import WorkerChannel
 
 from .test_payloads import script
 
@@ -62,22 +64,19 @@ def test_cloudpickle_version_is_read_without_importing_it() -> None:
 
 
 def test_a_function_sent_by_reference_is_looked_up_once_and_nothing_else_is_reused() -> None:
-    from asyncexec import _worker
-
+    functions = LoadedFunctions(loads)
     by_name = dumps_call(json.dumps, (), {})[0]
-    assert _worker._names_only(by_name)
-    assert _worker._load_function(by_name) is json.dumps
-    assert _worker._functions[by_name][0] is json.dumps
+    assert functions.load(by_name) is json.dumps
+    assert functions.load(by_name) is json.dumps
+    assert functions.stats() == {"by_reference": 1, "by_value": 0}
     # A partial loads as a new object every time (a task may change its keywords).
     data = dumps_call(functools.partial(json.dumps, indent=1), (), {})[0]
-    assert not _worker._names_only(data)
-    assert _worker._load_function(data) is not _worker._load_function(data)
-    assert data not in _worker._functions and data not in _worker._by_value
+    assert functions.load(data) is not functions.load(data)
+    assert functions.stats() == {"by_reference": 1, "by_value": 0}
 
 
 def test_a_function_sent_by_value_is_loaded_again_only_when_a_task_changed_it() -> None:
-    from asyncexec import _worker
-
+    functions = LoadedFunctions(loads)
     namespace = script(
         """
         COUNT = 0
@@ -94,31 +93,31 @@ def test_a_function_sent_by_value_is_loaded_again_only_when_a_task_changed_it() 
         """
     )
     plain = dumps_call(namespace["plain"], (1,), {})[0]
-    assert _worker._load_function(plain) is _worker._load_function(plain)
+    assert functions.load(plain) is functions.load(plain)
+    assert functions.stats() == {"by_reference": 0, "by_value": 1}
     # A task that rebinds a global of its function's copy: the next one loads afresh,
     # and sees what was sent, as it would if nothing were kept.
     bump = dumps_call(namespace["bump"], (), {})[0]
-    first = _worker._load_function(bump)
+    first = functions.load(bump)
     assert first() == 1
-    second = _worker._load_function(bump)
+    second = functions.load(bump)
     assert second is not first and second() == 1
-    third = _worker._load_function(bump)
+    third = functions.load(bump)
     assert third is not second and third() == 1
+    assert functions.stats() == {"by_reference": 0, "by_value": 2}
     # A global that can change in place: never kept.
     listed = dumps_call(namespace["listed"], (), {})[0]
-    assert _worker._load_function(listed)() == 1
-    assert _worker._load_function(listed)() == 1
-    assert listed not in _worker._by_value
+    assert functions.load(listed)() == 1
+    assert functions.load(listed)() == 1
+    assert functions.stats() == {"by_reference": 0, "by_value": 2}
 
 
 def test_the_channel_reads_what_follows_a_frame_sent_with_file_descriptors() -> None:
     """A read stops after data that came with file descriptors: the worker must read on,
     or a Cancel right behind a task would be read only after that task ran."""
-    from asyncexec import _worker
-
     driver, worker = socket.socketpair()
     passed_r, passed_w = os.pipe()
-    channel = _worker._Channel(worker.fileno(), worker.fileno(), is_socket=True)
+    channel = WorkerChannel(worker.fileno(), worker.fileno(), is_socket=True)
     assert channel.socket is not None
     try:
         assert channel.take(wait=False) == []  # nothing yet: no waiting
@@ -140,11 +139,9 @@ def test_the_channel_reads_what_follows_a_frame_sent_with_file_descriptors() -> 
 
 
 def test_the_channel_over_pipes_reads_without_waiting_and_sees_the_end() -> None:
-    from asyncexec import _worker
-
     read_fd, write_fd = os.pipe()
     try:
-        channel = _worker._Channel(read_fd, write_fd)
+        channel = WorkerChannel(read_fd, write_fd)
         assert channel.take(wait=False) == []
         frames = [encode_frame(Cancel(task_id=str(i))) for i in range(3)]
         os.write(write_fd, b"".join(frames))
@@ -246,11 +243,11 @@ def test_the_channel_fails_when_file_descriptors_sent_with_a_frame_are_dropped()
     channel must say so, not hand the next task someone else's memory file."""
     script = r"""
 import os, resource, socket, struct
-from asyncexec import _worker
 from asyncexec._codec import encode_frame
+from asyncexec._worker_channel import WorkerChannel
 from asyncexec._messages import Cancel
 driver, worker = socket.socketpair()
-channel = _worker._Channel(worker.fileno(), worker.fileno(), is_socket=True)
+channel = WorkerChannel(worker.fileno(), worker.fileno(), is_socket=True)
 passed, _ = os.pipe()
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 try:

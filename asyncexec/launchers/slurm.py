@@ -9,7 +9,7 @@ scheduler gently:
   each other become one ``sbatch --array`` job (several when there are more
   than the cluster's ``MaxArraySize`` array tasks). Each array task runs
   ``chunk_size`` tasks with the project's one-shot runner
-  (:mod:`asyncexec._oneshot`, a standard-library-only file that travels with
+  (:mod:`asyncexec._runtime`, a standard-library-only file that travels with
   the array). The tasks, the runner and the job script reach the cluster as
   one archive on the standard input of the one command that unpacks them and
   calls ``sbatch``: one round trip per array, whatever its size. Staging
@@ -33,7 +33,7 @@ scheduler gently:
   worker's own limit, which stops the task on time and reports it: an
   exception in the task at its limit, and for code that does not stop (stuck
   in C with the GIL, ignoring signals) a SIGKILL from the runner's parent
-  process a second later (:func:`asyncexec._oneshot.supervise`). Either way
+  process a second later (:func:`asyncexec._runtime.supervise`). Either way
   the task fails with ``TaskTimeout``.
 * **Resources.** A task's ``Resources(cpus=...)`` becomes its array's
   ``--cpus-per-task`` (rounded up) and ``gpus`` its ``--gres=gpu:N``, over
@@ -72,7 +72,7 @@ from typing import Any, NamedTuple
 import anyio
 import msgspec
 
-from .. import BaseExecutor, _oneshot
+from .. import BaseExecutor, _runtime
 from .._codec import versions
 from .._exceptions import BackendUnavailable, LaunchError
 from .._messages import ErrorInfo, JobRef, Outcome, OutcomeStatus, TaskSpec
@@ -408,14 +408,14 @@ class _Queued(NamedTuple):
 # -- what the one-shot runner reads and writes ---------------------------------------
 
 #: The runner's source, shipped with every array (read once).
-_RUNNER_SOURCE = importlib.resources.files("asyncexec").joinpath("_oneshot.py").read_bytes()
+_RUNNER_SOURCE = importlib.resources.files("asyncexec").joinpath("_runtime.py").read_bytes()
 
 
 def batch_file(tasks: Sequence[TaskSpec]) -> bytes:
     """An array task's input for the one-shot runner: builtins only, pickled."""
     current = versions()
     batch = {
-        "format": _oneshot.FORMAT,
+        "format": _runtime.FORMAT,
         "python": current.python,
         "cloudpickle": current.cloudpickle,
         "tasks": [msgspec.structs.asdict(task) for task in tasks],
@@ -435,10 +435,10 @@ def read_outcome(data: bytes) -> Outcome:
     fields = _BuiltinsOnly(io.BytesIO(data)).load()
     if not isinstance(fields, dict):
         raise ValueError(f"an outcome file holds a {type(fields).__name__}, not a dict")
-    row: list[Any] = ["outcome", *(fields.get(name) for name in _oneshot.OUTCOME_FIELDS)]
+    row: list[Any] = ["outcome", *(fields.get(name) for name in _runtime.OUTCOME_FIELDS)]
     error = fields.get("error")
     if isinstance(error, dict):
-        row[1 + _oneshot.OUTCOME_FIELDS.index("error")] = [
+        row[1 + _runtime.OUTCOME_FIELDS.index("error")] = [
             error.get(name) for name in ErrorInfo.__struct_fields__
         ]
     return msgspec.convert(row, Outcome)
@@ -1061,7 +1061,7 @@ class SlurmLauncher(BaseLauncher[_SlurmJob]):
             f"--error={workdir}/log/%a.err",
             *config.sbatch_options(time_seconds=time_seconds, cpus=first.cpus, gpus=first.gpus),
         ]
-        runner = shlex.join([config.interpreter(), "-c", _oneshot.BOOT, workdir])
+        runner = shlex.join([config.interpreter(), "-c", _runtime.BOOT, workdir])
         # A failing setup line (module load, activate, the user's own) ends the script
         # before the runner starts, and says which line failed where the poller looks.
         setup_failed = shlex.quote(f"{workdir}/log/") + '"$SLURM_ARRAY_TASK_ID.setup"'
@@ -1081,7 +1081,7 @@ class SlurmLauncher(BaseLauncher[_SlurmJob]):
         )
         files: dict[str, bytes] = {
             "job.sh": script.encode(),
-            _oneshot.MODULE_FILE: _RUNNER_SOURCE,
+            _runtime.MODULE_FILE: _RUNNER_SOURCE,
         }
         index: list[tuple[str, int]] = []
         for number, chunk in enumerate(chunks):

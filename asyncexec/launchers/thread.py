@@ -27,8 +27,9 @@ from .._codec import describe_exception
 from .._exceptions import LaunchError
 from .._messages import JobRef, Outcome, TaskSpec
 from .._options import TaskOptions, check_workers
+from .._runtime import TAIL_BYTES
 from .._stopit import async_raise
-from .._worker import TAIL_BYTES, execute
+from .._worker import execute
 from ..abc import Launcher
 from ._base import BaseLauncher, Job
 

@@ -1,7 +1,22 @@
-"""The one-shot runner of cluster jobs: one file, standard library only.
+"""Running a task where nothing but Python is: one file, standard library only.
 
-The Slurm launcher ships this file inside every array it submits and each
-array task runs it with :data:`BOOT`::
+Every place runs a task through :func:`run_task`: the long-lived worker of
+process pools, SSH hosts and containers (:mod:`asyncexec._worker`, one-shot
+containers included: ``serve --stdio --finish``), the thread launcher, and the
+runner of cluster jobs below. It loads the task, sets its environment, memory
+limit and output capture up, calls it (under a time limit and watching for a
+cancel, in the runner), describes what it raised in builtins
+(:func:`describe_exception`) and pickles its value: an outcome's fields, which
+the worker turns into an :class:`asyncexec.Outcome` and the runner writes to
+an outcome file. Functions sent by value load without cloudpickle where they
+can (:class:`TaskUnpickler`); :func:`run_chunk` is the task of a chunk of
+``map``.
+
+The runner of cluster jobs
+--------------------------
+
+The Slurm launcher ships this file inside every array it submits, as
+:data:`MODULE_FILE`, and each array task runs it with :data:`BOOT`::
 
     python -c "$BOOT" WORKDIR WORKDIR/in/N.bin WORKDIR/out WORKDIR/cancel
 
@@ -19,9 +34,9 @@ a task still running :data:`STUCK_GRACE` seconds past its limit (stuck in C,
 or ignoring the signal) is killed with its process group, its timeout
 outcome written, and a new child goes on with the chunk's next task.
 
-Why a file of its own: an array task is a fresh interpreter, and what it
+Why one file of its own: an array task is a fresh interpreter, and what it
 imports before the first task runs is paid once per array task, hundreds of
-times an array. This runner imports ``_pickle``, ``threading`` and little else
+times an array. This file imports ``_pickle``, ``threading`` and little else
 (cloudpickle only when a callable was pickled by value), where the pool
 worker's msgspec, cloudpickle, argparse and the package cost about 60 ms more
 per start on the project's machine. Travelling with the job, it also needs no
@@ -29,12 +44,10 @@ asyncexec on the cluster: a Python of the driver's minor version, plus
 cloudpickle for what a script defines that the runner cannot load alone
 (functions from a driver with cloudpickle 3 it can: see the reconstructors
 below). What of asyncexec a task names (``map``'s :func:`run_chunk`), it
-takes from this very file: see :class:`TaskUnpickler`.
-
-The pool worker (:mod:`asyncexec._worker`) shares its primitives: output
-capture, environment, memory limit. The file keeps to syntax older Pythons
-parse, so that a node with the wrong Python gets a clear refusal rather than
-a SyntaxError.
+takes from this very file: see :class:`TaskUnpickler`. Hence also its size:
+what runs on a node is this one file, which the launcher ships and the job
+imports whole. It keeps to syntax older Pythons parse, so that a node with
+the wrong Python gets a clear refusal rather than a SyntaxError.
 """
 
 from __future__ import annotations
@@ -52,17 +65,30 @@ if TYPE_CHECKING:
     import signal
     from collections.abc import Callable, Iterator, Sequence
     from typing import IO, Any
+
+    #: What :func:`run_task` answers: the outcome's fields :data:`RAN_FIELDS`, in order.
+    Ran = tuple[str, bytes | None, dict[str, Any] | None, float, float, str, str]
+    #: How a task's function is called: its status, value and the exception it raised.
+    Call = Callable[
+        [Callable[..., Any], tuple[Any, ...], dict[str, Any]],
+        tuple[str, Any, BaseException | None],
+    ]
 else:
     import _signal as signal  # what signal wraps, without its enums
 
 __all__ = [
     "BOOT",
     "FORMAT",
+    "MODULE_FILE",
     "OUTCOME_FIELDS",
+    "RAN_FIELDS",
     "TAIL_BYTES",
+    "Refused",
+    "Runner",
     "SoftCancel",
     "SoftTimeout",
     "TaskUnpickler",
+    "call_task",
     "describe_exception",
     "dumps_value",
     "environment",
@@ -73,6 +99,7 @@ __all__ = [
     "memory_limit",
     "problem",
     "run_chunk",
+    "run_task",
     "supervise",
     "type_name",
 ]
@@ -103,6 +130,8 @@ OUTCOME_FIELDS = (
     "stdout",
     "stderr",
 )
+#: The fields of an outcome :func:`run_task` answers, in its order.
+RAN_FIELDS = ("status", "value", "error", "started", "finished", "stdout", "stderr")
 #: How much of a task's captured stdout and stderr comes back with its outcome.
 TAIL_BYTES = 64 * 1024
 #: Seconds between looks for cancel markers while a task runs.
@@ -120,7 +149,7 @@ class SoftCancel(BaseException):
     """Raised inside a task when it is cancelled while it runs."""
 
 
-# -- primitives the pool worker shares ----------------------------------------------
+# -- what a task runs in: environment, memory limit, output capture ---------------
 
 
 @contextlib.contextmanager
@@ -312,23 +341,24 @@ _CLOUDPICKLE: dict[str, Any] = {
 }
 
 
-class _Refused(Exception):
-    """A task this node cannot load (cloudpickle missing or of another version)."""
+class Refused(Exception):
+    """A task this place cannot run as asked: its message says why (cloudpickle
+    missing or of another version, CPUs it cannot have...)."""
 
 
 #: This file's name in the package: a pickle made on the driver names its functions so.
-PACKAGE_MODULE = "asyncexec._oneshot"
+PACKAGE_MODULE = "asyncexec._runtime"
 
 
 class TaskUnpickler(_pickle.Unpickler):
     """Loads functions sent by value without cloudpickle where it can, and this file's
     own functions (``map``'s :func:`run_chunk`) from this file, without asyncexec.
 
-    The driver pickles ``run_chunk`` by reference, as ``asyncexec._oneshot.run_chunk``
+    The driver pickles ``run_chunk`` by reference, as ``asyncexec._runtime.run_chunk``
     (a name: a few bytes, no cloudpickle needed to load it); a cluster job runs this
     file as ``_asyncexec_oneshot`` on a node that may have no asyncexec (or another
     version of it), so such names are resolved in this file, which travels with every
-    job. In the pool worker this file is ``asyncexec._oneshot``: the same objects.
+    job. In the pool worker this file is ``asyncexec._runtime``: the same objects.
     """
 
     def __init__(
@@ -353,11 +383,8 @@ class TaskUnpickler(_pickle.Unpickler):
                 return _CLOUDPICKLE[name]
             refusal = self.needs_cloudpickle(self.cloudpickle_version)
             if refusal is not None:
-                raise _Refused(refusal)
+                raise Refused(refusal)
         return super().find_class(module, name)
-
-
-# -- the runner ------------------------------------------------------------------------
 
 
 def run_chunk(fn: Callable[..., Any], *columns: Sequence[Any]) -> list[Any]:
@@ -412,6 +439,101 @@ def problem(message: str, exc: BaseException | None = None) -> dict[str, Any]:
     return error
 
 
+# -- running one task --------------------------------------------------------------
+
+
+def call_task(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, Any, BaseException | None]:
+    """``fn(*args, **kwargs)``: ``("ok", value, None)``, or ``("raised", None, exc)``
+    for whatever it raised (SystemExit included)."""
+    try:
+        return "ok", fn(*args, **kwargs), None
+    except BaseException as exc:  # the task's own errors, SystemExit included
+        return "raised", None, exc
+
+
+def run_task(
+    load: Callable[[], tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+    *,
+    env: dict[str, str],
+    memory_mb: int | None,
+    capture: Callable[[], contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]]
+    | None = None,
+    pin: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+    call: Call = call_task,
+) -> Ran:
+    """Load one task and run it: its outcome's fields :data:`RAN_FIELDS`, in order
+    (the value pickled, the error an ErrorInfo's fields). Never raises for the
+    task's errors, nor for its set-up's.
+
+    (A tuple, not a dict: the pool worker runs tens of thousands of tasks a second.)
+
+    Args:
+        load: the task's function, positional and keyword arguments. What it
+            raises makes the task ``unpicklable``; a :class:`Refused`, ``refused``.
+        env: environment variables set while the task runs.
+        memory_mb: the task's address space beyond the process's (RLIMIT_AS).
+        capture: makes what redirects the task's output and answers its tails
+            (:func:`fd_capture`); None: the output is not captured.
+        pin: makes what pins the task to CPUs while it runs; it may raise
+            :class:`Refused` (then the task is ``refused``).
+        call: calls the task's function (:func:`call_task`; the runner's adds a
+            time limit and a cancel marker). The function must be called in
+            ``call`` itself: the traceback of what it raised starts below it.
+    """
+    started = time.time()
+    try:
+        fn, args, kwargs = load()
+    except Refused as refused:
+        return "refused", None, problem(str(refused)), started, time.time(), "", ""
+    except Exception as exc:
+        message = f"cannot unpickle the task: {type_name(exc)}: {exc}"
+        return "unpicklable", None, problem(message, exc), started, time.time(), "", ""
+    pinning = None
+    if pin is not None:
+        try:
+            pinning = pin()
+        except Refused as refused:
+            return "refused", None, problem(str(refused)), started, time.time(), "", ""
+    info = None
+    stdout = stderr = ""
+    try:
+        if env or memory_mb is not None or capture is not None or pinning is not None:
+            capturing = capture() if capture is not None else _NOTHING
+            pinned = pinning if pinning is not None else _NOTHING
+            with environment(env), memory_limit(memory_mb), pinned, capturing as tails:
+                status, value, error = call(fn, args, kwargs)
+                if error is not None:
+                    info = describe_exception(error, skip_frames=1)  # not call() itself
+                sys.stdout.flush()
+                sys.stderr.flush()
+            if tails is not None:
+                stdout, stderr = tails()
+        else:  # nothing to set up: no context managers (most tasks; they cost microseconds)
+            status, value, error = call(fn, args, kwargs)
+            if error is not None:
+                info = describe_exception(error, skip_frames=1)  # not call() itself
+            sys.stdout.flush()
+            sys.stderr.flush()
+    except Exception as exc:  # setting the task up failed: a log file that cannot be opened...
+        status, value, info = "raised", None, describe_exception(exc)
+    pickled = None
+    if status == "ok":
+        try:
+            pickled = dumps_value(value)
+        except Exception as exc:
+            message = f"the task's result cannot be pickled: {type_name(exc)}: {exc}"
+            status, info = "unpicklable", problem(message, exc)
+    return status, pickled, info, started, time.time(), stdout, stderr
+
+
+_NOTHING = contextlib.nullcontext(None)
+
+
+# -- the runner of cluster jobs -------------------------------------------------------
+
+
 class Runner:
     """Runs a batch's tasks in this process, one outcome file each."""
 
@@ -459,7 +581,7 @@ class Runner:
             if refusal is not None:
                 self.keep(self.outcome(task["task_id"], "refused", error=problem(refusal)))
             else:
-                self.keep(self.run_task(task, batch.get("cloudpickle")))
+                self.keep(self.run_one(task, batch.get("cloudpickle")))
             self.report(f"E {index}")
 
     def report(self, line: str) -> None:
@@ -498,52 +620,38 @@ class Runner:
         """Unpickle what the driver pickled with cloudpickle ``cloudpickle_version``."""
         return TaskUnpickler(data, cloudpickle_version, self.needs_cloudpickle).load()
 
-    def run_task(self, task: dict[str, Any], cloudpickle_version: str | None) -> dict[str, Any]:
+    def run_one(self, task: dict[str, Any], cloudpickle_version: str | None) -> dict[str, Any]:
+        """Run one task of the batch (:func:`run_task`, under its time limit and
+        watching its cancel marker): its outcome file's dict."""
         task_id: str = task["task_id"]
         marker = os.path.join(self.cancel_dir, task_id) if self.cancel_dir else None
         if marker is not None and os.path.exists(marker):
             return self.outcome(task_id, "cancelled")
-        started = time.time()
-        try:
+        time_limit: float | None = task["time_limit"]
+
+        def load() -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
             fn = self.loads(task["fn"], cloudpickle_version)
             args, kwargs = self.loads(task["args"], cloudpickle_version)
-        except _Refused as refused:
-            return self.outcome(task_id, "refused", error=problem(str(refused)))
-        except Exception as exc:
-            message = f"cannot unpickle the task: {type_name(exc)}: {exc}"
-            return self.outcome(task_id, "unpicklable", error=problem(message, exc))
-        outcome = self.outcome(task_id, "ok", started=started)
+            return fn, args, kwargs
+
+        def call(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[str, Any, BaseException | None]:
+            return self.call(task_id, fn, args, kwargs, time_limit, marker)
+
+        def capture() -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
+            return fd_capture(task["stdout_path"], task["stderr_path"], self.output_dir)
+
         wants_capture = task["capture_output"] or task["stdout_path"] or task["stderr_path"]
-        capturing = (
-            fd_capture(task["stdout_path"], task["stderr_path"], self.output_dir)
-            if wants_capture
-            else contextlib.nullcontext(None)
+        ran = run_task(
+            load,
+            env=task["env"],
+            memory_mb=task["memory_mb"],
+            capture=capture if wants_capture else None,
+            call=call,
         )
-        value = None
-        try:
-            with environment(task["env"]), memory_limit(task["memory_mb"]), capturing as tails:
-                status, value, error = self.call(
-                    task_id, fn, args, kwargs, task["time_limit"], marker
-                )
-                outcome["status"] = status
-                if error is not None:
-                    outcome["error"] = describe_exception(error, skip_frames=1)  # not call() itself
-                sys.stdout.flush()
-                sys.stderr.flush()
-            if tails is not None:
-                outcome["stdout"], outcome["stderr"] = tails()
-        except Exception as exc:  # setting the task up failed: a log file that cannot be opened...
-            outcome["status"] = "raised"
-            outcome["error"] = describe_exception(exc)
-            value = None
-        if outcome["status"] == "ok":
-            try:
-                outcome["value"] = dumps_value(value)
-            except Exception as exc:
-                message = f"the task's result cannot be pickled: {type_name(exc)}: {exc}"
-                outcome["status"] = "unpicklable"
-                outcome["error"] = problem(message, exc)
-        outcome["finished"] = time.time()
+        outcome = self.outcome(task_id, ran[0])
+        outcome.update(zip(RAN_FIELDS, ran, strict=True))
         return outcome
 
     def call(
