@@ -9,7 +9,8 @@ questions: submit a chunk, ask the state of many, cancel some, move bytes.
 * :mod:`.jobs`: the launcher's bookkeeping (tasks, arrays, submissions);
 * :mod:`.adapter`: the seam, and :class:`ShellAdapter` for systems whose
   commands run through a Shell on a shared file system;
-* :mod:`.launcher`: chunking, submission, cancel, re-attach, ``max_concurrent``;
+* :mod:`.launcher`: the seam (start, wait, cancel), closing, re-attach;
+* :mod:`.submission`: chunking, the staging archive, ``max_concurrent``;
 * :mod:`.outcomes`: what a polling round makes of the scheduler's answer;
 * :mod:`.poller`: the place's :class:`Poller`, its adaptive interval and budget.
 

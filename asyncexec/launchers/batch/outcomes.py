@@ -34,6 +34,7 @@ from .._base import BaseLauncher
 from .adapter import BatchAdapter, Queued
 from .files import read_outcome
 from .jobs import Array, BatchJob
+from .poller import Poller
 
 __all__ = ["ACCOUNTING_GRACE", "CLOSE_CONFIRM", "NEVER_CONFIRM", "Outcomes"]
 
@@ -55,6 +56,7 @@ class Outcomes(BaseLauncher[BatchJob]):
     """The part of :class:`BatchLauncher` that reads what ended and settles its tasks."""
 
     adapter: BatchAdapter
+    _poller: Poller | None
     _closed: bool
     _keep_staging: bool
 
@@ -69,6 +71,11 @@ class Outcomes(BaseLauncher[BatchJob]):
         self._to_sweep: dict[str, str] = {}  # re-attached dirs all read here: their array
         self._finished_dirs: list[str] = []
         self._round = anyio.Lock()  # held while a polling round reads our tasks
+
+    def _wake(self) -> None:
+        """Have the poller look soon: new work, or a cancel to confirm."""
+        if self._poller is not None:
+            self._poller.wake()
 
     async def _rebalance(self) -> None:
         """Give the room of ended array tasks to throttled arrays (the launcher's)."""

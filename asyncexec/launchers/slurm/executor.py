@@ -31,6 +31,7 @@ class SlurmLauncher(BatchLauncher):
     budget of ``squeue``/``sacct`` calls (``config.scheduler_calls_per_minute``).
     """
 
+    kind = "slurm"
     #: ``--cpus-per-task`` and ``--gres=gpu:N`` per array; the runner's RLIMIT_AS.
     honours_resources = frozenset({"cpus", "memory_mb", "gpus"})
 
