@@ -29,12 +29,14 @@ from asyncexec import (
     Resources,
     SlurmConfig,
     SlurmExecutor,
+    SSHShell,
     TaskCancelled,
     TaskFailed,
     TaskTimeout,
     WorkerLost,
 )
 from asyncexec._oneshot import run_chunk
+from asyncexec.abc import Shell
 from asyncexec.launchers.slurm import SlurmLauncher, judge_accounting, never_runs, parse_time
 from asyncexec.testing import (
     add,
@@ -343,6 +345,26 @@ async def test_finished_staging_directories_are_removed(cluster: Cluster) -> Non
 
 
 # -- outcomes -------------------------------------------------------------------------
+
+
+def test_a_place_is_one_cluster_reached_one_way() -> None:
+    """Launchers share a poller when they reach the same Slurm cluster the same way: the
+    same host, port and user over SSH (or this machine), and the same cluster."""
+
+    def place(shell: Shell, cluster: str = "localcluster@vm") -> object:
+        return SlurmLauncher(shell).adapter.place_of(cluster)
+
+    def ssh(host: str = "h", port: int = 22, user: str = "u") -> SSHShell:
+        return SSHShell(host, port=port, username=user, verify_host_key=False)
+
+    assert place(ssh()) == place(ssh())
+    assert place(ssh()) != place(ssh(user="v"))
+    assert place(ssh()) != place(ssh(port=2222))
+    assert place(ssh()) != place(ssh(host="g"))
+    assert place(ssh()) != place(ssh(), "other@vm")
+    assert place(LocalShell()) == place(LocalShell())
+    assert place(LocalShell()) != place(LocalShell(), "other@vm")
+    assert place(LocalShell()) != place(ssh())
 
 
 SCHEDULER = ("squeue", "sacct")
