@@ -266,6 +266,9 @@ class ShellAdapter(BatchAdapter):
         self.shell = shell
         self._run = run
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.shell!r})"
+
     @property
     def host(self) -> str | None:
         return self.shell.host
