@@ -29,13 +29,16 @@ from asyncexec import (
     Resources,
     SlurmConfig,
     SlurmExecutor,
+    SSHShell,
     TaskCancelled,
     TaskFailed,
     TaskTimeout,
     WorkerLost,
 )
 from asyncexec._runtime import run_chunk
+from asyncexec.abc import Shell
 from asyncexec.launchers.slurm import SlurmLauncher, judge_accounting, never_runs, parse_time
+from asyncexec.launchers.slurm.adapter import SlurmAdapter
 from asyncexec.testing import (
     add,
     assert_heartbeat_stopped,
@@ -136,6 +139,7 @@ def test_sacct_states_are_judged_and_a_failed_task_waits_for_its_exit_code() -> 
         ({"extra_sbatch": ["--qos low"]}, "single options"),
         ({"partition": "a b"}, "one word"),
         ({"poll_interval": 5, "max_poll_interval": 1}, "poll_interval"),
+        ({"scheduler_calls_per_minute": 0}, "scheduler_calls_per_minute"),
     ],
 )
 def test_bad_config_is_refused_at_construction(changes: dict[str, object], match: str) -> None:
@@ -342,6 +346,104 @@ async def test_finished_staging_directories_are_removed(cluster: Cluster) -> Non
 
 
 # -- outcomes -------------------------------------------------------------------------
+
+
+def test_a_place_is_one_cluster_reached_one_way() -> None:
+    """Launchers share a poller when they reach the same Slurm cluster the same way: the
+    same host, port and user over SSH (or this machine), and the same cluster."""
+
+    def place(shell: Shell, cluster: str = "localcluster@vm") -> object:
+        adapter = SlurmLauncher(shell).adapter
+        assert isinstance(adapter, SlurmAdapter)
+        return adapter.place_of(cluster)
+
+    def ssh(host: str = "h", port: int = 22, user: str = "u") -> SSHShell:
+        return SSHShell(host, port=port, username=user, verify_host_key=False)
+
+    assert place(ssh()) == place(ssh())
+    assert place(ssh()) != place(ssh(user="v"))
+    assert place(ssh()) != place(ssh(port=2222))
+    assert place(ssh()) != place(ssh(host="g"))
+    assert place(ssh()) != place(ssh(), "other@vm")
+    assert place(LocalShell()) == place(LocalShell())
+    assert place(LocalShell()) != place(LocalShell(), "other@vm")
+    assert place(LocalShell()) != place(ssh())
+
+
+SCHEDULER = ("squeue", "sacct")
+
+
+def scheduler_calls(*executors: SlurmExecutor) -> int:
+    """The squeue and sacct commands these executors' launchers ran."""
+    return sum(ex.slurm.calls[name] for ex in executors for name in SCHEDULER)
+
+
+async def test_executors_on_one_cluster_share_one_poller_that_outlives_each(
+    cluster: Cluster,
+) -> None:
+    """One squeue per round for both executors' arrays, run by one of them; once that
+    one closes, the other's polling goes on (its task still finishes)."""
+    async with (
+        SlurmExecutor(cluster.shell(), config(cluster)) as first,
+        SlurmExecutor(cluster.shell(), config(cluster)) as second,
+    ):
+        poller = first.slurm.poller
+        assert poller is not None and poller is second.slurm.poller
+        assert poller.stats().launchers == 2
+        both = [await first.submit(add, 1, 2), await second.submit(add, 3, 4)]
+        assert [await future for future in both] == [3, 7]
+        assert len(arrays_of(both)) == 2  # two arrays, asked about together
+        squeues = (first.slurm.calls["squeue"], second.slurm.calls["squeue"])
+        stats = poller.stats()
+        assert sum(squeues) == stats.rounds > 0 and min(squeues) == 0, (squeues, stats)
+        assert stats.scheduler_calls == scheduler_calls(first, second)
+        leader, other = (first, second) if squeues[0] else (second, first)
+
+        later = await other.submit(sleep_for, 3.0)
+        with anyio.fail_after(60):
+            while later.state is FutureState.PENDING:
+                await anyio.sleep(0.05)
+        await leader.aclose()
+        assert poller.stats().launchers == 1 and leader.slurm.poller is None
+        rounds, polled = poller.stats().rounds, other.slurm.calls["squeue"]
+        assert await later == 3.0
+        assert poller.stats().rounds > rounds and other.slurm.calls["squeue"] > polled
+    assert other.slurm.poller is None
+
+
+async def test_the_budget_bounds_the_clusters_scheduler_calls_per_minute(
+    cluster: Cluster,
+) -> None:
+    """Polls every 0.1 s would make ~10 calls a second; a budget of 12 a minute (the
+    smaller one, asked by one of the two executors) holds them to 12 over the first
+    minute, and the tasks (ended long before) are collected once the window lets the
+    next round in."""
+    fast = {"poll_interval": 0.1, "max_poll_interval": 0.1}
+    budgeted = config(cluster, scheduler_calls_per_minute=12, **fast)
+    async with (
+        SlurmExecutor(cluster.shell(), budgeted) as first,
+        SlurmExecutor(cluster.shell(), config(cluster, **fast)) as second,
+    ):
+        poller = first.slurm.poller
+        assert poller is not None and poller is second.slurm.poller
+        assert poller.stats().budget == 12
+        started = time.monotonic()
+        futures = [await first.submit(sleep_for, 15.0), await second.submit(sleep_for, 15.0)]
+        with anyio.fail_after(15):
+            while poller.stats().calls_last_minute < 12:  # spent: in a second or two
+                await anyio.sleep(0.05)
+        # The tasks end at about 16 s; nobody may ask the scheduler again before 60 s.
+        await anyio.sleep(max(0.0, started + 25 - time.monotonic()))
+        stats = poller.stats()
+        assert stats.scheduler_calls == 12 == scheduler_calls(first, second), stats
+        assert not any(future.ready() for future in futures)
+        assert [await future for future in futures] == [15.0, 15.0]
+        elapsed = time.monotonic() - started
+        assert 50 < elapsed < 120, elapsed
+        stats = poller.stats()
+        assert stats.calls_last_minute <= 12 and stats.scheduler_calls == scheduler_calls(
+            first, second
+        )
 
 
 async def test_per_task_output_and_info(cluster: Cluster) -> None:
