@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -286,8 +286,8 @@ class Shell(abc.ABC):
 
     Kept deliberately small: the same launcher runs on a login node with
     :class:`~asyncexec.shells.LocalShell` or from a laptop over SSH. A shell
-    implements ``run`` and ``spawn``; ``host``, ``channel_capacity`` and
-    ``aclose`` have defaults for a shell on this machine with no limit.
+    implements ``run`` and ``spawn``; ``host``, ``place``, ``channel_capacity``
+    and ``aclose`` have defaults for a shell on this machine with no limit.
     """
 
     @property
@@ -298,6 +298,16 @@ class Shell(abc.ABC):
         started through one shell is followed only through a shell to the same host.
         """
         return None
+
+    @property
+    def place(self) -> Hashable:
+        """What identifies the machine and account the commands run as: equal for two
+        shells that reach the same ones (the same host, port and user over SSH).
+
+        Launchers that keep one thing per place (the batch family's poller) key it
+        on this. The default: the shell's type and :attr:`host`.
+        """
+        return (type(self).__name__, self.host)
 
     @property
     def channel_capacity(self) -> int | None:

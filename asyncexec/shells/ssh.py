@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -225,6 +225,12 @@ class SSHShell(Shell):
             channels=tuple(c.used for c in held),
             channel_limits=tuple(c.limit for c in held),
         )
+
+    @property
+    def place(self) -> Hashable:
+        """The host, port and user it logs in as: shells with equal ones reach the
+        same account on the same machine."""
+        return ("ssh", self.host, self.port, self.username)
 
     def _target(self) -> str:
         user = f"{self.username}@" if self.username else ""

@@ -33,7 +33,6 @@ import anyio
 from ..._exceptions import BackendUnavailable, LaunchError
 from ..._messages import OutcomeStatus
 from ...abc import Completed, Shell
-from ...shells import SSHShell
 from .files import untar
 
 if TYPE_CHECKING:
@@ -274,12 +273,10 @@ class ShellAdapter(BatchAdapter):
         return self.shell.host
 
     def place_of(self, cluster: str) -> Hashable:
-        """What identifies a place: the system, the shell's host (and user and port over
-        SSH) and ``cluster``, the name the system gives itself."""
-        shell = self.shell
-        if isinstance(shell, SSHShell):
-            return (self.kind, shell.host, shell.port, shell.username, cluster)
-        return (self.kind, shell.host, None, None, cluster)
+        """What identifies a place: the system, where the shell logs in
+        (:attr:`~asyncexec.abc.Shell.place`: host, and port and user over SSH)
+        and ``cluster``, the name the system gives itself."""
+        return (self.kind, self.shell.place, cluster)
 
     async def submit(self, workdir: str, archive: bytes, tasks: int) -> str:
         script = _SUBMIT.format(submit=shlex.join(self.submit_command))
