@@ -132,6 +132,30 @@ def test_launchers_import_no_executor_internals_and_nothing_above() -> None:
     assert not wrong, "\n".join(sorted(set(wrong)))
 
 
+#: The launcher families: what their backends build on, which none of them knows.
+FAMILIES = ("asyncexec.launchers.batch",)
+#: What a family may use of the launchers: their common base.
+LAUNCHERS_BASE = "asyncexec.launchers._base"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_family_knows_no_backend_built_on_it(family: str) -> None:
+    """``launchers/batch/`` imports no Slurm module (nor any other launcher, nor a
+    concrete shell): a backend is an adapter on it, and the next one needs none
+    of the others."""
+    assert family in MODULES
+    wrong = []
+    for module, path in MODULES.items():
+        if not _within(module, (family,)):
+            continue
+        for line, imported, _ in _imports(module, path):
+            if _within(imported, (family, LAUNCHERS_BASE)):
+                continue
+            if _within(imported, ("asyncexec.launchers", "asyncexec.shells")):
+                wrong.append(f"{_where(path, line)} imports {imported}")
+    assert not wrong, "\n".join(sorted(set(wrong)))
+
+
 @pytest.mark.parametrize("layer", USERS)
 def test_sweeps_experiments_and_the_cli_import_only_public_names(layer: str) -> None:
     wrong = []
