@@ -61,7 +61,7 @@ from .._exceptions import BackendUnavailable, LaunchError, describe_exit
 from .._messages import ErrorInfo, JobRef, Outcome, Resources, TaskSpec
 from .._options import TaskOptions, check_env
 from ..abc import Launcher
-from ._pool import PoolJob, PoolLauncher, PoolWorker
+from .pool import PoolJob, PoolLauncher, PoolWorker
 
 if TYPE_CHECKING:
     import aiodocker

@@ -27,7 +27,7 @@ from .. import BaseExecutor
 from .._exceptions import BackendUnavailable, LaunchError
 from .._options import TaskOptions
 from ..abc import Launcher, Shell, SpawnedProcess
-from ._pool import PoolLauncher, PoolWorker
+from .pool import PoolLauncher, PoolWorker
 
 __all__ = ["SSHExecutor", "SSHLauncher"]
 
