@@ -385,7 +385,7 @@ class PoolLauncher(BaseLauncher[PoolJob]):
                 raise LaunchError(f"the {self.kind} pool is closed")
             self._workers[worker] = None
             self._tg.start_soon(self._read_loop, worker)
-            self._tg.start_soon(self._write_loop, worker)
+            self._tg.start_soon(worker.write_posted)
         except BaseException:
             # Tasks that waited for this worker (a replacement) start one of their own.
             self._scheduler.wake()
@@ -416,32 +416,6 @@ class PoolLauncher(BaseLauncher[PoolJob]):
             worker.dead = True  # at once: _bury awaits before the worker leaves the pool
             with anyio.CancelScope(shield=True):
                 await self._bury(worker)
-
-    async def _write_loop(self, worker: PoolWorker) -> None:
-        """Send what is posted to a worker, all of it in one write, until it is gone."""
-        while True:
-            await worker.posted.wait()
-            worker.posted = anyio.Event()
-            if worker.exited.is_set():
-                return
-            frames, worker.outbox = worker.outbox, []
-            fds, worker.outbox_fds = worker.outbox_fds, []
-            if not frames:
-                continue
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            worker.writing = True
-            # Shielded: a frame cut in half by a cancellation would garble the channel.
-            with anyio.CancelScope(shield=True):
-                try:
-                    if fds:
-                        await worker.send_with_fds(data, fds)
-                    else:
-                        await worker.send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    worker.kill()  # its reader ends; _bury moves the jobs that did not start
-                    return
-                finally:
-                    worker.writing = False
 
     def _complete(self, worker: PoolWorker, outcome: Outcome) -> None:
         job = worker.jobs.pop(outcome.task_id, None)

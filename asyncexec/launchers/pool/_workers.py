@@ -1,8 +1,8 @@
 """A pool's workers and the tasks they hold: :class:`PoolWorker`, :class:`PoolJob`.
 
 A :class:`PoolWorker` is one long-lived worker as the pool sees it: its
-channel (frames are posted to it, and written at once or by the pool's
-writer, in order), the jobs it was sent and has not answered (oldest first:
+channel (frames are posted to it, and written at once or by its writer,
+:meth:`PoolWorker.write_posted`, in order), the jobs it was sent and has not answered (oldest first:
 the first may be running), and how to kill and reap it, which each kind of
 worker (a local process, a remote one, a container) says. A :class:`PoolJob`
 is a task handed to the pool, with its frame, kept until it ends so that
@@ -148,7 +148,7 @@ class PoolWorker(abc.ABC):
         self.dead = False  # killed or silent: never hand it a task again
         self.send_lock = anyio.Lock()
         self.exited = anyio.Event()
-        self.outbox: list[bytes] = []  # frames posted, written together by the pool's writer
+        self.outbox: list[bytes] = []  # frames posted, written together by the writer
         self.outbox_fds: list[int] = []  # file descriptors to send with them (fd_payloads)
         self.writing = False  # the writer holds frames it has not finished writing
         self.has_shared = False  # the pool's shared memory was sent to it
@@ -235,7 +235,7 @@ class PoolWorker(abc.ABC):
         """Send ``data`` over ``raw_socket``, passing ``fds`` with its first part.
 
         Cancellation: may cut ``data`` short, which garbles the channel: the
-        pool's writer calls it shielded.
+        writer (:meth:`write_posted`) calls it shielded.
         """
         raw = self.raw_socket
         assert raw is not None
@@ -249,12 +249,44 @@ class PoolWorker(abc.ABC):
             if written < len(data):
                 await self.sender.send(data[written:])
 
+    async def write_posted(self) -> None:
+        """Send what is posted, all of it in one write each time, until the worker is gone.
+
+        The pool runs it in a task of its own for each worker (the writer).
+
+        Cancellation: a write in progress finishes first (shielded: a frame cut
+        in half would garble the channel); what is posted afterwards is not sent.
+        """
+        while True:
+            await self.posted.wait()
+            self.posted = anyio.Event()
+            if self.exited.is_set():
+                return
+            frames, self.outbox = self.outbox, []
+            fds, self.outbox_fds = self.outbox_fds, []
+            if not frames:
+                continue
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            self.writing = True
+            # Shielded: a frame cut in half by a cancellation would garble the channel.
+            with anyio.CancelScope(shield=True):
+                try:
+                    if fds:
+                        await self.send_with_fds(data, fds)
+                    else:
+                        await self.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    self.kill()  # its reader ends; the pool moves the jobs that did not start
+                    return
+                finally:
+                    self.writing = False
+
     async def send(self, frame: bytes) -> None:
         """Send a frame now, after any write in progress.
 
         Cancellation: may cut the frame short, which garbles the channel: the
-        pool's writer calls it shielded, and a handshake cut short kills the
-        worker.
+        writer (:meth:`write_posted`) calls it shielded, and a handshake cut
+        short kills the worker.
         """
         # trio's send_all ends with a checkpoint, during which the worker may answer,
         # become idle and be handed the next task: writes must take turns.
