@@ -69,10 +69,10 @@ class PoolLauncher(BaseLauncher[PoolJob]):
         prefetch: at most this many tasks sent ahead to a busy worker, waiting
             behind the one it runs (0: a task goes only to an idle worker). How
             many are sent follows how long tasks take: enough to cover about
-            :attr:`Scheduler.QUEUED_WORK` seconds of work, so short tasks never wait for
-            a round trip and long ones never wait behind each other. Tasks
-            with a time limit always wait for an idle worker: their clock
-            starts when they are handed over.
+            :attr:`Scheduler.QUEUED_WORK` seconds of work, so short tasks
+            never wait for a round trip and long ones never wait behind each
+            other. Tasks with a time limit always wait for an idle worker:
+            their clock starts when they are handed over.
     """
 
     #: Workers started, at most, for a task whose new workers are killed while
@@ -141,6 +141,9 @@ class PoolLauncher(BaseLauncher[PoolJob]):
 
         Raises:
             LaunchError: it cannot be started.
+
+        Cancellation: the pool cancels it after ``startup_timeout`` seconds (and
+        when it closes): an implementation leaves no worker running then.
         """
 
     @abc.abstractmethod
