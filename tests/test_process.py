@@ -462,6 +462,19 @@ async def test_lazy_pool_starts_workers_on_demand() -> None:
         assert len(children()) == before + 1
 
 
+async def test_stats_tell_the_workers_and_what_they_were_sent() -> None:
+    async with ProcessExecutor(2, max_tasks_per_worker=50) as ex:
+        before = ex.launcher.stats()
+        assert len(before.workers) == 2 and before.tasks == 0 and before.depth == 0, before
+        assert all(not worker.tasks and worker.tasks_sent == 0 for worker in before.workers)
+        pids = set(await ex.wait([await ex.submit(pid) for _ in range(20)]))
+        after = ex.launcher.stats()
+        assert pids <= {worker.pid for worker in after.workers}, (pids, after)
+        assert sum(worker.tasks_sent for worker in after.workers) == 20, after
+        assert after.tasks == 0 and after.mean_run > 0, after
+        assert after.shared_memory == 0 and after.memory_files == 0, after  # no large argument
+
+
 async def test_bad_python_is_a_launch_error() -> None:
     with pytest.raises(LaunchError, match="cannot start a worker"):
         async with ProcessExecutor(1, python="/nonexistent/python3"):

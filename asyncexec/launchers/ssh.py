@@ -254,7 +254,7 @@ class SSHExecutor(BaseExecutor):
             startup_timeout=startup_timeout,
             prefetch=prefetch,
         )
-        super().__init__(self.ssh._n_workers, options=options, max_pending=max_pending)
+        super().__init__(len(self.ssh.shells) * slots, options=options, max_pending=max_pending)
 
     def _create_launcher(self) -> Launcher:
         return self.ssh
