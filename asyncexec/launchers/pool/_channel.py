@@ -64,7 +64,11 @@ class FrameReader:
         self.raw_socket: socket.socket | None = None
 
     async def read(self) -> Message:
-        """The next message. Raises anyio.EndOfStream when the peer is gone."""
+        """The next message. Raises anyio.EndOfStream when the peer is gone.
+
+        Cancellation: nothing read is lost: the part of a frame read so far
+        stays in the buffer, and the next ``read`` goes on from there.
+        """
         buffer = self._buffer
         while True:
             if len(buffer) >= HEADER.size:
