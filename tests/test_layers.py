@@ -133,16 +133,16 @@ def test_launchers_import_no_executor_internals_and_nothing_above() -> None:
 
 
 #: The launcher families: what their backends build on, which none of them knows.
-FAMILIES = ("asyncexec.launchers.batch",)
+FAMILIES = ("asyncexec.launchers.batch", "asyncexec.launchers.pool")
 #: What a family may use of the launchers: their common base.
 LAUNCHERS_BASE = "asyncexec.launchers._base"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_family_knows_no_backend_built_on_it(family: str) -> None:
-    """``launchers/batch/`` imports no Slurm module (nor any other launcher, nor a
-    concrete shell): a backend is an adapter on it, and the next one needs none
-    of the others."""
+    """``launchers/batch/`` imports no Slurm module and ``launchers/pool/`` no
+    process, SSH or Docker one (nor any other launcher, nor a concrete shell): a
+    backend builds on its family, and the next one needs none of the others."""
     assert family in MODULES
     wrong = []
     for module, path in MODULES.items():

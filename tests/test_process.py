@@ -462,6 +462,19 @@ async def test_lazy_pool_starts_workers_on_demand() -> None:
         assert len(children()) == before + 1
 
 
+async def test_stats_tell_the_workers_and_what_they_were_sent() -> None:
+    async with ProcessExecutor(2, max_tasks_per_worker=50) as ex:
+        before = ex.launcher.stats()
+        assert len(before.workers) == 2 and before.tasks == 0 and before.depth == 0, before
+        assert all(not worker.tasks and worker.tasks_sent == 0 for worker in before.workers)
+        pids = set(await ex.wait([await ex.submit(pid) for _ in range(20)]))
+        after = ex.launcher.stats()
+        assert pids <= {worker.pid for worker in after.workers}, (pids, after)
+        assert sum(worker.tasks_sent for worker in after.workers) == 20, after
+        assert after.tasks == 0 and after.mean_run > 0, after
+        assert after.shared_memory == 0 and after.memory_files == 0, after  # no large argument
+
+
 async def test_bad_python_is_a_launch_error() -> None:
     with pytest.raises(LaunchError, match="cannot start a worker"):
         async with ProcessExecutor(1, python="/nonexistent/python3"):
@@ -619,7 +632,8 @@ def crash_after(path: str, seconds: float) -> None:
 async def _queue_short_tasks(ex: ProcessExecutor) -> None:
     """Run enough no-op tasks that the pool learns tasks are short and queues them."""
     await ex.wait([await ex.submit(identity, i) for i in range(300)])
-    assert ex._process_launcher._depth >= 8, ex._process_launcher._depth
+    stats = ex.launcher.stats()
+    assert stats.depth >= 8, stats
 
 
 async def _until_exists(*paths: Path) -> None:
@@ -629,7 +643,7 @@ async def _until_exists(*paths: Path) -> None:
 
 
 def _queued_at_workers(ex: ProcessExecutor) -> int:
-    return sum(len(worker.jobs) for worker in ex._process_launcher._workers)
+    return sum(len(worker.tasks) for worker in ex.launcher.stats().workers)
 
 
 async def _until_queued_at_workers(ex: ProcessExecutor, count: int) -> None:
@@ -873,39 +887,33 @@ def open_fds_but_shared_memory() -> int:
 async def test_large_arguments_travel_outside_frames_and_leave_no_fd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncexec.launchers import _pool
+    from asyncexec.launchers.pool import FD_PAYLOAD
 
-    data = os.urandom(_pool.FD_PAYLOAD + 12345)
+    data = os.urandom(FD_PAYLOAD + 12345)
     expected = checksum(data)
     # Shared memory for one such argument at a time: the others take memory files.
-    monkeypatch.setattr(_pool, "SHARED_MEMORY", len(data) + 4096)
-    files: list[int] = []
-    memory_file = _pool._memory_file
-
-    def counted(parts: list[bytes]) -> int:
-        files.append(len(parts))
-        return memory_file(parts)
-
-    monkeypatch.setattr(_pool, "_memory_file", counted)
+    monkeypatch.setattr(ProcessLauncher, "SHARED_MEMORY", len(data) + 4096)
     async with ProcessExecutor(1) as ex:
-        launcher = ex._process_launcher
+        launcher = ex.launcher
         assert launcher.fd_payloads and launcher.takes_buffers
         assert await ex.run(checksum, data) == expected  # the shared memory is made
         # Quick tasks, so that the worker is sent tasks ahead (its first task's import
         # made tasks look slow): then several large arguments are out at once.
         for _ in range(20):
             await ex.wait([await ex.submit(checksum, b"") for _ in range(100)])
-            if launcher._depth >= 8:
+            if launcher.stats().depth >= 8:
                 break
-        assert launcher._depth >= 8, launcher._mean_run
-        arena = launcher._shared
-        assert arena is not None and arena.in_use == 0
+        stats = launcher.stats()
+        assert stats.depth >= 8, stats
+        assert stats.shared_memory == len(data) + 4096 and stats.shared_memory_in_use == 0
+        files = stats.memory_files
         worker_fds = await ex.run(open_fds_but_shared_memory)
         driver_fds = open_fds()
         futures = [await ex.submit(checksum, data) for _ in range(20)]
         assert await ex.wait(futures) == [expected] * 20
+        files = launcher.stats().memory_files - files
         assert files, "no argument went to a memory file of its own"
-        assert len(files) < 20, "no argument went to shared memory"
+        assert files < 20, "no argument went to shared memory"
         # Queued behind a crash: the arguments go again, to the new worker.
         started = tmp_path / "started"
         doomed = await ex.submit(crash_after, str(started), 0.3)
@@ -919,7 +927,7 @@ async def test_large_arguments_travel_outside_frames_and_leave_no_fd(
         queued = [await ex.submit(checksum, data) for _ in range(5)]
         await ex.cancel(queued)
         await blocker
-        assert arena.in_use == 0
+        assert launcher.stats().shared_memory_in_use == 0
         assert await ex.run(open_fds_but_shared_memory) == worker_fds
         assert open_fds() == driver_fds
     assert open_fds() < driver_fds  # the shared memory is closed with the pool
@@ -944,21 +952,22 @@ async def test_a_task_cancelled_after_its_worker_died_never_runs(
     task that took its place in shared memory. Cancelled with the task that ran
     before it (together), or after.
     """
-    from asyncexec.launchers import _pool
+    from asyncexec.launchers.pool import FD_PAYLOAD, SHARED_PART_MAX
 
-    length = _pool.FD_PAYLOAD + 1 if size == "shared" else _pool.SHARED_PART_MAX + 1
+    length = FD_PAYLOAD + 1 if size == "shared" else SHARED_PART_MAX + 1
     async with ProcessExecutor(2, prefetch=2) as ex:
-        launcher = ex._process_launcher
+        launcher = ex.launcher
         for _ in range(20):  # until the pool has learnt that tasks are short: it queues them
             await ex.wait([await ex.submit(identity, i) for i in range(100)])
-            if launcher._depth == 2:
+            if launcher.stats().depth == 2:
                 break
-        assert launcher._depth == 2, launcher._mean_run
+        stats = launcher.stats()
+        assert stats.depth == 2, stats
         blockers = [await ex.submit(sleep, 30) for _ in range(2)]
         await anyio.sleep(0.2)
         doomed = await ex.submit(record, str(tmp_path / "doomed"), b"B" * length)
-        worker = launcher._jobs[doomed.task_id].worker
-        [ahead] = [b for b in blockers if launcher._jobs[b.task_id].worker is worker]
+        [worker] = [w for w in launcher.stats().workers if doomed.task_id in w.tasks]
+        [ahead] = [b for b in blockers if b.task_id in worker.tasks]
         if together:
             await ex.cancel([ahead, doomed])
         else:
@@ -973,8 +982,8 @@ async def test_a_task_cancelled_after_its_worker_died_never_runs(
         # (Sent again with its frame pointing into shared memory that the next task
         # took, it would run that task's call a second time.)
         assert (tmp_path / "after").read_text() == f"b'D' {length}\n"
-        assert launcher._shared is None or launcher._shared.in_use == 0
-        assert not launcher._jobs
+        stats = launcher.stats()
+        assert stats.shared_memory_in_use == 0 and stats.tasks == 0, stats
 
 
 async def test_large_bytes_arguments_are_not_copied_at_submit() -> None:
@@ -992,12 +1001,14 @@ async def test_large_bytes_arguments_are_not_copied_at_submit() -> None:
 
 
 async def test_an_argument_larger_than_the_shared_part_goes_in_a_memory_file() -> None:
-    from asyncexec.launchers import _pool
+    from asyncexec.launchers.pool import SHARED_PART_MAX
 
-    data = os.urandom(_pool.SHARED_PART_MAX + 1)
+    data = os.urandom(SHARED_PART_MAX + 1)
     async with ProcessExecutor(1) as ex:
         assert await ex.run(checksum, data) == checksum(data)
-        assert ex._process_launcher._shared is None  # not made for it
+        stats = ex.launcher.stats()
+        assert stats.shared_memory == 0, stats  # not made for it
+        assert stats.memory_files == (1 if ex.launcher.fd_payloads else 0), stats
 
 
 def test_prefetch_must_be_a_count() -> None:

@@ -121,12 +121,12 @@ async def test_channels_are_pooled_below_max_sessions(cluster: Cluster) -> None:
             nonlocal peak
             done = await shell.run(["sh", "-c", f"sleep 0.3; echo {i}"])
             assert (done.returncode, done.stdout) == (0, f"{i}\n".encode())
-            peak = max(peak, max(c.used for c in shell._connections))
+            peak = max((peak, *shell.stats().channels))
 
         async with anyio.create_task_group() as tg:
             for i in range(50):
                 tg.start_soon(one, i)
-        assert len(shell._connections) <= 3
+        assert shell.stats().connections <= 3
         assert peak <= 6
 
 
@@ -144,7 +144,7 @@ async def test_a_refused_channel_is_retried_and_the_cap_learned(cluster: Cluster
             for i in range(30):
                 tg.start_soon(one, i)
         assert sorted(results) == sorted(f"{i}\n".encode() for i in range(30))
-        assert shell._connections[0].limit <= 10
+        assert shell.stats().channel_limits[0] <= 10
 
 
 async def test_unknown_host_key_is_refused_with_advice(cluster: Cluster, tmp_path: Path) -> None:
@@ -232,7 +232,7 @@ async def test_slots_per_host(cluster: Cluster) -> None:
         await ex.wait([await ex.submit(time.sleep, 0.3) for _ in range(12)])
         pids = await ex.wait([await ex.submit(os.getpid) for _ in range(60)])
         assert len(set(pids)) == 6
-        assert [len(shell._connections) for shell in shells] == [1, 1]
+        assert [shell.stats().connections for shell in shells] == [1, 1]
 
 
 async def test_cpus_pin_the_hosts_worker_and_gpus_are_refused_at_submit(cluster: Cluster) -> None:

@@ -35,7 +35,7 @@ from .._exceptions import LaunchError
 from .._messages import Resources, Setup
 from .._options import TaskOptions, check_env
 from ..abc import Launcher
-from ._pool import PoolLauncher, PoolWorker
+from .pool import PoolLauncher, PoolWorker
 
 __all__ = ["ProcessExecutor", "ProcessLauncher"]
 
@@ -269,6 +269,11 @@ class ProcessExecutor(BaseExecutor):
             eager=eager,
             prefetch=prefetch,
         )
+
+    @property
+    def launcher(self) -> ProcessLauncher:
+        """The pool of worker processes this executor runs on (made with it, opened with it)."""
+        return self._process_launcher
 
     def _create_launcher(self) -> Launcher:
         return self._process_launcher

@@ -27,7 +27,7 @@ from .. import BaseExecutor
 from .._exceptions import BackendUnavailable, LaunchError
 from .._options import TaskOptions
 from ..abc import Launcher, Shell, SpawnedProcess
-from ._pool import PoolLauncher, PoolWorker
+from .pool import PoolLauncher, PoolWorker
 
 __all__ = ["SSHExecutor", "SSHLauncher"]
 
@@ -111,8 +111,8 @@ class SSHLauncher(PoolLauncher):
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"slots must be a positive integer, got {slots!r}")
         for shell in shells:
-            capacity = getattr(shell, "channel_capacity", None)
-            if isinstance(capacity, int) and slots >= capacity:
+            capacity = shell.channel_capacity
+            if capacity is not None and slots >= capacity:
                 # Each worker holds a channel; killing one needs another.
                 raise ValueError(
                     f"{slots} slots need more than the {capacity} channels {shell!r} may open: "
@@ -254,7 +254,7 @@ class SSHExecutor(BaseExecutor):
             startup_timeout=startup_timeout,
             prefetch=prefetch,
         )
-        super().__init__(self.ssh._n_workers, options=options, max_pending=max_pending)
+        super().__init__(len(self.ssh.shells) * slots, options=options, max_pending=max_pending)
 
     def _create_launcher(self) -> Launcher:
         return self.ssh

@@ -1,7 +1,7 @@
 """One container running the long-lived worker: a pool worker reached through ``docker attach``.
 
 Warm containers and one-shot containers alike are :class:`ContainerWorker` s
-of the pool family (:class:`~asyncexec.launchers._pool.PoolWorker`): the
+of the pool family (:class:`~asyncexec.launchers.pool.PoolWorker`): the
 worker speaks the pool's framed protocol over the container's attached stdin
 and stdout. Killing one is a forced removal by its launcher (once); its exit
 says whether the kernel killed it at its memory limit, a signal killed it, or
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..._exceptions import describe_exit
-from .._pool import PoolWorker
+from ..pool import PoolWorker
 from ._engine import CALL_TIMEOUT, AttachedInput, AttachedOutput, log
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import msgspec
 from ..._aio import require_asyncio
 from ..._exceptions import LaunchError
 from ..._messages import JobRef, Outcome, Resources, TaskSpec
-from .._pool import PoolJob, PoolLauncher, PoolWorker
+from ..pool import PoolJob, PoolLauncher, PoolWorker
 from ._container import ContainerWorker
 from ._engine import (
     AIOHTTP,

@@ -1,4 +1,9 @@
-"""Shared memory between a local pool and its workers, for large arguments.
+"""Where a local pool's large arguments travel: shared memory, or a memory file.
+
+A worker that can take file descriptors (a local socket pair on Linux, see
+``PoolLauncher.fd_payloads``) is sent arguments of :data:`FD_PAYLOAD` bytes or
+more outside their task's frame, with no trip through the socket's small
+buffers.
 
 A pool makes one memory file (Linux ``memfd_create``) the first time a task's
 arguments are large, maps it, and passes it once to each worker that needs it
@@ -9,7 +14,9 @@ task has ended, so a task sent again after its worker died finds it intact.
 
 Its pages are allocated once and used again (first fit keeps the regions low),
 where a memory file per task pays the kernel for fresh pages every time: that
-was most of the cost of a large argument.
+was most of the cost of a large argument. Arguments too large for it (or
+that find it full) go in a memory file of their own (:func:`memory_file`),
+passed with the frame.
 """
 
 from __future__ import annotations
@@ -19,10 +26,33 @@ import mmap
 import os
 from collections.abc import Sequence
 
-__all__ = ["SharedArena"]
+__all__ = ["FD_PAYLOAD", "SHARED_PART_MAX", "SharedArena", "memory_file"]
 
 #: Regions start at multiples of this (a cache line).
 _ALIGN = 64
+
+#: Arguments (and their buffers) of at least this many bytes go to a worker that
+#: can take file descriptors outside the frame, not through the socket (see
+#: ``PoolLauncher.fd_payloads``): in the pool's shared memory, or when that is
+#: full, in a memory file of their own.
+FD_PAYLOAD = 1 << 17
+#: Arguments larger than this go in a memory file of their own, never in shared
+#: memory (which would keep that many bytes allocated as long as the pool lives).
+SHARED_PART_MAX = 16 << 20
+
+
+def memory_file(parts: list[bytes]) -> int:
+    """An anonymous memory file holding ``parts`` (Linux ``memfd_create``): its fd."""
+    fd = os.memfd_create("asyncexec-args", os.MFD_CLOEXEC)
+    try:
+        for part in parts:
+            with memoryview(part) as view:
+                while view:
+                    view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class SharedArena:
