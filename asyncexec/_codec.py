@@ -21,8 +21,6 @@ from . import _runtime
 from ._exceptions import SerializationError
 from ._messages import ErrorInfo, Message, Versions
 from ._pickle_cache import ATOMS, LARGE, fast_dumps, pickle_function
-from ._pickle_cache import _by_reference as _by_reference  # (looked at by tests)
-from ._pickle_cache import _by_value as _by_value
 from ._runtime import type_name
 from ._version import __version__
 

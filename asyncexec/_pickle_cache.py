@@ -22,7 +22,7 @@ import operator
 import sys
 import types
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._exceptions import SerializationError
 from ._runtime import type_name
@@ -39,6 +39,7 @@ __all__ = [
     "made_from",
     "named",
     "pickle_function",
+    "remembered",
     "still_made_of",
 ]
 
@@ -81,6 +82,19 @@ def pickle_function(fn: object) -> bytes:
         path = tuple(getattr(fn, "__qualname__", "").split("."))
         _by_reference[id(fn)] = (fn, fast, module, path)
     return fast
+
+
+def remembered(fn: object) -> Literal["reference", "value"] | None:
+    """How :func:`pickle_function` remembers ``fn``'s pickle now: by ``"reference"``
+    (a plain function its name leads to), by ``"value"`` (with what the pickle was
+    made of), or None (not yet pickled, or pickled again at every call)."""
+    by_reference = _by_reference.get(id(fn))
+    if by_reference is not None and by_reference[0] is fn:
+        return "reference"
+    by_value = _by_value.get(id(fn))
+    if by_value is not None and by_value[0] is fn:
+        return "value"
+    return None
 
 
 #: Plain functions pickled by reference, by id (the function kept, so the id stays its).

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from asyncexec import ProcessExecutor, ThreadExecutor, _codec
+from asyncexec import ProcessExecutor, ThreadExecutor
 from asyncexec._codec import dumps_call, loads
+from asyncexec._pickle_cache import remembered
 from asyncexec.launchers.pool import SharedArena
 
 BIG = 100_000  # above the size at which an argument counts as large
@@ -197,7 +198,7 @@ def test_what_can_change_in_place_is_pickled_with_each_call() -> None:
     )
     for name in ("listed", "boxed"):
         dumps_call(namespace[name], (), {})
-        assert id(namespace[name]) not in _codec._by_value
+        assert remembered(namespace[name]) != "value"
     namespace["SEEN"].append(1)
     namespace["Box"].value = 2
     assert call(namespace["listed"]) == [1]
@@ -214,7 +215,7 @@ def test_closures_and_recursion_by_value() -> None:
         nonlocal count
         count += 1
 
-    assert call(counted) == 0 and id(counted) in _codec._by_value
+    assert call(counted) == 0 and remembered(counted) == "value"
     bump()
     assert call(counted) == 1
     namespace = script(
@@ -270,7 +271,7 @@ def test_objects_that_travel_with_a_function_by_value_are_followed() -> None:
     keywords, annotated = namespace["keywords"], namespace["annotated"]
     for fn in (keywords, annotated):
         dumps_call(fn, (), {})
-        assert id(fn) in _codec._by_value
+        assert remembered(fn) == "value"
     assert keywords.__kwdefaults__ is not None
     keywords.__kwdefaults__["a"], keywords.__kwdefaults__["b"] = 1, 0
     assert call(keywords) == (1, 0)
@@ -311,7 +312,7 @@ def test_objects_that_travel_with_a_function_by_value_are_followed() -> None:
 def test_large_pickles_are_not_remembered() -> None:
     namespace = script("def big(data=bytes(100_000)):\n    return len(data)")
     assert call(namespace["big"]) == 100_000
-    assert id(namespace["big"]) not in _codec._by_value
+    assert remembered(namespace["big"]) != "value"
 
 
 # -- a function's name rebound: the caches never change what runs --------------------

@@ -1028,7 +1028,7 @@ async def test_pickles_remembered_are_those_without_state() -> None:
     """A module's function is pickled once; a bound method or a partial every time."""
     import functools
 
-    from asyncexec import _codec
+    from asyncexec._pickle_cache import remembered
 
     counter = Counter()
     items: list[int] = []
@@ -1041,8 +1041,8 @@ async def test_pickles_remembered_are_those_without_state() -> None:
             assert await ex.run(identity, expected) == expected
             counter.count += 1
             items.append(expected)
-    assert _codec._by_reference[id(identity)][0] is identity
-    assert id(method) not in _codec._by_reference and id(partial) not in _codec._by_reference
+    assert remembered(identity) == "reference"
+    assert remembered(method) != "reference" and remembered(partial) != "reference"
 
 
 SCRIPT = """
@@ -1097,12 +1097,13 @@ def test_modules_registered_by_value_are_pickled_by_cloudpickle(
     import cloudpickle
 
     from asyncexec import _codec
+    from asyncexec._pickle_cache import remembered
 
     (tmp_path / "by_value_here.py").write_text("def shout(x):\n    return str(x).upper()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("by_value_here")
     by_reference, _, _ = _codec.dumps_call(module.shout, ("a",), {})
-    assert b"cloudpickle" not in by_reference and id(module.shout) in _codec._by_reference
+    assert b"cloudpickle" not in by_reference and remembered(module.shout) == "reference"
     cloudpickle.register_pickle_by_value(module)
     try:
         by_value, _, _ = _codec.dumps_call(module.shout, ("a",), {})
