@@ -160,11 +160,6 @@ class Dispatcher:
         self._tg = tg
         self._loop = loop
 
-    @property
-    def needs_room(self) -> bool:
-        """Whether a call must :meth:`wait_for_room` before :meth:`accept` (``max_pending``)."""
-        return self._pending_slots is not None
-
     def stats(self) -> ExecutorStats:
         """How many tasks are where, now."""
         return ExecutorStats(

@@ -68,7 +68,10 @@ class _TaskMethods:
 
         Cancellation: while waiting for room (``max_pending``), nothing is submitted.
         """
-        return await self._executor._submit(fn, args, kwargs, self.options)
+        executor, options = self._executor, self.options
+        if executor.max_pending is None:  # nothing to wait for: no coroutine more per task
+            return executor._submit_now(fn, args, kwargs, options)
+        return await executor._submit(fn, args, kwargs, options)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Submit ``fn(*args, **kwargs)`` and return its value.
@@ -333,6 +336,8 @@ class BaseExecutor(_TaskMethods):
             raise ValueError(f"task {task_id} is already followed by this executor")
         return self._dispatch.attach(ref, task_id, name, self.options)
 
+    # -- the seam of submit, run and map (for this executor and its configured views)
+
     async def _submit(
         self,
         fn: Callable[..., T],
@@ -340,23 +345,29 @@ class BaseExecutor(_TaskMethods):
         kwargs: dict[str, Any],
         options: TaskOptions,
     ) -> Future[T]:
-        """Take ``fn(*args, **kwargs)`` as a task with ``options``: the seam of
-        ``submit``, ``run`` and ``map``, for this executor and its configured views.
-
-        Raises as :meth:`submit` does.
+        """Take ``fn(*args, **kwargs)`` as a task with ``options``; raise as :meth:`submit`.
 
         Cancellation: while waiting for room (``max_pending``), nothing is submitted.
         """
+        if self.max_pending is None:
+            return self._submit_now(fn, args, kwargs, options)
         call = self._prepare(fn, args, kwargs, options)
         dispatch = self._dispatch
-        holds_slot = False
-        if dispatch.needs_room:
-            await dispatch.wait_for_room()
-            holds_slot = True
-            if self._state != "open":
-                dispatch.give_room_back()
-                self._check_open()
-        return dispatch.accept(call, options, holds_slot)
+        await dispatch.wait_for_room()
+        if self._state != "open":
+            dispatch.give_room_back()
+            self._check_open()
+        return dispatch.accept(call, options, holds_slot=True)
+
+    def _submit_now(
+        self,
+        fn: Callable[..., T],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
+    ) -> Future[T]:
+        """:meth:`_submit` without ``max_pending``: there is no room to wait for."""
+        return self._dispatch.accept(self._prepare(fn, args, kwargs, options), options, False)
 
     def _prepare(
         self,
