@@ -5,7 +5,7 @@ most ``limit`` of them (``n_workers * (1 + launcher.prefetch)``) are in the
 launcher's hands at once, handed over in order. Each attempt of a task goes
 through the same steps, whoever drives them:
 
-1. :meth:`Dispatcher._launch`: the task leaves the queue for the launcher;
+1. :meth:`Dispatcher._pump`: the task leaves the queue for the launcher;
 2. :meth:`Dispatcher._started`: the launcher accepted it (``future.accepted()``
    returns its JobRef);
 3. :meth:`Dispatcher._ended`: its outcome (or error) settles the future, or
@@ -256,7 +256,7 @@ class Dispatcher:
         self._pump()
 
     def _pump(self) -> None:
-        """Hand queued tasks to the launcher while it has room, in order."""
+        """Hand queued tasks to the launcher while it has room, in order (step 1)."""
         queue = self._queue
         while queue and self._active < self._limit and self._blocked is None:
             task = queue.popleft()
@@ -265,18 +265,16 @@ class Dispatcher:
             task.queued = False
             self._release_slot(task)
             self._active += 1
-            self._launch(task)
-
-    def _launch(self, task: _Task) -> None:
-        """Step 1: hand the task over, at once if the launcher can take it, else by a coroutine."""
-        if self._try_start and self._needs_no_coroutine(task):
-            if self._start_now(task):
-                return
-            # The launcher has no room now: this task's coroutine waits for it in
-            # start(), and the ones behind wait for that (first in, first out).
-            self._blocked = task
-        assert self._tg is not None
-        self._tg.start_soon(self._attempt, task)
+            # Step 1: hand the task over, at once if the launcher can take it (no
+            # coroutine), else by a coroutine of its own.
+            if self._try_start and self._needs_no_coroutine(task):
+                if self._start_now(task):
+                    continue
+                # The launcher has no room now: this task's coroutine waits for it in
+                # start(), and the ones behind wait for that (first in, first out).
+                self._blocked = task
+            assert self._tg is not None
+            self._tg.start_soon(self._attempt, task)
 
     def _unblock(self, task: _Task) -> None:
         if self._blocked is task:
@@ -331,13 +329,18 @@ class Dispatcher:
         info.worker = info.host = None
         info.stdout = info.stderr = ""
 
-    def _started(self, task: _Task, ref: JobRef) -> None:
-        """Step 2: the launcher accepted the attempt as ``ref``."""
+    def _started(self, task: _Task, ref: JobRef, runs: bool) -> None:
+        """Step 2: the launcher accepted the attempt as ``ref``; it ``runs`` at once or
+        waits there (see :meth:`_on_running`)."""
         future = task.future
         info = future._info
         info.job_ref = ref
         info.job_refs.append(ref)
-        future._set_accepted()
+        if runs:
+            info.started = time.time()
+            future._set_running()  # (which wakes accepted() too)
+        else:
+            future._set_accepted()
 
     def _on_running(self, task: _Task, attempt: int) -> None:
         """The launcher says the task runs (not while it waits in a queue). Never raises."""
@@ -356,7 +359,9 @@ class Dispatcher:
     ) -> None:
         """Step 3: the attempt is over: settle the task from its outcome, or retry it.
 
-        The caller then gives the attempt's place on (:meth:`_leave`).
+        The caller then gives the attempt's place in the launcher on
+        (:meth:`_leave`; :meth:`_release` where the attempt had no coroutine,
+        so never held the queue up).
         """
         if cancelled:
             self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
@@ -397,7 +402,7 @@ class Dispatcher:
                 except Exception as exc:
                     error = _launch_error(launcher, "start", exc)
                 else:
-                    self._started(task, ref)
+                    self._started(task, ref, runs=False)
                     # RUNNING once the task runs: a batch system's queue comes first.
                     running = functools.partial(self._on_running, task, task.attempt)
                     launcher.on_running(ref, running)
@@ -448,8 +453,7 @@ class Dispatcher:
             return False
         self._begin_attempt(task)
         task.ref = ref
-        self._started(task, ref)
-        self._on_running(task, task.attempt)  # a task try_start takes runs at once
+        self._started(task, ref, runs=True)  # a task try_start takes runs at once
         return True
 
     def _on_outcome(self, task: _Task, outcome: Outcome) -> None:

@@ -49,11 +49,8 @@ class _TaskMethods:
     """
 
     options: TaskOptions
-
-    @property
-    def _executor(self) -> BaseExecutor:
-        """The executor that runs the tasks."""
-        raise NotImplementedError
+    #: The executor that runs the tasks (an attribute, not a property: read per task).
+    _executor: BaseExecutor
 
     async def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Submit ``fn(*args, **kwargs)``; return its future once the task is accepted.
@@ -200,10 +197,7 @@ class BaseExecutor(_TaskMethods):
         self._takes_buffers = False  # the launcher moves out-of-band buffers (set on entry)
         self._stack: contextlib.AsyncExitStack | None = None
         self._resources_checked: TaskOptions | None = None  # the launcher honours its resources
-
-    @property
-    def _executor(self) -> BaseExecutor:
-        return self
+        self._executor = self
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} n_workers={self.n_workers} {self._state}>"
@@ -523,15 +517,11 @@ class ConfiguredExecutor(_TaskMethods):
     """
 
     def __init__(self, executor: BaseExecutor, options: TaskOptions) -> None:
-        self.executor = executor
+        self.executor = self._executor = executor
         self.options = options
 
     def __repr__(self) -> str:
         return f"<ConfiguredExecutor of {self.executor!r}>"
-
-    @property
-    def _executor(self) -> BaseExecutor:
-        return self.executor
 
     def with_options(self, **changes: Any) -> ConfiguredExecutor:
         """A view of the same executor whose tasks use these options, changed."""
