@@ -138,6 +138,8 @@ class Dispatcher:
         self._prefix = uuid.uuid4().hex[:8]
         self._accepted = 0
         self._pending_slots: anyio.Semaphore | None = None
+        #: Whether calls wait for room (``max_pending``, once open) before :meth:`accept`.
+        self.bounded = False
         self._queue: deque[_Task] = deque()  # waiting for the launcher (cancelled ones skipped)
         self._active = 0  # tasks in the launcher's hands (or being handed over)
         self._limit = 0  # ... at most: set by open()
@@ -157,6 +159,7 @@ class Dispatcher:
         self._enforces_time_limit = capabilities.enforces_time_limit
         if self._max_pending is not None:
             self._pending_slots = anyio.Semaphore(self._max_pending)
+            self.bounded = True
         self._tg = tg
         self._loop = loop
 

@@ -9,7 +9,8 @@ here (``async_get``, ``wait``, ``as_completed``, ``map``).
 ``submit``, ``run`` and ``map`` are written once (:class:`_TaskMethods`), for an
 executor with its own options and for a view of it with others
 (:class:`ConfiguredExecutor`, made by ``with_options``): what they need from the
-executor is one seam, :meth:`BaseExecutor._submit`.
+executor is one seam, :meth:`BaseExecutor._submit` (and its half that never
+waits, ``_submit_now``, which spares ``submit`` a coroutine per task).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class _TaskMethods:
 
     Written once for :class:`BaseExecutor` (its own ``options``) and
     :class:`ConfiguredExecutor` (other ones); the executor's part is its
-    seam :meth:`BaseExecutor._submit`.
+    seam, :meth:`BaseExecutor._submit` and ``_submit_now``.
     """
 
     options: TaskOptions
@@ -66,9 +67,10 @@ class _TaskMethods:
         Cancellation: while waiting for room (``max_pending``), nothing is submitted.
         """
         executor, options = self._executor, self.options
-        if executor.max_pending is None:  # nothing to wait for: no coroutine more per task
-            return executor._submit_now(fn, args, kwargs, options)
-        return await executor._submit(fn, args, kwargs, options)
+        future = executor._submit_now(fn, args, kwargs, options)  # no coroutine more per task
+        if future is None:
+            future = await executor._submit(fn, args, kwargs, options)
+        return future
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Submit ``fn(*args, **kwargs)`` and return its value.
@@ -343,15 +345,16 @@ class BaseExecutor(_TaskMethods):
 
         Cancellation: while waiting for room (``max_pending``), nothing is submitted.
         """
-        if self.max_pending is None:
-            return self._submit_now(fn, args, kwargs, options)
         call = self._prepare(fn, args, kwargs, options)
         dispatch = self._dispatch
-        await dispatch.wait_for_room()
-        if self._state != "open":
-            dispatch.give_room_back()
-            self._check_open()
-        return dispatch.accept(call, options, holds_slot=True)
+        holds_slot = False
+        if dispatch.bounded:
+            await dispatch.wait_for_room()
+            holds_slot = True
+            if self._state != "open":
+                dispatch.give_room_back()
+                self._check_open()
+        return dispatch.accept(call, options, holds_slot)
 
     def _submit_now(
         self,
@@ -359,9 +362,13 @@ class BaseExecutor(_TaskMethods):
         args: Sequence[Any],
         kwargs: dict[str, Any],
         options: TaskOptions,
-    ) -> Future[T]:
-        """:meth:`_submit` without ``max_pending``: there is no room to wait for."""
-        return self._dispatch.accept(self._prepare(fn, args, kwargs, options), options, False)
+    ) -> Future[T] | None:
+        """:meth:`_submit` where there is no room to wait for (no ``max_pending``);
+        else None, having done nothing: then ``await`` :meth:`_submit`."""
+        dispatch = self._dispatch
+        if dispatch.bounded:
+            return None
+        return dispatch.accept(self._prepare(fn, args, kwargs, options), options, False)
 
     def _prepare(
         self,
