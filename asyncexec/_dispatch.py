@@ -456,7 +456,7 @@ class Dispatcher:
             return False
         self._begin_attempt(task)
         task.ref = ref
-        self._started(task, ref, runs=True)  # a task try_start takes runs at once
+        self._started(task, ref, True)  # a task try_start takes runs at once
         return True
 
     def _on_outcome(self, task: _Task, outcome: Outcome) -> None:
@@ -465,7 +465,7 @@ class Dispatcher:
             return  # the coroutine that cancels it settles it, once the work is gone
         task.ref = None
         try:
-            self._ended(task, outcome, None)
+            self._conclude(task, outcome, None)  # step 3 (never cancelled: see above)
         except Exception as exc:  # a bug: fail the task, not the launcher that called
             log.exception("could not settle task %s", task.future.task_id)
             if not task.future.ready():
