@@ -28,6 +28,7 @@ _PUBLIC: dict[str, str] = {
     "WorkerLost": "._exceptions",
     "BaseExecutor": "._executor",
     "ConfiguredExecutor": "._executor",
+    "ExecutorStats": "._executor",
     "AsyncException": "._future",
     "AsyncResult": "._future",
     "Future": "._future",
@@ -72,6 +73,7 @@ if _typing.TYPE_CHECKING:
     from ._exceptions import WorkerLost as WorkerLost
     from ._executor import BaseExecutor as BaseExecutor
     from ._executor import ConfiguredExecutor as ConfiguredExecutor
+    from ._executor import ExecutorStats as ExecutorStats
     from ._future import AsyncException as AsyncException
     from ._future import AsyncResult as AsyncResult
     from ._future import Future as Future

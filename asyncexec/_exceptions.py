@@ -25,7 +25,8 @@ cannot be pickled), ``LaunchError`` (a request the backend cannot honour) and
 ``await fut`` catches every way it can fail, whatever the backend.
 
 Library errors are translated where a backend meets the executor
-(``raise LaunchError(...) from exc``). The host's own cancellation exception
+(``raise LaunchError(...) from exc``), and a task's :class:`Outcome` that is
+not a value here (:func:`outcome_error`). The host's own cancellation exception
 is never swallowed or wrapped.
 """
 
@@ -33,6 +34,8 @@ from __future__ import annotations
 
 import signal
 from typing import Any
+
+from ._messages import Outcome
 
 __all__ = [
     "AsyncExecError",
@@ -293,3 +296,31 @@ def _combined_class(cls: type[BaseException]) -> type[RemoteError] | None:
             combined = None
     _combined_classes[cls] = combined
     return combined
+
+
+def outcome_error(outcome: Outcome, original: BaseException | None = None) -> TaskFailed:
+    """The error ``await future`` raises for a task whose outcome is not a value.
+
+    Args:
+        outcome: the task's outcome, of any ``status`` but ``"ok"``.
+        original: the user's exception, unpickled from ``outcome.error.pickled``
+            (when it could be): the :class:`RemoteError` is also an instance of
+            its class.
+    """
+    detail = outcome.error
+    status = outcome.status
+    if status == "raised" and detail is not None:
+        return RemoteError.build(detail.type_name, detail.message, detail.traceback, original)
+    if status == "unpicklable":
+        message = detail.message if detail else "serialization failed"
+        return TaskSerializationError(message)
+    if status == "timeout":
+        return TaskTimeout(f"task {outcome.task_id} was stopped at its time limit")
+    if status == "cancelled":
+        return TaskCancelled(f"task {outcome.task_id} was cancelled where it ran")
+    if status == "refused":
+        return TaskLaunchError(detail.message if detail else "the worker refused the task")
+    message = detail.message if detail else "the worker died without reporting an outcome"
+    return WorkerLost(
+        f"task {outcome.task_id}: {message}", exit_code=outcome.exit_code, state=outcome.state
+    )

@@ -1,4 +1,5 @@
-"""Future, its state, and the AsyncResult / AsyncException pair."""
+"""Future, its state, the AsyncResult / AsyncException pair, and Completion (futures as
+they finish)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import enum
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Generator
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncException",
     "AsyncResult",
+    "Completion",
     "Future",
     "FutureState",
     "InvalidStateError",
@@ -383,3 +386,41 @@ class AsyncException(Generic[T]):
 
     def __repr__(self) -> str:
         return f"AsyncException({self.future.task_id}, {self.exception!r})"
+
+
+class Completion:
+    """Collects futures as they finish, for async_get, as_completed and map."""
+
+    def __init__(self, futures: Iterable[Future[Any]] = ()) -> None:
+        self._done: deque[Future[Any]] = deque()
+        self._watched: set[Future[Any]] = set()  # only the unfinished: map() may run long
+        self._event = anyio.Event()
+        for future in futures:
+            self.add(future)
+
+    def add(self, future: Future[Any]) -> None:
+        if not future.ready():
+            self._watched.add(future)
+        future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: Future[Any]) -> None:
+        self._watched.discard(future)
+        self._done.append(future)
+        self._event.set()
+
+    async def next(self) -> Future[Any]:
+        """The next future to finish (in the order they finished).
+
+        Cancellation: stops the waiting only; a future that finished meanwhile
+        is kept for the next call.
+        """
+        while not self._done:
+            if self._event.is_set():
+                self._event = anyio.Event()
+            await self._event.wait()
+        return self._done.popleft()
+
+    def close(self) -> None:
+        for future in self._watched:
+            future.remove_done_callback(self._on_done)
+        self._watched.clear()

@@ -25,18 +25,22 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from ._exceptions import (
+from . import (
+    AsyncException,
+    BaseExecutor,
+    FutureState,
+    JobRef,
     LaunchError,
+    Outcome,
     RemoteError,
+    Resources,
     SerializationError,
     TaskCancelled,
     TaskFailed,
+    TaskSpec,
     TaskTimeout,
     WorkerLost,
 )
-from ._executor import BaseExecutor
-from ._future import AsyncException, FutureState
-from ._messages import JobRef, Outcome, Resources, TaskSpec
 from ._worker import execute
 from .abc import Capabilities, Launcher
 

@@ -12,8 +12,7 @@ Inheritance: the docstring read is ``inspect.getdoc``'s, so an override
 *without* a docstring inherits its base's (an implementation of a seam
 behaves as the seam says); an override *with* its own docstring must say
 ``Cancellation:`` itself, unless it starts with ``As :meth:`Class.method```
-(a delegate, such as ``ConfiguredExecutor.submit``): then the named method's
-paragraph applies.
+(a delegate to that method): then the named method's paragraph applies.
 """
 
 from __future__ import annotations
@@ -42,8 +41,6 @@ PUBLIC_MODULES = (
     "asyncexec.worker",
 )
 DUNDERS = ("__aenter__", "__aexit__")
-#: Dead SFTP methods that issue 18's seams branch removes: left alone here so that
-#: the two branches merge cleanly (drop this set once both are in).
 PARAGRAPH = re.compile(r"(^|\n\s*\n|\.\s+)Cancellation:", re.MULTILINE)
 DELEGATE = re.compile(r"As :meth:`~?([\w.]+)`")
 
@@ -59,7 +56,7 @@ def ours(obj: Any) -> bool:
 def public_coroutines() -> Iterator[tuple[str, Any]]:
     """(qualified name, function) for every public coroutine, each once.
 
-    A method is named after the class that defines it: ``BaseExecutor.submit``
+    A method is named after the class that defines it: ``BaseExecutor.cancel``
     once, not again for every executor that inherits it.
     """
     seen: set[int] = set()
@@ -91,6 +88,7 @@ def test_the_walk_finds_the_seams() -> None:
         "Future.get",
         "BaseExecutor.__aexit__",
         "BaseExecutor.as_completed",
+        "_TaskMethods.submit",  # BaseExecutor's and ConfiguredExecutor's
         "prune_containers",
         "BatchLauncher.find_refs",
         "Experiment.run",

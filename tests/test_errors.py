@@ -165,3 +165,36 @@ def test_a_failure_keeps_the_class_of_a_launchers_own_error() -> None:
     assert type(as_task_failure(QuotaExceeded(4))) is type(failure)  # made once
     again = pickle.loads(pickle.dumps(failure))
     assert isinstance(again, QuotaExceeded) and isinstance(again, TaskFailed)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("raised", RemoteError),
+        ("unpicklable", TaskSerializationError),
+        ("timeout", TaskTimeout),
+        ("cancelled", TaskCancelled),
+        ("refused", TaskLaunchError),
+        ("lost", WorkerLost),
+    ],
+)
+def test_each_outcome_that_is_not_a_value_raises_its_task_failed(
+    status: str, expected: type[TaskFailed]
+) -> None:
+    from asyncexec import Outcome
+    from asyncexec._exceptions import outcome_error
+    from asyncexec._messages import ErrorInfo
+
+    detail = ErrorInfo(type_name="KeyError", message="'k'", traceback="Traceback: here")
+    outcome = Outcome(task_id="t-1", status=status, error=detail, exit_code=3)  # type: ignore[arg-type]
+    error = outcome_error(outcome, KeyError("k") if status == "raised" else None)
+    assert type(error) is expected or (status == "raised" and isinstance(error, KeyError))
+    assert isinstance(error, TaskFailed)
+    if status == "raised":
+        assert isinstance(error, RemoteError) and error.remote_traceback == "Traceback: here"
+    if status == "lost":
+        assert isinstance(error, WorkerLost) and error.exit_code == 3
+    bare = outcome_error(Outcome(task_id="t-1", status=status))  # type: ignore[arg-type]
+    assert isinstance(bare, TaskFailed)
+    if status != "raised":  # (a "raised" outcome without its description is a lost one)
+        assert type(bare) is expected

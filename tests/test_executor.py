@@ -687,6 +687,34 @@ async def test_max_pending_applies_backpressure(tmp_path: Path) -> None:
         assert await ex.run(square, 5) == 25
 
 
+async def test_stats_count_the_tasks_where_they_are(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    executor = ThreadExecutor(1)
+    assert executor.stats() == asyncexec.ExecutorStats()  # not open: nothing, no room
+    async with executor as ex:
+        limit = ex.stats().limit
+        assert limit >= 1
+        futures = [await ex.submit(wait_for_file, str(gate)) for _ in range(limit + 2)]
+        stats = ex.stats()
+        assert (stats.accepted, stats.live, stats.active, stats.queued) == (
+            limit + 2,
+            limit + 2,
+            limit,
+            2,
+        )
+        await futures[-1].cancel()  # a queued one
+        stats = ex.stats()
+        assert (stats.accepted, stats.live, stats.active, stats.queued) == (
+            limit + 2,
+            limit + 1,
+            limit,
+            1,
+        )
+        gate.touch()
+        await ex.wait(futures[:-1])
+        assert ex.stats() == asyncexec.ExecutorStats(accepted=limit + 2, limit=limit)
+
+
 async def test_run_cancelled_by_the_caller_cancels_the_task(tmp_path: Path) -> None:
     async with ThreadExecutor(1) as ex:
         with anyio.move_on_after(0.2):
@@ -787,7 +815,8 @@ async def test_resources_are_checked_once_per_options_object_and_refusals_every_
             async for _ in refused.map(square, [1, 2]):
                 pass
         assert launcher.checks == 6
-        assert not ex._tasks  # nothing refused was accepted
+        stats = ex.stats()
+        assert stats.accepted == 41 and stats.live == 0  # nothing refused was accepted
 
 
 # -- regressions ------------------------------------------------------------------

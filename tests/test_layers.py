@@ -4,8 +4,9 @@
   launcher, sweep, experiment or CLI.
 * Launchers (``asyncexec/launchers/``) use the runtime below them (codec,
   messages, worker, options...) but not the executor's internals: no
-  ``asyncexec._executor`` nor ``asyncexec._future`` (``BaseExecutor``, which
-  their executors extend, comes from ``asyncexec``), and nothing above them.
+  ``asyncexec._executor``, ``asyncexec._dispatch`` nor ``asyncexec._future``
+  (``BaseExecutor``, which their executors extend, comes from ``asyncexec``),
+  and nothing above them.
 * Sweeps, experiments and the CLI use the public API like any user: public
   modules and public names only (besides their own package's modules), and no
   ``obj._private`` attribute of something another module defines.
@@ -31,7 +32,7 @@ USERS = ("asyncexec.sweep", "asyncexec.experiment", "asyncexec.cli")
 #: What sits above the launchers (besides the CLI's entry points).
 ABOVE_LAUNCHERS = (*USERS, "asyncexec.testing")
 #: The executor's internals, which launchers do not import.
-EXECUTOR_INTERNALS = ("asyncexec._executor", "asyncexec._future")
+EXECUTOR_INTERNALS = ("asyncexec._executor", "asyncexec._dispatch", "asyncexec._future")
 #: Private modules the user-level layer may import, and why.
 SHARED_PRIVATE = {
     # SQLite connection and transaction helpers shared by the sweeper's and the

@@ -852,7 +852,7 @@ async def test_a_task_cancelled_as_it_finishes_settles_once(tmp_path: Path) -> N
             await ex.cancel(future)
             assert future.state in (FutureState.DONE, FutureState.CANCELLED)
         # The pool is whole: every slot was given back, one worker is still there.
-        assert ex._active == 0
+        assert ex.stats().active == 0
         assert await ex.run(identity, "still fine") == "still fine"
 
 
