@@ -41,7 +41,6 @@ from . import (
     TaskTimeout,
     WorkerLost,
 )
-from ._worker import execute
 from .abc import Capabilities, Launcher
 
 __all__ = [
@@ -78,9 +77,9 @@ class InlineLauncher(Launcher):
         spec = self._specs.pop(ref.native_id, None)
         if spec is None:
             raise LaunchError(f"unknown or cancelled task {ref.native_id}")
-        from .launchers.thread import _thread_capture
+        from .launchers.thread import run_in_this_thread
 
-        return execute(spec, capture=_thread_capture)
+        return run_in_this_thread(spec)
 
     async def cancel(self, ref: JobRef) -> None:
         """Forget the task: it never runs (a running one cannot be stopped).

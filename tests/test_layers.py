@@ -7,9 +7,10 @@
   ``asyncexec._executor``, ``asyncexec._dispatch`` nor ``asyncexec._future``
   (``BaseExecutor``, which their executors extend, comes from ``asyncexec``),
   and nothing above them.
-* Sweeps, experiments and the CLI use the public API like any user: public
-  modules and public names only (besides their own package's modules), and no
-  ``obj._private`` attribute of something another module defines.
+* Sweeps, experiments, the CLI and ``asyncexec.testing`` use the public API
+  like any user: public modules and public names only (besides their own
+  package's modules), and no ``obj._private`` attribute of something another
+  module defines (``testing`` is checked for imports).
 
 No module is imported: the files are parsed with ``ast``.
 """
@@ -157,7 +158,7 @@ def test_a_family_knows_no_backend_built_on_it(family: str) -> None:
     assert not wrong, "\n".join(sorted(set(wrong)))
 
 
-@pytest.mark.parametrize("layer", USERS)
+@pytest.mark.parametrize("layer", [*USERS, "asyncexec.testing"])
 def test_sweeps_experiments_and_the_cli_import_only_public_names(layer: str) -> None:
     wrong = []
     for module, path in MODULES.items():

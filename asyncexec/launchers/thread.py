@@ -33,7 +33,7 @@ from .._worker import execute
 from ..abc import Launcher
 from ._base import BaseLauncher, Job
 
-__all__ = ["ThreadExecutor", "ThreadLauncher"]
+__all__ = ["ThreadExecutor", "ThreadLauncher", "run_in_this_thread"]
 
 
 class _ThreadStopped(BaseException):
@@ -139,7 +139,7 @@ def _call(job: _Job) -> Outcome:
         job.thread_id = threading.get_ident()
         job.running = True
     try:
-        return execute(job.spec, capture=_thread_capture)
+        return run_in_this_thread(job.spec)
     finally:
         with job.lock:
             job.running = False
@@ -245,6 +245,17 @@ def _router(name: str) -> _Router:
 def _restore(name: str, router: _Router) -> None:
     if getattr(sys, name) is router and not router.sinks:
         setattr(sys, name, router.original)
+
+
+def run_in_this_thread(spec: TaskSpec) -> Outcome:
+    """Run ``spec`` in the calling thread and answer its outcome, as a
+    :class:`ThreadLauncher`'s threads do: what the task prints is captured for
+    it alone (other threads print as before), then restored.
+
+    Blocks the thread until the task ends: nothing stops it (in the event
+    loop's thread, nothing else runs meanwhile: the task is the loop's).
+    """
+    return execute(spec, capture=_thread_capture)
 
 
 @contextlib.contextmanager
