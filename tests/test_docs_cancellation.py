@@ -31,6 +31,7 @@ PUBLIC_MODULES = (
     "asyncexec.launchers",
     "asyncexec.launchers.batch",
     "asyncexec.launchers.docker",
+    "asyncexec.launchers.pool",
     "asyncexec.launchers.process",
     "asyncexec.launchers.slurm",
     "asyncexec.launchers.ssh",
@@ -91,6 +92,8 @@ def test_the_walk_finds_the_seams() -> None:
         "_TaskMethods.submit",  # BaseExecutor's and ConfiguredExecutor's
         "prune_containers",
         "BatchLauncher.find_refs",
+        "BatchAdapter.submit",  # the batch family's seam
+        "FrameReader.read",  # the pool family's channel
         "Experiment.run",
         "ParamSweeper.aget_next",
         "check_launcher",

@@ -153,6 +153,16 @@ async def test_unknown_host_key_is_refused_with_advice(cluster: Cluster, tmp_pat
     shell = cluster.shell(connect_options={"known_hosts": str(empty)})
     with pytest.raises(BackendUnavailable, match=r"host key.*ssh-keyscan"):
         await shell.run(["true"])
+    # verify_host_key=False, and only that, skips the check: no known_hosts needed.
+    skipping = SSHShell(
+        cluster.host,
+        port=cluster.port,
+        username=cluster.user,
+        verify_host_key=False,
+        connect_options={"client_keys": [cluster.client_key]},
+    )
+    async with skipping:
+        assert (await skipping.run(["true"])).returncode == 0
 
 
 async def test_changed_host_key_is_refused(cluster: Cluster, tmp_path: Path) -> None:
@@ -191,7 +201,6 @@ def test_skipping_host_key_checks_is_explicit_and_secrets_stay_hidden() -> None:
         SSHShell("h", connect_options={"known_hosts": None})
     shell = SSHShell("h", username="u", connect_options={"passphrase": "hunter2"})
     assert "hunter2" not in repr(shell) and repr(shell) == "SSHShell('u@h:22')"
-    assert SSHShell("h", verify_host_key=False)._options["known_hosts"] is None
     with pytest.raises(ValueError, match="channels_per_connection"):
         SSHShell("h", channels_per_connection=0)
 

@@ -37,6 +37,10 @@ class Job:
         return self.outcome is not None
 
     async def wait_finished(self) -> None:
+        """Wait until the job has its outcome (:meth:`settle`).
+
+        Cancellation: only the waiting stops; the job and its outcome are untouched.
+        """
         if self.outcome is None:
             if self._done is None:
                 self._done = anyio.Event()
