@@ -9,8 +9,9 @@ here (``async_get``, ``wait``, ``as_completed``, ``map``).
 ``submit``, ``run`` and ``map`` are written once (:class:`_TaskMethods`), for an
 executor with its own options and for a view of it with others
 (:class:`ConfiguredExecutor`, made by ``with_options``): what they need from the
-executor is one seam, :meth:`BaseExecutor._submit` (and its half that never
-waits, ``_submit_now``, which spares ``submit`` a coroutine per task).
+executor is one seam, :meth:`BaseExecutor._submit` (``submit`` takes its
+never-waiting half inline where there is no ``max_pending``: no coroutine, nor
+call, more per task).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class _TaskMethods:
 
     Written once for :class:`BaseExecutor` (its own ``options``) and
     :class:`ConfiguredExecutor` (other ones); the executor's part is its
-    seam, :meth:`BaseExecutor._submit` and ``_submit_now``.
+    seam, :meth:`BaseExecutor._submit` (and its dispatcher's ``accept``).
     """
 
     options: TaskOptions
@@ -67,10 +68,10 @@ class _TaskMethods:
         Cancellation: while waiting for room (``max_pending``), nothing is submitted.
         """
         executor, options = self._executor, self.options
-        future = executor._submit_now(fn, args, kwargs, options)  # no coroutine more per task
-        if future is None:
-            future = await executor._submit(fn, args, kwargs, options)
-        return future
+        dispatch = executor._dispatch
+        if not dispatch.bounded:  # no room to wait for: no coroutine (nor call) more per task
+            return dispatch.accept(executor._prepare(fn, args, kwargs, options), options, False)
+        return await executor._submit(fn, args, kwargs, options)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Submit ``fn(*args, **kwargs)`` and return its value.
@@ -355,20 +356,6 @@ class BaseExecutor(_TaskMethods):
                 dispatch.give_room_back()
                 self._check_open()
         return dispatch.accept(call, options, holds_slot)
-
-    def _submit_now(
-        self,
-        fn: Callable[..., T],
-        args: Sequence[Any],
-        kwargs: dict[str, Any],
-        options: TaskOptions,
-    ) -> Future[T] | None:
-        """:meth:`_submit` where there is no room to wait for (no ``max_pending``);
-        else None, having done nothing: then ``await`` :meth:`_submit`."""
-        dispatch = self._dispatch
-        if dispatch.bounded:
-            return None
-        return dispatch.accept(self._prepare(fn, args, kwargs, options), options, False)
 
     def _prepare(
         self,

@@ -25,6 +25,7 @@ the pool holds and has learnt.
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 from collections.abc import Callable
 
@@ -400,14 +401,10 @@ class PoolLauncher(BaseLauncher[PoolJob]):
         return worker
 
     async def _read_loop(self, worker: PoolWorker) -> None:
-        complete = self._complete
-
-        def received(message: Message) -> None:
-            if isinstance(message, Outcome):
-                complete(worker, message)
-
         try:
-            await read_messages(worker.reader, received)
+            # A partial, not a closure: no Python frame more per message than the
+            # handler's own (the hot path of every task).
+            await read_messages(worker.reader, functools.partial(self._received, worker))
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         except Exception:
@@ -420,7 +417,11 @@ class PoolLauncher(BaseLauncher[PoolJob]):
             with anyio.CancelScope(shield=True):
                 await self._bury(worker)
 
-    def _complete(self, worker: PoolWorker, outcome: Outcome) -> None:
+    def _received(self, worker: PoolWorker, outcome: Message) -> None:
+        """A message from ``worker``: an Outcome settles its job (nothing else comes
+        once it runs tasks)."""
+        if not isinstance(outcome, Outcome):
+            return
         job = worker.jobs.pop(outcome.task_id, None)
         if job is not None and job.outside:
             worker.outside_bytes -= job.outside
