@@ -25,7 +25,13 @@ from asyncexec import (
     WorkerLost,
 )
 from asyncexec.launchers.ssh import SSHLauncher
-from asyncexec.testing import assert_heartbeat_stopped, check_launcher, conformance_cases, heartbeat
+from asyncexec.testing import (
+    add,
+    assert_heartbeat_stopped,
+    check_launcher,
+    conformance_cases,
+    heartbeat,
+)
 
 from .cluster import Cluster, bring_up, make_key, stop_sshd
 
@@ -384,3 +390,24 @@ def test_a_killed_driver_takes_the_processes_its_tasks_started_on_the_host(
         for pid in _marked(marker):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_an_executor_takes_a_configured_launcher_or_its_arguments_not_both() -> None:
+    launcher = SSHLauncher([SSHShell("a"), SSHShell("b")], slots=3, python="python3.11")
+    assert SSHExecutor(launcher=launcher).n_workers == 6
+    assert SSHExecutor([SSHShell("a")], slots=2).n_workers == 2
+    with pytest.raises(TypeError, match="SSHLauncher given as launcher="):
+        SSHExecutor(launcher=launcher, slots=2)
+    with pytest.raises(TypeError, match="SSHLauncher given as launcher="):
+        SSHExecutor([SSHShell("a")], launcher=launcher)
+    with pytest.raises(TypeError, match="needs shells, or a configured launcher="):
+        SSHExecutor()
+    with pytest.raises(TypeError, match="must be an SSHLauncher"):
+        SSHExecutor(launcher=object())  # type: ignore[arg-type]
+
+
+async def test_a_configured_launcher_runs_the_executors_tasks(cluster: Cluster) -> None:
+    launcher = SSHLauncher([cluster.shell()], slots=2, python=cluster.python)
+    async with SSHExecutor(launcher=launcher) as ex:
+        assert ex.ssh is launcher
+        assert await ex.run(add, 2, 3) == 5

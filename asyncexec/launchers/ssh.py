@@ -217,6 +217,8 @@ class SSHExecutor(BaseExecutor):
             time, so a dropped connection fails only the tasks that ran).
         options: default :class:`TaskOptions` for every task.
         max_pending: queued tasks at most before ``submit`` waits.
+        launcher: a configured :class:`SSHLauncher` instead of ``shells`` and
+            the workers' settings (giving both is a ``TypeError``).
 
     Resources (``TaskOptions.resources``), as for :class:`ProcessExecutor`:
 
@@ -232,7 +234,7 @@ class SSHExecutor(BaseExecutor):
 
     def __init__(
         self,
-        shells: Sequence[Shell],
+        shells: Sequence[Shell] | None = None,
         *,
         slots: int = 1,
         python: str = "python3",
@@ -243,18 +245,37 @@ class SSHExecutor(BaseExecutor):
         prefetch: int = 0,
         options: TaskOptions | None = None,
         max_pending: int | None = None,
+        launcher: SSHLauncher | None = None,
     ) -> None:
-        self.ssh = SSHLauncher(
-            shells,
-            slots=slots,
-            python=python,
-            initializer=initializer,
-            max_tasks_per_worker=max_tasks_per_worker,
-            eager=eager,
-            startup_timeout=startup_timeout,
-            prefetch=prefetch,
+        if launcher is not None:
+            if not isinstance(launcher, SSHLauncher):
+                raise TypeError(f"launcher must be an SSHLauncher, got {launcher!r}")
+            given = (shells, slots, python, initializer, max_tasks_per_worker, eager)
+            if given != (None, 1, "python3", None, None, False) or (
+                startup_timeout,
+                prefetch,
+            ) != (60.0, 0):
+                raise TypeError(
+                    "the hosts and their workers' settings are the launcher's: configure "
+                    "them on the SSHLauncher given as launcher="
+                )
+            self.ssh = launcher
+        elif shells is None:
+            raise TypeError("SSHExecutor needs shells, or a configured launcher=")
+        else:
+            self.ssh = SSHLauncher(
+                shells,
+                slots=slots,
+                python=python,
+                initializer=initializer,
+                max_tasks_per_worker=max_tasks_per_worker,
+                eager=eager,
+                startup_timeout=startup_timeout,
+                prefetch=prefetch,
+            )
+        super().__init__(
+            len(self.ssh.shells) * self.ssh.slots, options=options, max_pending=max_pending
         )
-        super().__init__(len(self.ssh.shells) * slots, options=options, max_pending=max_pending)
 
     def _create_launcher(self) -> Launcher:
         return self.ssh
