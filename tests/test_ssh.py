@@ -57,9 +57,9 @@ def test_importing_the_ssh_backend_prints_no_warning_a_user_cannot_act_on() -> N
     asyncexec hides exactly that warning, at import, and nothing more."""
     probe = (
         "import warnings\n"
-        "from asyncexec.shells import _import_asyncssh\n"
+        "from asyncexec.shells._asyncssh import import_asyncssh\n"
         "before = list(warnings.filters)\n"
-        "_import_asyncssh()\n"
+        "import_asyncssh()\n"
         "assert warnings.filters == before, 'the filter leaked'\n"
         "from cryptography.utils import CryptographyDeprecationWarning as W\n"
         "with warnings.catch_warnings(record=True) as seen:\n"

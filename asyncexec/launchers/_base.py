@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -17,7 +18,7 @@ from ..abc import Launcher
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["BaseLauncher", "Job"]
+__all__ = ["BaseLauncher", "Job", "refuse_launcher_arguments"]
 
 
 class Job:
@@ -127,3 +128,30 @@ def _single(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+#: An executor's own parameters: the rest of its keyword form are its launcher's.
+_EXECUTORS_OWN = frozenset({"self", "n_workers", "options", "max_pending", "launcher"})
+
+
+def refuse_launcher_arguments(
+    executor: type, arguments: Mapping[str, object], launcher: str
+) -> None:
+    """Refuse launcher arguments given to an executor beside a configured ``launcher=``.
+
+    ``arguments`` are the executor's ``__init__`` arguments (its ``locals()``): any of
+    its launcher's parameters that differs from its default was given by mistake.
+
+    Raises:
+        TypeError: naming them, and where they belong (the ``launcher`` class).
+    """
+    given = [
+        name
+        for name, parameter in inspect.signature(executor.__init__).parameters.items()  # type: ignore[misc]
+        if name not in _EXECUTORS_OWN and arguments[name] != parameter.default
+    ]
+    if given:
+        raise TypeError(
+            f"{', '.join(given)}: the launcher's own arguments; configure them on "
+            f"the {launcher} given as launcher="
+        )

@@ -27,6 +27,7 @@ from .. import BaseExecutor
 from .._exceptions import BackendUnavailable, LaunchError
 from .._options import TaskOptions
 from ..abc import Launcher, Shell, SpawnedProcess
+from ._base import refuse_launcher_arguments
 from .pool import PoolLauncher, PoolWorker
 
 __all__ = ["SSHExecutor", "SSHLauncher"]
@@ -250,15 +251,7 @@ class SSHExecutor(BaseExecutor):
         if launcher is not None:
             if not isinstance(launcher, SSHLauncher):
                 raise TypeError(f"launcher must be an SSHLauncher, got {launcher!r}")
-            given = (shells, slots, python, initializer, max_tasks_per_worker, eager)
-            if given != (None, 1, "python3", None, None, False) or (
-                startup_timeout,
-                prefetch,
-            ) != (60.0, 0):
-                raise TypeError(
-                    "the hosts and their workers' settings are the launcher's: configure "
-                    "them on the SSHLauncher given as launcher="
-                )
+            refuse_launcher_arguments(SSHExecutor, locals(), "SSHLauncher")
             self.ssh = launcher
         elif shells is None:
             raise TypeError("SSHExecutor needs shells, or a configured launcher=")

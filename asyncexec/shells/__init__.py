@@ -5,8 +5,6 @@
 connections (asyncssh).
 """
 
-# The name asyncexec.shells had before it was a package: still importable from here.
-from ._asyncssh import import_asyncssh as _import_asyncssh  # noqa: F401
 from .local import LocalShell as LocalShell
 from .ssh import DEFAULT_CHANNELS_PER_CONNECTION as DEFAULT_CHANNELS_PER_CONNECTION
 from .ssh import SSHShell as SSHShell

@@ -8,7 +8,6 @@ runs one task in an image to say whether it can run ours;
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,7 @@ from ... import BaseExecutor
 from ..._aio import require_asyncio
 from ..._options import TaskOptions
 from ...abc import Launcher
+from .._base import refuse_launcher_arguments
 from ._engine import (
     AIOHTTP,
     CALL_TIMEOUT,
@@ -171,33 +171,7 @@ class DockerExecutor(BaseExecutor):
         if launcher is not None:
             if not isinstance(launcher, DockerLauncher):
                 raise TypeError(f"launcher must be a DockerLauncher, got {launcher!r}")
-            settings = {
-                "image": image,
-                "mode": mode,
-                "python": python,
-                "cpus": cpus,
-                "memory_mb": memory_mb,
-                "pids_limit": pids_limit,
-                "network": network,
-                "read_only": read_only,
-                "user": user,
-                "env": env,
-                "volumes": volumes,
-                "labels": labels,
-                "workdir": workdir,
-                "pull": pull,
-                "url": url,
-                "initializer": initializer,
-                "max_tasks_per_worker": max_tasks_per_worker,
-                "startup_timeout": startup_timeout,
-                "executor_id": executor_id,
-            }
-            given = [name for name, value in settings.items() if value != _DEFAULTS[name]]
-            if given:
-                raise TypeError(
-                    f"{', '.join(given)}: the launcher's own arguments; configure them on "
-                    "the DockerLauncher given as launcher="
-                )
+            refuse_launcher_arguments(DockerExecutor, locals(), "DockerLauncher")
             if n_workers is not None and n_workers != launcher.n_workers:
                 raise ValueError(
                     f"n_workers={n_workers!r} differs from the launcher's "
@@ -242,14 +216,3 @@ class DockerExecutor(BaseExecutor):
 
     def _create_launcher(self) -> Launcher:
         return self._docker_launcher
-
-
-#: The keyword form's defaults: with ``launcher=``, any other value was given by mistake.
-_DEFAULTS: dict[str, object] = {
-    "image": None,
-    **{
-        name: parameter.default
-        for name, parameter in inspect.signature(DockerExecutor.__init__).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    },
-}

@@ -417,11 +417,12 @@ class PoolLauncher(BaseLauncher[PoolJob]):
             with anyio.CancelScope(shield=True):
                 await self._bury(worker)
 
-    def _received(self, worker: PoolWorker, outcome: Message) -> None:
+    def _received(self, worker: PoolWorker, message: Message) -> None:
         """A message from ``worker``: an Outcome settles its job (nothing else comes
         once it runs tasks)."""
-        if not isinstance(outcome, Outcome):
+        if not isinstance(message, Outcome):
             return
+        outcome = message
         job = worker.jobs.pop(outcome.task_id, None)
         if job is not None and job.outside:
             worker.outside_bytes -= job.outside
