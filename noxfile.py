@@ -31,7 +31,7 @@ LINTED = ("asyncexec", "tests", "docs", "benchmarks", "examples", "scripts", "no
 LOCKS = {
     "test": ("test",),
     "lint": ("lint",),
-    "docs": ("docker", "ssh"),
+    "docs": ("docker", "ssh", "azure"),
     "bench": ("bench",),
 }
 OLDEST_PYTHON = "3.10"
