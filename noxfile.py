@@ -66,7 +66,8 @@ def bring_up(session: nox.Session, *services: str) -> None:
     pytest or the examples run: tests never start a service, they only check for it.
 
     ``docker``: the engine and this interpreter's test image; ``slurm``: the cluster,
-    its sshd and this Python's job venv; ``submitit``: the Slurm benchmark's peer venv.
+    its sshd and this Python's job venv; ``submitit``: the Slurm benchmark's peer venv;
+    ``azure``: Azurite (the Blob protocol; ARM's loopback server is the tests' own).
     Each script is a no-op when everything is up and current; as root on a laptop it
     starts what is missing, not root it says why and exits 0 (1 when ``CI=true``).
     """
@@ -75,7 +76,7 @@ def bring_up(session: nox.Session, *services: str) -> None:
         session.run("bash", f"scripts/{service}-up.sh", *args, external=True)
 
 
-TEST_SERVICES = ("docker", "slurm", "submitit")
+TEST_SERVICES = ("docker", "slurm", "submitit", "azure")
 
 
 @nox.session
@@ -193,7 +194,7 @@ def bench(session: nox.Session) -> None:
     install_locked(session, "bench")
     # benchmarks/docker.py needs the engine and this interpreter's test image;
     # benchmarks/slurm.py the cluster, its sshd, a venv for this Python and submitit's.
-    bring_up(session, "docker", "slurm", "submitit")
+    bring_up(session, "docker", "slurm", "submitit", "azure")
     for script in sorted(glob.glob("benchmarks/*.py")):
         session.run("python", script, *session.posargs)
 
@@ -203,6 +204,13 @@ def docs(session: nox.Session) -> None:
     """Run every example in the README and docs/, as users would."""
     install_locked(session, "docs")
     # docs/docker.md's example runs in this interpreter's test image, docs/slurm.md's
-    # on the test cluster.
-    bring_up(session, "docker", "slurm")
-    session.run("python", "docs/check_examples.py")
+    # on the test cluster, docs/azure.md's against Azurite and the test suite's
+    # loopback ARM (tests/fakeazure, which checks bodies with jsonschema), which
+    # runs its container groups from that image.
+    bring_up(session, "docker", "slurm", "azure")
+    session.install("-c", "locks/test.txt", "jsonschema")
+    version = session.run(
+        "python", "-c", "import sys; print('{}.{}'.format(*sys.version_info))", silent=True
+    )
+    image = f"asyncexec-test:py{str(version).strip()}"
+    session.run("python", "-m", "tests.fakeazure", image, "--", "python", "docs/check_examples.py")

@@ -43,6 +43,8 @@ _PUBLIC: dict[str, str] = {
     "handle_err": "._timed",
     "timed_run": "._timed",
     "__version__": "._version",
+    "AzureConfig": ".launchers.azure",
+    "AzureExecutor": ".launchers.azure",
     "DockerExecutor": ".launchers.docker",
     "ProcessExecutor": ".launchers.process",
     "SlurmConfig": ".launchers.slurm",
@@ -88,6 +90,8 @@ if _typing.TYPE_CHECKING:
     from ._timed import handle_err as handle_err
     from ._timed import timed_run as timed_run
     from ._version import __version__ as __version__
+    from .launchers.azure import AzureConfig as AzureConfig
+    from .launchers.azure import AzureExecutor as AzureExecutor
     from .launchers.docker import DockerExecutor as DockerExecutor
     from .launchers.process import ProcessExecutor as ProcessExecutor
     from .launchers.slurm import SlurmConfig as SlurmConfig

@@ -78,6 +78,7 @@ else:
 
 __all__ = [
     "BOOT",
+    "BOOT_BLOB",
     "FORMAT",
     "MODULE_FILE",
     "OUTCOME_FIELDS",
@@ -100,6 +101,7 @@ __all__ = [
     "problem",
     "run_chunk",
     "run_task",
+    "serve_blobs",
     "supervise",
     "type_name",
 ]
@@ -115,6 +117,27 @@ BOOT = (
 )
 #: The name the file takes in an array's directory.
 MODULE_FILE = "_asyncexec_oneshot.py"
+#: What a container with no shared file system runs (Azure Container Instances): it
+#: fetches this file over the read SAS URL in ``ASYNCEXEC_RUNTIME``, then
+#: :func:`serve_blobs` fetches its chunk, runs it and sends each outcome to Blob Storage.
+BOOT_BLOB = """\
+import os, sys, tempfile, time, urllib.request
+d = tempfile.mkdtemp(prefix="asyncexec-")
+for attempt in range(8):
+    try:
+        data = urllib.request.urlopen(os.environ["ASYNCEXEC_RUNTIME"], timeout=120).read()
+        break
+    except OSError as exc:
+        if attempt == 7:
+            raise SystemExit("asyncexec: cannot fetch the runtime: %s" % exc)
+        time.sleep(2 ** attempt)
+with open(os.path.join(d, "_asyncexec_oneshot.py"), "wb") as f:
+    f.write(data)
+sys.path.insert(0, d)
+import _asyncexec_oneshot as m
+del sys.path[0]
+sys.exit(m.serve_blobs(d))
+"""
 #: The keys of an outcome file, in the order of :class:`asyncexec.Outcome`'s fields.
 OUTCOME_FIELDS = (
     "task_id",
@@ -871,6 +894,174 @@ def main(argv: list[str]) -> int:
         return supervise(batch, argv[1], cancel_dir)
     Runner(argv[1], cancel_dir).run(batch)
     return 0
+
+
+# -- in a container without a shared file system: blobs over SAS URLs ------------------
+
+#: Seconds a blob request may be retried for (Storage answers 503 under load).
+BLOB_RETRY_SECONDS = 600.0
+#: Seconds between two looks at the chunk's cancel blob.
+CANCEL_PERIOD = 1.0
+
+
+class _Blobs:
+    """The container's side of Blob Storage, standard library only: GET through read SAS
+    URLs, and Put Blob through a create-only (``sp=c``) SAS URL of the container."""
+
+    def __init__(self, container_url: str, version: str | None) -> None:
+        base, _, self.query = container_url.partition("?")
+        self.base = base.rstrip("/")
+        self.version = version
+
+    def _send(
+        self, request: Any, allowed: tuple[int, ...] = (), again: tuple[int, ...] = ()
+    ) -> tuple[int, bytes, Any]:
+        """Send ``request``, retrying what Storage says is passing; ``allowed`` statuses
+        (and ``again`` ones on a retry) answer instead of raising."""
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + BLOB_RETRY_SECONDS
+        delay = 0.5
+        retry = False
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=120) as answer:
+                    return answer.status, answer.read(), answer.headers
+            except urllib.error.HTTPError as exc:
+                if exc.code in allowed or (retry and exc.code in again):
+                    return exc.code, b"", exc.headers
+                if exc.code not in (408, 429, 500, 502, 503, 504) or time.monotonic() > deadline:
+                    raise
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+            retry = True
+
+    def get(self, url: str, etag: str | None = None) -> tuple[int, bytes, str | None]:
+        """``(status, body, etag)`` of the blob a read SAS URL names: 404 and 304 answer."""
+        import urllib.request
+
+        headers = {"x-ms-version": self.version} if self.version else {}
+        if etag:
+            headers["If-None-Match"] = etag
+        request = urllib.request.Request(url, headers=headers)
+        status, body, answer_headers = self._send(request, allowed=(304, 404))
+        return status, body, answer_headers.get("ETag") if answer_headers else None
+
+    def create(self, name: str, data: bytes) -> None:
+        """Create blob ``name`` once: one that exists already (a retry) is left as it is."""
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.base}/{urllib.parse.quote(name)}?{self.query}"
+        headers = {
+            "x-ms-blob-type": "BlockBlob",
+            "If-None-Match": "*",
+            "Content-Type": "application/octet-stream",
+        }
+        if self.version:
+            headers["x-ms-version"] = self.version
+        request = urllib.request.Request(url, data=data, method="PUT", headers=headers)
+        # A create-only SAS meets a blob that exists with 403 (409 under Shared Key): on
+        # a retry, that is the first try's blob.
+        self._send(request, allowed=(409,), again=(403,))
+
+
+def serve_blobs(directory: str) -> int:
+    """Run a chunk in a container, its files in Blob Storage (see :data:`BOOT_BLOB`).
+
+    The environment names: ``ASYNCEXEC_BATCH`` (read SAS URL of the chunk's
+    input), ``ASYNCEXEC_CANCEL`` (read SAS URL of its cancel blob: task ids, one a
+    line), ``ASYNCEXEC_OUT`` (create-only SAS URL of the storage container),
+    ``ASYNCEXEC_PREFIX`` (the array's blob prefix), ``ASYNCEXEC_INDEX`` (the
+    chunk's) and ``ASYNCEXEC_BLOB_VERSION``. It writes ``log/<index>.started``,
+    then runs the chunk as :func:`main` does, in a child process, and sends each
+    outcome file (with the task's stdout and stderr files first) as soon as it
+    is written; a task named in the cancel blob is skipped or interrupted. Once
+    the child exits, ``log/<index>.err`` (the end of its stderr) and
+    ``log/<index>.exit`` (its exit status) say the chunk is over. The container
+    exits with the child's status.
+    """
+    import subprocess
+
+    env = os.environ
+    prefix, index = env["ASYNCEXEC_PREFIX"].strip("/"), env["ASYNCEXEC_INDEX"]
+    blobs = _Blobs(env["ASYNCEXEC_OUT"], env.get("ASYNCEXEC_BLOB_VERSION"))
+    status, data, _ = blobs.get(env["ASYNCEXEC_BATCH"])
+    if status != 200:
+        sys.stderr.write(f"asyncexec: the chunk's input is missing (HTTP {status})\n")
+        return 2
+    batch = _pickle.loads(data)
+    out = os.path.join(directory, "out")
+    cancel = os.path.join(directory, "cancel")
+    os.mkdir(out, 0o700)
+    os.mkdir(cancel, 0o700)
+    for task in batch["tasks"]:  # the task's own output files: here, then sent
+        for key, suffix in (("stdout_path", ".stdout"), ("stderr_path", ".stderr")):
+            if task.get(key):
+                task[key] = os.path.join(out, task["task_id"] + suffix)
+    batch_path = os.path.join(directory, "in.bin")
+    with open(batch_path, "wb") as file:
+        _pickle.dump(batch, file, protocol=5)
+    blobs.create(f"{prefix}/log/{index}.started", os.uname().nodename.encode())
+    err_path = os.path.join(directory, "stderr")
+    with open(err_path, "wb") as err:
+        argv = [sys.executable, "-c", BOOT, directory, batch_path, out, cancel]
+        child = subprocess.Popen(argv, stderr=err)
+    sent: set[str] = set()
+    etag: str | None = None
+    cancel_url = env.get("ASYNCEXEC_CANCEL")
+    next_look = 0.0
+    while True:
+        try:
+            code: int | None = child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            code = None
+        _send_outcomes(blobs, prefix, out, sent)
+        if code is not None:
+            break
+        if cancel_url and time.monotonic() >= next_look:
+            next_look = time.monotonic() + CANCEL_PERIOD
+            try:
+                status, data, tag = blobs.get(cancel_url, etag)
+            except OSError as exc:  # looked at again next time
+                sys.stderr.write(f"asyncexec: cannot read the cancel blob: {exc}\n")
+                continue
+            if status == 200:
+                etag = tag
+                for task_id in data.decode().split():
+                    with open(os.path.join(cancel, os.path.basename(task_id)), "wb"):
+                        pass
+    with open(err_path, "rb") as file:
+        file.seek(0, os.SEEK_END)
+        file.seek(max(0, file.tell() - TAIL_BYTES))
+        tail = file.read()
+    sys.stderr.buffer.write(tail)
+    sys.stderr.flush()
+    status_code = code if code >= 0 else 128 - code
+    blobs.create(f"{prefix}/log/{index}.err", tail)
+    blobs.create(f"{prefix}/log/{index}.exit", str(status_code).encode())
+    return status_code
+
+
+def _send_outcomes(blobs: _Blobs, prefix: str, out: str, sent: set[str]) -> None:
+    """Send the outcome files written since the last look (a task's output files
+    first: the driver reads them once it sees the outcome)."""
+    for name in sorted(os.listdir(out)):
+        if not name.endswith(".bin") or name.startswith(".") or name in sent:
+            continue
+        stem = name[: -len(".bin")]
+        for suffix in (".stdout", ".stderr"):
+            path = os.path.join(out, stem + suffix)
+            if os.path.exists(path):
+                with open(path, "rb") as file:
+                    blobs.create(f"{prefix}/out/{stem}{suffix}", file.read())
+        with open(os.path.join(out, name), "rb") as file:
+            blobs.create(f"{prefix}/out/{name}", file.read())
+        sent.add(name)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 # The real cluster (Slurm and sshd) of the SSH and Slurm tests.
 from .cluster import cluster as cluster
 from .cluster import scratch as scratch
-from .services import MARKER_OF_FIXTURE
+from .services import MARKER_OF_FIXTURE, Azurite, check_azurite
 
 ASYNCIO = pytest.param("asyncio", id="asyncio")
 TRIO = pytest.param("trio", id="trio")
@@ -38,6 +38,13 @@ def loops(*params: object) -> list[object]:
 def anyio_backend(request: pytest.FixtureRequest) -> object:
     """Every async test runs on asyncio and on trio (see ``loops``)."""
     return request.param
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Azurite:
+    """Azurite's Blob service (scripts/azure-up.sh), checked once per session: its
+    endpoint, account, key and connection string. Tests using it are marked ``azure``."""
+    return check_azurite()
 
 
 def children() -> list[psutil.Process]:
@@ -73,7 +80,7 @@ SERVICE_MARKERS = (
     "docker: needs a Docker engine and this Python's test image (scripts/docker-up.sh)",
     "ssh: needs the test sshd and the cluster's venv for this Python (scripts/slurm-up.sh)",
     "slurm: needs the Slurm cluster (scripts/slurm-up.sh); marked ssh too (the login node)",
-    "azure: needs Azurite and the loopback ARM server (for the Azure backend, to come)",
+    "azure: needs Azurite (the loopback ARM server, tests/fakeazure, is the tests' own)",
 )
 
 

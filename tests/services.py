@@ -1,11 +1,11 @@
 """Where the tests find the real services, and what they do when one is missing.
 
 The services are brought up once, before pytest, by the nox sessions
-(``scripts/docker-up.sh``, ``scripts/slurm-up.sh``, ``scripts/submitit-up.sh``;
-see scripts/README.md), never from a test. The fixtures only check that what
-they need is there and current for this Python, and call :func:`missing`
-otherwise: a failure in CI (``CI=true``), a skip elsewhere whose reason names
-the command to run. Tests that stop a service on purpose (sshd, dockerd, a
+(``scripts/docker-up.sh``, ``scripts/slurm-up.sh``, ``scripts/submitit-up.sh``,
+``scripts/azure-up.sh``; see scripts/README.md), never from a test. The fixtures
+only check that what they need is there and current for this Python, and call
+:func:`missing` otherwise: a failure in CI (``CI=true``), a skip elsewhere whose
+reason names the command to run. Tests that stop a service on purpose (sshd, dockerd, a
 node) start it again themselves.
 
 Each service has a marker (registered in conftest.py): ``docker``, ``ssh``, ``slurm``
@@ -23,11 +23,15 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
+from http.client import HTTPConnection
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
 import pytest
+
+from asyncexec.launchers.azure import _blob
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
@@ -37,10 +41,11 @@ PY = "{}.{}".format(*sys.version_info[:2])
 DOCKER_UP = f"bash scripts/docker-up.sh {sys.executable}"
 SLURM_UP = f"bash scripts/slurm-up.sh {sys.executable}"
 SUBMITIT_UP = "bash scripts/submitit-up.sh"
+AZURE_UP = "bash scripts/azure-up.sh"
 
 #: Fixtures that need a service, and the marker a test using them must carry
 #: (checked at collection, in conftest.py).
-MARKER_OF_FIXTURE = {"image": "docker", "cluster": "ssh", "scratch": "ssh"}
+MARKER_OF_FIXTURE = {"image": "docker", "cluster": "ssh", "scratch": "ssh", "azurite": "azure"}
 
 
 def missing(reason: str, bring_up: str) -> NoReturn:
@@ -165,3 +170,59 @@ def check_submitit_venv(python: str) -> str:
     if not list(venv.glob(f"lib/python*/site-packages/submitit-{locked}.dist-info")):
         missing(f"{venv} does not hold submitit {locked} (locks/bench.txt)", SUBMITIT_UP)
     return python
+
+
+# -- Azurite: the Blob service ------------------------------------------------------------
+
+#: Where scripts/azure-up.sh runs Azurite's Blob service (``ASYNCEXEC_AZURITE_PORT``).
+AZURITE_HOST = "127.0.0.1"
+AZURITE_PORT = int(os.environ.get("ASYNCEXEC_AZURITE_PORT", "10000"))
+#: Azurite's one account and its key (well known, published by Microsoft): the Blob
+#: client's own constants, which ``UseDevelopmentStorage=true`` means.
+AZURITE_ACCOUNT = _blob.AZURITE_ACCOUNT
+AZURITE_KEY = _blob.AZURITE_KEY
+
+
+@dataclass(frozen=True)
+class Azurite:
+    """The Blob service of a running Azurite: path-style, ``{endpoint}/{container}/...``."""
+
+    endpoint: str
+    account: str
+    key: str
+    version: str
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};"
+            f"AccountKey={self.key};BlobEndpoint={self.endpoint};"
+        )
+
+
+def azurite_version() -> str:
+    """The Azurite version scripts/azurite/package-lock.json pins."""
+    lock = json.loads((ROOT / "scripts" / "azurite" / "package-lock.json").read_text())
+    version: str = lock["packages"]["node_modules/azurite"]["version"]
+    return version
+
+
+def check_azurite() -> Azurite:
+    """Azurite's Blob service, once the locked version answers on its port."""
+    want = f"Azurite-Blob/{azurite_version()}"
+    connection = HTTPConnection(AZURITE_HOST, AZURITE_PORT, timeout=10)
+    try:
+        connection.request("GET", "/")
+        server = connection.getresponse().getheader("Server", "")
+    except OSError as exc:
+        missing(f"Azurite does not answer on {AZURITE_HOST}:{AZURITE_PORT}: {exc}", AZURE_UP)
+    finally:
+        connection.close()
+    if server != want:
+        missing(
+            f"what answers on {AZURITE_HOST}:{AZURITE_PORT} is {server or 'no Server'},"
+            f" not {want} (scripts/azurite/package-lock.json)",
+            AZURE_UP,
+        )
+    endpoint = f"http://{AZURITE_HOST}:{AZURITE_PORT}/{AZURITE_ACCOUNT}"
+    return Azurite(endpoint, AZURITE_ACCOUNT, AZURITE_KEY, server.partition("/")[2])

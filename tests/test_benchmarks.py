@@ -17,7 +17,8 @@ from types import ModuleType
 import pytest
 
 from .cluster import Cluster
-from .services import check_submitit_venv
+from .services import Azurite, check_docker_image, check_submitit_venv
+from .test_docker import IMAGE
 
 # The harnesses run the same on every Python: once per CI run, in the tests session.
 pytestmark = pytest.mark.infra
@@ -114,3 +115,26 @@ def test_array_task_start_benchmark_smoke() -> None:
     report = run_benchmark("array_task_start.py", "--smoke")
     for way in ("python -c pass", "by hand (json)", "asyncexec runner", "pool worker's start"):
         assert f"\n| {way} |" in report, report
+
+
+@pytest.mark.azure
+@pytest.mark.docker
+def test_azure_benchmark_smoke(azurite: Azurite) -> None:
+    """The ACI harness on 20 tasks in chunks of 10 (asyncexec) and 10 tasks of one group
+    each (the Powerlift-style peer), through the loopback ARM and Azurite, with the
+    test image the fake runs its groups from (the harness's default, any build of it)."""
+    check_docker_image(IMAGE, built_here=False)
+    report = run_benchmark("azure.py", "--smoke", "--image", IMAGE)
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    for way, tasks, groups in (
+        ("asyncexec, chunks of 10", "20", "2"),
+        ("Powerlift-style, 1 group per task", "10", "10"),
+    ):
+        found = [row for row in rows if row.startswith(f"| {way} |")]
+        assert len(found) == 2, f"no {way} rows (runs, lone group):\n{report}"
+        cells = [cell.strip() for cell in found[0].strip("|").split("|")]
+        assert cells[1:3] == [tasks, groups], found[0]
+        assert cells[-1].startswith("yes"), found[0]  # within ACI's quotas
+        assert cells[3][:1].isdigit(), found[0]  # a wall time
+    for target in ("ARM requests per task <= 0.1", "within the quotas", "<= 1.3x the least"):
+        assert target in report, report

@@ -9,6 +9,7 @@
     asyncexec cancel DIR
     asyncexec docker check IMAGE  (can IMAGE run our tasks?)
     asyncexec docker prune --executor ID | --all
+    asyncexec azure prune [--all] [--yes]  (container groups a driver left)
     asyncexec worker ...          (the worker itself; see `asyncexec worker -h`)
 
 Exit status:
@@ -39,7 +40,7 @@ Where each part lives: ``_main`` (the entry point), ``_parser`` (the
 arguments), ``_exit`` (how the command ends: exit status, the one-line
 error, signals), ``_run`` (``run``), ``_directory`` (``status``,
 ``results``, ``cancel`` and the summary ``run`` prints), ``_docker``
-(``docker check|prune``), ``_output`` (tables and cells).
+(``docker check|prune``), ``_azure`` (``azure prune``), ``_output`` (tables and cells).
 """
 
 from ._main import main as main

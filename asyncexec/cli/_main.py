@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 
-from . import _directory, _docker, _run
+from . import _azure, _directory, _docker, _run
 from ._exit import EXIT_BUG, EXIT_FAILED, explain, start_signal_handling
 from ._parser import make_parser
 
@@ -60,4 +60,6 @@ def _command(options: argparse.Namespace) -> int:
         return _directory.cancel(options.directory)
     if options.command == "docker":
         return _docker.docker(options)
+    if options.command == "azure":
+        return _azure.azure(options)
     raise AssertionError(options.command)

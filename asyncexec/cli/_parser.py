@@ -1,4 +1,4 @@
-"""The command's arguments: ``asyncexec run|status|results|cancel|docker|worker``."""
+"""The command's arguments: ``asyncexec run|status|results|cancel|docker|azure|worker``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 from typing import Any, NoReturn
 
 from .. import __version__
+from . import _azure
 from ._exit import EPILOG, EXIT_USAGE
 
 BACKENDS = ("process", "thread")
@@ -95,4 +96,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="every executor's, running drivers' included",
     )
     prune.add_argument("--url", default=None, help="the engine (default: DOCKER_HOST)")
+    _azure.add_arguments(
+        commands.add_parser("azure", help="container groups asyncexec left in Azure")
+    )
     return parser

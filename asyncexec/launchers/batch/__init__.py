@@ -19,7 +19,7 @@ Slurm (:mod:`asyncexec.launchers.slurm`) is one adapter on it.
 
 from __future__ import annotations
 
-from .adapter import BatchAdapter, Opened, Queued, ShellAdapter
+from .adapter import BatchAdapter, Opened, Queued, ShellAdapter, Verdict
 from .files import batch_file, job_script, read_outcome
 from .launcher import BatchLauncher
 from .poller import Poller, PollerStats
@@ -32,6 +32,7 @@ __all__ = [
     "PollerStats",
     "Queued",
     "ShellAdapter",
+    "Verdict",
     "batch_file",
     "job_script",
     "read_outcome",

@@ -38,7 +38,7 @@ from .files import untar
 if TYPE_CHECKING:
     from .jobs import BatchJob
 
-__all__ = ["BatchAdapter", "Opened", "Queued", "ShellAdapter"]
+__all__ = ["BatchAdapter", "Opened", "Queued", "ShellAdapter", "Verdict"]
 
 log = logging.getLogger("asyncexec")
 
@@ -65,6 +65,15 @@ class Queued(NamedTuple):
     reason: str  #: why it waits
     nodes: int | None  #: nodes it asks for
     partition: str  #: where it waits (comma-separated)
+
+
+class Verdict(NamedTuple):
+    """What an adapter itself saw of an array task that ended without an outcome."""
+
+    status: str  #: ``"refused"`` (it never ran: a LaunchError) or ``"lost"`` (a WorkerLost)
+    state: str  #: the system's word for it (``FAILED``, ``TERMINATED``...)
+    exit_code: int | None
+    message: str  #: what the system said (its events, the end of the task's log)
 
 
 class Opened(NamedTuple):
@@ -180,6 +189,26 @@ class BatchAdapter(abc.ABC):
         Cancellation: the command is killed.
         """
         raise NotImplementedError(f"{type(self).__name__} runs no commands")
+
+    async def serve(self) -> None:  # noqa: B027 - optional hook
+        """What the adapter does in the background while the launcher is open (creating
+        what the system cannot queue itself, say); the launcher cancels it on closing.
+
+        Cancellation: stops; whatever it started is for :meth:`aclose` to end.
+        """
+
+    def adopt(self, job: BatchJob) -> None:  # noqa: B027 - optional hook
+        """Follow ``job``, re-attached: an array task another launcher submitted."""
+
+    def written(self, job: BatchJob) -> bool:
+        """Whether the task's outcome file is known to exist already, though its array
+        task is still in the queue (the launcher then reads it at once)."""
+        return False
+
+    def verdict(self, native_id: str) -> Verdict | None:
+        """What the adapter saw of an array task that left the queue without an outcome
+        (read before the accounting), or None."""
+        return None
 
     async def accounting(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """``(state, exit code text)`` of array tasks that left the queue, by id.

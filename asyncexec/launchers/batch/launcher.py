@@ -124,7 +124,7 @@ class BatchLauncher(Submission):
                 raise LaunchError(f"cannot find the home directory through {self.adapter!r}")
             self.staging_dir = f"{opened.home}/.asyncexec/{self.kind}"
         self._poller = Poller.join(opened.place, self)
-        for loop in (self._submitter, self._canceller, self._serve):
+        for loop in (self._submitter, self._canceller, self._serve, self.adapter.serve):
             self._start_background(loop)
 
     async def _serve(self) -> None:
@@ -288,6 +288,7 @@ class BatchLauncher(Submission):
         job.adopted = True
         self._adopted_open[job.workdir] += 1
         self._jobs[job.task_id] = job
+        self.adapter.adopt(job)
         self._wake()
         return job
 

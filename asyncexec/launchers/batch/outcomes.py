@@ -199,7 +199,9 @@ class Outcomes(BaseLauncher[BatchJob]):
                     stuck.append((job, seen))
             elif not job.cancel_requested:
                 job.never_since = None
-            if job.marked:
+            if self.adapter.written(job):
+                marked.append(job)  # its outcome is there already: read it now
+            elif job.marked:
                 if seen.waiting and job.marked_at < asked:
                     # Its marker was written before the scheduler said the chunk still
                     # waits: the runner, once it starts, skips the task without running it.
@@ -225,7 +227,7 @@ class Outcomes(BaseLauncher[BatchJob]):
                         "unreadable outcome of task %s in %s: %s", job.task_id, job.workdir, exc
                     )
             if outcome is None and job.native_id not in queued:
-                outcome = self._setup_failure(job, files)
+                outcome = self._setup_failure(job, files) or self._verdict(job)
             if outcome is not None:
                 await self._copy_logs(job, files)
                 self._settle(job, outcome)
@@ -338,6 +340,20 @@ class Outcomes(BaseLauncher[BatchJob]):
         exit_code = int(status) if status.isdigit() else None
         return Outcome(
             task_id=job.task_id, status="refused", state="FAILED", exit_code=exit_code, error=error
+        )
+
+    def _verdict(self, job: BatchJob) -> Outcome | None:
+        """What the adapter saw of the task's array task, as its outcome, or None."""
+        seen = self.adapter.verdict(job.native_id)
+        if seen is None:
+            return None
+        error_type = "LaunchError" if seen.status == "refused" else "WorkerLost"
+        return Outcome(
+            task_id=job.task_id,
+            status="refused" if seen.status == "refused" else "lost",
+            state=seen.state,
+            exit_code=seen.exit_code,
+            error=ErrorInfo(type_name=error_type, message=seen.message, traceback=""),
         )
 
     def _lost(
