@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..._exceptions import BackendUnavailable, LaunchError
+from ..._exceptions import LaunchError
 from ..._runtime import BOOT_BLOB
 from ..batch import BatchAdapter, Opened, Queued, Verdict
 from ..batch.files import untar
@@ -325,8 +325,12 @@ class AciAdapter(BatchAdapter):
             with anyio.move_on_after(self._backoff or USAGE_TTL):
                 await self._work.wait()
             self._work = anyio.Event()
-            await self._delete_done()
-            await self._create_ready()
+            try:
+                await self._delete_done()
+                await self._create_ready()
+            except Exception:  # a bug of ours, say: the loop goes on, later
+                log.exception("creating or deleting container groups failed; again")
+                self._backoff = min(max(2 * self._backoff, 1.0), USAGE_TTL)
 
     def _room(self) -> tuple[int, float]:
         """Groups and cores the region has room for now."""
@@ -384,6 +388,8 @@ class AciAdapter(BatchAdapter):
             chunk.put_sent = True
             await self.arm.create_group(chunk.name, body)
         except LaunchError as exc:
+            # ARM's own retries are spent: a quota, or throttling that lasted, waits
+            # (for room, for the bucket); a refusal, or ARM out of reach, refuses.
             code = str(getattr(exc, "code", ""))
             if code in QUOTA_CODES or getattr(exc, "status", 0) == 429:
                 # No room after all (others', or groups we deleted not gone yet): later.
@@ -397,8 +403,9 @@ class AciAdapter(BatchAdapter):
                 "refused", "REFUSED", None, f"ARM refused container group {chunk.name}: {exc}"
             )
             return
-        except (BackendUnavailable, OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             chunk.state = "queued"
+            self._backoff = min(max(2 * self._backoff, 1.0), USAGE_TTL)
             log.warning("creating container group %s failed (%s); again", chunk.name, exc)
             return
         except BaseException:
@@ -600,7 +607,11 @@ class AciAdapter(BatchAdapter):
         job = found.get(f"{array.prefix}/job.json")
         index = found.get(f"{array.prefix}/tasks.json")
         if job is None or index is None:
-            raise LaunchError(f"no ACI array is staged in {array.workdir}")
+            # Its blobs are gone (removed once read by the driver that died, say): its
+            # tasks left the queue without an outcome, lost once the grace has passed.
+            log.warning("no ACI array is staged in %s any more", array.workdir)
+            array.loaded = True
+            return
         self._load(array, json.loads(job), json.loads(index))
         for chunk in array.chunks:
             chunk.state = "created"  # until a GET says otherwise
