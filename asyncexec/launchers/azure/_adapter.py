@@ -44,11 +44,11 @@ from ..batch import BatchAdapter, Opened, Queued, Verdict
 from ..batch.files import untar
 from ..batch.jobs import BatchJob
 from ._config import AzureConfig, check_group_name
+from ._prune import tag_time
 
 if TYPE_CHECKING:
     from ._arm import ArmClient
     from ._blob import BlobStore
-    from ._limits import ArmLimits
 
 __all__ = ["AciAdapter"]
 
@@ -153,13 +153,7 @@ class AciAdapter(BatchAdapter):
     cancel_name = "DELETE"
 
     def __init__(
-        self,
-        config: AzureConfig,
-        arm: ArmClient,
-        blobs: BlobStore,
-        limits: ArmLimits,
-        *,
-        storage_key: str = "",
+        self, config: AzureConfig, arm: ArmClient, blobs: BlobStore, *, storage_key: str = ""
     ) -> None:
         self.config = config
         #: What tags this adapter's groups (``asyncexec-launcher``), for ``prune``.
@@ -167,12 +161,10 @@ class AciAdapter(BatchAdapter):
         self._storage_key = storage_key  # for the Azure Files shares it mounts
         self.arm = arm
         self.blobs = blobs
-        self.limits = limits
         self._root = f"/{config.storage_container}/"
         self._arrays: dict[str, _Array] = {}
         self._by_workdir: dict[str, _Array] = {}
         self._names: set[str] = set()  # the last listing of the staging prefix
-        self._listed_at = 0.0
         self._work = anyio.Event()  # something to create or delete
         self._usage: tuple[float, int, float] | None = None  # when, others' groups, cores
         self._limits = (config.max_groups, config.max_cores)  # the region's, as read
@@ -180,8 +172,6 @@ class AciAdapter(BatchAdapter):
         self._to_delete: list[_Chunk] = []
         self._backoff = 0.0  # seconds before creating again, after ARM said no room
         self._deleted: dict[str, _Chunk] = {}  # DELETE sent, 404 not seen yet
-        #: How many requests of each kind went to Storage (ARM's: ``arm.calls``).
-        self.blob_calls: dict[str, int] = {"list": 0, "get": 0, "put": 0, "delete": 0}
 
     def __repr__(self) -> str:
         c = self.config
@@ -214,8 +204,7 @@ class AciAdapter(BatchAdapter):
             min(group_limit, self.config.max_groups),
             min(core_limit, self.config.max_cores),
         )
-        ours = [c for a in self._arrays.values() for c in a.chunks]
-        ours = [c for c in ours if c.state not in ("queued", "gone")]
+        ours = self._ours()
         others = max(0, groups - len(ours))
         others_cores = max(0.0, cores - sum(c.cpu for c in ours))
         self._usage = (time.monotonic(), others, others_cores)
@@ -262,8 +251,8 @@ class AciAdapter(BatchAdapter):
         try:
             async with anyio.create_task_group() as tg:
                 for name, data in uploads.items():
-                    tg.start_soon(self._put, name, data)
-            await self._put(f"{prefix}/job_id", array_id.encode())  # last: find() reads it
+                    tg.start_soon(self.blobs.put, name, data)
+            await self.blobs.put(f"{prefix}/job_id", array_id.encode())  # last: find() reads it
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self.blobs.delete_prefix(f"{prefix}/")
@@ -273,10 +262,6 @@ class AciAdapter(BatchAdapter):
         self._wake()
         log.debug("staged %d task(s) as ACI array %s (%d groups)", tasks, array_id, job["chunks"])
         return array_id
-
-    async def _put(self, name: str, data: bytes) -> None:
-        self.blob_calls["put"] += 1
-        await self.blobs.put(name, data)
 
     def _add_array(self, array_id: str, workdir: str, prefix: str) -> _Array:
         array = self._arrays.get(array_id)
@@ -332,14 +317,14 @@ class AciAdapter(BatchAdapter):
                 log.exception("creating or deleting container groups failed; again")
                 self._backoff = min(max(2 * self._backoff, 1.0), USAGE_TTL)
 
+    def _ours(self) -> list[_Chunk]:
+        """Our chunks whose group may exist: what they hold of the region's quota."""
+        held = ("creating", "created", "deleting", "done")
+        return [c for a in self._arrays.values() for c in a.chunks if c.state in held]
+
     def _room(self) -> tuple[int, float]:
         """Groups and cores the region has room for now."""
-        ours = [
-            c
-            for a in self._arrays.values()
-            for c in a.chunks
-            if c.state in ("creating", "created", "deleting", "done")
-        ]
+        ours = self._ours()
         others, others_cores = (0, 0.0) if self._usage is None else self._usage[1:]
         groups = self._limits[0] - others - len(ours)
         cores = self._limits[1] - others_cores - sum(c.cpu for c in ours)
@@ -473,8 +458,8 @@ class AciAdapter(BatchAdapter):
                 "asyncexec": "1",
                 "asyncexec-launcher": self.id,
                 "asyncexec-workdir": array.workdir,
-                "asyncexec-created": _iso(now),
-                "asyncexec-expires": _iso(now + config.ttl),
+                "asyncexec-created": tag_time(now),
+                "asyncexec-expires": tag_time(now + config.ttl),
             },
             "properties": properties,
         }
@@ -550,9 +535,7 @@ class AciAdapter(BatchAdapter):
     async def _list(self) -> None:
         """One List Blobs of the staging prefix: what started, ended, wrote its outcome."""
         prefix = self.config.staging_prefix.strip("/") + "/"
-        self.blob_calls["list"] += 1
         self._names = set(await self.blobs.list(prefix))
-        self._listed_at = time.monotonic()
         ended: list[tuple[_Array, _Chunk]] = []
         for array in self._arrays.values():
             for chunk in array.chunks:
@@ -575,7 +558,6 @@ class AciAdapter(BatchAdapter):
         """The verdict on chunks whose runner exited before writing every outcome (a
         task that killed it): its exit status and the end of its stderr."""
         names = [f"{a.prefix}/log/{c.index}.{end}" for a, c in ended for end in ("exit", "err")]
-        self.blob_calls["get"] += len(names)
         found = await self.blobs.get_many(names)
         for array, chunk in ended:
             stem = f"{array.prefix}/log/{chunk.index}"
@@ -779,7 +761,7 @@ class AciAdapter(BatchAdapter):
                     changed.add((workdir, chunk.index))
         for workdir, index in changed:
             names = "\n".join(sorted(self._cancelled[workdir, index])) + "\n"
-            await self._put(f"{self.blob_name(workdir)}/cancel/{index}", names.encode())
+            await self.blobs.put(f"{self.blob_name(workdir)}/cancel/{index}", names.encode())
 
     # -- bytes ----------------------------------------------------------------------------
 
@@ -791,7 +773,6 @@ class AciAdapter(BatchAdapter):
                 names[name] = path
         if not names:
             return {}
-        self.blob_calls["get"] += len(names)
         found = await self.blobs.get_many(list(names))
         return {names[name]: data for name, data in found.items()}
 
@@ -806,12 +787,10 @@ class AciAdapter(BatchAdapter):
                 self._arrays.pop(array.array_id, None)
             for key in [key for key in self._cancelled if key[0] == workdir]:
                 del self._cancelled[key]
-            self.blob_calls["delete"] += 1
             await self.blobs.delete_prefix(f"{self.blob_name(workdir)}/")
 
     async def find(self, staging_dir: str) -> list[tuple[str, str, str]]:
         prefix = self.blob_name(staging_dir) + "/"
-        self.blob_calls["list"] += 1
         names = await self.blobs.list(prefix)
         runs = sorted({name[len(prefix) :].partition("/")[0] for name in names})
         wanted = [
@@ -832,7 +811,6 @@ class AciAdapter(BatchAdapter):
     async def listing(self, workdir: str) -> tuple[str, set[str]]:
         prefix = self.blob_name(workdir)
         tasks = await self.blobs.get(f"{prefix}/tasks.json")
-        self.blob_calls["list"] += 1
         names = await self.blobs.list(f"{prefix}/out/")
         return (tasks or b"").decode(), {name.rpartition("/")[2] for name in names}
 
@@ -881,7 +859,3 @@ def _events(*lists: Any) -> str:
             if text and text not in seen:
                 seen.append(text)
     return "; ".join(seen[-5:])
-
-
-def _iso(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

@@ -72,7 +72,7 @@ class AzureLauncher(BatchLauncher):
             endpoint=config.storage_endpoint,
         )
         super().__init__(
-            AciAdapter(config, arm, blobs, limits, storage_key=key),
+            AciAdapter(config, arm, blobs, storage_key=key),
             chunk_size=config.chunk_size,
             max_concurrent=config.max_concurrent,
             poll_interval=config.poll_interval,

@@ -11,7 +11,7 @@ import anyio
 if TYPE_CHECKING:
     from ._arm import ArmClient
 
-__all__ = ["Leftover", "find_leftovers", "prune_groups"]
+__all__ = ["Leftover", "find_leftovers", "prune_groups", "tag_time"]
 
 #: Seconds pruning waits for ARM to say the groups it deleted are gone.
 PRUNE_CONFIRM = 300.0
@@ -29,7 +29,7 @@ class Leftover:
     state: str  #: ARM's provisioning state
 
     def expired(self, now: float) -> bool:
-        return bool(self.expires) and self.expires <= _iso(now)
+        return bool(self.expires) and self.expires <= tag_time(now)
 
 
 async def find_leftovers(arm: ArmClient) -> list[Leftover]:
@@ -79,5 +79,7 @@ async def prune_groups(
     return chosen
 
 
-def _iso(seconds: float) -> str:
+def tag_time(seconds: float) -> str:
+    """A time as the groups' tags write it (ISO 8601, UTC, whole seconds): compared as
+    text, it orders as the times do."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
