@@ -20,7 +20,15 @@ from typing import Any
 import anyio
 import msgspec
 
-from .. import BaseExecutor, ConfiguredExecutor, Future, FutureState, TaskOptions
+from .. import (
+    BaseExecutor,
+    ConfiguredExecutor,
+    Future,
+    FutureState,
+    LaunchError,
+    TaskDetached,
+    TaskOptions,
+)
 from ..sweep import HashableDict, ParamSweeper, slugify, sweep
 from ._progress import Progress
 from ._store import ResultsStore, RunSpec
@@ -40,6 +48,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     failed: int  # finished with an error, in all runs so far
     ran: int  # tasks this run executed (successes and failures)
     reattached: int = 0  # of those, tasks a crashed runner left running, followed again
+    detached: int = 0  # runs left running where they run (``detach=True``), to collect later
     cancelled: bool  # stopped before the end (cancellation, or `asyncexec cancel`)
     elapsed: float
 
@@ -118,6 +127,7 @@ class Experiment:
         progress: bool | None = None,
         progress_interval: float = 10.0,
         lease: float = 60.0,
+        detach: bool = False,
     ) -> RunSummary:
         """Run what is not done yet on ``executor``, recording every run in ``directory``.
 
@@ -140,7 +150,26 @@ class Experiment:
                 always (True), or never (False).
             progress_interval: seconds between plain progress lines.
             lease: seconds a dead runner's runs stay held before another takes them.
+            detach: submit what is not done and return once the backend has taken
+                it, without waiting for it (the executor is then closed by
+                :meth:`BaseExecutor.detach`, its work left running). Each run's
+                JobRef is in the store: ``run`` again (``asyncexec run --continue``)
+                follows the runs still running and collects those that finished
+                meanwhile. Runs the executor could not hand over at once (more
+                than ``n_workers``) are left for that later ``run``. Needs a
+                backend whose work outlives its driver (Slurm, Docker one-shot,
+                Azure).
+
+        Raises:
+            LaunchError: ``detach`` on a backend whose work ends with its driver
+                (before anything is submitted).
         """
+        if detach and not executor.capabilities.reattachable:
+            raise LaunchError(
+                f"{type(executor).__name__} cannot detach: its work ends with this "
+                "process (detach needs a backend whose work outlives its driver: Slurm, "
+                "Docker one-shot, Azure)"
+            )
         directory = os.fspath(directory)
         started = time.monotonic()
         store = await anyio.to_thread.run_sync(
@@ -159,7 +188,7 @@ class Experiment:
                 )
             )
             try:
-                dispatch = _Dispatch(self, executor, store, sweeper, retry_failed)
+                dispatch = _Dispatch(self, executor, store, sweeper, retry_failed, detach)
                 cancelled = await dispatch.run(progress, progress_interval)
             finally:
                 with anyio.CancelScope(shield=True):  # its heartbeat thread, its connection
@@ -175,6 +204,7 @@ class Experiment:
             failed=counts["failed"],
             ran=dispatch.ran,
             reattached=dispatch.reattached,
+            detached=dispatch.detached,
             cancelled=cancelled,
             elapsed=time.monotonic() - started,
         )
@@ -190,8 +220,11 @@ class _Dispatch:
         store: ResultsStore,
         sweeper: ParamSweeper,
         retry_failed: bool,
+        detach: bool = False,
     ) -> None:
         self.experiment = experiment
+        self.detach = detach
+        self.detached = 0
         self.executor = executor
         self.store = store
         self.sweeper = sweeper
@@ -199,7 +232,9 @@ class _Dispatch:
         self.by_fingerprint = {run.fingerprint: run for run in experiment.runs}
         self.fingerprints = frozenset(self.by_fingerprint)
         self.logs = os.path.join(store.directory, "logs")
-        self.window = anyio.Semaphore(max(2, 2 * executor.n_workers))
+        # Detaching, a run leaves the window once the backend has taken it: as many go
+        # at once as the executor hands over (its n_workers).
+        self.window = anyio.Semaphore(max(2, (1 if detach else 2) * executor.n_workers))
         self.held: set[str] = set()
         self.ran = 0
         self.reattached = 0  # runs whose running task was followed again, not resubmitted
@@ -242,9 +277,13 @@ class _Dispatch:
         in_flight = 0
         all_collected = anyio.Event()
         all_collected.set()
+        unhanded = 0  # detaching: runs in flight whose JobRef is not stored yet
+        all_handed = anyio.Event()
+        all_handed.set()
 
         async def collect(fingerprint: str, future: Future[Any]) -> None:
-            nonlocal in_flight, all_collected
+            nonlocal in_flight, all_collected, unhanded
+            in_window = True
             try:
                 with anyio.CancelScope(shield=True):  # recorded running before its end
                     await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
@@ -255,7 +294,14 @@ class _Dispatch:
                         break
                     if self.executor.can_attach(ref):
                         # The work outlives us: a runner resuming after a crash follows it.
-                        await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
+                    if self.detach and in_window:  # handed over: the next may go
+                        in_window = False
+                        self.window.release()
+                        unhanded -= 1
+                        if unhanded == 0:
+                            all_handed.set()
                 await future.wait()
             finally:
                 with anyio.CancelScope(shield=True):
@@ -263,7 +309,12 @@ class _Dispatch:
                     in_flight -= 1
                     if in_flight == 0:
                         all_collected.set()
-                    self.window.release()
+                    if in_window:
+                        self.window.release()
+                        if self.detach:
+                            unhanded -= 1
+                            if unhanded == 0:
+                                all_handed.set()
 
         while True:
             await self.window.acquire()
@@ -273,7 +324,7 @@ class _Dispatch:
                     self.held.add(fingerprint)
             if fingerprint is None:
                 self.window.release()
-                if await self._all_finished():
+                if self.detach or await self._all_finished():
                     break
                 if await anyio.to_thread.run_sync(self._reopen_lost):
                     continue
@@ -297,9 +348,17 @@ class _Dispatch:
             self.held.discard(fingerprint)
             in_flight += 1
             all_collected = anyio.Event()
+            if self.detach:
+                unhanded += 1
+                all_handed = anyio.Event()
             self.progress.running += 1
             self.progress.changed()
             tg.start_soon(collect, fingerprint, future)
+        if self.detach:
+            # Every run in flight has its JobRef stored (or has ended): let them go.
+            await all_handed.wait()
+            refs = await self.executor.detach()
+            log.info("%s: %d run(s) left running (detached)", self.experiment.name, len(refs))
         await all_collected.wait()
 
     async def _follow_or_submit(self, fingerprint: str, status: str | None) -> Future[Any]:
@@ -332,6 +391,15 @@ class _Dispatch:
     async def _record(self, fingerprint: str, future: Future[Any]) -> None:
         if not future.ready():
             await self.executor.cancel(future)
+        if isinstance(future.exception(), TaskDetached):
+            # Left running, recorded running with its JobRef: given back to the
+            # sweeper, the next runner takes it and follows it (re-attach).
+            await anyio.to_thread.run_sync(self.sweeper.cancel, fingerprint)
+            self.progress.running -= 1
+            self.detached += 1
+            self.progress.changed()
+            self.recorded.set()
+            return
         status = await anyio.to_thread.run_sync(self.store.record, fingerprint, future)
         self.progress.running -= 1
         if future.state is FutureState.DONE:

@@ -264,6 +264,26 @@ class DockerLauncher(PoolLauncher):
                 if docker is not None:
                     await close_engine(docker)
 
+    async def release(self) -> None:
+        """One-shot: close, leaving the container of every task still running (each
+        finishes its task and keeps the outcome in its log, for ``attach``); the
+        others go as :meth:`aclose` removes them. Warm: raises, as for any launcher
+        whose work ends with it.
+
+        Raises:
+            LaunchError: the launcher is warm.
+
+        Cancellation: shielded, as :meth:`aclose`.
+        """
+        if self.mode != "oneshot":
+            await super().release()
+        with anyio.CancelScope(shield=True):
+            for worker in list(self._workers):
+                if isinstance(worker, ContainerWorker) and worker.jobs:
+                    self._containers.kept.add(worker.name)
+                    worker.let_go()
+            await self.aclose()
+
     # -- the seam -------------------------------------------------------------------
 
     async def _dispatch(self, job: PoolJob) -> None:
