@@ -122,6 +122,8 @@ async def test_slurm_detach_leaves_the_jobs_and_a_new_executor_collects_them(
         executions(scratch, 3)
     )  # still queued or running, or already over: never cancelled
     async with slurm(cluster, staging) as ex:
+        states = await ex.job_states(refs)
+        assert set(states) <= {"queued", "running", "ended"}, states
         values = await ex.wait([await ex.attach(ref) for ref in refs])
         assert ex.slurm.calls.get("sbatch", 0) == 0
     assert sorted(values) == [0, 1, 4]
@@ -185,6 +187,8 @@ async def test_docker_detach_leaves_the_containers_and_attach_collects_them(
     assert len(refs) == 2 and all(isinstance(f.exception(), TaskDetached) for f in futures)
     assert len(containers_of(executor_id)) == 2  # left running, not removed
     async with DockerExecutor(image, 2, **options) as ex:
+        states = await ex.job_states(refs)
+        assert set(states) <= {"queued", "running", "ended"}, states
         values = await ex.wait([await ex.attach(ref) for ref in refs])
     assert sorted(values) == [0, 1]
     assert executions(shared, 2) == [1, 1]
