@@ -7,7 +7,9 @@ executes twice (each run appends a line to a file of its own).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ from asyncexec import (
     TaskCancelled,
     TaskDetached,
 )
-from asyncexec.experiment import Experiment
+from asyncexec.experiment import Experiment, RunControl
 from asyncexec.launchers.azure import AzureLauncher
 from asyncexec.testing import sleep_for
 
@@ -151,6 +153,49 @@ async def test_an_experiment_detached_on_slurm_is_continued_with_nothing_run_twi
         assert ex.slurm.calls.get("sbatch", 0) == 0, "the detached runs are followed"
     assert summary.complete and summary.done == 6, summary
     assert executions(scratch, 6) == [1] * 6
+    assert os.listdir(staging) == []
+    os.rmdir(staging)
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+async def test_a_run_detached_midway_leaves_its_runs_in_flight_to_the_next(
+    cluster: Cluster, scratch: str, tmp_path: Path
+) -> None:
+    """RunControl.detach (Ctrl-C's "detach" on a terminal): the runs in flight go on,
+    the rest stay to do; the next run follows the first and runs the rest."""
+    directory = tmp_path / "experiment"
+    experiment = Experiment(
+        counted, {"x": list(range(5)), "seconds": [2.0], "directory": [scratch]}
+    )
+    staging = staging_for(cluster)
+    control = RunControl()
+    config = SlurmConfig(python=cluster.python, poll_interval=0.2, max_poll_interval=2.0)
+
+    def handed_over() -> int:
+        try:
+            with contextlib.closing(sqlite3.connect(directory / "results.sqlite")) as db:
+                (count,) = db.execute("SELECT COUNT(job_ref) FROM runs").fetchone()
+        except sqlite3.Error:
+            return 0
+        return int(count)
+
+    async def detach_once_one_is_handed_over() -> None:
+        while handed_over() < 1:
+            await anyio.sleep(0.1)
+        control.detach()
+
+    executor = SlurmExecutor(cluster.shell(), config, 2, staging_dir=staging)
+    async with executor as ex, anyio.create_task_group() as tg:
+        tg.start_soon(detach_once_one_is_handed_over)
+        summary = await experiment.run(ex, directory, control=control, progress=False)
+    assert 1 <= summary.detached <= 2 and summary.done == 0, summary
+    assert not summary.complete
+    async with slurm(cluster, staging) as ex:
+        summary = await experiment.run(ex, directory, progress=False)
+    assert summary.complete and summary.done == 5, summary
+    assert summary.reattached >= 1, summary
+    assert executions(scratch, 5) == [1] * 5
     assert os.listdir(staging) == []
     os.rmdir(staging)
 

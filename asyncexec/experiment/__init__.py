@@ -16,6 +16,7 @@ from ._outputs import copy_outputs as copy_outputs
 from ._outputs import redirect_outputs as redirect_outputs
 from ._progress import Progress as Progress
 from ._runner import Experiment as Experiment
+from ._runner import RunControl as RunControl
 from ._runner import RunSummary as RunSummary
 from ._store import ResultsStore as ResultsStore
 from ._store import RunSpec as RunSpec
@@ -28,6 +29,7 @@ __all__ = [
     "ParamSweeper",
     "Progress",
     "ResultsStore",
+    "RunControl",
     "RunSpec",
     "RunSummary",
     "StoreError",

@@ -33,7 +33,7 @@ from ..sweep import HashableDict, ParamSweeper, slugify, sweep
 from ._progress import Progress
 from ._store import ResultsStore, RunSpec
 
-__all__ = ["Experiment", "RunSummary"]
+__all__ = ["Experiment", "RunControl", "RunSummary"]
 
 log = logging.getLogger("asyncexec")
 
@@ -128,6 +128,7 @@ class Experiment:
         progress_interval: float = 10.0,
         lease: float = 60.0,
         detach: bool = False,
+        control: RunControl | None = None,
     ) -> RunSummary:
         """Run what is not done yet on ``executor``, recording every run in ``directory``.
 
@@ -159,6 +160,8 @@ class Experiment:
                 than ``n_workers``) are left for that later ``run``. Needs a
                 backend whose work outlives its driver (Slurm, Docker one-shot,
                 Azure).
+            control: a :class:`RunControl` to detach the run while it goes (on
+                Ctrl-C, say).
 
         Raises:
             LaunchError: ``detach`` on a backend whose work ends with its driver
@@ -189,6 +192,8 @@ class Experiment:
             )
             try:
                 dispatch = _Dispatch(self, executor, store, sweeper, retry_failed, detach)
+                if control is not None:
+                    control._bind(dispatch)
                 cancelled = await dispatch.run(progress, progress_interval)
             finally:
                 with anyio.CancelScope(shield=True):  # its heartbeat thread, its connection
@@ -210,6 +215,43 @@ class Experiment:
         )
 
 
+class RunControl:
+    """Steers an :meth:`Experiment.run` under way, from the same event loop (a signal
+    watcher, a UI): pass it as ``control=``.
+    """
+
+    def __init__(self) -> None:
+        self._dispatch: _Dispatch | None = None
+        self._reattachable: bool | None = None
+        self.detach_requested = False
+
+    def _bind(self, dispatch: _Dispatch) -> None:
+        self._dispatch = dispatch
+        self._reattachable = dispatch.executor.capabilities.reattachable
+        if self.detach_requested:
+            dispatch.detach_now()
+
+    @property
+    def can_detach(self) -> bool:
+        """Whether :meth:`detach` can work: the run's backend's work outlives its driver
+        (False until the run has started)."""
+        return bool(self._reattachable)
+
+    def detach(self) -> None:
+        """Take no more runs, let the runs in flight go on running where they run
+        (their JobRefs stored), and end the run, as ``detach=True`` does: the next
+        ``run`` follows them. Never waits.
+
+        Raises:
+            LaunchError: the run's backend's work ends with its driver.
+        """
+        if self._reattachable is False:
+            raise LaunchError("this run's backend cannot detach: its work ends with its driver")
+        self.detach_requested = True
+        if self._dispatch is not None:
+            self._dispatch.detach_now()
+
+
 class _Dispatch:
     """One runner's loop: take runs from the sweeper, submit them, record them."""
 
@@ -225,6 +267,7 @@ class _Dispatch:
         self.experiment = experiment
         self.detach = detach
         self.detached = 0
+        self.taking = anyio.CancelScope()  # around taking and submitting runs
         self.executor = executor
         self.store = store
         self.sweeper = sweeper
@@ -240,6 +283,11 @@ class _Dispatch:
         self.reattached = 0  # runs whose running task was followed again, not resubmitted
         self.poll = min(2.0, sweeper.lease / 3)
         self.recorded = anyio.Event()
+
+    def detach_now(self) -> None:
+        """Take no more runs; let those in flight go running (as ``detach=True``)."""
+        self.detach = True
+        self.taking.cancel()
 
     def finished(self, status: str | None) -> bool:
         return status == "done" or (status == "failed" and not self.retry_failed)
@@ -277,13 +325,17 @@ class _Dispatch:
         in_flight = 0
         all_collected = anyio.Event()
         all_collected.set()
-        unhanded = 0  # detaching: runs in flight whose JobRef is not stored yet
-        all_handed = anyio.Event()
-        all_handed.set()
 
         async def collect(fingerprint: str, future: Future[Any]) -> None:
-            nonlocal in_flight, all_collected, unhanded
+            nonlocal in_flight, all_collected
             in_window = True
+
+            def hand_over() -> None:  # its JobRef is stored
+                nonlocal in_window
+                if self.detach and in_window:  # detaching: the next run may go
+                    in_window = False
+                    self.window.release()
+
             try:
                 with anyio.CancelScope(shield=True):  # recorded running before its end
                     await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
@@ -296,12 +348,7 @@ class _Dispatch:
                         # The work outlives us: a runner resuming after a crash follows it.
                         with anyio.CancelScope(shield=True):
                             await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
-                    if self.detach and in_window:  # handed over: the next may go
-                        in_window = False
-                        self.window.release()
-                        unhanded -= 1
-                        if unhanded == 0:
-                            all_handed.set()
+                        hand_over()
                 await future.wait()
             finally:
                 with anyio.CancelScope(shield=True):
@@ -311,52 +358,45 @@ class _Dispatch:
                         all_collected.set()
                     if in_window:
                         self.window.release()
-                        if self.detach:
-                            unhanded -= 1
-                            if unhanded == 0:
-                                all_handed.set()
 
-        while True:
-            await self.window.acquire()
-            with anyio.CancelScope(shield=True):  # what the sweeper hands out must be tracked
-                fingerprint = await self.sweeper.aget_next()
-                if fingerprint is not None:
-                    self.held.add(fingerprint)
-            if fingerprint is None:
-                self.window.release()
-                if self.detach or await self._all_finished():
-                    break
-                if await anyio.to_thread.run_sync(self._reopen_lost):
+        with self.taking:  # cancelled: detach now (RunControl.detach)
+            while True:
+                await self.window.acquire()
+                with anyio.CancelScope(shield=True):  # what the sweeper hands out must be tracked
+                    fingerprint = await self.sweeper.aget_next()
+                    if fingerprint is not None:
+                        self.held.add(fingerprint)
+                if fingerprint is None:
+                    self.window.release()
+                    if self.detach or await self._all_finished():
+                        break
+                    if await anyio.to_thread.run_sync(self._reopen_lost):
+                        continue
+                    # The rest is held, by us or by others: wait for one of ours to finish,
+                    # or a while for the others (or for their leases to expire).
+                    self.recorded = anyio.Event()
+                    with anyio.move_on_after(self.poll):
+                        await self.recorded.wait()
                     continue
-                # The rest is held, by us or by others: wait for one of ours to finish,
-                # or a while for the others (or for their leases to expire).
-                self.recorded = anyio.Event()
-                with anyio.move_on_after(self.poll):
-                    await self.recorded.wait()
-                continue
-            status = await anyio.to_thread.run_sync(self.store.status, fingerprint)
-            if self.finished(status):
-                await anyio.to_thread.run_sync(
-                    self.sweeper.done if status == "done" else self.sweeper.skip, fingerprint
-                )
+                status = await anyio.to_thread.run_sync(self.store.status, fingerprint)
+                if self.finished(status):
+                    await anyio.to_thread.run_sync(
+                        self.sweeper.done if status == "done" else self.sweeper.skip, fingerprint
+                    )
+                    self.held.discard(fingerprint)
+                    self.window.release()
+                    continue
+                future = await self._follow_or_submit(fingerprint, status)
+                # No checkpoint from here to start_soon: a cancellation cannot come between
+                # the task's submission and the collector that cancels and records it.
                 self.held.discard(fingerprint)
-                self.window.release()
-                continue
-            future = await self._follow_or_submit(fingerprint, status)
-            # No checkpoint from here to start_soon: a cancellation cannot come between
-            # the task's submission and the collector that cancels and records it.
-            self.held.discard(fingerprint)
-            in_flight += 1
-            all_collected = anyio.Event()
-            if self.detach:
-                unhanded += 1
-                all_handed = anyio.Event()
-            self.progress.running += 1
-            self.progress.changed()
-            tg.start_soon(collect, fingerprint, future)
+                in_flight += 1
+                all_collected = anyio.Event()
+                self.progress.running += 1
+                self.progress.changed()
+                tg.start_soon(collect, fingerprint, future)
         if self.detach:
-            # Every run in flight has its JobRef stored (or has ended): let them go.
-            await all_handed.wait()
+            # Every run in flight goes on where it runs (queued here: cancelled, to do).
             refs = await self.executor.detach()
             log.info("%s: %d run(s) left running (detached)", self.experiment.name, len(refs))
         await all_collected.wait()
@@ -391,9 +431,12 @@ class _Dispatch:
     async def _record(self, fingerprint: str, future: Future[Any]) -> None:
         if not future.ready():
             await self.executor.cancel(future)
-        if isinstance(future.exception(), TaskDetached):
+        error = future.exception()
+        if isinstance(error, TaskDetached):
             # Left running, recorded running with its JobRef: given back to the
             # sweeper, the next runner takes it and follows it (re-attach).
+            if error.job_ref is not None:  # (its collector may not have stored it yet)
+                await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, error.job_ref)
             await anyio.to_thread.run_sync(self.sweeper.cancel, fingerprint)
             self.progress.running -= 1
             self.detached += 1
