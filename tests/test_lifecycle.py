@@ -58,11 +58,16 @@ LINE = "x" * 60
 
 
 def place() -> str:
-    return f"{os.uname().nodename}-{os.getpid()}"
+    """This process, apart from every other: containers share pids, even host names."""
+    token = getattr(sys, "_asyncexec_lifecycle_token", None)
+    if token is None:  # (kept in sys: this module's globals are per pickle, by value)
+        token = uuid.uuid4().hex[:8]
+        sys._asyncexec_lifecycle_token = token  # type: ignore[attr-defined]
+    return f"{os.uname().nodename}-{os.getpid()}-{token}"
 
 
 def set_up(directory: str, key: str) -> None:
-    os.environ[key] = str(os.getpid())
+    os.environ[key] = place()
     Path(directory, f"setup-{place()}").write_text(key)
 
 
@@ -74,6 +79,10 @@ def tear_down(directory: str, key: str) -> None:
 def fail_setup(directory: str) -> None:
     Path(directory, f"failed-{place()}").write_text(str(os.getpid()))
     raise RuntimeError("setup exploded")
+
+
+def fail_teardown() -> None:
+    raise RuntimeError("teardown exploded")
 
 
 def chatty(key: str, lines: int = 0) -> tuple[str, str | None]:
@@ -120,16 +129,15 @@ class Hooked:
     def check_tasks(self, results: list[tuple[str, str | None]]) -> set[str]:
         """Each task saw its own process's setup: the places they ran in."""
         for where, seen in results:
-            assert seen is not None and where.endswith(f"-{seen}"), (where, seen)
+            assert where == seen, (where, seen)
         return {where for where, _ in results}
 
     def check_torn_down(self, ran: set[str]) -> None:
-        """Every place set up was torn down, after what its tasks saw."""
+        """Every place set up was torn down, with what its setup left there."""
         assert ran <= self.places("setup")
         assert self.places("teardown") == self.places("setup"), self.places("teardown")
         for where in self.places("teardown"):
-            pid = where.rpartition("-")[2]
-            assert Path(self.directory, f"teardown-{where}").read_text() == pid
+            assert Path(self.directory, f"teardown-{where}").read_text() == where
 
 
 def check_logs(out: Path, err: Path, future: Future[Any], lines: int) -> None:
@@ -267,6 +275,18 @@ async def test_processes_whose_setup_fails_leave_nothing(
     assert failed and not [name for name in os.listdir(shared) if name.startswith("teardown-")]
     for name in failed:
         assert not pid_alive(int(Path(shared, name).read_text()))
+
+
+async def test_a_teardown_that_raises_is_printed_and_fails_nothing(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ProcessExecutor(1, teardown=fail_teardown) as ex:
+        assert (await ex.run(chatty, "KEY"))[1] is None
+    async with ThreadExecutor(1, teardown=fail_teardown) as threads:
+        assert (await threads.run(chatty, "KEY"))[1] is None
+    printed = capfd.readouterr().err  # the worker's stderr: the driver's
+    assert "teardown hook raised" in printed and "RuntimeError: teardown exploded" in printed
+    assert "teardown hook raised" in caplog.text and "teardown exploded" in caplog.text
 
 
 async def test_a_bad_log_path_fails_the_task_on_every_pool(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from ..._exceptions import LaunchError
 from ..._hooks import Hook
 from ..._messages import JobRef, Outcome, Resources, TaskSpec
 from ..pool import PoolJob, PoolLauncher, PoolWorker
+from ..pool._launcher import tails
 from ._container import ContainerWorker
 from ._engine import (
     AIOHTTP,
@@ -341,7 +342,12 @@ class DockerLauncher(PoolLauncher):
             if self._docker is None:
                 raise LaunchError("the Docker launcher is not open")
             assert ref.task_id is not None
-            return await collect(self._docker, ref.native_id, ref.task_id, self._containers.remove)
+            collected = await collect(
+                self._docker, ref.native_id, ref.task_id, self._containers.remove
+            )
+            # Its log files, if it had any, were the driver's that started it: the
+            # whole output its worker may have sent is not kept, only the tails.
+            return tails(collected)
         return await super().wait(ref)
 
     async def cancel(self, ref: JobRef) -> None:

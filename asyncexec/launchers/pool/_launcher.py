@@ -202,10 +202,24 @@ class PoolLauncher(BaseLauncher[PoolJob]):
     # -- lifecycle ------------------------------------------------------------------
 
     async def _open(self) -> None:
-        if self._eager:
-            async with anyio.create_task_group() as spawners:
-                for _ in range(self._n_workers):
-                    spawners.start_soon(self._spawn_idle)
+        if not self._eager:
+            return
+        # The first worker that cannot start fails the opening, alone (the others
+        # usually fail the same way at the same time: not an exception group of them).
+        errors: list[Exception] = []
+        async with anyio.create_task_group() as spawners:
+
+            async def spawn() -> None:
+                try:
+                    await self._spawn_idle()
+                except Exception as exc:
+                    errors.append(exc)
+                    spawners.cancel_scope.cancel()  # those starting are killed and reaped
+
+            for _ in range(self._n_workers):
+                spawners.start_soon(spawn)
+        if errors:
+            raise errors[0]
 
     async def aclose(self) -> None:
         """Ask idle workers to exit (running their teardown hook), kill the rest and
@@ -623,6 +637,11 @@ async def _write_logs(logs: tuple[str | None, str | None], outcome: Outcome) -> 
                 await file.write(text.encode())
         except OSError as exc:
             log.warning("cannot write the log of task %s to %s: %s", outcome.task_id, path, exc)
+    return tails(outcome)
+
+
+def tails(outcome: Outcome) -> Outcome:
+    """The outcome with the tails of its output only (a worker may have sent it all)."""
     if len(outcome.stdout) > TAIL_BYTES or len(outcome.stderr) > TAIL_BYTES:
         outcome = msgspec.structs.replace(
             outcome, stdout=outcome.stdout[-TAIL_BYTES:], stderr=outcome.stderr[-TAIL_BYTES:]
