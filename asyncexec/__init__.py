@@ -19,6 +19,7 @@ _PUBLIC: dict[str, str] = {
     "LaunchError": "._exceptions",
     "RemoteError": "._exceptions",
     "SerializationError": "._exceptions",
+    "SetupFailed": "._exceptions",
     "TaskBackendUnavailable": "._exceptions",
     "TaskCancelled": "._exceptions",
     "TaskDetached": "._exceptions",
@@ -67,6 +68,7 @@ if _typing.TYPE_CHECKING:
     from ._exceptions import LaunchError as LaunchError
     from ._exceptions import RemoteError as RemoteError
     from ._exceptions import SerializationError as SerializationError
+    from ._exceptions import SetupFailed as SetupFailed
     from ._exceptions import TaskBackendUnavailable as TaskBackendUnavailable
     from ._exceptions import TaskCancelled as TaskCancelled
     from ._exceptions import TaskDetached as TaskDetached
