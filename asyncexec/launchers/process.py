@@ -31,6 +31,7 @@ from anyio.abc import Process, SocketAttribute, UNIXSocketStream
 import asyncexec
 
 from .. import BaseExecutor
+from .._arguments import remembers_arguments
 from .._exceptions import LaunchError
 from .._messages import Resources, Setup
 from .._options import TaskOptions, check_env
@@ -243,6 +244,7 @@ class ProcessExecutor(BaseExecutor):
     * ``gpus``: refused at ``submit`` (:class:`LaunchError`).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         n_workers: int | None = None,

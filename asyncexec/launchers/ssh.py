@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 
 from .. import BaseExecutor
+from .._arguments import remembers_arguments
 from .._exceptions import BackendUnavailable, LaunchError
 from .._options import TaskOptions
 from ..abc import Launcher, Shell, SpawnedProcess
@@ -91,6 +92,7 @@ class SSHLauncher(PoolLauncher):
 
     kind = "ssh"
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         shells: Sequence[Shell],
@@ -233,6 +235,7 @@ class SSHExecutor(BaseExecutor):
     * ``gpus``: refused at ``submit`` (:class:`LaunchError`).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         shells: Sequence[Shell] | None = None,

@@ -23,6 +23,7 @@ from typing import IO, Any
 import anyio
 
 from .. import BaseExecutor
+from .._arguments import remembers_arguments
 from .._codec import describe_exception
 from .._exceptions import LaunchError
 from .._messages import JobRef, Outcome, TaskSpec
@@ -159,6 +160,7 @@ class ThreadExecutor(BaseExecutor):
         n_workers: threads at once (default: ``min(32, cpu_count + 4)``).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         n_workers: int | None = None,

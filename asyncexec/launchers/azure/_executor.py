@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ... import BaseExecutor
+from ..._arguments import remembers_arguments
 from ..._options import TaskOptions
 from ...abc import Launcher
 from ..batch import BatchLauncher
@@ -36,6 +37,7 @@ class AzureLauncher(BatchLauncher):
     #: ``cpus`` per group (4 at most); ``memory_mb`` is the runtime's limit.
     honours_resources = frozenset({"cpus", "memory_mb"})
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         config: AzureConfig,
@@ -107,6 +109,7 @@ class AzureExecutor(BaseExecutor):
     group, or, in a chunk still running others, skips or interrupts it there.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         launcher: AzureLauncher,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ... import BaseExecutor
+from ..._arguments import remembers_arguments
 from ..._options import TaskOptions
 from ...abc import Launcher, Shell
 from ...shells import LocalShell
@@ -102,6 +103,7 @@ class SlurmExecutor(BaseExecutor):
     Tasks that ask for different ``cpus`` or ``gpus`` go in different arrays.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         shell: Shell | None = None,
