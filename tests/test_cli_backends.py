@@ -194,9 +194,9 @@ def test_ssh_from_flags_then_continue_with_none(project: Path, cluster: Cluster)
     values, kinds = results(project)
     assert values == VALUES and kinds == {"ssh"}
     assert recorded(project) == first
-    code, output = run(project, "--continue", "--slots", "1")
+    code, output = run(project, "--continue", "--slots", "3")
     assert code == 0 and "(0 run now" in output, output
-    assert recorded(project) == {**first, "slots": 1}
+    assert recorded(project) == {**first, "slots": 3}
 
 
 @pytest.mark.slurm
