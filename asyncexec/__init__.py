@@ -45,6 +45,7 @@ _PUBLIC: dict[str, str] = {
     "handle_err": "._timed",
     "timed_run": "._timed",
     "__version__": "._version",
+    "ConfigError": ".config",
     "AzureConfig": ".launchers.azure",
     "AzureExecutor": ".launchers.azure",
     "DockerExecutor": ".launchers.docker",
@@ -94,6 +95,7 @@ if _typing.TYPE_CHECKING:
     from ._timed import handle_err as handle_err
     from ._timed import timed_run as timed_run
     from ._version import __version__ as __version__
+    from .config import ConfigError as ConfigError
     from .launchers.azure import AzureConfig as AzureConfig
     from .launchers.azure import AzureExecutor as AzureExecutor
     from .launchers.docker import DockerExecutor as DockerExecutor

@@ -36,6 +36,7 @@ from anyio.abc import Process, SocketAttribute, UNIXSocketStream
 import asyncexec
 
 from .. import BaseExecutor
+from .._arguments import remembers_arguments
 from .._exceptions import LaunchError
 from .._hooks import Hook
 from .._messages import Resources, Setup
@@ -283,6 +284,7 @@ class ProcessExecutor(BaseExecutor):
     the task with that ``OSError``.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         n_workers: int | None = None,

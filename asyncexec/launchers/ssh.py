@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 
 from .. import BaseExecutor
+from .._arguments import remembers_arguments
 from .._exceptions import BackendUnavailable, LaunchError
 from .._hooks import Hook
 from .._options import TaskOptions
@@ -99,6 +100,7 @@ class SSHLauncher(PoolLauncher):
 
     kind = "ssh"
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         shells: Sequence[Shell],
@@ -267,6 +269,7 @@ class SSHExecutor(BaseExecutor):
     before it runs.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         shells: Sequence[Shell] | None = None,

@@ -30,6 +30,7 @@ from typing import IO, Any
 import anyio
 
 from .. import BaseExecutor
+from .._arguments import remembers_arguments
 from .._codec import describe_exception
 from .._exceptions import LaunchError, SetupFailed
 from .._hooks import Hook, Hooks, make_hooks
@@ -236,6 +237,7 @@ class ThreadExecutor(BaseExecutor):
             setup raised; what it raises is logged (logger ``asyncexec``).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         n_workers: int | None = None,

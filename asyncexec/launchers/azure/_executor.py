@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ... import BaseExecutor
+from ..._arguments import remembers_arguments
 from ..._hooks import Hook, make_hooks
 from ..._options import TaskOptions
 from ...abc import Launcher
@@ -52,6 +53,7 @@ class AzureLauncher(BatchLauncher):
     #: ``cpus`` per group (4 at most); ``memory_mb`` is the runtime's limit.
     honours_resources = frozenset({"cpus", "memory_mb"})
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         config: AzureConfig,
@@ -133,6 +135,7 @@ class AzureExecutor(BaseExecutor):
     cannot be written is a warning: the task has run).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         launcher: AzureLauncher,

@@ -16,6 +16,7 @@ import anyio
 
 from ... import BaseExecutor
 from ..._aio import require_asyncio
+from ..._arguments import remembers_arguments
 from ..._hooks import Hook
 from ..._options import TaskOptions
 from ...abc import Launcher
@@ -169,6 +170,7 @@ class DockerExecutor(BaseExecutor):
       container is left). Warm: refused at ``submit``.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         image: str | None = None,

@@ -29,6 +29,7 @@ import anyio
 import msgspec
 
 from ..._aio import require_asyncio
+from ..._arguments import remembers_arguments
 from ..._exceptions import LaunchError
 from ..._hooks import Hook
 from ..._messages import JobRef, Outcome, Resources, TaskSpec
@@ -96,6 +97,7 @@ class DockerLauncher(PoolLauncher):
 
     kind = "docker"
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         image: str,

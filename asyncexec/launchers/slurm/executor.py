@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ... import BaseExecutor
+from ..._arguments import remembers_arguments
 from ..._hooks import Hook, make_hooks
 from ..._options import TaskOptions
 from ...abc import Launcher, Shell
@@ -136,6 +137,7 @@ class SlurmExecutor(BaseExecutor):
     task has run).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         shell: Shell | None = None,
