@@ -31,14 +31,14 @@ import anyio
 
 from .. import BaseExecutor
 from .._arguments import remembers_arguments
-from .._codec import describe_exception
+from .._codec import describe_exception, loads
 from .._exceptions import LaunchError, SetupFailed
 from .._hooks import Hook, Hooks, make_hooks
 from .._messages import JobRef, Outcome, TaskSpec
 from .._options import TaskOptions, check_workers
 from .._runtime import TAIL_BYTES
 from .._stopit import async_raise
-from .._worker import _loads, execute
+from .._worker import execute
 from ..abc import Launcher
 from ._base import BaseLauncher, Job
 
@@ -172,10 +172,10 @@ def _set_up(hooks: Hooks) -> None:
     doing = "cannot unpickle the teardown hook"
     try:
         if hooks.teardown is not None:
-            _loads(hooks.teardown)
+            loads(hooks.teardown)
         if hooks.setup is not None:
             doing = "cannot unpickle the setup hook"
-            setup = _loads(hooks.setup)
+            setup = loads(hooks.setup)
             doing = "setup raised"
             setup()
     except Exception as exc:
@@ -189,7 +189,7 @@ def _set_up(hooks: Hooks) -> None:
 def _tear_down(teardown: bytes) -> None:
     """Run the teardown hook (in a worker thread); what it raises is logged."""
     try:
-        _loads(teardown)()
+        loads(teardown)()
     except Exception:
         log.exception("the ThreadExecutor's teardown hook raised")
 
