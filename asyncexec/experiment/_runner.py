@@ -25,9 +25,13 @@ from ..sweep import HashableDict, ParamSweeper, slugify, sweep
 from ._progress import Progress
 from ._store import ResultsStore, RunSpec
 
-__all__ = ["Experiment", "RunSummary"]
+__all__ = ["INDEXED_THRESHOLD", "Experiment", "RunSummary"]
 
 log = logging.getLogger("asyncexec")
+
+#: Runs from which ``Experiment.run(indexed=None)`` sends the experiment as indexed arrays
+#: on an executor whose backend offers them (see :mod:`._indexed`).
+INDEXED_THRESHOLD = 5000
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -118,6 +122,8 @@ class Experiment:
         progress: bool | None = None,
         progress_interval: float = 10.0,
         lease: float = 60.0,
+        indexed: bool | None = None,
+        runs_per_task: int | None = None,
     ) -> RunSummary:
         """Run what is not done yet on ``executor``, recording every run in ``directory``.
 
@@ -140,8 +146,32 @@ class Experiment:
                 always (True), or never (False).
             progress_interval: seconds between plain progress lines.
             lease: seconds a dead runner's runs stay held before another takes them.
+            indexed: send the runs as index-addressed arrays, the function and
+                the runs once per array and the outcomes appended to one file per
+                array task (:mod:`asyncexec.experiment._indexed`): True, False, or
+                None for experiments of ``INDEXED_THRESHOLD`` (5,000) runs or more
+                on an executor whose backend offers them (Slurm).
+            runs_per_task: with ``indexed``, runs per array task (default: the
+                runs spread over about a thousand array tasks).
+
+        Raises:
+            ValueError: ``indexed=True`` on an executor without indexed arrays.
         """
         directory = os.fspath(directory)
+        if indexed or (indexed is None and len(self.runs) >= INDEXED_THRESHOLD):
+            from ._indexed import indexed_launcher, run_indexed
+
+            if indexed or indexed_launcher(executor) is not None:
+                return await run_indexed(
+                    self,
+                    executor,
+                    directory,
+                    retry_failed=retry_failed,
+                    progress=progress,
+                    progress_interval=progress_interval,
+                    lease=lease,
+                    runs_per_task=runs_per_task,
+                )
         started = time.monotonic()
         store = await anyio.to_thread.run_sync(
             functools.partial(ResultsStore, directory, experiment=self.name)
