@@ -332,3 +332,90 @@ def is_indexed_ref_json(ref: dict[str, Any]) -> bool:
     from asyncexec import JobRef
 
     return is_indexed_ref(JobRef(**ref))
+
+
+def sleepy_counting(scratch: str) -> Any:
+    """``counting``'s, taking 50 ms a run."""
+    count = counting(scratch)
+
+    def multiply(x: int, y: int) -> int:
+        time.sleep(0.05)
+        return int(count(x, y))
+
+    return multiply
+
+
+@pytest.mark.infra
+@pytest.mark.slurm
+@pytest.mark.ssh
+@pytest.mark.anyio
+async def test_a_lost_array_task_runs_only_its_missing_runs_again(
+    cluster: Cluster, scratch: str, tmp_path: Path
+) -> None:
+    name = f"ae-indexed-lost-{os.getpid()}-{time.monotonic_ns()}"
+    config = SlurmConfig(
+        python=cluster.python, poll_interval=0.2, max_poll_interval=1.0, job_name=name
+    )
+    experiment = Experiment(sleepy_counting(scratch), {"x": range(200), "y": [1, 2]})
+    directory = tmp_path / "experiment"
+    results = directory / "results.sqlite"
+
+    def started_in_task_1() -> str | None:
+        """Task 1's id once some of its runs are recorded (it runs, with runs left)."""
+        try:
+            with contextlib.closing(sqlite3.connect(results)) as db:
+                rows = db.execute("SELECT job_ref FROM runs WHERE status = 'done'").fetchall()
+        except sqlite3.Error:
+            return None
+        ids = [json.loads(ref)["native_id"] for (ref,) in rows if ref]
+        mine = [native_id for native_id in ids if native_id.endswith("_1")]
+        return mine[0] if len(mine) >= 5 else None
+
+    async def kill_task_1() -> None:
+        with anyio.fail_after(120):
+            while (native_id := started_in_task_1()) is None:
+                await anyio.sleep(0.05)
+        await anyio.run_process(["scancel", native_id])
+
+    async with SlurmExecutor(cluster.shell(), config) as ex:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_task_1)
+            summary = await experiment.run(
+                ex, directory, indexed=True, runs_per_task=100, progress=False
+            )
+        calls = dict(ex.slurm.calls)
+    assert summary.complete and summary.done == 400, summary
+    assert calls["sbatch"] == 2, calls  # the array, then array task 1 again
+    counts = executions(scratch)
+    assert len(counts) == 400
+    # Only the run that was running when the task was killed may have run twice.
+    assert sum(n - 1 for n in counts.values()) <= 1, counts.most_common(3)
+    rows = experiment_rows(directory)
+    assert {(r["x"], r["y"]): r["value"] for r in rows} == {
+        (x, y): x * y + 1 for x in range(200) for y in (1, 2)
+    }
+    again = {r["job_ref"]["native_id"] for r in rows if r["job_ref"]["native_id"].endswith("_1")}
+    assert len(again) == 2  # task 1's runs: some from the first array, the rest from the second
+
+
+def test_the_store_counts_runs_per_level_and_records_results_in_bulk(tmp_path: Path) -> None:
+    from asyncexec.experiment import ResultsStore
+    from asyncexec.experiment._store import RunResult
+
+    experiment = Experiment(operator.add, {"a": [1, 2, 3], "b": ["x", "y"]})
+    with ResultsStore(tmp_path / "experiment", experiment=experiment.name) as store:
+        store.register(experiment.runs)
+        first, second = experiment.runs[:2]
+        store.record_results(
+            [
+                RunResult(fingerprint=first.fingerprint, status="done", value=[1, 2]),
+                RunResult(fingerprint=second.fingerprint, status="failed", error=ValueError("no")),
+            ]
+        )
+        levels = store.level_counts()
+        rows = {row["fingerprint"]: row for row in store.rows()}
+    assert levels["a"]["1"] == {"done": 1, "failed": 1}
+    assert levels["a"]["2"] == {"pending": 2}
+    assert levels["b"]['"x"'] == {"done": 1, "pending": 2}
+    assert rows[first.fingerprint]["value"] == [1, 2]
+    assert rows[second.fingerprint]["error_type"] == "ValueError"

@@ -152,7 +152,7 @@ class Experiment:
                 None for experiments of ``INDEXED_THRESHOLD`` (5,000) runs or more
                 on an executor whose backend offers them (Slurm).
             runs_per_task: with ``indexed``, runs per array task (default: the
-                runs spread over about a thousand array tasks).
+                runs spread over 256 array tasks at most, 50 runs each at least).
 
         Raises:
             ValueError: ``indexed=True`` on an executor without indexed arrays.

@@ -101,8 +101,12 @@ log = logging.getLogger("asyncexec")
 
 #: ``JobRef.task_id`` of an indexed run: this prefix, then the run's key.
 REF_PREFIX = "indexed:"
-#: Array tasks of an array when the caller does not say how many runs each runs.
-DEFAULT_TASKS = 1000
+#: Array tasks of a sweep at most when the caller does not say how many runs each runs
+#: (4 * ``max_concurrent`` if that is smaller)...
+DEFAULT_TASKS = 256
+#: ...and runs per array task at least: an array task's start (the scheduler's, the
+#: interpreter's) costs about what a hundred trivial runs do on the test cluster.
+MIN_RUNS_PER_TASK = 50
 #: Attempts of an array task that end without its runtime starting (no ``begin``
 #: record: its setup failed, it was cancelled while pending) before its runs fail.
 IDLE_ATTEMPTS = 3
@@ -406,7 +410,8 @@ class IndexedSweep:
             :data:`~asyncexec._runtime.LOST_AFTER`), ``capture_output`` (the tails
             of what each run prints come back with it; on by default).
         runs_per_task: runs per array task (default: the runs spread over
-            :data:`DEFAULT_TASKS` array tasks, or ``4 * max_concurrent``).
+            :data:`DEFAULT_TASKS` array tasks, or ``4 * max_concurrent``, with
+            :data:`MIN_RUNS_PER_TASK` runs each at least).
         max_array_size: array tasks per array at most (the place's cap anyway).
 
     Raises:
@@ -497,7 +502,9 @@ class IndexedSweep:
         for key, _, _ in runs:
             if not key or not set(key) <= _KEY_CHARS or key.startswith("."):
                 raise ValueError(f"a run's key must be a short file-system-safe word: {key!r}")
-        per_task = self.runs_per_task or max(1, math.ceil(len(runs) / self._tasks_wanted()))
+        per_task = self.runs_per_task or max(
+            min(MIN_RUNS_PER_TASK, len(runs)), math.ceil(len(runs) / self._tasks_wanted())
+        )
         fn_bytes = pickle_function(fn)
         chunks = [runs[i : i + per_task] for i in range(0, len(runs), per_task)]
         refs: dict[str, JobRef] = {}
