@@ -1214,6 +1214,8 @@ class IndexedRunner(Runner):
         self.dirty = False
         self.syncing = False
         self.key = ""  # the run running
+        self.error: BaseException | None = None  # what its last attempt raised
+        self.retry_on: tuple[type[BaseException], ...] | None = None  # loaded when needed
 
     def keep(self, outcome: dict[str, Any]) -> None:
         """Append the run's record: whole, in one write (O_APPEND)."""
@@ -1274,11 +1276,14 @@ class IndexedRunner(Runner):
         def call(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> tuple[str, Any, BaseException | None]:
-            return self.call(self.key, fn, args, kwargs, time_limit, None)
+            ended = self.call(self.key, fn, args, kwargs, time_limit, None)
+            self.error = ended[2]
+            return ended
 
         def capture() -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
             return fd_capture(None, None, scratch)
 
+        retries = int(header.get("retries") or 0)
         for position, key in enumerate(keys):
             if key in done:
                 continue
@@ -1291,16 +1296,40 @@ class IndexedRunner(Runner):
                 args, kwargs = every[at]
                 return fn, tuple(args), dict(kwargs)
 
-            ran = run_task(
-                load,
-                env=header.get("env") or {},
-                memory_mb=header.get("memory_mb"),
-                capture=capture if header.get("capture") else None,
-                call=call,
-            )
-            outcome = self.outcome(key, ran[0])
+            attempt = 1
+            while True:
+                self.error = None
+                ran = run_task(
+                    load,
+                    env=header.get("env") or {},
+                    memory_mb=header.get("memory_mb"),
+                    capture=capture if header.get("capture") else None,
+                    call=call,
+                )
+                if attempt > retries or not self.worth_retry(header, ran[0], version):
+                    break
+                backoff = float(header.get("retry_backoff") or 0.0) * 2 ** (attempt - 1)
+                time.sleep(min(backoff, float(header.get("retry_backoff_max") or 0.0)))
+                attempt += 1
+            outcome = self.outcome(key, ran[0], attempts=attempt)
             outcome.update(zip(RAN_FIELDS, ran, strict=True))
             self.keep(outcome)
+
+    def worth_retry(self, header: dict[str, Any], status: str, version: str | None) -> bool:
+        """Whether a run that ended ``status`` is tried again, as the driver's
+        ``retry_on`` says (matched here against what the run raised)."""
+        if status == "timeout":
+            return bool(header.get("retry_timeouts"))
+        if status != "raised":
+            return False
+        if header.get("retry_raised"):
+            return True  # retry_on matches every remote error (Exception, say)
+        if self.retry_on is None:
+            try:
+                self.retry_on = tuple(self.loads(header["retry_on"], version))
+            except Exception:
+                self.retry_on = ()
+        return self.error is not None and isinstance(self.error, self.retry_on)
 
 
 def main_indexed(argv: list[str]) -> int:

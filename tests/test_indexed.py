@@ -419,3 +419,66 @@ def test_the_store_counts_runs_per_level_and_records_results_in_bulk(tmp_path: P
     assert levels["b"]['"x"'] == {"done": 1, "pending": 2}
     assert rows[first.fingerprint]["value"] == [1, 2]
     assert rows[second.fingerprint]["error_type"] == "ValueError"
+
+
+def failing_once(marker: str) -> Any:
+    """A run that raises the first time it runs (it leaves ``marker``), then adds."""
+
+    def add_after_a_failure(x: int, y: int) -> int:
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise ConnectionError("the first attempt fails")
+        return x + y
+
+    return add_after_a_failure
+
+
+def test_a_run_that_raises_is_tried_again_in_its_array_task_as_retries_say(
+    tmp_path: Path,
+) -> None:
+    for retries, expected in ((1, ("ok", 2)), (0, ("raised", 1))):
+        workdir = tmp_path / f"retries-{retries}"
+        (workdir / "out").mkdir(parents=True)
+        fn = failing_once(str(workdir / "failed-once"))
+        options = TaskOptions(retries=retries, retry_on=(ConnectionError,), retry_backoff=0.01)
+        payload = build_payload(pickle_function(fn), [[("k0", (1, 2), {})]], options)
+        (workdir / "payload.bin").write_bytes(payload)
+        (workdir / _runtime.MODULE_FILE).write_bytes(_RUNNER_SOURCE)
+        assert run_task(workdir, 0).returncode == 0
+        (run,) = [r for r in records(workdir, 0) if r["kind"] == "run"]
+        assert (run["status"], run["attempts"]) == expected
+
+
+@pytest.mark.infra
+@pytest.mark.slurm
+@pytest.mark.ssh
+@pytest.mark.anyio
+async def test_a_detached_experiment_is_followed_by_the_next_run(
+    cluster: Cluster, scratch: str, tmp_path: Path
+) -> None:
+    from asyncexec.experiment._indexed import run_indexed
+
+    config = SlurmConfig(python=cluster.python, poll_interval=0.2, max_poll_interval=1.0)
+    experiment = Experiment(sleepy_counting(scratch), {"x": range(100), "y": [1, 2]})
+    directory = str(tmp_path / "experiment")
+    async with SlurmExecutor(cluster.shell(), config) as ex:
+        detached = await run_indexed(
+            experiment,
+            ex,
+            directory,
+            retry_failed=False,
+            progress=False,
+            progress_interval=10.0,
+            lease=2,
+            runs_per_task=50,
+            detach=True,
+        )
+        assert ex.slurm.calls["sbatch"] == 1
+    assert not detached.cancelled and detached.done < 200, detached
+    async with SlurmExecutor(cluster.shell(), config) as ex:
+        summary = await experiment.run(ex, directory, indexed=True, progress=False, lease=2)
+        assert ex.slurm.calls.get("sbatch", 0) == 0
+    assert summary.complete and summary.done == 200, summary
+    assert summary.reattached == 200 - detached.done, summary
+    counts = executions(scratch)
+    assert len(counts) == 200 and set(counts.values()) == {1}

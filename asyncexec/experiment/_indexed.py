@@ -68,8 +68,15 @@ async def run_indexed(
     progress_interval: float,
     lease: float,
     runs_per_task: int | None,
+    detach: bool = False,
 ) -> RunSummary:
-    """:meth:`Experiment.run` as indexed arrays (same arguments, same summary)."""
+    """:meth:`Experiment.run` as indexed arrays (same arguments, same summary).
+
+    With ``detach``, returns once every run not finished is submitted (or its
+    array, left by a killed runner, found): the runs stay ``running`` in the
+    store with their refs, the arrays run on, and a later ``run`` (``attach``)
+    follows them and collects what finished meanwhile.
+    """
     from ._runner import RunSummary
 
     launcher = indexed_launcher(executor)
@@ -98,6 +105,7 @@ async def run_indexed(
             options = experiment.options or executor.options
             sweep = IndexedSweep(launcher, options=options, runs_per_task=runs_per_task)
             runner = _IndexedRunner(experiment, store, sweeper, sweep, retry_failed)
+            runner.detach = detach
             cancelled = await runner.run(progress, progress_interval)
         finally:
             with anyio.CancelScope(shield=True):
@@ -142,6 +150,7 @@ class _IndexedRunner:
         self.reattached = 0
         self.failed_here = 0
         self.requested = False
+        self.detach = False  # submit, then leave the arrays running
 
     def finished(self, status: str | None) -> bool:
         return status == "done" or (status == "failed" and not self.retry_failed)
@@ -166,7 +175,8 @@ class _IndexedRunner:
                 await self._follow_all()
                 completed = True
                 tg.cancel_scope.cancel()
-            await self.sweep.aclose()
+            if not self.detach:
+                await self.sweep.aclose()
         finally:
             with anyio.CancelScope(shield=True):
                 if not completed:
@@ -185,6 +195,9 @@ class _IndexedRunner:
             taken = await self._take()
             if taken:
                 await self._start(taken)
+            if self.detach:
+                self.sweep.release()  # (the store keeps the refs; the sweeper, below)
+                return
             while not self.sweep.done:
                 await self._record(await self.sweep.next_batch())
             if await self._all_finished():

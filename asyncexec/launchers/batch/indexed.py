@@ -69,9 +69,11 @@ from ..._codec import dumps, loads, versions
 from ..._exceptions import (
     BackendUnavailable,
     LaunchError,
+    RemoteError,
     SerializationError,
     TaskCancelled,
     TaskSerializationError,
+    TaskTimeout,
     WorkerLost,
     outcome_error,
 )
@@ -404,11 +406,16 @@ class IndexedSweep:
     Args:
         launcher: an open batch launcher (its executor entered), whose adapter
             offers indexed arrays (:func:`indexed_adapter`; else ``LaunchError``).
-        options: the runs' options: ``time_limit`` (each run's; the array task's
-            time is the sum over its runs), ``env``, ``resources``, ``retries``
-            (more attempts for a run during which its array task ended; see
-            :data:`~asyncexec._runtime.LOST_AFTER`), ``capture_output`` (the tails
-            of what each run prints come back with it; on by default).
+        options: the runs' options: ``time_limit`` (each run's, stopped by the
+            runtime's alarm; the array task's time is the sum over its runs plus
+            30 s), ``env``, ``resources`` (``cpus``/``gpus`` per array task,
+            ``memory_mb`` per run), ``retries``, ``retry_on`` and the backoff
+            (a run that raises or times out is tried again in its array task, as
+            ``retry_on`` says; a run during which its array task ended, more
+            than :data:`~asyncexec._runtime.LOST_AFTER` times if ``retries`` asks
+            for more). The tails of what each run prints always come back with
+            it (``stdout``/``stderr``); ``log_stdout``/``log_stderr`` are not
+            written on the cluster (a file per run is what this path avoids).
         runs_per_task: runs per array task (default: the runs spread over
             :data:`DEFAULT_TASKS` array tasks, or ``4 * max_concurrent``, with
             :data:`MIN_RUNS_PER_TASK` runs each at least).
@@ -742,7 +749,7 @@ class IndexedSweep:
             ref=self._ref(slot, key),
             stdout=str(record.get("stdout") or ""),
             stderr=str(record.get("stderr") or ""),
-            attempts=slot.attempts,
+            attempts=int(record.get("attempts") or 1) + slot.attempts - 1,
         )
 
     async def _lost(self, gone: list[_Slot], now: float, batch: IndexedBatch) -> None:
@@ -974,9 +981,22 @@ def build_payload(
             "memory_mb": options.resources.memory_mb,
             "capture": True,
             "retries": options.retries,
+            "retry_on": _dumps_retry_on(options.retry_on),
+            "retry_raised": any(issubclass(RemoteError, c) for c in options.retry_on),
+            "retry_timeouts": any(issubclass(TaskTimeout, c) for c in options.retry_on),
+            "retry_backoff": options.retry_backoff,
+            "retry_backoff_max": options.retry_backoff_max,
         }
     )
     return b"".join([len(header).to_bytes(8, "big"), header, *blobs])
+
+
+def _dumps_retry_on(classes: tuple[type[BaseException], ...]) -> bytes:
+    """``retry_on`` for the runtime, which matches what a run raised against it."""
+    try:
+        return dumps(classes)
+    except SerializationError as exc:
+        raise SerializationError(f"cannot pickle retry_on: {exc}") from exc
 
 
 def _dumps_calls(calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> bytes:
