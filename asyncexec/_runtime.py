@@ -1280,8 +1280,32 @@ class IndexedRunner(Runner):
             self.error = ended[2]
             return ended
 
-        def capture() -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
-            return fd_capture(None, None, scratch)
+        files: list[IO[bytes]] = []
+
+        @contextlib.contextmanager
+        def capture() -> Iterator[Callable[[], tuple[str, str]]]:
+            # fd_capture's, with the same two anonymous files for every run of the
+            # section (opening them is most of what a trivial run costs).
+            if not files:
+                files.extend((_scratch_file(scratch), _scratch_file(scratch)))
+            for file in files:
+                file.seek(0)
+                file.truncate()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            saved = [os.dup(1), os.dup(2)]
+            for fd, file in zip((1, 2), files, strict=True):
+                os.dup2(file.fileno(), fd)
+            tails = ["", ""]
+            try:
+                yield lambda: (tails[0], tails[1])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
+                    os.dup2(old, fd)
+                    os.close(old)
+                    tails[index] = _read_tail(files[index])
 
         retries = int(header.get("retries") or 0)
         for position, key in enumerate(keys):

@@ -482,3 +482,25 @@ async def test_a_detached_experiment_is_followed_by_the_next_run(
     assert summary.reattached == 200 - detached.done, summary
     counts = executions(scratch)
     assert len(counts) == 200 and set(counts.values()) == {1}
+
+
+def test_each_run_brings_back_what_it_printed_and_nothing_of_the_others(tmp_path: Path) -> None:
+    from asyncexec.testing import print_both
+
+    workdir = tmp_path / "array"
+    (workdir / "out").mkdir(parents=True)
+    chunks: list[list[tuple[str, tuple[Any, ...], dict[str, Any]]]] = [
+        [(f"k{i}", (f"run{i}",), {}) for i in range(3)]
+    ]
+    payload = build_payload(pickle_function(print_both), chunks, TaskOptions())
+    (workdir / "payload.bin").write_bytes(payload)
+    (workdir / _runtime.MODULE_FILE).write_bytes(_RUNNER_SOURCE)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    command = [sys.executable, "-c", _runtime.BOOT_INDEXED, str(workdir), "0"]
+    done = subprocess.run(command, capture_output=True, timeout=60, cwd="/", env=env)
+    assert done.returncode == 0, done.stderr
+    runs = [r for r in records(workdir, 0) if r["kind"] == "run"]
+    assert [(r["stdout"], r["stderr"]) for r in runs] == [
+        (f"out:run{i}\n", f"err:run{i}\n") for i in range(3)
+    ]
+    assert done.stdout == b""  # all of it went to the runs' tails
