@@ -628,14 +628,22 @@ class IndexedSweep:
 
     async def next_batch(self) -> IndexedBatch:
         """Wait for the next round (sooner once something changed), run it, and return
-        what it found.
+        what it found (nothing, with a warning logged, when the system could not be
+        reached or did not answer: the next round tries again).
 
         Cancellation: the round is stopped; what it read is read again next time.
         """
         with anyio.move_on_after(self._interval):
             await self._wanted.wait()
         self._wanted = anyio.Event()
-        batch = await self.poll()
+        try:
+            batch = await self.poll()
+        except (BackendUnavailable, LaunchError, OSError, TimeoutError) as exc:
+            # A dropped link, a scheduler that did not answer: what was not read is read
+            # next time (nothing is lost by waiting; the arrays run on).
+            log.warning("following the indexed arrays failed (%s); again", exc)
+            self._interval = min(self._interval * 1.5, self.max_poll_interval)
+            return IndexedBatch([], {})
         if batch.results or batch.refs:
             self._interval = self.poll_interval
         else:
@@ -666,10 +674,15 @@ class IndexedSweep:
                 reading.append(slot)
         if reading:
             await self._read(reading, batch)
-        gone = [s for s in reading if s.pending and not s.queued]
-        if gone:
-            await self._lost(gone, now, batch)
-        await self._clean_up(queued)
+        # What was read is the caller's from here: a failure below is logged, and what
+        # failed is done again next round.
+        try:
+            gone = [s for s in reading if s.pending and not s.queued]
+            if gone:
+                await self._lost(gone, now, batch)
+            await self._clean_up(queued)
+        except (BackendUnavailable, LaunchError, OSError, TimeoutError) as exc:
+            log.warning("resubmitting or cleaning up indexed arrays failed (%s); again", exc)
         return batch
 
     async def _read(self, slots: list[_Slot], batch: IndexedBatch) -> None:
