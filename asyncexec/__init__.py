@@ -21,6 +21,7 @@ _PUBLIC: dict[str, str] = {
     "SerializationError": "._exceptions",
     "TaskBackendUnavailable": "._exceptions",
     "TaskCancelled": "._exceptions",
+    "TaskDetached": "._exceptions",
     "TaskFailed": "._exceptions",
     "TaskLaunchError": "._exceptions",
     "TaskSerializationError": "._exceptions",
@@ -68,6 +69,7 @@ if _typing.TYPE_CHECKING:
     from ._exceptions import SerializationError as SerializationError
     from ._exceptions import TaskBackendUnavailable as TaskBackendUnavailable
     from ._exceptions import TaskCancelled as TaskCancelled
+    from ._exceptions import TaskDetached as TaskDetached
     from ._exceptions import TaskFailed as TaskFailed
     from ._exceptions import TaskLaunchError as TaskLaunchError
     from ._exceptions import TaskSerializationError as TaskSerializationError

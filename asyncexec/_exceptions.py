@@ -12,6 +12,7 @@ Every error asyncexec raises derives from :class:`AsyncExecError`::
         ├── WorkerLost          the worker died without an outcome (.exit_code, .state)
         ├── TaskTimeout         time_limit passed and the work was killed (also a TimeoutError)
         ├── TaskCancelled       the task was cancelled
+        │   └── TaskDetached    ... no: let go (executor.detach()); its work goes on
         ├── TaskSerializationError   its result (or the task, where it ran) could not be
         │                            pickled or unpickled (also a SerializationError)
         └── TaskLaunchError     the backend refused or lost the task after submit
@@ -46,6 +47,7 @@ __all__ = [
     "SerializationError",
     "TaskBackendUnavailable",
     "TaskCancelled",
+    "TaskDetached",
     "TaskFailed",
     "TaskLaunchError",
     "TaskSerializationError",
@@ -83,6 +85,19 @@ class TaskFailed(AsyncExecError):
 
 class TaskCancelled(TaskFailed):
     """The task was cancelled before it produced a value."""
+
+
+class TaskDetached(TaskCancelled):
+    """The executor let the task go (:meth:`~asyncexec.BaseExecutor.detach`): its work
+    goes on where it runs, and ``job_ref`` follows it again
+    (:meth:`~asyncexec.BaseExecutor.attach`, from this process or another)."""
+
+    def __init__(self, message: str, job_ref: Any = None) -> None:
+        super().__init__(message)
+        self.job_ref = job_ref
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.job_ref))
 
 
 class TaskTimeout(TaskFailed, TimeoutError):

@@ -29,12 +29,12 @@ import anyio
 
 from ._codec import dumps_call, type_name
 from ._dispatch import Call, Dispatcher, ExecutorStats
-from ._exceptions import ExecutorClosed, LaunchError
+from ._exceptions import ExecutorClosed, LaunchError, TaskDetached
 from ._future import AsyncException, AsyncResult, Completion, Future, FutureState, running_loop
 from ._messages import JobRef
 from ._options import TaskOptions, check_workers
 from ._runtime import run_chunk
-from .abc import Launcher
+from .abc import Capabilities, Launcher
 
 __all__ = ["BaseExecutor", "ConfiguredExecutor", "ExecutorStats"]
 
@@ -286,6 +286,78 @@ class BaseExecutor(_TaskMethods):
         if self._launcher is not None:
             await self._launcher.aclose()
         self._state = "closed"
+
+    async def job_states(self, refs: Sequence[JobRef]) -> list[str]:
+        """Where the work of each of ``refs`` (tasks started earlier, by any driver) is
+        now, asked of the backend in one query: ``"queued"``, ``"running"``,
+        ``"ended"`` (its outcome waits for :meth:`attach`, or it was lost) or
+        ``"unknown"`` (not this backend's work). ``asyncexec status`` shows it.
+
+        Raises:
+            LaunchError: the backend could not be asked.
+
+        Cancellation: the query is stopped; it only reads.
+        """
+        self._check_open()
+        assert self._launcher is not None
+        return await self._launcher.states(list(refs))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this executor's backend can do (:class:`~asyncexec.abc.Capabilities`:
+        ``reattachable``, ``can_kill``...), once it is open.
+
+        Raises:
+            RuntimeError: the executor is not open.
+        """
+        if self._launcher is None:
+            raise RuntimeError(f"{type(self).__name__} is not open: its backend is not known yet")
+        return self._launcher.capabilities
+
+    async def detach(self) -> list[JobRef]:
+        """Close, letting the work of every live task go on where it runs.
+
+        For backends whose work outlives the driver (Slurm, Docker one-shot,
+        Azure: ``launcher.capabilities.reattachable``), so that a driver may exit
+        while its tasks run: each live future ends with :class:`TaskDetached`
+        (a :class:`TaskCancelled`) naming its ``job_ref``, and nothing is killed.
+        Keep the refs: :meth:`attach` (of this or another executor on the same
+        place, in this process or a later one) follows the work again and
+        collects its outcome. A task still queued in this executor, that no
+        place had taken, is cancelled instead; one being handed over is waited
+        for. Then the executor is closed, as :meth:`aclose` closes it.
+
+        Returns:
+            the JobRefs of the tasks let go.
+
+        Raises:
+            LaunchError: the backend's work ends with its driver (nothing is
+                let go, and the executor stays open).
+
+        Cancellation: the tasks not yet let go stay live and the executor
+        open; leaving ``async with`` then cancels them as usual.
+        """
+        launcher = self._launcher
+        if self._state != "open" or launcher is None:
+            self._check_open()
+            raise ExecutorClosed(f"{type(self).__name__} is closing: nothing to detach")
+        if not launcher.capabilities.reattachable:
+            raise LaunchError(
+                f"{type(self).__name__} cannot detach: its work ends with this process "
+                "(detach needs a backend whose work outlives its driver: Slurm, Docker "
+                "one-shot, Azure)"
+            )
+        live = self._dispatch.live()
+        await self._dispatch.detach()
+        self._state = "closing"
+        refs = [
+            error.job_ref
+            for future in live
+            if isinstance(error := future.exception(), TaskDetached) and error.job_ref is not None
+        ]
+        await launcher.release()
+        self._state = "closed"
+        return refs
 
     def _check_open(self) -> None:
         if self._state == "open":

@@ -462,24 +462,15 @@ def test_a_run_that_raises_is_tried_again_in_its_array_task_as_retries_say(
 async def test_a_detached_experiment_is_followed_by_the_next_run(
     cluster: Cluster, scratch: str, tmp_path: Path
 ) -> None:
-    from asyncexec.experiment._indexed import run_indexed
-
     config = SlurmConfig(python=cluster.python, poll_interval=0.2, max_poll_interval=1.0)
     experiment = Experiment(sleepy_counting(scratch), {"x": range(100), "y": [1, 2]})
     directory = str(tmp_path / "experiment")
     async with SlurmExecutor(cluster.shell(), config) as ex:
-        detached = await run_indexed(
-            experiment,
-            ex,
-            directory,
-            retry_failed=False,
-            progress=False,
-            progress_interval=10.0,
-            lease=2,
-            runs_per_task=50,
-            detach=True,
+        detached = await experiment.run(
+            ex, directory, indexed=True, runs_per_task=50, detach=True, progress=False, lease=2
         )
         assert ex.slurm.calls["sbatch"] == 1
+    assert detached.detached == 200 - detached.done, detached
     assert not detached.cancelled and detached.done < 200, detached
     async with SlurmExecutor(cluster.shell(), config) as ex:
         summary = await experiment.run(ex, directory, indexed=True, progress=False, lease=2)

@@ -36,7 +36,7 @@ from ._progress import Progress
 from ._store import ResultsStore, RunResult
 
 if TYPE_CHECKING:
-    from ._runner import Experiment, RunSummary
+    from ._runner import Experiment, RunControl, RunSummary
 
 __all__ = ["indexed_launcher", "run_indexed"]
 
@@ -69,13 +69,16 @@ async def run_indexed(
     lease: float,
     runs_per_task: int | None,
     detach: bool = False,
+    control: RunControl | None = None,
 ) -> RunSummary:
     """:meth:`Experiment.run` as indexed arrays (same arguments, same summary).
 
-    With ``detach``, returns once every run not finished is submitted (or its
-    array, left by a killed runner, found): the runs stay ``running`` in the
-    store with their refs, the arrays run on, and a later ``run`` (``attach``)
-    follows them and collects what finished meanwhile.
+    With ``detach`` (or ``control.detach()`` while it follows the arrays), returns
+    once every run not finished is submitted (or its array, left by a killed
+    runner, found), and closes the executor with :meth:`BaseExecutor.detach`: the
+    runs stay ``running`` in the store with their refs, the arrays run on (they
+    are no task of the executor's: closing it never kills them), and a later
+    ``run`` follows them and collects what finished meanwhile.
     """
     from ._runner import RunSummary
 
@@ -104,8 +107,10 @@ async def run_indexed(
         try:
             options = experiment.options or executor.options
             sweep = IndexedSweep(launcher, options=options, runs_per_task=runs_per_task)
-            runner = _IndexedRunner(experiment, store, sweeper, sweep, retry_failed)
+            runner = _IndexedRunner(experiment, executor, store, sweeper, sweep, retry_failed)
             runner.detach = detach
+            if control is not None:
+                control._bind(runner)  # type: ignore[arg-type]  # (what it uses, runner has)
             cancelled = await runner.run(progress, progress_interval)
         finally:
             with anyio.CancelScope(shield=True):
@@ -121,6 +126,7 @@ async def run_indexed(
         failed=counts["failed"],
         ran=runner.ran,
         reattached=runner.reattached,
+        detached=runner.detached,
         cancelled=cancelled,
         elapsed=time.monotonic() - started,
     )
@@ -132,12 +138,14 @@ class _IndexedRunner:
     def __init__(
         self,
         experiment: Experiment,
+        executor: BaseExecutor,
         store: ResultsStore,
         sweeper: ParamSweeper,
         sweep: IndexedSweep,
         retry_failed: bool,
     ) -> None:
         self.experiment = experiment
+        self.executor = executor
         self.store = store
         self.sweeper = sweeper
         self.sweep = sweep
@@ -151,6 +159,13 @@ class _IndexedRunner:
         self.failed_here = 0
         self.requested = False
         self.detach = False  # submit, then leave the arrays running
+        self.detached = 0
+        self.following = anyio.CancelScope()
+
+    def detach_now(self) -> None:
+        """Stop following the arrays once submitted; leave them running (``detach``)."""
+        self.detach = True
+        self.following.cancel()
 
     def finished(self, status: str | None) -> bool:
         return status == "done" or (status == "failed" and not self.retry_failed)
@@ -194,16 +209,27 @@ class _IndexedRunner:
         while True:
             taken = await self._take()
             if taken:
-                await self._start(taken)
+                await self._start(taken)  # (never cut short by detach_now: refs first)
+            self.following = anyio.CancelScope()
+            if not self.detach:
+                with self.following:
+                    while not self.sweep.done:
+                        await self._record(await self.sweep.next_batch())
             if self.detach:
-                self.sweep.release()  # (the store keeps the refs; the sweeper, below)
+                await self._let_go()
                 return
-            while not self.sweep.done:
-                await self._record(await self.sweep.next_batch())
             if await self._all_finished():
                 return
             if not taken:  # the rest is held by other runners: look again in a while
                 await anyio.sleep(min(2.0, self.sweeper.lease / 3))
+
+    async def _let_go(self) -> None:
+        """Leave the arrays running: the store keeps the runs' refs, the sweeper gets
+        them back (``run``'s end), the executor closes without killing anything."""
+        self.detached = self.sweep.pending
+        self.sweep.release()
+        await self.executor.detach()
+        log.info("%s: %d run(s) left running (detached)", self.experiment.name, self.detached)
 
     async def _take(self) -> list[str]:
         """Every run not finished that no other runner holds, held by us now."""

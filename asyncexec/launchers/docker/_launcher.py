@@ -38,7 +38,7 @@ from ._engine import (
 )
 from ._lifecycle import Containers
 from ._reattach import collect
-from ._spec import NAME, ContainerSpec, Mode
+from ._spec import EXECUTOR_LABEL, NAME, ContainerSpec, Mode
 
 if TYPE_CHECKING:
     import aiodocker
@@ -264,6 +264,26 @@ class DockerLauncher(PoolLauncher):
                 if docker is not None:
                     await close_engine(docker)
 
+    async def release(self) -> None:
+        """One-shot: close, leaving the container of every task still running (each
+        finishes its task and keeps the outcome in its log, for ``attach``); the
+        others go as :meth:`aclose` removes them. Warm: raises, as for any launcher
+        whose work ends with it.
+
+        Raises:
+            LaunchError: the launcher is warm.
+
+        Cancellation: shielded, as :meth:`aclose`.
+        """
+        if self.mode != "oneshot":
+            await super().release()
+        with anyio.CancelScope(shield=True):
+            for worker in list(self._workers):
+                if isinstance(worker, ContainerWorker) and worker.jobs:
+                    self._containers.kept.add(worker.name)
+                    worker.let_go()
+            await self.aclose()
+
     # -- the seam -------------------------------------------------------------------
 
     async def _dispatch(self, job: PoolJob) -> None:
@@ -305,6 +325,37 @@ class DockerLauncher(PoolLauncher):
             and ref.host == self._engine_id
             and ref.native_id.startswith("asyncexec-")
         )
+
+    async def states(self, refs: Sequence[JobRef]) -> list[str]:
+        """Where each one-shot task's container is, from one listing of asyncexec's
+        containers: ``"queued"`` (created, not started), ``"running"``, or
+        ``"ended"`` (exited, its outcome in its log; or gone).
+
+        Raises:
+            LaunchError: the engine could not be asked.
+
+        Cancellation: the listing is stopped; it only reads.
+        """
+        if self._docker is None:
+            raise LaunchError("the Docker launcher is not open")
+        try:
+            with anyio.fail_after(CALL_TIMEOUT):
+                found = await self._docker.containers.list(
+                    all=True, filters={"label": [EXECUTOR_LABEL]}
+                )
+        except Exception as exc:
+            raise engine_error("list containers", exc) from exc
+        state_of: dict[str, str] = {}
+        for container in found:
+            for name in container["Names"] or ():
+                state_of[str(name).lstrip("/")] = str(container["State"])
+        words = {"created": "queued", "running": "running", "paused": "running"}
+        return [
+            words.get(state_of.get(ref.native_id, ""), "ended")
+            if self.mode == "oneshot" and self.can_follow(ref)
+            else "unknown"
+            for ref in refs
+        ]
 
     def _local(self, ref: JobRef) -> JobRef | None:
         """The pool's ref of a one-shot task of this launcher still in its hands."""
