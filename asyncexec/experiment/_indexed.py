@@ -19,6 +19,7 @@ watched is read from the files, what was lost runs again, nothing runs twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -30,7 +31,13 @@ import anyio
 
 from .. import BaseExecutor
 from ..launchers.batch import BatchLauncher
-from ..launchers.batch.indexed import IndexedBatch, IndexedSweep, is_indexed_ref, offers_indexed
+from ..launchers.batch.indexed import (
+    REF_PREFIX,
+    IndexedBatch,
+    IndexedSweep,
+    is_indexed_ref,
+    offers_indexed,
+)
 from ..sweep import ParamSweeper
 from ._progress import Progress
 from ._store import ResultsStore, RunResult
@@ -38,7 +45,7 @@ from ._store import ResultsStore, RunResult
 if TYPE_CHECKING:
     from ._runner import Experiment, RunControl, RunSummary
 
-__all__ = ["indexed_launcher", "run_indexed"]
+__all__ = ["indexed_launcher", "left_running", "run_indexed"]
 
 log = logging.getLogger("asyncexec")
 
@@ -56,6 +63,27 @@ def indexed_launcher(executor: BaseExecutor) -> BatchLauncher | None:
             return None  # not open (the executor is not entered, or closed)
         return value if offers_indexed(value.adapter) else None
     return None
+
+
+def left_running(directory: str) -> bool:
+    """Whether ``directory``'s store has runs left running in indexed arrays (by a
+    runner killed or detached): the next run must follow them as indexed arrays, what
+    the experiment's size or ``indexed`` says otherwise (the ordinary path would wait
+    for an outcome file of their own, which they never write)."""
+    import sqlite3
+
+    path = os.path.join(directory, "results.sqlite")
+    if not os.path.exists(path):
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT 1 FROM runs WHERE status = 'running' AND job_ref LIKE ? LIMIT 1",
+                (f'%"task_id":"{REF_PREFIX}%',),
+            ).fetchone()
+    except sqlite3.Error:
+        return False  # the store says what is wrong when the run opens it
+    return row is not None
 
 
 async def run_indexed(

@@ -172,7 +172,8 @@ class Experiment:
                 the runs once per array and the outcomes appended to one file per
                 array task (:mod:`asyncexec.experiment._indexed`): True, False, or
                 None for experiments of ``INDEXED_THRESHOLD`` (5,000) runs or more
-                on an executor whose backend offers them (Slurm).
+                on an executor whose backend offers them (Slurm), and for those
+                whose store has runs left running in indexed arrays.
             runs_per_task: with ``indexed``, runs per array task (default: the
                 runs spread over 256 array tasks at most, 50 runs each at least).
 
@@ -188,10 +189,13 @@ class Experiment:
                 "Docker one-shot, Azure)"
             )
         directory = os.fspath(directory)
-        if indexed or (indexed is None and len(self.runs) >= INDEXED_THRESHOLD):
-            from ._indexed import indexed_launcher, run_indexed
+        if indexed is not False:
+            from ._indexed import indexed_launcher, left_running, run_indexed
 
-            if indexed or indexed_launcher(executor) is not None:
+            if indexed or (
+                indexed_launcher(executor) is not None
+                and (len(self.runs) >= INDEXED_THRESHOLD or left_running(directory))
+            ):
                 return await run_indexed(
                     self,
                     executor,
