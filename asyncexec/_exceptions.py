@@ -6,7 +6,8 @@ Every error asyncexec raises derives from :class:`AsyncExecError`::
     ├── ExecutorClosed          submit() after aclose() (also a RuntimeError)
     ├── SerializationError      the task or its result cannot be pickled/decoded
     ├── LaunchError             the backend refused the task
-    │   └── BackendUnavailable  the backend cannot be reached at all
+    │   ├── BackendUnavailable  the backend cannot be reached at all
+    │   └── SetupFailed         the executor's ``setup`` hook raised where tasks run
     └── TaskFailed              the task produced no value: every failed future raises one
         ├── RemoteError         user code raised (also an instance of the original class)
         ├── WorkerLost          the worker died without an outcome (.exit_code, .state)
@@ -19,6 +20,9 @@ Every error asyncexec raises derives from :class:`AsyncExecError`::
             │                   (also a LaunchError)
             └── TaskBackendUnavailable   ... because it could not be reached (also a
                                          BackendUnavailable)
+
+A task that could not run because its worker's ``setup`` hook raised fails
+with a :class:`TaskLaunchError` that is also a :class:`SetupFailed`.
 
 ``submit`` itself raises the plain ``SerializationError`` (an argument that
 cannot be pickled), ``LaunchError`` (a request the backend cannot honour) and
@@ -45,6 +49,7 @@ __all__ = [
     "LaunchError",
     "RemoteError",
     "SerializationError",
+    "SetupFailed",
     "TaskBackendUnavailable",
     "TaskCancelled",
     "TaskDetached",
@@ -77,6 +82,25 @@ class LaunchError(AsyncExecError):
 
 class BackendUnavailable(LaunchError):
     """The backend could not be reached (no daemon, authentication refused...)."""
+
+
+class SetupFailed(LaunchError):
+    """An executor's ``setup`` hook raised where the tasks run, so they could not run.
+
+    Raised by ``async with`` for a pool that starts its workers on entering
+    (``ProcessExecutor``, warm containers); otherwise every task that needed
+    the worker (or the array task, or the container group) fails with a
+    :class:`TaskLaunchError` that is also a ``SetupFailed``. Its message names
+    the hook's exception (``setup raised RuntimeError: ...``).
+
+    Attributes:
+        remote_traceback: the hook's traceback, as text, from where it ran
+            ("" where unknown).
+    """
+
+    def __init__(self, message: str, *, remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
 
 
 class TaskFailed(AsyncExecError):
@@ -334,6 +358,11 @@ def outcome_error(outcome: Outcome, original: BaseException | None = None) -> Ta
     if status == "cancelled":
         return TaskCancelled(f"task {outcome.task_id} was cancelled where it ran")
     if status == "refused":
+        if detail is not None and detail.type_name == "SetupFailed":
+            setup = SetupFailed(detail.message, remote_traceback=detail.traceback)
+            failure = as_task_failure(setup)
+            assert isinstance(failure, TaskFailed)
+            return failure
         return TaskLaunchError(detail.message if detail else "the worker refused the task")
     message = detail.message if detail else "the worker died without reporting an outcome"
     return WorkerLost(

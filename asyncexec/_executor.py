@@ -21,7 +21,7 @@ import inspect
 import itertools
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -460,6 +460,39 @@ class BaseExecutor(_TaskMethods):
                 f"{type(self).__name__} cannot run a task with Resources({asked}): {problem}"
             )
         self._resources_checked = options
+
+    def to_dict(self) -> dict[str, Any]:
+        """This executor's configuration (:func:`asyncexec.config.to_dict`): the
+        arguments it was made with, as JSON and TOML values; secrets only as
+        references to where they come from.
+
+        Raises:
+            ConfigError: it holds what a configuration cannot (a secret given in
+                Python, a lambda...).
+        """
+        from .config import to_dict
+
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BaseExecutor:
+        """A new executor (not entered) from a configuration
+        (:func:`asyncexec.config.from_dict`); ``data["backend"]`` says which class,
+        which must be this one (or a subclass of it) when called on a subclass.
+
+        Raises:
+            ConfigError: a wrong key or value, named.
+            TypeError: the configuration is another class's executor.
+        """
+        from .config import from_dict
+
+        executor = from_dict(data)
+        if not isinstance(executor, cls):
+            raise TypeError(
+                f"{cls.__name__}.from_dict: the configuration makes a "
+                f"{type(executor).__name__} (backend {data.get('backend')!r})"
+            )
+        return executor
 
     def stats(self) -> ExecutorStats:
         """A snapshot of this executor's tasks: how many were accepted, are live,

@@ -27,6 +27,17 @@ pickled dict of builtins, renamed into place), so that what finished survives
 the array task being killed later. A file ``cancel/<task id>`` skips that
 task, or interrupts it while it runs.
 
+Hooks: a batch may hold the executor's ``setup`` and ``teardown`` hooks
+(pickled, as its tasks). The runner calls ``setup`` before the first task of
+the batch that runs (none runs if every task was cancelled), and ``teardown``
+after the last one, before that task's outcome is written: once the driver
+holds the outcome of a chunk's last task, its teardown has run. A setup that
+raises refuses every task of the batch with a ``SetupFailed`` error, and no
+teardown runs; what a teardown raises is printed on the array task's stderr.
+A runner killed (``scancel``, a node failure) runs no teardown; nor does a
+child the supervisor kills at a stuck task's time limit, and the next child
+runs ``setup`` again before the next task.
+
 Time limits: SIGALRM raises inside a task at its limit. A batch with a time
 limit runs its tasks in a forked child, watched by the process the job
 started (the supervisor), which needs neither the GIL nor the task's help:
@@ -220,11 +231,12 @@ def _address_space_bytes() -> int:
         return 0
 
 
-def _read_tail(stream: IO[bytes]) -> str:
+def _read_tail(stream: IO[bytes], whole: bool = False) -> str:
+    """The last :data:`TAIL_BYTES` of what ``stream`` holds (``whole``: all of it)."""
     stream.flush()
     stream.seek(0, os.SEEK_END)
     size = stream.tell()
-    stream.seek(max(0, size - TAIL_BYTES))
+    stream.seek(0 if whole else max(0, size - TAIL_BYTES))
     return stream.read().decode("utf-8", "replace")
 
 
@@ -244,13 +256,14 @@ def _scratch_file(directory: str) -> IO[bytes]:
 
 @contextlib.contextmanager
 def fd_capture(
-    stdout_path: str | None, stderr_path: str | None, scratch_dir: str
+    stdout_path: str | None, stderr_path: str | None, scratch_dir: str, whole: bool = False
 ) -> Iterator[Callable[[], tuple[str, str]]]:
     """Redirect file descriptors 1 and 2 into files for the duration of a task.
 
     File-level redirection also catches what C extensions and child processes
     write. A stream without a path goes to an anonymous file in ``scratch_dir``.
-    Yields a function answering the tails of both once the block has ended.
+    Yields a function answering the tails of both once the block has ended
+    (``whole``: all that was written, for a driver that keeps the log files).
     """
     files: list[IO[bytes]] = []
     try:  # open both before redirecting either: a bad path leaves nothing redirected
@@ -275,7 +288,7 @@ def fd_capture(
         for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
             os.dup2(old, fd)
             os.close(old)
-            tails[index] = _read_tail(files[index])
+            tails[index] = _read_tail(files[index], whole)
             files[index].close()
 
 
@@ -582,6 +595,13 @@ class Runner:
         # The array task's own stderr (fd 2 may be a task's capture file), for the watchdog.
         self.log_fd = os.dup(2)
         self.stuck_grace = STUCK_GRACE
+        # The batch's hooks (pickled) and how its setup went: None until it ran, then
+        # the ErrorInfo fields every task is refused with should it have raised.
+        self.setup_hook: bytes | None = None
+        self.teardown_hook: bytes | None = None
+        self.set_up_done = False
+        self.setup_error: dict[str, Any] | None = None
+        self.teardown: Callable[[], object] | None = None
         signal.signal(signal.SIGALRM, self._on_alarm)
         signal.signal(signal.SIGUSR2, self._on_cancel)
 
@@ -597,15 +617,77 @@ class Runner:
                 f"version mismatch: python {batch['python']} on the driver"
                 f" but {self.python} on the worker"
             )
+        self.setup_hook = batch.get("setup")
+        self.teardown_hook = batch.get("teardown")
         first = int(batch.get("first", 0))  # the supervisor's next child starts there
+        last = len(tasks) - 1
         for index in range(first, len(tasks)):
             task = tasks[index]
             self.index = index
             if refusal is not None:
-                self.keep(self.outcome(task["task_id"], "refused", error=problem(refusal)))
+                outcome = self.outcome(task["task_id"], "refused", error=problem(refusal))
             else:
-                self.keep(self.run_one(task, batch.get("cloudpickle")))
+                outcome = self.run_one(task, batch.get("cloudpickle"))
+            if index == last and self.teardown is not None:
+                # The teardown first: the driver, once it has the last outcome, may
+                # remove what runs the chunk (a container group). No time limit runs.
+                self.report(f"E {index}")
+                self.tear_down()
+                self.keep(outcome)
+                continue
+            self.keep(outcome)
             self.report(f"E {index}")
+
+    def set_up(self, cloudpickle_version: str | None) -> dict[str, Any] | None:
+        """Run the batch's setup hook, once, before its first task runs: None, or the
+        ErrorInfo fields every task is refused with, because it raised (or a hook
+        could not be unpickled)."""
+        if self.set_up_done:
+            return self.setup_error
+        self.set_up_done = True
+        doing = "cannot unpickle the teardown hook"
+        try:
+            teardown = None
+            if self.teardown_hook is not None:
+                teardown = self.loads(self.teardown_hook, cloudpickle_version)
+            if self.setup_hook is not None:
+                doing = "cannot unpickle the setup hook"
+                setup = self.loads(self.setup_hook, cloudpickle_version)
+                doing = "setup raised"
+                setup()
+        except BaseException as exc:  # the hook's own errors, SystemExit included
+            error = describe_exception(exc)
+            error.update(
+                type_name="SetupFailed",
+                message=(
+                    f"{doing} {type_name(exc)}: {error['message']} (on {self.host}), "
+                    "so the task did not run"
+                ),
+                pickled=None,
+            )
+            self.setup_error = error
+            return error
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        self.teardown = teardown
+        return None
+
+    def tear_down(self) -> None:
+        """Run the teardown hook (once its setup ran); what it raises is printed."""
+        teardown, self.teardown = self.teardown, None
+        if teardown is None:
+            return
+        try:
+            teardown()
+        except BaseException:
+            import traceback
+
+            sys.stderr.write("asyncexec: the teardown hook raised:\n")
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
 
     def report(self, line: str) -> None:
         if self.report_fd is not None:
@@ -650,6 +732,9 @@ class Runner:
         marker = os.path.join(self.cancel_dir, task_id) if self.cancel_dir else None
         if marker is not None and os.path.exists(marker):
             return self.outcome(task_id, "cancelled")
+        failed = self.set_up(cloudpickle_version)
+        if failed is not None:
+            return self.outcome(task_id, "refused", error=failed)
         time_limit: float | None = task["time_limit"]
 
         def load() -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:

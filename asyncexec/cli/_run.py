@@ -67,11 +67,15 @@ def run(options: argparse.Namespace) -> int:
         )
     if options.workers is not None and options.workers < 1:
         raise UsageError("--workers must be at least 1")
+    config = resolve_executor(options, directory)
+    from .. import config as configuration
     from ..experiment import ResultsStore
 
     ResultsStore(directory, experiment=experiment.name).close()  # a bad directory fails now
+    # Recorded before anything runs: `run --continue` (and status, cancel) need no flags.
+    recorded = configuration.save_config(directory, config)
     try:
-        summary = anyio.run(_run_async, experiment, directory, options)
+        summary = anyio.run(_run_async, experiment, directory, options, config, recorded)
     except BaseException as exc:
         raise _alone(exc) from None
     if summary is None or summary.cancelled:
@@ -100,14 +104,93 @@ def _alone(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _run_async(experiment: Any, directory: str, options: argparse.Namespace) -> Any:
+def resolve_executor(options: argparse.Namespace, directory: str) -> dict[str, Any]:
+    """The configuration of ``run``'s executor: the flags over the ``ASYNCEXEC_*``
+    variables over the profile (with ``--continue``, over ``DIR/executor.json``)."""
+    from .. import config as configuration
+
+    try:
+        recorded = configuration.load_config(directory) if options.resume else None
+        return configuration.resolve(
+            executor_flags(options),
+            profile=options.profile,
+            path=options.config,
+            base=recorded,
+            base_source=os.path.join(directory, configuration.EXECUTOR_FILE),
+        )
+    except configuration.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def executor_flags(options: argparse.Namespace) -> dict[str, Any]:
+    """``run``'s executor options as a configuration's keys (those given only)."""
+    from .. import config as configuration
+
+    flags: dict[str, Any] = {}
+    for setting in options.set or ():
+        key, sep, text = setting.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set takes KEY=VALUE, got {setting!r}")
+        *tables, name = key.strip().split(".")
+        into = flags
+        for table in tables:
+            into = into.setdefault(table, {})
+            if not isinstance(into, dict):
+                raise UsageError(f"--set {key}: {table} is not a table")
+        into[name] = _value(text)
+    simple = {
+        "backend": options.backend,
+        "n_workers": options.workers,
+        "image": options.image,
+        "slots": options.slots,
+        "partition": options.partition,
+        "time": options.time,
+        "chunk_size": options.chunk_size,
+        "staging_dir": options.staging_dir,
+        "python": options.python,
+    }
+    flags.update({key: value for key, value in simple.items() if value is not None})
+    task = {"time_limit": options.time_limit, "retries": options.retries}
+    for key, value in task.items():
+        if value is not None:
+            flags.setdefault("options", {})[key] = value
+    if options.host:
+        hosts = [configuration.parse_host(text, source="--host") for text in options.host]
+        for host in hosts:
+            if options.ssh_key:
+                host["client_keys"] = list(options.ssh_key)
+            if options.known_hosts:
+                host["known_hosts"] = options.known_hosts
+        flags["host"] = hosts
+    elif options.ssh_key or options.known_hosts:
+        raise UsageError("--ssh-key and --known-hosts go with --host")
+    return flags
+
+
+def _value(text: str) -> Any:
+    """A ``--set`` value: TOML (``2``, ``true``, ``["a", "b"]``, ``"x"``), else the text."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover (3.10)
+        import tomli as tomllib
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+async def _run_async(
+    experiment: Any,
+    directory: str,
+    options: argparse.Namespace,
+    config: dict[str, Any],
+    recorded: str,
+) -> Any:
     import anyio
 
-    from .. import ProcessExecutor, ThreadExecutor
+    from .. import config as configuration
 
-    executor = (ProcessExecutor if options.backend == "process" else ThreadExecutor)(
-        options.workers
-    )
+    executor = configuration.from_dict(config, source=recorded)
     summary = None  # stays None when a signal interrupts the run
     run_scope = anyio.CancelScope()
     async with anyio.create_task_group() as tg:

@@ -130,7 +130,9 @@ class ResultsStore:
                 raise StoreError(
                     f"{self.directory} holds no experiment results (no results.sqlite)"
                 )
-            ours = ("results.sqlite", "sweeper", "logs")  # another runner may be creating them
+            # Another runner may be creating them; executor.json is the CLI's record of the
+            # executor (asyncexec.config.EXECUTOR_FILE), kept when results.sqlite is deleted.
+            ours = ("results.sqlite", "sweeper", "logs", "executor.json")
             if os.path.isdir(self.directory) and any(
                 not name.startswith((".", *ours)) for name in os.listdir(self.directory)
             ):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._aio import require_asyncio
+from .._arguments import remembers_arguments
 from .._exceptions import BackendUnavailable
 from ..abc import Completed, Shell, SpawnedProcess
 from ._asyncssh import (
@@ -156,6 +157,7 @@ class SSHShell(Shell):
         connect_timeout: seconds to establish a connection and log in.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         host: str,

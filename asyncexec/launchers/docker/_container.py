@@ -36,7 +36,8 @@ class ContainerWorker(PoolWorker):
         stream: Stream,
         name: str,
     ) -> None:
-        super().__init__(AttachedInput(stream), AttachedOutput(stream))
+        self.input = AttachedInput(stream)
+        super().__init__(self.input, AttachedOutput(stream))
         self.launcher = launcher
         self.container = container
         self.stream = stream
@@ -89,7 +90,17 @@ class ContainerWorker(PoolWorker):
             await self.stream.close()
 
     async def close_input(self) -> None:
-        self.kill()  # an idle container holds no work: removing it loses nothing
+        if self.launcher.hooks.teardown is None:
+            self.kill()  # an idle container holds no work: removing it loses nothing
+            return
+        # Its worker runs the teardown hook, then exits: its reader ends, and the pool
+        # removes it (or kills it, should it not exit in time).
+        try:
+            async with self.send_lock:
+                await self.input.send_eof()
+        except Exception as exc:
+            log.debug("half-closing the input of %s: %s; removing it", self.name, exc)
+            self.kill()
 
     async def wait_exit(self) -> int | None:
         if self.released or (self._removal is not None and not self.jobs):

@@ -8,6 +8,12 @@ names it so that another driver can collect its outcome (:mod:`._reattach`).
 
 Making and removing the containers on the engine is :mod:`._lifecycle`'s;
 what a container's create request holds is :mod:`._spec`'s.
+
+Each container's worker runs the ``setup`` hook when it starts and the
+``teardown`` hook when its input ends while it is idle (see
+:class:`~asyncexec.DockerExecutor`): with a teardown hook, a container the
+pool lets go is told no more tasks come and exits by itself before it is
+removed; without one it is removed at once.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ import anyio
 import msgspec
 
 from ..._aio import require_asyncio
+from ..._arguments import remembers_arguments
 from ..._exceptions import LaunchError
+from ..._hooks import Hook
 from ..._messages import JobRef, Outcome, Resources, TaskSpec
 from ..pool import PoolJob, PoolLauncher, PoolWorker
+from ..pool._launcher import tails
 from ._container import ContainerWorker
 from ._engine import (
     AIOHTTP,
@@ -71,7 +80,11 @@ class DockerLauncher(PoolLauncher):
         pull: pull the image when the engine does not have it (else a missing
             image is a :class:`LaunchError` naming it).
         url: the engine (default: ``DOCKER_HOST``, else the local socket).
-        initializer: a callable each container's worker runs once at start.
+        setup: a callable each container's worker runs once at start (see
+            :class:`~asyncexec.DockerExecutor`).
+        teardown: a callable each container's worker runs once when it exits
+            normally.
+        initializer: ``setup``'s former name (give one or the other).
         max_tasks_per_worker: replace a warm container after this many tasks.
         startup_timeout: seconds a container may take to start its worker.
         executor_id: the ``asyncexec.executor`` label (default: a new id).
@@ -84,6 +97,7 @@ class DockerLauncher(PoolLauncher):
 
     kind = "docker"
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         image: str,
@@ -103,7 +117,9 @@ class DockerLauncher(PoolLauncher):
         workdir: str | None = None,
         pull: bool = False,
         url: str | None = None,
-        initializer: Callable[[], object] | None = None,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        initializer: Hook | None = None,
         max_tasks_per_worker: int | None = None,
         startup_timeout: float = 120.0,
         executor_id: str | None = None,
@@ -128,6 +144,8 @@ class DockerLauncher(PoolLauncher):
         )
         super().__init__(
             n_workers,
+            setup=setup,
+            teardown=teardown,
             initializer=initializer,
             max_tasks_per_worker=1 if mode == "oneshot" else max_tasks_per_worker,
             eager=mode == "warm",
@@ -377,7 +395,12 @@ class DockerLauncher(PoolLauncher):
             if self._docker is None:
                 raise LaunchError("the Docker launcher is not open")
             assert ref.task_id is not None
-            return await collect(self._docker, ref.native_id, ref.task_id, self._containers.remove)
+            collected = await collect(
+                self._docker, ref.native_id, ref.task_id, self._containers.remove
+            )
+            # Its log files, if it had any, were the driver's that started it: the
+            # whole output its worker may have sent is not kept, only the tails.
+            return tails(collected)
         return await super().wait(ref)
 
     async def cancel(self, ref: JobRef) -> None:
