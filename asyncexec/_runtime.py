@@ -1393,10 +1393,18 @@ class IndexedRunner(Runner):
                     tails[index] = _read_tail(files[index])
 
         retries = int(header.get("retries") or 0)
+        # The executor's hooks: setup before the first run that runs here, teardown
+        # after the last (as the chunk runner's); a setup that fails refuses the runs.
+        self.setup_hook = header.get("setup")
+        self.teardown_hook = header.get("teardown")
         for position, key in enumerate(keys):
             if key in done:
                 continue
             self.key = key
+            failed = self.set_up(version)
+            if failed is not None:
+                self.keep(self.outcome(key, "refused", error=failed))
+                continue
 
             def load(
                 at: int = position,
@@ -1423,6 +1431,7 @@ class IndexedRunner(Runner):
             outcome = self.outcome(key, ran[0], attempts=attempt)
             outcome.update(zip(RAN_FIELDS, ran, strict=True))
             self.keep(outcome)
+        self.tear_down()
 
     def worth_retry(self, header: dict[str, Any], status: str, version: str | None) -> bool:
         """Whether a run that ended ``status`` is tried again, as the driver's

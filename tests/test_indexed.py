@@ -502,3 +502,31 @@ def test_each_run_brings_back_what_it_printed_and_nothing_of_the_others(tmp_path
         (f"out:run{i}\n", f"err:run{i}\n") for i in range(3)
     ]
     assert done.stdout == b""  # all of it went to the runs' tails
+
+
+def logging_hook(path: str, word: str) -> Any:
+    def hook() -> None:
+        with open(path, "a") as file:
+            file.write(word + "\n")
+
+    return hook
+
+
+def test_each_array_task_runs_the_executors_setup_and_teardown_once(tmp_path: Path) -> None:
+    from asyncexec._hooks import make_hooks
+
+    journal = str(tmp_path / "journal")
+    hooks = make_hooks(logging_hook(journal, "setup"), logging_hook(journal, "teardown"))
+    workdir = tmp_path / "array"
+    (workdir / "out").mkdir(parents=True)
+    chunks: list[list[tuple[str, tuple[Any, ...], dict[str, Any]]]] = [
+        [(f"k{i}", (i, 1), {}) for i in range(3)]
+    ]
+    payload = build_payload(pickle_function(operator.add), chunks, TaskOptions(), hooks)
+    (workdir / "payload.bin").write_bytes(payload)
+    (workdir / _runtime.MODULE_FILE).write_bytes(_RUNNER_SOURCE)
+    assert run_task(workdir, 0).returncode == 0
+    with open(journal) as file:
+        assert file.read().split() == ["setup", "teardown"]
+    runs = [r for r in records(workdir, 0) if r["kind"] == "run"]
+    assert [r["status"] for r in runs] == ["ok"] * 3

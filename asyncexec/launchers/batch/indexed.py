@@ -77,6 +77,7 @@ from ..._exceptions import (
     WorkerLost,
     outcome_error,
 )
+from ..._hooks import Hooks
 from ..._messages import ErrorInfo, JobRef, Outcome
 from ..._options import TaskOptions
 from ..._pickle_cache import fast_dumps, pickle_function
@@ -536,7 +537,9 @@ class IndexedSweep:
         assert self.launcher.staging_dir is not None
         name = f"indexed-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         workdir = f"{self.launcher.staging_dir}/{name}"
-        payload = await anyio.to_thread.run_sync(build_payload, fn_bytes, chunks, self.options)
+        payload = await anyio.to_thread.run_sync(
+            build_payload, fn_bytes, chunks, self.options, getattr(self.launcher, "hooks", None)
+        )
         options = self.options
         limit = options.time_limit
         time_seconds = None if limit is None else math.ceil(limit * per_task + 30)
@@ -964,10 +967,12 @@ def build_payload(
     fn_bytes: bytes,
     chunks: Sequence[Sequence[tuple[str, tuple[Any, ...], dict[str, Any]]]],
     options: TaskOptions,
+    hooks: Hooks | None = None,
 ) -> bytes:
     """An indexed array's ``payload.bin``: the header, then a section per array task
-    (``chunks``: its runs' ``(key, args, kwargs)``); see
-    :func:`asyncexec._runtime.read_payload`.
+    (``chunks``: its runs' ``(key, args, kwargs)``), and the executor's ``hooks``
+    (each array task runs ``setup`` before its first run, ``teardown`` after its
+    last); see :func:`asyncexec._runtime.read_payload`.
 
     Raises:
         SerializationError: some arguments cannot be pickled.
@@ -999,6 +1004,8 @@ def build_payload(
             "retry_timeouts": any(issubclass(TaskTimeout, c) for c in options.retry_on),
             "retry_backoff": options.retry_backoff,
             "retry_backoff_max": options.retry_backoff_max,
+            "setup": hooks.setup if hooks is not None else None,
+            "teardown": hooks.teardown if hooks is not None else None,
         }
     )
     return b"".join([len(header).to_bytes(8, "big"), header, *blobs])
