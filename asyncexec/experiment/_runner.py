@@ -33,9 +33,13 @@ from ..sweep import HashableDict, ParamSweeper, slugify, sweep
 from ._progress import Progress
 from ._store import ResultsStore, RunSpec
 
-__all__ = ["Experiment", "RunControl", "RunSummary"]
+__all__ = ["INDEXED_THRESHOLD", "Experiment", "RunControl", "RunSummary"]
 
 log = logging.getLogger("asyncexec")
+
+#: Runs from which ``Experiment.run(indexed=None)`` sends the experiment as indexed arrays
+#: on an executor whose backend offers them (see :mod:`._indexed`).
+INDEXED_THRESHOLD = 5000
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -129,6 +133,8 @@ class Experiment:
         lease: float = 60.0,
         detach: bool = False,
         control: RunControl | None = None,
+        indexed: bool | None = None,
+        runs_per_task: int | None = None,
     ) -> RunSummary:
         """Run what is not done yet on ``executor``, recording every run in ``directory``.
 
@@ -162,10 +168,19 @@ class Experiment:
                 Azure).
             control: a :class:`RunControl` to detach the run while it goes (on
                 Ctrl-C, say).
+            indexed: send the runs as index-addressed arrays, the function and
+                the runs once per array and the outcomes appended to one file per
+                array task (:mod:`asyncexec.experiment._indexed`): True, False, or
+                None for experiments of ``INDEXED_THRESHOLD`` (5,000) runs or more
+                on an executor whose backend offers them (Slurm), and for those
+                whose store has runs left running in indexed arrays.
+            runs_per_task: with ``indexed``, runs per array task (default: the
+                runs spread over 256 array tasks at most, 50 runs each at least).
 
         Raises:
             LaunchError: ``detach`` on a backend whose work ends with its driver
                 (before anything is submitted).
+            ValueError: ``indexed=True`` on an executor without indexed arrays.
         """
         if detach and not executor.capabilities.reattachable:
             raise LaunchError(
@@ -174,6 +189,25 @@ class Experiment:
                 "Docker one-shot, Azure)"
             )
         directory = os.fspath(directory)
+        if indexed is not False:
+            from ._indexed import indexed_launcher, left_running, run_indexed
+
+            if indexed or (
+                indexed_launcher(executor) is not None
+                and (len(self.runs) >= INDEXED_THRESHOLD or left_running(directory))
+            ):
+                return await run_indexed(
+                    self,
+                    executor,
+                    directory,
+                    retry_failed=retry_failed,
+                    progress=progress,
+                    progress_interval=progress_interval,
+                    lease=lease,
+                    runs_per_task=runs_per_task,
+                    detach=detach,
+                    control=control,
+                )
         started = time.monotonic()
         store = await anyio.to_thread.run_sync(
             functools.partial(ResultsStore, directory, experiment=self.name)
