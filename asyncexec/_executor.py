@@ -302,6 +302,20 @@ class BaseExecutor(_TaskMethods):
         assert self._launcher is not None
         return await self._launcher.states(list(refs))
 
+    async def kill(self, refs: Sequence[JobRef]) -> list[str]:
+        """Kill the work of ``refs`` (tasks started earlier, by any driver) without
+        following it, and wait until the backend confirms that none of it is left
+        (``asyncexec cancel``). Returns the native ids the backend still lists.
+
+        Raises:
+            LaunchError: the backend refused, or cannot kill work it does not follow.
+
+        Cancellation: some may be killed, some not; it is safe to call again.
+        """
+        self._check_open()
+        assert self._launcher is not None
+        return await self._launcher.kill(list(refs))
+
     @property
     def capabilities(self) -> Capabilities:
         """What this executor's backend can do (:class:`~asyncexec.abc.Capabilities`:

@@ -229,6 +229,19 @@ class Launcher(abc.ABC):
         """
         return ["unknown"] * len(refs)
 
+    async def kill(self, refs: Sequence[JobRef]) -> list[str]:
+        """Kill the work of ``refs``, started by any driver, without following it; wait
+        until the place confirms its end. Returns the native ids still there.
+
+        This default, for launchers whose work ends with them, raises.
+
+        Raises:
+            LaunchError: the place refused, or this launcher cannot.
+
+        Cancellation: some may be killed, some not; it is safe to call again.
+        """
+        raise LaunchError(f"{type(self).__name__} cannot kill work it does not follow")
+
     async def release(self) -> None:
         """Let go of the place, the work it holds left running; then release the rest.
 

@@ -1,4 +1,4 @@
-"""The command's arguments: ``asyncexec run|status|results|cancel|docker|azure|worker``."""
+"""The command's arguments: ``asyncexec run|attach|status|results|cancel|docker|azure|worker``."""
 
 from __future__ import annotations
 
@@ -63,6 +63,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="continue the experiment already in --dir, on the executor recorded there "
         "(DIR/executor.json; the executor options given override it)",
     )
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="submit the runs, leave them running and exit (Slurm, Docker, Azure): "
+        "`status DIR` shows them, `attach DIR` collects them, `cancel DIR` stops them",
+    )
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     run.add_argument(
@@ -71,12 +77,26 @@ def make_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds before another runner may take a silent runner's runs",
     )
-    status = command("status", help="counts by state, per parameter")
+    attach = command(
+        "attach",
+        help="continue the experiment in DIR as recorded there: follow what runs, collect "
+        "what ended while nobody watched, run the rest (run --continue, no arguments)",
+    )
+    attach.add_argument("directory")
+    attach.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    status = command(
+        "status",
+        help="counts by state, per parameter (and where running runs are, asked of the backend)",
+    )
     status.add_argument("directory")
     results = command("results", help="the runs and their values")
     results.add_argument("directory")
     results.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    cancel = command("cancel", help="stop the runner working on DIR")
+    cancel = command(
+        "cancel",
+        help="stop the runner working on DIR, and the work of runs left running (detached, "
+        "or a dead runner's), confirmed with the backend",
+    )
     cancel.add_argument("directory")
     commands.add_parser("worker", help="the worker (python -m asyncexec.worker)")
     docker = commands.add_parser("docker", help="check an image, remove leftover containers")

@@ -138,7 +138,7 @@ async def run_indexed(
             runner = _IndexedRunner(experiment, executor, store, sweeper, sweep, retry_failed)
             runner.detach = detach
             if control is not None:
-                control._bind(runner)  # type: ignore[arg-type]  # (what it uses, runner has)
+                control.bind(runner)
             cancelled = await runner.run(progress, progress_interval)
         finally:
             with anyio.CancelScope(shield=True):
@@ -288,7 +288,7 @@ class _IndexedRunner:
         fresh = [fp for fp in taken if fp not in followed or fp in refused]
         if fresh:
             runs = []
-            pass_repeat = self.experiment._pass_repeat
+            pass_repeat = self.experiment.passes_repeat
             for fingerprint in fresh:
                 run = self.by_fingerprint[fingerprint]
                 kwargs = dict(run.params)

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -107,7 +107,8 @@ class Experiment:
                 combinations.append(HashableDict(entry))
             if not combinations:
                 raise ValueError("an experiment needs at least one parameter set")
-        self._pass_repeat = _takes_repeat(fn) and not any("repeat" in c for c in combinations)
+        #: Whether each run is also given its ``repeat`` number (``fn`` takes one).
+        self.passes_repeat = _takes_repeat(fn) and not any("repeat" in c for c in combinations)
         identity = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
         self.runs = [
             RunSpec(
@@ -227,7 +228,7 @@ class Experiment:
             try:
                 dispatch = _Dispatch(self, executor, store, sweeper, retry_failed, detach)
                 if control is not None:
-                    control._bind(dispatch)
+                    control.bind(dispatch)
                 cancelled = await dispatch.run(progress, progress_interval)
             finally:
                 with anyio.CancelScope(shield=True):  # its heartbeat thread, its connection
@@ -249,21 +250,30 @@ class Experiment:
         )
 
 
+class Detachable(Protocol):
+    """What a :class:`RunControl` steers: a runner of an experiment."""
+
+    executor: BaseExecutor
+
+    def detach_now(self) -> None: ...
+
+
 class RunControl:
     """Steers an :meth:`Experiment.run` under way, from the same event loop (a signal
     watcher, a UI): pass it as ``control=``.
     """
 
     def __init__(self) -> None:
-        self._dispatch: _Dispatch | None = None
+        self._dispatch: Detachable | None = None
         self._reattachable: bool | None = None
         self.detach_requested = False
 
-    def _bind(self, dispatch: _Dispatch) -> None:
-        self._dispatch = dispatch
-        self._reattachable = dispatch.executor.capabilities.reattachable
+    def bind(self, runner: Detachable) -> None:
+        """Steer ``runner``: called by ``Experiment.run`` as it starts (not by users)."""
+        self._dispatch = runner
+        self._reattachable = runner.executor.capabilities.reattachable
         if self.detach_requested:
-            dispatch.detach_now()
+            runner.detach_now()
 
     @property
     def can_detach(self) -> bool:
@@ -458,7 +468,7 @@ class _Dispatch:
             log_stderr=f"{stem}.err",
         )
         kwargs = dict(run.params)
-        if experiment._pass_repeat:
+        if experiment.passes_repeat:
             kwargs["repeat"] = run.repeat
         return await ConfiguredExecutor(self.executor, options).submit(experiment.fn, **kwargs)
 

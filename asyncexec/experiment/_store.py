@@ -130,9 +130,10 @@ class ResultsStore:
                 raise StoreError(
                     f"{self.directory} holds no experiment results (no results.sqlite)"
                 )
-            # Another runner may be creating them; executor.json is the CLI's record of the
-            # executor (asyncexec.config.EXECUTOR_FILE), kept when results.sqlite is deleted.
-            ours = ("results.sqlite", "sweeper", "logs", "executor.json")
+            # Another runner may be creating them; executor.json and target.json are the
+            # CLI's record of the executor (asyncexec.config.EXECUTOR_FILE) and of the
+            # experiment (for `attach`), kept when results.sqlite is deleted.
+            ours = ("results.sqlite", "sweeper", "logs", "executor.json", "target.json")
             if os.path.isdir(self.directory) and any(
                 not name.startswith((".", *ours)) for name in os.listdir(self.directory)
             ):
@@ -384,6 +385,30 @@ class ResultsStore:
                 except msgspec.ValidationError:
                     continue
         return found
+
+    def running_job_refs(self) -> list[tuple[str, JobRef]]:
+        """``(fingerprint, JobRef)`` of every run recorded ``running`` with a JobRef."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT fingerprint, job_ref FROM runs WHERE status = 'running' "
+                "AND job_ref IS NOT NULL ORDER BY seq"
+            ).fetchall()
+        found = []
+        for fingerprint, text in rows:
+            try:
+                found.append((str(fingerprint), msgspec.json.decode(text, type=JobRef)))
+            except msgspec.ValidationError:
+                continue
+        return found
+
+    def mark_cancelled(self, fingerprints: Iterable[str]) -> None:
+        """Record these runs ``cancelled`` (their work was killed), if still ``running``."""
+        now = time.time()
+        self._write(
+            "UPDATE runs SET status = 'cancelled', updated = ? "
+            "WHERE fingerprint = ? AND status = 'running'",
+            [(now, fingerprint) for fingerprint in fingerprints],
+        )
 
     def request_cancel(self) -> None:
         """Ask the runner working on this store (in any process) to stop."""

@@ -319,7 +319,7 @@ class BatchLauncher(Submission):
 
         Cancellation: the query is stopped; it only reads.
         """
-        ours = [ref for ref in refs if self.can_follow(ref)]
+        ours = [ref for ref in refs if self._of_this_place(ref)]
         try:
             queued = await self.adapter.states(sorted({ref.native_id for ref in ours}))
         except LaunchError:
@@ -328,16 +328,50 @@ class BatchLauncher(Submission):
             raise LaunchError(f"could not ask {self.adapter.name} for its queue: {exc}") from exc
         found = []
         for ref in refs:
-            if not self.can_follow(ref):
+            if not self._of_this_place(ref):
                 found.append("unknown")
                 continue
             seen = queued.get(ref.native_id)
             found.append("ended" if seen is None else "queued" if seen.waiting else "running")
         return found
 
+    async def kill(self, refs: Sequence[JobRef]) -> list[str]:
+        """Kill the work of ``refs`` (tasks any driver started here, followed or not) and
+        wait until the scheduler lists none of it (:data:`CLOSE_CONFIRM` at most); then
+        remove their staging directories. Returns the array tasks still listed.
+
+        Raises:
+            LaunchError: the scheduler refused the cancel, or could not be asked.
+
+        Cancellation: some may be killed, some not; it is safe to call again.
+        """
+        ours = [ref for ref in refs if self._of_this_place(ref)]
+        ids = sorted({ref.native_id for ref in ours})
+        if not ids:
+            return []
+        refused = await self.adapter.cancel(ids)
+        if refused is not None:
+            raise LaunchError(f"{self.adapter.name} refused to cancel: {refused}")
+        await self._until_gone(ids, CLOSE_CONFIRM)
+        left = sorted(await self.adapter.states(ids))
+        if not left:
+            workdirs = sorted({ref.workdir for ref in ours if ref.workdir})
+            if workdirs and not self._keep_staging:
+                await self.adapter.remove(workdirs)
+        return left
+
+    def _of_this_place(self, ref: JobRef) -> bool:
+        return ref.kind == self.kind and ref.host == self.adapter.host
+
     def can_follow(self, ref: JobRef) -> bool:
-        """Whether ``ref`` is a task of this place (re-attach)."""
-        return super().can_follow(ref) and ref.host == self.adapter.host
+        """Whether ``ref`` is a task of this place (re-attach); not a run of an indexed
+        sweep, whose outcome is a record among others (the experiment runner follows
+        those)."""
+        return (
+            super().can_follow(ref)
+            and ref.host == self.adapter.host
+            and not (ref.task_id or "").startswith("indexed:")
+        )
 
     async def find_refs(self) -> list[JobRef]:
         """JobRefs of every task whose array is still in the staging directory.
