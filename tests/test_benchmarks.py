@@ -111,6 +111,17 @@ def test_slurm_benchmark_smoke(cluster: Cluster) -> None:
     assert "not run" not in report, report
 
 
+@pytest.mark.slurm
+@pytest.mark.ssh
+@pytest.mark.infra
+def test_indexed_benchmark_smoke(cluster: Cluster) -> None:
+    """The indexed-arrays harness on 2,000 runs: detached, status, followed to the end."""
+    report = run_benchmark("indexed.py", "--smoke")
+    assert "- complete: True (2,000 done, 0 wrong or missing)" in report, report
+    for measure in ("`sbatch` calls", "files per array task", "`asyncexec status DIR` of"):
+        assert f"| {measure}" in report, report
+
+
 def test_array_task_start_benchmark_smoke() -> None:
     report = run_benchmark("array_task_start.py", "--smoke")
     for way in ("python -c pass", "by hand (json)", "asyncexec runner", "pool worker's start"):

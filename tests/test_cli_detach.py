@@ -6,9 +6,13 @@ no job, container or container group."""
 from __future__ import annotations
 
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from asyncexec.config import ENVIRONMENT, FILE_VARIABLE, PROFILE_VARIABLE
+from asyncexec.experiment import ResultsStore
 
-from .cluster import Cluster, squeue
+from .cluster import Cluster
 from .fakeazure import FakeAzure
 from .services import Azurite, check_docker_image
 from .test_cli_backends import profiles
@@ -60,6 +65,17 @@ def asyncexec(project: Path, *args: str, counts: str, seconds: float) -> tuple[i
         timeout=600,
     )
     return done.returncode, done.stdout + done.stderr
+
+
+def jobs_named(name: str) -> list[str]:
+    """The array tasks in Slurm's queue whose job is called ``name``."""
+    listed = subprocess.run(
+        ["squeue", "-h", "-r", "-n", name, "-o", "%i %T"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return listed.stdout.split()
 
 
 def executions(counts: str) -> list[int]:
@@ -138,7 +154,7 @@ def test_slurm(project: Path, cluster: Cluster, counts: str) -> None:
     )
     detach_then_attach(project, "cluster", counts)
     detach_then_cancel(project, "cluster", counts)
-    assert not [line for line in squeue(cluster.user) if name in line]
+    assert not jobs_named(name)
 
 
 @pytest.mark.docker
@@ -209,3 +225,72 @@ def test_azure(
         detach_then_cancel(project, "aci", counts)
         assert not fake.groups, sorted(fake.groups)
         assert not fake.docker_leftovers(), fake.docker_leftovers()
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_ctrl_c_on_a_terminal_asks_and_detaches(
+    project: Path, cluster: Cluster, counts: str
+) -> None:
+    """Ctrl-C while `run` follows Slurm work, on a terminal: it asks; "d" detaches (the
+    runs go on, the command ends 0 saying so), and `cancel` then stops them."""
+    name = f"ae-ctrlc-{uuid.uuid4().hex[:8]}"
+    profiles(
+        project,
+        f"""
+        [profile.cluster]
+        backend = "slurm"
+        job_name = "{name}"
+        python = "{cluster.python}"
+        poll_interval = 0.2
+
+        [profile.cluster.host]
+        host = "{cluster.host}"
+        port = {cluster.port}
+        username = "{cluster.user}"
+        client_keys = ["{cluster.client_key}"]
+        known_hosts = "{cluster.known_hosts}"
+        """,
+    )
+    ours = {*ENVIRONMENT, PROFILE_VARIABLE, FILE_VARIABLE}
+    env = {key: value for key, value in os.environ.items() if key not in ours}
+    env.update(AE_TEST_COUNTS=counts, AE_TEST_SECONDS="120")
+    argv = [sys.executable, "-m", "asyncexec", "run", "exp.py:experiment"]
+    argv += ["--profile", "cluster", "--dir", "c", "--no-progress"]
+    controller, terminal = pty.openpty()
+    with subprocess.Popen(
+        argv, cwd=project, env=env, stdin=terminal, stdout=terminal, stderr=terminal
+    ) as process:
+        os.close(terminal)
+        output = b""
+
+        def read_until(text: bytes, timeout: float = 60) -> None:
+            nonlocal output
+            deadline = time.monotonic() + timeout
+            while text not in output:
+                assert time.monotonic() < deadline, output.decode(errors="replace")
+                ready, _, _ = select.select([controller], [], [], 0.2)
+                if ready:
+                    output += os.read(controller, 4096)
+
+        def handed_over() -> int:
+            try:
+                with ResultsStore(project / "c", create=False) as store:
+                    return len(store.running_job_refs())
+            except Exception:
+                return 0
+
+        deadline = time.monotonic() + 60
+        while handed_over() < 4:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        read_until(b"> ")
+        os.write(controller, b"d\n")
+        read_until(b"left running")
+        assert process.wait(timeout=60) == 0, output.decode(errors="replace")
+    os.close(controller)
+    assert jobs_named(name)  # still there: detached, not cancelled
+    code, said = asyncexec(project, "cancel", "c", counts=counts, seconds=120.0)
+    assert code == 0 and "none of it is left" in said, said
+    assert not jobs_named(name)
