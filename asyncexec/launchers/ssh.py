@@ -129,6 +129,8 @@ class SSHLauncher(PoolLauncher):
         )
         self.shells = shells
         self.slots = slots
+        #: Hosts that do not see this machine's files get the user's modules by value.
+        self.shares_files = all(shell.shares_files for shell in shells)
         self.python = python
         self._on_host: dict[int, int] = {index: 0 for index in range(len(shells))}
 

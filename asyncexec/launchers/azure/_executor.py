@@ -33,6 +33,8 @@ class AzureLauncher(BatchLauncher):
     """
 
     kind = "aci"
+    #: A container group holds the image's files only: the user's modules travel by value.
+    shares_files = False
     #: ``cpus`` per group (4 at most); ``memory_mb`` is the runtime's limit.
     honours_resources = frozenset({"cpus", "memory_mb"})
 

@@ -83,6 +83,8 @@ class DockerLauncher(PoolLauncher):
     """
 
     kind = "docker"
+    #: A container holds the image's files only: the user's modules travel by value.
+    shares_files = False
 
     def __init__(
         self,

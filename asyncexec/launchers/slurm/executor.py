@@ -61,6 +61,8 @@ class SlurmLauncher(BatchLauncher):
         )
         self.shell = shell
         self.config = config
+        #: A cluster reached over SSH does not see this machine's files (unless its shell says so).
+        self.shares_files = shell.shares_files
 
     def __repr__(self) -> str:
         return f"SlurmLauncher({self.shell!r}, staging_dir={self.staging_dir!r})"
