@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import _pickle
 import dataclasses
+import importlib
+import importlib.machinery
 import os
+import subprocess
 import sys
+import sysconfig
 import textwrap
 import types
 from collections.abc import AsyncIterator, Iterator
@@ -246,6 +250,41 @@ def test_what_cannot_be_found_where_the_work_runs_is_refused_with_its_name(
     # Installed modules imported at run time are fine; so is all of it where files are shared.
     _codec.dumps_call(project.script.imports_json_when_it_runs, (1,), {}, travel_to="X")
     _codec.dumps_call(project.script.imports_a_helper_when_it_runs, (), {})
+
+
+NATIVE = """
+#include <Python.h>
+static PyObject *answer(PyObject *self, PyObject *unused) { return PyLong_FromLong(42); }
+static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, NULL}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "bv_native", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_bv_native(void) { return PyModule_Create(&module); }
+"""
+
+
+def test_a_compiled_module_of_yours_is_refused_where_it_cannot_travel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "bv_native.c"
+    source.write_text(NATIVE)
+    built = tmp_path / ("bv_native" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    include = sysconfig.get_paths()["include"]
+    compiled = subprocess.run(
+        ["gcc", "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(built)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "bv_native", raising=False)
+    native: Any = importlib.import_module("bv_native")
+    assert native.answer() == 42 and _travel.module_home("bv_native") == "compiled"
+    with pytest.raises(SerializationError, match=r"it uses bv_native \(.*bv_native\.") as caught:
+        _codec.dumps_call(native.answer, (), {}, travel_to="DockerLauncher")
+    assert "compiled module of yours" in str(caught.value)
+    with pytest.raises(SerializationError, match="bv_native"):  # as an argument too
+        _codec.dumps_call(map, (native.answer, []), {}, travel_to="DockerLauncher")
+    assert _codec.dumps_call(native.answer, (), {})[0] == _pickle.dumps(native.answer, protocol=5)
 
 
 def _import_helper() -> object:
