@@ -107,6 +107,9 @@ PROJECT = {
         def scaled(x):
             return x * FACTOR
 
+        def scaled_twice(x):
+            return scaled(scaled(x))
+
         def imports_a_helper_when_it_runs():
             import bv_helper
             return bv_helper.VALUE
@@ -226,12 +229,17 @@ def test_the_travelling_pickle_leaves_the_usual_one_and_cloudpickles_registry_al
 def test_a_travelling_pickle_is_remembered_until_what_it_is_made_of_changes(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scaled = project.script.scaled
-    first, _, _ = _codec.dumps_call(scaled, (1,), {}, travel_to="X")
-    assert _codec.dumps_call(scaled, (1,), {}, travel_to="X")[0] is first
-    monkeypatch.setattr(project.script, "FACTOR", 5)
-    again, _, _ = _codec.dumps_call(scaled, (1,), {}, travel_to="X")
-    assert again != first and _pickle.loads(again)(1) == 5
+    for function, before, after in [
+        (project.script.scaled, 3, 5),
+        (project.script.scaled_twice, 9, 25),  # (what it calls is followed)
+    ]:
+        first, _, _ = _codec.dumps_call(function, (1,), {}, travel_to="X")
+        assert _codec.dumps_call(function, (1,), {}, travel_to="X")[0] is first
+        assert _pickle.loads(first)(1) == before
+        with monkeypatch.context() as patch:
+            patch.setattr(project.script, "FACTOR", 5)
+            again, _, _ = _codec.dumps_call(function, (1,), {}, travel_to="X")
+        assert again != first and _pickle.loads(again)(1) == after
 
 
 def test_what_cannot_be_found_where_the_work_runs_is_refused_with_its_name(
