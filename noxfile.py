@@ -99,7 +99,7 @@ def run_pytest(session: nox.Session, marks: str) -> None:
         session.run("pytest", *session.posargs)
         return
     rest = f"({marks}) and not alone" if marks else "not alone"
-    session.run("pytest", "-q", "-n", "2", "--dist", "loadfile", "-m", rest)
+    session.run("pytest", "-q", "-n", "2", "--dist", "loadfile", "--durations=15", "-m", rest)
     session.run("pytest", "-q", "-m", f"({marks}) and alone" if marks else "alone")
 
 

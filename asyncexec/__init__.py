@@ -19,8 +19,10 @@ _PUBLIC: dict[str, str] = {
     "LaunchError": "._exceptions",
     "RemoteError": "._exceptions",
     "SerializationError": "._exceptions",
+    "SetupFailed": "._exceptions",
     "TaskBackendUnavailable": "._exceptions",
     "TaskCancelled": "._exceptions",
+    "TaskDetached": "._exceptions",
     "TaskFailed": "._exceptions",
     "TaskLaunchError": "._exceptions",
     "TaskSerializationError": "._exceptions",
@@ -43,6 +45,7 @@ _PUBLIC: dict[str, str] = {
     "handle_err": "._timed",
     "timed_run": "._timed",
     "__version__": "._version",
+    "ConfigError": ".config",
     "AzureConfig": ".launchers.azure",
     "AzureExecutor": ".launchers.azure",
     "DockerExecutor": ".launchers.docker",
@@ -66,8 +69,10 @@ if _typing.TYPE_CHECKING:
     from ._exceptions import LaunchError as LaunchError
     from ._exceptions import RemoteError as RemoteError
     from ._exceptions import SerializationError as SerializationError
+    from ._exceptions import SetupFailed as SetupFailed
     from ._exceptions import TaskBackendUnavailable as TaskBackendUnavailable
     from ._exceptions import TaskCancelled as TaskCancelled
+    from ._exceptions import TaskDetached as TaskDetached
     from ._exceptions import TaskFailed as TaskFailed
     from ._exceptions import TaskLaunchError as TaskLaunchError
     from ._exceptions import TaskSerializationError as TaskSerializationError
@@ -90,6 +95,7 @@ if _typing.TYPE_CHECKING:
     from ._timed import handle_err as handle_err
     from ._timed import timed_run as timed_run
     from ._version import __version__ as __version__
+    from .config import ConfigError as ConfigError
     from .launchers.azure import AzureConfig as AzureConfig
     from .launchers.azure import AzureExecutor as AzureExecutor
     from .launchers.docker import DockerExecutor as DockerExecutor

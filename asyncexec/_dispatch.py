@@ -41,6 +41,7 @@ from ._exceptions import (
     LaunchError,
     SerializationError,
     TaskCancelled,
+    TaskDetached,
     TaskLaunchError,
     TaskSerializationError,
     TaskTimeout,
@@ -92,6 +93,7 @@ class _Task:
     __slots__ = (
         "attached",
         "attempt",
+        "detaching",
         "future",
         "holds_slot",
         "killing",
@@ -115,6 +117,7 @@ class _Task:
         self.scope: anyio.CancelScope | None = None  # of its coroutine, while it has one
         self.ref: JobRef | None = None  # started with try_start, until its outcome is taken
         self.killing = False  # a coroutine is cancelling the work it was started with
+        self.detaching = False  # let go: its coroutine stops following, kills nothing
 
 
 class Dispatcher:
@@ -318,6 +321,32 @@ class Dispatcher:
             assert self._tg is not None
             self._tg.start_soon(self._cancel_started, task)
 
+    async def detach(self) -> None:
+        """Let every live task go, its work left running; see :meth:`BaseExecutor.detach`.
+
+        A task still queued here (or waiting to be retried) never reached the
+        place: it is cancelled. One being handed over is waited for until the
+        place has accepted it (or refused it). Every other one ends with
+        :class:`TaskDetached` naming its JobRef, and nothing is killed.
+
+        Cancellation: stops the waiting; the tasks not yet let go stay live.
+        """
+        for task in list(self._tasks.values()):
+            if task.queued or task.retry_scheduled:
+                self.cancel(task.future)
+        for task in list(self._tasks.values()):
+            await task.future.accepted()  # (None once it has ended)
+            if task.future.ready() or task.killing or task.detaching:
+                continue
+            task.detaching = True
+            if task.scope is not None:
+                task.scope.cancel()  # its coroutine stops waiting, and kills nothing
+            elif task.ref is not None:  # started with try_start: no coroutine follows it
+                task.ref = None
+                self._finish(task, FutureState.CANCELLED, error=_detached(task))
+                self._release()
+        await self.drain()
+
     # -- one attempt ----------------------------------------------------------------
 
     def _begin_attempt(self, task: _Task) -> None:
@@ -366,7 +395,9 @@ class Dispatcher:
         (:meth:`_leave`; :meth:`_release` where the attempt had no coroutine,
         so never held the queue up).
         """
-        if cancelled:
+        if task.detaching and outcome is None and error is None:
+            self._finish(task, FutureState.CANCELLED, error=_detached(task))
+        elif cancelled:
             self._finish(task, FutureState.CANCELLED, error=_cancelled(task))
         else:
             self._conclude(task, outcome, error, timed_out)
@@ -422,7 +453,7 @@ class Dispatcher:
                     except Exception as exc:
                         error = _launch_error(launcher, "wait", exc)
                     finally:
-                        if outcome is None:
+                        if outcome is None and not task.detaching:
                             with anyio.CancelScope(shield=True):
                                 await _kill(launcher, ref)
             task.scope = None
@@ -610,6 +641,16 @@ async def _kill(launcher: Launcher, ref: JobRef) -> None:
 
 def _cancelled(task: _Task) -> TaskCancelled:
     return TaskCancelled(f"task {task.future.task_id} was cancelled")
+
+
+def _detached(task: _Task) -> TaskDetached:
+    ref = task.future._info.job_ref
+    where = f"{ref.kind} {ref.native_id}" if ref is not None else "its place"
+    return TaskDetached(
+        f"task {task.future.task_id} was let go (detached): its work goes on in {where}; "
+        "attach its job_ref to follow it",
+        ref,
+    )
 
 
 def _launch_error(launcher: Launcher, method: str, exc: Exception) -> TaskLaunchError:

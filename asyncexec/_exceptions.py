@@ -6,18 +6,23 @@ Every error asyncexec raises derives from :class:`AsyncExecError`::
     ├── ExecutorClosed          submit() after aclose() (also a RuntimeError)
     ├── SerializationError      the task or its result cannot be pickled/decoded
     ├── LaunchError             the backend refused the task
-    │   └── BackendUnavailable  the backend cannot be reached at all
+    │   ├── BackendUnavailable  the backend cannot be reached at all
+    │   └── SetupFailed         the executor's ``setup`` hook raised where tasks run
     └── TaskFailed              the task produced no value: every failed future raises one
         ├── RemoteError         user code raised (also an instance of the original class)
         ├── WorkerLost          the worker died without an outcome (.exit_code, .state)
         ├── TaskTimeout         time_limit passed and the work was killed (also a TimeoutError)
         ├── TaskCancelled       the task was cancelled
+        │   └── TaskDetached    ... no: let go (executor.detach()); its work goes on
         ├── TaskSerializationError   its result (or the task, where it ran) could not be
         │                            pickled or unpickled (also a SerializationError)
         └── TaskLaunchError     the backend refused or lost the task after submit
             │                   (also a LaunchError)
             └── TaskBackendUnavailable   ... because it could not be reached (also a
                                          BackendUnavailable)
+
+A task that could not run because its worker's ``setup`` hook raised fails
+with a :class:`TaskLaunchError` that is also a :class:`SetupFailed`.
 
 ``submit`` itself raises the plain ``SerializationError`` (an argument that
 cannot be pickled), ``LaunchError`` (a request the backend cannot honour) and
@@ -44,8 +49,10 @@ __all__ = [
     "LaunchError",
     "RemoteError",
     "SerializationError",
+    "SetupFailed",
     "TaskBackendUnavailable",
     "TaskCancelled",
+    "TaskDetached",
     "TaskFailed",
     "TaskLaunchError",
     "TaskSerializationError",
@@ -77,12 +84,44 @@ class BackendUnavailable(LaunchError):
     """The backend could not be reached (no daemon, authentication refused...)."""
 
 
+class SetupFailed(LaunchError):
+    """An executor's ``setup`` hook raised where the tasks run, so they could not run.
+
+    Raised by ``async with`` for a pool that starts its workers on entering
+    (``ProcessExecutor``, warm containers); otherwise every task that needed
+    the worker (or the array task, or the container group) fails with a
+    :class:`TaskLaunchError` that is also a ``SetupFailed``. Its message names
+    the hook's exception (``setup raised RuntimeError: ...``).
+
+    Attributes:
+        remote_traceback: the hook's traceback, as text, from where it ran
+            ("" where unknown).
+    """
+
+    def __init__(self, message: str, *, remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+
 class TaskFailed(AsyncExecError):
     """The task produced no value."""
 
 
 class TaskCancelled(TaskFailed):
     """The task was cancelled before it produced a value."""
+
+
+class TaskDetached(TaskCancelled):
+    """The executor let the task go (:meth:`~asyncexec.BaseExecutor.detach`): its work
+    goes on where it runs, and ``job_ref`` follows it again
+    (:meth:`~asyncexec.BaseExecutor.attach`, from this process or another)."""
+
+    def __init__(self, message: str, job_ref: Any = None) -> None:
+        super().__init__(message)
+        self.job_ref = job_ref
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.job_ref))
 
 
 class TaskTimeout(TaskFailed, TimeoutError):
@@ -319,6 +358,11 @@ def outcome_error(outcome: Outcome, original: BaseException | None = None) -> Ta
     if status == "cancelled":
         return TaskCancelled(f"task {outcome.task_id} was cancelled where it ran")
     if status == "refused":
+        if detail is not None and detail.type_name == "SetupFailed":
+            setup = SetupFailed(detail.message, remote_traceback=detail.traceback)
+            failure = as_task_failure(setup)
+            assert isinstance(failure, TaskFailed)
+            return failure
         return TaskLaunchError(detail.message if detail else "the worker refused the task")
     message = detail.message if detail else "the worker died without reporting an outcome"
     return WorkerLost(

@@ -21,7 +21,7 @@ import inspect
 import itertools
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -29,12 +29,12 @@ import anyio
 
 from ._codec import dumps_call, type_name
 from ._dispatch import Call, Dispatcher, ExecutorStats
-from ._exceptions import ExecutorClosed, LaunchError
+from ._exceptions import ExecutorClosed, LaunchError, TaskDetached
 from ._future import AsyncException, AsyncResult, Completion, Future, FutureState, running_loop
 from ._messages import JobRef
 from ._options import TaskOptions, check_workers
 from ._runtime import run_chunk
-from .abc import Launcher
+from .abc import Capabilities, Launcher
 
 __all__ = ["BaseExecutor", "ConfiguredExecutor", "ExecutorStats"]
 
@@ -294,6 +294,92 @@ class BaseExecutor(_TaskMethods):
             await self._launcher.aclose()
         self._state = "closed"
 
+    async def job_states(self, refs: Sequence[JobRef]) -> list[str]:
+        """Where the work of each of ``refs`` (tasks started earlier, by any driver) is
+        now, asked of the backend in one query: ``"queued"``, ``"running"``,
+        ``"ended"`` (its outcome waits for :meth:`attach`, or it was lost) or
+        ``"unknown"`` (not this backend's work). ``asyncexec status`` shows it.
+
+        Raises:
+            LaunchError: the backend could not be asked.
+
+        Cancellation: the query is stopped; it only reads.
+        """
+        self._check_open()
+        assert self._launcher is not None
+        return await self._launcher.states(list(refs))
+
+    async def kill(self, refs: Sequence[JobRef]) -> list[str]:
+        """Kill the work of ``refs`` (tasks started earlier, by any driver) without
+        following it, and wait until the backend confirms that none of it is left
+        (``asyncexec cancel``). Returns the native ids the backend still lists.
+
+        Raises:
+            LaunchError: the backend refused, or cannot kill work it does not follow.
+
+        Cancellation: some may be killed, some not; it is safe to call again.
+        """
+        self._check_open()
+        assert self._launcher is not None
+        return await self._launcher.kill(list(refs))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this executor's backend can do (:class:`~asyncexec.abc.Capabilities`:
+        ``reattachable``, ``can_kill``...), once it is open.
+
+        Raises:
+            RuntimeError: the executor is not open.
+        """
+        if self._launcher is None:
+            raise RuntimeError(f"{type(self).__name__} is not open: its backend is not known yet")
+        return self._launcher.capabilities
+
+    async def detach(self) -> list[JobRef]:
+        """Close, letting the work of every live task go on where it runs.
+
+        For backends whose work outlives the driver (Slurm, Docker one-shot,
+        Azure: ``launcher.capabilities.reattachable``), so that a driver may exit
+        while its tasks run: each live future ends with :class:`TaskDetached`
+        (a :class:`TaskCancelled`) naming its ``job_ref``, and nothing is killed.
+        Keep the refs: :meth:`attach` (of this or another executor on the same
+        place, in this process or a later one) follows the work again and
+        collects its outcome. A task still queued in this executor, that no
+        place had taken, is cancelled instead; one being handed over is waited
+        for. Then the executor is closed, as :meth:`aclose` closes it.
+
+        Returns:
+            the JobRefs of the tasks let go.
+
+        Raises:
+            LaunchError: the backend's work ends with its driver (nothing is
+                let go, and the executor stays open).
+
+        Cancellation: the tasks not yet let go stay live and the executor
+        open; leaving ``async with`` then cancels them as usual.
+        """
+        launcher = self._launcher
+        if self._state != "open" or launcher is None:
+            self._check_open()
+            raise ExecutorClosed(f"{type(self).__name__} is closing: nothing to detach")
+        if not launcher.capabilities.reattachable:
+            raise LaunchError(
+                f"{type(self).__name__} cannot detach: its work ends with this process "
+                "(detach needs a backend whose work outlives its driver: Slurm, Docker "
+                "one-shot, Azure)"
+            )
+        live = self._dispatch.live()
+        await self._dispatch.detach()
+        self._state = "closing"
+        refs = [
+            error.job_ref
+            for future in live
+            if isinstance(error := future.exception(), TaskDetached) and error.job_ref is not None
+        ]
+        await launcher.release()
+        self._state = "closed"
+        return refs
+
     def _check_open(self) -> None:
         if self._state == "open":
             return
@@ -401,6 +487,39 @@ class BaseExecutor(_TaskMethods):
                 f"{type(self).__name__} cannot run a task with Resources({asked}): {problem}"
             )
         self._resources_checked = options
+
+    def to_dict(self) -> dict[str, Any]:
+        """This executor's configuration (:func:`asyncexec.config.to_dict`): the
+        arguments it was made with, as JSON and TOML values; secrets only as
+        references to where they come from.
+
+        Raises:
+            ConfigError: it holds what a configuration cannot (a secret given in
+                Python, a lambda...).
+        """
+        from .config import to_dict
+
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BaseExecutor:
+        """A new executor (not entered) from a configuration
+        (:func:`asyncexec.config.from_dict`); ``data["backend"]`` says which class,
+        which must be this one (or a subclass of it) when called on a subclass.
+
+        Raises:
+            ConfigError: a wrong key or value, named.
+            TypeError: the configuration is another class's executor.
+        """
+        from .config import from_dict
+
+        executor = from_dict(data)
+        if not isinstance(executor, cls):
+            raise TypeError(
+                f"{cls.__name__}.from_dict: the configuration makes a "
+                f"{type(executor).__name__} (backend {data.get('backend')!r})"
+            )
+        return executor
 
     def stats(self) -> ExecutorStats:
         """A snapshot of this executor's tasks: how many were accepted, are live,

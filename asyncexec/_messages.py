@@ -126,6 +126,10 @@ class TaskSpec(msgspec.Struct, gc=False, tag="task", array_like=True):
     gpus: int | None = None
     #: The CPUs a pool chose for a task with ``cpus`` (the worker pins it to them).
     affinity: list[int] | None = None
+    #: The Outcome's ``stdout`` and ``stderr`` hold all the task wrote, not their
+    #: tails: where the worker cannot see the driver's files (SSH hosts, containers),
+    #: the driver appends them to ``log_stdout`` / ``log_stderr`` itself.
+    whole_output: bool = False
 
 
 class ErrorInfo(msgspec.Struct, gc=False, array_like=True):
@@ -176,10 +180,13 @@ class Hello(msgspec.Struct, gc=False, tag="hello", array_like=True):
 
 
 class Setup(msgspec.Struct, gc=False, tag="setup", array_like=True):
-    """The driver's answer to Hello: import path and initializer for a local pool."""
+    """The driver's answer to Hello: import path (a local pool's), and the pool's
+    ``setup`` hook (run now: :class:`Ready` says how it went) and ``teardown`` hook
+    (run when the worker's input ends while it is idle), pickled."""
 
     sys_path: list[str] = []
     initializer: bytes | None = None
+    teardown: bytes | None = None
 
 
 class Ready(msgspec.Struct, gc=False, tag="ready", array_like=True):

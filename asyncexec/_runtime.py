@@ -27,6 +27,17 @@ pickled dict of builtins, renamed into place), so that what finished survives
 the array task being killed later. A file ``cancel/<task id>`` skips that
 task, or interrupts it while it runs.
 
+Hooks: a batch may hold the executor's ``setup`` and ``teardown`` hooks
+(pickled, as its tasks). The runner calls ``setup`` before the first task of
+the batch that runs (none runs if every task was cancelled), and ``teardown``
+after the last one, before that task's outcome is written: once the driver
+holds the outcome of a chunk's last task, its teardown has run. A setup that
+raises refuses every task of the batch with a ``SetupFailed`` error, and no
+teardown runs; what a teardown raises is printed on the array task's stderr.
+A runner killed (``scancel``, a node failure) runs no teardown; nor does a
+child the supervisor kills at a stuck task's time limit, and the next child
+runs ``setup`` again before the next task.
+
 Time limits: SIGALRM raises inside a task at its limit. A batch with a time
 limit runs its tasks in a forked child, watched by the process the job
 started (the supervisor), which needs neither the GIL nor the task's help:
@@ -220,11 +231,12 @@ def _address_space_bytes() -> int:
         return 0
 
 
-def _read_tail(stream: IO[bytes]) -> str:
+def _read_tail(stream: IO[bytes], whole: bool = False) -> str:
+    """The last :data:`TAIL_BYTES` of what ``stream`` holds (``whole``: all of it)."""
     stream.flush()
     stream.seek(0, os.SEEK_END)
     size = stream.tell()
-    stream.seek(max(0, size - TAIL_BYTES))
+    stream.seek(0 if whole else max(0, size - TAIL_BYTES))
     return stream.read().decode("utf-8", "replace")
 
 
@@ -244,13 +256,14 @@ def _scratch_file(directory: str) -> IO[bytes]:
 
 @contextlib.contextmanager
 def fd_capture(
-    stdout_path: str | None, stderr_path: str | None, scratch_dir: str
+    stdout_path: str | None, stderr_path: str | None, scratch_dir: str, whole: bool = False
 ) -> Iterator[Callable[[], tuple[str, str]]]:
     """Redirect file descriptors 1 and 2 into files for the duration of a task.
 
     File-level redirection also catches what C extensions and child processes
     write. A stream without a path goes to an anonymous file in ``scratch_dir``.
-    Yields a function answering the tails of both once the block has ended.
+    Yields a function answering the tails of both once the block has ended
+    (``whole``: all that was written, for a driver that keeps the log files).
     """
     files: list[IO[bytes]] = []
     try:  # open both before redirecting either: a bad path leaves nothing redirected
@@ -275,7 +288,7 @@ def fd_capture(
         for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
             os.dup2(old, fd)
             os.close(old)
-            tails[index] = _read_tail(files[index])
+            tails[index] = _read_tail(files[index], whole)
             files[index].close()
 
 
@@ -582,6 +595,13 @@ class Runner:
         # The array task's own stderr (fd 2 may be a task's capture file), for the watchdog.
         self.log_fd = os.dup(2)
         self.stuck_grace = STUCK_GRACE
+        # The batch's hooks (pickled) and how its setup went: None until it ran, then
+        # the ErrorInfo fields every task is refused with should it have raised.
+        self.setup_hook: bytes | None = None
+        self.teardown_hook: bytes | None = None
+        self.set_up_done = False
+        self.setup_error: dict[str, Any] | None = None
+        self.teardown: Callable[[], object] | None = None
         signal.signal(signal.SIGALRM, self._on_alarm)
         signal.signal(signal.SIGUSR2, self._on_cancel)
 
@@ -597,15 +617,77 @@ class Runner:
                 f"version mismatch: python {batch['python']} on the driver"
                 f" but {self.python} on the worker"
             )
+        self.setup_hook = batch.get("setup")
+        self.teardown_hook = batch.get("teardown")
         first = int(batch.get("first", 0))  # the supervisor's next child starts there
+        last = len(tasks) - 1
         for index in range(first, len(tasks)):
             task = tasks[index]
             self.index = index
             if refusal is not None:
-                self.keep(self.outcome(task["task_id"], "refused", error=problem(refusal)))
+                outcome = self.outcome(task["task_id"], "refused", error=problem(refusal))
             else:
-                self.keep(self.run_one(task, batch.get("cloudpickle")))
+                outcome = self.run_one(task, batch.get("cloudpickle"))
+            if index == last and self.teardown is not None:
+                # The teardown first: the driver, once it has the last outcome, may
+                # remove what runs the chunk (a container group). No time limit runs.
+                self.report(f"E {index}")
+                self.tear_down()
+                self.keep(outcome)
+                continue
+            self.keep(outcome)
             self.report(f"E {index}")
+
+    def set_up(self, cloudpickle_version: str | None) -> dict[str, Any] | None:
+        """Run the batch's setup hook, once, before its first task runs: None, or the
+        ErrorInfo fields every task is refused with, because it raised (or a hook
+        could not be unpickled)."""
+        if self.set_up_done:
+            return self.setup_error
+        self.set_up_done = True
+        doing = "cannot unpickle the teardown hook"
+        try:
+            teardown = None
+            if self.teardown_hook is not None:
+                teardown = self.loads(self.teardown_hook, cloudpickle_version)
+            if self.setup_hook is not None:
+                doing = "cannot unpickle the setup hook"
+                setup = self.loads(self.setup_hook, cloudpickle_version)
+                doing = "setup raised"
+                setup()
+        except BaseException as exc:  # the hook's own errors, SystemExit included
+            error = describe_exception(exc)
+            error.update(
+                type_name="SetupFailed",
+                message=(
+                    f"{doing} {type_name(exc)}: {error['message']} (on {self.host}), "
+                    "so the task did not run"
+                ),
+                pickled=None,
+            )
+            self.setup_error = error
+            return error
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        self.teardown = teardown
+        return None
+
+    def tear_down(self) -> None:
+        """Run the teardown hook (once its setup ran); what it raises is printed."""
+        teardown, self.teardown = self.teardown, None
+        if teardown is None:
+            return
+        try:
+            teardown()
+        except BaseException:
+            import traceback
+
+            sys.stderr.write("asyncexec: the teardown hook raised:\n")
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
 
     def report(self, line: str) -> None:
         if self.report_fd is not None:
@@ -650,6 +732,9 @@ class Runner:
         marker = os.path.join(self.cancel_dir, task_id) if self.cancel_dir else None
         if marker is not None and os.path.exists(marker):
             return self.outcome(task_id, "cancelled")
+        failed = self.set_up(cloudpickle_version)
+        if failed is not None:
+            return self.outcome(task_id, "refused", error=failed)
         time_limit: float | None = task["time_limit"]
 
         def load() -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
@@ -1062,6 +1147,363 @@ def _send_outcomes(blobs: _Blobs, prefix: str, out: str, sent: set[str]) -> None
         with open(os.path.join(out, name), "rb") as file:
             blobs.create(f"{prefix}/out/{name}", file.read())
         sent.add(name)
+
+
+# -- index-addressed sweeps: one payload per array, outcomes appended per array task ---
+#
+# An indexed array (asyncexec.launchers.batch.indexed) stages ONE payload for all its
+# array tasks: the function once, and the runs as sections, one per array task, each
+# found through the payload's header. Array task N runs its section's runs in order and
+# appends each run's outcome, as a framed record, to out/N.rec: two files per array
+# task on the shared file system (that one, and the scheduler's log), however many runs.
+
+#: What the job script of an indexed array runs: this file, then :func:`main_indexed`.
+BOOT_INDEXED = (
+    "import sys;sys.path.insert(0,sys.argv[1]);import _asyncexec_oneshot as m;"
+    "del sys.path[0];sys.exit(m.main_indexed(sys.argv[1:]))"
+)
+#: The version of an indexed payload.
+INDEXED_FORMAT = 1
+#: A record: this magic, its body's length (4 bytes, big-endian), the CRC-32 of those 4
+#: bytes, the CRC-32 of the body, then the body (a pickled dict of builtins).
+RECORD_MAGIC = b"AXR1"
+RECORD_HEADER = 16
+#: Seconds at most between a record's write and its fsync (a background thread syncs
+#: what was written; the array task's end syncs the rest).
+SYNC_PERIOD = 1.0
+#: Array tasks that may end (a node failure, a kill, a crash of the interpreter) while
+#: the same run runs, before that run is recorded ``lost`` rather than run again.
+LOST_AFTER = 2
+
+
+def frame_record(record: dict[str, Any]) -> bytes:
+    """One record of an array task's outcome file: header, then the pickled ``record``."""
+    import binascii
+
+    body = _pickle.dumps(record, protocol=5)
+    size = len(body).to_bytes(4, "big")
+    return (
+        RECORD_MAGIC
+        + size
+        + binascii.crc32(size).to_bytes(4, "big")
+        + binascii.crc32(body).to_bytes(4, "big")
+        + body
+    )
+
+
+def split_records(data: bytes, start: int = 0) -> tuple[list[bytes], int]:
+    """The bodies of the whole records of ``data`` from ``start``, and where to read from
+    next time (the start of a record still being written, or the end).
+
+    Bytes that are no record (what a writer killed mid-write left, then padded by the
+    next one: see :func:`pad_torn`) are skipped up to the next record's magic.
+    """
+    import binascii
+
+    bodies: list[bytes] = []
+    at, end = start, len(data)
+    while at < end:
+        if end - at < RECORD_HEADER:
+            if data[at : at + 4] == RECORD_MAGIC[: min(4, end - at)]:
+                break  # a header being written
+        elif data[at : at + 4] == RECORD_MAGIC:
+            size_bytes = data[at + 4 : at + 8]
+            if binascii.crc32(size_bytes) == int.from_bytes(data[at + 8 : at + 12], "big"):
+                size = int.from_bytes(size_bytes, "big")
+                if end - at < RECORD_HEADER + size:
+                    break  # a body being written
+                body = data[at + RECORD_HEADER : at + RECORD_HEADER + size]
+                if binascii.crc32(body) == int.from_bytes(data[at + 12 : at + 16], "big"):
+                    bodies.append(body)
+                    at += RECORD_HEADER + size
+                    continue
+        following = data.find(RECORD_MAGIC, at + 1)
+        at = following if following >= 0 else max(at + 1, end - 3)
+    return bodies, at
+
+
+def pad_torn(data: bytes, consumed: int) -> bytes:
+    """Zeros that make the torn record at ``consumed`` (its writer is dead) whole but
+    invalid, so that readers skip it and read what is appended after it."""
+    rest = len(data) - consumed
+    if rest <= 0:
+        return b""
+    if rest >= RECORD_HEADER:  # a whole header (split_records checked it): the body is short
+        size = int.from_bytes(data[consumed + 4 : consumed + 8], "big")
+        return bytes(RECORD_HEADER + size - rest)
+    return bytes(RECORD_HEADER - rest)
+
+
+class _BuiltinRecords(_pickle.Unpickler):
+    """A record holds builtins only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise _pickle.UnpicklingError(f"a record may not name {module}.{name}")
+
+
+def load_record(body: bytes) -> dict[str, Any]:
+    """A record's dict (builtins only)."""
+    record = _BuiltinRecords(io.BytesIO(body)).load()
+    if not isinstance(record, dict):
+        raise ValueError(f"a record holds a {type(record).__name__}, not a dict")
+    return record
+
+
+def read_payload(path: str, index: int) -> tuple[dict[str, Any], list[str], bytes]:
+    """An indexed payload's header, and the keys and pickled calls of section ``index``.
+
+    The file: the header's length (8 bytes, big-endian), the header (a pickled dict:
+    ``format``, ``python``, ``cloudpickle``, ``fn``, ``sections`` as ``(offset, keys'
+    length, calls' length)`` from the end of the header, and the runs' options), then
+    the sections: each the pickled list of its runs' keys, then the pickled list of
+    their ``(args, kwargs)``.
+    """
+    with open(path, "rb") as file:
+        size = int.from_bytes(file.read(8), "big")
+        header = _pickle.loads(file.read(size))
+        offset, keys_size, calls_size = header["sections"][index]
+        file.seek(8 + size + offset)
+        keys = _pickle.loads(file.read(keys_size))
+        calls = file.read(calls_size)
+    return header, keys, calls
+
+
+def blame(records: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, int]:
+    """How many earlier array tasks of the slot ended while each run ran.
+
+    Each attempt appends a ``begin`` record, then its runs' records, in ``keys``'
+    order, skipping those recorded: an attempt followed by another one (or by this
+    one) ended while its first run without a record ran.
+    """
+    done: set[str] = set()
+    deaths: dict[str, int] = {}
+    began = False
+    for record in [*records, {"kind": "begin"}]:
+        if record.get("kind") == "begin":
+            if began:
+                culprit = next((key for key in keys if key not in done), None)
+                if culprit is not None:
+                    deaths[culprit] = deaths.get(culprit, 0) + 1
+            began = True
+        else:
+            done.add(str(record.get("task_id")))
+    return deaths
+
+
+class IndexedRunner(Runner):
+    """Runs one array task's section of an indexed payload, appending a record per run."""
+
+    def __init__(self, fd: int, scratch_dir: str) -> None:
+        super().__init__(scratch_dir, None)
+        self.fd = fd
+        self.dirty = False
+        self.syncing = False
+        self.key = ""  # the run running
+        self.error: BaseException | None = None  # what its last attempt raised
+        self.retry_on: tuple[type[BaseException], ...] | None = None  # loaded when needed
+
+    def keep(self, outcome: dict[str, Any]) -> None:
+        """Append the run's record: whole, in one write (O_APPEND)."""
+        outcome.setdefault("kind", "run")
+        data = frame_record(outcome)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.dirty = True
+        if not self.syncing:
+            import _thread
+
+            self.syncing = True
+            _thread.start_new_thread(self._sync, ())
+
+    def _sync(self) -> None:
+        while True:
+            time.sleep(SYNC_PERIOD)
+            if self.dirty:
+                self.dirty = False
+                with contextlib.suppress(OSError):
+                    os.fsync(self.fd)
+
+    def run_section(
+        self, header: dict[str, Any], keys: list[str], calls: bytes, done: set[str]
+    ) -> None:
+        """Run the section's runs not in ``done``, in order, one record each."""
+        refusal = None
+        if header.get("format") != INDEXED_FORMAT:
+            refusal = f"payload format {header.get('format')!r}, this runner reads {INDEXED_FORMAT}"
+        elif header["python"] != self.python:
+            refusal = (
+                f"version mismatch: python {header['python']} on the driver"
+                f" but {self.python} on the worker"
+            )
+        if refusal is not None:
+            for key in keys:
+                if key not in done:
+                    self.keep(self.outcome(key, "refused", error=problem(refusal)))
+            return
+        version = header.get("cloudpickle")
+        loaded: list[Any] = []
+
+        def load_all() -> tuple[Any, list[Any]]:
+            if not loaded:
+                try:
+                    loaded.append((self.loads(header["fn"], version), self.loads(calls, version)))
+                except BaseException as exc:  # every run of the section says why
+                    loaded.append(exc)
+            if isinstance(loaded[0], BaseException):
+                raise loaded[0]
+            fn, every = loaded[0]
+            return fn, every
+
+        time_limit = header.get("time_limit")
+        scratch = self.output_dir
+
+        def call(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[str, Any, BaseException | None]:
+            ended = self.call(self.key, fn, args, kwargs, time_limit, None)
+            self.error = ended[2]
+            return ended
+
+        files: list[IO[bytes]] = []
+
+        @contextlib.contextmanager
+        def capture() -> Iterator[Callable[[], tuple[str, str]]]:
+            # fd_capture's, with the same two anonymous files for every run of the
+            # section (opening them is most of what a trivial run costs).
+            if not files:
+                files.extend((_scratch_file(scratch), _scratch_file(scratch)))
+            for file in files:
+                file.seek(0)
+                file.truncate()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            saved = [os.dup(1), os.dup(2)]
+            for fd, file in zip((1, 2), files, strict=True):
+                os.dup2(file.fileno(), fd)
+            tails = ["", ""]
+            try:
+                yield lambda: (tails[0], tails[1])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
+                    os.dup2(old, fd)
+                    os.close(old)
+                    tails[index] = _read_tail(files[index])
+
+        retries = int(header.get("retries") or 0)
+        # The executor's hooks: setup before the first run that runs here, teardown
+        # after the last (as the chunk runner's); a setup that fails refuses the runs.
+        self.setup_hook = header.get("setup")
+        self.teardown_hook = header.get("teardown")
+        for position, key in enumerate(keys):
+            if key in done:
+                continue
+            self.key = key
+            failed = self.set_up(version)
+            if failed is not None:
+                self.keep(self.outcome(key, "refused", error=failed))
+                continue
+
+            def load(
+                at: int = position,
+            ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+                fn, every = load_all()
+                args, kwargs = every[at]
+                return fn, tuple(args), dict(kwargs)
+
+            attempt = 1
+            while True:
+                self.error = None
+                ran = run_task(
+                    load,
+                    env=header.get("env") or {},
+                    memory_mb=header.get("memory_mb"),
+                    capture=capture if header.get("capture") else None,
+                    call=call,
+                )
+                if attempt > retries or not self.worth_retry(header, ran[0], version):
+                    break
+                backoff = float(header.get("retry_backoff") or 0.0) * 2 ** (attempt - 1)
+                time.sleep(min(backoff, float(header.get("retry_backoff_max") or 0.0)))
+                attempt += 1
+            outcome = self.outcome(key, ran[0], attempts=attempt)
+            outcome.update(zip(RAN_FIELDS, ran, strict=True))
+            self.keep(outcome)
+        self.tear_down()
+
+    def worth_retry(self, header: dict[str, Any], status: str, version: str | None) -> bool:
+        """Whether a run that ended ``status`` is tried again, as the driver's
+        ``retry_on`` says (matched here against what the run raised)."""
+        if status == "timeout":
+            return bool(header.get("retry_timeouts"))
+        if status != "raised":
+            return False
+        if header.get("retry_raised"):
+            return True  # retry_on matches every remote error (Exception, say)
+        if self.retry_on is None:
+            try:
+                self.retry_on = tuple(self.loads(header["retry_on"], version))
+            except Exception:
+                self.retry_on = ()
+        return self.error is not None and isinstance(self.error, self.retry_on)
+
+
+def main_indexed(argv: list[str]) -> int:
+    """``WORKDIR INDEX``: run array task INDEX of the indexed array staged in WORKDIR.
+
+    Reads its section of ``payload.bin``; reads ``out/INDEX.rec`` (what earlier
+    attempts of this array task recorded: those runs are skipped, and a run two
+    attempts ended during is recorded ``lost``, see :data:`LOST_AFTER`); appends a
+    ``begin`` record, then one record per run as it ends.
+    """
+    if len(argv) != 2 or not argv[1].isdigit():
+        sys.stderr.write("usage: WORKDIR INDEX\n")
+        return 2
+    workdir, index = argv[0], int(argv[1])
+    header, keys, calls = read_payload(os.path.join(workdir, "payload.bin"), index)
+    path = os.path.join(workdir, "out", f"{index}.rec")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        existing = b"".join(chunks)
+        bodies, consumed = split_records(existing)
+        padding = pad_torn(existing, consumed)
+        if padding:
+            os.write(fd, padding)
+        records = []
+        for body in bodies:
+            with contextlib.suppress(Exception):
+                records.append(load_record(body))
+        done = {str(r.get("task_id")) for r in records if r.get("kind") != "begin"}
+        deaths = blame(records, keys)
+        runner = IndexedRunner(fd, os.environ.get("TMPDIR") or "/tmp")
+        runner.keep(
+            {"kind": "begin", "host": runner.host, "pid": runner.pid, "started": time.time()}
+        )
+        most = max(LOST_AFTER, int(header.get("retries") or 0) + 1)
+        for key, count in deaths.items():
+            if count >= most and key not in done:
+                message = (
+                    f"its array task ended {count} times while it ran (a crash of the "
+                    "interpreter, the memory limit, a node failure or a kill): not run again"
+                )
+                error = {"type_name": "WorkerLost", "message": message, "traceback": ""}
+                runner.keep(runner.outcome(key, "lost", error=error, state="LOST"))
+                done.add(key)
+        runner.run_section(header, keys, calls, done)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@
     Long-lived. Speaks length-framed msgpack over the socket ``N`` (the task's
     stdout and stderr stay the worker's own) or over stdin and stdout (for SSH
     channels and attached containers; the task's stdout then goes to stderr).
-    It sends :class:`Hello`, receives :class:`Setup`, answers :class:`Ready`,
-    then runs the :class:`TaskSpec` s it receives in order until the driver
-    closes the channel, answering each with an :class:`Outcome`. The driver
+    It sends :class:`Hello`, receives :class:`Setup` (and runs the pool's
+    ``setup`` hook), answers :class:`Ready`, then runs the :class:`TaskSpec` s
+    it receives in order until the driver closes the channel, answering each
+    with an :class:`Outcome`; then it runs the pool's ``teardown`` hook. The driver
     may send tasks ahead (they wait in the worker's queue); a :class:`Cancel`
     for a task still queued drops it, with a ``cancelled`` Outcome (a thread
     reads messages while a task runs). Output can also be captured per task.
@@ -16,6 +17,10 @@
     connection dropped), and so does a local or SSH worker's parent changing.
     Either way, and whenever it exits, the worker kills every process its
     tasks started (its descendants, and what is left in its process group).
+    The ``teardown`` hook runs only when the channel ends while the worker is
+    idle (a graceful close, a retiring worker), not when it is killed, nor when
+    the driver goes in the middle of a task; what it raises is printed on the
+    worker's stderr.
     With ``--finish`` (one-shot containers, whose output the engine keeps) the
     task running when the driver goes finishes first, and its Outcome is
     written out for another driver to collect.
@@ -103,7 +108,7 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         args, kwargs = _loads(spec.args, spec.buffers)
         return fn, args, kwargs
 
-    wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path
+    wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path or spec.whole_output
     status, value, error, started, finished, stdout, stderr = run_task(
         load,
         env=spec.env,
@@ -137,7 +142,9 @@ def _pinning(spec: TaskSpec) -> contextlib.AbstractContextManager[None]:
 def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
     import tempfile  # not at start: it costs a worker's start about 10 ms
 
-    return fd_capture(spec.stdout_path, spec.stderr_path, tempfile.gettempdir())
+    return fd_capture(
+        spec.stdout_path, spec.stderr_path, tempfile.gettempdir(), whole=spec.whole_output
+    )
 
 
 def _loads(data: bytes, buffers: tuple[bytes, ...] = ()) -> Any:
@@ -191,6 +198,7 @@ def serve(fd: int | None = None, *, finish: bool = False) -> int:
             out = []
         messages = channel.take(wait=not queue)
         if messages is None:
+            _tear_down()  # idle, and told no more tasks come: a normal end
             _kill_tree()  # what earlier tasks left running goes with the worker
             return 0
         _handle(messages, queue, out)
@@ -301,18 +309,50 @@ def _drop(queue: deque[TaskSpec], task_id: str) -> list[bytes]:
     return []  # it ran already: its Outcome was sent
 
 
+#: The pool's teardown hook, once its setup hook has run (see :func:`_tear_down`).
+_teardown: list[Callable[[], object]] = []
+
+
 def _setup(message: Setup) -> Ready:
+    """Take the import path, run the setup hook and keep the teardown hook: the answer
+    says what the setup hook raised (or what could not be unpickled), if anything."""
     for entry in reversed(message.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    if message.initializer is None:
-        return Ready()
+    doing = "cannot unpickle the teardown hook"
     try:
-        initializer = _loads(message.initializer)
-        initializer()
-    except BaseException as exc:
-        return Ready(error=describe_exception(exc))
+        teardown = None if message.teardown is None else _loads(message.teardown)
+        if message.initializer is not None:
+            doing = "cannot unpickle the setup hook"
+            setup = _loads(message.initializer)
+            doing = "setup raised"
+            setup()
+    except BaseException as exc:  # the hook's own errors, SystemExit included
+        error = describe_exception(exc)
+        error.message = f"{doing} {error.type_name}: {error.message}"
+        return Ready(error=error)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if teardown is not None:
+        _teardown.append(teardown)
     return Ready()
+
+
+def _tear_down() -> None:
+    """Run the teardown hook, once; what it raises is printed on stderr, never raised."""
+    while _teardown:
+        teardown = _teardown.pop()
+        try:
+            teardown()
+        except BaseException:
+            import traceback
+
+            sys.stderr.write("asyncexec: the worker's teardown hook raised:\n")
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
 
 
 def _die_with_parent(period: float = 0.5, *, or_session: bool = False) -> None:

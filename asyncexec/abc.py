@@ -16,6 +16,7 @@ from typing import TypeVar
 import msgspec
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
+from ._exceptions import LaunchError
 from ._messages import JobRef, Outcome, Resources, TaskSpec
 
 __all__ = ["Capabilities", "Completed", "Launcher", "Shell", "SpawnedProcess"]
@@ -221,6 +222,54 @@ class Launcher(abc.ABC):
         asked for goes on. The executor always calls it shielded. Each
         launcher says whether calling it again finishes the job.
         """
+
+    async def states(self, refs: Sequence[JobRef]) -> list[str]:
+        """Where the work of each of ``refs`` is now, asked of the place in one query
+        (not one per ref): ``"queued"`` (waiting in a scheduler's queue),
+        ``"running"``, ``"ended"`` (over: its outcome waits to be collected by
+        ``wait``, or it was lost) or ``"unknown"`` (not work this launcher can
+        follow). This default, for launchers whose work ends with them, says
+        ``"unknown"`` of every ref.
+
+        Raises:
+            LaunchError: the place could not be asked.
+
+        Cancellation: the query is stopped; it only reads.
+        """
+        return ["unknown"] * len(refs)
+
+    async def kill(self, refs: Sequence[JobRef]) -> list[str]:
+        """Kill the work of ``refs``, started by any driver, without following it; wait
+        until the place confirms its end. Returns the native ids still there.
+
+        This default, for launchers whose work ends with them, raises.
+
+        Raises:
+            LaunchError: the place refused, or this launcher cannot.
+
+        Cancellation: some may be killed, some not; it is safe to call again.
+        """
+        raise LaunchError(f"{type(self).__name__} cannot kill work it does not follow")
+
+    async def release(self) -> None:
+        """Let go of the place, the work it holds left running; then release the rest.
+
+        For a ``reattachable`` launcher only (``executor.detach()``): the
+        executor has let every task go, each with its JobRef, which a later
+        driver attaches to. What the work needs to finish and to be collected
+        (staging directories, containers, container groups) stays; what this
+        process holds (connections, background tasks) goes. This default,
+        for a launcher whose work does not outlive it, raises.
+
+        Raises:
+            LaunchError: the launcher's work does not outlive the driver.
+
+        Cancellation: as :meth:`aclose`.
+        """
+        raise LaunchError(
+            f"{type(self).__name__}'s work does not outlive this process: it cannot be "
+            "detached (its tasks can be cancelled, or waited for)"
+        )
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -11,6 +11,7 @@ def test_all_is_sorted_and_complete() -> None:
     public = {name for name in dir(asyncexec) if not name.startswith("_")} - {
         "abc",
         "cli",
+        "config",
         "experiment",
         "launchers",
         "shells",

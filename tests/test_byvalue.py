@@ -74,6 +74,7 @@ PROJECT = {
     """,
     "bv_project/core.py": """
         import importlib.util
+        import os
         import sys
 
         from . import shapes
@@ -96,6 +97,12 @@ PROJECT = {
 
         def project_importable():
             return importlib.util.find_spec("bv_project") is not None
+
+        def mark_setup():  # a setup hook
+            os.environ["BV_SETUP"] = shapes.Square(3).__class__.__name__
+
+        def setup_mark():
+            return os.environ.get("BV_SETUP")
 
         def imports_its_sibling_when_it_runs(side):
             from . import shapes as later
@@ -166,8 +173,9 @@ def image() -> str:
 
 @pytest.fixture(scope="module")
 async def docker(image: str, project: Project) -> AsyncIterator[DockerExecutor]:
-    """Warm containers, shared by the module's Docker tests."""
-    async with DockerExecutor(image, n_workers=2, mode="warm") as ex:
+    """Warm containers, shared by the module's Docker tests (with a setup hook of the
+    project's: hooks travel too)."""
+    async with DockerExecutor(image, n_workers=2, mode="warm", setup=project.core.mark_setup) as ex:
         yield ex
 
 
@@ -313,6 +321,7 @@ async def test_your_function_runs_in_a_container_without_your_files(
     assert await docker.run(project.core.loaded_by_name) is False  # so: by value
     assert await docker.run(project.core.area, 3) == 9  # its sibling module came along
     assert await docker.run(project.script.scaled, 2) == 6
+    assert await docker.run(project.core.setup_mark) == "Square"  # the hook ran there
 
 
 @pytest.mark.docker

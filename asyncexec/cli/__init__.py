@@ -2,8 +2,10 @@
 
 ::
 
-    asyncexec run FILE.py:EXPERIMENT [--backend process|thread] [--workers N]
-                  [--dir DIR] [--continue] [--retry-failed]
+    asyncexec run FILE.py:EXPERIMENT [--backend process|thread|docker|ssh|slurm|azure]
+                  [--profile NAME] [--config FILE] [--workers N] [--image IMAGE]
+                  [--host USER@HOST:PORT] [--partition P] [--time T] [--chunk-size N]
+                  [--set KEY=VALUE] ... [--dir DIR] [--continue] [--retry-failed]
     asyncexec status DIR
     asyncexec results DIR [--format table|csv|json]
     asyncexec cancel DIR
@@ -25,6 +27,11 @@ Exit status:
 * 130: interrupted (Ctrl-C, SIGTERM, ``asyncexec cancel``). A second Ctrl-C
   while the first one is being handled exits at once: runs left running are
   taken up again by ``run --continue``.
+
+The executor of ``run`` comes from ``asyncexec.config``: flags over the
+``ASYNCEXEC_*`` variables over a profile of ``asyncexec.toml`` or
+``pyproject.toml``; ``run`` records it in ``DIR/executor.json`` before it
+runs, and ``run --continue`` starts from that record (docs/config.md).
 
 Interrupts: ``asyncexec: SIGINT: stopping, ...`` says the first was received;
 the command then ends with its one ``asyncexec:`` line. A second one says

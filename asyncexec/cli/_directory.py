@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from ._exit import UsageError
-from ._output import factor_names, format_table, hashable, text
+from ._output import factor_names, format_table, text
 
 
 def open_store(directory: str) -> Any:
@@ -26,45 +26,78 @@ def open_store(directory: str) -> Any:
 
 
 def status(directory: str) -> int:
-    """``asyncexec status``: counts by state, overall and per parameter level."""
-    from ..sweep import sweep_stats
+    """``asyncexec status``: counts by state, overall and per parameter level, and where
+    the runs recorded running are (one query of the backend)."""
+    import json
 
     with open_store(directory) as store:
         counts = store.counts()
-        rows = store.rows()
+        levels = store.level_counts()
+        running = store.running_job_refs()
         name = store.experiment
     total = sum(counts.values())
     print(f"experiment {name!r} in {directory}: {total} runs")
     print("  " + ", ".join(f"{count} {status}" for status, count in counts.items()))
-    by_status: dict[str, list[dict[str, Any]]] = {status: [] for status in counts}
-    for row in rows:
-        by_status[row["status"]].append(hashable(row["params"]))
-    stats = sweep_stats(
-        (
-            [hashable(row["params"]) for row in rows],
-            by_status["pending"] + by_status["cancelled"],
-            by_status["failed"],
-            by_status["running"],
-            by_status["done"],
-        ),
-        all_levels=True,
-    )
-    table = [
-        [
-            factor,
-            text(level),
-            f"{int(stats['total'][factor][level])}",
-            f"{int(stats['done'][factor][level])}",
-            f"{int(stats['skipped'][factor][level])}",
-            f"{stats['done_ratio'][factor][level]:.0%}",
-        ]
-        for factor in stats["total"]
-        for level in stats["total"][factor]
-    ]
+    if running:
+        _print_backend_states(directory, [ref for _, ref in running])
+    table = []
+    for factor, by_level in levels.items():
+        for level, by_status in by_level.items():
+            runs = sum(by_status.values())
+            done = by_status.get("done", 0)
+            pending = by_status.get("pending", 0) + by_status.get("cancelled", 0)
+            try:
+                shown = text(json.loads(level))
+            except ValueError:
+                shown = level  # (a parameter JSON cannot hold: its repr)
+            table.append(
+                [
+                    factor,
+                    shown,
+                    str(runs),
+                    str(pending),
+                    str(by_status.get("running", 0)),
+                    str(done),
+                    str(by_status.get("failed", 0)),
+                    f"{done / runs:.0%}" if runs else "",
+                ]
+            )
     if table:
         print()
-        print(format_table(["factor", "level", "runs", "done", "failed", "done %"], table))
+        headers = ["factor", "level", "runs", "pending", "running", "done", "failed", "done %"]
+        print(format_table(headers, table))
     return 0
+
+
+def _print_backend_states(directory: str, refs: list[Any]) -> None:
+    """Where the runs recorded running are, asked of the backend in one query."""
+    import anyio
+
+    from .. import config
+
+    try:
+        executor = config.executor_of(directory)
+    except config.ConfigError as exc:
+        print(f"  (the backend is not asked: {exc})")
+        return
+    if executor is None:
+        print("  (the backend is not asked: the experiment was not run from the command line)")
+        return
+
+    async def ask() -> list[str]:
+        async with executor as ex:
+            return await ex.job_states(refs)
+
+    try:
+        states = anyio.run(ask)
+    except Exception as exc:
+        print(f"  (the backend could not be asked: {exc})")
+        return
+    counts = {state: states.count(state) for state in ("queued", "running", "ended", "unknown")}
+    said = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+    print(f"  on the backend, of the {len(refs)} runs recorded running: {said}")
+    if counts["ended"]:
+        print(f"  (ended ones wait to be collected: asyncexec attach {directory})")
 
 
 def results(directory: str, form: str) -> int:
@@ -92,11 +125,63 @@ def results(directory: str, form: str) -> int:
     return 0
 
 
-def cancel(directory: str) -> int:
-    """``asyncexec cancel``: ask the runner working on ``directory`` to stop."""
+def cancel(directory: str, wait: float = 3.0) -> int:
+    """``asyncexec cancel``: ask the runner working on ``directory`` to stop; then kill
+    the work of the runs still recorded running (detached, or a dead runner's) from
+    their stored JobRefs, and confirm with the backend that none of it is left."""
+    import time
+
     with open_store(directory) as store:
         store.request_cancel()
-    print(f"cancel requested: the runner working on {directory} stops within a second or two")
+    print(f"cancel requested: a runner working on {directory} stops within a second or two")
+    deadline = time.monotonic() + wait
+    while True:  # a live runner cancels and records its own runs
+        with open_store(directory) as store:
+            running = store.running_job_refs()
+        if not running or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not running:
+        return 0
+    import anyio
+
+    from .. import config
+
+    executor = config.executor_of(directory)
+    if executor is None:
+        print(
+            f"asyncexec: {len(running)} run(s) recorded running, but {directory} does not "
+            "record the executor (it was not run from the command line): their work is "
+            "left as it is",
+            file=sys.stderr,
+        )
+        return 1
+    return int(anyio.run(_cancel_work, executor, directory, running))
+
+
+async def _cancel_work(executor: Any, directory: str, running: list[tuple[str, Any]]) -> int:
+    """Kill the work of ``running`` runs: those the executor can follow through
+    ``attach`` + ``cancel`` (which cleans up as a follower does), the rest (runs of an
+    indexed array) with ``kill``; then ask the backend where it all is."""
+    import anyio
+
+    async with executor as ex:
+        followed = [(fp, ref) for fp, ref in running if ex.can_attach(ref)]
+        others = [(fp, ref) for fp, ref in running if not ex.can_attach(ref)]
+        futures = [await ex.attach(ref) for _, ref in followed]
+        await ex.cancel(futures)
+        if others:
+            await ex.kill([ref for _, ref in others])
+        states = await ex.job_states([ref for _, ref in running])
+    gone = [fp for (fp, _), state in zip(running, states, strict=True) if state == "ended"]
+    with open_store(directory) as store:
+        await anyio.to_thread.run_sync(store.mark_cancelled, gone)
+    left = len(running) - len(gone)
+    print(f"killed the work of {len(running)} run(s) left running", end="")
+    if left:
+        print(f"; {left} of them the backend still lists (try again)")
+        return 1
+    print("; the backend confirms that none of it is left")
     return 0
 
 

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 def _command(options: argparse.Namespace) -> int:
     if options.command == "run":
         return _run.run(options)
+    if options.command == "attach":
+        options.where = options.directory
+        return _run.attach(options)
     if options.command == "status":
         options.where = options.directory
         return _directory.status(options.directory)

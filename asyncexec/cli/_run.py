@@ -67,11 +67,17 @@ def run(options: argparse.Namespace) -> int:
         )
     if options.workers is not None and options.workers < 1:
         raise UsageError("--workers must be at least 1")
+    config = resolve_executor(options, directory)
+    from .. import config as configuration
     from ..experiment import ResultsStore
 
     ResultsStore(directory, experiment=experiment.name).close()  # a bad directory fails now
+    # Recorded before anything runs: `run --continue` (and status, cancel) need no flags,
+    # `attach DIR` not even the experiment's name.
+    recorded = configuration.save_config(directory, config)
+    save_target(directory, options.target)
     try:
-        summary = anyio.run(_run_async, experiment, directory, options)
+        summary = anyio.run(_run_async, experiment, directory, options, config, recorded)
     except BaseException as exc:
         raise _alone(exc) from None
     if summary is None or summary.cancelled:
@@ -84,6 +90,18 @@ def run(options: argparse.Namespace) -> int:
             "--continue to finish",
         )
         return EXIT_INTERRUPTED
+    if summary.detached:
+        left = summary.total - summary.done - summary.failed - summary.detached
+        print(
+            f"{summary.experiment}: {summary.detached} run(s) left running on the "
+            f"{config.get('backend', 'process')} backend ({summary.done} done, "
+            f"{summary.failed} failed"
+            + (f", {left} not submitted yet" if left > 0 else "")
+            + f"). Follow them with `asyncexec status {directory}`; collect them (and run "
+            f"the rest) with `asyncexec attach {directory}`; stop them with "
+            f"`asyncexec cancel {directory}`"
+        )
+        return 0
     print(
         f"{summary.experiment}: {summary.done} done, {summary.failed} failed of "
         f"{summary.total} runs ({summary.ran} run now in {summary.elapsed:.1f} s); "
@@ -93,6 +111,47 @@ def run(options: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
+#: What ``run`` records of its target in the experiment directory, for ``attach DIR``.
+TARGET_FILE = "target.json"
+
+
+def save_target(directory: str, target: str) -> None:
+    """Record ``FILE.py:NAME`` (its file made absolute) or ``module:NAME`` in ``directory``."""
+    import json
+
+    source, _, name = target.rpartition(":")
+    if source.endswith(".py") or os.path.sep in source:
+        source = os.path.abspath(source)
+    path = os.path.join(directory, TARGET_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as file:
+        json.dump({"target": f"{source}:{name}", "cwd": os.getcwd()}, file)
+    os.replace(path + ".tmp", path)
+
+
+def attach(options: argparse.Namespace) -> int:
+    """``asyncexec attach DIR``: ``run --continue`` of the experiment ``DIR`` records, on
+    the executor it records: follow what runs, collect what ended, run the rest."""
+    import json
+
+    from ._parser import make_parser
+
+    directory = options.directory
+    try:
+        with open(os.path.join(directory, TARGET_FILE), encoding="utf-8") as file:
+            recorded = json.load(file)
+        target = str(recorded["target"])
+    except FileNotFoundError:
+        raise UsageError(
+            f"{directory} records no experiment (it was not run by `asyncexec run`)"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"cannot read {os.path.join(directory, TARGET_FILE)}: {exc}") from None
+    argv = ["run", target, "--continue", "--dir", directory]
+    if options.no_progress:
+        argv.append("--no-progress")
+    return run(make_parser().parse_args(argv))
+
+
 def _alone(exc: BaseException) -> BaseException:
     """The one error inside a task group's exception group, if it is alone."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -100,14 +159,94 @@ def _alone(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _run_async(experiment: Any, directory: str, options: argparse.Namespace) -> Any:
+def resolve_executor(options: argparse.Namespace, directory: str) -> dict[str, Any]:
+    """The configuration of ``run``'s executor: the flags over the ``ASYNCEXEC_*``
+    variables over the profile (with ``--continue``, over ``DIR/executor.json``)."""
+    from .. import config as configuration
+
+    try:
+        recorded = configuration.load_config(directory) if options.resume else None
+        return configuration.resolve(
+            executor_flags(options),
+            profile=options.profile,
+            path=options.config,
+            base=recorded,
+            base_source=os.path.join(directory, configuration.EXECUTOR_FILE),
+        )
+    except configuration.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def executor_flags(options: argparse.Namespace) -> dict[str, Any]:
+    """``run``'s executor options as a configuration's keys (those given only)."""
+    from .. import config as configuration
+
+    flags: dict[str, Any] = {}
+    for setting in options.set or ():
+        key, sep, text = setting.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set takes KEY=VALUE, got {setting!r}")
+        *tables, name = key.strip().split(".")
+        into = flags
+        for table in tables:
+            into = into.setdefault(table, {})
+            if not isinstance(into, dict):
+                raise UsageError(f"--set {key}: {table} is not a table")
+        into[name] = _value(text)
+    simple = {
+        "backend": options.backend,
+        "n_workers": options.workers,
+        "image": options.image,
+        "slots": options.slots,
+        "partition": options.partition,
+        "time": options.time,
+        "chunk_size": options.chunk_size,
+        "staging_dir": options.staging_dir,
+        "python": options.python,
+    }
+    flags.update({key: value for key, value in simple.items() if value is not None})
+    task = {"time_limit": options.time_limit, "retries": options.retries}
+    for key, value in task.items():
+        if value is not None:
+            flags.setdefault("options", {})[key] = value
+    if options.host:
+        hosts = [configuration.parse_host(text, source="--host") for text in options.host]
+        for host in hosts:
+            if options.ssh_key:
+                host["client_keys"] = list(options.ssh_key)
+            if options.known_hosts:
+                host["known_hosts"] = options.known_hosts
+        flags["host"] = hosts
+    elif options.ssh_key or options.known_hosts:
+        raise UsageError("--ssh-key and --known-hosts go with --host")
+    return flags
+
+
+def _value(text: str) -> Any:
+    """A ``--set`` value: TOML (``2``, ``true``, ``["a", "b"]``, ``"x"``), else the text."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover (3.10)
+        import tomli as tomllib
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+async def _run_async(
+    experiment: Any,
+    directory: str,
+    options: argparse.Namespace,
+    config: dict[str, Any],
+    recorded: str,
+) -> Any:
     import anyio
 
-    from .. import ProcessExecutor, ThreadExecutor
+    from .. import config as configuration
+    from ..experiment import RunControl
 
-    executor = (ProcessExecutor if options.backend == "process" else ThreadExecutor)(
-        options.workers
-    )
+    executor = configuration.from_dict(config, source=recorded)
     summary = None  # stays None when a signal interrupts the run
     run_scope = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
@@ -115,7 +254,8 @@ async def _run_async(experiment: Any, directory: str, options: argparse.Namespac
         # being handled, must not fall back on Python's handler (a traceback).
         # (On a terminal the progress bar holds the line: the notice starts a new one.)
         newline = not options.no_progress and sys.stderr.isatty()
-        tg.start_soon(_stop_on_signals, run_scope, newline)
+        control = RunControl()
+        tg.start_soon(_stop_on_signals, run_scope, newline, control, tg)
         try:
             with run_scope:
                 async with executor as ex:
@@ -125,13 +265,15 @@ async def _run_async(experiment: Any, directory: str, options: argparse.Namespac
                         retry_failed=options.retry_failed,
                         progress=False if options.no_progress else None,
                         lease=options.lease,
+                        detach=options.detach,
+                        control=control,
                     )
         finally:
             tg.cancel_scope.cancel()  # the signal watcher
     return summary
 
 
-async def _stop_on_signals(scope: Any, newline: bool) -> None:
+async def _stop_on_signals(scope: Any, newline: bool, control: Any, tg: Any) -> None:
     import anyio
 
     try:
@@ -139,13 +281,43 @@ async def _stop_on_signals(scope: Any, newline: bool) -> None:
             async for signum in signals:
                 if newline:
                     print(file=sys.stderr)
+                name = signal.Signals(signum).name
+                if name == "SIGINT" and control.can_detach and _interactive():
+                    # On a terminal, with work that outlives us: the user chooses.
+                    signal_handling().received(name, "detach or cancel? (again to exit at once)")
+                    tg.start_soon(_detach_or_cancel, scope, control)
+                    continue
                 # A second one exits at once: what is left running is taken up again
                 # by `run --continue` (the sweeper sees this process gone).
                 signal_handling().received(
-                    signal.Signals(signum).name,
-                    "stopping, cancelling running tasks (again to exit at once)",
+                    name, "stopping, cancelling running tasks (again to exit at once)"
                 )
                 scope.cancel()
     finally:
         # The loop restored Python's defaults: a late signal is ours too.
         signal_handling().install()
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+async def _detach_or_cancel(scope: Any, control: Any) -> None:
+    """Ask on the terminal: detach (the runs go on where they run) or cancel them."""
+    import anyio
+
+    def ask() -> str:
+        sys.stderr.write(
+            "  [d]etach: leave the runs running, collect them later with `asyncexec attach`\n"
+            "  [c]ancel: stop them now (the default)\n  > "
+        )
+        sys.stderr.flush()
+        return sys.stdin.readline().strip().lower()
+
+    answer = await anyio.to_thread.run_sync(ask, abandon_on_cancel=True)
+    if answer.startswith("d"):
+        print("asyncexec: detaching: the runs in flight go on running", file=sys.stderr)
+        control.detach()
+    else:
+        print("asyncexec: cancelling running tasks", file=sys.stderr)
+        scope.cancel()

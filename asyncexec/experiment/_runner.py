@@ -15,19 +15,31 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
 
-from .. import BaseExecutor, ConfiguredExecutor, Future, FutureState, TaskOptions
+from .. import (
+    BaseExecutor,
+    ConfiguredExecutor,
+    Future,
+    FutureState,
+    LaunchError,
+    TaskDetached,
+    TaskOptions,
+)
 from ..sweep import HashableDict, ParamSweeper, slugify, sweep
 from ._progress import Progress
 from ._store import ResultsStore, RunSpec
 
-__all__ = ["Experiment", "RunSummary"]
+__all__ = ["INDEXED_THRESHOLD", "Experiment", "RunControl", "RunSummary"]
 
 log = logging.getLogger("asyncexec")
+
+#: Runs from which ``Experiment.run(indexed=None)`` sends the experiment as indexed arrays
+#: on an executor whose backend offers them (see :mod:`._indexed`).
+INDEXED_THRESHOLD = 5000
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -40,6 +52,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     failed: int  # finished with an error, in all runs so far
     ran: int  # tasks this run executed (successes and failures)
     reattached: int = 0  # of those, tasks a crashed runner left running, followed again
+    detached: int = 0  # runs left running where they run (``detach=True``), to collect later
     cancelled: bool  # stopped before the end (cancellation, or `asyncexec cancel`)
     elapsed: float
 
@@ -94,7 +107,8 @@ class Experiment:
                 combinations.append(HashableDict(entry))
             if not combinations:
                 raise ValueError("an experiment needs at least one parameter set")
-        self._pass_repeat = _takes_repeat(fn) and not any("repeat" in c for c in combinations)
+        #: Whether each run is also given its ``repeat`` number (``fn`` takes one).
+        self.passes_repeat = _takes_repeat(fn) and not any("repeat" in c for c in combinations)
         identity = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
         self.runs = [
             RunSpec(
@@ -118,6 +132,10 @@ class Experiment:
         progress: bool | None = None,
         progress_interval: float = 10.0,
         lease: float = 60.0,
+        detach: bool = False,
+        control: RunControl | None = None,
+        indexed: bool | None = None,
+        runs_per_task: int | None = None,
     ) -> RunSummary:
         """Run what is not done yet on ``executor``, recording every run in ``directory``.
 
@@ -140,8 +158,57 @@ class Experiment:
                 always (True), or never (False).
             progress_interval: seconds between plain progress lines.
             lease: seconds a dead runner's runs stay held before another takes them.
+            detach: submit what is not done and return once the backend has taken
+                it, without waiting for it (the executor is then closed by
+                :meth:`BaseExecutor.detach`, its work left running). Each run's
+                JobRef is in the store: ``run`` again (``asyncexec run --continue``)
+                follows the runs still running and collects those that finished
+                meanwhile. Runs the executor could not hand over at once (more
+                than ``n_workers``) are left for that later ``run``. Needs a
+                backend whose work outlives its driver (Slurm, Docker one-shot,
+                Azure).
+            control: a :class:`RunControl` to detach the run while it goes (on
+                Ctrl-C, say).
+            indexed: send the runs as index-addressed arrays, the function and
+                the runs once per array and the outcomes appended to one file per
+                array task (:mod:`asyncexec.experiment._indexed`): True, False, or
+                None for experiments of ``INDEXED_THRESHOLD`` (5,000) runs or more
+                on an executor whose backend offers them (Slurm), and for those
+                whose store has runs left running in indexed arrays.
+            runs_per_task: with ``indexed``, runs per array task (default: the
+                runs spread over 256 array tasks at most, 50 runs each at least).
+
+        Raises:
+            LaunchError: ``detach`` on a backend whose work ends with its driver
+                (before anything is submitted).
+            ValueError: ``indexed=True`` on an executor without indexed arrays.
         """
+        if detach and not executor.capabilities.reattachable:
+            raise LaunchError(
+                f"{type(executor).__name__} cannot detach: its work ends with this "
+                "process (detach needs a backend whose work outlives its driver: Slurm, "
+                "Docker one-shot, Azure)"
+            )
         directory = os.fspath(directory)
+        if indexed is not False:
+            from ._indexed import indexed_launcher, left_running, run_indexed
+
+            if indexed or (
+                indexed_launcher(executor) is not None
+                and (len(self.runs) >= INDEXED_THRESHOLD or left_running(directory))
+            ):
+                return await run_indexed(
+                    self,
+                    executor,
+                    directory,
+                    retry_failed=retry_failed,
+                    progress=progress,
+                    progress_interval=progress_interval,
+                    lease=lease,
+                    runs_per_task=runs_per_task,
+                    detach=detach,
+                    control=control,
+                )
         started = time.monotonic()
         store = await anyio.to_thread.run_sync(
             functools.partial(ResultsStore, directory, experiment=self.name)
@@ -159,7 +226,9 @@ class Experiment:
                 )
             )
             try:
-                dispatch = _Dispatch(self, executor, store, sweeper, retry_failed)
+                dispatch = _Dispatch(self, executor, store, sweeper, retry_failed, detach)
+                if control is not None:
+                    control.bind(dispatch)
                 cancelled = await dispatch.run(progress, progress_interval)
             finally:
                 with anyio.CancelScope(shield=True):  # its heartbeat thread, its connection
@@ -175,9 +244,56 @@ class Experiment:
             failed=counts["failed"],
             ran=dispatch.ran,
             reattached=dispatch.reattached,
+            detached=dispatch.detached,
             cancelled=cancelled,
             elapsed=time.monotonic() - started,
         )
+
+
+class Detachable(Protocol):
+    """What a :class:`RunControl` steers: a runner of an experiment."""
+
+    executor: BaseExecutor
+
+    def detach_now(self) -> None: ...
+
+
+class RunControl:
+    """Steers an :meth:`Experiment.run` under way, from the same event loop (a signal
+    watcher, a UI): pass it as ``control=``.
+    """
+
+    def __init__(self) -> None:
+        self._dispatch: Detachable | None = None
+        self._reattachable: bool | None = None
+        self.detach_requested = False
+
+    def bind(self, runner: Detachable) -> None:
+        """Steer ``runner``: called by ``Experiment.run`` as it starts (not by users)."""
+        self._dispatch = runner
+        self._reattachable = runner.executor.capabilities.reattachable
+        if self.detach_requested:
+            runner.detach_now()
+
+    @property
+    def can_detach(self) -> bool:
+        """Whether :meth:`detach` can work: the run's backend's work outlives its driver
+        (False until the run has started)."""
+        return bool(self._reattachable)
+
+    def detach(self) -> None:
+        """Take no more runs, let the runs in flight go on running where they run
+        (their JobRefs stored), and end the run, as ``detach=True`` does: the next
+        ``run`` follows them. Never waits.
+
+        Raises:
+            LaunchError: the run's backend's work ends with its driver.
+        """
+        if self._reattachable is False:
+            raise LaunchError("this run's backend cannot detach: its work ends with its driver")
+        self.detach_requested = True
+        if self._dispatch is not None:
+            self._dispatch.detach_now()
 
 
 class _Dispatch:
@@ -190,8 +306,12 @@ class _Dispatch:
         store: ResultsStore,
         sweeper: ParamSweeper,
         retry_failed: bool,
+        detach: bool = False,
     ) -> None:
         self.experiment = experiment
+        self.detach = detach
+        self.detached = 0
+        self.taking = anyio.CancelScope()  # around taking and submitting runs
         self.executor = executor
         self.store = store
         self.sweeper = sweeper
@@ -199,12 +319,19 @@ class _Dispatch:
         self.by_fingerprint = {run.fingerprint: run for run in experiment.runs}
         self.fingerprints = frozenset(self.by_fingerprint)
         self.logs = os.path.join(store.directory, "logs")
-        self.window = anyio.Semaphore(max(2, 2 * executor.n_workers))
+        # Detaching, a run leaves the window once the backend has taken it: as many go
+        # at once as the executor hands over (its n_workers).
+        self.window = anyio.Semaphore(max(2, (1 if detach else 2) * executor.n_workers))
         self.held: set[str] = set()
         self.ran = 0
         self.reattached = 0  # runs whose running task was followed again, not resubmitted
         self.poll = min(2.0, sweeper.lease / 3)
         self.recorded = anyio.Event()
+
+    def detach_now(self) -> None:
+        """Take no more runs; let those in flight go running (as ``detach=True``)."""
+        self.detach = True
+        self.taking.cancel()
 
     def finished(self, status: str | None) -> bool:
         return status == "done" or (status == "failed" and not self.retry_failed)
@@ -245,6 +372,14 @@ class _Dispatch:
 
         async def collect(fingerprint: str, future: Future[Any]) -> None:
             nonlocal in_flight, all_collected
+            in_window = True
+
+            def hand_over() -> None:  # its JobRef is stored
+                nonlocal in_window
+                if self.detach and in_window:  # detaching: the next run may go
+                    in_window = False
+                    self.window.release()
+
             try:
                 with anyio.CancelScope(shield=True):  # recorded running before its end
                     await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
@@ -255,7 +390,9 @@ class _Dispatch:
                         break
                     if self.executor.can_attach(ref):
                         # The work outlives us: a runner resuming after a crash follows it.
-                        await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
+                        hand_over()
                 await future.wait()
             finally:
                 with anyio.CancelScope(shield=True):
@@ -263,43 +400,49 @@ class _Dispatch:
                     in_flight -= 1
                     if in_flight == 0:
                         all_collected.set()
-                    self.window.release()
+                    if in_window:
+                        self.window.release()
 
-        while True:
-            await self.window.acquire()
-            with anyio.CancelScope(shield=True):  # what the sweeper hands out must be tracked
-                fingerprint = await self.sweeper.aget_next()
-                if fingerprint is not None:
-                    self.held.add(fingerprint)
-            if fingerprint is None:
-                self.window.release()
-                if await self._all_finished():
-                    break
-                if await anyio.to_thread.run_sync(self._reopen_lost):
+        with self.taking:  # cancelled: detach now (RunControl.detach)
+            while True:
+                await self.window.acquire()
+                with anyio.CancelScope(shield=True):  # what the sweeper hands out must be tracked
+                    fingerprint = await self.sweeper.aget_next()
+                    if fingerprint is not None:
+                        self.held.add(fingerprint)
+                if fingerprint is None:
+                    self.window.release()
+                    if self.detach or await self._all_finished():
+                        break
+                    if await anyio.to_thread.run_sync(self._reopen_lost):
+                        continue
+                    # The rest is held, by us or by others: wait for one of ours to finish,
+                    # or a while for the others (or for their leases to expire).
+                    self.recorded = anyio.Event()
+                    with anyio.move_on_after(self.poll):
+                        await self.recorded.wait()
                     continue
-                # The rest is held, by us or by others: wait for one of ours to finish,
-                # or a while for the others (or for their leases to expire).
-                self.recorded = anyio.Event()
-                with anyio.move_on_after(self.poll):
-                    await self.recorded.wait()
-                continue
-            status = await anyio.to_thread.run_sync(self.store.status, fingerprint)
-            if self.finished(status):
-                await anyio.to_thread.run_sync(
-                    self.sweeper.done if status == "done" else self.sweeper.skip, fingerprint
-                )
+                status = await anyio.to_thread.run_sync(self.store.status, fingerprint)
+                if self.finished(status):
+                    await anyio.to_thread.run_sync(
+                        self.sweeper.done if status == "done" else self.sweeper.skip, fingerprint
+                    )
+                    self.held.discard(fingerprint)
+                    self.window.release()
+                    continue
+                future = await self._follow_or_submit(fingerprint, status)
+                # No checkpoint from here to start_soon: a cancellation cannot come between
+                # the task's submission and the collector that cancels and records it.
                 self.held.discard(fingerprint)
-                self.window.release()
-                continue
-            future = await self._follow_or_submit(fingerprint, status)
-            # No checkpoint from here to start_soon: a cancellation cannot come between
-            # the task's submission and the collector that cancels and records it.
-            self.held.discard(fingerprint)
-            in_flight += 1
-            all_collected = anyio.Event()
-            self.progress.running += 1
-            self.progress.changed()
-            tg.start_soon(collect, fingerprint, future)
+                in_flight += 1
+                all_collected = anyio.Event()
+                self.progress.running += 1
+                self.progress.changed()
+                tg.start_soon(collect, fingerprint, future)
+        if self.detach:
+            # Every run in flight goes on where it runs (queued here: cancelled, to do).
+            refs = await self.executor.detach()
+            log.info("%s: %d run(s) left running (detached)", self.experiment.name, len(refs))
         await all_collected.wait()
 
     async def _follow_or_submit(self, fingerprint: str, status: str | None) -> Future[Any]:
@@ -325,13 +468,25 @@ class _Dispatch:
             log_stderr=f"{stem}.err",
         )
         kwargs = dict(run.params)
-        if experiment._pass_repeat:
+        if experiment.passes_repeat:
             kwargs["repeat"] = run.repeat
         return await ConfiguredExecutor(self.executor, options).submit(experiment.fn, **kwargs)
 
     async def _record(self, fingerprint: str, future: Future[Any]) -> None:
         if not future.ready():
             await self.executor.cancel(future)
+        error = future.exception()
+        if isinstance(error, TaskDetached):
+            # Left running, recorded running with its JobRef: given back to the
+            # sweeper, the next runner takes it and follows it (re-attach).
+            if error.job_ref is not None:  # (its collector may not have stored it yet)
+                await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, error.job_ref)
+            await anyio.to_thread.run_sync(self.sweeper.cancel, fingerprint)
+            self.progress.running -= 1
+            self.detached += 1
+            self.progress.changed()
+            self.recorded.set()
+            return
         status = await anyio.to_thread.run_sync(self.store.record, fingerprint, future)
         self.progress.running -= 1
         if future.state is FutureState.DONE:

@@ -24,7 +24,7 @@ import msgspec
 from .. import AsyncExecError, Future, FutureState, JobRef, RemoteError
 from .._sqlite import Transaction, connect
 
-__all__ = ["ResultsStore", "RunSpec", "StoreError"]
+__all__ = ["ResultsStore", "RunResult", "RunSpec", "StoreError"]
 
 _FORMAT = "asyncexec-results-1"
 _SCHEMA = """
@@ -70,6 +70,24 @@ class RunSpec(msgspec.Struct, frozen=True):
     repeat: int
 
 
+class RunResult(msgspec.Struct, kw_only=True):
+    """What became of one run, for :meth:`ResultsStore.record_results` (the runs of an
+    indexed sweep end without futures)."""
+
+    fingerprint: str
+    status: str  # done | failed | cancelled
+    value: Any = None
+    error: BaseException | None = None
+    started: float | None = None
+    finished: float | None = None
+    host: str | None = None
+    worker: str | None = None
+    attempts: int | None = None
+    job_ref: JobRef | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+
 def _json_or_none(value: Any) -> str | None:
     try:
         return msgspec.json.encode(value).decode()
@@ -112,7 +130,10 @@ class ResultsStore:
                 raise StoreError(
                     f"{self.directory} holds no experiment results (no results.sqlite)"
                 )
-            ours = ("results.sqlite", "sweeper", "logs")  # another runner may be creating them
+            # Another runner may be creating them; executor.json and target.json are the
+            # CLI's record of the executor (asyncexec.config.EXECUTOR_FILE) and of the
+            # experiment (for `attach`), kept when results.sqlite is deleted.
+            ours = ("results.sqlite", "sweeper", "logs", "executor.json", "target.json")
             if os.path.isdir(self.directory) and any(
                 not name.startswith((".", *ours)) for name in os.listdir(self.directory)
             ):
@@ -274,6 +295,121 @@ class ResultsStore:
         )
         return status
 
+    def mark_running_batch(self, refs: Mapping[str, JobRef | None], submitted: float) -> None:
+        """Mark many runs ``running`` at once, each with where its work went (or None):
+        one transaction (an indexed sweep submits thousands of runs at a time)."""
+        now = time.time()
+        self._write(
+            "UPDATE runs SET status = 'running', submitted = ?, started = NULL, finished = NULL, "
+            "value_json = NULL, value_pickle = NULL, error_type = NULL, error_message = NULL, "
+            "traceback = NULL, job_ref = ?, updated = ? WHERE fingerprint = ?",
+            (
+                (
+                    submitted,
+                    msgspec.json.encode(ref).decode() if ref is not None else None,
+                    now,
+                    fingerprint,
+                )
+                for fingerprint, ref in refs.items()
+            ),
+        )
+
+    def set_job_refs(self, refs: Mapping[str, JobRef]) -> None:
+        """Keep where many running runs' work went now (submitted again, say)."""
+        now = time.time()
+        self._write(
+            "UPDATE runs SET job_ref = ?, updated = ? WHERE fingerprint = ? AND status = 'running'",
+            ((msgspec.json.encode(ref).decode(), now, fp) for fp, ref in refs.items()),
+        )
+
+    def record_results(self, results: Iterable[RunResult]) -> None:
+        """Store what became of many runs, in one transaction (see :class:`RunResult`)."""
+        now = time.time()
+        rows = []
+        for result in results:
+            value_json: str | None = None
+            value_pickle: bytes | None = None
+            error_type = error_message = trace = None
+            if result.status == "done":
+                value_json = _json_or_none(result.value)
+                if value_json is None:
+                    value_pickle = pickle.dumps(result.value, protocol=4)
+            elif result.error is not None:
+                error = result.error
+                if isinstance(error, RemoteError):
+                    error_type, error_message = error.remote_type, error.remote_message
+                    trace = error.remote_traceback
+                else:
+                    error_type, error_message = type(error).__name__, str(error)
+            job_ref = msgspec.json.encode(result.job_ref).decode() if result.job_ref else None
+            rows.append(
+                (
+                    result.status,
+                    value_json,
+                    value_pickle,
+                    error_type,
+                    error_message,
+                    trace,
+                    result.started,
+                    result.finished,
+                    result.host,
+                    result.worker,
+                    result.attempts,
+                    job_ref,
+                    result.stdout,
+                    result.stderr,
+                    now,
+                    result.fingerprint,
+                )
+            )
+        self._write(
+            "UPDATE runs SET status = ?, value_json = ?, value_pickle = ?, error_type = ?, "
+            "error_message = ?, traceback = ?, started = ?, finished = ?, "
+            "host = ?, worker = ?, attempts = ?, job_ref = COALESCE(?, job_ref), stdout = ?, "
+            "stderr = ?, updated = ? WHERE fingerprint = ?",
+            rows,
+        )
+
+    def job_refs(self, fingerprints: Collection[str]) -> dict[str, JobRef]:
+        """Where each of ``fingerprints`` that is ``running`` went, if it was kept."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT fingerprint, job_ref FROM runs WHERE status = 'running' "
+                "AND job_ref IS NOT NULL"
+            ).fetchall()
+        found = {}
+        for fingerprint, text in rows:
+            if fingerprint in fingerprints:
+                try:
+                    found[str(fingerprint)] = msgspec.json.decode(text, type=JobRef)
+                except msgspec.ValidationError:
+                    continue
+        return found
+
+    def running_job_refs(self) -> list[tuple[str, JobRef]]:
+        """``(fingerprint, JobRef)`` of every run recorded ``running`` with a JobRef."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT fingerprint, job_ref FROM runs WHERE status = 'running' "
+                "AND job_ref IS NOT NULL ORDER BY seq"
+            ).fetchall()
+        found = []
+        for fingerprint, text in rows:
+            try:
+                found.append((str(fingerprint), msgspec.json.decode(text, type=JobRef)))
+            except msgspec.ValidationError:
+                continue
+        return found
+
+    def mark_cancelled(self, fingerprints: Iterable[str]) -> None:
+        """Record these runs ``cancelled`` (their work was killed), if still ``running``."""
+        now = time.time()
+        self._write(
+            "UPDATE runs SET status = 'cancelled', updated = ? "
+            "WHERE fingerprint = ? AND status = 'running'",
+            [(now, fingerprint) for fingerprint in fingerprints],
+        )
+
     def request_cancel(self) -> None:
         """Ask the runner working on this store (in any process) to stop."""
         self._write(
@@ -330,6 +466,31 @@ class ResultsStore:
         for fingerprint, status in rows:
             if fingerprint in fingerprints:
                 found[status] += 1
+        return found
+
+    def level_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Runs by status for each level of each parameter, counted by SQLite:
+        ``{factor: {level as JSON text: {status: count}}}`` (what ``asyncexec status``
+        shows, without loading a row into Python: 100,000 runs of two factors took
+        0.7 s on the loaded test machine, where loading the rows takes 2.7 s or more).
+
+        Parameters JSON cannot hold are counted by their ``repr`` (as stored).
+        """
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT p.key, p.value, p.type, r.status, COUNT(*) FROM runs AS r, "
+                "json_each(r.params_json) AS p GROUP BY p.key, p.value, p.type, r.status"
+            )
+            for factor, value, kind, status, count in cursor:
+                if kind in ("object", "array"):
+                    level = str(value)
+                elif kind == "text":
+                    level = json.dumps(value)
+                else:
+                    level = json.dumps(value) if value is not None else "null"
+                by_status = found.setdefault(str(factor), {}).setdefault(level, {})
+                by_status[str(status)] = by_status.get(str(status), 0) + int(count)
         return found
 
     def rows(self, status: str | None = None) -> list[dict[str, Any]]:

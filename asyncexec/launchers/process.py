@@ -7,6 +7,11 @@ stderr stay the driver's own. A worker that dies fails only the task it
 held; killing a task kills its worker's whole process group, and a new worker
 takes its place.
 
+Each worker runs the executor's ``setup`` hook once when it starts and its
+``teardown`` hook once when it exits normally (see :class:`ProcessExecutor`).
+A task's ``log_stdout`` / ``log_stderr`` files are opened by its worker, on
+this machine: they get everything the task writes, as it writes it.
+
 ``Resources(cpus=n)`` pins the worker to ``ceil(n)`` CPUs while the task runs
 (``os.sched_setaffinity``, Linux), chosen apart from the CPUs of the tasks other
 workers run pinned; ``memory_mb`` caps what the task may add to its worker's
@@ -22,7 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Literal
 
 import anyio
@@ -31,7 +36,9 @@ from anyio.abc import Process, SocketAttribute, UNIXSocketStream
 import asyncexec
 
 from .. import BaseExecutor
+from .._arguments import remembers_arguments
 from .._exceptions import LaunchError
+from .._hooks import Hook
 from .._messages import Resources, Setup
 from .._options import TaskOptions, check_env
 from ..abc import Launcher
@@ -101,7 +108,10 @@ class ProcessLauncher(PoolLauncher):
         n_workers: worker processes at most.
         python: the interpreter the workers run.
         env: environment variables added to the driver's for the workers.
-        initializer: a callable each worker runs once at start.
+        setup: a callable each worker runs once at start (see
+            :class:`ProcessExecutor`).
+        teardown: a callable each worker runs once when it exits normally.
+        initializer: ``setup``'s former name (give one or the other).
         max_tasks_per_worker: replace a worker after this many tasks.
         eager: start every worker when the pool opens (else on first need).
         startup_timeout: seconds a worker may take to say hello.
@@ -118,6 +128,7 @@ class ProcessLauncher(PoolLauncher):
     """
 
     kind = "process"
+    sees_driver_files = True  # the workers open the log files themselves
 
     def __init__(
         self,
@@ -125,7 +136,9 @@ class ProcessLauncher(PoolLauncher):
         *,
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
-        initializer: Callable[[], object] | None = None,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        initializer: Hook | None = None,
         max_tasks_per_worker: int | None = None,
         eager: bool = True,
         startup_timeout: float = 60.0,
@@ -136,6 +149,8 @@ class ProcessLauncher(PoolLauncher):
             raise ValueError(f"transport must be 'socket' or 'stdio', got {transport!r}")
         super().__init__(
             n_workers,
+            setup=setup,
+            teardown=teardown,
             initializer=initializer,
             max_tasks_per_worker=max_tasks_per_worker,
             eager=eager,
@@ -169,7 +184,11 @@ class ProcessLauncher(PoolLauncher):
         return problem
 
     def _setup(self) -> Setup:
-        return Setup(sys_path=[entry for entry in sys.path if entry], initializer=self._initializer)
+        return Setup(
+            sys_path=[entry for entry in sys.path if entry],
+            initializer=self.hooks.setup,
+            teardown=self.hooks.teardown,
+        )
 
     async def _connect(self, task_id: str | None) -> PoolWorker:
         command = [self._python, "-m", "asyncexec.worker", "serve"]
@@ -216,8 +235,25 @@ class ProcessExecutor(BaseExecutor):
     Args:
         n_workers: worker processes (default: ``os.cpu_count()``).
         max_tasks_per_worker: replace each worker after this many tasks.
-        initializer: a callable each worker runs once when it starts; if it
-            raises, starting the pool fails with :class:`LaunchError`.
+        setup: a callable of no argument each worker process runs once when it
+            starts, before its first task: what it sets up (a module's state,
+            a connection, a warmed cache) is there for every task the worker
+            runs. It runs again in each worker that replaces one (a crash, a
+            cancelled or timed-out task's worker, ``max_tasks_per_worker``).
+            If it raises, the worker is killed and reaped: entering the
+            executor raises :class:`~asyncexec.SetupFailed` (``eager=True``), or
+            (``eager=False``) each task that needed a new worker fails with a
+            :class:`~asyncexec.TaskLaunchError` that is also a ``SetupFailed``,
+            naming its exception.
+        teardown: a callable of no argument each worker process runs once when
+            it exits normally: when the executor closes (it has
+            :attr:`ProcessLauncher.CLOSE_GRACE` seconds, then is killed), or
+            when it retires after ``max_tasks_per_worker`` tasks. It does not
+            run in a worker that is killed (a cancelled or timed-out task's, a
+            crash, a driver that died) nor where setup raised; what it raises is
+            printed on the worker's stderr (the driver's).
+        initializer: ``setup``'s former name, kept for compatibility (give one
+            or the other).
         python: the interpreter the workers run (same minor version and
             cloudpickle as the driver, or the handshake refuses it).
         env: environment variables added to the driver's for the workers.
@@ -241,14 +277,22 @@ class ProcessExecutor(BaseExecutor):
     * ``memory_mb``: what the task may add to its worker's address space
       (``RLIMIT_AS``): past it, allocations fail with ``MemoryError``.
     * ``gpus``: refused at ``submit`` (:class:`LaunchError`).
+
+    ``log_stdout`` / ``log_stderr`` (``TaskOptions``): the worker appends all
+    the task writes to file descriptors 1 and 2 (its C code and child processes
+    too) to those files, as it writes it; a file that cannot be opened fails
+    the task with that ``OSError``.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         n_workers: int | None = None,
         *,
         max_tasks_per_worker: int | None = None,
-        initializer: Callable[[], object] | None = None,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        initializer: Hook | None = None,
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
         eager: bool = True,
@@ -264,6 +308,8 @@ class ProcessExecutor(BaseExecutor):
             self.n_workers,
             python=python,
             env=env,
+            setup=setup,
+            teardown=teardown,
             initializer=initializer,
             max_tasks_per_worker=max_tasks_per_worker,
             eager=eager,

@@ -8,6 +8,12 @@ prints arrive on the channel's stderr and are copied to the driver's.
 A connection that drops fails only the tasks its workers were running, with
 :class:`~asyncexec.WorkerLost`; the next task reconnects.
 
+Each worker runs the executor's ``setup`` hook when it starts and its
+``teardown`` hook when it exits normally (see :class:`SSHExecutor`). A task's
+``log_stdout`` / ``log_stderr`` name files on the driver's machine: the worker
+sends all the task wrote back with its outcome, and the driver appends it to
+them.
+
 ``Resources(cpus=n)`` pins the task's worker to ``ceil(n)`` of the CPUs it may
 use on its host while the task runs (the process pool's worker code), chosen
 apart from the CPUs of the tasks the host's other workers run pinned;
@@ -24,7 +30,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 
 from .. import BaseExecutor
+from .._arguments import remembers_arguments
 from .._exceptions import BackendUnavailable, LaunchError
+from .._hooks import Hook
 from .._options import TaskOptions
 from ..abc import Launcher, Shell, SpawnedProcess
 from ._base import refuse_launcher_arguments
@@ -79,8 +87,9 @@ class SSHLauncher(PoolLauncher):
         slots: workers per host.
         python: the interpreter on the hosts (driver's minor version, with
             asyncexec and cloudpickle installed).
-        initializer, max_tasks_per_worker, eager, startup_timeout, prefetch:
-            as for the process pool.
+        setup, teardown, initializer, max_tasks_per_worker, eager,
+        startup_timeout, prefetch: as for the process pool (see
+            :class:`SSHExecutor`).
 
     ``honours_resources``: ``cpus`` and ``memory_mb``, as the process pool's.
     A host's CPUs are known only once a worker runs there: a task asking for
@@ -91,13 +100,16 @@ class SSHLauncher(PoolLauncher):
 
     kind = "ssh"
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         shells: Sequence[Shell],
         *,
         slots: int = 1,
         python: str = "python3",
-        initializer: Callable[[], object] | None = None,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        initializer: Hook | None = None,
         max_tasks_per_worker: int | None = None,
         eager: bool = False,
         startup_timeout: float = 60.0,
@@ -119,8 +131,13 @@ class SSHLauncher(PoolLauncher):
                     f"{slots} slots need more than the {capacity} channels {shell!r} may open: "
                     "raise its max_connections (or channels_per_connection)"
                 )
+        #: Hosts that do not see this machine's files get the user's modules by value
+        #: (the hooks too: set before the pool pickles them).
+        self.shares_files = all(shell.shares_files for shell in shells)
         super().__init__(
             len(shells) * slots,
+            setup=setup,
+            teardown=teardown,
             initializer=initializer,
             max_tasks_per_worker=max_tasks_per_worker,
             eager=eager,
@@ -129,8 +146,6 @@ class SSHLauncher(PoolLauncher):
         )
         self.shells = shells
         self.slots = slots
-        #: Hosts that do not see this machine's files get the user's modules by value.
-        self.shares_files = all(shell.shares_files for shell in shells)
         self.python = python
         self._on_host: dict[int, int] = {index: 0 for index in range(len(shells))}
 
@@ -212,7 +227,22 @@ class SSHExecutor(BaseExecutor):
         slots: workers (tasks at once) per host.
         python: the interpreter on the hosts (driver's Python minor version,
             asyncexec and cloudpickle installed).
-        initializer: a callable each worker runs once when it starts.
+        setup: a callable of no argument each worker (a process on a host)
+            runs once when it starts, before its first task; again in each
+            worker that replaces one. If it raises, the worker is killed and
+            each task that needed it fails with a
+            :class:`~asyncexec.TaskLaunchError` that is also a
+            :class:`~asyncexec.SetupFailed`, naming its exception (with
+            ``eager=True``, entering the executor raises ``SetupFailed``).
+            It travels pickled (a function of the driver's script by value).
+        teardown: a callable of no argument each worker runs once when it
+            exits normally: when the executor closes (within
+            :attr:`SSHLauncher.CLOSE_GRACE` seconds, or it is killed) or when it
+            retires after ``max_tasks_per_worker`` tasks. Not in a worker that
+            is killed (a cancelled or timed-out task's, a dropped connection)
+            nor where setup raised; what it raises is printed on the worker's
+            stderr, which reaches the driver's.
+        initializer: ``setup``'s former name (give one or the other).
         max_tasks_per_worker: replace a worker after this many tasks.
         eager: start every worker on entering ``async with`` (default: on need).
         startup_timeout: seconds a worker may take to start and say hello.
@@ -233,15 +263,25 @@ class SSHExecutor(BaseExecutor):
       CPUs are not known at ``submit``).
     * ``memory_mb``: what the task may add to its worker's address space.
     * ``gpus``: refused at ``submit`` (:class:`LaunchError`).
+
+    ``log_stdout`` / ``log_stderr`` (``TaskOptions``) name files on the
+    driver's machine: the worker captures everything the task writes (file
+    descriptors 1 and 2) and sends it all back with the outcome; the driver
+    appends it to those files once the task ends (not as it is written). A
+    file that cannot be opened here fails the task with that ``OSError``
+    before it runs.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         shells: Sequence[Shell] | None = None,
         *,
         slots: int = 1,
         python: str = "python3",
-        initializer: Callable[[], object] | None = None,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        initializer: Hook | None = None,
         max_tasks_per_worker: int | None = None,
         eager: bool = False,
         startup_timeout: float = 60.0,
@@ -262,6 +302,8 @@ class SSHExecutor(BaseExecutor):
                 shells,
                 slots=slots,
                 python=python,
+                setup=setup,
+                teardown=teardown,
                 initializer=initializer,
                 max_tasks_per_worker=max_tasks_per_worker,
                 eager=eager,

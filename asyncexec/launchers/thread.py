@@ -7,12 +7,19 @@ task is best effort: an exception is raised inside its thread (with stopit's
 ``async_raise``), which interrupts Python code at its next bytecode but not a
 call blocked in C (``time.sleep(60)`` ends first). The future is settled at
 once either way.
+
+The threads share one process, so the executor's ``setup`` hook runs once,
+when the executor opens, and its ``teardown`` hook once, when it closes (see
+:class:`ThreadExecutor`). ``log_stdout`` / ``log_stderr`` get what the task's
+thread writes to ``sys.stdout`` / ``sys.stderr`` as it writes it (not what
+C code or child processes write to the file descriptors).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 import threading
@@ -23,8 +30,10 @@ from typing import IO, Any
 import anyio
 
 from .. import BaseExecutor
-from .._codec import describe_exception
-from .._exceptions import LaunchError
+from .._arguments import remembers_arguments
+from .._codec import describe_exception, loads
+from .._exceptions import LaunchError, SetupFailed
+from .._hooks import Hook, Hooks, make_hooks
 from .._messages import JobRef, Outcome, TaskSpec
 from .._options import TaskOptions, check_workers
 from .._runtime import TAIL_BYTES
@@ -34,6 +43,8 @@ from ..abc import Launcher
 from ._base import BaseLauncher, Job
 
 __all__ = ["ThreadExecutor", "ThreadLauncher", "run_in_this_thread"]
+
+log = logging.getLogger("asyncexec")
 
 
 class _ThreadStopped(BaseException):
@@ -54,21 +65,36 @@ class _Job(Job):
 
 
 class ThreadLauncher(BaseLauncher[_Job]):
-    """Runs tasks in up to ``n_workers`` threads of this process."""
+    """Runs tasks in up to ``n_workers`` threads of this process.
+
+    Args:
+        n_workers: threads at once.
+        setup: a callable run once in a worker thread when the launcher opens
+            (see :class:`ThreadExecutor`).
+        teardown: a callable run once in a worker thread when it closes.
+    """
 
     can_kill = True  # Python code only; see the module docstring
     isolates_crashes = False
     #: None: threads share their process's CPUs, address space and devices.
     honours_resources: frozenset[str] = frozenset()
 
-    def __init__(self, n_workers: int) -> None:
+    def __init__(
+        self, n_workers: int, *, setup: Hook | None = None, teardown: Hook | None = None
+    ) -> None:
         check_workers(n_workers)
         super().__init__()
         self._n_workers = n_workers
         self._limiter: anyio.CapacityLimiter | None = None  # made on entry, in the event loop
+        # Pickled as tasks are, so that what works here works on the other backends.
+        self.hooks = make_hooks(setup, teardown)
+        self._teardown: Hooks | None = None  # once setup ran: the teardown is due
 
     async def _open(self) -> None:
         self._limiter = anyio.CapacityLimiter(self._n_workers)
+        if self.hooks.setup is not None or self.hooks.teardown is not None:
+            await anyio.to_thread.run_sync(_set_up, self.hooks)
+            self._teardown = self.hooks
 
     async def start(self, task: TaskSpec) -> JobRef:
         if task.env:
@@ -123,13 +149,49 @@ class ThreadLauncher(BaseLauncher[_Job]):
             job.scope.cancel()
 
     async def aclose(self) -> None:
-        """Cancel every task still here (see :meth:`cancel`).
+        """Cancel every task still here (see :meth:`cancel`), then run the teardown
+        hook in a worker thread (once, if setup ran).
 
-        Cancellation: never waits, so never interrupted.
+        Cancellation: the executor calls it shielded; cut short while the teardown
+        hook runs, it stops waiting for it (the hook runs on in its thread).
         """
         # The task group wraps the caller's code until __aexit__: cancel the jobs, not it.
         for native_id in list(self._jobs):
             await self.cancel(JobRef(kind="thread", native_id=native_id))
+        hooks, self._teardown = self._teardown, None
+        if hooks is not None and hooks.teardown is not None:
+            await anyio.to_thread.run_sync(_tear_down, hooks.teardown, abandon_on_cancel=True)
+
+
+def _set_up(hooks: Hooks) -> None:
+    """Load both hooks and run the setup hook (in a worker thread).
+
+    Raises:
+        SetupFailed: it raised, or a hook could not be unpickled.
+    """
+    doing = "cannot unpickle the teardown hook"
+    try:
+        if hooks.teardown is not None:
+            loads(hooks.teardown)
+        if hooks.setup is not None:
+            doing = "cannot unpickle the setup hook"
+            setup = loads(hooks.setup)
+            doing = "setup raised"
+            setup()
+    except Exception as exc:
+        error = describe_exception(exc)
+        raise SetupFailed(
+            f"the ThreadExecutor could not be set up: {doing} {error.type_name}: {error.message}",
+            remote_traceback=error.traceback,
+        ) from exc
+
+
+def _tear_down(teardown: bytes) -> None:
+    """Run the teardown hook (in a worker thread); what it raises is logged."""
+    try:
+        loads(teardown)()
+    except Exception:
+        log.exception("the ThreadExecutor's teardown hook raised")
 
 
 def _call(job: _Job) -> Outcome:
@@ -155,23 +217,45 @@ class ThreadExecutor(BaseExecutor):
     :class:`~asyncexec.LaunchError` (threads share one process), as ``env``
     makes the task fail with one.
 
+    ``log_stdout`` / ``log_stderr`` (``TaskOptions``) get what the task's
+    thread writes to ``sys.stdout`` / ``sys.stderr``, as it writes it (other
+    threads print as before; what C code or child processes write to the file
+    descriptors is not caught: use ProcessExecutor for that). A file that
+    cannot be opened fails the task with that ``OSError``.
+
     Args:
         n_workers: threads at once (default: ``min(32, cpu_count + 4)``).
+        setup: a callable of no argument run once, in a worker thread, when
+            the executor opens (``async with``), before any task: the threads
+            share the process, so what it sets up is there for every task. If
+            it raises, entering the executor raises
+            :class:`~asyncexec.SetupFailed` (naming its exception), and no
+            task runs. It is pickled and unpickled, as tasks are.
+        teardown: a callable of no argument run once, in a worker thread, when
+            the executor closes, after its tasks (a task that could not be
+            stopped may still run; see the module's documentation). Not when
+            setup raised; what it raises is logged (logger ``asyncexec``).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         n_workers: int | None = None,
         *,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
         options: TaskOptions | None = None,
         max_pending: int | None = None,
     ) -> None:
         if n_workers is None:
             n_workers = min(32, (os.cpu_count() or 1) + 4)
         super().__init__(n_workers, options=options, max_pending=max_pending)
+        make_hooks(setup, teardown)  # checked now rather than on entering the executor
+        self._hooks = (setup, teardown)
 
     def _create_launcher(self) -> Launcher:
-        return ThreadLauncher(self.n_workers)
+        setup, teardown = self._hooks
+        return ThreadLauncher(self.n_workers, setup=setup, teardown=teardown)
 
 
 # -- output capture per thread -----------------------------------------------------

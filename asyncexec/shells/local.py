@@ -12,6 +12,7 @@ import anyio
 import anyio.abc
 from anyio.abc import Process
 
+from .._arguments import remembers_arguments
 from ..abc import Completed, Shell, SpawnedProcess
 
 __all__ = ["LocalShell"]
@@ -52,6 +53,7 @@ class LocalShell(Shell):
         cwd: working directory for every command.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None) -> None:
         self._env = {**os.environ, **env} if env else None
         self._cwd = cwd

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._aio import require_asyncio
+from .._arguments import remembers_arguments
 from .._exceptions import BackendUnavailable
 from ..abc import Completed, Shell, SpawnedProcess
 from ._asyncssh import (
@@ -160,6 +161,7 @@ class SSHShell(Shell):
             name rather than by value (see :attr:`Shell.shares_files`).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         host: str,

@@ -102,7 +102,8 @@ class _Chunk:
         self.task_ids = task_ids
         self.cpu = cpu
         # queued (not created yet), creating (PUT under way), created, deleting
-        # (cancelled: until ARM says 404), done (over: the reaper deletes its group), gone
+        # (cancelled: until ARM says 404), done (over: the reaper deletes its group), gone,
+        # released (let go running, executor.detach(): a later driver's to delete)
         self.state = "queued"
         self.put_sent = False  # its group may exist
         self.delete_sent = False  # ARM took a DELETE of it
@@ -815,6 +816,28 @@ class AciAdapter(BatchAdapter):
         return (tasks or b"").decode(), {name.rpartition("/")[2] for name in names}
 
     # -- closing ----------------------------------------------------------------------------
+
+    async def release(self, ids: Sequence[str]) -> None:
+        """Wait until the group of every chunk of ``ids`` has been created (the
+        background goes on making them, as room allows), then leave those groups
+        to run on: :meth:`aclose` deletes the others only. (A chunk whose group
+        ARM never took, the caller gave up waiting for, is lost to a later driver.)
+
+        Cancellation: stops the waiting; the groups not created by then are not.
+        """
+        chunks = []
+        for native_id in ids:
+            array = self._arrays.get(native_id.partition("_")[0])
+            chunk = None if array is None else array.chunk_of(native_id)
+            if chunk is not None:
+                chunks.append(chunk)
+        self._wake()
+        # (Polled: the states change in many places of the background loop.)
+        while any(chunk.state in ("queued", "creating") for chunk in chunks):  # noqa: ASYNC110
+            await anyio.sleep(0.2)
+        for chunk in chunks:
+            if chunk.state == "created":
+                chunk.state = "released"  # runs on: not ours to delete any more
 
     async def aclose(self) -> None:
         """Delete every group of ours still there and wait until ARM says they are gone

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 from ... import BaseExecutor
+from ..._arguments import remembers_arguments
+from ..._hooks import Hook, make_hooks
 from ..._options import TaskOptions
 from ...abc import Launcher
 from ..batch import BatchLauncher
@@ -30,6 +32,21 @@ class AzureLauncher(BatchLauncher):
             never leaves the driver.
         batch_window: seconds ``start`` calls are gathered into one array.
         keep_staging: keep the blobs of finished arrays.
+        setup: a callable of no argument that each container group runs once,
+            in the runtime's process, before the first task of its chunk
+            that runs. If it raises, no task of the chunk runs: each fails
+            with a :class:`~asyncexec.TaskLaunchError` that is also a
+            :class:`~asyncexec.SetupFailed`, naming its exception, and the
+            group ends (and is deleted) as any other.
+        teardown: a callable of no argument that each container group runs
+            once after the last task of its chunk, before that task's outcome
+            is sent (so the group is not deleted under it: once every future
+            has its outcome, every teardown has run). Not when setup raised,
+            nor in a group deleted while it runs (a cancelled task alone in
+            it, closing the executor with tasks running), nor in a runtime
+            killed at a stuck task's time limit (the one that goes on with the
+            chunk runs setup again). What it raises is printed on the
+            container's stderr.
     """
 
     kind = "aci"
@@ -38,6 +55,7 @@ class AzureLauncher(BatchLauncher):
     #: ``cpus`` per group (4 at most); ``memory_mb`` is the runtime's limit.
     honours_resources = frozenset({"cpus", "memory_mb"})
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         config: AzureConfig,
@@ -46,6 +64,8 @@ class AzureLauncher(BatchLauncher):
         storage_key: str | None = None,
         batch_window: float = 0.05,
         keep_staging: bool = False,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
     ) -> None:
         if not isinstance(config, AzureConfig):
             raise TypeError(f"config must be an AzureConfig, got {config!r}")
@@ -84,6 +104,7 @@ class AzureLauncher(BatchLauncher):
             keep_staging=keep_staging,
         )
         self.config = config
+        self.hooks = make_hooks(setup, teardown, travel_to=type(self).__name__)
 
     def __repr__(self) -> str:
         c = self.config
@@ -107,8 +128,16 @@ class AzureExecutor(BaseExecutor):
     starts. ``time_limit`` is enforced in the container (a group stops
     billing even when the driver is gone). Cancelling a task deletes its
     group, or, in a chunk still running others, skips or interrupts it there.
+
+    The ``setup`` and ``teardown`` hooks are the launcher's
+    (:class:`AzureLauncher`): each container group runs them around its chunk.
+    ``log_stdout`` / ``log_stderr`` (``TaskOptions``) name files on the
+    driver's side: the container sends the task's whole output as blobs with
+    its outcome, and the poller appends it all to those files (a file that
+    cannot be written is a warning: the task has run).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         launcher: AzureLauncher,

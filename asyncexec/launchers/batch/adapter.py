@@ -197,6 +197,15 @@ class BatchAdapter(abc.ABC):
         Cancellation: stops; whatever it started is for :meth:`aclose` to end.
         """
 
+    async def release(self, ids: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """The launcher lets these array tasks go, running (``executor.detach()``): make
+        sure they will run to their end with no driver, and that :meth:`aclose` leaves
+        them. Called before the background (:meth:`serve`) stops.
+
+        Cancellation: stops; what is not handed over yet is lost (a later driver
+        that attaches finds those tasks lost).
+        """
+
     def adopt(self, job: BatchJob) -> None:  # noqa: B027 - optional hook
         """Follow ``job``, re-attached: an array task another launcher submitted."""
 

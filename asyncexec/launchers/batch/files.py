@@ -23,6 +23,7 @@ import msgspec
 
 from ... import _runtime
 from ..._codec import versions
+from ..._hooks import Hooks
 from ..._messages import ErrorInfo, Outcome, TaskSpec
 
 __all__ = ["batch_file", "job_script", "read_outcome", "tar", "untar"]
@@ -31,8 +32,9 @@ __all__ = ["batch_file", "job_script", "read_outcome", "tar", "untar"]
 _RUNNER_SOURCE = importlib.resources.files("asyncexec").joinpath("_runtime.py").read_bytes()
 
 
-def batch_file(tasks: Sequence[TaskSpec]) -> bytes:
-    """An array task's input for the one-shot runner: builtins only, pickled."""
+def batch_file(tasks: Sequence[TaskSpec], hooks: Hooks | None = None) -> bytes:
+    """An array task's input for the one-shot runner: builtins only, pickled, with
+    the executor's ``setup`` and ``teardown`` hooks (see :mod:`asyncexec._runtime`)."""
     current = versions()
     batch = {
         "format": _runtime.FORMAT,
@@ -40,6 +42,10 @@ def batch_file(tasks: Sequence[TaskSpec]) -> bytes:
         "cloudpickle": current.cloudpickle,
         "tasks": [msgspec.structs.asdict(task) for task in tasks],
     }
+    if hooks is not None and hooks.setup is not None:
+        batch["setup"] = hooks.setup
+    if hooks is not None and hooks.teardown is not None:
+        batch["teardown"] = hooks.teardown
     return pickle.dumps(batch, protocol=5)
 
 

@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -157,6 +157,18 @@ class BatchLauncher(Submission):
         closing the connection): it finishes before the cancellation
         propagates. A second call returns at once.
         """
+        await self._close(detach=False)
+
+    async def release(self) -> None:
+        """Close as :meth:`aclose` does, but leave the work of every live task running,
+        and its array's staging directory (its outcomes go there), for a later
+        driver to attach to (``executor.detach()``).
+
+        Cancellation: as :meth:`aclose`.
+        """
+        await self._close(detach=True)
+
+    async def _close(self, detach: bool) -> None:
         if self._closed:
             return
         self._closed = True
@@ -164,6 +176,10 @@ class BatchLauncher(Submission):
             with anyio.move_on_after(SUBMIT_TIMEOUT):
                 while self._submitting:  # what they submit is swept below
                     await self._submitted.wait()
+            if detach:  # (the adapter's background work may be needed to hand them over)
+                kept = sorted({job.native_id for job in self._jobs.values() if not job.finished})
+                with anyio.move_on_after(SUBMIT_TIMEOUT):
+                    await self.adapter.release(kept)
             # No command of theirs may run once the shell is closed (it would reconnect).
             for scope, _ in self._background:
                 scope.cancel()
@@ -172,6 +188,8 @@ class BatchLauncher(Submission):
             async with self._round:
                 pass  # a round of the place's poller reading our tasks is over
             live = [job for job in self._jobs.values() if not job.finished]
+            if detach:
+                live = []  # their work goes on; their arrays' directories stay (find_refs)
             if live:
                 ids = sorted({job.native_id for job in live})
                 with contextlib.suppress(Exception), anyio.move_on_after(COMMAND_TIMEOUT):
@@ -292,9 +310,68 @@ class BatchLauncher(Submission):
         self._wake()
         return job
 
+    async def states(self, refs: Sequence[JobRef]) -> list[str]:
+        """Where each task is: one query of the scheduler for all of them (array tasks
+        no longer in its queue are ``"ended"``: a follower reads their outcomes).
+
+        Raises:
+            LaunchError: the scheduler could not be asked.
+
+        Cancellation: the query is stopped; it only reads.
+        """
+        ours = [ref for ref in refs if self._of_this_place(ref)]
+        try:
+            queued = await self.adapter.states(sorted({ref.native_id for ref in ours}))
+        except LaunchError:
+            raise
+        except Exception as exc:
+            raise LaunchError(f"could not ask {self.adapter.name} for its queue: {exc}") from exc
+        found = []
+        for ref in refs:
+            if not self._of_this_place(ref):
+                found.append("unknown")
+                continue
+            seen = queued.get(ref.native_id)
+            found.append("ended" if seen is None else "queued" if seen.waiting else "running")
+        return found
+
+    async def kill(self, refs: Sequence[JobRef]) -> list[str]:
+        """Kill the work of ``refs`` (tasks any driver started here, followed or not) and
+        wait until the scheduler lists none of it (:data:`CLOSE_CONFIRM` at most); then
+        remove their staging directories. Returns the array tasks still listed.
+
+        Raises:
+            LaunchError: the scheduler refused the cancel, or could not be asked.
+
+        Cancellation: some may be killed, some not; it is safe to call again.
+        """
+        ours = [ref for ref in refs if self._of_this_place(ref)]
+        ids = sorted({ref.native_id for ref in ours})
+        if not ids:
+            return []
+        refused = await self.adapter.cancel(ids)
+        if refused is not None:
+            raise LaunchError(f"{self.adapter.name} refused to cancel: {refused}")
+        await self._until_gone(ids, CLOSE_CONFIRM)
+        left = sorted(await self.adapter.states(ids))
+        if not left:
+            workdirs = sorted({ref.workdir for ref in ours if ref.workdir})
+            if workdirs and not self._keep_staging:
+                await self.adapter.remove(workdirs)
+        return left
+
+    def _of_this_place(self, ref: JobRef) -> bool:
+        return ref.kind == self.kind and ref.host == self.adapter.host
+
     def can_follow(self, ref: JobRef) -> bool:
-        """Whether ``ref`` is a task of this place (re-attach)."""
-        return super().can_follow(ref) and ref.host == self.adapter.host
+        """Whether ``ref`` is a task of this place (re-attach); not a run of an indexed
+        sweep, whose outcome is a record among others (the experiment runner follows
+        those)."""
+        return (
+            super().can_follow(ref)
+            and ref.host == self.adapter.host
+            and not (ref.task_id or "").startswith("indexed:")
+        )
 
     async def find_refs(self) -> list[JobRef]:
         """JobRefs of every task whose array is still in the staging directory.

@@ -25,6 +25,7 @@ import msgspec
 
 from ... import _runtime
 from ..._exceptions import LaunchError
+from ..._hooks import Hooks
 from ..._messages import JobRef
 from .files import _RUNNER_SOURCE, batch_file, tar
 from .jobs import Array, BatchJob, Pending
@@ -55,6 +56,9 @@ class Submission(Outcomes):
         self._reserved = 0  # of max_concurrent, for arrays being submitted
         self._submitting = 0  # submissions in flight
         self._submitted = anyio.Event()  # set when none is
+        #: The executor's setup and teardown hooks, run by each array task's runner
+        #: around its chunk (set by the launcher of a batch system).
+        self.hooks = Hooks()
 
     def _ref(self, array_id: str, index: int, task_id: str, workdir: str) -> JobRef:
         return JobRef(
@@ -214,7 +218,7 @@ class Submission(Outcomes):
         index: list[tuple[str, int]] = []
         for number, chunk in enumerate(chunks):
             tasks = [pending.task for pending in chunk]
-            files[f"in/{number}.bin"] = batch_file(tasks)
+            files[f"in/{number}.bin"] = batch_file(tasks, self.hooks)
             index.extend((task.task_id, number) for task in tasks)
         files["tasks.json"] = json.dumps(index).encode()
         return tar(files, directories=["in"])

@@ -36,13 +36,15 @@ class ContainerWorker(PoolWorker):
         stream: Stream,
         name: str,
     ) -> None:
-        super().__init__(AttachedInput(stream), AttachedOutput(stream))
+        self.input = AttachedInput(stream)
+        super().__init__(self.input, AttachedOutput(stream))
         self.launcher = launcher
         self.container = container
         self.stream = stream
         self.name = name
         self.oom_killed = False
         self._removal: anyio.Event | None = None  # set once our removal attempt ended
+        self.released = False  # let go running: its end is not ours to wait for
 
     def __repr__(self) -> str:
         return f"<container {self.name}>"
@@ -72,11 +74,36 @@ class ContainerWorker(PoolWorker):
         finally:
             self._removal.set()
 
+    def let_go(self) -> None:
+        """Leave the container running its task (``executor.detach()``): only the attach
+        stream closes (the worker, ``--finish``, ends its task and writes the outcome
+        to its log, where :func:`~._reattach.collect` reads it); nothing removes it."""
+        self.dead = True
+        self.released = True
+        if self._removal is None:
+            self._removal = anyio.Event()
+            self._removal.set()  # no removal of ours will come
+            self.launcher._background(self._close_stream)
+
+    async def _close_stream(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.stream.close()
+
     async def close_input(self) -> None:
-        self.kill()  # an idle container holds no work: removing it loses nothing
+        if self.launcher.hooks.teardown is None:
+            self.kill()  # an idle container holds no work: removing it loses nothing
+            return
+        # Its worker runs the teardown hook, then exits: its reader ends, and the pool
+        # removes it (or kills it, should it not exit in time).
+        try:
+            async with self.send_lock:
+                await self.input.send_eof()
+        except Exception as exc:
+            log.debug("half-closing the input of %s: %s; removing it", self.name, exc)
+            self.kill()
 
     async def wait_exit(self) -> int | None:
-        if self._removal is not None and not self.jobs:
+        if self.released or (self._removal is not None and not self.jobs):
             return None  # we are removing it, and nobody needs its exit status
         try:
             status = await self.container.wait()
@@ -114,6 +141,9 @@ class ContainerWorker(PoolWorker):
         return f"the worker in container {self.name} exited with status {exit_code}", None
 
     async def aclose(self) -> None:
+        if self.released:
+            await self._close_stream()
+            return
         try:
             await self.stream.close()
         except Exception as exc:

@@ -207,6 +207,17 @@ class AttachedInput(anyio.abc.ByteSendStream):
     async def aclose(self) -> None:
         await self._stream.close()
 
+    async def send_eof(self) -> None:
+        """End the container's stdin, keeping its stdout: the worker, idle, sees the
+        end of its input and exits by itself (the engine closes a ``StdinOnce``
+        container's stdin when its attached client half-closes)."""
+        response = self._stream._resp
+        connection = response.connection if response is not None else None
+        transport = connection.transport if connection is not None else None
+        if transport is None or not transport.can_write_eof():
+            raise anyio.BrokenResourceError("the container's input cannot be half-closed")
+        transport.write_eof()
+
 
 async def stdout_of(docker: aiodocker.Docker, name: str) -> bytes:
     """What a container wrote to its stdout, from its log (the engine's multiplexed stream)."""

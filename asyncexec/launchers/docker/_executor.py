@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 
 from ... import BaseExecutor
 from ..._aio import require_asyncio
+from ..._arguments import remembers_arguments
+from ..._hooks import Hook
 from ..._options import TaskOptions
 from ...abc import Launcher
 from .._base import refuse_launcher_arguments
@@ -123,8 +125,35 @@ class DockerExecutor(BaseExecutor):
     The other arguments are :class:`DockerLauncher`'s: ``python``, ``cpus``,
     ``memory_mb``, ``pids_limit``, ``network`` (``"none"`` by default),
     ``read_only``, ``user``, ``env``, ``volumes``, ``labels``, ``workdir``,
-    ``pull``, ``url``, ``initializer``, ``max_tasks_per_worker``,
-    ``startup_timeout``, ``executor_id``.
+    ``pull``, ``url``, ``setup``, ``teardown``, ``initializer`` (``setup``'s
+    former name), ``max_tasks_per_worker``, ``startup_timeout``,
+    ``executor_id``.
+
+    Hooks:
+
+    * ``setup``: a callable of no argument that each container's worker runs
+      once when it starts, before its first task: once per warm container
+      (again in each container that replaces one), once per task in one-shot
+      mode (in the task's own container, before it). If it raises, the
+      container is removed: entering the executor raises
+      :class:`~asyncexec.SetupFailed` in warm mode; in one-shot mode the task
+      fails with a :class:`~asyncexec.TaskLaunchError` that is also a
+      ``SetupFailed``, naming its exception. It travels pickled.
+    * ``teardown``: a callable of no argument that each container's worker
+      runs once when it exits normally: a warm container when the executor
+      closes (within :attr:`DockerLauncher.CLOSE_GRACE` seconds, or it is
+      removed) or retires after ``max_tasks_per_worker`` tasks; a one-shot
+      container after its task's outcome is sent. Not in a container that is
+      removed while it runs (a cancelled or timed-out task's, an engine that
+      went away) nor where setup raised; what it raises is printed on the
+      container's stderr, which reaches the driver's.
+
+    ``log_stdout`` / ``log_stderr`` (``TaskOptions``) name files on the
+    driver's machine: the worker captures everything the task writes and
+    sends it all back with the outcome; the driver appends it to those files
+    once the task ends. A file that cannot be opened here fails the task with
+    that ``OSError`` before it runs. (A one-shot task re-attached by another
+    driver has no log files there: its output is in ``info`` only.)
 
     Resources (``TaskOptions.resources``):
 
@@ -141,6 +170,7 @@ class DockerExecutor(BaseExecutor):
       container is left). Warm: refused at ``submit``.
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         image: str | None = None,
@@ -160,7 +190,9 @@ class DockerExecutor(BaseExecutor):
         workdir: str | None = None,
         pull: bool = False,
         url: str | None = None,
-        initializer: Callable[[], object] | None = None,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        initializer: Hook | None = None,
         max_tasks_per_worker: int | None = None,
         startup_timeout: float = 120.0,
         executor_id: str | None = None,
@@ -203,6 +235,8 @@ class DockerExecutor(BaseExecutor):
             workdir=workdir,
             pull=pull,
             url=url,
+            setup=setup,
+            teardown=teardown,
             initializer=initializer,
             max_tasks_per_worker=max_tasks_per_worker,
             startup_timeout=startup_timeout,

@@ -8,6 +8,12 @@ names it so that another driver can collect its outcome (:mod:`._reattach`).
 
 Making and removing the containers on the engine is :mod:`._lifecycle`'s;
 what a container's create request holds is :mod:`._spec`'s.
+
+Each container's worker runs the ``setup`` hook when it starts and the
+``teardown`` hook when its input ends while it is idle (see
+:class:`~asyncexec.DockerExecutor`): with a teardown hook, a container the
+pool lets go is told no more tasks come and exits by itself before it is
+removed; without one it is removed at once.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ import anyio
 import msgspec
 
 from ..._aio import require_asyncio
+from ..._arguments import remembers_arguments
 from ..._exceptions import LaunchError
+from ..._hooks import Hook
 from ..._messages import JobRef, Outcome, Resources, TaskSpec
 from ..pool import PoolJob, PoolLauncher, PoolWorker
+from ..pool._launcher import tails
 from ._container import ContainerWorker
 from ._engine import (
     AIOHTTP,
@@ -38,7 +47,7 @@ from ._engine import (
 )
 from ._lifecycle import Containers
 from ._reattach import collect
-from ._spec import NAME, ContainerSpec, Mode
+from ._spec import EXECUTOR_LABEL, NAME, ContainerSpec, Mode
 
 if TYPE_CHECKING:
     import aiodocker
@@ -71,7 +80,11 @@ class DockerLauncher(PoolLauncher):
         pull: pull the image when the engine does not have it (else a missing
             image is a :class:`LaunchError` naming it).
         url: the engine (default: ``DOCKER_HOST``, else the local socket).
-        initializer: a callable each container's worker runs once at start.
+        setup: a callable each container's worker runs once at start (see
+            :class:`~asyncexec.DockerExecutor`).
+        teardown: a callable each container's worker runs once when it exits
+            normally.
+        initializer: ``setup``'s former name (give one or the other).
         max_tasks_per_worker: replace a warm container after this many tasks.
         startup_timeout: seconds a container may take to start its worker.
         executor_id: the ``asyncexec.executor`` label (default: a new id).
@@ -86,6 +99,7 @@ class DockerLauncher(PoolLauncher):
     #: A container holds the image's files only: the user's modules travel by value.
     shares_files = False
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         image: str,
@@ -105,7 +119,9 @@ class DockerLauncher(PoolLauncher):
         workdir: str | None = None,
         pull: bool = False,
         url: str | None = None,
-        initializer: Callable[[], object] | None = None,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        initializer: Hook | None = None,
         max_tasks_per_worker: int | None = None,
         startup_timeout: float = 120.0,
         executor_id: str | None = None,
@@ -130,6 +146,8 @@ class DockerLauncher(PoolLauncher):
         )
         super().__init__(
             n_workers,
+            setup=setup,
+            teardown=teardown,
             initializer=initializer,
             max_tasks_per_worker=1 if mode == "oneshot" else max_tasks_per_worker,
             eager=mode == "warm",
@@ -266,6 +284,26 @@ class DockerLauncher(PoolLauncher):
                 if docker is not None:
                     await close_engine(docker)
 
+    async def release(self) -> None:
+        """One-shot: close, leaving the container of every task still running (each
+        finishes its task and keeps the outcome in its log, for ``attach``); the
+        others go as :meth:`aclose` removes them. Warm: raises, as for any launcher
+        whose work ends with it.
+
+        Raises:
+            LaunchError: the launcher is warm.
+
+        Cancellation: shielded, as :meth:`aclose`.
+        """
+        if self.mode != "oneshot":
+            await super().release()
+        with anyio.CancelScope(shield=True):
+            for worker in list(self._workers):
+                if isinstance(worker, ContainerWorker) and worker.jobs:
+                    self._containers.kept.add(worker.name)
+                    worker.let_go()
+            await self.aclose()
+
     # -- the seam -------------------------------------------------------------------
 
     async def _dispatch(self, job: PoolJob) -> None:
@@ -308,6 +346,37 @@ class DockerLauncher(PoolLauncher):
             and ref.native_id.startswith("asyncexec-")
         )
 
+    async def states(self, refs: Sequence[JobRef]) -> list[str]:
+        """Where each one-shot task's container is, from one listing of asyncexec's
+        containers: ``"queued"`` (created, not started), ``"running"``, or
+        ``"ended"`` (exited, its outcome in its log; or gone).
+
+        Raises:
+            LaunchError: the engine could not be asked.
+
+        Cancellation: the listing is stopped; it only reads.
+        """
+        if self._docker is None:
+            raise LaunchError("the Docker launcher is not open")
+        try:
+            with anyio.fail_after(CALL_TIMEOUT):
+                found = await self._docker.containers.list(
+                    all=True, filters={"label": [EXECUTOR_LABEL]}
+                )
+        except Exception as exc:
+            raise engine_error("list containers", exc) from exc
+        state_of: dict[str, str] = {}
+        for container in found:
+            for name in container["Names"] or ():
+                state_of[str(name).lstrip("/")] = str(container["State"])
+        words = {"created": "queued", "running": "running", "paused": "running"}
+        return [
+            words.get(state_of.get(ref.native_id, ""), "ended")
+            if self.mode == "oneshot" and self.can_follow(ref)
+            else "unknown"
+            for ref in refs
+        ]
+
     def _local(self, ref: JobRef) -> JobRef | None:
         """The pool's ref of a one-shot task of this launcher still in its hands."""
         if self.mode == "warm" or ref.task_id is None or ref.task_id not in self._jobs:
@@ -328,7 +397,12 @@ class DockerLauncher(PoolLauncher):
             if self._docker is None:
                 raise LaunchError("the Docker launcher is not open")
             assert ref.task_id is not None
-            return await collect(self._docker, ref.native_id, ref.task_id, self._containers.remove)
+            collected = await collect(
+                self._docker, ref.native_id, ref.task_id, self._containers.remove
+            )
+            # Its log files, if it had any, were the driver's that started it: the
+            # whole output its worker may have sent is not kept, only the tails.
+            return tails(collected)
         return await super().wait(ref)
 
     async def cancel(self, ref: JobRef) -> None:

@@ -57,6 +57,8 @@ class Containers:
         #: engine may still make them (watched, and removed if it does).
         self._unsure: dict[str, float] = {}
         self._unsure_done: anyio.Event | None = None  # set when none is watched
+        #: Containers let go running (``executor.detach()``): a later driver's to remove.
+        self.kept: set[str] = set()
 
     async def create(self, name: str, config: dict[str, Any]) -> tuple[DockerContainer, Stream]:
         """Create container ``name`` from ``config``, attach to it, start it.
@@ -203,7 +205,9 @@ class Containers:
             problem = str(exc) or type(exc).__name__
         else:
             for container in found:
-                await self.remove(container, container.id[:12])
+                names = {str(name).lstrip("/") for name in container["Names"] or ()}
+                if not names & self.kept:
+                    await self.remove(container, container.id[:12])
             # Named, never seen (a create whose answer was lost): gone now, or removed now.
             for key, name in list(self._leftovers.items()):
                 if key == name:

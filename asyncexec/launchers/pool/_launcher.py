@@ -16,6 +16,18 @@ A task is handed to a worker only once its handshake is over: a new worker
 killed before that had no task, and the task it was started for waits for the
 next one, still on its first attempt (up to ``STARTS_PER_TASK`` workers).
 
+Each worker runs the pool's ``setup`` hook during its handshake (a hook that
+raises fails the start with :class:`~asyncexec.SetupFailed`) and its
+``teardown`` hook once its input ends while it is idle (:mod:`asyncexec._worker`):
+the pool closes the input of idle workers when it closes, and of a worker
+retiring after ``max_tasks_per_worker`` tasks, and gives them
+:attr:`PoolLauncher.CLOSE_GRACE` seconds to exit.
+
+Where the workers do not see the driver's files (``sees_driver_files``
+False: SSH hosts, containers), a task's ``log_stdout`` / ``log_stderr`` files
+are the driver's: the worker sends all the task wrote back with its outcome
+(``TaskSpec.whole_output``), and :meth:`PoolLauncher.wait` appends it to them.
+
 A task with ``Resources(cpus=...)`` goes to an idle worker only (it starts when
 handed over), with the CPUs to pin it to (``TaskSpec.affinity``), chosen by the
 pool's :class:`~._scheduling.Scheduler`. :meth:`PoolLauncher.stats` tells what
@@ -32,8 +44,9 @@ from collections.abc import Callable
 import anyio
 import msgspec
 
-from ..._codec import dumps, encode_frame, hostname
+from ..._codec import describe_exception, encode_frame, hostname
 from ..._exceptions import LaunchError
+from ..._hooks import Hook, make_hooks
 from ..._messages import (
     Cancel,
     ErrorInfo,
@@ -45,6 +58,7 @@ from ..._messages import (
     TaskSpec,
 )
 from ..._options import check_workers
+from ..._runtime import TAIL_BYTES
 from .._base import BaseLauncher
 from ._arena import FD_PAYLOAD, SHARED_PART_MAX, SharedArena
 from ._channel import read_messages
@@ -63,7 +77,12 @@ class PoolLauncher(BaseLauncher[PoolJob]):
 
     Args:
         n_workers: workers at most.
-        initializer: a callable each worker runs once at start.
+        setup: a callable each worker runs once at start, before its first
+            task; if it raises, the worker is killed and the start fails with
+            :class:`~asyncexec.SetupFailed`.
+        teardown: a callable each worker runs once when the pool lets it go
+            idle (closing, retiring); not when it is killed.
+        initializer: ``setup``'s former name (give one or the other).
         max_tasks_per_worker: replace a worker after this many tasks.
         eager: start every worker when the pool opens (else on first need).
         startup_timeout: seconds a worker may take to say hello.
@@ -92,6 +111,14 @@ class PoolLauncher(BaseLauncher[PoolJob]):
     #: or outside it where ``fd_payloads`` (no copy of them at submit).
     takes_buffers = True
 
+    #: Seconds closing waits for idle workers to exit (running their teardown hook)
+    #: once told no more tasks come, before it kills them.
+    CLOSE_GRACE = 5.0
+
+    #: Whether the workers see the driver's files (local processes): else a task's
+    #: log files are written here, from the whole output the worker sends back.
+    sees_driver_files = False
+
     #: The ``kind`` of the JobRefs this launcher hands out.
     kind = "pool"
     fast_start = True  # try_start hands a task to a worker with room
@@ -102,7 +129,9 @@ class PoolLauncher(BaseLauncher[PoolJob]):
         self,
         n_workers: int,
         *,
-        initializer: Callable[[], object] | None = None,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        initializer: Hook | None = None,
         max_tasks_per_worker: int | None = None,
         eager: bool = True,
         startup_timeout: float = 60.0,
@@ -113,13 +142,13 @@ class PoolLauncher(BaseLauncher[PoolJob]):
             raise ValueError(f"prefetch must be an integer >= 0, got {prefetch!r}")
         if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
             raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks_per_worker!r}")
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, got {initializer!r}")
+        travel_to = None if self.shares_files else type(self).__name__  # (set before this)
+        hooks = make_hooks(setup, teardown, initializer=initializer, travel_to=travel_to)
         if startup_timeout <= 0:
             raise ValueError(f"startup_timeout must be positive, got {startup_timeout!r}")
         super().__init__()
         self._n_workers = n_workers
-        self._initializer = dumps(initializer) if initializer is not None else None
+        self.hooks = hooks
         self._eager = eager
         self._startup_timeout = startup_timeout
         self.prefetch = prefetch
@@ -153,7 +182,7 @@ class PoolLauncher(BaseLauncher[PoolJob]):
 
     def _setup(self) -> Setup:
         """The Setup message every new worker receives."""
-        return Setup(initializer=self._initializer)
+        return Setup(initializer=self.hooks.setup, teardown=self.hooks.teardown)
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool: its workers, what they hold, what it has learnt."""
@@ -174,13 +203,28 @@ class PoolLauncher(BaseLauncher[PoolJob]):
     # -- lifecycle ------------------------------------------------------------------
 
     async def _open(self) -> None:
-        if self._eager:
-            async with anyio.create_task_group() as spawners:
-                for _ in range(self._n_workers):
-                    spawners.start_soon(self._spawn_idle)
+        if not self._eager:
+            return
+        # The first worker that cannot start fails the opening, alone (the others
+        # usually fail the same way at the same time: not an exception group of them).
+        errors: list[Exception] = []
+        async with anyio.create_task_group() as spawners:
+
+            async def spawn() -> None:
+                try:
+                    await self._spawn_idle()
+                except Exception as exc:
+                    errors.append(exc)
+                    spawners.cancel_scope.cancel()  # those starting are killed and reaped
+
+            for _ in range(self._n_workers):
+                spawners.start_soon(spawn)
+        if errors:
+            raise errors[0]
 
     async def aclose(self) -> None:
-        """Ask idle workers to exit, kill the rest after a grace period, reap all.
+        """Ask idle workers to exit (running their teardown hook), kill the rest and
+        those that have not exited after :attr:`CLOSE_GRACE` seconds, reap all.
 
         Cancellation: not shielded here (``__aexit__`` shields it): it may stop
         with workers not yet told to exit, or not yet reaped. The pool takes no
@@ -198,7 +242,7 @@ class PoolLauncher(BaseLauncher[PoolJob]):
                 worker.kill()
             else:
                 await worker.close_input()
-        with anyio.move_on_after(5):
+        with anyio.move_on_after(self.CLOSE_GRACE):
             for worker in workers:
                 await worker.exited.wait()
         for worker in workers:
@@ -215,6 +259,9 @@ class PoolLauncher(BaseLauncher[PoolJob]):
         job = self._new_job(task)
         self._jobs[task.task_id] = job
         try:
+            if job.logs is not None and not await _open_logs(job):
+                # As a worker that sees them would fail it: the task never runs.
+                return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
             await self._dispatch(job)
         except BaseException:
             if job.worker is None:
@@ -224,6 +271,18 @@ class PoolLauncher(BaseLauncher[PoolJob]):
         return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
 
     def _new_job(self, task: TaskSpec) -> PoolJob:
+        logs = None
+        if not self.sees_driver_files and (task.stdout_path or task.stderr_path):
+            # The log files are the driver's: the worker sends the whole output back.
+            logs = (task.stdout_path, task.stderr_path)
+            task = msgspec.structs.replace(
+                task, stdout_path=None, stderr_path=None, capture_output=True, whole_output=True
+            )
+        job = self._job_for(task)
+        job.logs = logs
+        return job
+
+    def _job_for(self, task: TaskSpec) -> PoolJob:
         exclusive = task.time_limit is not None or task.cpus is not None
         if task.gpus is not None and "gpus" not in self.honours_resources:
             raise LaunchError(f"{type(self).__name__} cannot give a task GPUs")
@@ -269,6 +328,8 @@ class PoolLauncher(BaseLauncher[PoolJob]):
     def try_start(self, task: TaskSpec, on_outcome: Callable[[Outcome], None]) -> JobRef | None:
         if self._closed or not self.fast_start:
             return None
+        if not self.sees_driver_files and (task.stdout_path or task.stderr_path):
+            return None  # start() and wait() write its log files here
         exclusive = task.time_limit is not None or task.cpus is not None
         worker, spawn = self._scheduler.pick(exclusive)
         if worker is None or spawn:
@@ -309,6 +370,20 @@ class PoolLauncher(BaseLauncher[PoolJob]):
             worker.has_shared = True  # once per worker, before the first task that needs it
             worker.post(encode_frame(SharedMemory(size=arena.size)), now=now, fd=arena.fd)
         worker.post(job.frame, now=now, fd=job.fd)  # type: ignore[arg-type]
+
+    async def wait(self, ref: JobRef) -> Outcome:
+        """The task's outcome; its log files (``log_stdout`` / ``log_stderr``), where
+        the workers do not see them, get the whole output first.
+
+        Cancellation: stops the waiting only (once the outcome is in, the files
+        are written all the same, shielded).
+        """
+        job = self._jobs.get(ref.native_id)
+        outcome = await super().wait(ref)
+        if job is not None and job.logs is not None:
+            with anyio.CancelScope(shield=True):
+                outcome = await _write_logs(job.logs, outcome)
+        return outcome
 
     async def cancel(self, ref: JobRef) -> None:
         """Drop the task if it is queued at its worker, else kill that worker.
@@ -382,10 +457,7 @@ class PoolLauncher(BaseLauncher[PoolJob]):
                 lambda: self._connect(task_id), self._setup, self._where(), self._startup_timeout
             )
             if self._closed or self._tg is None:
-                with anyio.CancelScope(shield=True):
-                    worker.kill()
-                    await worker.wait_exit()
-                    await worker.aclose()
+                await self._dismiss(worker)
                 raise LaunchError(f"the {self.kind} pool is closed")
             self._workers[worker] = None
             self._tg.start_soon(self._read_loop, worker)
@@ -399,6 +471,25 @@ class PoolLauncher(BaseLauncher[PoolJob]):
             if not self._scheduler.spawning and self._spawns_done is not None:
                 self._spawns_done.set()
         return worker
+
+    async def _dismiss(self, worker: PoolWorker) -> None:
+        """Let go of a worker that started as the pool closed: told no task comes (it
+        runs its teardown hook and exits), killed if it has not exited after
+        :attr:`CLOSE_GRACE` seconds (at once, with no teardown hook); reaped.
+
+        Cancellation: shielded: the worker is gone when it returns.
+        """
+        with anyio.CancelScope(shield=True):
+            exited = False
+            if self.hooks.teardown is not None:
+                await worker.close_input()
+                with anyio.move_on_after(self.CLOSE_GRACE):
+                    await worker.wait_exit()
+                    exited = True
+            if not exited:
+                worker.kill()
+                await worker.wait_exit()
+            await worker.aclose()
 
     async def _read_loop(self, worker: PoolWorker) -> None:
         try:
@@ -519,3 +610,41 @@ class PoolLauncher(BaseLauncher[PoolJob]):
                     " ".join(str(exc).split()) or type(exc).__name__,
                 )
                 log.debug("could not replace a worker of %s", self._where(), exc_info=True)
+
+
+async def _open_logs(job: PoolJob) -> bool:
+    """Create the job's log files here, as a worker that sees them does when the task
+    starts: False if one cannot be opened (the job is then settled with that error)."""
+    assert job.logs is not None
+    for path in job.logs:
+        if path is None:
+            continue
+        try:
+            async with await anyio.open_file(path, "ab"):
+                pass
+        except OSError as exc:
+            job.settle(Outcome(task_id=job.task_id, status="raised", error=describe_exception(exc)))
+            return False
+    return True
+
+
+async def _write_logs(logs: tuple[str | None, str | None], outcome: Outcome) -> Outcome:
+    """Append the task's whole output to its log files; the outcome, with the tails."""
+    for path, text in zip(logs, (outcome.stdout, outcome.stderr), strict=True):
+        if path is None or not text:
+            continue
+        try:
+            async with await anyio.open_file(path, "ab") as file:
+                await file.write(text.encode())
+        except OSError as exc:
+            log.warning("cannot write the log of task %s to %s: %s", outcome.task_id, path, exc)
+    return tails(outcome)
+
+
+def tails(outcome: Outcome) -> Outcome:
+    """The outcome with the tails of its output only (a worker may have sent it all)."""
+    if len(outcome.stdout) > TAIL_BYTES or len(outcome.stderr) > TAIL_BYTES:
+        outcome = msgspec.structs.replace(
+            outcome, stdout=outcome.stdout[-TAIL_BYTES:], stderr=outcome.stderr[-TAIL_BYTES:]
+        )
+    return outcome

@@ -2,7 +2,7 @@
 
 A worker says :class:`~asyncexec._messages.Hello` (its versions, pid and the
 CPUs it may use), is sent the pool's :class:`~asyncexec._messages.Setup`, and
-answers :class:`~asyncexec._messages.Ready` (or what its initializer raised).
+answers :class:`~asyncexec._messages.Ready` (or what its ``setup`` hook raised).
 A worker killed before that was sent no task: :class:`DiedStarting` says so,
 and the pool starts another for the task that waited for it.
 """
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from ..._codec import encode_frame, versions
-from ..._exceptions import LaunchError
+from ..._exceptions import LaunchError, SetupFailed
 from ..._messages import Hello, Ready, Setup
 from ..._worker import version_mismatch
 from ._workers import PoolWorker
@@ -37,6 +37,7 @@ async def start_worker(
 
     Raises:
         DiedStarting: it was killed before its handshake ended (another may start).
+        SetupFailed: its ``setup`` hook raised (the worker is killed and reaped).
         LaunchError: it cannot be started, exited by itself, took too long, or
             did not speak asyncexec's protocol.
 
@@ -89,7 +90,8 @@ async def handshake(worker: PoolWorker, setup: Callable[[], Setup], where: str) 
     and read its :class:`Ready`.
 
     Raises:
-        LaunchError: it cannot run our tasks, or its initializer raised.
+        SetupFailed: its ``setup`` hook raised (or a hook could not be unpickled).
+        LaunchError: it cannot run our tasks.
         anyio.EndOfStream: it is gone.
 
     Cancellation: leaves the channel in the middle of the handshake: the
@@ -107,8 +109,9 @@ async def handshake(worker: PoolWorker, setup: Callable[[], Setup], where: str) 
     ready = await worker.reader.read()
     if not isinstance(ready, Ready):
         raise LaunchError(f"the worker answered Setup with {type(ready).__name__}")
-    if ready.error is not None:
-        raise LaunchError(
-            f"the worker initializer raised {ready.error.type_name}: {ready.error.message}\n"
-            f"{ready.error.traceback}"
+    error = ready.error
+    if error is not None:
+        raise SetupFailed(
+            f"a worker ({where}) could not be set up: {error.message}",
+            remote_traceback=error.traceback,
         )

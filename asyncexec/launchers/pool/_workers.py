@@ -39,6 +39,7 @@ class PoolJob(Job):
         "exclusive",
         "fd",
         "frame",
+        "logs",
         "outside",
         "region",
         "request",
@@ -62,6 +63,8 @@ class PoolJob(Job):
         self.request: tuple[float | None, int | None] | None = None
         self.worker: PoolWorker | None = None
         self.changed: anyio.Event | None = None  # set when it ends or may have started
+        #: Its log_stdout and log_stderr, written here (a worker that cannot see them).
+        self.logs: tuple[str | None, str | None] | None = None
 
     def settle(self, outcome: Outcome) -> None:
         self.release()

@@ -84,6 +84,8 @@ class SlurmConfig:
             for classes and other objects defined in a script, or for functions
             defined there when the driver's cloudpickle is not 3.x.
         setup: shell lines run before the worker (after modules and envs).
+            (The executor's ``setup=`` hook is a Python callable, run by the
+            worker after these.)
         extra_sbatch: more ``sbatch`` options, each one word (``"--exclusive"``,
             ``"--constraint=haswell"``).
         job_name: ``--job-name``.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ... import BaseExecutor
+from ..._arguments import remembers_arguments
+from ..._hooks import Hook, make_hooks
 from ..._options import TaskOptions
 from ...abc import Launcher, Shell
 from ...shells import LocalShell
@@ -25,6 +27,10 @@ class SlurmLauncher(BatchLauncher):
             subdirectory, removed once all its outcomes are read.
         batch_window: seconds ``start`` calls are gathered into one array.
         keep_staging: keep the subdirectories of finished arrays.
+        setup: a callable each array task runs before the first task of its
+            chunk (see :class:`SlurmExecutor`).
+        teardown: a callable each array task runs after the last task of its
+            chunk.
 
     Every SlurmLauncher of this process on the same cluster (same host, user
     and port, same Slurm cluster) shares one poller (:attr:`poller`) and one
@@ -43,6 +49,8 @@ class SlurmLauncher(BatchLauncher):
         staging_dir: str | None = None,
         batch_window: float = 0.05,
         keep_staging: bool = False,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
     ) -> None:
         if not isinstance(shell, Shell):
             raise TypeError(f"shell must be a Shell (LocalShell, SSHShell), got {shell!r}")
@@ -63,6 +71,9 @@ class SlurmLauncher(BatchLauncher):
         self.config = config
         #: A cluster reached over SSH does not see this machine's files (unless its shell says so).
         self.shares_files = shell.shares_files
+        self.hooks = make_hooks(
+            setup, teardown, travel_to=None if self.shares_files else type(self).__name__
+        )
 
     def __repr__(self) -> str:
         return f"SlurmLauncher({self.shell!r}, staging_dir={self.staging_dir!r})"
@@ -81,6 +92,26 @@ class SlurmExecutor(BaseExecutor):
             file system (default ``$HOME/.asyncexec/slurm``).
         batch_window: seconds submissions are gathered into one array.
         keep_staging: keep the staging subdirectories of finished arrays.
+        setup: a callable of no argument that each array task runs once, in the
+            runner's process, before the first task of its chunk that runs
+            (after ``SlurmConfig``'s shell lines, ``config.setup``): what it
+            sets up (a module's state, a connection, a file) is there for the
+            chunk's tasks. If it raises, no task of the chunk runs: each fails
+            with a :class:`~asyncexec.TaskLaunchError` that is also a
+            :class:`~asyncexec.SetupFailed`, naming its exception; the array
+            task then ends, and nothing is left in the queue.
+        teardown: a callable of no argument that each array task runs once
+            after the last task of its chunk, in the same process, before that
+            task's outcome is written (so once every future has its outcome,
+            every teardown has run). It does not run when setup raised, nor in
+            an array task that is killed (``scancel``: cancelling the one live
+            task of an array task, closing the executor with tasks running; a
+            node failure), nor in a runner killed at a stuck task's time limit
+            (the runner that goes on with the chunk runs setup again). What it
+            raises is printed on the array task's stderr.
+            With time limits on every task, the array task's ``--time`` covers
+            the tasks' limits and 30 s: a longer setup or teardown needs
+            ``config.time``.
         options: default :class:`TaskOptions` for every task.
         max_pending: queued tasks at most before ``submit`` waits.
 
@@ -102,8 +133,15 @@ class SlurmExecutor(BaseExecutor):
       (``RLIMIT_AS``); the job's ``--mem`` is ``config.memory``.
 
     Tasks that ask for different ``cpus`` or ``gpus`` go in different arrays.
+
+    ``log_stdout`` / ``log_stderr`` (``TaskOptions``) name files on the
+    driver's side: the runner writes the task's whole output beside its
+    outcome on the cluster, and the poller appends it all to those files when
+    it collects the outcome (a file that cannot be written is a warning: the
+    task has run).
     """
 
+    @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(
         self,
         shell: Shell | None = None,
@@ -113,6 +151,8 @@ class SlurmExecutor(BaseExecutor):
         staging_dir: str | None = None,
         batch_window: float = 0.05,
         keep_staging: bool = False,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
         options: TaskOptions | None = None,
         max_pending: int | None = None,
     ) -> None:
@@ -127,6 +167,8 @@ class SlurmExecutor(BaseExecutor):
             staging_dir=staging_dir,
             batch_window=batch_window,
             keep_staging=keep_staging,
+            setup=setup,
+            teardown=teardown,
         )
 
     def _create_launcher(self) -> Launcher:

@@ -1,0 +1,211 @@
+"""``asyncexec run --detach``, then ``status``, ``attach`` and ``cancel`` from fresh
+processes (no runner alive in between), on Slurm over SSH, Docker and Azure (the
+loopback ARM): every value comes back with nothing executed twice, and ``cancel`` leaves
+no job, container or container group."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from asyncexec.config import ENVIRONMENT, FILE_VARIABLE, PROFILE_VARIABLE
+
+from .cluster import Cluster, squeue
+from .fakeazure import FakeAzure
+from .services import Azurite, check_docker_image
+from .test_cli_backends import profiles
+from .test_docker import IMAGE
+
+pytestmark = [pytest.mark.infra]
+
+EXPERIMENT = """
+import os, time
+
+from asyncexec.experiment import Experiment
+
+# Read where the driver loads this file: the function takes them along (by value).
+COUNTS = os.environ["AE_TEST_COUNTS"]
+SECONDS = float(os.environ["AE_TEST_SECONDS"])
+
+
+def counted(x: int) -> int:
+    time.sleep(SECONDS)
+    with open(os.path.join(COUNTS, f"ran-{x}"), "a") as f:
+        f.write("ran\\n")
+    return x * x
+
+
+experiment = Experiment(counted, {"x": [0, 1, 2, 3]})
+"""
+
+
+def asyncexec(project: Path, *args: str, counts: str, seconds: float) -> tuple[int, str]:
+    """``python -m asyncexec ARGS`` in ``project``, a process of its own: status, output."""
+    ours = {*ENVIRONMENT, PROFILE_VARIABLE, FILE_VARIABLE}
+    env = {key: value for key, value in os.environ.items() if key not in ours}
+    env.update(AE_TEST_COUNTS=counts, AE_TEST_SECONDS=str(seconds))
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncexec", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def executions(counts: str) -> list[int]:
+    return [
+        len(Path(counts, f"ran-{x}").read_text().splitlines())
+        if Path(counts, f"ran-{x}").exists()
+        else 0
+        for x in range(4)
+    ]
+
+
+def detach_then_attach(project: Path, profile: str, counts: str) -> None:
+    """Detach, ask the status from a fresh process, attach: every value, each run once."""
+    run = ["run", "exp.py:experiment", "--profile", profile, "--dir", "a", "--no-progress"]
+    code, output = asyncexec(project, *run, "--detach", counts=counts, seconds=2.0)
+    assert code == 0, output
+    assert "left running" in output and "asyncexec attach a" in output, output
+    code, output = asyncexec(project, "status", "a", counts=counts, seconds=2.0)
+    assert code == 0, output
+    assert "on the backend, of the" in output, output
+    code, output = asyncexec(project, "attach", "a", "--no-progress", counts=counts, seconds=2.0)
+    assert code == 0, output
+    assert "4 done, 0 failed of 4 runs (0 run now" not in output, output  # followed them
+    assert "4 done, 0 failed of 4 runs" in output, output
+    assert executions(counts) == [1, 1, 1, 1]
+
+
+def detach_then_cancel(project: Path, profile: str, counts: str) -> None:
+    """Detach long runs, then ``cancel`` with no runner alive: confirmed gone."""
+    run = ["run", "exp.py:experiment", "--profile", profile, "--dir", "b", "--no-progress"]
+    code, output = asyncexec(project, *run, "--detach", counts=counts, seconds=120.0)
+    assert code == 0, output
+    code, output = asyncexec(project, "cancel", "b", counts=counts, seconds=120.0)
+    assert code == 0, output
+    assert "the backend confirms that none of it is left" in output, output
+    code, output = asyncexec(project, "status", "b", counts=counts, seconds=120.0)
+    assert "0 running" in output, output
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "exp.py").write_text(EXPERIMENT)
+    return tmp_path
+
+
+@pytest.fixture
+def counts() -> Iterator[str]:
+    """Where the runs count themselves: the same path for the driver and the work (which
+    runs as another user: the cluster's, the containers')."""
+    with tempfile.TemporaryDirectory(prefix="asyncexec-counts-") as path:
+        os.chmod(path, 0o777)
+        yield path
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_slurm(project: Path, cluster: Cluster, counts: str) -> None:
+    name = f"ae-detach-{uuid.uuid4().hex[:8]}"
+    profiles(
+        project,
+        f"""
+        [profile.cluster]
+        backend = "slurm"
+        job_name = "{name}"
+        python = "{cluster.python}"
+        poll_interval = 0.2
+        max_poll_interval = 1.0
+
+        [profile.cluster.host]
+        host = "{cluster.host}"
+        port = {cluster.port}
+        username = "{cluster.user}"
+        client_keys = ["{cluster.client_key}"]
+        known_hosts = "{cluster.known_hosts}"
+        """,
+    )
+    detach_then_attach(project, "cluster", counts)
+    detach_then_cancel(project, "cluster", counts)
+    assert not [line for line in squeue(cluster.user) if name in line]
+
+
+@pytest.mark.docker
+def test_docker(project: Path, counts: str) -> None:
+    image = check_docker_image(IMAGE)
+    label = f"ae-detach-{uuid.uuid4().hex[:8]}"
+    profiles(
+        project,
+        f"""
+        [profile.containers]
+        backend = "docker"
+        image = "{image}"
+        n_workers = 4
+        volumes = ["{counts}:{counts}"]
+        labels = {{ "ae-test" = "{label}" }}
+        """,
+    )
+    detach_then_attach(project, "containers", counts)
+    detach_then_cancel(project, "containers", counts)
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=ae-test={label}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert not left
+
+
+@pytest.mark.azure
+@pytest.mark.docker
+def test_azure(
+    project: Path, counts: str, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = check_docker_image(IMAGE)
+    with FakeAzure(shares={"counts": counts}) as fake:
+        monkeypatch.setenv("AE_TEST_AZURE_SECRET", fake.client_secret)
+        monkeypatch.setenv("AE_TEST_AZURE_KEY", azurite.key)
+        profiles(
+            project,
+            f"""
+            [profile.aci]
+            backend = "azure"
+            subscription_id = "{fake.subscription_id}"
+            resource_group = "{fake.resource_group}"
+            location = "{fake.location}"
+            storage_account = "{azurite.account}"
+            storage_endpoint = "{azurite.endpoint}"
+            storage_container = "t{uuid.uuid4().hex[:20]}"
+            arm_endpoint = "{fake.url}"
+            image = "{image}"
+            python = "{os.path.realpath(sys.executable)}"
+            chunk_size = 1
+            poll_interval = 0.2
+            max_poll_interval = 1.0
+            check_interval = [2.0, 5.0]
+            file_shares = {{ counts = "{counts}" }}
+            storage_key = {{ env = "AE_TEST_AZURE_KEY" }}
+
+            [profile.aci.credential]
+            type = "client_secret"
+            tenant_id = "{fake.tenant_id}"
+            client_id = "{fake.client_id}"
+            client_secret = {{ env = "AE_TEST_AZURE_SECRET" }}
+            authority = "{fake.authority}"
+            """,
+        )
+        detach_then_attach(project, "aci", counts)
+        detach_then_cancel(project, "aci", counts)
+        assert not fake.groups, sorted(fake.groups)
+        assert not fake.docker_leftovers(), fake.docker_leftovers()
