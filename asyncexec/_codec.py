@@ -3,7 +3,9 @@
 A frame is a 4-byte little-endian length followed by one msgpack-encoded
 message. Pickling failures become :class:`SerializationError` naming the type
 of the object that could not be pickled. Which callables are pickled again and
-which are remembered is :mod:`asyncexec._pickle_cache`'s business.
+which are remembered is :mod:`asyncexec._pickle_cache`'s business; how the
+user's own modules travel to a place without this machine's files
+(``travel_to``) is :mod:`asyncexec._travel`'s.
 """
 
 from __future__ import annotations
@@ -91,8 +93,15 @@ def _read_cloudpickle_version() -> str:
     return ""
 
 
-def dumps(obj: object) -> bytes:
-    """Pickle ``obj`` with cloudpickle (protocol 5), or raise SerializationError."""
+def dumps(obj: object, *, travel_to: str | None = None) -> bytes:
+    """Pickle ``obj`` with cloudpickle (protocol 5), or raise SerializationError.
+
+    ``travel_to``: as for :func:`dumps_call`.
+    """
+    if travel_to is not None:
+        from . import _travel
+
+        return _travel.dumps(obj, travel_to)
     import cloudpickle
 
     try:
@@ -104,7 +113,12 @@ def dumps(obj: object) -> bytes:
 
 
 def dumps_call(
-    fn: object, args: Sequence[Any], kwargs: Mapping[str, Any], *, out_of_band: bool = False
+    fn: object,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    out_of_band: bool = False,
+    travel_to: str | None = None,
 ) -> tuple[bytes, bytes, tuple[bytes, ...]]:
     """Pickle a callable and its arguments, naming the first argument that fails.
 
@@ -123,8 +137,16 @@ def dumps_call(
     A function cloudpickle pickles by value (one of ``__main__``, a lambda, a
     closure) is pickled again only when what its pickle is made of changed: see
     :mod:`asyncexec._pickle_cache`.
+
+    ``travel_to`` names a launcher whose tasks run without this machine's files
+    (``capabilities.shares_files`` false): the user's own modules then travel by
+    value, and a module of theirs that cannot travel raises SerializationError
+    naming it (see :mod:`asyncexec._travel`). None (a place that shares the
+    files): the usual pickles.
     """
     fn_bytes = pickle_function(fn)
+    if travel_to is not None:
+        return _travelling_call(fn, fn_bytes, args, kwargs, out_of_band, travel_to)
     if not kwargs:
         if not args:
             return fn_bytes, _NO_ARGUMENTS, ()
@@ -151,6 +173,41 @@ def dumps_call(
             for key, value in kwargs.items():
                 _check_picklable(value, f"keyword argument {key!r}")
             raise SerializationError(f"cannot pickle the arguments: {exc}") from exc
+    return fn_bytes, args_bytes, tuple(buffers) if buffers else ()
+
+
+def _travelling_call(
+    fn: object,
+    fn_bytes: bytes,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    out_of_band: bool,
+    where: str,
+) -> tuple[bytes, bytes, tuple[bytes, ...]]:
+    """:func:`dumps_call` for a place without this machine's files."""
+    from . import _travel
+
+    fn_bytes = _travel.pickle_function(fn, fn_bytes, where)
+    if not kwargs:
+        if not args:
+            return fn_bytes, _NO_ARGUMENTS, ()
+        if _all_atoms(args):  # no module named in such a pickle
+            return fn_bytes, _pickle.dumps((tuple(args), {}), protocol=5), ()
+    buffers: list[bytes] = []
+    collect = None
+    call: tuple[tuple[Any, ...], dict[str, Any]] = (tuple(args), dict(kwargs))
+    if out_of_band and _large(args, kwargs):
+        call = (tuple(map(_by_buffer, args)), {key: _by_buffer(v) for key, v in kwargs.items()})
+        collect = _collect(buffers)
+    try:
+        args_bytes = _travel.dumps(call, where, what="the arguments", buffer_callback=collect)
+    except SerializationError as exc:
+        if isinstance(exc.__cause__, Exception):  # not picklable at all: name which one
+            for position, value in enumerate(args):
+                _check_picklable(value, f"argument {position}")
+            for key, value in kwargs.items():
+                _check_picklable(value, f"keyword argument {key!r}")
+        raise
     return fn_bytes, args_bytes, tuple(buffers) if buffers else ()
 
 

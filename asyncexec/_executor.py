@@ -60,7 +60,9 @@ class _TaskMethods:
         Raises:
             TypeError: ``fn`` is not callable.
             SerializationError: ``fn`` or an argument cannot be pickled (the
-                message names its type).
+                message names its type); or, where the tasks run without this
+                machine's files, they need a module of yours that cannot travel
+                with them (the message names it: see :mod:`asyncexec._travel`).
             LaunchError: the backend cannot honour the task's ``resources``
                 (see :class:`~asyncexec.Resources`).
             ExecutorClosed: the executor is closed.
@@ -198,6 +200,9 @@ class BaseExecutor(_TaskMethods):
         self._state = "new"  # new -> open -> closing -> closed
         self._dispatch = Dispatcher(self, max_pending)
         self._takes_buffers = False  # the launcher moves out-of-band buffers (set on entry)
+        # The launcher's name where tasks run without this machine's files (set on
+        # entry): the user's own modules travel by value (asyncexec._travel).
+        self._travel_to: str | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._resources_checked: TaskOptions | None = None  # the launcher honours its resources
         self._executor = self
@@ -228,6 +233,8 @@ class BaseExecutor(_TaskMethods):
             launcher = self._given_launcher or self._create_launcher()
             self._launcher = await stack.enter_async_context(launcher)
             self._takes_buffers = launcher.capabilities.takes_buffers
+            if not launcher.capabilities.shares_files:
+                self._travel_to = type(launcher).__name__
             tg = await stack.enter_async_context(anyio.create_task_group())
             self._dispatch.open(launcher, self.n_workers, tg, running_loop())
             self._stack = stack.pop_all()
@@ -450,13 +457,19 @@ class BaseExecutor(_TaskMethods):
         kwargs: dict[str, Any],
         options: TaskOptions,
     ) -> Call:
-        """Check and pickle a call (before waiting for room: a bad one fails at once)."""
+        """Check and pickle a call (before waiting for room: a bad one fails at once).
+
+        Where the launcher does not share this machine's files, the user's own
+        modules travel by value, and one that cannot raises SerializationError here.
+        """
         if self._state != "open":
             self._check_open()
         if options is not self._resources_checked:  # once per options object, not per task
             self._check_resources(options)
         _check_function(fn)
-        return dumps_call(fn, args, kwargs, out_of_band=self._takes_buffers)
+        return dumps_call(
+            fn, args, kwargs, out_of_band=self._takes_buffers, travel_to=self._travel_to
+        )
 
     def _check_resources(self, options: TaskOptions) -> None:
         """Refuse resources the launcher cannot honour, rather than drop them."""

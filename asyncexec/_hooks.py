@@ -28,14 +28,23 @@ class Hooks(NamedTuple):
 
 
 def make_hooks(
-    setup: Hook | None, teardown: Hook | None, *, initializer: Hook | None = None
+    setup: Hook | None,
+    teardown: Hook | None,
+    *,
+    initializer: Hook | None = None,
+    travel_to: str | None = None,
 ) -> Hooks:
     """Check and pickle an executor's hooks (``initializer``: ``setup``'s former name).
+
+    ``travel_to``: the launcher's name where it does not share this machine's
+    files: the user's own modules travel with the hooks by value (see
+    :mod:`asyncexec._travel`).
 
     Raises:
         TypeError: a hook is not callable, or both ``initializer`` and ``setup``
             are given.
-        SerializationError: a hook cannot be pickled.
+        SerializationError: a hook cannot be pickled (or, with ``travel_to``, it
+            needs a module of the user's that cannot travel).
     """
     if initializer is not None:
         if setup is not None:
@@ -47,6 +56,6 @@ def make_hooks(
         if hook is not None and not callable(hook):
             raise TypeError(f"{what} must be callable, got {hook!r}")
     return Hooks(
-        dumps(setup) if setup is not None else None,
-        dumps(teardown) if teardown is not None else None,
+        dumps(setup, travel_to=travel_to) if setup is not None else None,
+        dumps(teardown, travel_to=travel_to) if teardown is not None else None,
     )

@@ -145,17 +145,25 @@ def _remembered_by_value(fn: object) -> bytes | None:
     return entry[2] if still_made_of(entry[0], entry[1]) else None
 
 
-def still_made_of(fn: types.FunctionType, old: list[object]) -> bool:
-    """Whether ``fn`` is made of the very objects :func:`_made_from` found before."""
-    made = _made_from(fn)
+def still_made_of(
+    fn: types.FunctionType, old: list[object], *, own: Callable[[str], bool] | None = None
+) -> bool:
+    """Whether ``fn`` is made of the very objects :func:`_made_from` found before
+    (with the same ``own``)."""
+    made = _made_from(fn, own)
     # (Identity: 1 == True == 1.0, but they pickle apart.)
     return made is not None and len(made) == len(old) and all(map(operator.is_, made, old))
 
 
-def made_from(fn: object) -> list[object] | None:
+def made_from(fn: object, *, own: Callable[[str], bool] | None = None) -> list[object] | None:
     """What a function is made of (see :func:`_made_from`), or None where that cannot
-    be told or it is no plain function."""
-    return _made_from(fn) if type(fn) is types.FunctionType else None
+    be told or it is no plain function.
+
+    ``own`` says which modules are sent by value although importable (the user's
+    own, for a place without this machine's files: see :mod:`asyncexec._travel`):
+    their functions are followed, and a class or module of theirs makes it None.
+    """
+    return _made_from(fn, own) if type(fn) is types.FunctionType else None
 
 
 def _pickle_by_value(fn: object) -> bytes:
@@ -177,7 +185,9 @@ def _pickle_by_value(fn: object) -> bytes:
     return data
 
 
-def _made_from(fn: types.FunctionType) -> list[object] | None:
+def _made_from(
+    fn: types.FunctionType, own: Callable[[str], bool] | None = None
+) -> list[object] | None:
     """What cloudpickle's pickle of ``fn`` by value is made of: the same objects (by
     identity), the same pickle.
 
@@ -188,10 +198,15 @@ def _made_from(fn: types.FunctionType) -> list[object] | None:
     pickled by value).
     """
     made: list[object] = []
-    return made if _add_function(fn, made, set()) else None
+    return made if _add_function(fn, made, set(), own) else None
 
 
-def _add_function(fn: types.FunctionType, made: list[object], seen: set[int]) -> bool:
+def _add_function(
+    fn: types.FunctionType,
+    made: list[object],
+    seen: set[int],
+    own: Callable[[str], bool] | None,
+) -> bool:
     made.append(fn)
     if id(fn) in seen:
         return True  # recursion: already added
@@ -199,14 +214,14 @@ def _add_function(fn: types.FunctionType, made: list[object], seen: set[int]) ->
     code = fn.__code__
     made += (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
     defaults = fn.__defaults__
-    if defaults is not None and not _add_value(defaults, made, seen):
+    if defaults is not None and not _add_value(defaults, made, seen, own):
         return False
     for mapping in (fn.__kwdefaults__, fn.__annotations__, fn.__dict__):
         made.append(mapping)
         if mapping:
             for key, value in mapping.items():
                 made.append(key)
-                if not _add_value(value, made, seen):
+                if not _add_value(value, made, seen, own):
                     return False
     closure = fn.__closure__
     if closure is not None:
@@ -215,7 +230,7 @@ def _add_function(fn: types.FunctionType, made: list[object], seen: set[int]) ->
                 value = cell.cell_contents
             except ValueError:  # not bound yet
                 value = _UNBOUND
-            if not _add_value(value, made, seen):
+            if not _add_value(value, made, seen, own):
                 return False
     names = _code_names.get(code)
     if names is None:
@@ -224,18 +239,20 @@ def _add_function(fn: types.FunctionType, made: list[object], seen: set[int]) ->
         names = _code_names[code] = _global_names(code)
     namespace = fn.__globals__
     for name in _BASE_GLOBALS:
-        if name in namespace and not _add_value(namespace[name], made, seen):
+        if name in namespace and not _add_value(namespace[name], made, seen, own):
             return False
     for name in names:
         value = namespace.get(name, _UNBOUND)
         if type(value) in ATOMS or value is _UNBOUND:
             made.append(value)
-        elif not _add_value(value, made, seen):
+        elif not _add_value(value, made, seen, own):
             return False
     return True
 
 
-def _add_value(value: object, made: list[object], seen: set[int]) -> bool:
+def _add_value(
+    value: object, made: list[object], seen: set[int], own: Callable[[str], bool] | None
+) -> bool:
     """Add what ``value``'s pickle is made of, or say it cannot be told (False)."""
     global _imported
     kind = type(value)
@@ -246,12 +263,16 @@ def _add_value(value: object, made: list[object], seen: set[int]) -> bool:
         for item in value:  # type: ignore[attr-defined]
             if type(item) in ATOMS:
                 made.append(item)
-            elif not _add_value(item, made, seen):
+            elif not _add_value(item, made, seen, own):
                 return False
         return True
     if kind is types.ModuleType:
         name = value.__name__  # type: ignore[attr-defined]
-        if sys.modules.get(name) is not value or _registered_by_value(name):
+        if (
+            sys.modules.get(name) is not value
+            or _registered_by_value(name)
+            or (own is not None and own(name))
+        ):
             return False  # pickled by value, its dict with it
         count = len(sys.modules)
         if _imported[0] != count:
@@ -262,13 +283,13 @@ def _add_value(value: object, made: list[object], seen: set[int]) -> bool:
         owner = getattr(value, "__self__", None)
         if owner is not None and type(owner) is not types.ModuleType:
             return False  # a bound method (dict.get, random.random): its object goes too
-        return _pickled_by_name(value)
+        return _pickled_by_name(value, own)
     if kind is types.FunctionType:
-        if _pickled_by_name(value):
+        if _pickled_by_name(value, own):
             return True
-        return _add_function(value, made, seen)  # type: ignore[arg-type]
+        return _add_function(value, made, seen, own)  # type: ignore[arg-type]
     if isinstance(value, type):
-        return _pickled_by_name(value)
+        return _pickled_by_name(value, own)
     return False
 
 
@@ -281,9 +302,10 @@ def _registered_by_value(module: str) -> bool:
     return any(module == name or module.startswith(name + ".") for name in registered)
 
 
-def _pickled_by_name(obj: object) -> bool:
+def _pickled_by_name(obj: object, own: Callable[[str], bool] | None = None) -> bool:
     """Whether cloudpickle pickles a function or class by reference (its name): the
-    standard library pickles it as the object its module holds under its name."""
+    standard library pickles it as the object its module holds under its name (and,
+    with ``own``, its module is not one of those sent by value)."""
     known = _by_name.get(id(obj))
     if known is None or known[0] is not obj:
         if len(_by_name) >= _BY_REFERENCE_MAX:
@@ -291,6 +313,8 @@ def _pickled_by_name(obj: object) -> bool:
         known = _by_name[id(obj)] = (obj, fast_dumps(obj))
     data = known[1]
     if data is None or _names_by_value(data):
+        return False
+    if own is not None and own(getattr(obj, "__module__", None) or ""):
         return False
     return named(obj)
 

@@ -44,6 +44,7 @@ class Capabilities:
     fast_start: bool = False
     takes_buffers: bool = False
     honours_resources: frozenset[str] = frozenset()
+    shares_files: bool = True
 
     @classmethod
     def from_attributes(cls, launcher: Launcher | type[Launcher]) -> Capabilities:
@@ -78,6 +79,13 @@ class Launcher(abc.ABC):
     * ``takes_buffers``: the launcher moves ``TaskSpec.buffers``, the
       out-of-band buffers of the arguments' pickle: the executor then leaves
       large ``bytes`` arguments out of the pickle (no copy at submit).
+    * ``shares_files``: tasks run where this machine's files are, at the same
+      paths (this machine, or a shared file system), so the user's own modules
+      (files of their project, not installed packages) can be imported there by
+      name. Where it is false (containers, Azure, SSH hosts and clusters reached
+      over SSH unless their shell says otherwise), the executor sends those
+      modules' functions and classes by value with each task, and refuses at
+      ``submit`` what cannot travel (see :mod:`asyncexec._travel`).
 
     ``prefetch`` is how many tasks per worker the launcher takes beyond those
     running (waiting in the worker's queue): an executor with ``n_workers``
@@ -98,6 +106,7 @@ class Launcher(abc.ABC):
     reattachable: bool = False
     fast_start: bool = False
     takes_buffers: bool = False
+    shares_files: bool = True
     #: What the JobRefs this launcher hands out say in ``kind``.
     kind: str = "local"
     prefetch: int = 0
@@ -357,6 +366,16 @@ class Shell(abc.ABC):
         on this. The default: the shell's type and :attr:`host`.
         """
         return (type(self).__name__, self.host)
+
+    @property
+    def shares_files(self) -> bool:
+        """Whether the commands run where this machine's files are, at the same paths.
+
+        Launchers that run tasks through the shell say so in their own
+        ``shares_files`` (see :class:`Launcher`). The default: a shell on this
+        machine does (:attr:`host` is None), a shell to another host does not.
+        """
+        return self.host is None
 
     @property
     def channel_capacity(self) -> int | None:

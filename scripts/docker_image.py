@@ -90,8 +90,26 @@ def base_path(name: str) -> str:
 
 
 def site_packages() -> str:
-    """Where the base interpreter (not a venv) looks for third-party packages."""
-    return base_path("purelib")
+    """Where the base interpreter (not a venv) looks for third-party packages.
+
+    Asked of the base interpreter itself: a venv's sysconfig answers with the venv
+    scheme (``lib/pythonX.Y/site-packages`` under the base prefix), which Debian's
+    Python does not search (its site reads ``/usr/local/lib/pythonX.Y/dist-packages``):
+    an image built from a venv of ``/usr/bin/python3`` had no asyncexec it could import.
+    """
+    global _site_packages
+    if _site_packages is None:
+        asked = subprocess.run(
+            [interpreter(), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        _site_packages = asked.stdout.strip()
+    return _site_packages
+
+
+_site_packages: str | None = None
 
 
 def pins() -> list[str]:

@@ -131,6 +131,9 @@ class SSHLauncher(PoolLauncher):
                     f"{slots} slots need more than the {capacity} channels {shell!r} may open: "
                     "raise its max_connections (or channels_per_connection)"
                 )
+        #: Hosts that do not see this machine's files get the user's modules by value
+        #: (the hooks too: set before the pool pickles them).
+        self.shares_files = all(shell.shares_files for shell in shells)
         super().__init__(
             len(shells) * slots,
             setup=setup,

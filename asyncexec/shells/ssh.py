@@ -155,6 +155,10 @@ class SSHShell(Shell):
         max_connections: connections at most.
         channels_per_connection: channels open at once on one connection.
         connect_timeout: seconds to establish a connection and log in.
+        shares_files: the host sees this machine's files at the same paths (a
+            shared file system holding your project and its modules, importable
+            there by name): launchers then send your own modules' functions by
+            name rather than by value (see :attr:`Shell.shares_files`).
     """
 
     @remembers_arguments  # (for asyncexec.config.to_dict)
@@ -171,6 +175,7 @@ class SSHShell(Shell):
         max_connections: int = 4,
         channels_per_connection: int = DEFAULT_CHANNELS_PER_CONNECTION,
         connect_timeout: float = 30.0,
+        shares_files: bool = False,
     ) -> None:
         options = dict(connect_options or {})
         if verify_host_key:
@@ -201,6 +206,7 @@ class SSHShell(Shell):
         self._max_connections = max_connections
         self._channels = channels_per_connection
         self._connect_timeout = connect_timeout
+        self._shares_files = bool(shares_files)
         self._connections: list[_Connection] = []
         self._connecting = False
         self._freed: anyio.Event | None = None
@@ -213,6 +219,11 @@ class SSHShell(Shell):
     def host(self) -> str:
         """The host name or address commands run on, as given."""
         return self._host
+
+    @property
+    def shares_files(self) -> bool:
+        """Whether the host sees this machine's files at the same paths (as given)."""
+        return self._shares_files
 
     @property
     def channel_capacity(self) -> int:

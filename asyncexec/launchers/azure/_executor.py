@@ -50,6 +50,8 @@ class AzureLauncher(BatchLauncher):
     """
 
     kind = "aci"
+    #: A container group holds the image's files only: the user's modules travel by value.
+    shares_files = False
     #: ``cpus`` per group (4 at most); ``memory_mb`` is the runtime's limit.
     honours_resources = frozenset({"cpus", "memory_mb"})
 
@@ -102,7 +104,7 @@ class AzureLauncher(BatchLauncher):
             keep_staging=keep_staging,
         )
         self.config = config
-        self.hooks = make_hooks(setup, teardown)
+        self.hooks = make_hooks(setup, teardown, travel_to=type(self).__name__)
 
     def __repr__(self) -> str:
         c = self.config

@@ -454,6 +454,9 @@ class IndexedSweep:
         self.max_array_size = min(cap, configured) if configured else cap
         self.poll_interval = launcher.poll_interval
         self.max_poll_interval = launcher.max_poll_interval
+        #: The launcher's name where it does not share this machine's files: the
+        #: user's own modules travel by value (asyncexec._travel).
+        self._travel_to = None if launcher.capabilities.shares_files else type(launcher).__name__
         self._parts: list[_Part] = []
         self._slots: dict[str, _Slot] = {}  # by path of its file
         self._interval = self.poll_interval
@@ -514,6 +517,10 @@ class IndexedSweep:
             min(MIN_RUNS_PER_TASK, len(runs)), math.ceil(len(runs) / self._tasks_wanted())
         )
         fn_bytes = pickle_function(fn)
+        if self._travel_to is not None:  # the user's own modules travel by value
+            from ... import _travel
+
+            fn_bytes = _travel.pickle_function(fn, fn_bytes, self._travel_to)
         chunks = [runs[i : i + per_task] for i in range(0, len(runs), per_task)]
         refs: dict[str, JobRef] = {}
         parts = [
@@ -538,7 +545,12 @@ class IndexedSweep:
         name = f"indexed-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         workdir = f"{self.launcher.staging_dir}/{name}"
         payload = await anyio.to_thread.run_sync(
-            build_payload, fn_bytes, chunks, self.options, getattr(self.launcher, "hooks", None)
+            build_payload,
+            fn_bytes,
+            chunks,
+            self.options,
+            getattr(self.launcher, "hooks", None),
+            self._travel_to,
         )
         options = self.options
         limit = options.time_limit
@@ -968,11 +980,14 @@ def build_payload(
     chunks: Sequence[Sequence[tuple[str, tuple[Any, ...], dict[str, Any]]]],
     options: TaskOptions,
     hooks: Hooks | None = None,
+    travel_to: str | None = None,
 ) -> bytes:
     """An indexed array's ``payload.bin``: the header, then a section per array task
     (``chunks``: its runs' ``(key, args, kwargs)``), and the executor's ``hooks``
     (each array task runs ``setup`` before its first run, ``teardown`` after its
-    last); see :func:`asyncexec._runtime.read_payload`.
+    last); see :func:`asyncexec._runtime.read_payload`. ``travel_to``: the
+    launcher's name where it does not share this machine's files (the user's own
+    modules in the arguments travel by value: :mod:`asyncexec._travel`).
 
     Raises:
         SerializationError: some arguments cannot be pickled.
@@ -982,7 +997,7 @@ def build_payload(
     at = 0
     for chunk in chunks:
         keys = _runtime.dumps_value([key for key, _, _ in chunk])  # plain strings
-        calls = _dumps_calls([(tuple(args), dict(kwargs)) for _, args, kwargs in chunk])
+        calls = _dumps_calls([(tuple(args), dict(kwargs)) for _, args, kwargs in chunk], travel_to)
         sections.append((at, len(keys), len(calls)))
         blobs += [keys, calls]
         at += len(keys) + len(calls)
@@ -1019,13 +1034,16 @@ def _dumps_retry_on(classes: tuple[type[BaseException], ...]) -> bytes:
         raise SerializationError(f"cannot pickle retry_on: {exc}") from exc
 
 
-def _dumps_calls(calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> bytes:
+def _dumps_calls(
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]], travel_to: str | None = None
+) -> bytes:
     """Pickle a section's calls: the standard library where it pickles as cloudpickle
-    would, else cloudpickle (what ``__main__`` defines travels by value)."""
-    data = fast_dumps(calls)
+    would, else cloudpickle (what ``__main__`` defines travels by value); with
+    ``travel_to``, the user's own modules travel by value too."""
+    data = fast_dumps(calls) if travel_to is None else None
     if data is not None:
         return data
     try:
-        return dumps(calls)
+        return dumps(calls, travel_to=travel_to)
     except SerializationError as exc:
         raise SerializationError(f"cannot pickle the runs' arguments: {exc}") from exc

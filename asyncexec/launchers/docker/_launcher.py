@@ -96,6 +96,8 @@ class DockerLauncher(PoolLauncher):
     """
 
     kind = "docker"
+    #: A container holds the image's files only: the user's modules travel by value.
+    shares_files = False
 
     @remembers_arguments  # (for asyncexec.config.to_dict)
     def __init__(

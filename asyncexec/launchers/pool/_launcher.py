@@ -142,7 +142,8 @@ class PoolLauncher(BaseLauncher[PoolJob]):
             raise ValueError(f"prefetch must be an integer >= 0, got {prefetch!r}")
         if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
             raise ValueError(f"max_tasks_per_worker must be >= 1, got {max_tasks_per_worker!r}")
-        hooks = make_hooks(setup, teardown, initializer=initializer)
+        travel_to = None if self.shares_files else type(self).__name__  # (set before this)
+        hooks = make_hooks(setup, teardown, initializer=initializer, travel_to=travel_to)
         if startup_timeout <= 0:
             raise ValueError(f"startup_timeout must be positive, got {startup_timeout!r}")
         super().__init__()

@@ -69,7 +69,11 @@ class SlurmLauncher(BatchLauncher):
         )
         self.shell = shell
         self.config = config
-        self.hooks = make_hooks(setup, teardown)
+        #: A cluster reached over SSH does not see this machine's files (unless its shell says so).
+        self.shares_files = shell.shares_files
+        self.hooks = make_hooks(
+            setup, teardown, travel_to=None if self.shares_files else type(self).__name__
+        )
 
     def __repr__(self) -> str:
         return f"SlurmLauncher({self.shell!r}, staging_dir={self.staging_dir!r})"
