@@ -349,6 +349,7 @@ anyio.run(main)
 """
 
 
+@pytest.mark.infra
 async def test_a_killed_driver_is_reattached_and_every_value_recovered(azure: Azure) -> None:
     """The driver dies with one group of three created (``max_concurrent=1``): the
     launcher that re-attaches creates the other two and reads every value."""

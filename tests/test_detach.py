@@ -107,6 +107,7 @@ def staging_for(cluster: Cluster) -> str:
 
 @pytest.mark.slurm
 @pytest.mark.ssh
+@pytest.mark.infra
 async def test_slurm_detach_leaves_the_jobs_and_a_new_executor_collects_them(
     cluster: Cluster, scratch: str
 ) -> None:
@@ -136,6 +137,7 @@ async def test_slurm_detach_leaves_the_jobs_and_a_new_executor_collects_them(
 
 @pytest.mark.slurm
 @pytest.mark.ssh
+@pytest.mark.infra
 async def test_an_experiment_detached_on_slurm_is_continued_with_nothing_run_twice(
     cluster: Cluster, scratch: str, tmp_path: Path
 ) -> None:
@@ -159,6 +161,7 @@ async def test_an_experiment_detached_on_slurm_is_continued_with_nothing_run_twi
 
 @pytest.mark.slurm
 @pytest.mark.ssh
+@pytest.mark.infra
 async def test_a_run_detached_midway_leaves_its_runs_in_flight_to_the_next(
     cluster: Cluster, scratch: str, tmp_path: Path
 ) -> None:
@@ -219,6 +222,7 @@ def image() -> str:
 
 
 @pytest.mark.docker
+@pytest.mark.infra
 async def test_docker_detach_leaves_the_containers_and_attach_collects_them(
     image: str, tmp_path: Path
 ) -> None:
@@ -255,6 +259,7 @@ def azure(azurite: Azurite, image: str, tmp_path: Path) -> Iterator[Azure]:
 
 @pytest.mark.azure
 @pytest.mark.docker
+@pytest.mark.infra
 async def test_azure_detach_leaves_the_groups_and_attach_collects_them(azure: Azure) -> None:
     config = azure.config(chunk_size=1)
 

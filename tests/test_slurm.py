@@ -411,6 +411,7 @@ async def test_executors_on_one_cluster_share_one_poller_that_outlives_each(
     assert other.slurm.poller is None
 
 
+@pytest.mark.infra
 async def test_the_budget_bounds_the_clusters_scheduler_calls_per_minute(
     cluster: Cluster,
 ) -> None:
