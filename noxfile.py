@@ -89,8 +89,9 @@ def tests(session: nox.Session) -> None:
 
 def run_pytest(session: nox.Session, marks: str) -> None:
     """pytest with the session's arguments, or the suite selected by ``marks``: on two
-    workers (pytest-xdist, a test file per worker), then the tests marked ``alone``
-    (they stop a service the others share) one at a time.
+    workers (pytest-xdist; ``worksteal``: a worker that runs out takes tests from the
+    other, so a long file does not hold CI up), then the tests marked ``alone`` (they
+    stop a service the others share) one at a time.
 
     pytest exits 5 when it collected no test: nox fails on any non-zero status, so
     either half selecting nothing fails the session.
@@ -99,7 +100,7 @@ def run_pytest(session: nox.Session, marks: str) -> None:
         session.run("pytest", *session.posargs)
         return
     rest = f"({marks}) and not alone" if marks else "not alone"
-    session.run("pytest", "-q", "-n", "2", "--dist", "loadfile", "--durations=15", "-m", rest)
+    session.run("pytest", "-q", "-n", "2", "--dist", "worksteal", "--durations=15", "-m", rest)
     session.run("pytest", "-q", "-m", f"({marks}) and alone" if marks else "alone")
 
 
