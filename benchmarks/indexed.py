@@ -134,6 +134,7 @@ async def main(args: argparse.Namespace) -> int:
         )
         calls = dict(ex.slurm.calls)
     submitted = time.monotonic()
+    detach_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mid_status = status_seconds(directory)  # with the backend's one query
     async with SlurmExecutor(shell, config, staging_dir=staging, keep_staging=True) as ex:
         summary = await experiment.run(
@@ -173,7 +174,8 @@ async def main(args: argparse.Namespace) -> int:
     print(f"| first `sbatch`, from the process's start | {first - monotonic_at_start:.2f} s |")
     print(f"| first `sbatch`, from building the experiment | {first - built:.2f} s |")
     print(f"| first `sbatch`, from `Experiment.run` | {first - called:.2f} s |")
-    print(f"| driver peak RSS | {peak_mb:.0f} MB |")
+    print(f"| peak RSS of the driver that submitted and detached | {detach_mb:.0f} MB |")
+    print(f"| peak RSS at the end (the following driver too, same process) | {peak_mb:.0f} MB |")
     print(f"| runs left running when the driver detached | {detached.detached:,} |")
     print(f"| detach (`Experiment.run(detach=True)`) | {submitted - called:.1f} s |")
     print(f"| `asyncexec status DIR` of the detached runs (asks `squeue`) | {mid_status:.2f} s |")

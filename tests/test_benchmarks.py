@@ -118,7 +118,12 @@ def test_indexed_benchmark_smoke(cluster: Cluster) -> None:
     """The indexed-arrays harness on 2,000 runs: detached, status, followed to the end."""
     report = run_benchmark("indexed.py", "--smoke")
     assert "- complete: True (2,000 done, 0 wrong or missing)" in report, report
-    for measure in ("`sbatch` calls", "files per array task", "`asyncexec status DIR` of"):
+    for measure in (
+        "`sbatch` calls",
+        "files per array task",
+        "peak RSS of",
+        "`asyncexec status DIR` of",
+    ):
         assert f"| {measure}" in report, report
 
 

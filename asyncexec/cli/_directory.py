@@ -32,16 +32,20 @@ def status(directory: str) -> int:
 
     with open_store(directory) as store:
         counts = store.counts()
-        levels = store.level_counts()
-        running = store.running_job_refs()
         name = store.experiment
     total = sum(counts.values())
     print(f"experiment {name!r} in {directory}: {total} runs")
     print("  " + ", ".join(f"{count} {status}" for status, count in counts.items()))
-    if running:
-        _print_backend_states(directory, [ref for _, ref in running])
+    if counts["running"]:
+        levels = _with_backend_states(directory)
+    else:
+        with open_store(directory) as store:
+            levels = store.level_counts()
     table = []
+    many = {factor: len(by_level) for factor, by_level in levels.items() if len(by_level) > 40}
     for factor, by_level in levels.items():
+        if factor in many:
+            continue
         for level, by_status in by_level.items():
             runs = sum(by_status.values())
             done = by_status.get("done", 0)
@@ -66,38 +70,70 @@ def status(directory: str) -> int:
         print()
         headers = ["factor", "level", "runs", "pending", "running", "done", "failed", "done %"]
         print(format_table(headers, table))
+    for factor, count in many.items():
+        print(f"  ({factor}: {count} levels, not listed: `asyncexec results {directory}`)")
     return 0
 
 
-def _print_backend_states(directory: str, refs: list[Any]) -> None:
-    """Where the runs recorded running are, asked of the backend in one query."""
+def _with_backend_states(directory: str) -> dict[str, dict[str, dict[str, int]]]:
+    """Print where the runs recorded running are, asked of the backend in one query (of
+    one JobRef per array task, container or group); return the store's counts per
+    level, read meanwhile (the backend is reached while the store counts)."""
     import anyio
 
     from .. import config
 
     try:
         executor = config.executor_of(directory)
+        problem = None if executor is not None else "it was not run from the command line"
     except config.ConfigError as exc:
-        print(f"  (the backend is not asked: {exc})")
-        return
+        executor, problem = None, str(exc)
+
+    def read_levels() -> Any:
+        with open_store(directory) as store:
+            return store.level_counts()
+
+    def read_places() -> Any:
+        with open_store(directory) as store:
+            return store.running_places()
+
+    async def ask() -> tuple[Any, Any, list[str]]:
+        assert executor is not None
+        places_read = anyio.Event()
+        box: dict[str, Any] = {}
+
+        async def reader(name: str, read: Any, done: Any = None) -> None:
+            box[name] = await anyio.to_thread.run_sync(read)
+            if done is not None:
+                done.set()
+
+        # Three at once: the counts per level and the places (each a thread of SQLite
+        # of its own), and the connection to the backend.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader, "levels", read_levels)
+            tg.start_soon(reader, "places", read_places, places_read)
+            async with executor as ex:
+                await places_read.wait()
+                states = await ex.job_states([ref for ref, _ in box["places"]])
+        return box["levels"], box["places"], states
+
     if executor is None:
-        print("  (the backend is not asked: the experiment was not run from the command line)")
-        return
-
-    async def ask() -> list[str]:
-        async with executor as ex:
-            return await ex.job_states(refs)
-
+        print(f"  (the backend is not asked: {problem})")
+        return dict(read_levels())
     try:
-        states = anyio.run(ask)
+        levels, places, states = anyio.run(ask)
     except Exception as exc:
         print(f"  (the backend could not be asked: {exc})")
-        return
-    counts = {state: states.count(state) for state in ("queued", "running", "ended", "unknown")}
+        return dict(read_levels())
+    counts = dict.fromkeys(("queued", "running", "ended", "unknown"), 0)
+    for (_, runs), state in zip(places, states, strict=True):
+        counts[state] = counts.get(state, 0) + runs
     said = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
-    print(f"  on the backend, of the {len(refs)} runs recorded running: {said}")
+    total = sum(runs for _, runs in places)
+    print(f"  on the backend, of the {total} runs recorded running: {said}")
     if counts["ended"]:
         print(f"  (ended ones wait to be collected: asyncexec attach {directory})")
+    return dict(levels)
 
 
 def results(directory: str, form: str) -> int:

