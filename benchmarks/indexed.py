@@ -14,7 +14,9 @@ Measured, in this one driver process:
 * time to the first ``sbatch``, from the process's start and from the call of
   ``Experiment.run`` (the log record of the submission);
 * the driver's peak RSS (``ru_maxrss``);
-* the run detached (``detach=True``, as ``asyncexec run --detach``), then
+* the run detached (``detach=True``, as ``asyncexec run --detach``; its arrays
+  submitted held, so that they do not load this one-node cluster's cores while
+  detach and status are timed, and released after), then
   ``asyncexec status DIR`` (a fresh process, asking ``squeue`` once for the
   runs left running), then a new driver following them to the end (as
   ``asyncexec attach``), and ``status`` once more;
@@ -79,6 +81,14 @@ def status_seconds(directory: str) -> float:
     return elapsed
 
 
+def release_held(name: str) -> None:
+    """``scontrol release`` the arrays of the job called ``name``."""
+    arrays = subprocess.run(
+        ["squeue", "-h", "-n", name, "-o", "%F"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    subprocess.run(["scontrol", "release", *sorted(set(arrays))], check=True)
+
+
 def files_per_task(staging: str) -> tuple[int, float, int]:
     """Array tasks, files per array task under out/ and log/, other files per array."""
     tasks = files = other = 0
@@ -115,12 +125,18 @@ async def main(args: argparse.Namespace) -> int:
         },
     )
     config = SlurmConfig(python=python, job_name=name, max_poll_interval=2.0)
+    # The arrays are submitted held: on this one-node cluster, running them would load
+    # the driver's own two cores while detach and status are timed (a real cluster
+    # runs them elsewhere); they are released once status has been asked.
+    held = SlurmConfig(
+        python=python, job_name=name, max_poll_interval=2.0, extra_sbatch=("--hold",)
+    )
     half = args.runs // 2
     built = time.monotonic()
     experiment = Experiment(add, {"x": range(half), "y": [0, 1]})
     # Detached as `asyncexec run --detach` does: submitted, the JobRefs stored, the
     # executor recorded (for `asyncexec status` and `attach`); then followed to the end.
-    async with SlurmExecutor(shell, config, staging_dir=staging, keep_staging=True) as ex:
+    async with SlurmExecutor(shell, held, staging_dir=staging, keep_staging=True) as ex:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         save_config(directory, ex.to_dict())
         called = time.monotonic()
@@ -136,6 +152,7 @@ async def main(args: argparse.Namespace) -> int:
     submitted = time.monotonic()
     detach_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mid_status = status_seconds(directory)  # with the backend's one query
+    release_held(name)
     async with SlurmExecutor(shell, config, staging_dir=staging, keep_staging=True) as ex:
         summary = await experiment.run(
             ex, directory, progress=False, runs_per_task=args.runs_per_task
