@@ -134,12 +134,14 @@ def counts() -> Iterator[str]:
 @pytest.mark.ssh
 def test_slurm(project: Path, cluster: Cluster, counts: str) -> None:
     name = f"ae-detach-{uuid.uuid4().hex[:8]}"
+    staging = f"{cluster.home}/.asyncexec/{name}"
     profiles(
         project,
         f"""
         [profile.cluster]
         backend = "slurm"
         job_name = "{name}"
+        staging_dir = "{staging}"
         python = "{cluster.python}"
         poll_interval = 0.2
         max_poll_interval = 1.0
@@ -153,8 +155,11 @@ def test_slurm(project: Path, cluster: Cluster, counts: str) -> None:
         """,
     )
     detach_then_attach(project, "cluster", counts)
+    assert os.listdir(staging) == []  # collected, cleaned up
     detach_then_cancel(project, "cluster", counts)
     assert not jobs_named(name)
+    assert os.listdir(staging) == []  # killed, cleaned up
+    os.rmdir(staging)
 
 
 @pytest.mark.docker
@@ -235,12 +240,14 @@ def test_ctrl_c_on_a_terminal_asks_and_detaches(
     """Ctrl-C while `run` follows Slurm work, on a terminal: it asks; "d" detaches (the
     runs go on, the command ends 0 saying so), and `cancel` then stops them."""
     name = f"ae-ctrlc-{uuid.uuid4().hex[:8]}"
+    staging = f"{cluster.home}/.asyncexec/{name}"
     profiles(
         project,
         f"""
         [profile.cluster]
         backend = "slurm"
         job_name = "{name}"
+        staging_dir = "{staging}"
         python = "{cluster.python}"
         poll_interval = 0.2
 
@@ -294,3 +301,5 @@ def test_ctrl_c_on_a_terminal_asks_and_detaches(
     code, said = asyncexec(project, "cancel", "c", counts=counts, seconds=120.0)
     assert code == 0 and "none of it is left" in said, said
     assert not jobs_named(name)
+    assert os.listdir(staging) == []
+    os.rmdir(staging)

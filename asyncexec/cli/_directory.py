@@ -196,6 +196,8 @@ def cancel(directory: str, wait: float = 3.0) -> int:
 
 
 async def _cancel_work(executor: Any, directory: str, running: list[tuple[str, Any]]) -> int:
+    from .. import LaunchError
+
     """Kill the work of ``running`` runs: those the executor can follow through
     ``attach`` + ``cancel`` (which cleans up as a follower does), the rest (runs of an
     indexed array) with ``kill``; then ask the backend where it all is."""
@@ -206,8 +208,11 @@ async def _cancel_work(executor: Any, directory: str, running: list[tuple[str, A
         others = [(fp, ref) for fp, ref in running if not ex.can_attach(ref)]
         futures = [await ex.attach(ref) for _, ref in followed]
         await ex.cancel(futures)
-        if others:
-            await ex.kill([ref for _, ref in others])
+        try:  # the rest (runs of indexed arrays), and what the work left behind
+            await ex.kill([ref for _, ref in running])  # (staging directories)
+        except LaunchError:
+            if others:  # (a backend whose cancel leaves nothing: Docker's removes)
+                raise
         states = await ex.job_states([ref for _, ref in running])
     gone = [fp for (fp, _), state in zip(running, states, strict=True) if state == "ended"]
     with open_store(directory) as store:
