@@ -234,6 +234,47 @@ def fake_azure() -> Iterator[FakeAzure]:
     assert not fake.docker_leftovers(), fake.docker_leftovers()
 
 
+def azure_profile(
+    project: Path,
+    fake: FakeAzure,
+    azurite: Azurite,
+    monkeypatch: pytest.MonkeyPatch,
+    *lines: str,
+) -> None:
+    """``[profile.aci]``: the loopback ARM and Azurite, with ``lines`` more; the client
+    secret and the storage key come from the variables the profile names."""
+    monkeypatch.setenv("AE_TEST_AZURE_SECRET", fake.client_secret)
+    monkeypatch.setenv("AE_TEST_AZURE_KEY", azurite.key)
+    more = "\n".join(lines)
+    profiles(
+        project,
+        f"""
+[profile.aci]
+backend = "azure"
+subscription_id = "{fake.subscription_id}"
+resource_group = "{fake.resource_group}"
+location = "{fake.location}"
+storage_account = "{azurite.account}"
+storage_endpoint = "{azurite.endpoint}"
+storage_container = "t{uuid.uuid4().hex[:20]}"
+arm_endpoint = "{fake.url}"
+python = "{os.path.realpath(sys.executable)}"
+poll_interval = 0.2
+max_poll_interval = 1.0
+check_interval = [2.0, 5.0]
+storage_key = {{ env = "AE_TEST_AZURE_KEY" }}
+{more}
+
+[profile.aci.credential]
+type = "client_secret"
+tenant_id = "{fake.tenant_id}"
+client_id = "{fake.client_id}"
+client_secret = {{ env = "AE_TEST_AZURE_SECRET" }}
+authority = "{fake.authority}"
+""",
+    )
+
+
 @pytest.mark.azure
 @pytest.mark.docker
 @pytest.mark.infra
@@ -247,35 +288,7 @@ def test_azure_from_a_profile(
     """The loopback ARM runs each container group as a container of the test image; the
     client secret and the storage key come from the variables the profile names."""
     fake = fake_azure
-    monkeypatch.setenv("AE_TEST_AZURE_SECRET", fake.client_secret)
-    monkeypatch.setenv("AE_TEST_AZURE_KEY", azurite.key)
-    profiles(
-        project,
-        f"""
-        [profile.aci]
-        backend = "azure"
-        subscription_id = "{fake.subscription_id}"
-        resource_group = "{fake.resource_group}"
-        location = "{fake.location}"
-        storage_account = "{azurite.account}"
-        storage_endpoint = "{azurite.endpoint}"
-        storage_container = "t{uuid.uuid4().hex[:20]}"
-        arm_endpoint = "{fake.url}"
-        python = "{os.path.realpath(sys.executable)}"
-        chunk_size = 2
-        poll_interval = 0.2
-        max_poll_interval = 1.0
-        check_interval = [2.0, 5.0]
-        storage_key = {{ env = "AE_TEST_AZURE_KEY" }}
-
-        [profile.aci.credential]
-        type = "client_secret"
-        tenant_id = "{fake.tenant_id}"
-        client_id = "{fake.client_id}"
-        client_secret = {{ env = "AE_TEST_AZURE_SECRET" }}
-        authority = "{fake.authority}"
-        """,
-    )
+    azure_profile(project, fake, azurite, monkeypatch, "chunk_size = 2")
     config = check_run(project, "aci", "--profile", "aci", "--image", image)
     assert config["image"] == image
     assert config["credential"]["client_secret"] == {"env": "AE_TEST_AZURE_SECRET"}

@@ -25,7 +25,7 @@ from asyncexec.experiment import ResultsStore
 from .cluster import Cluster
 from .fakeazure import FakeAzure
 from .services import Azurite, check_docker_image
-from .test_cli_backends import profiles
+from .test_cli_backends import azure_profile, profiles
 from .test_docker import IMAGE
 
 pytestmark = [pytest.mark.infra]
@@ -115,6 +115,29 @@ def detach_then_cancel(project: Path, profile: str, counts: str) -> None:
     assert "0 running" in output, output
 
 
+def slurm_profile(project: Path, cluster: Cluster, name: str, staging: str) -> None:
+    """``[profile.cluster]``: the test cluster over SSH, its jobs called ``name``."""
+    profiles(
+        project,
+        f"""
+        [profile.cluster]
+        backend = "slurm"
+        job_name = "{name}"
+        staging_dir = "{staging}"
+        python = "{cluster.python}"
+        poll_interval = 0.2
+        max_poll_interval = 1.0
+
+        [profile.cluster.host]
+        host = "{cluster.host}"
+        port = {cluster.port}
+        username = "{cluster.user}"
+        client_keys = ["{cluster.client_key}"]
+        known_hosts = "{cluster.known_hosts}"
+        """,
+    )
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "exp.py").write_text(EXPERIMENT)
@@ -135,25 +158,7 @@ def counts() -> Iterator[str]:
 def test_slurm(project: Path, cluster: Cluster, counts: str) -> None:
     name = f"ae-detach-{uuid.uuid4().hex[:8]}"
     staging = f"{cluster.home}/.asyncexec/{name}"
-    profiles(
-        project,
-        f"""
-        [profile.cluster]
-        backend = "slurm"
-        job_name = "{name}"
-        staging_dir = "{staging}"
-        python = "{cluster.python}"
-        poll_interval = 0.2
-        max_poll_interval = 1.0
-
-        [profile.cluster.host]
-        host = "{cluster.host}"
-        port = {cluster.port}
-        username = "{cluster.user}"
-        client_keys = ["{cluster.client_key}"]
-        known_hosts = "{cluster.known_hosts}"
-        """,
-    )
+    slurm_profile(project, cluster, name, staging)
     detach_then_attach(project, "cluster", counts)
     assert os.listdir(staging) == []  # collected, cleaned up
     detach_then_cancel(project, "cluster", counts)
@@ -195,36 +200,14 @@ def test_azure(
 ) -> None:
     image = check_docker_image(IMAGE)
     with FakeAzure(shares={"counts": counts}) as fake:
-        monkeypatch.setenv("AE_TEST_AZURE_SECRET", fake.client_secret)
-        monkeypatch.setenv("AE_TEST_AZURE_KEY", azurite.key)
-        profiles(
+        azure_profile(
             project,
-            f"""
-            [profile.aci]
-            backend = "azure"
-            subscription_id = "{fake.subscription_id}"
-            resource_group = "{fake.resource_group}"
-            location = "{fake.location}"
-            storage_account = "{azurite.account}"
-            storage_endpoint = "{azurite.endpoint}"
-            storage_container = "t{uuid.uuid4().hex[:20]}"
-            arm_endpoint = "{fake.url}"
-            image = "{image}"
-            python = "{os.path.realpath(sys.executable)}"
-            chunk_size = 1
-            poll_interval = 0.2
-            max_poll_interval = 1.0
-            check_interval = [2.0, 5.0]
-            file_shares = {{ counts = "{counts}" }}
-            storage_key = {{ env = "AE_TEST_AZURE_KEY" }}
-
-            [profile.aci.credential]
-            type = "client_secret"
-            tenant_id = "{fake.tenant_id}"
-            client_id = "{fake.client_id}"
-            client_secret = {{ env = "AE_TEST_AZURE_SECRET" }}
-            authority = "{fake.authority}"
-            """,
+            fake,
+            azurite,
+            monkeypatch,
+            f'image = "{image}"',
+            "chunk_size = 1",
+            f'file_shares = {{ counts = "{counts}" }}',
         )
         detach_then_attach(project, "aci", counts)
         detach_then_cancel(project, "aci", counts)
@@ -241,24 +224,7 @@ def test_ctrl_c_on_a_terminal_asks_and_detaches(
     runs go on, the command ends 0 saying so), and `cancel` then stops them."""
     name = f"ae-ctrlc-{uuid.uuid4().hex[:8]}"
     staging = f"{cluster.home}/.asyncexec/{name}"
-    profiles(
-        project,
-        f"""
-        [profile.cluster]
-        backend = "slurm"
-        job_name = "{name}"
-        staging_dir = "{staging}"
-        python = "{cluster.python}"
-        poll_interval = 0.2
-
-        [profile.cluster.host]
-        host = "{cluster.host}"
-        port = {cluster.port}
-        username = "{cluster.user}"
-        client_keys = ["{cluster.client_key}"]
-        known_hosts = "{cluster.known_hosts}"
-        """,
-    )
+    slurm_profile(project, cluster, name, staging)
     ours = {*ENVIRONMENT, PROFILE_VARIABLE, FILE_VARIABLE}
     env = {key: value for key, value in os.environ.items() if key not in ours}
     env.update(AE_TEST_COUNTS=counts, AE_TEST_SECONDS="120")

@@ -20,7 +20,6 @@ watched is read from the files, what was lost runs again, nothing runs twice.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -40,6 +39,7 @@ from ..launchers.batch.indexed import (
 )
 from ..sweep import ParamSweeper
 from ._progress import Progress
+from ._runner import RunnerBase, run_in_store
 from ._store import ResultsStore, RunResult
 
 if TYPE_CHECKING:
@@ -108,7 +108,6 @@ async def run_indexed(
     are no task of the executor's: closing it never kills them), and a later
     ``run`` follows them and collects what finished meanwhile.
     """
-    from ._runner import RunSummary
 
     launcher = indexed_launcher(executor)
     if launcher is None:
@@ -116,51 +115,18 @@ async def run_indexed(
             f"{type(executor).__name__} cannot run an experiment as indexed arrays: only an "
             "entered executor of a batch system that offers them can (SlurmExecutor)"
         )
-    started = time.monotonic()
-    store = await anyio.to_thread.run_sync(
-        functools.partial(ResultsStore, directory, experiment=experiment.name)
-    )
-    try:
-        await anyio.to_thread.run_sync(store.register, experiment.runs)
-        await anyio.to_thread.run_sync(store.clear_cancel)
-        sweeper = await anyio.to_thread.run_sync(
-            functools.partial(
-                ParamSweeper,
-                os.path.join(directory, "sweeper"),
-                [run.fingerprint for run in experiment.runs],
-                name=experiment.name,
-                lease=lease,
-            )
-        )
-        try:
-            options = experiment.options or executor.options
-            sweep = IndexedSweep(launcher, options=options, runs_per_task=runs_per_task)
-            runner = _IndexedRunner(experiment, executor, store, sweeper, sweep, retry_failed)
-            runner.detach = detach
-            if control is not None:
-                control.bind(runner)
-            cancelled = await runner.run(progress, progress_interval)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(sweeper.close)
-        counts = await anyio.to_thread.run_sync(store.counts, runner.fingerprints)
-    finally:
-        store.close()
-    return RunSummary(
-        experiment=experiment.name,
-        directory=directory,
-        total=len(experiment.runs),
-        done=counts["done"],
-        failed=counts["failed"],
-        ran=runner.ran,
-        reattached=runner.reattached,
-        detached=runner.detached,
-        cancelled=cancelled,
-        elapsed=time.monotonic() - started,
+    options = experiment.options or executor.options
+
+    def make_runner(store: ResultsStore, sweeper: ParamSweeper) -> _IndexedRunner:
+        sweep = IndexedSweep(launcher, options=options, runs_per_task=runs_per_task)
+        return _IndexedRunner(experiment, executor, store, sweeper, sweep, retry_failed, detach)
+
+    return await run_in_store(
+        experiment, directory, lease, make_runner, control, progress, progress_interval
     )
 
 
-class _IndexedRunner:
+class _IndexedRunner(RunnerBase):
     """One runner of an experiment as indexed arrays: take, submit or follow, record."""
 
     def __init__(
@@ -171,32 +137,16 @@ class _IndexedRunner:
         sweeper: ParamSweeper,
         sweep: IndexedSweep,
         retry_failed: bool,
+        detach: bool,
     ) -> None:
-        self.experiment = experiment
-        self.executor = executor
-        self.store = store
-        self.sweeper = sweeper
+        super().__init__(experiment, executor, store, sweeper, retry_failed, detach)
         self.sweep = sweep
-        self.retry_failed = retry_failed
-        self.by_fingerprint = {run.fingerprint: run for run in experiment.runs}
-        self.fingerprints = frozenset(self.by_fingerprint)
-        self.logs = os.path.join(store.directory, "logs")
-        self.held: set[str] = set()  # taken from the sweeper, not recorded yet
-        self.ran = 0
-        self.reattached = 0
-        self.failed_here = 0
-        self.requested = False
-        self.detach = False  # submit, then leave the arrays running
-        self.detached = 0
         self.following = anyio.CancelScope()
 
     def detach_now(self) -> None:
         """Stop following the arrays once submitted; leave them running (``detach``)."""
         self.detach = True
         self.following.cancel()
-
-    def finished(self, status: str | None) -> bool:
-        return status == "done" or (status == "failed" and not self.retry_failed)
 
     async def run(self, enabled: bool | None, interval: float) -> bool:
         """Run until every run is finished; return whether it was cancelled."""
@@ -354,18 +304,3 @@ class _IndexedRunner:
                 path = os.path.join(self.logs, _log_name(self.by_fingerprint[row.fingerprint]))
                 with open(path + suffix, "a", encoding="utf-8") as file:
                     file.write(text)
-
-    async def _all_finished(self) -> bool:
-        counts = await anyio.to_thread.run_sync(self.store.counts, self.fingerprints)
-        finished = counts["done"] + (0 if self.retry_failed else counts["failed"])
-        if self.retry_failed:
-            finished += self.failed_here  # failed again here: final for this runner
-        return finished >= len(self.by_fingerprint)
-
-    async def _watch_cancel_requests(self, scope: anyio.CancelScope) -> None:
-        while True:
-            await anyio.sleep(1.0)
-            if await anyio.to_thread.run_sync(self.store.cancel_requested):
-                self.requested = True
-                scope.cancel()
-                return

@@ -209,44 +209,14 @@ class Experiment:
                     detach=detach,
                     control=control,
                 )
-        started = time.monotonic()
-        store = await anyio.to_thread.run_sync(
-            functools.partial(ResultsStore, directory, experiment=self.name)
-        )
-        try:
-            await anyio.to_thread.run_sync(store.register, self.runs)
-            await anyio.to_thread.run_sync(store.clear_cancel)
-            sweeper = await anyio.to_thread.run_sync(
-                functools.partial(
-                    ParamSweeper,
-                    os.path.join(directory, "sweeper"),
-                    [run.fingerprint for run in self.runs],
-                    name=self.name,
-                    lease=lease,
-                )
-            )
-            try:
-                dispatch = _Dispatch(self, executor, store, sweeper, retry_failed, detach)
-                if control is not None:
-                    control.bind(dispatch)
-                cancelled = await dispatch.run(progress, progress_interval)
-            finally:
-                with anyio.CancelScope(shield=True):  # its heartbeat thread, its connection
-                    await anyio.to_thread.run_sync(sweeper.close)
-            counts = await anyio.to_thread.run_sync(store.counts, dispatch.fingerprints)
-        finally:
-            store.close()
-        return RunSummary(
-            experiment=self.name,
-            directory=directory,
-            total=len(self.runs),
-            done=counts["done"],
-            failed=counts["failed"],
-            ran=dispatch.ran,
-            reattached=dispatch.reattached,
-            detached=dispatch.detached,
-            cancelled=cancelled,
-            elapsed=time.monotonic() - started,
+        return await run_in_store(
+            self,
+            directory,
+            lease,
+            lambda store, sweeper: _Dispatch(self, executor, store, sweeper, retry_failed, detach),
+            control,
+            progress,
+            progress_interval,
         )
 
 
@@ -256,6 +226,71 @@ class Detachable(Protocol):
     executor: BaseExecutor
 
     def detach_now(self) -> None: ...
+
+
+class Runner(Detachable, Protocol):
+    """What runs an experiment's runs between a store and a sweeper (the per-run
+    dispatcher here, the indexed arrays' runner): what :func:`run_in_store` needs."""
+
+    fingerprints: frozenset[str]
+    ran: int
+    reattached: int
+    detached: int
+
+    async def run(self, enabled: bool | None, interval: float) -> bool: ...
+
+
+async def run_in_store(
+    experiment: Experiment,
+    directory: str,
+    lease: float,
+    make_runner: Callable[[ResultsStore, ParamSweeper], Runner],
+    control: RunControl | None,
+    progress: bool | None,
+    progress_interval: float,
+) -> RunSummary:
+    """Open the experiment's store and sweeper in ``directory``, have the runner
+    ``make_runner`` makes of them run it (steered by ``control``), close them (shielded),
+    and sum up."""
+    started = time.monotonic()
+    store = await anyio.to_thread.run_sync(
+        functools.partial(ResultsStore, directory, experiment=experiment.name)
+    )
+    try:
+        await anyio.to_thread.run_sync(store.register, experiment.runs)
+        await anyio.to_thread.run_sync(store.clear_cancel)
+        sweeper = await anyio.to_thread.run_sync(
+            functools.partial(
+                ParamSweeper,
+                os.path.join(directory, "sweeper"),
+                [run.fingerprint for run in experiment.runs],
+                name=experiment.name,
+                lease=lease,
+            )
+        )
+        try:
+            runner = make_runner(store, sweeper)
+            if control is not None:
+                control.bind(runner)
+            cancelled = await runner.run(progress, progress_interval)
+        finally:
+            with anyio.CancelScope(shield=True):  # its heartbeat thread, its connection
+                await anyio.to_thread.run_sync(sweeper.close)
+        counts = await anyio.to_thread.run_sync(store.counts, runner.fingerprints)
+    finally:
+        store.close()
+    return RunSummary(
+        experiment=experiment.name,
+        directory=directory,
+        total=len(experiment.runs),
+        done=counts["done"],
+        failed=counts["failed"],
+        ran=runner.ran,
+        reattached=runner.reattached,
+        detached=runner.detached,
+        cancelled=cancelled,
+        elapsed=time.monotonic() - started,
+    )
 
 
 class RunControl:
@@ -296,7 +331,56 @@ class RunControl:
             self._dispatch.detach_now()
 
 
-class _Dispatch:
+class RunnerBase:
+    """What every runner of an experiment holds (the per-run dispatcher here, the
+    indexed arrays' runner): the experiment, its executor, store and sweeper, what it
+    did, and the checks both make."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        executor: BaseExecutor,
+        store: ResultsStore,
+        sweeper: ParamSweeper,
+        retry_failed: bool,
+        detach: bool,
+    ) -> None:
+        self.experiment = experiment
+        self.executor = executor
+        self.store = store
+        self.sweeper = sweeper
+        self.retry_failed = retry_failed
+        self.detach = detach  # submit, then leave the work running
+        self.by_fingerprint = {run.fingerprint: run for run in experiment.runs}
+        self.fingerprints = frozenset(self.by_fingerprint)
+        self.logs = os.path.join(store.directory, "logs")
+        self.held: set[str] = set()  # taken from the sweeper, not recorded yet
+        self.ran = 0
+        self.reattached = 0  # runs whose running work was followed again, not resubmitted
+        self.detached = 0
+        self.failed_here = 0  # failed runs this runner retried and failed again
+        self.requested = False  # `asyncexec cancel DIR`
+
+    def finished(self, status: str | None) -> bool:
+        return status == "done" or (status == "failed" and not self.retry_failed)
+
+    async def _all_finished(self) -> bool:
+        counts = await anyio.to_thread.run_sync(self.store.counts, self.fingerprints)
+        finished = counts["done"] + (0 if self.retry_failed else counts["failed"])
+        if self.retry_failed:
+            finished += self.failed_here  # failed again here: final for this runner
+        return finished >= len(self.by_fingerprint)
+
+    async def _watch_cancel_requests(self, scope: anyio.CancelScope) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            if await anyio.to_thread.run_sync(self.store.cancel_requested):
+                self.requested = True
+                scope.cancel()
+                return
+
+
+class _Dispatch(RunnerBase):
     """One runner's loop: take runs from the sweeper, submit them, record them."""
 
     def __init__(
@@ -308,23 +392,11 @@ class _Dispatch:
         retry_failed: bool,
         detach: bool = False,
     ) -> None:
-        self.experiment = experiment
-        self.detach = detach
-        self.detached = 0
+        super().__init__(experiment, executor, store, sweeper, retry_failed, detach)
         self.taking = anyio.CancelScope()  # around taking and submitting runs
-        self.executor = executor
-        self.store = store
-        self.sweeper = sweeper
-        self.retry_failed = retry_failed
-        self.by_fingerprint = {run.fingerprint: run for run in experiment.runs}
-        self.fingerprints = frozenset(self.by_fingerprint)
-        self.logs = os.path.join(store.directory, "logs")
         # Detaching, a run leaves the window once the backend has taken it: as many go
         # at once as the executor hands over (its n_workers).
         self.window = anyio.Semaphore(max(2, (1 if detach else 2) * executor.n_workers))
-        self.held: set[str] = set()
-        self.ran = 0
-        self.reattached = 0  # runs whose running task was followed again, not resubmitted
         self.poll = min(2.0, sweeper.lease / 3)
         self.recorded = anyio.Event()
 
@@ -332,9 +404,6 @@ class _Dispatch:
         """Take no more runs; let those in flight go running (as ``detach=True``)."""
         self.detach = True
         self.taking.cancel()
-
-    def finished(self, status: str | None) -> bool:
-        return status == "done" or (status == "failed" and not self.retry_failed)
 
     async def run(self, enabled: bool | None, interval: float) -> bool:
         """Dispatch until every run is finished; return whether it was cancelled."""
@@ -497,6 +566,7 @@ class _Dispatch:
             # Not done for the sweeper: a later run looks again (retry_failed).
             await anyio.to_thread.run_sync(self.sweeper.skip, fingerprint)
             self.progress.failed += 1
+            self.failed_here += 1
             self.ran += 1
         else:
             await anyio.to_thread.run_sync(self.sweeper.cancel, fingerprint)
@@ -526,22 +596,6 @@ class _Dispatch:
                 self.store.path,
             )
         return reopened
-
-    async def _all_finished(self) -> bool:
-        counts = await anyio.to_thread.run_sync(self.store.counts, self.fingerprints)
-        finished = counts["done"] + (0 if self.retry_failed else counts["failed"])
-        if self.retry_failed:
-            # failed runs this runner retried and failed again are final for it
-            finished += self.progress.failed
-        return finished >= len(self.by_fingerprint)
-
-    async def _watch_cancel_requests(self, scope: anyio.CancelScope) -> None:
-        while True:
-            await anyio.sleep(1.0)
-            if await anyio.to_thread.run_sync(self.store.cancel_requested):
-                self.requested = True
-                scope.cancel()
-                return
 
 
 def _takes_repeat(fn: Callable[..., Any]) -> bool:
