@@ -91,7 +91,8 @@ def run_pytest(session: nox.Session, marks: str) -> None:
     """pytest with the session's arguments, or the suite selected by ``marks``: on two
     workers (pytest-xdist; ``worksteal``: a worker that runs out takes tests from the
     other, so a long file does not hold CI up), then the tests marked ``alone`` (they
-    stop a service the others share) one at a time.
+    stop a service the others share) one at a time. (Every ``alone`` test stops an
+    engine: ``infra`` all of them, so ``marks="not infra"`` runs the first half only.)
 
     pytest exits 5 when it collected no test: nox fails on any non-zero status, so
     either half selecting nothing fails the session.
@@ -101,7 +102,8 @@ def run_pytest(session: nox.Session, marks: str) -> None:
         return
     rest = f"({marks}) and not alone" if marks else "not alone"
     session.run("pytest", "-q", "-n", "2", "--dist", "worksteal", "--durations=15", "-m", rest)
-    session.run("pytest", "-q", "-m", f"({marks}) and alone" if marks else "alone")
+    if marks != "not infra":
+        session.run("pytest", "-q", "-m", f"({marks}) and alone" if marks else "alone")
 
 
 def interpreter(version: str) -> str:
@@ -123,9 +125,11 @@ def compat(session: nox.Session) -> None:
 
     (The tests session runs every async test on trio and uvloop too, and the
     tests marked ``infra``, which exercise an engine or the cluster rather than
-    the interpreter: what differs between Pythons shows without them, in half
-    the time. The backends' conformance suites still run here, on this
-    Python's test image and cluster venvs.)
+    the interpreter (the ``alone`` ones, and every test of test_docker, test_ssh,
+    test_slurm and test_azure but their conformance suites: tests/conftest.py):
+    what differs between Pythons shows without them, in half the time. The
+    backends' conformance suites still run here, on this Python's test image
+    and cluster venvs.)
     """
     install_locked(session, "test")
     bring_up(session, *TEST_SERVICES)  # this Python's test image and cluster venv

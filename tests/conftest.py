@@ -107,3 +107,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if unmarked:
         raise pytest.UsageError("\n".join(unmarked))
+    for item in items:
+        module = item.module.__name__ if isinstance(item, pytest.Function) else ""
+        if module.rpartition(".")[2] in ENGINE_MODULES and "conformance" not in item.name:
+            item.add_marker(pytest.mark.infra)
+
+
+#: The modules of one backend each, whose tests exercise that backend's engine (the
+#: Docker daemon, sshd, the cluster, ARM): every test there but the conformance suite
+#: is ``infra``. The compat sessions run each backend's conformance suite on their
+#: Python (its runtime and worker there); the rest runs in the tests session.
+ENGINE_MODULES = frozenset({"test_docker", "test_ssh", "test_slurm", "test_azure"})
