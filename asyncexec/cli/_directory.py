@@ -214,7 +214,14 @@ async def _cancel_work(executor: Any, directory: str, running: list[tuple[str, A
             if others:  # (a backend whose cancel leaves nothing: Docker's removes)
                 raise
         states = await ex.job_states([ref for _, ref in running])
-    gone = [fp for (fp, _), state in zip(running, states, strict=True) if state == "ended"]
+    # Ended where the backend can tell; where it cannot (Azure, once the groups are
+    # deleted), the cancel of a followed task returned once the backend confirmed it.
+    confirmed = {fp for (fp, _), future in zip(followed, futures, strict=True) if future.ready()}
+    gone = [
+        fp
+        for (fp, _), state in zip(running, states, strict=True)
+        if state == "ended" or (state == "unknown" and fp in confirmed)
+    ]
     with open_store(directory) as store:
         await anyio.to_thread.run_sync(store.mark_cancelled, gone)
     left = len(running) - len(gone)

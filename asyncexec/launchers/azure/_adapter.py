@@ -502,6 +502,10 @@ class AciAdapter(BatchAdapter):
 
     # -- polling ----------------------------------------------------------------------
 
+    def knows(self, native_id: str) -> bool:
+        """Only the arrays this adapter follows: their chunks are known from their blobs."""
+        return native_id.partition("_")[0] in self._arrays
+
     async def states(self, ids: Sequence[str]) -> dict[str, Queued]:
         arrays = {native_id.partition("_")[0] for native_id in ids}
         await self._list()

@@ -206,6 +206,12 @@ class BatchAdapter(abc.ABC):
         that attaches finds those tasks lost).
         """
 
+    def knows(self, native_id: str) -> bool:
+        """Whether :meth:`states` can tell of this array task without following it (a
+        scheduler's queue lists every job; an adapter that keeps its own view of its
+        arrays knows only those it follows)."""
+        return True
+
     def adopt(self, job: BatchJob) -> None:  # noqa: B027 - optional hook
         """Follow ``job``, re-attached: an array task another launcher submitted."""
 

@@ -312,14 +312,17 @@ class BatchLauncher(Submission):
 
     async def states(self, refs: Sequence[JobRef]) -> list[str]:
         """Where each task is: one query of the scheduler for all of them (array tasks
-        no longer in its queue are ``"ended"``: a follower reads their outcomes).
+        no longer in its queue are ``"ended"``: a follower reads their outcomes;
+        ``"unknown"`` where the adapter cannot tell without following the task).
 
         Raises:
             LaunchError: the scheduler could not be asked.
 
         Cancellation: the query is stopped; it only reads.
         """
-        ours = [ref for ref in refs if self._of_this_place(ref)]
+        ours = [
+            ref for ref in refs if self._of_this_place(ref) and self.adapter.knows(ref.native_id)
+        ]
         try:
             queued = await self.adapter.states(sorted({ref.native_id for ref in ours}))
         except LaunchError:
@@ -328,7 +331,7 @@ class BatchLauncher(Submission):
             raise LaunchError(f"could not ask {self.adapter.name} for its queue: {exc}") from exc
         found = []
         for ref in refs:
-            if not self._of_this_place(ref):
+            if not self._of_this_place(ref) or not self.adapter.knows(ref.native_id):
                 found.append("unknown")
                 continue
             seen = queued.get(ref.native_id)
