@@ -227,6 +227,7 @@ class Dispatcher:
             env=dict(options.env) if options.env else _NO_ENV,
             memory_mb=resources.memory_mb,
             name=options.name,
+            logs_at_end=options.logs_at_end,
         )
         if resources.cpus is not None or resources.gpus is not None:  # (rare: no keywords)
             spec.cpus = resources.cpus

@@ -31,7 +31,7 @@ from ._codec import dumps_call, type_name
 from ._dispatch import Call, Dispatcher, ExecutorStats
 from ._exceptions import ExecutorClosed, LaunchError, TaskDetached
 from ._future import AsyncException, AsyncResult, Completion, Future, FutureState, running_loop
-from ._messages import JobRef
+from ._messages import JobRef, Resources
 from ._options import TaskOptions, check_workers
 from ._runtime import run_chunk
 from .abc import Capabilities, Launcher
@@ -204,7 +204,7 @@ class BaseExecutor(_TaskMethods):
         # entry): the user's own modules travel by value (asyncexec._travel).
         self._travel_to: str | None = None
         self._stack: contextlib.AsyncExitStack | None = None
-        self._resources_checked: TaskOptions | None = None  # the launcher honours its resources
+        self._resources_checked: Resources | None = None  # the launcher honours these
         self._executor = self
 
     def __repr__(self) -> str:
@@ -464,7 +464,7 @@ class BaseExecutor(_TaskMethods):
         """
         if self._state != "open":
             self._check_open()
-        if options is not self._resources_checked:  # once per options object, not per task
+        if options.resources is not self._resources_checked:  # once per Resources, not per task
             self._check_resources(options)
         _check_function(fn)
         return dumps_call(
@@ -486,7 +486,7 @@ class BaseExecutor(_TaskMethods):
             raise LaunchError(
                 f"{type(self).__name__} cannot run a task with Resources({asked}): {problem}"
             )
-        self._resources_checked = options
+        self._resources_checked = resources
 
     def to_dict(self) -> dict[str, Any]:
         """This executor's configuration (:func:`asyncexec.config.to_dict`): the

@@ -130,6 +130,9 @@ class TaskSpec(msgspec.Struct, gc=False, tag="task", array_like=True):
     #: tails: where the worker cannot see the driver's files (SSH hosts, containers),
     #: the driver appends them to ``log_stdout`` / ``log_stderr`` itself.
     whole_output: bool = False
+    #: ``TaskOptions.logs_at_end``: the log files are written when the task ends, and
+    #: only for the streams it wrote to.
+    logs_at_end: bool = False
 
 
 class ErrorInfo(msgspec.Struct, gc=False, array_like=True):

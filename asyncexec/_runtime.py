@@ -242,6 +242,11 @@ def _read_tail(stream: IO[bytes], whole: bool = False) -> str:
 
 def _scratch_file(directory: str) -> IO[bytes]:
     """An anonymous file in ``directory``: created private, unlinked at once."""
+    return os.fdopen(_scratch_fd(directory), "wb+")
+
+
+def _scratch_fd(directory: str) -> int:
+    """The descriptor of an anonymous file in ``directory`` (see :func:`_scratch_file`)."""
     for attempt in range(100):
         name = f".capture-{os.getpid()}-{time.monotonic_ns()}-{attempt}"
         path = os.path.join(directory, name)
@@ -250,35 +255,62 @@ def _scratch_file(directory: str) -> IO[bytes]:
         except FileExistsError:
             continue
         os.unlink(path)
-        return os.fdopen(fd, "wb+")
+        return fd
     raise FileExistsError("no free name for a capture file in " + directory)
+
+
+#: Empty anonymous capture files free for the next task, by directory: a worker runs
+#: one task after another, and opening two files was most of what capturing cost.
+_spare_fds: dict[str, list[int]] = {}
 
 
 @contextlib.contextmanager
 def fd_capture(
-    stdout_path: str | None, stderr_path: str | None, scratch_dir: str, whole: bool = False
+    stdout_path: str | None,
+    stderr_path: str | None,
+    scratch_dir: str,
+    whole: bool = False,
+    at_end: bool = False,
 ) -> Iterator[Callable[[], tuple[str, str]]]:
     """Redirect file descriptors 1 and 2 into files for the duration of a task.
 
     File-level redirection also catches what C extensions and child processes
-    write. A stream without a path goes to an anonymous file in ``scratch_dir``.
-    Yields a function answering the tails of both once the block has ended
-    (``whole``: all that was written, for a driver that keeps the log files).
+    write. A stream without a path goes to an anonymous file in ``scratch_dir``
+    (emptied and kept for the next task: a child process the task left running
+    that still writes would write into the next task's capture). With ``at_end``,
+    so does a stream with a path: what it holds is appended to the path when the
+    block ends, if anything (its directory is checked first). Yields a function
+    answering the tails of both once the block has ended (``whole``: all that was
+    written, for a driver that keeps the log files).
     """
-    files: list[IO[bytes]] = []
+    paths = (stdout_path, stderr_path)
+    files: list[IO[bytes] | None] = []  # a log file written as the task writes, or None
+    fds: list[int] = []
+    spare = _spare_fds.setdefault(scratch_dir, [])
     try:  # open both before redirecting either: a bad path leaves nothing redirected
-        for path in (stdout_path, stderr_path):
-            files.append(open(path, "ab+") if path else _scratch_file(scratch_dir))  # noqa: SIM115
+        for path in paths:
+            if path and not at_end:
+                file = open(path, "ab+")  # noqa: SIM115
+                files.append(file)
+                fds.append(file.fileno())
+                continue
+            if path:
+                _check_directory(os.path.dirname(path) or ".", path)
+            files.append(None)
+            fds.append(spare.pop() if spare else _scratch_fd(scratch_dir))
     except BaseException:
-        for opened in files:
-            opened.close()
+        for fd, opened in zip(fds, files, strict=False):
+            if opened is not None:
+                opened.close()
+            else:
+                spare.append(fd)
         raise
     sys.stdout.flush()
     sys.stderr.flush()
     saved: list[int] = []
-    for fd, target in zip((1, 2), files, strict=True):
+    for fd, target in zip((1, 2), fds, strict=True):
         saved.append(os.dup(fd))
-        os.dup2(target.fileno(), fd)
+        os.dup2(target, fd)
     tails = ["", ""]
     try:
         yield lambda: (tails[0], tails[1])
@@ -288,8 +320,52 @@ def fd_capture(
         for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
             os.dup2(old, fd)
             os.close(old)
-            tails[index] = _read_tail(files[index], whole)
-            files[index].close()
+            opened = files[index]
+            if opened is not None:
+                tails[index] = _read_tail(opened, whole)
+                opened.close()
+                continue
+            scratch = fds[index]
+            size = os.lseek(scratch, 0, os.SEEK_END)
+            if size:
+                start = 0 if whole else max(0, size - TAIL_BYTES)
+                tails[index] = os.pread(scratch, size - start, start).decode("utf-8", "replace")
+                path = paths[index]
+                try:
+                    if path:
+                        _append_fd(scratch, size, path)
+                finally:
+                    os.ftruncate(scratch, 0)
+                    os.lseek(scratch, 0, os.SEEK_SET)
+            spare.append(scratch)
+
+
+#: Directories of log files found there (a runner of many tasks logs to one).
+_directories_seen: set[str] = set()
+
+
+def _check_directory(directory: str, path: str) -> None:
+    """Raise as ``open(path)`` would if ``directory`` is not one (first time only)."""
+    if directory in _directories_seen:
+        return
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(2, "No such file or directory", path)  # (ENOENT)
+    if len(_directories_seen) > 64:
+        _directories_seen.clear()
+    _directories_seen.add(directory)
+
+
+def _append_fd(source: int, size: int, path: str) -> None:
+    """Append the first ``size`` bytes of file descriptor ``source`` to the file at
+    ``path`` (made if missing)."""
+    with open(path, "ab") as target:
+        done = 0
+        while done < size:
+            block = os.pread(source, min(1 << 20, size - done), done)
+            if not block:
+                return
+            target.write(block)
+            done += len(block)
 
 
 def type_name(obj: object) -> str:

@@ -143,7 +143,11 @@ def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[]
     import tempfile  # not at start: it costs a worker's start about 10 ms
 
     return fd_capture(
-        spec.stdout_path, spec.stderr_path, tempfile.gettempdir(), whole=spec.whole_output
+        spec.stdout_path,
+        spec.stderr_path,
+        tempfile.gettempdir(),
+        whole=spec.whole_output,
+        at_end=spec.logs_at_end,
     )
 
 

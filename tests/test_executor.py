@@ -798,15 +798,19 @@ class CountingLauncher(InlineLauncher):
         return super().check_resources(resources)
 
 
-async def test_resources_are_checked_once_per_options_object_and_refusals_every_time() -> None:
+async def test_resources_are_checked_once_per_resources_object_and_refusals_every_time() -> None:
     launcher = CountingLauncher()
     async with BaseExecutor(2, launcher=launcher) as ex:
         await ex.wait([await ex.submit(square, i) for i in range(20)])
         assert launcher.checks == 1
-        named = ex.with_options(name="n")
+        named = ex.with_options(name="n")  # other options, the same Resources: no check
         await ex.wait([await named.submit(square, i) for i in range(20)])
         assert await ex.run(square, 3) == 9
-        assert launcher.checks == 3  # (the executor's options were checked again after named's)
+        assert launcher.checks == 1
+        pinned = ex.with_options(resources=asyncexec.Resources(cpus=1))
+        await ex.wait([await pinned.submit(square, i) for i in range(3)])
+        assert await ex.run(square, 3) == 9
+        assert launcher.checks == 3  # (the executor's were checked again after pinned's)
         refused = ex.with_options(resources=asyncexec.Resources(gpus=2))
         for _ in range(2):
             with pytest.raises(asyncexec.LaunchError, match=r"Resources\(gpus=2\)"):
@@ -816,7 +820,7 @@ async def test_resources_are_checked_once_per_options_object_and_refusals_every_
                 pass
         assert launcher.checks == 6
         stats = ex.stats()
-        assert stats.accepted == 41 and stats.live == 0  # nothing refused was accepted
+        assert stats.accepted == 45 and stats.live == 0  # nothing refused was accepted
 
 
 # -- regressions ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -374,3 +375,130 @@ async def test_sweeper_behind_the_store_converges(tmp_path: Path) -> None:
     with sqlite3.connect(directory / "sweeper" / "sweeper.sqlite") as db:
         assert {s for (s,) in db.execute("SELECT status FROM items")} == {"done"}
     db.close()
+
+
+_KILLED_DRIVER = """
+import asyncio, os, sys
+from asyncexec import ProcessExecutor
+from asyncexec.experiment import Experiment
+from killedexp import counted
+
+async def main() -> None:
+    async with ProcessExecutor(2) as ex:
+        summary = await Experiment(counted, {"x": list(range(5000))}).run(
+            ex, sys.argv[1], progress=False
+        )
+    print(summary.done, summary.ran)
+
+asyncio.run(main())
+"""
+
+
+def _done_runs(directory: Path) -> set[int]:
+    with sqlite3.connect(directory / "results.sqlite") as db:
+        rows = db.execute("SELECT params_json FROM runs WHERE status = 'done'").fetchall()
+    return {json.loads(text)["x"] for (text,) in rows}
+
+
+def _executions(log: Path) -> list[int]:
+    if not log.exists():
+        return []
+    return [int(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def _wait_for_workers_gone(marker: str) -> None:
+    """Until no process has ``AE_EXECUTIONS=marker`` in its environment."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + 60
+    while True:
+        alive = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("AE_EXECUTIONS") == marker:
+                    alive.append(process.pid)
+        if not alive:
+            return
+        assert time.monotonic() < deadline, f"the killed runner's workers stay: {alive}"
+        time.sleep(0.05)
+
+
+@pytest.mark.infra  # twenty interpreters and their pools: the tests session runs it
+def test_a_runner_killed_twenty_times_loses_nothing_and_repeats_nothing_recorded(
+    tmp_path: Path,
+) -> None:
+    """A 5,000-run experiment whose runner is SIGKILLed 20 times at random points (in
+    the store's opening too) and resumed: every run ends done; none recorded done
+    before a kill runs again after it; and a kill repeats at most the runs then in
+    flight (the window, ``n_workers * (1 + prefetch)``: 130 on this pool), as
+    the runner's docstring bounds it."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "killedexp.py").write_text(
+        "import os\n\n"
+        "def counted(x):\n"
+        "    with open(os.environ['AE_EXECUTIONS'], 'a') as log:\n"
+        "        log.write(f'{x}\\n')\n"
+        "    return x\n"
+    )
+    (tmp_path / "driver.py").write_text(_KILLED_DRIVER)
+    log, directory = tmp_path / "executions", tmp_path / "runs"
+    env = {
+        **os.environ,
+        "AE_EXECUTIONS": str(log),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    chance = random.Random(2112)
+    window = 2 * (1 + 64)  # ProcessExecutor(2): its capacity, what the runner keeps in flight
+    kills = []  # (runs recorded done, executions logged) just after each kill
+    for _ in range(20):
+        before = len(_executions(log))
+        driver = subprocess.Popen(
+            [sys.executable, str(tmp_path / "driver.py"), str(directory)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        # A random point: while it opens (no run executed yet), or after some runs.
+        target = before + chance.choice([0, *range(1, 400)])
+        deadline = time.monotonic() + 60
+        if target == before:
+            time.sleep(chance.uniform(0.0, 0.5))
+        else:
+            while len(_executions(log)) < target and driver.poll() is None:
+                assert time.monotonic() < deadline, "the runner made no progress"
+                time.sleep(0.002)
+        driver.send_signal(signal.SIGKILL)
+        driver.communicate()
+        _wait_for_workers_gone(str(log))  # they run what they had queued, then go
+        kills.append(
+            (
+                _done_runs(directory) if (directory / "results.sqlite").exists() else set(),
+                len(_executions(log)),
+            )
+        )
+    finished = subprocess.run(
+        [sys.executable, str(tmp_path / "driver.py"), str(directory)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert _done_runs(directory) == set(range(5000))
+    executions = _executions(log)
+    for recorded, logged in kills:
+        again = recorded.intersection(executions[logged:])
+        assert not again, f"runs recorded done before a kill ran again: {sorted(again)[:10]}"
+    repeated = len(executions) - 5000
+    midway = sum(1 for recorded, _ in kills if 0 < len(recorded) < 5000)
+    assert midway >= 10, f"only {midway} kills came while runs were recorded"
+    assert sorted(set(executions)) == list(range(5000))
+    assert repeated <= 20 * window, f"{repeated} executions repeated over 20 kills"

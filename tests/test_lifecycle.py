@@ -297,6 +297,58 @@ async def test_a_bad_log_path_fails_the_task_on_every_pool(tmp_path: Path) -> No
         assert (await ex.run(chatty, "KEY"))[1] is None
 
 
+def quiet() -> str:
+    return "nothing printed"
+
+
+def only_stderr() -> str:
+    print("a warning", file=sys.stderr)
+    return "one stream"
+
+
+async def check_logs_at_end(ex: Any, tmp_path: Path, remote: bool = False) -> None:
+    """``logs_at_end``: a file only for a stream the task wrote to, all of it there; a task
+    that prints nothing leaves no file; a log directory that is not there fails the task
+    (and the next one captures as ever, with nothing of the last one's)."""
+    logs = tmp_path / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def logged(stem: str) -> Any:
+        return ex.with_options(
+            log_stdout=str(logs / f"{stem}.out"),
+            log_stderr=str(logs / f"{stem}.err"),
+            logs_at_end=True,
+        )
+
+    chatter = await logged("chatty").submit(chatty, "KEY", LINES)
+    assert (await logged("quiet").run(quiet)) == "nothing printed"
+    assert (await logged("stderr").run(only_stderr)) == "one stream"
+    await chatter
+    check_logs(logs / "chatty.out", logs / "chatty.err", chatter, LINES)
+    assert sorted(path.name for path in logs.iterdir()) == [
+        "chatty.err",
+        "chatty.out",
+        "stderr.err",
+    ]
+    assert (logs / "stderr.err").read_text() == "a warning\n"
+    bad = ex.with_options(log_stdout=str(tmp_path / "no-such-dir" / "out.log"), logs_at_end=True)
+    with pytest.raises(FileNotFoundError):
+        await bad.run(chatty, "KEY")
+    after = await ex.with_options(capture_output=True).submit(only_stderr)
+    await after
+    assert after.info.stdout == "" and after.info.stderr == "a warning\n"
+
+
+async def test_logs_at_end_on_threads(tmp_path: Path) -> None:
+    async with ThreadExecutor(2) as ex:
+        await check_logs_at_end(ex, tmp_path)
+
+
+async def test_logs_at_end_on_processes(tmp_path: Path, no_leftover_processes: None) -> None:
+    async with ProcessExecutor(1) as ex:
+        await check_logs_at_end(ex, tmp_path)
+
+
 # -- SSH hosts ------------------------------------------------------------------------------
 
 
@@ -322,6 +374,7 @@ async def test_ssh_workers_set_up_tear_down_and_send_their_logs_home(
         ran = hooks.check_tasks([await logged, *[await future for future in others]])
         with pytest.raises(FileNotFoundError):  # a log file here that cannot be opened
             await ex.with_options(log_stdout=str(tmp_path / "nodir" / "x")).run(chatty, "K")
+        await check_logs_at_end(ex, tmp_path / "at-end")
     check_logs(out, err, logged, LINES)
     hooks.check_torn_down(ran)
 

@@ -8,6 +8,7 @@ leaves nothing stranded, and a second ``run`` skips what is done.
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import inspect
@@ -25,13 +26,14 @@ from .. import (
     ConfiguredExecutor,
     Future,
     FutureState,
+    JobRef,
     LaunchError,
     TaskDetached,
     TaskOptions,
 )
 from ..sweep import HashableDict, ParamSweeper, slugify, sweep
 from ._progress import Progress
-from ._store import ResultsStore, RunSpec
+from ._store import ResultsStore, RunSpec, future_row
 
 __all__ = ["INDEXED_THRESHOLD", "Experiment", "RunControl", "RunSummary"]
 
@@ -110,15 +112,14 @@ class Experiment:
         #: Whether each run is also given its ``repeat`` number (``fn`` takes one).
         self.passes_repeat = _takes_repeat(fn) and not any("repeat" in c for c in combinations)
         identity = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
-        self.runs = [
-            RunSpec(
-                fingerprint=_fingerprint(identity, combination, repeat, self.version),
-                params=dict(combination),
-                repeat=repeat,
+        self.runs: list[RunSpec] = []
+        for combination in combinations:
+            text = _canonical_text(combination)
+            params = dict(combination)  # (one dict for every repeat: nothing changes it)
+            self.runs.extend(
+                RunSpec(_fingerprint_of(identity, text, repeat, self.version), params, repeat)
+                for repeat in range(repeats)
             )
-            for combination in combinations
-            for repeat in range(repeats)
-        ]
 
     def __repr__(self) -> str:
         return f"<Experiment {self.name!r}: {len(self.runs)} runs>"
@@ -381,7 +382,24 @@ class RunnerBase:
 
 
 class _Dispatch(RunnerBase):
-    """One runner's loop: take runs from the sweeper, submit them, record them."""
+    """One runner's loop: take runs from the sweeper, submit them, record them, in
+    batches, one per turn of the loop.
+
+    Each turn makes one trip to a worker thread (:meth:`_turn`): one transaction of
+    the store records the runs the last turn started and those that ended since,
+    the sweeper is told, and the next runs are taken. The event loop never waits on
+    SQLite, and SQLite sees a few transactions a turn rather than several a run. Up
+    to ``capacity`` runs are in flight: for short runs, as many as the executor keeps
+    handed to its backend (``n_workers * (1 + prefetch)``: a process pool's prefetch
+    stays full, a cluster gets thousands at once); for long ones, twice its workers
+    (the rest stays with the sweeper, for the other runners of the experiment).
+
+    What a crash loses: a run that ended is recorded by the turn after (a turn
+    starts as soon as the last one's trip is back). A runner killed at any moment
+    runs again at most the runs in flight then (the window: ``n_workers * (1 +
+    prefetch)`` at most), finished or not; a run recorded ``done`` is never run
+    again.
+    """
 
     def __init__(
         self,
@@ -393,17 +411,39 @@ class _Dispatch(RunnerBase):
         detach: bool = False,
     ) -> None:
         super().__init__(experiment, executor, store, sweeper, retry_failed, detach)
-        self.taking = anyio.CancelScope()  # around taking and submitting runs
-        # Detaching, a run leaves the window once the backend has taken it: as many go
-        # at once as the executor hands over (its n_workers).
-        self.window = anyio.Semaphore(max(2, (1 if detach else 2) * executor.n_workers))
+        # The window: at most what the executor keeps handed to its backend (its limit,
+        # n_workers * (1 + prefetch)); at least twice its workers; in between, a quarter
+        # of a second of runs at the rate they end (short runs fill the prefetch, long
+        # ones leave the runs they would wait for to other runners of the experiment).
+        self.limit = max(2, executor.stats().limit or 2 * executor.n_workers)
+        self.base = min(self.limit, max(2, 2 * executor.n_workers))
+        self.capacity = self.base
+        self.rate_since = time.monotonic()
+        self.ended_since = 0
         self.poll = min(2.0, sweeper.lease / 3)
-        self.recorded = anyio.Event()
+        self.follows = executor.capabilities.reattachable  # keep JobRefs to follow after a crash
+        self.wake = anyio.Event()
+        self.flying: dict[str, Future[Any]] = {}
+        self.occupying = 0  # runs in the window (detaching: not handed over yet)
+        self.handed: set[str] = set()  # detaching: in flight, JobRef stored, out of the window
+        self.ended: list[tuple[str, Future[Any]]] = []  # to record at the next turn
+        self.started: dict[str, JobRef | None] = {}  # to mark running at the next turn
+        self.refs: dict[str, JobRef] = {}  # where runs went since the last turn, to store
+        self.launched = 0.0  # when the first run in ``started`` was submitted (monotonic)
+        self.stopping = False  # detach now: take no more runs
+        self.exhausted = 0.0  # when the sweeper last had fewer runs for us than asked (0: not)
+        self.detaching = False  # executor.detach() was called
+        self.reserve: collections.deque[tuple[str, JobRef | None]] = collections.deque()
+        self.hopping = False  # a turn's trip to a worker thread is under way
+        self.tg: anyio.abc.TaskGroup | None = None
+        # Each run's output goes to its log files, made only for what it writes.
+        self.options = (experiment.options or executor.options).replace(logs_at_end=True)
 
     def detach_now(self) -> None:
         """Take no more runs; let those in flight go running (as ``detach=True``)."""
         self.detach = True
-        self.taking.cancel()
+        self.stopping = True
+        self.wake.set()
 
     async def run(self, enabled: bool | None, interval: float) -> bool:
         """Dispatch until every run is finished; return whether it was cancelled."""
@@ -422,157 +462,250 @@ class _Dispatch(RunnerBase):
         completed = False
         try:
             async with anyio.create_task_group() as tg:
+                self.tg = tg
                 tg.start_soon(self._watch_cancel_requests, tg.cancel_scope)
                 tg.start_soon(self.progress.report_periodically)
-                await self._dispatch(tg)
+                await self._dispatch()
                 completed = True
-                tg.cancel_scope.cancel()  # the watcher and the reporter
+                tg.cancel_scope.cancel()  # the watcher, the reporter, the followers
         finally:
             with anyio.CancelScope(shield=True):
-                if self.held:  # taken from the sweeper but never submitted
-                    await anyio.to_thread.run_sync(self.sweeper.cancel_batch, list(self.held))
+                await self._wind_down()
             self.progress.stop()
         return self.requested or not completed
 
-    async def _dispatch(self, tg: anyio.abc.TaskGroup) -> None:
-        in_flight = 0
-        all_collected = anyio.Event()
-        all_collected.set()
-
-        async def collect(fingerprint: str, future: Future[Any]) -> None:
-            nonlocal in_flight, all_collected
-            in_window = True
-
-            def hand_over() -> None:  # its JobRef is stored
-                nonlocal in_window
-                if self.detach and in_window:  # detaching: the next run may go
-                    in_window = False
-                    self.window.release()
-
-            try:
-                with anyio.CancelScope(shield=True):  # recorded running before its end
-                    await anyio.to_thread.run_sync(self.store.mark_running, fingerprint, future)
-                ref = None
-                while True:  # each attempt's ref in turn (a retry runs in new work)
-                    ref = await future.accepted(other_than=ref)
-                    if ref is None or future.ready():
-                        break
-                    if self.executor.can_attach(ref):
-                        # The work outlives us: a runner resuming after a crash follows it.
-                        with anyio.CancelScope(shield=True):
-                            await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, ref)
-                        hand_over()
-                await future.wait()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._record(fingerprint, future)
-                    in_flight -= 1
-                    if in_flight == 0:
-                        all_collected.set()
-                    if in_window:
-                        self.window.release()
-
-        with self.taking:  # cancelled: detach now (RunControl.detach)
-            while True:
-                await self.window.acquire()
-                with anyio.CancelScope(shield=True):  # what the sweeper hands out must be tracked
-                    fingerprint = await self.sweeper.aget_next()
-                    if fingerprint is not None:
-                        self.held.add(fingerprint)
-                if fingerprint is None:
-                    self.window.release()
-                    if self.detach or await self._all_finished():
-                        break
-                    if await anyio.to_thread.run_sync(self._reopen_lost):
-                        continue
-                    # The rest is held, by us or by others: wait for one of ours to finish,
-                    # or a while for the others (or for their leases to expire).
-                    self.recorded = anyio.Event()
-                    with anyio.move_on_after(self.poll):
-                        await self.recorded.wait()
+    async def _dispatch(self) -> None:
+        """Launch runs while the trips to the worker thread go on beside: the runs of
+        the next window are taken while this one's are submitted."""
+        assert self.tg is not None
+        while True:
+            while self.reserve and self.occupying < self.capacity and not self.stopping:
+                await self._launch(*self.reserve.popleft())
+            now = time.monotonic()
+            if self.exhausted and now - self.exhausted > self.poll:
+                self.exhausted = 0.0  # (others give runs back, leases expire: ask again)
+            if not self.hopping:
+                want = 0
+                if (
+                    not (self.stopping or self.exhausted)
+                    and len(self.reserve) <= self.capacity // 2
+                ):
+                    want = self.capacity - len(self.reserve)
+                if want or self.ended or self.refs or (self.started and now - self.launched > 0.05):
+                    self.hopping = True
+                    self.tg.start_soon(self._hop_beside, want)
                     continue
-                status = await anyio.to_thread.run_sync(self.store.status, fingerprint)
-                if self.finished(status):
-                    await anyio.to_thread.run_sync(
-                        self.sweeper.done if status == "done" else self.sweeper.skip, fingerprint
+                if self.detach and (self.stopping or self.exhausted) and not self.detaching:
+                    # Every run in flight goes on where it runs (queued here: cancelled).
+                    self.detaching = True
+                    refs = await self.executor.detach()
+                    log.info(
+                        "%s: %d run(s) left running (detached)", self.experiment.name, len(refs)
                     )
-                    self.held.discard(fingerprint)
-                    self.window.release()
                     continue
-                future = await self._follow_or_submit(fingerprint, status)
-                # No checkpoint from here to start_soon: a cancellation cannot come between
-                # the task's submission and the collector that cancels and records it.
-                self.held.discard(fingerprint)
-                in_flight += 1
-                all_collected = anyio.Event()
-                self.progress.running += 1
-                self.progress.changed()
-                tg.start_soon(collect, fingerprint, future)
-        if self.detach:
-            # Every run in flight goes on where it runs (queued here: cancelled, to do).
-            refs = await self.executor.detach()
-            log.info("%s: %d run(s) left running (detached)", self.experiment.name, len(refs))
-        await all_collected.wait()
+                if (
+                    not self.flying
+                    and not self.started
+                    and not (self.reserve and not self.stopping)
+                ):
+                    if self.detach or self.stopping or await self._all_finished():
+                        return
+                    if await anyio.to_thread.run_sync(self._reopen_lost):
+                        self.exhausted = 0.0
+                        continue
+            # Wait for a run to end, a trip to come back, or a while.
+            self.wake = anyio.Event()
+            if self.ended or self.refs:
+                limit: float | None = 0.0 if not self.hopping else None
+            elif self.started:
+                limit = 0.05
+            elif self.exhausted:
+                limit = self.poll
+            else:
+                limit = None
+            with anyio.move_on_after(limit):
+                await self.wake.wait()
 
-    async def _follow_or_submit(self, fingerprint: str, status: str | None) -> Future[Any]:
-        """Re-attach to the task of a run a crashed runner left running, else submit it."""
+    async def _hop_beside(self, want: int) -> None:
+        try:
+            taken, offered = await self._hop(want)
+            self.reserve.extend(taken)
+            if offered < want:
+                self.exhausted = time.monotonic()
+        finally:
+            self.hopping = False
+            self.wake.set()
+
+    async def _hop(self, want: int) -> tuple[list[tuple[str, JobRef | None]], int]:
+        """One turn's trip to a worker thread (:meth:`_turn`), then its bookkeeping here."""
+        ended, self.ended = self.ended, []
+        started, self.started = self.started, {}
+        refs, self.refs = self.refs, {}
+        with anyio.CancelScope(shield=True):  # what the sweeper hands out must be tracked
+            taken, offered = await anyio.to_thread.run_sync(self._turn, started, refs, ended, want)
+            self.held.update(fingerprint for fingerprint, _ in taken)
+        if self.detach:  # a run whose JobRef is stored leaves the window: the next may go
+            for fingerprint in refs:
+                if fingerprint in self.flying and fingerprint not in self.handed:
+                    self.handed.add(fingerprint)
+                    self.occupying -= 1
+        self._adapt(len(ended))
+        progress = self.progress
+        for fingerprint, future in ended:
+            del self.flying[fingerprint]
+            if fingerprint in self.handed:
+                self.handed.discard(fingerprint)
+            else:
+                self.occupying -= 1
+            progress.running -= 1
+            state = future.state
+            if state is FutureState.DONE:
+                progress.done += 1
+                self.ran += 1
+            elif state is FutureState.FAILED:
+                progress.failed += 1
+                self.failed_here += 1
+                self.ran += 1
+            elif isinstance(future.exception(), TaskDetached):
+                self.detached += 1
+        if ended:
+            progress.changed()
+        return taken, offered
+
+    def _adapt(self, ended: int) -> None:
+        """Follow the rate runs end at with the window (see ``__init__``)."""
+        self.ended_since += ended
+        now = time.monotonic()
+        elapsed = now - self.rate_since
+        if elapsed >= 0.1:
+            wanted = int(self.ended_since / elapsed * 0.25)
+            self.capacity = max(self.base, min(self.limit, wanted))
+            self.rate_since, self.ended_since = now, 0
+
+    def _turn(
+        self,
+        started: dict[str, JobRef | None],
+        refs: dict[str, JobRef],
+        ended: list[tuple[str, Future[Any]]],
+        want: int,
+    ) -> tuple[list[tuple[str, JobRef | None]], int]:
+        """In a worker thread: record what the loop saw (one transaction), tell the
+        sweeper, and take up to ``want`` runs to do (with the JobRef of those a crashed
+        runner left running); return them, and how many the sweeper handed out."""
+        rows = []
+        done: list[str] = []
+        failed: list[str] = []
+        back: list[str] = []  # cancelled or left running: to do again (or to follow)
+        for fingerprint, future in ended:
+            state = future.state
+            if state is FutureState.CANCELLED:
+                error = future.exception()
+                if isinstance(error, TaskDetached):
+                    # Left running, recorded running with its JobRef: given back to the
+                    # sweeper, the next runner takes it and follows it (re-attach).
+                    if error.job_ref is not None:
+                        refs[fingerprint] = error.job_ref
+                    back.append(fingerprint)
+                    continue
+                back.append(fingerprint)
+            elif state is FutureState.DONE:
+                done.append(fingerprint)
+            else:  # failed: not done for the sweeper, a later run looks again (retry_failed)
+                failed.append(fingerprint)
+            rows.append(future_row(fingerprint, future))
+        for row in rows:  # (a run that started and ended since the last turn: recorded)
+            started.pop(row[-1], None)
+        if started or refs or rows:
+            self.store.commit_turn(running=started, submitted=time.time(), refs=refs, ended=rows)
+        # (The store first: a run the sweeper says done is in the store.)
+        sweeper = self.sweeper
+        if done:
+            sweeper.done_batch(done)
+        if failed:
+            sweeper.skip_batch(failed)
+        if back:
+            sweeper.cancel_batch(back)
+        if want <= 0:
+            return [], 0
+        offered = sweeper.get_next_batch(want)
+        if not offered:
+            return [], 0
+        statuses = self.store.statuses(offered)
+        finished = [fp for fp in offered if self.finished(statuses.get(fp))]
+        if finished:  # by another runner, since or before (a sweeper started over)
+            sweeper.done_batch([fp for fp in finished if statuses[fp] == "done"])
+            sweeper.skip_batch([fp for fp in finished if statuses[fp] != "done"])
+        left = [fp for fp in offered if not self.finished(statuses.get(fp))]
+        running = [fp for fp in left if statuses.get(fp) == "running"]
+        found = self.store.job_refs(frozenset(running)) if running else {}
+        return [(fp, found.get(fp)) for fp in left], len(offered)
+
+    async def _launch(self, fingerprint: str, ref: JobRef | None) -> None:
+        """Submit a run taken (or follow the work a crashed runner left running)."""
+        executor = self.executor
         run = self.by_fingerprint[fingerprint]
-        if status == "running":
-            ref = await anyio.to_thread.run_sync(self.store.job_ref, fingerprint)
-            if ref is not None and self.executor.can_attach(ref):
-                log.info("re-attaching to %s (%s %s)", fingerprint, ref.kind, ref.native_id)
-                self.reattached += 1
-                return await self.executor.attach(ref, name=self._name(run))
-        return await self._submit(run)
+        if ref is not None and executor.can_attach(ref):
+            log.info("re-attaching to %s (%s %s)", fingerprint, ref.kind, ref.native_id)
+            future = await executor.attach(ref, name=self._name(run))
+            self.reattached += 1
+        else:
+            ref = None
+            future = await self._submit(run)
+        # No checkpoint from here on: a cancellation cannot come between the task's
+        # submission and its callback (the wind-down cancels and records it).
+        self.held.discard(fingerprint)
+        self.flying[fingerprint] = future
+        self.occupying += 1
+        if not self.started:
+            self.launched = time.monotonic()
+        self.started[fingerprint] = ref
+        self.progress.running += 1
+        future.add_done_callback(functools.partial(self._on_end, fingerprint))
+        if self.follows and self.tg is not None:
+            self.tg.start_soon(self._follow, fingerprint, future)
+
+    def _on_end(self, fingerprint: str, future: Future[Any]) -> None:
+        self.ended.append((fingerprint, future))
+        self.wake.set()
+
+    async def _follow(self, fingerprint: str, future: Future[Any]) -> None:
+        """Keep where the run's work goes, each attempt's in turn (a retry runs in new
+        work): a runner resuming after a crash follows it."""
+        ref = None
+        while True:
+            ref = await future.accepted(other_than=ref)
+            if ref is None or future.ready():
+                return
+            if self.executor.can_attach(ref):
+                self.refs[fingerprint] = ref
+                self.wake.set()
+
+    async def _wind_down(self) -> None:
+        """Stopped (done, cancelled, or failed): cancel what still runs, record what
+        ended, give back what was taken and not submitted. Shielded by the caller."""
+        unfinished = [future for future in self.flying.values() if not future.ready()]
+        if unfinished:
+            await self.executor.cancel(unfinished)
+        while self.ended or self.started or self.refs:
+            await self._hop(0)
+        if self.held:  # taken from the sweeper but never submitted
+            await anyio.to_thread.run_sync(self.sweeper.cancel_batch, list(self.held))
+            self.held.clear()
+        self.reserve.clear()
 
     def _name(self, run: RunSpec) -> str:
         return f"{self.experiment.name}[{slugify(run.params)}#{run.repeat}]"
 
     async def _submit(self, run: RunSpec) -> Future[Any]:
-        experiment = self.experiment
-        stem = os.path.join(self.logs, _log_name(run))
-        options = (experiment.options or self.executor.options).replace(
-            name=self._name(run),
-            log_stdout=f"{stem}.out",
-            log_stderr=f"{stem}.err",
+        slug = slugify(run.params)
+        stem = os.path.join(self.logs, _log_name(run, slug))
+        options = self.options.named(
+            f"{self.experiment.name}[{slug}#{run.repeat}]", f"{stem}.out", f"{stem}.err"
         )
         kwargs = dict(run.params)
-        if experiment.passes_repeat:
+        if self.experiment.passes_repeat:
             kwargs["repeat"] = run.repeat
-        return await ConfiguredExecutor(self.executor, options).submit(experiment.fn, **kwargs)
-
-    async def _record(self, fingerprint: str, future: Future[Any]) -> None:
-        if not future.ready():
-            await self.executor.cancel(future)
-        error = future.exception()
-        if isinstance(error, TaskDetached):
-            # Left running, recorded running with its JobRef: given back to the
-            # sweeper, the next runner takes it and follows it (re-attach).
-            if error.job_ref is not None:  # (its collector may not have stored it yet)
-                await anyio.to_thread.run_sync(self.store.set_job_ref, fingerprint, error.job_ref)
-            await anyio.to_thread.run_sync(self.sweeper.cancel, fingerprint)
-            self.progress.running -= 1
-            self.detached += 1
-            self.progress.changed()
-            self.recorded.set()
-            return
-        status = await anyio.to_thread.run_sync(self.store.record, fingerprint, future)
-        self.progress.running -= 1
-        if future.state is FutureState.DONE:
-            await anyio.to_thread.run_sync(self.sweeper.done, fingerprint)
-            self.progress.done += 1
-            self.ran += 1
-        elif future.state is FutureState.FAILED:
-            # Not done for the sweeper: a later run looks again (retry_failed).
-            await anyio.to_thread.run_sync(self.sweeper.skip, fingerprint)
-            self.progress.failed += 1
-            self.failed_here += 1
-            self.ran += 1
-        else:
-            await anyio.to_thread.run_sync(self.sweeper.cancel, fingerprint)
-        self.progress.changed()
-        self.recorded.set()
-        assert status in ("done", "failed", "cancelled")
+        return await ConfiguredExecutor(self.executor, options).submit(self.experiment.fn, **kwargs)
 
     def _reopen_lost(self) -> int:
         """Runs the sweeper has done but the store has no result for: make them todo again.
@@ -607,8 +740,24 @@ def _takes_repeat(fn: Callable[..., Any]) -> bool:
 
 
 def _fingerprint(identity: str, params: Mapping[str, Any], repeat: int, version: str) -> str:
-    data = msgspec.msgpack.encode([identity, repr(_canonical(dict(params))), repeat, version])
+    return _fingerprint_of(identity, _canonical_text(params), repeat, version)
+
+
+def _fingerprint_of(identity: str, text: str, repeat: int, version: str) -> str:
+    data = msgspec.msgpack.encode([identity, text, repeat, version])
     return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+_SCALARS = frozenset({int, str, float, bool, type(None)})
+
+
+def _canonical_text(params: Mapping[str, Any]) -> str:
+    """``repr(_canonical(dict(params)))``: what a run's fingerprint is made of (quicker
+    for parameters that are all plain scalars, which ``_canonical`` leaves as they are)."""
+    for value in params.values():
+        if type(value) not in _SCALARS:
+            return repr(_canonical(dict(params)))
+    return repr(("__dict__", tuple(sorted([(repr(k), v) for k, v in params.items()]))))
 
 
 def _canonical(value: Any) -> Any:
@@ -622,6 +771,8 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def _log_name(run: RunSpec) -> str:
-    slug = slugify(run.params)[:80] or "run"
+def _log_name(run: RunSpec, slug: str | None = None) -> str:
+    """The stem of the run's log files in ``DIR/logs`` (``slug``: its parameters'
+    :func:`slugify`, if made already)."""
+    slug = (slugify(run.params) if slug is None else slug)[:80] or "run"
     return f"{slug}-r{run.repeat}-{run.fingerprint[:8]}"

@@ -24,7 +24,7 @@ import msgspec
 from .. import AsyncExecError, Future, FutureState, JobRef, RemoteError
 from .._sqlite import Transaction, connect
 
-__all__ = ["ResultsStore", "RunResult", "RunSpec", "StoreError"]
+__all__ = ["ResultsStore", "RunResult", "RunSpec", "StoreError", "future_row", "outcome_row"]
 
 _FORMAT = "asyncexec-results-1"
 _SCHEMA = """
@@ -93,6 +93,99 @@ def _json_or_none(value: Any) -> str | None:
         return msgspec.json.encode(value).decode()
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+_RUNNING = (
+    "UPDATE runs SET status = 'running', submitted = ?, started = NULL, finished = NULL, "
+    "value_json = NULL, value_pickle = NULL, error_type = NULL, error_message = NULL, "
+    "traceback = NULL, job_ref = ?, updated = ? WHERE fingerprint = ?"
+)
+_ENDED = (
+    "UPDATE runs SET status = ?, value_json = ?, value_pickle = ?, error_type = ?, "
+    "error_message = ?, traceback = ?, submitted = COALESCE(?, submitted), started = ?, "
+    "finished = ?, host = ?, worker = ?, attempts = ?, job_ref = COALESCE(?, job_ref), "
+    "stdout = ?, stderr = ?, updated = ? WHERE fingerprint = ?"
+)
+
+
+def _running_rows(
+    refs: Mapping[str, JobRef | None], submitted: float | None, now: float
+) -> Iterator[tuple[Any, ...]]:
+    for fingerprint, ref in refs.items():
+        text = msgspec.json.encode(ref).decode() if ref is not None else None
+        yield (submitted, text, now, fingerprint)
+
+
+_STATUS_OF = {
+    FutureState.DONE: "done",
+    FutureState.FAILED: "failed",
+    FutureState.CANCELLED: "cancelled",
+}
+
+
+def outcome_row(
+    fingerprint: str,
+    status: str,
+    value: Any,
+    error: BaseException | None,
+    times: tuple[float | None, float | None, float | None],
+    host: str | None,
+    worker: str | None,
+    attempts: int | None,
+    job_ref: JobRef | None,
+    stdout: str | None,
+    stderr: str | None,
+) -> tuple[Any, ...]:
+    """The row of a run that ended, for :meth:`ResultsStore.commit_turn` (``times``:
+    submitted, started, finished; ``fingerprint`` last, where the statement wants it)."""
+    value_json: str | None = None
+    value_pickle: bytes | None = None
+    error_type = error_message = trace = None
+    if status == "done":
+        value_json = _json_or_none(value)
+        if value_json is None:
+            value_pickle = pickle.dumps(value, protocol=4)
+    elif error is not None:
+        if isinstance(error, RemoteError):
+            error_type, error_message = error.remote_type, error.remote_message
+            trace = error.remote_traceback
+        else:
+            error_type, error_message = type(error).__name__, str(error)
+    return (
+        status,
+        value_json,
+        value_pickle,
+        error_type,
+        error_message,
+        trace,
+        *times,
+        host,
+        worker,
+        attempts,
+        msgspec.json.encode(job_ref).decode() if job_ref is not None else None,
+        stdout,
+        stderr,
+        fingerprint,
+    )
+
+
+def future_row(fingerprint: str, future: Future[Any]) -> tuple[Any, ...]:
+    """The row of a run whose future is ready (:func:`outcome_row`)."""
+    info = future.info
+    status = _STATUS_OF[future.state]
+    return outcome_row(
+        fingerprint,
+        status,
+        future.result() if status == "done" else None,
+        None if status == "done" else future.exception(),
+        (info.submitted, info.started, info.finished),
+        info.host,
+        info.worker,
+        info.attempts,
+        info.job_ref,
+        info.stdout,
+        info.stderr,
+    )
 
 
 class ResultsStore:
@@ -226,149 +319,71 @@ class ResultsStore:
         )
 
     def mark_running(self, fingerprint: str, future: Future[Any]) -> None:
-        info = future.info
-        self._write(
-            "UPDATE runs SET status = 'running', submitted = ?, started = NULL, finished = NULL, "
-            "value_json = NULL, value_pickle = NULL, error_type = NULL, error_message = NULL, "
-            "traceback = NULL, job_ref = NULL, updated = ? WHERE fingerprint = ?",
-            [(info.submitted, time.time(), fingerprint)],
-        )
+        self.commit_turn(running={fingerprint: None}, submitted=future.info.submitted)
 
     def set_job_ref(self, fingerprint: str, ref: JobRef) -> None:
         """Keep where a running run's task went, to re-attach to it after a crash."""
-        self._write(
-            "UPDATE runs SET job_ref = ?, updated = ? WHERE fingerprint = ? AND status = 'running'",
-            [(msgspec.json.encode(ref).decode(), time.time(), fingerprint)],
-        )
+        self.set_job_refs({fingerprint: ref})
 
     def record(self, fingerprint: str, future: Future[Any]) -> str:
         """Store what became of the run's future; return the status recorded."""
-        info = future.info
-        status = {
-            FutureState.DONE: "done",
-            FutureState.FAILED: "failed",
-            FutureState.CANCELLED: "cancelled",
-        }.get(future.state, "running")
-        value_json: str | None = None
-        value_pickle: bytes | None = None
-        error_type = error_message = trace = None
-        if status == "done":
-            value = future.result()
-            value_json = _json_or_none(value)
-            if value_json is None:
-                value_pickle = pickle.dumps(value, protocol=4)
-        elif status in ("failed", "cancelled"):
-            error = future.exception()
-            assert error is not None
-            if isinstance(error, RemoteError):
-                error_type, error_message = error.remote_type, error.remote_message
-                trace = error.remote_traceback
-            else:
-                error_type, error_message = type(error).__name__, str(error)
-        job_ref = msgspec.json.encode(info.job_ref).decode() if info.job_ref else None
-        self._write(
-            "UPDATE runs SET status = ?, value_json = ?, value_pickle = ?, error_type = ?, "
-            "error_message = ?, traceback = ?, submitted = ?, started = ?, finished = ?, "
-            "host = ?, worker = ?, attempts = ?, job_ref = ?, stdout = ?, stderr = ?, updated = ? "
-            "WHERE fingerprint = ?",
-            [
-                (
-                    status,
-                    value_json,
-                    value_pickle,
-                    error_type,
-                    error_message,
-                    trace,
-                    info.submitted,
-                    info.started,
-                    info.finished,
-                    info.host,
-                    info.worker,
-                    info.attempts,
-                    job_ref,
-                    info.stdout,
-                    info.stderr,
-                    time.time(),
-                    fingerprint,
+        row = future_row(fingerprint, future)
+        self.commit_turn(ended=[row])
+        return str(row[0])
+
+    def commit_turn(
+        self,
+        *,
+        running: Mapping[str, JobRef | None] | None = None,
+        submitted: float | None = None,
+        refs: Mapping[str, JobRef] | None = None,
+        ended: Sequence[Sequence[Any]] = (),
+    ) -> None:
+        """What a runner's loop turn saw, in one transaction: runs it started (``running``:
+        where each went, or None; ``submitted``: when), where running runs went since
+        (``refs``), and the rows of the runs that ended (:func:`outcome_row`), in
+        that order (a run started and ended in one turn ends recorded)."""
+        now = time.time()
+        with self._lock, Transaction(self._db) as db:
+            if running:
+                db.executemany(_RUNNING, _running_rows(running, submitted, now))
+            if refs:
+                db.executemany(
+                    "UPDATE runs SET job_ref = ?, updated = ? "
+                    "WHERE fingerprint = ? AND status = 'running'",
+                    ((msgspec.json.encode(ref).decode(), now, fp) for fp, ref in refs.items()),
                 )
-            ],
-        )
-        return status
+            if ended:
+                db.executemany(_ENDED, ((*row[:-1], now, row[-1]) for row in ended))
 
     def mark_running_batch(self, refs: Mapping[str, JobRef | None], submitted: float) -> None:
         """Mark many runs ``running`` at once, each with where its work went (or None):
         one transaction (an indexed sweep submits thousands of runs at a time)."""
-        now = time.time()
-        self._write(
-            "UPDATE runs SET status = 'running', submitted = ?, started = NULL, finished = NULL, "
-            "value_json = NULL, value_pickle = NULL, error_type = NULL, error_message = NULL, "
-            "traceback = NULL, job_ref = ?, updated = ? WHERE fingerprint = ?",
-            (
-                (
-                    submitted,
-                    msgspec.json.encode(ref).decode() if ref is not None else None,
-                    now,
-                    fingerprint,
-                )
-                for fingerprint, ref in refs.items()
-            ),
-        )
+        self.commit_turn(running=refs, submitted=submitted)
 
     def set_job_refs(self, refs: Mapping[str, JobRef]) -> None:
         """Keep where many running runs' work went now (submitted again, say)."""
-        now = time.time()
-        self._write(
-            "UPDATE runs SET job_ref = ?, updated = ? WHERE fingerprint = ? AND status = 'running'",
-            ((msgspec.json.encode(ref).decode(), now, fp) for fp, ref in refs.items()),
-        )
+        self.commit_turn(refs=refs)
 
     def record_results(self, results: Iterable[RunResult]) -> None:
         """Store what became of many runs, in one transaction (see :class:`RunResult`)."""
-        now = time.time()
-        rows = []
-        for result in results:
-            value_json: str | None = None
-            value_pickle: bytes | None = None
-            error_type = error_message = trace = None
-            if result.status == "done":
-                value_json = _json_or_none(result.value)
-                if value_json is None:
-                    value_pickle = pickle.dumps(result.value, protocol=4)
-            elif result.error is not None:
-                error = result.error
-                if isinstance(error, RemoteError):
-                    error_type, error_message = error.remote_type, error.remote_message
-                    trace = error.remote_traceback
-                else:
-                    error_type, error_message = type(error).__name__, str(error)
-            job_ref = msgspec.json.encode(result.job_ref).decode() if result.job_ref else None
-            rows.append(
-                (
-                    result.status,
-                    value_json,
-                    value_pickle,
-                    error_type,
-                    error_message,
-                    trace,
-                    result.started,
-                    result.finished,
-                    result.host,
-                    result.worker,
-                    result.attempts,
-                    job_ref,
-                    result.stdout,
-                    result.stderr,
-                    now,
-                    result.fingerprint,
-                )
+        rows = [
+            outcome_row(
+                result.fingerprint,
+                result.status,
+                result.value,
+                result.error,
+                (None, result.started, result.finished),
+                result.host,
+                result.worker,
+                result.attempts,
+                result.job_ref,
+                result.stdout,
+                result.stderr,
             )
-        self._write(
-            "UPDATE runs SET status = ?, value_json = ?, value_pickle = ?, error_type = ?, "
-            "error_message = ?, traceback = ?, started = ?, finished = ?, "
-            "host = ?, worker = ?, attempts = ?, job_ref = COALESCE(?, job_ref), stdout = ?, "
-            "stderr = ?, updated = ? WHERE fingerprint = ?",
-            rows,
-        )
+            for result in results
+        ]
+        self.commit_turn(ended=rows)
 
     def job_refs(self, fingerprints: Collection[str]) -> dict[str, JobRef]:
         """Where each of ``fingerprints`` that is ``running`` went, if it was kept."""
@@ -466,10 +481,23 @@ class ResultsStore:
         return None if row is None else str(row[0])
 
     def statuses(self, fingerprints: Collection[str]) -> dict[str, str]:
-        """The status of each of ``fingerprints`` the store has a row for."""
+        """The status of each of ``fingerprints`` the store has a row for (a few: looked
+        up by key; many: one pass over every row)."""
+        if len(fingerprints) > 5000:
+            with self._lock:
+                rows = self._db.execute("SELECT fingerprint, status FROM runs").fetchall()
+            return {str(f): str(s) for f, s in rows if f in fingerprints}
+        keys = list(fingerprints)
+        found: dict[str, str] = {}
         with self._lock:
-            rows = self._db.execute("SELECT fingerprint, status FROM runs").fetchall()
-        return {str(f): str(s) for f, s in rows if f in fingerprints}
+            for first in range(0, len(keys), 500):  # (SQLite's bound on parameters)
+                chunk = keys[first : first + 500]
+                marks = ",".join("?" * len(chunk))
+                for fingerprint, status in self._db.execute(
+                    f"SELECT fingerprint, status FROM runs WHERE fingerprint IN ({marks})", chunk
+                ):
+                    found[str(fingerprint)] = str(status)
+        return found
 
     def counts(self, fingerprints: Collection[str] | None = None) -> dict[str, int]:
         """How many runs are in each status (of ``fingerprints`` only, if given)."""

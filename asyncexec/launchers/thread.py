@@ -18,6 +18,7 @@ C code or child processes write to the file descriptors).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -262,14 +263,23 @@ class ThreadExecutor(BaseExecutor):
 
 
 class _Sink:
-    """Keeps the last TAIL_BYTES characters written, and appends to a log file."""
+    """Keeps the last TAIL_BYTES characters written, and appends to a log file (with
+    ``lazily``, opened at the first write, its directory checked now)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, lazily: bool = False) -> None:
         self._parts: deque[str] = deque()
         self._size = 0
-        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._file: IO[str] | None = None
+        self._path = path
+        if path and lazily:
+            if not os.path.isdir(os.path.dirname(path) or "."):
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        elif path:
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, text: str) -> None:
+        if self._file is None and self._path and text:
+            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
         if self._file is not None:
             self._file.write(text)
         self._parts.append(text)
@@ -281,6 +291,7 @@ class _Sink:
         return "".join(self._parts)[-TAIL_BYTES:]
 
     def close(self) -> None:
+        self._path = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -344,9 +355,9 @@ def run_in_this_thread(spec: TaskSpec) -> Outcome:
 
 @contextlib.contextmanager
 def _thread_capture(spec: TaskSpec) -> Iterator[Callable[[], tuple[str, str]]]:
-    out = _Sink(spec.stdout_path)
+    out = _Sink(spec.stdout_path, spec.logs_at_end)
     try:
-        err = _Sink(spec.stderr_path)
+        err = _Sink(spec.stderr_path, spec.logs_at_end)
     except BaseException:
         out.close()
         raise

@@ -233,8 +233,14 @@ def slugify(value: object, separator: str = "-") -> str:
             class as it is: use one character with no special meaning there.
     """
     text = unicodedata.normalize("NFKD", str(value)).encode("ascii", "ignore").decode("ascii")
-    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    text = _UNSAFE.sub("", text).strip().lower()
+    if separator == "-":
+        return _DASHES.sub("-", text)
     return re.sub("[" + separator + r"\s]+", separator, text)
+
+
+_UNSAFE = re.compile(r"[^\w\s-]")
+_DASHES = re.compile(r"[-\s]+")
 
 
 def sweep_stats(

@@ -163,6 +163,7 @@ class Submission(Outcomes):
                     task,
                     stdout_path=f"{stem}.stdout" if task.stdout_path else None,
                     stderr_path=f"{stem}.stderr" if task.stderr_path else None,
+                    logs_at_end=False,  # (the poller brings back the files it finds)
                 )
         try:
             archive = self._archive(workdir, chunks, throttle)

@@ -37,8 +37,10 @@ the pool holds and has learnt.
 from __future__ import annotations
 
 import abc
+import errno
 import functools
 import logging
+import os
 from collections.abc import Callable
 
 import anyio
@@ -259,7 +261,7 @@ class PoolLauncher(BaseLauncher[PoolJob]):
         job = self._new_job(task)
         self._jobs[task.task_id] = job
         try:
-            if job.logs is not None and not await _open_logs(job):
+            if job.logs is not None and not await _open_logs(job, task.logs_at_end):
                 # As a worker that sees them would fail it: the task never runs.
                 return JobRef(kind=self.kind, native_id=task.task_id, host=self._host)
             await self._dispatch(job)
@@ -612,14 +614,19 @@ class PoolLauncher(BaseLauncher[PoolJob]):
                 log.debug("could not replace a worker of %s", self._where(), exc_info=True)
 
 
-async def _open_logs(job: PoolJob) -> bool:
+async def _open_logs(job: PoolJob, at_end: bool) -> bool:
     """Create the job's log files here, as a worker that sees them does when the task
-    starts: False if one cannot be opened (the job is then settled with that error)."""
+    starts (``at_end``: check their directory only): False if one cannot be opened
+    (the job is then settled with that error)."""
     assert job.logs is not None
     for path in job.logs:
         if path is None:
             continue
         try:
+            if at_end:
+                if not await anyio.Path(os.path.dirname(path) or ".").is_dir():
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+                continue
             async with await anyio.open_file(path, "ab"):
                 pass
         except OSError as exc:
