@@ -258,17 +258,7 @@ async def run_in_store(
         functools.partial(ResultsStore, directory, experiment=experiment.name)
     )
     try:
-        await anyio.to_thread.run_sync(store.register, experiment.runs)
-        await anyio.to_thread.run_sync(store.clear_cancel)
-        sweeper = await anyio.to_thread.run_sync(
-            functools.partial(
-                ParamSweeper,
-                os.path.join(directory, "sweeper"),
-                [run.fingerprint for run in experiment.runs],
-                name=experiment.name,
-                lease=lease,
-            )
-        )
+        sweeper = await _prepare(experiment, store, directory, lease)
         try:
             runner = make_runner(store, sweeper)
             if control is not None:
@@ -292,6 +282,47 @@ async def run_in_store(
         cancelled=cancelled,
         elapsed=time.monotonic() - started,
     )
+
+
+async def _prepare(
+    experiment: Experiment, store: ResultsStore, directory: str, lease: float
+) -> ParamSweeper:
+    """Register the runs in the store and open the sweeper, side by side (two databases,
+    two threads: SQLite lets go of the GIL); raise what either raised (the store's
+    first), the sweeper closed."""
+    opened: list[ParamSweeper] = []
+
+    def register() -> None:
+        store.register(experiment.runs)
+        store.clear_cancel()
+
+    def open_sweeper() -> None:
+        opened.append(
+            ParamSweeper(
+                os.path.join(directory, "sweeper"),
+                [run.fingerprint for run in experiment.runs],
+                name=experiment.name,
+                lease=lease,
+            )
+        )
+
+    errors: dict[int, BaseException] = {}
+
+    async def run_one(index: int, work: Callable[[], object]) -> None:
+        try:
+            await anyio.to_thread.run_sync(work)
+        except Exception as exc:
+            errors[index] = exc
+
+    with anyio.CancelScope(shield=True):  # (each is one call to its end: wait for both)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_one, 0, register)
+            tg.start_soon(run_one, 1, open_sweeper)
+    if errors:
+        for sweeper in opened:
+            sweeper.close()
+        raise errors[min(errors)]
+    return opened[0]
 
 
 class RunControl:
