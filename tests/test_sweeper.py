@@ -928,7 +928,7 @@ def test_a_format_1_database_is_migrated(tmp_path: Path) -> None:
         assert sweeper.get_next() == {"x": 3.5}
     with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (
-            "asyncexec-paramsweeper-2",
+            "asyncexec-paramsweeper-3",
         )
         assert db.execute("SELECT COUNT(*) FROM items").fetchone() == (3,)
 
@@ -947,7 +947,7 @@ def test_a_format_1_database_of_strings_keeps_its_rows(tmp_path: Path) -> None:
     with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db:
         assert db.execute("SELECT * FROM items ORDER BY seq").fetchall() == rows
         assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (
-            "asyncexec-paramsweeper-2",
+            "asyncexec-paramsweeper-3",
         )
 
 
