@@ -1097,6 +1097,17 @@ def test_a_first_store_of_many_is_one_transaction_with_its_indexes(tmp_path: Pat
         assert db.execute("SELECT COUNT(*) FROM items").fetchone() == (count + 2,)
 
 
+def test_rows_of_other_sweeps_ahead_are_passed_over(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    with ParamSweeper(directory, combos(20_000)):
+        pass
+    with ParamSweeper(directory, combos(3, start=19_999)) as sweeper:
+        sweeper.skip(HashableDict(i=20_000))
+        started = time.monotonic()
+        assert ids(sweeper.get_next_batch(5)) == [19_999, 20_001]
+        assert time.monotonic() - started < 5  # not one query per row passed over
+
+
 def test_done_reuses_the_key_of_what_was_handed_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -210,13 +210,16 @@ class SweeperState:
         db = self._db
         keys: list[str] = []
         after = -1
+        limit = count + len(skipped)  # enough when every todo row is in our sweeps
         while len(keys) < count:
             rows = db.execute(
                 "SELECT key, seq FROM items WHERE status = 'todo' AND seq > ? ORDER BY seq LIMIT ?",
-                (after, count - len(keys) + len(skipped)),
+                (after, limit),
             ).fetchall()
             if not rows:
                 break
+            # Rows of other sweeps are in the way: read further ahead each time.
+            limit = max(min(4 * limit, 65_536), count - len(keys) + len(skipped))
             for key, seq in rows:
                 after = seq
                 if key in sweeps and key not in skipped:
