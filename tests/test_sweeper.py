@@ -30,6 +30,7 @@ import anyio
 import pytest
 
 from asyncexec.sweep import HashableDict, ParamSweeper, SweeperError, sweep
+from asyncexec.sweep._keys import _by_equality, combination_key, combination_keys
 
 pytestmark = pytest.mark.anyio
 
@@ -928,7 +929,7 @@ def test_a_format_1_database_is_migrated(tmp_path: Path) -> None:
         assert sweeper.get_next() == {"x": 3.5}
     with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (
-            "asyncexec-paramsweeper-2",
+            "asyncexec-paramsweeper-3",
         )
         assert db.execute("SELECT COUNT(*) FROM items").fetchone() == (3,)
 
@@ -947,8 +948,190 @@ def test_a_format_1_database_of_strings_keeps_its_rows(tmp_path: Path) -> None:
     with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db:
         assert db.execute("SELECT * FROM items ORDER BY seq").fetchall() == rows
         assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (
-            "asyncexec-paramsweeper-2",
+            "asyncexec-paramsweeper-3",
         )
+
+
+# Keys that directories written before the fast paths hold: they must not change.
+KNOWN_KEYS = [
+    ("", "7cf4cad8689986d00e3fdb137d1518a8"),
+    ("run-0", "586631fba240937dbdbb492d90a728b6"),
+    ("0123456789abcdef01234567", "092033fff314b86840bb3e7d74fb28cf"),
+    ("é", "1aa639c013e017bf53b0d2bdb8991620"),
+    ("x" * 300, "fde1c747e784c329a99e7d4205bfe5f3"),
+    (0, "f23db7432f1256c4cdab552f1c2bffb3"),
+    (255, "345b35d6ab163c44c15bc1b9a6f6a7b6"),
+    (256, "1713995525f92747c72c4ae3e2fd6a3e"),
+    (65536, "a5b279bfb3df3371c4c8d45061f9e4d6"),
+    (-1, "cca8871042f801259a3f9c5ed1e953ab"),
+    (2**31, "09172bcc8e005ebc5452262cfbfa57db"),
+    (True, "79bd330fb990067999f85832500688c4"),
+    (1.0, "79bd330fb990067999f85832500688c4"),
+]
+
+
+@pytest.mark.parametrize(("value", "key"), KNOWN_KEYS, ids=[repr(v)[:12] for v, _ in KNOWN_KEYS])
+def test_keys_are_those_of_earlier_versions(value: Any, key: str) -> None:
+    assert combination_key(value) == key
+
+
+def general_key(value: Any) -> str:
+    """The key as computed without the fast paths."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=4)
+    pickler.fast = True
+    pickler.dump(_by_equality(value))
+    return hashlib.blake2b(buffer.getvalue(), digest_size=16).hexdigest()
+
+
+def test_fast_keys_are_the_general_keys() -> None:
+    rng = random.Random(7)
+    values: list[Any] = ["", "a", "abc", "abcd", "\0", "é" * 127, "é" * 128, "x" * 255]
+    values += ["x" * 256, "\U0001f600" * 63, "\U0001f600" * 64, "\ud800", "a\udcffb"]
+    values += [
+        "".join(chr(rng.randrange(1, 0x3000)) for _ in range(rng.randrange(300)))
+        for _ in range(3000)
+    ]
+    values += [hashlib.blake2b(str(i).encode(), digest_size=12).hexdigest() for i in range(3000)]
+    values += [*range(-70_000, 70_000, 7), 0, 255, 256, 65535, 65536]
+    values += [2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**63, -(2**64)]
+    values += [rng.getrandbits(40) - 2**39 for _ in range(3000)]
+    for value in values:
+        assert combination_key(value) == general_key(value), repr(value)
+    keyed = combination_keys([*values, *values[::-1]])
+    assert keyed == {general_key(value): value for value in values}
+    assert list(keyed.values()) == list(dict.fromkeys(values))  # first kept, in order
+
+
+def test_equal_values_of_other_types_share_the_fast_keys() -> None:
+    assert combination_key(Color.RED) == combination_key("red")
+    assert combination_key(Size.BIG) == combination_key(2) == combination_key(2.0)
+    assert combination_keys(["red", Color.RED]) == {combination_key("red"): "red"}
+
+
+OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    status TEXT NOT NULL,
+    holder TEXT,
+    lease_until REAL,
+    saved INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX items_status_seq ON items (status, seq);
+CREATE INDEX items_status_lease ON items (status, lease_until);
+CREATE INDEX items_holder ON items (holder);
+CREATE INDEX items_seq ON items (seq);
+"""
+
+
+def write_old_database(directory: Path, version: int, rows: list[tuple[Any, ...]]) -> None:
+    """A database as format 1 or 2 wrote it: rows (key, seq, data, status, holder, lease, saved)."""
+    directory.mkdir(parents=True)
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db, db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.executescript(OLD_SCHEMA)
+        db.execute("INSERT INTO meta VALUES ('format', ?)", (f"asyncexec-paramsweeper-{version}",))
+        db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_database_is_migrated_to_format_3(tmp_path: Path, version: int) -> None:
+    directory = tmp_path / "sweeps"
+    old_key = format_1_key if version == 1 else combination_key
+    other = "another-host/boot/ns:1:holder"  # a live lease of another machine's holder
+    later = time.time() + 3600
+    specs = [  # combination, seq (with gaps), status, holder, lease, saved
+        (HashableDict(i=0), 3, "done", None, None, 2),
+        (HashableDict(i=1), 5, "inprogress", other, later, 0),
+        (HashableDict(i=2), 9, "todo", None, None, 1),
+        (HashableDict(i=3), 10, "todo", None, None, 3),
+        (HashableDict(i=4), 20, "done", None, None, 0),  # done outside the saved sweeps
+    ]
+    write_old_database(
+        directory,
+        version,
+        [(old_key(c), seq, pickle.dumps(c, protocol=4), *rest) for c, seq, *rest in specs],
+    )
+    with ParamSweeper(directory) as sweeper:  # the saved sweeps, in their saved order
+        assert ids(sweeper.get_sweeps()) == [2, 0, 3]
+        assert ids(sweeper.get_done()) == [0]
+        assert ids(sweeper.get_remaining()) == [2, 3]
+        assert ids(sweeper.get_next_batch(5)) == [2, 3]
+    with ParamSweeper(directory, combos(6)) as sweeper:
+        assert ids(sweeper.get_done()) == [0, 4]
+        assert ids(sweeper.get_inprogress()) == [1, 2, 3]  # theirs, then the closed instance's
+        assert ids(sweeper.get_next_batch(5)) == [5]  # appended after the migrated rows
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == (
+            "asyncexec-paramsweeper-3",
+        )
+        indexes = db.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
+        assert sorted(name for (name,) in indexes if not name.startswith("sqlite_")) == [
+            "items_key",
+            "items_status",
+        ]
+        assert db.execute("SELECT seq, key FROM items ORDER BY seq").fetchall()[:5] == [
+            (seq, combination_key(c)) for c, seq, *_ in specs
+        ]
+
+
+def test_a_first_store_of_many_is_one_transaction_with_its_indexes(tmp_path: Path) -> None:
+    directory, count = tmp_path / "sweeps", 30_000
+    names = [f"run-{i}" for i in range(count)]
+    with ParamSweeper(directory, names) as sweeper:
+        assert sweeper.get_next_batch(2) == ["run-0", "run-1"]
+        sweeper.done("run-1")
+    with ParamSweeper(directory, names) as sweeper:  # recognised: nothing written again
+        assert sweeper.get_next() == "run-2"
+        assert len(sweeper.get_remaining()) == count - 3
+        sweeper.set_sweeps([*names[:10], "extra-0", "extra-1"])  # into a non-empty database
+        assert sweeper.get_next_batch(20) == [*names[3:10], "extra-0", "extra-1"]
+    with closing(sqlite3.connect(directory / "sweeper.sqlite")) as db:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM items WHERE key = ?", ("x",)
+        ).fetchall()
+        assert "items_key" in str(plan)
+        assert db.execute("SELECT COUNT(*) FROM items").fetchone() == (count + 2,)
+
+
+def test_rows_of_other_sweeps_ahead_are_passed_over(tmp_path: Path) -> None:
+    directory = tmp_path / "sweeps"
+    with ParamSweeper(directory, combos(20_000)):
+        pass
+    with ParamSweeper(directory, combos(3, start=19_999)) as sweeper:
+        sweeper.skip(HashableDict(i=20_000))
+        started = time.monotonic()
+        assert ids(sweeper.get_next_batch(5)) == [19_999, 20_001]
+        assert time.monotonic() - started < 5  # not one query per row passed over
+
+
+def test_done_reuses_the_key_of_what_was_handed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncexec.sweep._sweeper as module
+
+    calls: list[Any] = []
+
+    def counting_key(combination: Any) -> str:
+        calls.append(combination)
+        return combination_key(combination)
+
+    monkeypatch.setattr(module, "combination_key", counting_key)
+    with ParamSweeper(tmp_path / "sweeps", combos(4)) as sweeper:
+        first, second, third = sweeper.get_next_batch(3)
+        sweeper.done(first)
+        sweeper.cancel(second)
+        sweeper.skip(third)
+        assert calls == []  # the very objects handed out: their keys were known
+        sweeper.done(HashableDict(i=3))  # an equal object: its key is computed
+        assert calls == [{"i": 3}]
+        assert ids(sweeper.get_done()) == [0, 3]
+        assert sweeper.get_next() is second  # handed out again after cancel
+        sweeper.done(second)
+        assert ids(sweeper.get_done()) == [0, 1, 3] and sweeper.get_next() is None
 
 
 # -- leases -----------------------------------------------------------------------------

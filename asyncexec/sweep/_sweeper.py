@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 
 from ._execo import load_execo_pickle, new_execo_done
-from ._keys import combination_key
+from ._keys import combination_key, combination_keys
 from ._state import SweeperError, SweeperState
 
 __all__ = ["ParamSweeper", "SweeperError"]
@@ -85,7 +85,11 @@ class ParamSweeper:
         # Everything this instance skipped, in or out of its sweeps (execo's
         # __skipped): a later set_sweeps that brings one back finds it skipped.
         self._skipped: dict[str, Any] = {}
-        self._held: set[str] = set()
+        # What this instance holds: key -> the combination it handed out, and
+        # id(combination) -> key, so that done() on that very object needs no
+        # combination_key (the object stays alive, so its id stays its own).
+        self._held: dict[str, Any] = {}
+        self._held_ids: dict[int, str] = {}
         self._state = SweeperState(self._dir, lease)
         self._read_execo_done()
         self.set_sweeps(sweeps, save_sweeps)
@@ -158,9 +162,7 @@ class ParamSweeper:
             if sweeps is None or (isinstance(sweeps, Sized) and len(sweeps) == 0):
                 chosen = self._saved_sweeps()
             else:
-                chosen = {}  # all checked before anything changes
-                for combination in sweeps:
-                    chosen.setdefault(combination_key(combination), combination)
+                chosen = combination_keys(sweeps)  # all checked before anything changes
                 self._state.store_sweeps(chosen, save_sweeps)
             self._sweeps = chosen
 
@@ -254,10 +256,14 @@ class ParamSweeper:
                     allowed.discard(key)
                     keys.append(key)
             self._state.hold(keys, now)
-            self._held.update(keys)
+            combinations = [self._sweeps[key] for key in keys]
+            for key, combination in zip(keys, combinations, strict=True):
+                self._forget(key)  # the same key handed out again, maybe as another object
+                self._held[key] = combination
+                self._held_ids[id(combination)] = key
         if keys:
             self._ensure_heartbeat()
-        return [self._sweeps[key] for key in keys]
+        return combinations
 
     def __iter__(self) -> Iterator[Any]:
         """Hand out combinations with ``get_next`` until none is left."""
@@ -271,10 +277,24 @@ class ParamSweeper:
         self.done_batch([combination])
 
     def done_batch(self, combinations: Iterable[Hashable]) -> None:
-        items = list({combination_key(c): c for c in combinations}.items())
         with self._lock:
+            items = list({self._key(c): c for c in combinations}.items())
             self._state.mark_done(items)
-            self._held.difference_update(key for key, _ in items)
+            for key, _ in items:
+                self._forget(key)
+
+    def _key(self, combination: Hashable) -> str:
+        """``combination_key(combination)``, remembered for the objects we hold."""
+        key = self._held_ids.get(id(combination))
+        if key is not None and self._held.get(key) is combination:
+            return key
+        return combination_key(combination)
+
+    def _forget(self, key: str) -> None:
+        """We hold ``key`` no more."""
+        combination = self._held.pop(key, None)
+        if combination is not None:
+            self._held_ids.pop(id(combination), None)
 
     def skip(self, combination: Hashable) -> None:
         """Mark ``combination`` *skipped*: not handed out again by this ParamSweeper.
@@ -285,8 +305,8 @@ class ParamSweeper:
         self.skip_batch([combination])
 
     def skip_batch(self, combinations: Iterable[Hashable]) -> None:
-        items = [(combination_key(c), c) for c in combinations]
         with self._lock:
+            items = [(self._key(c), c) for c in combinations]
             self._release([key for key, _ in items])
             for key, combination in items:
                 self._skipped.setdefault(key, combination)
@@ -297,11 +317,12 @@ class ParamSweeper:
 
     def cancel_batch(self, combinations: Iterable[Hashable]) -> None:
         with self._lock:
-            self._release([combination_key(c) for c in combinations])
+            self._release([self._key(c) for c in combinations])
 
     def _release(self, keys: list[str]) -> None:
         self._state.release(keys)
-        self._held.difference_update(keys)
+        for key in keys:
+            self._forget(key)
 
     def reopen_batch(self, combinations: Iterable[Hashable]) -> int:
         """Make *done* combinations *todo* again (their results were lost); return how many.
@@ -325,6 +346,7 @@ class ParamSweeper:
             if reset_inprogress:
                 self._state.release_every_held()
                 self._held.clear()
+                self._held_ids.clear()
 
     def update(self) -> None:
         """Re-read the shared state. (A no-op: every call reads it from the database.)"""
