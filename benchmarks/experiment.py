@@ -134,8 +134,10 @@ def sleep(x: int) -> int:
 def block(x: int) -> int:
     """Announce the start (its ``time.time()``), then hold the worker until released."""
     directory = os.environ[BLOCK_DIR]
-    with open(os.path.join(directory, f"started-{x}"), "w") as out:
+    stamp = os.path.join(directory, f".started-{x}")
+    with open(stamp, "w") as out:
         out.write(repr(time.time()))
+    os.replace(stamp, os.path.join(directory, f"started-{x}"))  # never read half-written
     release = os.path.join(directory, "release")
     deadline = time.monotonic() + 600
     while not os.path.exists(release) and time.monotonic() < deadline:
@@ -481,24 +483,47 @@ class Cell:
         self.error: str | None = None
         self.steady: list[float] = []  # hydra: jobs per second between results
 
+    def bound(self) -> float:
+        """The most the capped repeat's whole run can have done per second."""
+        assert self.capped is not None
+        return float(self.runs / self.capped["seconds"])
+
     def median(self) -> float | None:
+        """The median rate of the repeats; a capped repeat ranks below the others when
+        its bound is below them (else, or when the median is the capped one: None)."""
         import statistics
 
-        return statistics.median(self.rates) if self.rates else None
+        if not self.rates:
+            return None
+        if self.capped is None:
+            return statistics.median(self.rates)
+        if self.bound() > min(self.rates):
+            return None
+        ranked = sorted(self.rates)
+        middle = (len(ranked) + 1) // 2  # the capped repeat at index 0
+        if (len(ranked) + 1) % 2:
+            return ranked[middle - 1]
+        return (ranked[middle - 2] + ranked[middle - 1]) / 2 if middle >= 2 else None
 
     def text(self, n: int) -> str:
         first = f" on the first {self.runs:,} runs" if self.runs < n else ""
         if self.error is not None:
             return f"failed: {self.error}"
-        if self.capped is not None:
-            c = self.capped
-            return (
-                f"< {fmt_rate(self.runs / c['seconds'])}{first} (capped at {c['cap']:.3g} s: "
-                f"{c['done']:,} done, {fmt_rate(c['done'] / c['seconds'])}/s)"
-            )
+        if self.capped is None:
+            return spread(self.rates) + first if self.rates else "not measured"
+        c = self.capped
+        per_second = fmt_rate(c["done"] / c["seconds"])
+        window = f"capped at {c['cap']:.3g} s: {c['done']:,} done, {per_second}/s"
         if not self.rates:
-            return "not measured"
-        return spread(self.rates) + first
+            return f"< {fmt_rate(self.bound())}{first} ({window})"
+        median = self.median()
+        repeats = f"{len(self.rates) + 1} repeats, 1 {window}"
+        if median is None:
+            return f"{spread(self.rates)} and < {fmt_rate(self.bound())}{first} ({repeats})"
+        return (
+            f"{fmt_rate(median)}{first} (< {fmt_rate(self.bound())} to "
+            f"{fmt_rate(max(self.rates))}; {repeats})"
+        )
 
 
 def fmt_ratio(value: float) -> str:
@@ -515,22 +540,20 @@ def ratio(mine: Cell, theirs: Cell) -> str:
     ours, their = mine.median(), theirs.median()
     if ours is not None and their is not None:
         return fmt_ratio(ours / their)
+    if (ours is None and mine.rates) or (their is None and theirs.rates):
+        return "n/a (the median is unknown: a repeat was capped)"
 
     def window(cell: Cell) -> float:
         assert cell.capped is not None
         return float(cell.capped["done"]) / cell.capped["seconds"]
 
-    def ceiling(cell: Cell) -> float:  # the most the whole run can have done per second
-        assert cell.capped is not None
-        return cell.runs / cell.capped["seconds"]
-
     seen_ours = ours if ours is not None else window(mine)
     seen_their = their if their is not None else window(theirs)
     seen = f"{fmt_ratio(seen_ours / seen_their)} in the window" if seen_their else ""
     if ours is None and their is not None:
-        bound = f"< {fmt_ratio(ceiling(mine) / their)}"
+        bound = f"< {fmt_ratio(mine.bound() / their)}"
     elif ours is not None and their is None:
-        bound = f"> {fmt_ratio(ours / ceiling(theirs))}"
+        bound = f"> {fmt_ratio(ours / theirs.bound())}"
     else:
         bound = "both capped"
     return f"{bound} ({seen})" if seen else bound
