@@ -98,6 +98,35 @@ def test_sweeper_benchmark_smoke() -> None:
     assert any(line[1:].strip()[:1].isdigit() for line in rows), report
 
 
+def test_experiment_benchmark_smoke() -> None:
+    """The runner harness on 20 and 3,000 runs: every peer installed is measured (Hydra
+    is in the bench lock only: the smoke run leaves it out where it is missing), each
+    cell a rate, or on 3,000 runs a rate or a capped window; the pending runs measured."""
+    bench = benchmark_module("experiment")
+    installed = [peer for peer in bench.PEERS if bench.missing(peer) is None]
+    assert {"raw", "runner", "futures", "execo"} <= set(installed)  # execo: in the test lock
+    report = run_benchmark("experiment.py", "--smoke")
+    tables = [block.splitlines() for block in report.split("\n\n") if block.startswith("| ")]
+    rates = next(table for table in tables if "runs/s" in table[0])
+    columns = [cell.strip() for cell in rates[0].strip("|").split("|")]
+    assert columns[2:] == [f"{bench.LABELS[peer]} runs/s" for peer in installed], rates[0]
+    rows = {
+        tuple(cells[:2]): cells[2:]
+        for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in rates[2:])
+    }
+    for workload in ("noop", "sleep"):
+        for size in ("20", "3,000"):
+            for peer, cell in zip(installed, rows[workload, size], strict=True):
+                capped = cell.startswith("< ") and "capped at" in cell and size != "20"
+                assert cell[:1].isdigit() or capped, f"{peer} {workload} {size}: {cell}"
+    pending = next(table for table in tables if "first run started" in table[0])
+    cells = [cell.strip() for cell in pending[2].strip("|").split("|")]
+    assert cells[0] == "2,000" and all(cell[:1].isdigit() for cell in cells), pending[2]
+    for peer in set(bench.PEERS) - set(installed):
+        assert f"- not run: {peer} (" in report, report
+    assert "failed" not in report, report
+
+
 @pytest.mark.slurm
 @pytest.mark.ssh
 def test_slurm_benchmark_smoke(cluster: Cluster) -> None:
