@@ -697,7 +697,8 @@ class _Dispatch(RunnerBase):
 
     def _on_end(self, fingerprint: str, future: Future[Any]) -> None:
         self.ended.append((fingerprint, future))
-        self.wake.set()
+        if not self.hopping:  # (else the trip's return wakes the loop, which records it)
+            self.wake.set()
 
     async def _follow(self, fingerprint: str, future: Future[Any]) -> None:
         """Keep where the run's work goes, each attempt's in turn (a retry runs in new
