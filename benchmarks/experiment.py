@@ -573,17 +573,9 @@ def versions() -> str:
 
 def source_digest() -> str:
     """A digest of asyncexec/experiment's sources: which runner was measured."""
-    import hashlib
+    from sweeper import source_digest as digest  # (benchmarks/ is this script's path)
 
-    import asyncexec.experiment
-
-    folder = os.path.dirname(asyncexec.experiment.__file__)
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), "rb") as source:
-                digest.update(source.read())
-    return digest.hexdigest()[:12]
+    return digest("asyncexec.experiment")
 
 
 def load_average() -> str:

@@ -257,13 +257,13 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def source_digest() -> str:
-    """A digest of asyncexec.sweep's source: which version of the code was measured."""
+def source_digest(package: str = "asyncexec.sweep") -> str:
+    """A digest of ``package``'s sources: which version of the code was measured (also
+    benchmarks/experiment.py's, for asyncexec.experiment)."""
     import hashlib
+    import importlib
 
-    import asyncexec.sweep
-
-    folder = os.path.dirname(asyncexec.sweep.__file__)
+    folder = os.path.dirname(importlib.import_module(package).__file__ or "")
     digest = hashlib.sha256()
     for name in sorted(os.listdir(folder)):
         if name.endswith(".py"):
