@@ -240,13 +240,9 @@ def _read_tail(stream: IO[bytes], whole: bool = False) -> str:
     return stream.read().decode("utf-8", "replace")
 
 
-def _scratch_file(directory: str) -> IO[bytes]:
-    """An anonymous file in ``directory``: created private, unlinked at once."""
-    return os.fdopen(_scratch_fd(directory), "wb+")
-
-
 def _scratch_fd(directory: str) -> int:
-    """The descriptor of an anonymous file in ``directory`` (see :func:`_scratch_file`)."""
+    """The descriptor of an anonymous file in ``directory``: created private, unlinked
+    at once."""
     for attempt in range(100):
         name = f".capture-{os.getpid()}-{time.monotonic_ns()}-{attempt}"
         path = os.path.join(directory, name)
@@ -1441,32 +1437,10 @@ class IndexedRunner(Runner):
             self.error = ended[2]
             return ended
 
-        files: list[IO[bytes]] = []
-
-        @contextlib.contextmanager
-        def capture() -> Iterator[Callable[[], tuple[str, str]]]:
-            # fd_capture's, with the same two anonymous files for every run of the
-            # section (opening them is most of what a trivial run costs).
-            if not files:
-                files.extend((_scratch_file(scratch), _scratch_file(scratch)))
-            for file in files:
-                file.seek(0)
-                file.truncate()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            saved = [os.dup(1), os.dup(2)]
-            for fd, file in zip((1, 2), files, strict=True):
-                os.dup2(file.fileno(), fd)
-            tails = ["", ""]
-            try:
-                yield lambda: (tails[0], tails[1])
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
-                    os.dup2(old, fd)
-                    os.close(old)
-                    tails[index] = _read_tail(files[index])
+        def capture() -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
+            # (The same two anonymous files for every run of the section: fd_capture
+            # keeps them.)
+            return fd_capture(None, None, scratch)
 
         retries = int(header.get("retries") or 0)
         # The executor's hooks: setup before the first run that runs here, teardown

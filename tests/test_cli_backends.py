@@ -106,6 +106,26 @@ def profiles(project: Path, text: str) -> None:
     (project / "asyncexec.toml").write_text(textwrap.dedent(text))
 
 
+def slurm_profile_text(cluster: Cluster, **fields: str | int) -> str:
+    """``[profile.cluster]``: Slurm on the test cluster over SSH, quick to poll, with
+    ``fields`` besides."""
+    lines = ["[profile.cluster]", 'backend = "slurm"']
+    lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
+    lines += [
+        f"python = {json.dumps(cluster.python)}",
+        "poll_interval = 0.2",
+        "max_poll_interval = 1.0",
+        "",
+        "[profile.cluster.host]",
+        f"host = {json.dumps(cluster.host)}",
+        f"port = {cluster.port}",
+        f"username = {json.dumps(cluster.user)}",
+        f"client_keys = [{json.dumps(cluster.client_key)}]",
+        f"known_hosts = {json.dumps(cluster.known_hosts)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # -- the local backends -------------------------------------------------------------------
 
 
@@ -203,25 +223,7 @@ def test_ssh_from_flags_then_continue_with_none(project: Path, cluster: Cluster)
 @pytest.mark.ssh
 @pytest.mark.infra
 def test_slurm_over_ssh_from_a_profile(project: Path, cluster: Cluster) -> None:
-    profiles(
-        project,
-        f"""
-        [profile.cluster]
-        backend = "slurm"
-        partition = "debug"
-        chunk_size = 2
-        python = "{cluster.python}"
-        poll_interval = 0.2
-        max_poll_interval = 1.0
-
-        [profile.cluster.host]
-        host = "{cluster.host}"
-        port = {cluster.port}
-        username = "{cluster.user}"
-        client_keys = ["{cluster.client_key}"]
-        known_hosts = "{cluster.known_hosts}"
-        """,
-    )
+    profiles(project, slurm_profile_text(cluster, partition="debug", chunk_size=2))
     config = check_run(project, "slurm", "--profile", "cluster", "--time", "5")
     assert config["host"]["host"] == cluster.host and config["time"] == "5"
     assert config["chunk_size"] == 2 and config["partition"] == "debug"

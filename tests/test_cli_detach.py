@@ -25,7 +25,7 @@ from asyncexec.experiment import ResultsStore
 from .cluster import Cluster
 from .fakeazure import FakeAzure
 from .services import Azurite, check_docker_image
-from .test_cli_backends import azure_profile, profiles
+from .test_cli_backends import azure_profile, profiles, slurm_profile_text
 from .test_docker import IMAGE
 
 pytestmark = [pytest.mark.infra]
@@ -120,25 +120,7 @@ def detach_then_cancel(project: Path, profile: str, counts: str) -> None:
 
 def slurm_profile(project: Path, cluster: Cluster, name: str, staging: str) -> None:
     """``[profile.cluster]``: the test cluster over SSH, its jobs called ``name``."""
-    profiles(
-        project,
-        f"""
-        [profile.cluster]
-        backend = "slurm"
-        job_name = "{name}"
-        staging_dir = "{staging}"
-        python = "{cluster.python}"
-        poll_interval = 0.2
-        max_poll_interval = 1.0
-
-        [profile.cluster.host]
-        host = "{cluster.host}"
-        port = {cluster.port}
-        username = "{cluster.user}"
-        client_keys = ["{cluster.client_key}"]
-        known_hosts = "{cluster.known_hosts}"
-        """,
-    )
+    profiles(project, slurm_profile_text(cluster, job_name=name, staging_dir=staging))
 
 
 @pytest.fixture

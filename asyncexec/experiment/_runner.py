@@ -662,12 +662,22 @@ class _Dispatch(RunnerBase):
         if not offered:
             return [], 0
         statuses = self.store.statuses(offered)
-        finished = [fp for fp in offered if self.finished(statuses.get(fp))]
-        if finished:  # by another runner, since or before (a sweeper started over)
-            sweeper.done_batch([fp for fp in finished if statuses[fp] == "done"])
-            sweeper.skip_batch([fp for fp in finished if statuses[fp] != "done"])
-        left = [fp for fp in offered if not self.finished(statuses.get(fp))]
-        running = [fp for fp in left if statuses.get(fp) == "running"]
+        left: list[str] = []
+        running: list[str] = []
+        done_before: list[str] = []  # by another runner, or before (a sweeper started over)
+        failed_before: list[str] = []
+        for fp in offered:
+            status = statuses.get(fp)
+            if self.finished(status):
+                (done_before if status == "done" else failed_before).append(fp)
+                continue
+            left.append(fp)
+            if status == "running":
+                running.append(fp)
+        if done_before:
+            sweeper.done_batch(done_before)
+        if failed_before:
+            sweeper.skip_batch(failed_before)
         found = self.store.job_refs(frozenset(running)) if running else {}
         return [(fp, found.get(fp)) for fp in left], len(offered)
 
@@ -725,15 +735,15 @@ class _Dispatch(RunnerBase):
             self.held.clear()
         self.reserve.clear()
 
-    def _name(self, run: RunSpec) -> str:
-        return f"{self.experiment.name}[{slugify(run.params)}#{run.repeat}]"
+    def _name(self, run: RunSpec, slug: str | None = None) -> str:
+        """The run's task name (``slug``: its parameters' :func:`slugify`, if made)."""
+        slug = slugify(run.params) if slug is None else slug
+        return f"{self.experiment.name}[{slug}#{run.repeat}]"
 
     async def _submit(self, run: RunSpec) -> Future[Any]:
         slug = slugify(run.params)
         stem = os.path.join(self.logs, _log_name(run, slug))
-        options = self.options.named(
-            f"{self.experiment.name}[{slug}#{run.repeat}]", f"{stem}.out", f"{stem}.err"
-        )
+        options = self.options.named(self._name(run, slug), f"{stem}.out", f"{stem}.err")
         kwargs = dict(run.params)
         if self.experiment.passes_repeat:
             kwargs["repeat"] = run.repeat
@@ -769,10 +779,6 @@ def _takes_repeat(fn: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return False
     return "repeat" in parameters
-
-
-def _fingerprint(identity: str, params: Mapping[str, Any], repeat: int, version: str) -> str:
-    return _fingerprint_of(identity, _canonical_text(params), repeat, version)
 
 
 def _fingerprint_of(identity: str, text: str, repeat: int, version: str) -> str:

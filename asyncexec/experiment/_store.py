@@ -108,6 +108,16 @@ _ENDED = (
 )
 
 
+def _job_ref(text: str | None) -> JobRef | None:
+    """The JobRef stored as ``text`` (None: none, or not one this version reads)."""
+    if not text:
+        return None
+    try:
+        return msgspec.json.decode(text, type=JobRef)
+    except msgspec.ValidationError:
+        return None
+
+
 def _running_rows(
     refs: Mapping[str, JobRef | None], submitted: float | None, now: float
 ) -> Iterator[tuple[Any, ...]]:
@@ -318,19 +328,6 @@ class ResultsStore:
             ),
         )
 
-    def mark_running(self, fingerprint: str, future: Future[Any]) -> None:
-        self.commit_turn(running={fingerprint: None}, submitted=future.info.submitted)
-
-    def set_job_ref(self, fingerprint: str, ref: JobRef) -> None:
-        """Keep where a running run's task went, to re-attach to it after a crash."""
-        self.set_job_refs({fingerprint: ref})
-
-    def record(self, fingerprint: str, future: Future[Any]) -> str:
-        """Store what became of the run's future; return the status recorded."""
-        row = future_row(fingerprint, future)
-        self.commit_turn(ended=[row])
-        return str(row[0])
-
     def commit_turn(
         self,
         *,
@@ -394,11 +391,9 @@ class ResultsStore:
             ).fetchall()
         found = {}
         for fingerprint, text in rows:
-            if fingerprint in fingerprints:
-                try:
-                    found[str(fingerprint)] = msgspec.json.decode(text, type=JobRef)
-                except msgspec.ValidationError:
-                    continue
+            ref = _job_ref(text) if fingerprint in fingerprints else None
+            if ref is not None:
+                found[str(fingerprint)] = ref
         return found
 
     def running_job_refs(self) -> list[tuple[str, JobRef]]:
@@ -408,13 +403,7 @@ class ResultsStore:
                 "SELECT fingerprint, job_ref FROM runs WHERE status = 'running' "
                 "AND job_ref IS NOT NULL ORDER BY seq"
             ).fetchall()
-        found = []
-        for fingerprint, text in rows:
-            try:
-                found.append((str(fingerprint), msgspec.json.decode(text, type=JobRef)))
-            except msgspec.ValidationError:
-                continue
-        return found
+        return [(str(fp), ref) for fp, text in rows if (ref := _job_ref(text)) is not None]
 
     def running_places(self) -> list[tuple[JobRef, int]]:
         """Where the runs recorded ``running`` went, grouped by the work that holds them
@@ -427,13 +416,7 @@ class ResultsStore:
                 "SELECT MIN(job_ref), COUNT(*) FROM runs WHERE status = 'running' "
                 "AND job_ref IS NOT NULL GROUP BY json_extract(job_ref, '$.native_id')"
             ).fetchall()
-        found = []
-        for text, count in rows:
-            try:
-                found.append((msgspec.json.decode(text, type=JobRef), int(count)))
-            except msgspec.ValidationError:
-                continue
-        return found
+        return [(ref, int(count)) for text, count in rows if (ref := _job_ref(text)) is not None]
 
     def mark_cancelled(self, fingerprints: Iterable[str]) -> None:
         """Record these runs ``cancelled`` (their work was killed), if still ``running``."""
@@ -466,12 +449,7 @@ class ResultsStore:
             row = self._db.execute(
                 "SELECT job_ref FROM runs WHERE fingerprint = ?", (fingerprint,)
             ).fetchone()
-        if row is None or not row[0]:
-            return None
-        try:
-            return msgspec.json.decode(row[0], type=JobRef)
-        except msgspec.ValidationError:
-            return None
+        return None if row is None else _job_ref(row[0])
 
     def status(self, fingerprint: str) -> str | None:
         with self._lock:
