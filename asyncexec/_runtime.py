@@ -103,6 +103,7 @@ __all__ = [
     "call_task",
     "describe_exception",
     "dumps_value",
+    "end_kept_capture",
     "environment",
     "fd_capture",
     "keep_outcome",
@@ -260,14 +261,48 @@ def _scratch_fd(directory: str) -> int:
 _spare_fds: dict[str, list[int]] = {}
 
 
-@contextlib.contextmanager
+class _Kept:
+    """Descriptors 1 and 2 left on capture files by a block that kept them
+    (:func:`fd_capture`'s ``keep``): where they pointed before, and the files."""
+
+    __slots__ = ("directory", "fds", "saved")
+
+    def __init__(self, directory: str, fds: list[int], saved: list[int]) -> None:
+        self.directory = directory
+        self.fds = fds
+        self.saved = saved
+
+
+_kept: _Kept | None = None
+
+
+def end_kept_capture() -> None:
+    """Point descriptors 1 and 2 back where they pointed before the capture blocks that
+    kept them on their files (see :func:`fd_capture`), if any; what was written there
+    since the last block ended is dropped."""
+    global _kept
+    kept, _kept = _kept, None
+    if kept is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    spare = _spare_fds.setdefault(kept.directory, [])
+    for fd, old, scratch in zip((1, 2), kept.saved, kept.fds, strict=True):
+        os.dup2(old, fd)
+        os.close(old)
+        os.ftruncate(scratch, 0)
+        os.lseek(scratch, 0, os.SEEK_SET)
+        spare.append(scratch)
+
+
 def fd_capture(
     stdout_path: str | None,
     stderr_path: str | None,
     scratch_dir: str,
     whole: bool = False,
     at_end: bool = False,
-) -> Iterator[Callable[[], tuple[str, str]]]:
+    keep: bool = False,
+) -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
     """Redirect file descriptors 1 and 2 into files for the duration of a task.
 
     File-level redirection also catches what C extensions and child processes
@@ -278,7 +313,75 @@ def fd_capture(
     block ends, if anything (its directory is checked first). Yields a function
     answering the tails of both once the block has ended (``whole``: all that was
     written, for a driver that keeps the log files).
+
+    ``keep`` (with ``at_end``): for a worker that runs task after task, 1 and 2 stay
+    on the anonymous files when the block ends, and the next such block finds them
+    there: a block then costs two system calls (the files' sizes), not ten. Any
+    other block, or :func:`end_kept_capture`, points them back first; the worker
+    calls that before anything else of its own may write (a hook, its exit).
     """
+    kept = _kept
+    if kept is not None and keep and at_end and kept.directory == scratch_dir:
+        for path in (stdout_path, stderr_path):
+            if path:
+                _check_directory(os.path.dirname(path) or ".", path)
+        return _KeptBlock(kept.fds, (stdout_path, stderr_path), whole)
+    if kept is not None:
+        end_kept_capture()
+    return _capture(stdout_path, stderr_path, scratch_dir, whole, at_end, keep and at_end)
+
+
+class _KeptBlock:
+    """A capture block that finds 1 and 2 on its files already (see :func:`fd_capture`)."""
+
+    __slots__ = ("fds", "paths", "tails", "whole")
+
+    def __init__(self, fds: list[int], paths: tuple[str | None, str | None], whole: bool) -> None:
+        self.fds = fds
+        self.paths = paths
+        self.whole = whole
+        self.tails = ["", ""]
+
+    def __enter__(self) -> Callable[[], tuple[str, str]]:
+        sys.stdout.flush()  # (what the worker printed meanwhile goes where it went)
+        sys.stderr.flush()
+        tails = self.tails
+        return lambda: (tails[0], tails[1])
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for index, scratch in enumerate(self.fds):
+            _collect(scratch, self.paths[index], self.tails, index, self.whole)
+
+
+def _collect(scratch: int, path: str | None, tails: list[str], index: int, whole: bool) -> None:
+    """Put the tail of what anonymous capture file ``scratch`` holds in ``tails[index]``,
+    append it all to ``path`` (if any), and empty the file."""
+    size = os.lseek(scratch, 0, os.SEEK_END)
+    if not size:
+        return
+    start = 0 if whole else max(0, size - TAIL_BYTES)
+    tails[index] = os.pread(scratch, size - start, start).decode("utf-8", "replace")
+    try:
+        if path:
+            _append_fd(scratch, size, path)
+    finally:
+        os.ftruncate(scratch, 0)
+        os.lseek(scratch, 0, os.SEEK_SET)
+
+
+@contextlib.contextmanager
+def _capture(
+    stdout_path: str | None,
+    stderr_path: str | None,
+    scratch_dir: str,
+    whole: bool,
+    at_end: bool,
+    keeping: bool,
+) -> Iterator[Callable[[], tuple[str, str]]]:
+    """:func:`fd_capture` where 1 and 2 are not on its files yet."""
+    global _kept
     paths = (stdout_path, stderr_path)
     files: list[IO[bytes] | None] = []  # a log file written as the task writes, or None
     fds: list[int] = []
@@ -307,6 +410,8 @@ def fd_capture(
     for fd, target in zip((1, 2), fds, strict=True):
         saved.append(os.dup(fd))
         os.dup2(target, fd)
+    if keeping:  # (recorded first: whatever happens at the end, it is undone later)
+        _kept = _Kept(scratch_dir, fds, saved)
     tails = ["", ""]
     try:
         yield lambda: (tails[0], tails[1])
@@ -314,26 +419,17 @@ def fd_capture(
         sys.stdout.flush()
         sys.stderr.flush()
         for index, (fd, old) in enumerate(zip((1, 2), saved, strict=True)):
-            os.dup2(old, fd)
-            os.close(old)
+            if not keeping:
+                os.dup2(old, fd)
+                os.close(old)
             opened = files[index]
             if opened is not None:
                 tails[index] = _read_tail(opened, whole)
                 opened.close()
                 continue
-            scratch = fds[index]
-            size = os.lseek(scratch, 0, os.SEEK_END)
-            if size:
-                start = 0 if whole else max(0, size - TAIL_BYTES)
-                tails[index] = os.pread(scratch, size - start, start).decode("utf-8", "replace")
-                path = paths[index]
-                try:
-                    if path:
-                        _append_fd(scratch, size, path)
-                finally:
-                    os.ftruncate(scratch, 0)
-                    os.lseek(scratch, 0, os.SEEK_SET)
-            spare.append(scratch)
+            _collect(fds[index], paths[index], tails, index, whole)
+            if not keeping:
+                spare.append(fds[index])
 
 
 #: Directories of log files found there (a runner of many tasks logs to one).
@@ -607,7 +703,15 @@ def run_task(
     info = None
     stdout = stderr = ""
     try:
-        if env or memory_mb is not None or capture is not None or pinning is not None:
+        if capture is not None and not env and memory_mb is None and pinning is None:
+            with capture() as answer:  # (the runner's tasks: their logs are written at the end)
+                status, value, error = call(fn, args, kwargs)
+                if error is not None:
+                    info = describe_exception(error, skip_frames=1)  # not call() itself
+                sys.stdout.flush()
+                sys.stderr.flush()
+            stdout, stderr = answer()
+        elif env or memory_mb is not None or capture is not None or pinning is not None:
             capturing = capture() if capture is not None else _NOTHING
             pinned = pinning if pinning is not None else _NOTHING
             with environment(env), memory_limit(memory_mb), pinned, capturing as tails:

@@ -65,7 +65,7 @@ from ._messages import (
     Versions,
 )
 from ._pickle_cache import LoadedFunctions
-from ._runtime import Refused, TaskUnpickler, fd_capture, run_task
+from ._runtime import Refused, TaskUnpickler, end_kept_capture, fd_capture, run_task
 from ._worker_channel import WorkerChannel, stdio_channel
 
 __all__ = ["execute", "main", "serve", "version_mismatch"]
@@ -108,12 +108,11 @@ def execute(spec: TaskSpec, *, capture: OutputCapture | None = None) -> Outcome:
         args, kwargs = _loads(spec.args, spec.buffers)
         return fn, args, kwargs
 
-    wants_capture = spec.capture_output or spec.stdout_path or spec.stderr_path or spec.whole_output
     status, value, error, started, finished, stdout, stderr = run_task(
         load,
         env=spec.env,
         memory_mb=spec.memory_mb,
-        capture=(lambda: (capture or _fd_capture)(spec)) if wants_capture else None,
+        capture=(lambda: (capture or _fd_capture)(spec)) if _wants_capture(spec) else None,
         pin=(lambda: _pinning(spec)) if spec.cpus is not None else None,
     )
     return Outcome(
@@ -139,7 +138,13 @@ def _pinning(spec: TaskSpec) -> contextlib.AbstractContextManager[None]:
     return pinned(spec.cpus, spec.affinity)
 
 
-def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
+def _wants_capture(spec: TaskSpec) -> bool:
+    return bool(spec.capture_output or spec.stdout_path or spec.stderr_path or spec.whole_output)
+
+
+def _fd_capture(
+    spec: TaskSpec, keep: bool = False
+) -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
     import tempfile  # not at start: it costs a worker's start about 10 ms
 
     return fd_capture(
@@ -148,7 +153,16 @@ def _fd_capture(spec: TaskSpec) -> contextlib.AbstractContextManager[Callable[[]
         tempfile.gettempdir(),
         whole=spec.whole_output,
         at_end=spec.logs_at_end,
+        keep=keep,
     )
+
+
+def _kept_fd_capture(
+    spec: TaskSpec,
+) -> contextlib.AbstractContextManager[Callable[[], tuple[str, str]]]:
+    """A long-lived worker's capture: 1 and 2 stay on the capture files from one task
+    whose logs are written at its end to the next (see :func:`fd_capture`)."""
+    return _fd_capture(spec, keep=True)
 
 
 def _loads(data: bytes, buffers: tuple[bytes, ...] = ()) -> Any:
@@ -190,18 +204,33 @@ def serve(fd: int | None = None, *, finish: bool = False) -> int:
     hello = Hello(versions=versions(), pid=os.getpid(), host=hostname(), affinity=usable_cpus())
     channel.send([encode_frame(hello)])
     queue: deque[TaskSpec] = deque()
-    out: list[bytes] = []  # frames to send, written together
     # Held here but while a task runs: then the watcher may use the channel.
     between_tasks = threading.Lock()
     between_tasks.acquire()
     limited = [False]  # a task with a memory limit runs: the watcher reads nothing then
     failed = _watch_while_running(channel, queue, between_tasks, limited, finish)
+    try:
+        return _serve(channel, queue, between_tasks, limited, failed)
+    finally:
+        end_kept_capture()  # (before the exit's messages, if any)
+
+
+def _serve(
+    channel: WorkerChannel,
+    queue: deque[TaskSpec],
+    between_tasks: threading.Lock,
+    limited: list[bool],
+    failed: list[BaseException],
+) -> int:
+    """:func:`serve`'s loop."""
+    out: list[bytes] = []  # frames to send, written together
     while True:
         if out:  # before the next task starts, which may take long
             channel.send(out)
             out = []
         messages = channel.take(wait=not queue)
         if messages is None:
+            end_kept_capture()
             _tear_down()  # idle, and told no more tasks come: a normal end
             _kill_tree()  # what earlier tasks left running goes with the worker
             return 0
@@ -209,13 +238,15 @@ def serve(fd: int | None = None, *, finish: bool = False) -> int:
         if out or not queue:
             continue  # answers go first (a Cancel's: its caller waits)
         spec = queue.popleft()
+        if not (spec.logs_at_end and _wants_capture(spec)):
+            end_kept_capture()  # (else the task's output would go where the last one's went)
         if spec.memory_mb is None:
             between_tasks.release()
-            outcome = execute(spec)
+            outcome = execute(spec, capture=_kept_fd_capture)
             between_tasks.acquire()
         else:  # the task's limit binds the whole process: the watcher would allocate
             limited[0] = True
-            outcome = execute(spec)
+            outcome = execute(spec, capture=_kept_fd_capture)
             limited[0] = False
         out.append(encode_frame(outcome))
         del spec, outcome

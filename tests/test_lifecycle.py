@@ -349,6 +349,42 @@ async def test_logs_at_end_on_processes(tmp_path: Path, no_leftover_processes: N
         await check_logs_at_end(ex, tmp_path)
 
 
+def say(text: str) -> str:
+    print(text)
+    return text
+
+
+async def test_a_worker_prints_where_it_did_between_tasks_that_log_at_the_end(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], no_leftover_processes: None
+) -> None:
+    """A worker leaves its stdout and stderr on its capture files from one ``logs_at_end``
+    task to the next: a task that captures nothing still prints where the worker
+    prints, a task that captures gets only its own output, and so does the next
+    ``logs_at_end`` task; the teardown hook, run after one, prints to the driver's
+    stderr."""
+    async with ProcessExecutor(1, teardown=fail_teardown) as ex:
+
+        def logged(stem: str) -> Any:
+            return ex.with_options(log_stdout=str(tmp_path / f"{stem}.out"), logs_at_end=True)
+
+        assert await logged("one").run(say, "first") == "first"
+        assert await logged("two").run(say, "second") == "second"
+        assert await ex.run(say, "uncaptured") == "uncaptured"
+        captured = await ex.with_options(capture_output=True).submit(say, "its own")
+        await captured
+        assert await logged("three").run(say, "third") == "third"
+    assert [(tmp_path / f"{stem}.out").read_text() for stem in ("one", "two", "three")] == [
+        "first\n",
+        "second\n",
+        "third\n",
+    ]
+    assert captured.info.stdout == "its own\n"
+    printed = capfd.readouterr()
+    assert "uncaptured" in printed.out
+    assert not any(text in printed.out for text in ("first", "second", "third", "its own"))
+    assert "teardown hook raised" in printed.err
+
+
 # -- SSH hosts ------------------------------------------------------------------------------
 
 

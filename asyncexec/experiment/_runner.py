@@ -13,7 +13,9 @@ import functools
 import hashlib
 import inspect
 import logging
+import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -191,7 +193,9 @@ class Experiment:
                 "Docker one-shot, Azure)"
             )
         directory = os.fspath(directory)
-        if indexed is not False:
+        # (An executor of the batch family has imported its launchers: on any other,
+        # indexed arrays are not offered, and importing them would cost tens of ms.)
+        if indexed or (indexed is None and "asyncexec.launchers.batch" in sys.modules):
             from ._indexed import indexed_launcher, left_running, run_indexed
 
             if indexed or (
@@ -287,42 +291,25 @@ async def run_in_store(
 async def _prepare(
     experiment: Experiment, store: ResultsStore, directory: str, lease: float
 ) -> ParamSweeper:
-    """Register the runs in the store and open the sweeper, side by side (two databases,
-    two threads: SQLite lets go of the GIL); raise what either raised (the store's
-    first), the sweeper closed."""
-    opened: list[ParamSweeper] = []
+    """Register the runs in the store and open the sweeper, in one trip to a worker thread.
 
-    def register() -> None:
+    (One after the other: side by side, in two threads, they took longer, each
+    waiting for the GIL the other held between SQLite's steps.)
+    """
+
+    def prepare() -> ParamSweeper:
         store.register(experiment.runs)
         store.clear_cancel()
-
-    def open_sweeper() -> None:
-        opened.append(
-            ParamSweeper(
-                os.path.join(directory, "sweeper"),
-                [run.fingerprint for run in experiment.runs],
-                name=experiment.name,
-                lease=lease,
-            )
+        return ParamSweeper(
+            os.path.join(directory, "sweeper"),
+            [run.fingerprint for run in experiment.runs],
+            name=experiment.name,
+            lease=lease,
         )
 
-    errors: dict[int, BaseException] = {}
-
-    async def run_one(index: int, work: Callable[[], object]) -> None:
-        try:
-            await anyio.to_thread.run_sync(work)
-        except Exception as exc:
-            errors[index] = exc
-
-    with anyio.CancelScope(shield=True):  # (each is one call to its end: wait for both)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run_one, 0, register)
-            tg.start_soon(run_one, 1, open_sweeper)
-    if errors:
-        for sweeper in opened:
-            sweeper.close()
-        raise errors[min(errors)]
-    return opened[0]
+    with anyio.CancelScope(shield=True):  # (one call to its end: its sweeper is ours)
+        sweeper = await anyio.to_thread.run_sync(prepare)
+    return sweeper
 
 
 class RunControl:
@@ -432,6 +419,9 @@ class _Dispatch(RunnerBase):
     again.
     """
 
+    #: Seconds after which a run still running is recorded running (see _running_after).
+    RUNNING_AFTER = 1.0
+
     def __init__(
         self,
         experiment: Experiment,
@@ -458,9 +448,9 @@ class _Dispatch(RunnerBase):
         self.occupying = 0  # runs in the window (detaching: not handed over yet)
         self.handed: set[str] = set()  # detaching: in flight, JobRef stored, out of the window
         self.ended: list[tuple[str, Future[Any]]] = []  # to record at the next turn
-        self.started: dict[str, JobRef | None] = {}  # to mark running at the next turn
+        # Runs submitted, not recorded running yet: where each went, and when (monotonic).
+        self.started: dict[str, tuple[JobRef | None, float]] = {}
         self.refs: dict[str, JobRef] = {}  # where runs went since the last turn, to store
-        self.launched = 0.0  # when the first run in ``started`` was submitted (monotonic)
         self.stopping = False  # detach now: take no more runs
         self.exhausted = 0.0  # when the sweeper last had fewer runs for us than asked (0: not)
         self.detaching = False  # executor.detach() was called
@@ -522,7 +512,8 @@ class _Dispatch(RunnerBase):
                     and len(self.reserve) <= self.capacity // 2
                 ):
                     want = self.capacity - len(self.reserve)
-                if want or self.ended or self.refs or (self.started and now - self.launched > 0.05):
+                due = self._running_due(now)
+                if want or self.ended or self.refs or (due is not None and due <= 0):
                     self.hopping = True
                     self.tg.start_soon(self._hop_beside, want)
                     continue
@@ -549,13 +540,27 @@ class _Dispatch(RunnerBase):
             if self.ended or self.refs:
                 limit: float | None = 0.0 if not self.hopping else None
             elif self.started:
-                limit = 0.05
+                limit = max(0.0, self._running_due(now) or 0.0)
             elif self.exhausted:
                 limit = self.poll
             else:
                 limit = None
             with anyio.move_on_after(limit):
                 await self.wake.wait()
+
+    def _running_after(self) -> float:
+        """Seconds after its submission a run still running is recorded running.
+
+        A run that ends sooner is recorded once, when it ends: short runs cost one
+        write each. Where work outlives its runner (``follows``), and when detaching,
+        every run is recorded at once, with where it went, for the next runner.
+        """
+        return 0.05 if self.follows or self.detach else self.RUNNING_AFTER
+
+    def _running_due(self, now: float) -> float | None:
+        """Seconds until the first run started is to be recorded running (None: none)."""
+        first = next(iter(self.started.values()), None)
+        return None if first is None else first[1] + self._running_after() - now
 
     async def _hop_beside(self, want: int) -> None:
         try:
@@ -567,14 +572,23 @@ class _Dispatch(RunnerBase):
             self.hopping = False
             self.wake.set()
 
-    async def _hop(self, want: int) -> tuple[list[tuple[str, JobRef | None]], int]:
-        """One turn's trip to a worker thread (:meth:`_turn`), then its bookkeeping here."""
+    async def _hop(
+        self, want: int, final: bool = False
+    ) -> tuple[list[tuple[str, JobRef | None]], int]:
+        """One turn's trip to a worker thread (:meth:`_turn`), then its bookkeeping here
+        (``final``: every run started is recorded, however recent)."""
         ended, self.ended = self.ended, []
         started, self.started = self.started, {}
         refs, self.refs = self.refs, {}
+        until = math.inf if final else time.monotonic() - self._running_after()
         with anyio.CancelScope(shield=True):  # what the sweeper hands out must be tracked
-            taken, offered = await anyio.to_thread.run_sync(self._turn, started, refs, ended, want)
+            taken, offered = await anyio.to_thread.run_sync(
+                self._turn, started, until, refs, ended, want
+            )
             self.held.update(fingerprint for fingerprint, _ in taken)
+        if started:  # (those started too recently to be recorded, first)
+            started.update(self.started)
+            self.started = started
         if self.detach:  # a run whose JobRef is stored leaves the window: the next may go
             for fingerprint in refs:
                 if fingerprint in self.flying and fingerprint not in self.handed:
@@ -608,21 +622,29 @@ class _Dispatch(RunnerBase):
         self.ended_since += ended
         now = time.monotonic()
         elapsed = now - self.rate_since
-        if elapsed >= 0.1:
+        # (Every tenth of a second, or as soon as a whole window has ended: short runs
+        # fill the pool at once, not after a tenth of a second at twice its workers.)
+        if elapsed >= 0.1 or (self.ended_since >= self.capacity and elapsed > 0):
             wanted = int(self.ended_since / elapsed * 0.25)
             self.capacity = max(self.base, min(self.limit, wanted))
             self.rate_since, self.ended_since = now, 0
 
     def _turn(
         self,
-        started: dict[str, JobRef | None],
+        started: dict[str, tuple[JobRef | None, float]],
+        until: float,
         refs: dict[str, JobRef],
         ended: list[tuple[str, Future[Any]]],
         want: int,
     ) -> tuple[list[tuple[str, JobRef | None]], int]:
         """In a worker thread: record what the loop saw (one transaction), tell the
         sweeper, and take up to ``want`` runs to do (with the JobRef of those a crashed
-        runner left running); return them, and how many the sweeper handed out."""
+        runner left running); return them, and how many the sweeper handed out.
+
+        Of ``started``, the runs submitted by ``until`` are recorded running, those
+        that ended are recorded ended, and both are removed: what is left, the loop
+        records later.
+        """
         rows = []
         done: list[str] = []
         failed: list[str] = []
@@ -646,8 +668,15 @@ class _Dispatch(RunnerBase):
             rows.append(future_row(fingerprint, future))
         for row in rows:  # (a run that started and ended since the last turn: recorded)
             started.pop(row[-1], None)
-        if started or refs or rows:
-            self.store.commit_turn(running=started, submitted=time.time(), refs=refs, ended=rows)
+        recorded: dict[str, JobRef | None] = {}
+        for fingerprint, (ref, since) in started.items():
+            if since > until:
+                break  # (in the order submitted)
+            recorded[fingerprint] = ref
+        for fingerprint in recorded:
+            del started[fingerprint]
+        if recorded or refs or rows:
+            self.store.commit_turn(running=recorded, submitted=time.time(), refs=refs, ended=rows)
         # (The store first: a run the sweeper says done is in the store.)
         sweeper = self.sweeper
         if done:
@@ -697,9 +726,7 @@ class _Dispatch(RunnerBase):
         self.held.discard(fingerprint)
         self.flying[fingerprint] = future
         self.occupying += 1
-        if not self.started:
-            self.launched = time.monotonic()
-        self.started[fingerprint] = ref
+        self.started[fingerprint] = (ref, time.monotonic())
         self.progress.running += 1
         future.add_done_callback(functools.partial(self._on_end, fingerprint))
         if self.follows and self.tg is not None:
@@ -729,7 +756,7 @@ class _Dispatch(RunnerBase):
         if unfinished:
             await self.executor.cancel(unfinished)
         while self.ended or self.started or self.refs:
-            await self._hop(0)
+            await self._hop(0, final=True)
         if self.held:  # taken from the sweeper but never submitted
             await anyio.to_thread.run_sync(self.sweeper.cancel_batch, list(self.held))
             self.held.clear()
