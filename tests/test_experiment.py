@@ -16,6 +16,7 @@ import pytest
 
 from asyncexec import ProcessExecutor, ThreadExecutor
 from asyncexec.experiment import Experiment, Progress, ResultsStore, StoreError
+from asyncexec.experiment._runner import _canonical, _canonical_text
 
 pytestmark = pytest.mark.anyio
 
@@ -278,6 +279,21 @@ def test_fingerprints_never_change() -> None:
         "456fa9ca4f16d0dfa5215177",
         "aee18cc797b44d969b518a15",
     ]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"x": 1},
+        {"b": 2.5, "a": "it's", "c": None},
+        {'q"': 'say "hi"', "a'b": True, "é": "ü", "x y": -0.0, "n": "\n"},
+        {"big": 10**30, "inf": float("inf"), "f": False, "two": 2.0},
+    ],
+)
+def test_the_quick_canonical_text_of_scalars_is_the_general_one(params: dict[str, Any]) -> None:
+    """Fingerprints of plain scalar parameters come from a quicker path: the same text."""
+    assert _canonical_text(params) == repr(_canonical(dict(params)))
 
 
 class _Terminal(io.StringIO):

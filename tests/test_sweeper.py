@@ -242,12 +242,14 @@ def test_done_outside_the_sweeps_is_remembered(tmp_path: Path) -> None:
         sweeper.done(HashableDict(i=10))
         assert sweeper.get_done() == []  # only our sweeps' are listed
         assert ids(sweeper.get_remaining()) == [0, 1, 2]
+        sweeper.done_batch([HashableDict(i=2), HashableDict(i=11)])  # one in, one outside
+        assert ids(sweeper.get_done()) == [2]
         sweeper.set_sweeps(combos(12))
-        assert ids(sweeper.get_done()) == [10]
-        assert 10 not in ids(sweeper.get_remaining())
+        assert ids(sweeper.get_done()) == [2, 10, 11]
+        assert not {2, 10, 11} & set(ids(sweeper.get_remaining()))
     with ParamSweeper(tmp_path / "sweeps", combos(12)) as relaunched:
-        assert ids(relaunched.get_done()) == [10]
-        assert 10 not in ids(relaunched.get_next_batch(100))
+        assert ids(relaunched.get_done()) == [2, 10, 11]
+        assert not {2, 10, 11} & set(ids(relaunched.get_next_batch(100)))
 
 
 def test_combinations_are_identified_by_content_not_key_order(tmp_path: Path) -> None:

@@ -819,10 +819,14 @@ _SCALARS = frozenset({int, str, float, bool, type(None)})
 def _canonical_text(params: Mapping[str, Any]) -> str:
     """``repr(_canonical(dict(params)))``: what a run's fingerprint is made of (quicker
     for parameters that are all plain scalars, which ``_canonical`` leaves as they are)."""
-    for value in params.values():
+    pairs = []
+    for key, value in params.items():
         if type(value) not in _SCALARS:
             return repr(_canonical(dict(params)))
-    return repr(("__dict__", tuple(sorted([(repr(k), v) for k, v in params.items()]))))
+        pairs.append((repr(key), value))
+    pairs.sort()
+    inner = ", ".join([f"({key!r}, {value!r})" for key, value in pairs])
+    return f"('__dict__', ({inner},))" if len(pairs) == 1 else f"('__dict__', ({inner}))"
 
 
 def _canonical(value: Any) -> Any:

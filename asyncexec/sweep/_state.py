@@ -262,15 +262,18 @@ class SweeperState:
             if cursor.rowcount:
                 return
         with self.transaction() as db:
-            unknown = []
-            for key, combination in items:
-                cursor = db.execute(
-                    "UPDATE items SET status = 'done', holder = NULL, lease_until = NULL "
-                    "WHERE key = ?",
-                    (key,),
-                )
-                if cursor.rowcount == 0:  # not in any sweep yet: remember it done all the same
-                    unknown.append((key, combination))
+            marked = db.executemany(
+                "UPDATE items SET status = 'done', holder = NULL, lease_until = NULL WHERE key = ?",
+                ((key,) for key, _ in items),
+            ).rowcount
+            if marked == len(items):  # (the keys are distinct: each of them was there)
+                return
+            # Some are in no sweep yet: remember them done all the same.
+            unknown = [
+                (key, combination)
+                for key, combination in items
+                if not db.execute("SELECT 1 FROM items WHERE key = ?", (key,)).fetchone()
+            ]
             if unknown:
                 (start,) = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM items").fetchone()
                 db.executemany(
