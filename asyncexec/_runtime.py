@@ -343,7 +343,9 @@ class _KeptBlock:
         self.tails = ["", ""]
 
     def __enter__(self) -> Callable[[], tuple[str, str]]:
-        sys.stdout.flush()  # (what the worker printed meanwhile goes where it went)
+        # (What was written since the last block is this task's now, as what a child
+        # process the last task left running writes.)
+        sys.stdout.flush()
         sys.stderr.flush()
         tails = self.tails
         return lambda: (tails[0], tails[1])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 from asyncexec import ProcessExecutor, ThreadExecutor
 from asyncexec.experiment import Experiment, Progress, ResultsStore, StoreError
-from asyncexec.experiment._runner import _canonical, _canonical_text
+from asyncexec.experiment._runner import _canonical, _canonical_text, _Dispatch
 
 pytestmark = pytest.mark.anyio
 
@@ -149,6 +151,42 @@ async def test_cancelling_the_runner_leaves_the_store_consistent(tmp_path: Path)
         assert counts["cancelled"] + counts["pending"] + counts["done"] == 6
         summary = await experiment.run(ex, tmp_path, progress=False)
     assert summary.done == 6 and summary.complete
+
+
+async def test_a_run_is_recorded_running_once_it_has_run_a_second(tmp_path: Path) -> None:
+    """A short run is written once, when it ends; a long one is recorded running
+    after a second (on a pool, whose work ends with its runner), with when it was
+    submitted, and then done."""
+    experiment = Experiment(_sleep_for, {"seconds": [0.0, 3.0]})
+    async with ProcessExecutor(2) as ex, anyio.create_task_group() as tg:
+        began = time.time()
+        tg.start_soon(functools.partial(experiment.run, ex, tmp_path, progress=False))
+        seen: dict[float, tuple[str, float | None, float]] = {}  # seconds: first status seen
+        with anyio.fail_after(30):
+            while "running" not in {status for status, _, _ in seen.values()}:
+                await anyio.sleep(0.02)
+                if not (tmp_path / "results.sqlite").exists():
+                    continue
+                with ResultsStore(tmp_path, create=False) as store:
+                    for row in store.rows():
+                        if row["status"] != "pending":
+                            seen.setdefault(
+                                row["params"]["seconds"],
+                                (row["status"], row["submitted"], time.time()),
+                            )
+    assert seen[0.0][0] == "done"  # never recorded running
+    status, submitted, at = seen[3.0]
+    assert status == "running" and submitted is not None
+    assert began <= submitted <= at - _Dispatch.RUNNING_AFTER + 0.2  # (when it was submitted)
+    with ResultsStore(tmp_path, create=False) as store:
+        assert store.counts()["done"] == 2
+
+
+def _sleep_for(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
 
 
 def _sleep_then_return(x: int) -> int:

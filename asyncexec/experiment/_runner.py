@@ -669,14 +669,18 @@ class _Dispatch(RunnerBase):
         for row in rows:  # (a run that started and ended since the last turn: recorded)
             started.pop(row[-1], None)
         recorded: dict[str, JobRef | None] = {}
+        first = None  # when the first of them was submitted (monotonic)
         for fingerprint, (ref, since) in started.items():
             if since > until:
                 break  # (in the order submitted)
             recorded[fingerprint] = ref
+            first = since if first is None else first
         for fingerprint in recorded:
             del started[fingerprint]
         if recorded or refs or rows:
-            self.store.commit_turn(running=recorded, submitted=time.time(), refs=refs, ended=rows)
+            now = time.time()
+            submitted = now if first is None else now - (time.monotonic() - first)
+            self.store.commit_turn(running=recorded, submitted=submitted, refs=refs, ended=rows)
         # (The store first: a run the sweeper says done is in the store.)
         sweeper = self.sweeper
         if done:
