@@ -18,6 +18,7 @@ import pytest
 
 from asyncexec import ProcessExecutor, ThreadExecutor
 from asyncexec.experiment import Experiment, Progress, ResultsStore, StoreError
+from asyncexec.experiment._leases import RunLeases
 from asyncexec.experiment._runner import _canonical, _canonical_text, _Dispatch
 
 pytestmark = pytest.mark.anyio
@@ -229,25 +230,23 @@ async def test_a_runner_cancelled_as_it_submits_cancels_and_records_that_run(
     assert not marker.exists(), "the cancelled run's task ran to its end"
 
 
-async def test_a_cancelled_runner_closes_its_sweeper(
+async def test_a_cancelled_runner_closes_its_leases(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncexec.sweep import ParamSweeper
-
     closed: list[bool] = []
-    original = ParamSweeper.close
+    original = RunLeases.close
 
-    def spy(self: ParamSweeper) -> None:
+    def spy(self: RunLeases) -> None:
         closed.append(True)
         original(self)
 
-    monkeypatch.setattr(ParamSweeper, "close", spy)
+    monkeypatch.setattr(RunLeases, "close", spy)
     experiment = Experiment(_sleep_then_return, {"x": [1, 2, 3]})
     async with ThreadExecutor(2) as ex:
         with anyio.move_on_after(0.3) as scope:
             await experiment.run(ex, tmp_path, progress=False)
     assert scope.cancelled_caught
-    assert closed == [True]  # its heartbeat thread and connection do not linger
+    assert closed == [True]  # its heartbeat thread does not linger
 
 
 async def test_two_runners_on_one_store_never_run_a_run_twice(tmp_path: Path) -> None:
@@ -368,11 +367,10 @@ async def test_other_runs_in_the_store_do_not_count(tmp_path: Path) -> None:
     assert (smaller.total, smaller.done, smaller.ran) == (1, 1, 1)
 
 
-@pytest.mark.parametrize("how", ["deleted", "emptied", "rows-lost", "sweeper-ahead-failed"])
-async def test_store_behind_the_sweeper_runs_again_instead_of_hanging(
-    tmp_path: Path, how: str
-) -> None:
-    """The sweeper says done, the store has no result: those runs run again."""
+@pytest.mark.parametrize("how", ["deleted", "emptied", "rows-lost", "failed"])
+async def test_runs_whose_results_are_gone_run_again(tmp_path: Path, how: str) -> None:
+    """The store is the truth: runs it has no result for (or a failure, retried) run
+    again, and only those (an earlier version's ``sweeper/`` is not read)."""
     log = tmp_path / "log"
     experiment = Experiment(logged, {"x": [1, 2, 3], "log": [str(log)]})
     directory = tmp_path / "exp"
@@ -389,7 +387,7 @@ async def test_store_behind_the_sweeper_runs_again_instead_of_hanging(
             results.write_bytes(b"")
         else:
             with sqlite3.connect(results) as db:
-                if how == "rows-lost":  # a crash between the sweeper's write and the store's
+                if how == "rows-lost":
                     db.execute("DELETE FROM runs WHERE params_json LIKE '%\"x\":2%'")
                 else:
                     db.execute(
@@ -399,35 +397,42 @@ async def test_store_behind_the_sweeper_runs_again_instead_of_hanging(
         with anyio.fail_after(30):  # a regression fails here instead of hanging
             summary = await experiment.run(ex, directory, progress=False, retry_failed=True)
     assert (summary.total, summary.done, summary.failed) == (3, 3, 0)
-    again = {"deleted": 3, "emptied": 3, "rows-lost": 1, "sweeper-ahead-failed": 1}[how]
+    again = {"deleted": 3, "emptied": 3, "rows-lost": 1, "failed": 1}[how]
     assert summary.ran == again
     assert len(log.read_text().split()) == 3 + again
     with ResultsStore(directory, create=False) as store:
         assert store.counts()["done"] == 3
 
 
-async def test_sweeper_behind_the_store_converges(tmp_path: Path) -> None:
-    """The store has a result the sweeper never heard of (todo, inprogress): nothing reruns."""
+async def test_runs_held_by_runners_that_are_gone_are_taken_again(tmp_path: Path) -> None:
+    """A run whose holder's lease expired, or whose holder was a process of this
+    machine that is gone, is taken by the next runner; what is done is not run again;
+    nothing is left held."""
     log = tmp_path / "log"
     experiment = Experiment(logged, {"x": [1, 2, 3], "log": [str(log)]})
     directory = tmp_path / "exp"
     async with ThreadExecutor(2) as ex:
         with anyio.fail_after(30):
             await experiment.run(ex, directory, progress=False)
-        with sqlite3.connect(directory / "sweeper" / "sweeper.sqlite") as db:
-            keys = [key for (key,) in db.execute("SELECT key FROM items ORDER BY seq")]
-            db.execute("UPDATE items SET status = 'todo' WHERE key = ?", (keys[0],))
-            db.execute(  # held by a runner that is gone (no such pid here)
-                "UPDATE items SET status = 'inprogress', holder = ?, lease_until = ? WHERE key = ?",
-                ("nohost:1:x", 0.0, keys[1]),
+        gone = RunLeases(ResultsStore(directory, create=False), set(), 60.0).holder
+        gone = gone.rsplit(":", 2)[0] + ":999999999:0"  # (no such pid)
+        with sqlite3.connect(directory / "results.sqlite") as db:
+            db.execute(  # held elsewhere, its lease expired
+                "UPDATE runs SET status = 'pending', holder = 'elsewhere:1:x', lease_until = 0 "
+                "WHERE params_json LIKE '%\"x\":1%'"
+            )
+            db.execute(  # held here by a process that is gone, its lease not expired
+                "UPDATE runs SET status = 'running', holder = ?, lease_until = ? "
+                "WHERE params_json LIKE '%\"x\":2%'",
+                (gone, time.time() + 3600),
             )
         db.close()
         with anyio.fail_after(30):
-            summary = await experiment.run(ex, directory, progress=False, lease=3)
-    assert (summary.done, summary.ran) == (3, 0)
-    assert len(log.read_text().split()) == 3
-    with sqlite3.connect(directory / "sweeper" / "sweeper.sqlite") as db:
-        assert {s for (s,) in db.execute("SELECT status FROM items")} == {"done"}
+            summary = await experiment.run(ex, directory, progress=False)
+    assert (summary.done, summary.ran) == (3, 2)
+    assert sorted(log.read_text().split()) == ["1", "1", "2", "2", "3"]
+    with sqlite3.connect(directory / "results.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs WHERE holder IS NOT NULL").fetchone() == (0,)
     db.close()
 
 

@@ -20,7 +20,7 @@ Exit status:
 * 1: some runs failed (``run``), or a Docker check or prune failed;
 * 2: bad usage (a bad option or target), or a directory that is not a usable
   experiment directory (not a directory, cannot be made, another
-  experiment's, a damaged results or sweeper database);
+  experiment's, a damaged results database);
 * 3: the system refused: disk full, I/O error, permission denied;
 * 4: an unexpected error inside asyncexec (a bug: please report it with the
   ``--debug`` traceback);

@@ -123,7 +123,7 @@ class SignalHandling:
         print(f"asyncexec: {name}: {note}", file=sys.stderr, flush=True)
 
     def again(self, name: str) -> None:
-        """A second signal: exit now (the sweeper sees this process gone; workers die with it)."""
+        """A second signal: exit now (the leases see this process gone; workers die with it)."""
         if self.debug:  # where the command was when it was told to stop
             import faulthandler
 

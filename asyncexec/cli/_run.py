@@ -288,7 +288,7 @@ async def _stop_on_signals(scope: Any, newline: bool, control: Any, tg: Any) -> 
                     tg.start_soon(_detach_or_cancel, scope, control)
                     continue
                 # A second one exits at once: what is left running is taken up again
-                # by `run --continue` (the sweeper sees this process gone).
+                # by `run --continue` (its leases see this process gone).
                 signal_handling().received(
                     name, "stopping, cancelling running tasks (again to exit at once)"
                 )

@@ -5,11 +5,11 @@ indexed arrays (Slurm) when the experiment has ``INDEXED_THRESHOLD`` (5,000)
 runs or more, or when asked (``indexed=True``): the function and the runs travel once
 per array, each array task works out its runs from its index and appends their
 outcomes to one file; the runner reads those files in one command per round and
-records the results in the store and the sweeper in one transaction per round.
+records the results in the store in one transaction per round.
 
-As on the ordinary path, the store is the truth and the sweeper decides who
-runs what: the runner takes every run not done from the sweeper (held under its
-lease), submits them in one array (two past the place's ``MaxArraySize``), and
+As on the ordinary path, the store is the truth and says who runs what: the
+runner takes every free run (held under its lease, :mod:`._leases`), submits
+them in one array (two past the place's ``MaxArraySize``), and
 keeps each run's :class:`~asyncexec.JobRef` (see
 :mod:`asyncexec.launchers.batch.indexed` for its shape) in the store. A runner
 that finds runs ``running`` with such refs (its predecessor was killed) follows
@@ -37,7 +37,6 @@ from ..launchers.batch.indexed import (
     is_indexed_ref,
     offers_indexed,
 )
-from ..sweep import ParamSweeper
 from ._progress import Progress
 from ._runner import RunnerBase, run_in_store
 from ._store import ResultsStore, RunResult
@@ -117,12 +116,12 @@ async def run_indexed(
         )
     options = experiment.options or executor.options
 
-    def make_runner(store: ResultsStore, sweeper: ParamSweeper) -> _IndexedRunner:
+    def make_runner(store: ResultsStore) -> _IndexedRunner:
         sweep = IndexedSweep(launcher, options=options, runs_per_task=runs_per_task)
-        return _IndexedRunner(experiment, executor, store, sweeper, sweep, retry_failed, detach)
+        return _IndexedRunner(experiment, executor, store, lease, sweep, retry_failed, detach)
 
     return await run_in_store(
-        experiment, directory, lease, make_runner, control, progress, progress_interval
+        experiment, directory, make_runner, control, progress, progress_interval
     )
 
 
@@ -134,12 +133,12 @@ class _IndexedRunner(RunnerBase):
         experiment: Experiment,
         executor: BaseExecutor,
         store: ResultsStore,
-        sweeper: ParamSweeper,
+        lease: float,
         sweep: IndexedSweep,
         retry_failed: bool,
         detach: bool,
     ) -> None:
-        super().__init__(experiment, executor, store, sweeper, retry_failed, detach)
+        super().__init__(experiment, executor, store, lease, retry_failed, detach)
         self.sweep = sweep
         self.following = anyio.CancelScope()
 
@@ -178,7 +177,7 @@ class _IndexedRunner(RunnerBase):
                     except Exception:
                         log.exception("cancelling the indexed arrays of %s", self.experiment.name)
                 if self.held:
-                    await anyio.to_thread.run_sync(self.sweeper.cancel_batch, list(self.held))
+                    await anyio.to_thread.run_sync(self.leases.release, list(self.held))
                     self.held.clear()
             self.progress.stop()
         return self.requested or not completed
@@ -199,29 +198,23 @@ class _IndexedRunner(RunnerBase):
             if await self._all_finished():
                 return
             if not taken:  # the rest is held by other runners: look again in a while
-                await anyio.sleep(min(2.0, self.sweeper.lease / 3))
+                await anyio.sleep(min(2.0, self.leases.lease / 3))
 
     async def _let_go(self) -> None:
-        """Leave the arrays running: the store keeps the runs' refs, the sweeper gets
-        them back (``run``'s end), the executor closes without killing anything."""
+        """Leave the arrays running: the store keeps the runs' refs, they are given back
+        (``run``'s end) for the next runner to follow, the executor closes without
+        killing anything."""
         self.detached = self.sweep.pending
         self.sweep.release()
         await self.executor.detach()
         log.info("%s: %d run(s) left running (detached)", self.experiment.name, self.detached)
 
     async def _take(self) -> list[str]:
-        """Every run not finished that no other runner holds, held by us now."""
-        taken: list[str] = await self.sweeper.aget_next_batch(len(self.by_fingerprint))
-        self.held.update(taken)
-        statuses = await anyio.to_thread.run_sync(self.store.statuses, frozenset(taken))
-        done = [fp for fp in taken if statuses.get(fp) == "done"]
-        failed = [fp for fp in taken if statuses.get(fp) == "failed" and not self.retry_failed]
-        if done:
-            await anyio.to_thread.run_sync(self.sweeper.done_batch, done)
-        if failed:
-            await anyio.to_thread.run_sync(self.sweeper.skip_batch, failed)
-        self.held.difference_update(done + failed)
-        return [fp for fp in taken if not self.finished(statuses.get(fp))]
+        """Every free run (not finished, held by no other runner), held by us now."""
+        taken = await anyio.to_thread.run_sync(self.leases.take, len(self.by_fingerprint))
+        fingerprints = [fingerprint for fingerprint, _, _ in taken]
+        self.held.update(fingerprints)
+        return fingerprints
 
     async def _start(self, taken: list[str]) -> None:
         """Follow the arrays of the runs a killed runner left running; submit the rest."""
@@ -273,16 +266,10 @@ class _IndexedRunner(RunnerBase):
             )
             for result in batch.results
         ]
-        await anyio.to_thread.run_sync(self._write, rows)
+        await anyio.to_thread.run_sync(self._write, rows)  # (which frees them)
         done = [row.fingerprint for row in rows if row.status == "done"]
         failed = [row.fingerprint for row in rows if row.status == "failed"]
-        cancelled = [row.fingerprint for row in rows if row.status == "cancelled"]
-        if done:
-            await anyio.to_thread.run_sync(self.sweeper.done_batch, done)
-        if failed:  # not done for the sweeper: a later run looks again (retry_failed)
-            await anyio.to_thread.run_sync(self.sweeper.skip_batch, failed)
-        if cancelled:
-            await anyio.to_thread.run_sync(self.sweeper.cancel_batch, cancelled)
+        self.leases.skip(failed)  # (retry_failed: not again here)
         self.held.difference_update(row.fingerprint for row in rows)
         self.ran += len(done) + len(failed)
         self.failed_here += len(failed)

@@ -1,9 +1,9 @@
 """Experiment: a function over a parameter grid times repeats, on any executor.
 
-Every run goes to the results store of the experiment directory; which
-process runs what is decided by a :class:`ParamSweeper` in the same
-directory, so several runners can share one experiment, a runner that dies
-leaves nothing stranded, and a second ``run`` skips what is done.
+Every run goes to the results store of the experiment directory, which also
+says which runner runs what (:mod:`._leases`): several runners can share one
+experiment, a runner that dies leaves nothing stranded, and a second ``run``
+skips what is done.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from .. import (
     TaskDetached,
     TaskOptions,
 )
-from ..sweep import HashableDict, ParamSweeper, slugify, sweep
+from ..sweep import HashableDict, slugify, sweep
+from ._leases import RunLeases
 from ._progress import Progress
 from ._store import ResultsStore, RunSpec, future_row
 
@@ -217,8 +218,7 @@ class Experiment:
         return await run_in_store(
             self,
             directory,
-            lease,
-            lambda store, sweeper: _Dispatch(self, executor, store, sweeper, retry_failed, detach),
+            lambda store: _Dispatch(self, executor, store, lease, retry_failed, detach),
             control,
             progress,
             progress_interval,
@@ -234,9 +234,10 @@ class Detachable(Protocol):
 
 
 class Runner(Detachable, Protocol):
-    """What runs an experiment's runs between a store and a sweeper (the per-run
-    dispatcher here, the indexed arrays' runner): what :func:`run_in_store` needs."""
+    """What runs an experiment's runs from its store (the per-run dispatcher here, the
+    indexed arrays' runner): what :func:`run_in_store` needs."""
 
+    leases: RunLeases
     fingerprints: frozenset[str]
     ran: int
     reattached: int
@@ -248,29 +249,29 @@ class Runner(Detachable, Protocol):
 async def run_in_store(
     experiment: Experiment,
     directory: str,
-    lease: float,
-    make_runner: Callable[[ResultsStore, ParamSweeper], Runner],
+    make_runner: Callable[[ResultsStore], Runner],
     control: RunControl | None,
     progress: bool | None,
     progress_interval: float,
 ) -> RunSummary:
-    """Open the experiment's store and sweeper in ``directory``, have the runner
-    ``make_runner`` makes of them run it (steered by ``control``), close them (shielded),
-    and sum up."""
+    """Open the experiment's store in ``directory`` and register its runs, have the
+    runner ``make_runner`` makes of it run them (steered by ``control``), close it
+    (shielded), and sum up."""
     started = time.monotonic()
     store = await anyio.to_thread.run_sync(
         functools.partial(ResultsStore, directory, experiment=experiment.name)
     )
     try:
-        sweeper = await _prepare(experiment, store, directory, lease)
+        with anyio.CancelScope(shield=True):  # (one call to its end)
+            await anyio.to_thread.run_sync(_register, store, experiment)
+        runner = make_runner(store)
         try:
-            runner = make_runner(store, sweeper)
             if control is not None:
                 control.bind(runner)
             cancelled = await runner.run(progress, progress_interval)
         finally:
-            with anyio.CancelScope(shield=True):  # its heartbeat thread, its connection
-                await anyio.to_thread.run_sync(sweeper.close)
+            with anyio.CancelScope(shield=True):  # its heartbeat thread
+                await anyio.to_thread.run_sync(runner.leases.close)
         counts = await anyio.to_thread.run_sync(store.counts, runner.fingerprints)
     finally:
         store.close()
@@ -288,28 +289,9 @@ async def run_in_store(
     )
 
 
-async def _prepare(
-    experiment: Experiment, store: ResultsStore, directory: str, lease: float
-) -> ParamSweeper:
-    """Register the runs in the store and open the sweeper, in one trip to a worker thread.
-
-    (One after the other: side by side, in two threads, they took longer, each
-    waiting for the GIL the other held between SQLite's steps.)
-    """
-
-    def prepare() -> ParamSweeper:
-        store.register(experiment.runs)
-        store.clear_cancel()
-        return ParamSweeper(
-            os.path.join(directory, "sweeper"),
-            [run.fingerprint for run in experiment.runs],
-            name=experiment.name,
-            lease=lease,
-        )
-
-    with anyio.CancelScope(shield=True):  # (one call to its end: its sweeper is ours)
-        sweeper = await anyio.to_thread.run_sync(prepare)
-    return sweeper
+def _register(store: ResultsStore, experiment: Experiment) -> None:
+    store.register(experiment.runs)
+    store.clear_cancel()
 
 
 class RunControl:
@@ -352,7 +334,7 @@ class RunControl:
 
 class RunnerBase:
     """What every runner of an experiment holds (the per-run dispatcher here, the
-    indexed arrays' runner): the experiment, its executor, store and sweeper, what it
+    indexed arrays' runner): the experiment, its executor, store and leases, what it
     did, and the checks both make."""
 
     def __init__(
@@ -360,20 +342,20 @@ class RunnerBase:
         experiment: Experiment,
         executor: BaseExecutor,
         store: ResultsStore,
-        sweeper: ParamSweeper,
+        lease: float,
         retry_failed: bool,
         detach: bool,
     ) -> None:
         self.experiment = experiment
         self.executor = executor
         self.store = store
-        self.sweeper = sweeper
         self.retry_failed = retry_failed
         self.detach = detach  # submit, then leave the work running
         self.by_fingerprint = {run.fingerprint: run for run in experiment.runs}
         self.fingerprints = frozenset(self.by_fingerprint)
+        self.leases = RunLeases(store, self.fingerprints, lease, retry_failed)
         self.logs = os.path.join(store.directory, "logs")
-        self.held: set[str] = set()  # taken from the sweeper, not recorded yet
+        self.held: set[str] = set()  # taken, not submitted yet
         self.ran = 0
         self.reattached = 0  # runs whose running work was followed again, not resubmitted
         self.detached = 0
@@ -400,17 +382,17 @@ class RunnerBase:
 
 
 class _Dispatch(RunnerBase):
-    """One runner's loop: take runs from the sweeper, submit them, record them, in
+    """One runner's loop: take runs from the store, submit them, record them, in
     batches, one per turn of the loop.
 
     Each turn makes one trip to a worker thread (:meth:`_turn`): one transaction of
-    the store records the runs the last turn started and those that ended since,
-    the sweeper is told, and the next runs are taken. The event loop never waits on
-    SQLite, and SQLite sees a few transactions a turn rather than several a run. Up
+    the store records the runs the last turn started and those that ended since
+    (which frees them), and another takes the next runs. The event loop never waits
+    on SQLite, and SQLite sees two transactions a turn rather than several a run. Up
     to ``capacity`` runs are in flight: for short runs, as many as the executor keeps
     handed to its backend (``n_workers * (1 + prefetch)``: a process pool's prefetch
     stays full, a cluster gets thousands at once); for long ones, twice its workers
-    (the rest stays with the sweeper, for the other runners of the experiment).
+    (the rest stays free, for the other runners of the experiment).
 
     What a crash loses: a run that ended is recorded by the turn after (a turn
     starts as soon as the last one's trip is back). A runner killed at any moment
@@ -427,11 +409,11 @@ class _Dispatch(RunnerBase):
         experiment: Experiment,
         executor: BaseExecutor,
         store: ResultsStore,
-        sweeper: ParamSweeper,
+        lease: float,
         retry_failed: bool,
         detach: bool = False,
     ) -> None:
-        super().__init__(experiment, executor, store, sweeper, retry_failed, detach)
+        super().__init__(experiment, executor, store, lease, retry_failed, detach)
         # The window: at most what the executor keeps handed to its backend (its limit,
         # n_workers * (1 + prefetch)); at least twice its workers; in between, a quarter
         # of a second of runs at the rate they end (short runs fill the prefetch, long
@@ -441,7 +423,7 @@ class _Dispatch(RunnerBase):
         self.capacity = self.base
         self.rate_since = time.monotonic()
         self.ended_since = 0
-        self.poll = min(2.0, sweeper.lease / 3)
+        self.poll = min(2.0, lease / 3)
         self.follows = executor.capabilities.reattachable  # keep JobRefs to follow after a crash
         self.wake = anyio.Event()
         self.flying: dict[str, Future[Any]] = {}
@@ -452,7 +434,7 @@ class _Dispatch(RunnerBase):
         self.started: dict[str, tuple[JobRef | None, float]] = {}
         self.refs: dict[str, JobRef] = {}  # where runs went since the last turn, to store
         self.stopping = False  # detach now: take no more runs
-        self.exhausted = 0.0  # when the sweeper last had fewer runs for us than asked (0: not)
+        self.exhausted = 0.0  # when the store last had fewer free runs for us than asked (0: not)
         self.detaching = False  # executor.detach() was called
         self.reserve: collections.deque[tuple[str, JobRef | None]] = collections.deque()
         self.hopping = False  # a turn's trip to a worker thread is under way
@@ -529,12 +511,9 @@ class _Dispatch(RunnerBase):
                     not self.flying
                     and not self.started
                     and not (self.reserve and not self.stopping)
+                    and (self.detach or self.stopping or await self._all_finished())
                 ):
-                    if self.detach or self.stopping or await self._all_finished():
-                        return
-                    if await anyio.to_thread.run_sync(self._reopen_lost):
-                        self.exhausted = 0.0
-                        continue
+                    return
             # Wait for a run to end, a trip to come back, or a while.
             self.wake = anyio.Event()
             if self.ended or self.refs:
@@ -581,7 +560,7 @@ class _Dispatch(RunnerBase):
         started, self.started = self.started, {}
         refs, self.refs = self.refs, {}
         until = math.inf if final else time.monotonic() - self._running_after()
-        with anyio.CancelScope(shield=True):  # what the sweeper hands out must be tracked
+        with anyio.CancelScope(shield=True):  # what is taken must be tracked
             taken, offered = await anyio.to_thread.run_sync(
                 self._turn, started, until, refs, ended, want
             )
@@ -637,82 +616,61 @@ class _Dispatch(RunnerBase):
         ended: list[tuple[str, Future[Any]]],
         want: int,
     ) -> tuple[list[tuple[str, JobRef | None]], int]:
-        """In a worker thread: record what the loop saw (one transaction), tell the
-        sweeper, and take up to ``want`` runs to do (with the JobRef of those a crashed
-        runner left running); return them, and how many the sweeper handed out.
+        """In a worker thread: record what the loop saw (one transaction: a run recorded
+        ended is free again), give back what was left running elsewhere, and take up to
+        ``want`` runs to do (with the JobRef of those a runner that is gone left
+        running); return them, and how many were free.
 
         Of ``started``, the runs submitted by ``until`` are recorded running, those
         that ended are recorded ended, and both are removed: what is left, the loop
         records later.
         """
         rows = []
-        done: list[str] = []
         failed: list[str] = []
-        back: list[str] = []  # cancelled or left running: to do again (or to follow)
+        back: list[str] = []  # left running where they run: for the next runner to follow
         for fingerprint, future in ended:
             state = future.state
             if state is FutureState.CANCELLED:
                 error = future.exception()
                 if isinstance(error, TaskDetached):
-                    # Left running, recorded running with its JobRef: given back to the
-                    # sweeper, the next runner takes it and follows it (re-attach).
+                    # Left running, recorded running with its JobRef, given back: the
+                    # next runner takes it and follows it (re-attach).
                     if error.job_ref is not None:
                         refs[fingerprint] = error.job_ref
                     back.append(fingerprint)
                     continue
-                back.append(fingerprint)
-            elif state is FutureState.DONE:
-                done.append(fingerprint)
-            else:  # failed: not done for the sweeper, a later run looks again (retry_failed)
+            elif state is FutureState.FAILED:  # (retry_failed: not again here)
                 failed.append(fingerprint)
             rows.append(future_row(fingerprint, future))
         for row in rows:  # (a run that started and ended since the last turn: recorded)
             started.pop(row[-1], None)
         recorded: dict[str, JobRef | None] = {}
         first = None  # when the first of them was submitted (monotonic)
+        for fingerprint in back:  # (recorded running however recent: its JobRef is kept)
+            if fingerprint in started:
+                ref, since = started.pop(fingerprint)
+                recorded[fingerprint] = ref
+                first = since if first is None else min(first, since)
         for fingerprint, (ref, since) in started.items():
             if since > until:
                 break  # (in the order submitted)
             recorded[fingerprint] = ref
-            first = since if first is None else first
+            first = since if first is None else min(first, since)
         for fingerprint in recorded:
-            del started[fingerprint]
+            started.pop(fingerprint, None)
         if recorded or refs or rows:
             now = time.time()
             submitted = now if first is None else now - (time.monotonic() - first)
             self.store.commit_turn(running=recorded, submitted=submitted, refs=refs, ended=rows)
-        # (The store first: a run the sweeper says done is in the store.)
-        sweeper = self.sweeper
-        if done:
-            sweeper.done_batch(done)
+        leases = self.leases
         if failed:
-            sweeper.skip_batch(failed)
+            leases.skip(failed)
         if back:
-            sweeper.cancel_batch(back)
+            leases.release(back)
         if want <= 0:
             return [], 0
-        offered = sweeper.get_next_batch(want)
-        if not offered:
-            return [], 0
-        statuses = self.store.statuses(offered)
-        left: list[str] = []
-        running: list[str] = []
-        done_before: list[str] = []  # by another runner, or before (a sweeper started over)
-        failed_before: list[str] = []
-        for fp in offered:
-            status = statuses.get(fp)
-            if self.finished(status):
-                (done_before if status == "done" else failed_before).append(fp)
-                continue
-            left.append(fp)
-            if status == "running":
-                running.append(fp)
-        if done_before:
-            sweeper.done_batch(done_before)
-        if failed_before:
-            sweeper.skip_batch(failed_before)
-        found = self.store.job_refs(frozenset(running)) if running else {}
-        return [(fp, found.get(fp)) for fp in left], len(offered)
+        taken = leases.take(want)
+        return [(fingerprint, ref) for fingerprint, _, ref in taken], len(taken)
 
     async def _launch(self, fingerprint: str, ref: JobRef | None) -> None:
         """Submit a run taken (or follow the work a crashed runner left running)."""
@@ -761,8 +719,8 @@ class _Dispatch(RunnerBase):
             await self.executor.cancel(unfinished)
         while self.ended or self.started or self.refs:
             await self._hop(0, final=True)
-        if self.held:  # taken from the sweeper but never submitted
-            await anyio.to_thread.run_sync(self.sweeper.cancel_batch, list(self.held))
+        if self.held:  # taken but never submitted
+            await anyio.to_thread.run_sync(self.leases.release, list(self.held))
             self.held.clear()
         self.reserve.clear()
 
@@ -779,29 +737,6 @@ class _Dispatch(RunnerBase):
         if self.experiment.passes_repeat:
             kwargs["repeat"] = run.repeat
         return await ConfiguredExecutor(self.executor, options).submit(self.experiment.fn, **kwargs)
-
-    def _reopen_lost(self) -> int:
-        """Runs the sweeper has done but the store has no result for: make them todo again.
-
-        The store is the truth: its results may have been deleted (to start over) or
-        lost in a crash, while ``sweeper/`` remains. (A run is recorded in the store
-        before the sweeper marks it done, so this never undoes a run in progress.)
-        """
-        done = self.sweeper.get_done()  # first: what it says done is in the store by now
-        statuses = self.store.statuses(self.fingerprints)
-        lost = [fingerprint for fingerprint in done if statuses.get(fingerprint) != "done"]
-        if not lost:
-            return 0
-        reopened = self.sweeper.reopen_batch(lost)
-        if reopened:
-            log.warning(
-                "%s: %d run(s) done for %s have no result in %s: running them again",
-                self.experiment.name,
-                reopened,
-                os.path.join(self.store.directory, "sweeper"),
-                self.store.path,
-            )
-        return reopened
 
 
 def _takes_repeat(fn: Callable[..., Any]) -> bool:

@@ -50,11 +50,21 @@ CREATE TABLE IF NOT EXISTS runs (
     job_ref TEXT,
     stdout TEXT,
     stderr TEXT,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    holder TEXT,                  -- the runner that holds the run (see _leases.py)
+    lease_until REAL
 );
-CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 CREATE INDEX IF NOT EXISTS runs_seq ON runs (seq);
 """
+# The runs runners may take (for _leases.py), in order; made after the columns, which
+# a store of an earlier version gains when opened (_add_lease_columns). (No index on
+# the status, nor on the holder: each would cost every run's writes another b-tree,
+# for queries that read every row anyway or run every few seconds.)
+_LEASE_INDEXES = (
+    "DROP INDEX IF EXISTS runs_status",
+    "CREATE INDEX IF NOT EXISTS runs_free ON runs (seq) "
+    "WHERE holder IS NULL AND status NOT IN ('done', 'failed')",
+)
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
 
@@ -100,11 +110,12 @@ _RUNNING = (
     "value_json = NULL, value_pickle = NULL, error_type = NULL, error_message = NULL, "
     "traceback = NULL, job_ref = ?, updated = ? WHERE fingerprint = ?"
 )
-_ENDED = (
+_ENDED = (  # (and no runner holds it any more)
     "UPDATE runs SET status = ?, value_json = ?, value_pickle = ?, error_type = ?, "
     "error_message = ?, traceback = ?, submitted = COALESCE(?, submitted), started = ?, "
     "finished = ?, host = ?, worker = ?, attempts = ?, job_ref = COALESCE(?, job_ref), "
-    "stdout = ?, stderr = ?, updated = ? WHERE fingerprint = ?"
+    "stdout = ?, stderr = ?, updated = ?, holder = NULL, lease_until = NULL "
+    "WHERE fingerprint = ?"
 )
 
 
@@ -256,6 +267,7 @@ class ResultsStore:
             raise StoreError(f"{self.path} is damaged or not an experiment store: {exc}") from exc
         try:
             self._check(db, exists, experiment)
+            _add_lease_columns(db)
         except BaseException as exc:
             db.close()  # refused: leave nothing open
             if isinstance(exc, sqlite3.DatabaseError):
@@ -422,7 +434,7 @@ class ResultsStore:
         """Record these runs ``cancelled`` (their work was killed), if still ``running``."""
         now = time.time()
         self._write(
-            "UPDATE runs SET status = 'cancelled', updated = ? "
+            "UPDATE runs SET status = 'cancelled', updated = ?, holder = NULL, lease_until = NULL "
             "WHERE fingerprint = ? AND status = 'running'",
             [(now, fingerprint) for fingerprint in fingerprints],
         )
@@ -579,6 +591,20 @@ class ResultsStore:
                 ]
             )
         return out.getvalue()
+
+
+def _add_lease_columns(db: sqlite3.Connection) -> None:
+    """Give a store of an earlier version the columns and indexes of the runners' leases
+    (an earlier version's runners kept them in ``sweeper/``: they are not read)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if "holder" not in columns:
+        with Transaction(db):
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "holder" not in columns:  # (not added by another process meanwhile)
+                db.execute("ALTER TABLE runs ADD COLUMN holder TEXT")
+                db.execute("ALTER TABLE runs ADD COLUMN lease_until REAL")
+    for statement in _LEASE_INDEXES:
+        db.execute(statement)
 
 
 def _row(record: Mapping[str, Any]) -> dict[str, Any]:
