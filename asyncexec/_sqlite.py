@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["Transaction", "connect"]
+__all__ = ["Transaction", "connect", "start_heartbeat"]
+
+log = logging.getLogger("asyncexec")
+
+T = TypeVar("T")
 
 
 def connect(path: str, schema: str, *, timeout: float = 60.0) -> sqlite3.Connection:
@@ -58,3 +67,29 @@ class Transaction:
             self._db.execute("COMMIT")
         else:
             self._db.execute("ROLLBACK")
+
+
+def start_heartbeat(
+    owner: T, renew: Callable[[T], object], closed: threading.Event, period: float, what: str
+) -> threading.Thread:
+    """Start a daemon thread that calls ``renew(owner)`` every ``period`` seconds until
+    ``closed`` is set, ``owner`` is dropped (it is held weakly) or its database closed;
+    another SQLite error is logged, and tried again next time. (What keeps leases.)"""
+    ref = weakref.ref(owner)
+
+    def beat() -> None:
+        while not closed.wait(period):
+            alive = ref()
+            if alive is None:
+                return
+            try:
+                renew(alive)
+            except sqlite3.ProgrammingError:
+                return  # its database was closed under us
+            except sqlite3.Error:
+                log.warning("could not renew the leases of %s; trying again", what)
+            del alive
+
+    thread = threading.Thread(target=beat, name=f"asyncexec-leases-{what}", daemon=True)
+    thread.start()
+    return thread

@@ -13,23 +13,19 @@ the store is the truth about what is done and about who holds what.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Collection, Iterable
 from typing import Any
 
 from .. import JobRef
-from .._sqlite import Transaction
+from .._sqlite import Transaction, start_heartbeat
 from ..sweep._state import _alive, _machine_identity
 from ._store import ResultsStore, _job_ref
 
 __all__ = ["RunLeases"]
-
-log = logging.getLogger("asyncexec")
 
 _FREE = "holder IS NULL AND status NOT IN ('done', 'failed')"  # (runs_free's clause)
 
@@ -92,14 +88,10 @@ class RunLeases:
                 "UPDATE runs SET holder = ?, lease_until = ? WHERE rowid = ? AND holder IS NULL",
                 ((self.holder, now + self.lease, rowid) for rowid, *_ in found),
             )
-        if found and self._heartbeat is None:
-            self._heartbeat = threading.Thread(
-                target=_beat,
-                args=(weakref.ref(self), self._closed, self.lease / 3),
-                name="asyncexec-leases",
-                daemon=True,
+        if found and self._heartbeat is None:  # (dropping this ends it)
+            self._heartbeat = start_heartbeat(
+                self, RunLeases._renew, self._closed, self.lease / 3, self.holder
             )
-            self._heartbeat.start()
         return [
             (fingerprint, status, _job_ref(ref) if status == "running" else None)
             for _, fingerprint, status, ref in found
@@ -177,17 +169,3 @@ class RunLeases:
                     "UPDATE runs SET lease_until = ? WHERE holder = ?",
                     (time.time() + self.lease, self.holder),
                 )
-
-
-def _beat(ref: weakref.ref[RunLeases], closed: threading.Event, period: float) -> None:
-    while not closed.wait(period):
-        leases = ref()
-        if leases is None:
-            return
-        try:
-            leases._renew()
-        except Exception:  # (a closed store: the runner is gone)
-            if closed.is_set():
-                return
-            log.warning("could not renew the leases of runner %s; trying again", leases.holder)
-        del leases

@@ -18,15 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sized
 from typing import Any
 
 import anyio
 
+from .._sqlite import start_heartbeat
 from ._execo import load_execo_pickle, new_execo_done
 from ._keys import combination_key, combination_keys
 from ._state import SweeperError, SweeperState
@@ -124,15 +123,10 @@ class ParamSweeper:
                 state.close()
 
     def _ensure_heartbeat(self) -> None:
-        if self._heartbeat is None:
-            # The thread holds the sweeper weakly: dropping the sweeper ends it.
-            self._heartbeat = threading.Thread(
-                target=_beat,
-                args=(weakref.ref(self), self._closed, self._lease / 3),
-                name=f"asyncexec-sweeper-{self._name}",
-                daemon=True,
+        if self._heartbeat is None:  # (dropping the sweeper ends it)
+            self._heartbeat = start_heartbeat(
+                self, ParamSweeper._renew, self._closed, self._lease / 3, self._name
             )
-            self._heartbeat.start()
 
     def _renew(self) -> None:
         with self._lock:
@@ -454,17 +448,3 @@ class ParamSweeper:
         its next await.
         """
         await anyio.to_thread.run_sync(self.cancel, combination)
-
-
-def _beat(ref: weakref.ref[ParamSweeper], closed: threading.Event, period: float) -> None:
-    while not closed.wait(period):
-        sweeper = ref()
-        if sweeper is None:
-            return
-        try:
-            sweeper._renew()
-        except sqlite3.ProgrammingError:
-            return  # its database was closed under us
-        except sqlite3.Error:
-            log.warning("could not renew the leases of %s; trying again", sweeper._name)
-        del sweeper
