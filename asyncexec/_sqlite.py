@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["Transaction", "connect", "start_heartbeat"]
+__all__ = ["Transaction", "connect", "holder_gone", "new_holder", "start_heartbeat"]
 
 log = logging.getLogger("asyncexec")
 
@@ -93,3 +97,47 @@ def start_heartbeat(
     thread = threading.Thread(target=beat, name=f"asyncexec-leases-{what}", daemon=True)
     thread.start()
     return thread
+
+
+def new_holder() -> str:
+    """A name for a holder of leases: its machine (precisely enough to tell, from
+    another process, that the holder is gone: same host, same boot, same pid
+    namespace), its process, and a nonce of its own."""
+    return f"{_machine()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def holder_gone(holder: str) -> bool:
+    """Whether ``holder`` (:func:`new_holder`) was a process of this machine that is
+    gone (its leases need not expire)."""
+    machine, _, pid = holder.rpartition(":")[0].rpartition(":")
+    return machine == _machine() and pid.isdigit() and not _alive(int(pid))
+
+
+@functools.cache
+def _machine() -> str:
+    """Host name, boot id and pid namespace: pids mean the same only when all match."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            parts.append(boot.read().strip())
+    except OSError:
+        parts.append("no-boot-id")
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        parts.append("no-pid-ns")
+    return "/".join(part.replace(":", "_") for part in parts)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True

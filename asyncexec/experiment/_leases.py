@@ -13,16 +13,13 @@ the store is the truth about what is done and about who holds what.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections.abc import Collection, Iterable
 from typing import Any
 
 from .. import JobRef
-from .._sqlite import Transaction, start_heartbeat
-from ..sweep._state import _alive, _machine_identity
+from .._sqlite import holder_gone, new_holder, start_heartbeat
 from ._store import ResultsStore, _job_ref
 
 __all__ = ["RunLeases"]
@@ -56,8 +53,7 @@ class RunLeases:
         self._ours = fingerprints
         self._retry_failed = retry_failed
         self._skipped: set[str] = set()  # failed here: not taken again by this runner
-        self._machine = _machine_identity()
-        self.holder = f"{self._machine}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.holder = new_holder()
         self._reclaimed_at = 0.0
         self._closed = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -78,7 +74,7 @@ class RunLeases:
             return []
         store = self._store
         now = time.time()
-        with store._lock, Transaction(store._db) as db:
+        with store.transaction() as db:
             self._reclaim(db, now)
             found = self._free(db, f"{_FREE} AND seq > ?", count)
             if self._retry_failed and len(found) < count:
@@ -126,7 +122,7 @@ class RunLeases:
         rows = [(fingerprint, self.holder) for fingerprint in fingerprints]
         if not rows:
             return
-        with store._lock, Transaction(store._db) as db:
+        with store.transaction() as db:
             db.executemany(
                 "UPDATE runs SET holder = NULL, lease_until = NULL "
                 "WHERE fingerprint = ? AND holder = ?",
@@ -152,20 +148,17 @@ class RunLeases:
         )
         holders = db.execute("SELECT DISTINCT holder FROM runs WHERE holder IS NOT NULL").fetchall()
         for (holder,) in holders:
-            machine, _, pid = str(holder).rpartition(":")[0].rpartition(":")
-            if machine == self._machine and pid.isdigit() and not _alive(int(pid)):
+            if holder_gone(str(holder)):
                 db.execute(
                     "UPDATE runs SET holder = NULL, lease_until = NULL WHERE holder = ?",
                     (holder,),
                 )
 
     def _renew(self) -> None:
-        store = self._store
-        with store._lock:
-            if self._closed.is_set():
-                return
-            with Transaction(store._db) as db:
-                db.execute(
-                    "UPDATE runs SET lease_until = ? WHERE holder = ?",
-                    (time.time() + self.lease, self.holder),
-                )
+        if self._closed.is_set():
+            return
+        with self._store.transaction() as db:
+            db.execute(
+                "UPDATE runs SET lease_until = ? WHERE holder = ?",
+                (time.time() + self.lease, self.holder),
+            )

@@ -8,6 +8,7 @@ run recorded ``done`` is never dispatched again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -311,6 +312,14 @@ class ResultsStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The store's lock and a write transaction (BEGIN IMMEDIATE ... COMMIT) on its
+        connection, for what keeps its state in the store's database (the runners'
+        leases, :mod:`._leases`)."""
+        with self._lock, Transaction(self._db) as db:
+            yield db
 
     def _write(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self._lock, Transaction(self._db) as db:

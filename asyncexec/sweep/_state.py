@@ -18,15 +18,13 @@ import contextlib
 import hashlib
 import os
 import pickle
-import socket
 import sqlite3
 import time
-import uuid
 from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import AsyncExecError
-from .._sqlite import Transaction, connect
+from .._sqlite import Transaction, connect, holder_gone, new_holder
 from ._keys import combination_key
 
 __all__ = ["SweeperError", "SweeperState"]
@@ -78,10 +76,7 @@ class SweeperState:
 
     def __init__(self, directory: str, lease: float) -> None:
         self._lease = lease
-        # Whose process this is, precisely enough to tell, from another process,
-        # that the holder is gone: same host, same boot, same pid namespace.
-        self._machine = _machine_identity()
-        self.holder = f"{self._machine}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.holder = new_holder()
         self._reclaimed_at = 0.0  # expired leases are looked for every lease/10 s at most
         self._db = _open(directory)
 
@@ -195,8 +190,7 @@ class SweeperState:
             "SELECT DISTINCT holder FROM items WHERE status = 'inprogress' AND holder IS NOT NULL"
         ).fetchall()
         for (holder,) in holders:
-            machine, _, pid = str(holder).rpartition(":")[0].rpartition(":")
-            if machine == self._machine and pid.isdigit() and not _alive(int(pid)):
+            if holder_gone(str(holder)):
                 db.execute(
                     "UPDATE items SET status = 'todo', holder = NULL, lease_until = NULL "
                     "WHERE holder = ? AND status = 'inprogress'",
@@ -355,35 +349,6 @@ def _format(db: sqlite3.Connection) -> str | None:
     """The format marker of the database, if any."""
     row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
     return None if row is None else str(row[0])
-
-
-def _machine_identity() -> str:
-    """Host name, boot id and pid namespace: pids mean the same only when all match."""
-    parts = [socket.gethostname()]
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as boot:
-            parts.append(boot.read().strip())
-    except OSError:
-        parts.append("no-boot-id")
-    try:
-        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
-    except OSError:
-        parts.append("no-pid-ns")
-    return "/".join(part.replace(":", "_") for part in parts)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except OSError:
-        return True
 
 
 _STATUS_RANK = {"todo": 0, "inprogress": 1, "done": 2}
