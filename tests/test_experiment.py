@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from asyncexec import ProcessExecutor, ThreadExecutor
+from asyncexec._sqlite import new_holder
 from asyncexec.experiment import Experiment, Progress, ResultsStore, StoreError
 from asyncexec.experiment._leases import RunLeases
 from asyncexec.experiment._runner import _canonical, _canonical_text, _Dispatch
@@ -414,8 +415,7 @@ async def test_runs_held_by_runners_that_are_gone_are_taken_again(tmp_path: Path
     async with ThreadExecutor(2) as ex:
         with anyio.fail_after(30):
             await experiment.run(ex, directory, progress=False)
-        gone = RunLeases(ResultsStore(directory, create=False), set(), 60.0).holder
-        gone = gone.rsplit(":", 2)[0] + ":999999999:0"  # (no such pid)
+        gone = new_holder().rsplit(":", 2)[0] + ":999999999:0"  # (this machine, no such pid)
         with sqlite3.connect(directory / "results.sqlite") as db:
             db.execute(  # held elsewhere, its lease expired
                 "UPDATE runs SET status = 'pending', holder = 'elsewhere:1:x', lease_until = 0 "

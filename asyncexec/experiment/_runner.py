@@ -482,7 +482,11 @@ class _Dispatch(RunnerBase):
         the next window are taken while this one's are submitted."""
         assert self.tg is not None
         while True:
-            while self.reserve and self.occupying < self.capacity and not self.stopping:
+            while (
+                self.reserve
+                and self.occupying < self.capacity
+                and not (self.stopping or self.detaching)
+            ):
                 await self._launch(*self.reserve.popleft())
             now = time.monotonic()
             if self.exhausted and now - self.exhausted > self.poll:
@@ -499,8 +503,13 @@ class _Dispatch(RunnerBase):
                     self.hopping = True
                     self.tg.start_soon(self._hop_beside, want)
                     continue
-                if self.detach and (self.stopping or self.exhausted) and not self.detaching:
-                    # Every run in flight goes on where it runs (queued here: cancelled).
+                if (
+                    self.detach
+                    and (self.stopping or (self.exhausted and not self.reserve))
+                    and not self.detaching
+                ):
+                    # Every run in flight goes on where it runs (queued here: cancelled);
+                    # the runs taken are all submitted first (else: given back at the end).
                     self.detaching = True
                     refs = await self.executor.detach()
                     log.info(
