@@ -156,32 +156,30 @@ async def test_cancelling_the_runner_leaves_the_store_consistent(tmp_path: Path)
 
 
 async def test_a_run_is_recorded_running_once_it_has_run_a_second(tmp_path: Path) -> None:
-    """A short run is written once, when it ends; a long one is recorded running
-    after a second (on a pool, whose work ends with its runner), with when it was
-    submitted, and then done."""
-    experiment = Experiment(_sleep_for, {"seconds": [0.0, 3.0]})
+    """A run still running a second after its submission is recorded running (on a pool,
+    whose work ends with its runner), with when it was submitted, and then done. (One
+    that ends sooner is written once, when it ends: not asserted here, since a loaded
+    machine may take a second to run anything.)"""
+    experiment = Experiment(_sleep_for, {"seconds": [3.0]})
     async with ProcessExecutor(2) as ex, anyio.create_task_group() as tg:
+        await ex.run(_sleep_for, 0.0)  # (the workers started)
         began = time.time()
         tg.start_soon(functools.partial(experiment.run, ex, tmp_path, progress=False))
-        seen: dict[float, tuple[str, float | None, float]] = {}  # seconds: first status seen
         with anyio.fail_after(30):
-            while "running" not in {status for status, _, _ in seen.values()}:
+            while True:
                 await anyio.sleep(0.02)
                 if not (tmp_path / "results.sqlite").exists():
                     continue
                 with ResultsStore(tmp_path, create=False) as store:
-                    for row in store.rows():
-                        if row["status"] != "pending":
-                            seen.setdefault(
-                                row["params"]["seconds"],
-                                (row["status"], row["submitted"], time.time()),
-                            )
-    assert seen[0.0][0] == "done"  # never recorded running
-    status, submitted, at = seen[3.0]
-    assert status == "running" and submitted is not None
-    assert began <= submitted <= at - _Dispatch.RUNNING_AFTER + 0.2  # (when it was submitted)
+                    (row,) = store.rows()
+                if row["status"] != "pending":
+                    seen = time.time()
+                    break
+    assert row["status"] == "running" and row["submitted"] is not None
+    # Recorded a second after it was submitted, with when that was:
+    assert began <= row["submitted"] <= seen - _Dispatch.RUNNING_AFTER + 0.2
     with ResultsStore(tmp_path, create=False) as store:
-        assert store.counts()["done"] == 2
+        assert [row["status"] for row in store.rows()] == ["done"]
 
 
 def _sleep_for(seconds: float) -> float:
