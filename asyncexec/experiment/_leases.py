@@ -20,11 +20,9 @@ from typing import Any
 
 from .. import JobRef
 from .._sqlite import holder_gone, new_holder, start_heartbeat
-from ._store import ResultsStore, _job_ref
+from ._store import FREE, ResultsStore, _job_ref
 
 __all__ = ["RunLeases"]
-
-_FREE = "holder IS NULL AND status NOT IN ('done', 'failed')"  # (runs_free's clause)
 
 
 class RunLeases:
@@ -76,7 +74,7 @@ class RunLeases:
         now = time.time()
         with store.transaction() as db:
             self._reclaim(db, now)
-            found = self._free(db, f"{_FREE} AND seq > ?", count)
+            found = self._free(db, f"{FREE} AND seq > ?", count)
             if self._retry_failed and len(found) < count:
                 failed = "holder IS NULL AND status = 'failed' AND seq > ?"
                 found += self._free(db, failed, count - len(found))

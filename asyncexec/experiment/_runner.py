@@ -362,9 +362,6 @@ class RunnerBase:
         self.failed_here = 0  # failed runs this runner retried and failed again
         self.requested = False  # `asyncexec cancel DIR`
 
-    def finished(self, status: str | None) -> bool:
-        return status == "done" or (status == "failed" and not self.retry_failed)
-
     async def _all_finished(self) -> bool:
         counts = await anyio.to_thread.run_sync(self.store.counts, self.fingerprints)
         finished = counts["done"] + (0 if self.retry_failed else counts["failed"])

@@ -61,10 +61,11 @@ CREATE INDEX IF NOT EXISTS runs_seq ON runs (seq);
 # a store of an earlier version gains when opened (_add_lease_columns). (No index on
 # the status, nor on the holder: each would cost every run's writes another b-tree,
 # for queries that read every row anyway or run every few seconds.)
+#: The runs no runner holds that are neither done nor failed (runs_free's clause).
+FREE = "holder IS NULL AND status NOT IN ('done', 'failed')"
 _LEASE_INDEXES = (
     "DROP INDEX IF EXISTS runs_status",
-    "CREATE INDEX IF NOT EXISTS runs_free ON runs (seq) "
-    "WHERE holder IS NULL AND status NOT IN ('done', 'failed')",
+    f"CREATE INDEX IF NOT EXISTS runs_free ON runs (seq) WHERE {FREE}",
 )
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
@@ -478,25 +479,6 @@ class ResultsStore:
                 "SELECT status FROM runs WHERE fingerprint = ?", (fingerprint,)
             ).fetchone()
         return None if row is None else str(row[0])
-
-    def statuses(self, fingerprints: Collection[str]) -> dict[str, str]:
-        """The status of each of ``fingerprints`` the store has a row for (a few: looked
-        up by key; many: one pass over every row)."""
-        if len(fingerprints) > 5000:
-            with self._lock:
-                rows = self._db.execute("SELECT fingerprint, status FROM runs").fetchall()
-            return {str(f): str(s) for f, s in rows if f in fingerprints}
-        keys = list(fingerprints)
-        found: dict[str, str] = {}
-        with self._lock:
-            for first in range(0, len(keys), 500):  # (SQLite's bound on parameters)
-                chunk = keys[first : first + 500]
-                marks = ",".join("?" * len(chunk))
-                for fingerprint, status in self._db.execute(
-                    f"SELECT fingerprint, status FROM runs WHERE fingerprint IN ({marks})", chunk
-                ):
-                    found[str(fingerprint)] = str(status)
-        return found
 
     def counts(self, fingerprints: Collection[str] | None = None) -> dict[str, int]:
         """How many runs are in each status (of ``fingerprints`` only, if given)."""

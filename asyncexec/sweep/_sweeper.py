@@ -322,8 +322,7 @@ class ParamSweeper:
         """Make *done* combinations *todo* again (their results were lost); return how many.
 
         Not one of execo's methods: for a caller that keeps its results elsewhere
-        and finds some gone (the experiment runner, whose results store is the
-        truth about what is done).
+        and finds some gone.
         """
         keys = [combination_key(combination) for combination in combinations]
         with self._lock:
